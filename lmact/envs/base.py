@@ -1,0 +1,118 @@
+"""The environment interface, and how a model's answer becomes an action.
+
+An environment is small, in the manner of gymnasium's `Env`: `reset(seed)`, `step(action)`,
+`legal_actions()`, one `render(fmt)` per observation format, a strict `parse_action`, and an
+`expert_action()`. Everything an environment does is deterministic given the seed of `reset`.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+class InvalidActionError(ValueError):
+    """The answer is not of the action format at all (e.g. `z9` in tic-tac-toe)."""
+
+
+class IllegalActionError(ValueError):
+    """The answer is a well-formed action that is not legal in the current state."""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One rendering of a state: text, or an image as PNG bytes (never both)."""
+
+    text: str | None = None
+    image_png: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if (self.text is None) == (self.image_png is None):
+            raise ValueError("an Observation holds exactly one of text or image_png")
+
+    @property
+    def is_image(self) -> bool:
+        return self.image_png is not None
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    reward: float
+    done: bool
+
+
+class Environment(ABC):
+    """A task's rules, renderings, action grammar and expert.
+
+    Subclasses set `observation_formats` (every format `render` accepts) and
+    `image_formats` (the subset rendered as images). Constructor keyword arguments come
+    from the `[options]` table of the task spec.
+    """
+
+    observation_formats: ClassVar[tuple[str, ...]]
+    image_formats: ClassVar[frozenset[str]] = frozenset()
+
+    @abstractmethod
+    def reset(self, seed: int) -> None:
+        """Start a new episode whose initial state (and any opponent) is drawn from `seed`."""
+
+    @abstractmethod
+    def step(self, action: str) -> StepOutcome:
+        """Apply a legal action (as returned by `parse_action` or `legal_actions`)."""
+
+    @abstractmethod
+    def legal_actions(self) -> list[str]:
+        """The legal actions now, in a fixed order, in their canonical spelling."""
+
+    @abstractmethod
+    def render(self, fmt: str) -> Observation:
+        """The current state in observation format `fmt`."""
+
+    @abstractmethod
+    def parse_action(self, answer: str) -> str:
+        """The canonical action that `answer` names.
+
+        Raises InvalidActionError when `answer` is not of the action format and
+        IllegalActionError when it is well formed but not legal now.
+        """
+
+    @abstractmethod
+    def expert_action(self) -> str:
+        """The expert's action in the current state."""
+
+    def close(self) -> None:  # noqa: B027 - most environments hold no resources
+        """Release resources (engines, emulators); the default holds none."""
+
+
+class AnswerKind(enum.StrEnum):
+    """How an answer was classified.
+
+    The kinds nest for counting, as in LMAct: every empty answer is also invalid, and every
+    invalid answer is also illegal.
+    """
+
+    VALID = "valid"
+    ILLEGAL = "illegal"
+    INVALID = "invalid"
+    EMPTY = "empty"
+
+
+@dataclass(frozen=True)
+class ParsedAnswer:
+    kind: AnswerKind
+    action: str | None  # the canonical action when VALID, else None
+
+
+def classify_answer(env: Environment, answer: str) -> ParsedAnswer:
+    """Classify an answer (already extracted from the completion) against `env`'s state."""
+    if not answer.strip():
+        return ParsedAnswer(AnswerKind.EMPTY, None)
+    try:
+        action = env.parse_action(answer)
+    except IllegalActionError:
+        return ParsedAnswer(AnswerKind.ILLEGAL, None)
+    except InvalidActionError:
+        return ParsedAnswer(AnswerKind.INVALID, None)
+    return ParsedAnswer(AnswerKind.VALID, action)
