@@ -1,0 +1,1 @@
+"""Model clients: one module per provider, a shared interface, the registry."""

@@ -1,0 +1,183 @@
+"""The provider-neutral model interface: a request of text and image parts in, a response out.
+
+A provider module is a thin translator from `ModelRequest` to its SDK and back to
+`ModelResponse`. The cache, concurrency and usage accounting live once, in
+`lmact.models.caller`, above every provider.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    png: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.png).hexdigest()
+
+
+Part = TextPart | ImagePart
+
+
+def merge_text_parts(parts: Sequence[Part]) -> tuple[Part, ...]:
+    """Join neighbouring text parts, so that a prompt has as few parts as it can."""
+    merged: list[Part] = []
+    for part in parts:
+        if isinstance(part, TextPart) and merged and isinstance(merged[-1], TextPart):
+            merged[-1] = TextPart(merged[-1].text + part.text)
+        elif not (isinstance(part, TextPart) and not part.text):
+            merged.append(part)
+    return tuple(merged)
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """One call: a single user turn of text and images, in order.
+
+    `stable_prefix_parts` leading parts are identical at every step of a run (preamble and
+    demonstrations): providers with prompt caching mark the cache boundary there.
+    `answer_prefix` is the text a completion (base) model continues from, e.g. "Action:";
+    chat models get the parts alone. `stop` applies to completion models only.
+    """
+
+    parts: tuple[Part, ...]
+    stable_prefix_parts: int = 0
+    answer_prefix: str = ""
+    stop: tuple[str, ...] = ()
+    max_tokens: int = 16
+    temperature: float = 0.0
+    seed: int = 0
+
+    def completion_text(self) -> str:
+        """The prompt as one text, for completion models (which accept no images)."""
+        if any(isinstance(part, ImagePart) for part in self.parts):
+            raise ValueError("a completion prompt cannot hold images")
+        text = "".join(part.text for part in self.parts if isinstance(part, TextPart))
+        return text + self.answer_prefix
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that determines the answer, with images replaced by their hashes."""
+        return {
+            "parts": [
+                {"text": p.text} if isinstance(p, TextPart) else {"image_sha256": p.sha256}
+                for p in self.parts
+            ],
+            "answer_prefix": self.answer_prefix,
+            "stop": list(self.stop),
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "seed": self.seed,
+        }
+
+
+def request_hash(request: ModelRequest) -> str:
+    """A hash of the prompt alone (recorded with each step)."""
+    payload = json.dumps(request.fingerprint()["parts"], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelResponse:
+    """One answer, in the same shape for every provider."""
+
+    text: str
+    stop_reason: str = "stop"  # stop | length | refusal | content_filter
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from a prefix / prompt cache
+    reasoning_tokens: int = 0
+    latency_s: float = 0.0
+    from_cache: bool = field(default=False, compare=False)
+
+    def to_json(self) -> str:
+        fields = {
+            "text": self.text,
+            "stop_reason": self.stop_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "latency_s": self.latency_s,
+        }
+        return json.dumps(fields, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, payload: str) -> ModelResponse:
+        return cls(**json.loads(payload), from_cache=True)
+
+
+class PolicyOracle(Protocol):
+    """What a scripted policy may look at: the live environment, never the prompt."""
+
+    rng: np.random.Generator
+
+    def legal_actions(self) -> list[str]: ...
+
+    def expert_action(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Settings a user may give any model; a provider ignores those that do not apply."""
+
+    context_window: int | None = None
+    threads: int | None = None
+
+
+class ModelClient(ABC):
+    """One model. Subclasses are registered by provider name in `lmact.models.registry`."""
+
+    accepts_images: bool = False
+    # Calls worth caching: false for scripted policies, whose answers cost nothing.
+    cacheable: bool = True
+    # Requests in flight at once; the caller's semaphore enforces it.
+    max_concurrency: int = 1
+
+    def __init__(self, name: str, options: ModelOptions) -> None:
+        self.name = name
+        self.options = options
+
+    @property
+    def context_window(self) -> int | None:
+        """Tokens the model accepts in one request (prompt and answer), if known."""
+        return self.options.context_window
+
+    def identity(self) -> dict[str, Any]:
+        """What, besides the request, determines the answer: part of every cache key."""
+        return {"model": self.name}
+
+    @abstractmethod
+    def count_tokens(self, parts: Sequence[Part]) -> int:
+        """Prompt tokens that `parts` cost this model."""
+
+    @abstractmethod
+    async def complete(
+        self, request: ModelRequest, oracle: PolicyOracle | None = None
+    ) -> ModelResponse:
+        """Answer one request. `oracle` is given to scripted policies only."""
+
+    def close(self) -> None:  # noqa: B027 - most clients hold nothing to release
+        """Release what the client holds (connections, loaded weights)."""
+
+
+def estimate_tokens(parts: Sequence[Part], image_tokens: int = 256) -> int:
+    """A documented estimate for models without a tokenizer here: four characters a token,
+    and a flat cost per image."""
+    chars = sum(len(p.text) for p in parts if isinstance(p, TextPart))
+    images = sum(1 for p in parts if isinstance(p, ImagePart))
+    return -(-chars // 4) + images * image_tokens

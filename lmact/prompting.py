@@ -1,0 +1,226 @@
+"""The LMAct prompt, built from the templates in `prompts/`, and token-budget packing.
+
+A prompt is: preamble · demonstrations · the current episode so far · (legal actions) ·
+instruction. Every step is written `Observation:` … `Action:` …, images inline where their
+observation is. The preamble and demonstrations form the stable prefix: the same bytes at
+every step of a run, so that llama.cpp's KV cache and providers' prompt caches reuse them;
+the current episode only grows, so step t+1's prompt starts with step t's prompt up to the
+legal actions and instruction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from itertools import islice
+from string import Template
+
+from lmact.envs.base import Observation
+from lmact.errors import LmactError
+from lmact.models.base import ImagePart, ModelRequest, Part, TextPart, merge_text_parts
+from lmact.resources import data_dir
+
+OBSERVATION_LABEL = "Observation:"
+ACTION_LABEL = "Action:"
+REASONING_LABEL = "Reasoning:"
+
+# One step of an episode: what was observed, and the action taken.
+Step = tuple[Observation, str]
+
+
+@cache
+def template(name: str) -> Template:
+    """A prompt template from `prompts/`, by file stem."""
+    path = data_dir("prompts") / f"{name}.txt"
+    if not path.is_file():
+        raise LmactError(f"prompt template {name!r} is missing ({path})")
+    return Template(path.read_text())
+
+
+def templates_fingerprint() -> str:
+    """The templates' text, for run identities: a new wording is a new run."""
+    digest = hashlib.sha256()
+    for path in sorted(data_dir("prompts").glob("*.txt")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def observation_parts(observation: Observation) -> list[Part]:
+    if observation.image_png is not None:
+        return [TextPart(f"{OBSERVATION_LABEL}\n"), ImagePart(observation.image_png), TextPart("\n")]
+    return [TextPart(f"{OBSERVATION_LABEL}\n{observation.text}\n")]
+
+
+def episode_parts(steps: Sequence[Step]) -> list[Part]:
+    parts: list[Part] = []
+    for observation, action in steps:
+        parts += observation_parts(observation)
+        parts.append(TextPart(f"{ACTION_LABEL} {action}\n"))
+    return parts
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    show_legal_actions: bool = False
+    chain_of_thought: bool = False
+
+
+class PromptBuilder:
+    """Builds the request for one step from the demonstrations and the episode so far."""
+
+    def __init__(self, settings: PromptSettings) -> None:
+        self.settings = settings
+
+    def prefix(self, demonstrations: Sequence[Sequence[Step]]) -> tuple[Part, ...]:
+        """Preamble and demonstrations: the stable prefix of every prompt of a run."""
+        if not demonstrations:
+            return (TextPart(template("preamble_without_demos").substitute()),)
+        parts: list[Part] = [TextPart(template("preamble_with_demos").substitute())]
+        for demonstration in demonstrations:
+            parts += episode_parts(demonstration)
+            parts.append(TextPart("\n"))  # a blank line between episodes
+        return merge_text_parts(parts)
+
+    def tail(self, legal_actions: Sequence[str], with_demonstrations: bool) -> str:
+        """What follows the current observation: the legal actions and the instruction."""
+        text = "\n"
+        if self.settings.show_legal_actions:
+            text += template("legal_actions").substitute(actions=", ".join(legal_actions))
+        evidence = (
+            "the demonstrations and the episode so far" if with_demonstrations
+            else "the episode so far"
+        )
+        name = "instruction_cot" if self.settings.chain_of_thought else "instruction"
+        return text + template(name).substitute(evidence=evidence)
+
+    def request(
+        self,
+        prefix: tuple[Part, ...],
+        trajectory: Sequence[Step],
+        observation: Observation,
+        legal_actions: Sequence[str],
+        *,
+        with_demonstrations: bool,
+        max_tokens: int,
+        seed: int = 0,
+    ) -> ModelRequest:
+        episode: list[Part] = [TextPart(template("current_episode").substitute())]
+        episode += episode_parts(trajectory)
+        episode += observation_parts(observation)
+        episode.append(TextPart(self.tail(legal_actions, with_demonstrations)))
+        cot = self.settings.chain_of_thought
+        return ModelRequest(
+            parts=prefix + merge_text_parts(episode),
+            stable_prefix_parts=len(prefix),
+            answer_prefix=(REASONING_LABEL if cot else ACTION_LABEL),
+            # A completion model writes the answer line and stops; with reasoning it stops
+            # before it would invent the next observation.
+            stop=(f"\n{OBSERVATION_LABEL}", "\n\n") if cot else ("\n",),
+            max_tokens=max_tokens,
+            seed=seed,
+        )
+
+
+_ACTION_MARKER = re.compile(re.escape(ACTION_LABEL), re.IGNORECASE)
+# Markdown and quoting that chat models wrap answers in; stripped from both ends only.
+_WRAPPERS = "`*\"' \t"
+
+
+def extract_answer(completion: str) -> str:
+    """The action text of a completion: after the last `Action:` if there is one, first line.
+
+    A plain grammar, never evaluation: the environment's parser then decides whether the
+    text is a valid, invalid or illegal action.
+    """
+    markers = list(_ACTION_MARKER.finditer(completion))
+    text = completion[markers[-1].end():] if markers else completion
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip().strip(_WRAPPERS)
+    return ""
+
+
+@dataclass(frozen=True)
+class Packing:
+    """The demonstrations a prompt holds and what their prefix costs."""
+
+    demonstrations: tuple[Sequence[Step], ...]
+    prefix: tuple[Part, ...]
+    prefix_tokens: int
+    reserve_tokens: int  # estimated tokens of the current episode, tail and answer
+
+
+def pack_demonstrations(
+    builder: PromptBuilder,
+    candidates: Iterable[Sequence[Step]],
+    count_tokens: Callable[[Sequence[Part]], int],
+    *,
+    exact: int | None = None,
+    budget: int | None = None,
+    context_window: int | None = None,
+    answer_tokens: int = 16,
+) -> Packing:
+    """Choose the demonstrations: exactly `exact` of them, or as many whole ones (in order) as
+    fit `budget` prefix tokens. Fails with a clear LmactError if they cannot fit the context.
+
+    The current episode is not known in advance: the longest chosen demonstration stands in
+    for it when checking the context window.
+    """
+    if (exact is None) == (budget is None):
+        raise ValueError("give exactly one of exact and budget")
+    tail_tokens = count_tokens([TextPart(builder.tail(["a"] * 8, True))]) + 16
+
+    def reserve(episode_tokens: int) -> int:
+        return episode_tokens + tail_tokens + answer_tokens
+
+    chosen: list[Sequence[Step]] = []
+    longest = 0
+    if exact is not None:
+        for demonstration in islice(candidates, exact):
+            chosen.append(demonstration)
+            longest = max(longest, count_tokens(episode_parts(demonstration)))
+        if len(chosen) < exact:
+            raise LmactError(f"only {len(chosen)} demonstrations are available, {exact} asked")
+        prefix = builder.prefix(chosen)
+        prefix_tokens = count_tokens(prefix)
+        if context_window is not None and prefix_tokens + reserve(longest) > context_window:
+            raise LmactError(
+                f"{exact} demonstrations take {prefix_tokens} tokens; with the current episode "
+                f"(~{reserve(longest)}) that exceeds the model's context window of "
+                f"{context_window} tokens; use fewer --demos or a --token-budget"
+            )
+        return Packing(tuple(chosen), prefix, prefix_tokens, reserve(longest))
+
+    assert budget is not None
+    running = count_tokens([TextPart(template("preamble_with_demos").substitute())])
+    first_need: int | None = None
+    for demonstration in candidates:
+        cost = count_tokens(episode_parts(demonstration)) + 1  # +1: the blank line after it
+        if first_need is None:
+            first_need = running + cost
+        longest_if_added = max(longest, cost)
+        if running + cost > budget or (
+            context_window is not None
+            and running + cost + reserve(longest_if_added) > context_window
+        ):
+            break
+        chosen.append(demonstration)
+        running += cost
+        longest = longest_if_added
+    # Per-episode counts are close to, not exactly, the whole prefix's: check it as a whole.
+    while chosen:
+        prefix = builder.prefix(chosen)
+        prefix_tokens = count_tokens(prefix)
+        if prefix_tokens <= budget:
+            return Packing(tuple(chosen), prefix, prefix_tokens, reserve(longest))
+        chosen.pop()
+    if first_need is None:
+        raise LmactError("no demonstrations are available to pack")
+    window = f"; the model's context window is {context_window}" if context_window else ""
+    raise LmactError(
+        f"token budget {budget} is too small for one demonstration: the preamble and the "
+        f"first demonstration need about {first_need} tokens{window}"
+    )
