@@ -1,0 +1,1 @@
+"""The episode loops of each setting."""

@@ -1,0 +1,173 @@
+"""In-context imitation (LMAct): demonstrations in the prompt, then a test episode step by step.
+
+Test episode i starts from seed `config.seed + i`; demonstrations come from their own seed
+range (`lmact.demos.DEMO_SEED_BASE` and up), so no test episode shares a seed with one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lmact.demos import DEMO_SEED_BASE
+from lmact.envs.base import AnswerKind, Environment, classify_answer
+from lmact.models.caller import ModelCaller
+from lmact.models.base import request_hash
+from lmact.prompting import PromptBuilder, PromptSettings, Step, extract_answer
+from lmact.store import EpisodeRecord, StepRecord
+from lmact.tasks import TaskSpec
+
+BASELINE_POLICIES = ("random", "expert")
+# Streams of an episode's seed that the loop itself draws from (the environment uses its own).
+_FALLBACK_STREAM = 1
+_POLICY_STREAM = 2
+
+
+class ImitationConfig(BaseModel):
+    """Everything that determines a run's episodes; its hash is the run's id.
+
+    The number of episodes is not part of it: asking for more episodes later extends the
+    same run, since episode i always starts from seed `seed + i`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    regime: Literal["imitation"] = "imitation"
+    task: str
+    spec_hash: str
+    observation: str
+    model: str
+    demos: int | None = Field(None, ge=0)
+    token_budget: int | None = Field(None, gt=0)
+    seed: int = Field(0, ge=0)
+    max_steps: int = Field(gt=0)
+    show_legal_actions: bool = False
+    chain_of_thought: bool = False
+    max_tokens: int = Field(gt=0)
+    prompts: str  # fingerprint of the prompt templates
+
+    @model_validator(mode="after")
+    def _one_way_to_choose_demos(self) -> ImitationConfig:
+        if self.demos is not None and self.token_budget is not None:
+            raise ValueError("give either demos or token_budget, not both")
+        return self
+
+    @property
+    def run_id(self) -> str:
+        payload = json.dumps(self.model_dump(), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def test_seed(self, episode: int) -> int:
+        seed = self.seed + episode
+        if seed >= DEMO_SEED_BASE:
+            raise ValueError(f"test seeds must stay below {DEMO_SEED_BASE} (demonstration seeds)")
+        return seed
+
+    def baseline(self, policy: str, text_observation: str) -> ImitationConfig:
+        """The same test episodes played by a scripted policy: the scorer's reference points.
+
+        Scripted policies read the environment, not the prompt, so the prompt settings are
+        normalised to share one baseline run among all runs of a task.
+        """
+        return self.model_copy(update={
+            "model": policy, "observation": text_observation, "demos": 0, "token_budget": None,
+            "show_legal_actions": False, "chain_of_thought": False,
+        })
+
+
+@dataclass
+class _Oracle:
+    """What scripted policies see: the live environment and the episode's policy stream."""
+
+    env: Environment
+    rng: np.random.Generator
+
+    def legal_actions(self) -> list[str]:
+        return self.env.legal_actions()
+
+    def expert_action(self) -> str:
+        return self.env.expert_action()
+
+
+@dataclass(frozen=True)
+class EpisodePlan:
+    """What every episode of a run shares."""
+
+    config: ImitationConfig
+    task: TaskSpec
+    builder: PromptBuilder
+    prefix: tuple  # the packed preamble and demonstrations (stable across steps)
+    with_demonstrations: bool
+
+
+def prompt_settings(config: ImitationConfig) -> PromptSettings:
+    return PromptSettings(config.show_legal_actions, config.chain_of_thought)
+
+
+async def play_episode(
+    plan: EpisodePlan,
+    caller: ModelCaller,
+    episode: int,
+    on_step: Callable[[StepRecord], None],
+) -> EpisodeRecord:
+    """Play test episode `episode` to its end or the step limit, reporting every step."""
+    config = plan.config
+    seed = config.test_seed(episode)
+    env = plan.task.make_environment()
+    fallback_rng = np.random.default_rng([seed, _FALLBACK_STREAM])
+    oracle = _Oracle(env, np.random.default_rng([seed, _POLICY_STREAM]))
+    kinds: Counter[str] = Counter()
+    tokens: Counter[str] = Counter()
+    trajectory: list[Step] = []
+    total = 0.0
+    terminated = False
+    try:
+        env.reset(seed)
+        for step in range(config.max_steps):
+            observation = env.render(config.observation)
+            legal = env.legal_actions()
+            request = plan.builder.request(
+                plan.prefix, trajectory, observation, legal,
+                with_demonstrations=plan.with_demonstrations,
+                max_tokens=config.max_tokens, seed=config.seed,
+            )
+            response = await caller.call(request, oracle)
+            answer = extract_answer(response.text)
+            parsed = classify_answer(env, answer)
+            # Anything but a valid action is replaced by a uniformly random legal one.
+            action = parsed.action if parsed.kind is AnswerKind.VALID else legal[
+                int(fallback_rng.integers(len(legal)))]
+            outcome = env.step(action)
+            total += outcome.reward
+            kinds[parsed.kind] += 1
+            tokens.update(prompt=response.prompt_tokens, completion=response.completion_tokens,
+                          cached=response.cached_tokens)
+            on_step(StepRecord(
+                episode=episode, step=step, prompt_hash=request_hash(request),
+                completion=response.text, answer=answer, kind=parsed.kind.value, action=action,
+                reward=outcome.reward, stop_reason=response.stop_reason,
+                prompt_tokens=response.prompt_tokens,
+                completion_tokens=response.completion_tokens,
+                cached_tokens=response.cached_tokens, latency_s=response.latency_s,
+                from_cache=response.from_cache,
+            ))
+            trajectory.append((observation, action))
+            if outcome.done:
+                terminated = True
+                break
+    finally:
+        env.close()
+    return EpisodeRecord(
+        episode=episode, seed=seed, total_return=total, steps=len(trajectory),
+        terminated=terminated, valid=kinds[AnswerKind.VALID], illegal=kinds[AnswerKind.ILLEGAL],
+        invalid=kinds[AnswerKind.INVALID], empty=kinds[AnswerKind.EMPTY],
+        prompt_tokens=tokens["prompt"], completion_tokens=tokens["completion"],
+        cached_tokens=tokens["cached"],
+    )

@@ -1,0 +1,90 @@
+"""Tables of every run in a run store, as markdown or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from typing import Any
+
+from lmact.errors import LmactError, UnknownNameError
+from lmact.regimes.imitation import ImitationConfig
+from lmact.scoring import answer_rates, bootstrap_ci, mean_return, normalized_score
+from lmact.store import RunRecord, RunStore
+from lmact.tasks import get_task
+
+COLUMNS = [
+    "run_id", "task", "observation", "model", "demos", "episodes", "mean_return", "ci95_low",
+    "ci95_high", "normalized_score", "illegal_rate", "invalid_rate", "empty_rate",
+    "prompt_tokens", "completion_tokens",
+]
+FORMATS = ("markdown", "csv")
+
+
+def _baseline_return(store: RunStore, config: ImitationConfig, policy: str,
+                     episodes: int) -> float | None:
+    """The baseline's mean return over the same first `episodes` test seeds, if stored."""
+    try:
+        text_observation = get_task(config.task).default_observation
+    except UnknownNameError:
+        return None
+    finished = store.finished_episodes(config.baseline(policy, text_observation).run_id)
+    if not all(e in finished for e in range(episodes)):
+        return None
+    return mean_return([finished[e] for e in range(episodes)])
+
+
+def run_row(store: RunStore, run: RunRecord) -> dict[str, Any] | None:
+    """One table row; None for a run without a finished episode."""
+    finished = store.finished_episodes(run.run_id)
+    if not finished:
+        return None
+    episodes = list(finished.values())
+    config = ImitationConfig(**run.config)
+    value = mean_return(episodes)
+    low, high = bootstrap_ci([e.total_return for e in episodes])
+    # Normalize only against baselines over exactly the same test seeds.
+    contiguous = sorted(finished) == list(range(len(finished)))
+    random = _baseline_return(store, config, "random", len(episodes)) if contiguous else None
+    expert = _baseline_return(store, config, "expert", len(episodes)) if contiguous else None
+    normalized = (normalized_score(value, random, expert)
+                  if random is not None and expert is not None else None)
+    rates = answer_rates(episodes)
+    return {
+        "run_id": run.run_id, "task": config.task, "observation": config.observation,
+        "model": config.model, "demos": run.demos_used, "episodes": len(episodes),
+        "mean_return": value, "ci95_low": low, "ci95_high": high,
+        "normalized_score": normalized, "illegal_rate": rates.illegal_rate,
+        "invalid_rate": rates.invalid_rate, "empty_rate": rates.empty_rate,
+        "prompt_tokens": sum(e.prompt_tokens for e in episodes),
+        "completion_tokens": sum(e.completion_tokens for e in episodes),
+    }
+
+
+def report_rows(store: RunStore) -> list[dict[str, Any]]:
+    rows = (run_row(store, run) for run in store.runs())
+    return [row for row in rows if row is not None]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def format_table(rows: Sequence[dict[str, Any]], fmt: str = "markdown") -> str:
+    if fmt not in FORMATS:
+        raise UnknownNameError("report format", fmt, FORMATS)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue()
+    if not rows:
+        raise LmactError("the run store holds no finished episode yet; start with `lmact run`")
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,130 @@
+"""Scores of a run: mean return with a bootstrap interval, the score normalized between the
+random and expert baselines on the same test seeds, and the rates of bad answers.
+
+Answer kinds nest when counted, as in LMAct: an empty answer is also invalid, and an invalid
+one is also illegal. So `illegal_rate` is the share of steps whose answer was not a legal
+action at all, `invalid_rate` the share not even of the action format, `empty_rate` the
+share with no answer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lmact.store import EpisodeRecord
+
+if TYPE_CHECKING:
+    from lmact.runner import RunResult
+
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+
+
+def mean_return(episodes: Sequence[EpisodeRecord]) -> float:
+    return float(np.mean([e.total_return for e in episodes]))
+
+
+def bootstrap_ci(
+    values: Sequence[float], confidence: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean, from a fixed seed (so it is reproducible)."""
+    data = np.asarray(values, dtype=float)
+    if data.size == 0:
+        raise ValueError("no values to bootstrap")
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def normalized_score(value: float, random: float, expert: float) -> float | None:
+    """(value − random) / (expert − random); None when the baselines do not differ."""
+    if math.isclose(expert, random):
+        return None
+    return (value - random) / (expert - random)
+
+
+@dataclass(frozen=True)
+class AnswerRates:
+    steps: int
+    illegal_rate: float
+    invalid_rate: float
+    empty_rate: float
+
+
+def answer_rates(episodes: Sequence[EpisodeRecord]) -> AnswerRates:
+    steps = sum(e.steps for e in episodes)
+    empty = sum(e.empty for e in episodes)
+    invalid = empty + sum(e.invalid for e in episodes)
+    illegal = invalid + sum(e.illegal for e in episodes)
+    if steps == 0:
+        return AnswerRates(0, 0.0, 0.0, 0.0)
+    return AnswerRates(steps, illegal / steps, invalid / steps, empty / steps)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What `lmact run` prints (and `--json` emits)."""
+
+    run_id: str
+    task: str
+    observation: str
+    model: str
+    demos: int
+    demos_hash: str
+    prefix_tokens: int
+    episodes: int
+    seed: int
+    max_steps: int
+    mean_return: float
+    ci95: tuple[float, float]
+    normalized_score: float | None
+    expert_return: float
+    random_return: float
+    steps: int
+    illegal_rate: float
+    invalid_rate: float
+    empty_rate: float
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    calls_made: int
+    calls_cached: int
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["ci95"] = list(self.ci95)
+        return values
+
+
+def summarize(
+    result: RunResult,
+    random_episodes: Sequence[EpisodeRecord],
+    expert_episodes: Sequence[EpisodeRecord],
+) -> RunSummary:
+    config = result.config
+    episodes = result.episodes
+    value = mean_return(episodes)
+    random, expert = mean_return(random_episodes), mean_return(expert_episodes)
+    rates = answer_rates(episodes)
+    return RunSummary(
+        run_id=config.run_id, task=config.task, observation=config.observation,
+        model=config.model, demos=result.demos_used, demos_hash=result.demos_hash,
+        prefix_tokens=result.prefix_tokens, episodes=len(episodes), seed=config.seed,
+        max_steps=config.max_steps, mean_return=value,
+        ci95=bootstrap_ci([e.total_return for e in episodes]),
+        normalized_score=normalized_score(value, random, expert),
+        expert_return=expert, random_return=random, steps=rates.steps,
+        illegal_rate=rates.illegal_rate, invalid_rate=rates.invalid_rate,
+        empty_rate=rates.empty_rate,
+        prompt_tokens=sum(e.prompt_tokens for e in episodes),
+        completion_tokens=sum(e.completion_tokens for e in episodes),
+        cached_tokens=sum(e.cached_tokens for e in episodes),
+        calls_made=result.calls_made, calls_cached=result.calls_cached,
+    )
