@@ -43,6 +43,22 @@ class StepOutcome:
     done: bool
 
 
+def strip_answer(answer: str) -> str:
+    """An answer without surrounding whitespace and one trailing period, before parsing."""
+    return answer.strip().removesuffix(".")
+
+
+def integer_option(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
+    """A task-spec option that must be an integer in [minimum, maximum]."""
+    # bool is a subclass of int, but `size = true` is a mistake, not a 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"option {name} must be an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise ValueError(f"option {name} must be {bounds}, got {value}")
+    return value
+
+
 class Environment(ABC):
     """A task's rules, renderings, action grammar and expert.
 
