@@ -27,59 +27,89 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_storage_options(parser: argparse.ArgumentParser, store: bool = True) -> None:
     if store:
-        parser.add_argument("--store", type=Path, default=DEFAULT_STORE,
-                            help="the run store, a SQLite file (default: %(default)s)")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="where demonstrations are kept (default: $LMACT_CACHE_DIR or "
-                             f"{default_cache_dir()})")
+        parser.add_argument(
+            "--store",
+            type=Path,
+            default=DEFAULT_STORE,
+            help="the run store, a SQLite file (default: %(default)s)",
+        )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help=f"where demonstrations are kept (default: $LMACT_CACHE_DIR or {default_cache_dir()})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="lmact",
         description="Evaluate language models as policies in interactive tasks, "
-                    "from demonstrations in context (LMAct).",
+        "from demonstrations in context (LMAct).",
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser(
-        "run", help="evaluate a model on a task",
+        "run",
+        help="evaluate a model on a task",
         description="Evaluate a model on test episodes of a task, with expert demonstrations "
-                    "in the prompt; also runs the random and expert baselines on the same "
-                    "test seeds and prints the normalized score. Everything is stored: rerunning "
-                    "the same command makes no model call, and a killed run resumes.",
+        "in the prompt; also runs the random and expert baselines on the same "
+        "test seeds and prints the normalized score. Everything is stored: rerunning "
+        "the same command makes no model call, and a killed run resumes.",
     )
     run.add_argument("--task", required=True, help="a task name (see `lmact tasks`)")
     run.add_argument("--observation", help="observation format (default: the task's own)")
-    run.add_argument("--model", default=DEFAULT_MODEL,
-                     help="model name (default: %(default)s; see `lmact models`)")
+    run.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="model name (default: %(default)s; see `lmact models`)",
+    )
     demos = run.add_mutually_exclusive_group()
-    demos.add_argument("--demos", type=int,
-                       help="use exactly N demonstration episodes (default: 1)")
-    demos.add_argument("--token-budget", type=int, metavar="T",
-                       help="pack as many whole demonstrations as fit T prompt tokens "
-                            "(preamble and demonstrations, counted by the model's tokenizer)")
+    demos.add_argument(
+        "--demos", type=int, help="use exactly N demonstration episodes (default: 1)"
+    )
+    demos.add_argument(
+        "--token-budget",
+        type=int,
+        metavar="T",
+        help="pack as many whole demonstrations as fit T prompt tokens "
+        "(preamble and demonstrations, counted by the model's tokenizer)",
+    )
     run.add_argument("--episodes", type=int, help="test episodes (default: the task's own)")
-    run.add_argument("--seed", type=int, default=0,
-                     help="test episode i starts from seed SEED+i (default: %(default)s)")
+    run.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="test episode i starts from seed SEED+i (default: %(default)s)",
+    )
     run.add_argument("--max-steps", type=int, help="step limit per episode (default: the task's)")
-    run.add_argument("--max-tokens", type=int,
-                     help="answer length limit (default: the task's; 512 with --cot)")
-    run.add_argument("--legal-actions", action="store_true",
-                     help="list the legal actions in the prompt")
-    run.add_argument("--cot", action="store_true",
-                     help="ask for reasoning before the action (chain of thought)")
-    run.add_argument("--context-window", type=int,
-                     help="the model's context window in tokens (local models: the KV cache "
-                          "size; default: the model's own)")
+    run.add_argument(
+        "--max-tokens", type=int, help="answer length limit (default: the task's; 512 with --cot)"
+    )
+    run.add_argument(
+        "--legal-actions", action="store_true", help="list the legal actions in the prompt"
+    )
+    run.add_argument(
+        "--cot", action="store_true", help="ask for reasoning before the action (chain of thought)"
+    )
+    run.add_argument(
+        "--context-window",
+        type=int,
+        help="the model's context window in tokens (local models: the KV cache "
+        "size; default: the model's own)",
+    )
     run.add_argument("--threads", type=int, help="CPU threads for local models (default: all)")
-    run.add_argument("--max-connections", type=int,
-                     help="episodes played at once (default: the model's own limit)")
+    run.add_argument(
+        "--max-connections",
+        type=int,
+        help="episodes played at once (default: the model's own limit)",
+    )
     run.add_argument("--json", action="store_true", help="print one JSON object")
     _add_storage_options(run)
 
     demos_command = commands.add_parser(
-        "demos", help="generate demonstrations ahead of a run",
+        "demos",
+        help="generate demonstrations ahead of a run",
         description="Generate (or check) the first N expert demonstrations of a task.",
     )
     demos_command.add_argument("task", help="a task name (see `lmact tasks`)")
@@ -87,15 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
     demos_command.add_argument("--observation", help="observation format (default: the task's)")
     _add_storage_options(demos_command, store=False)
 
-    report = commands.add_parser("report", help="a table of every run in the store",
-                                 description="Print a table of every run in the run store.")
+    report = commands.add_parser(
+        "report",
+        help="a table of every run in the store",
+        description="Print a table of every run in the run store.",
+    )
     report.add_argument("--format", default="markdown", help="markdown (default) or csv")
-    report.add_argument("--store", type=Path, default=DEFAULT_STORE,
-                        help="the run store (default: %(default)s)")
+    report.add_argument(
+        "--store", type=Path, default=DEFAULT_STORE, help="the run store (default: %(default)s)"
+    )
 
     commands.add_parser("tasks", help="list the tasks", description="List the tasks.")
-    commands.add_parser("models", help="list the model names",
-                        description="List the model names lmact accepts.")
+    commands.add_parser(
+        "models", help="list the model names", description="List the model names lmact accepts."
+    )
     return parser
 
 
@@ -109,16 +144,23 @@ def _command_run(args: argparse.Namespace) -> None:
     from lmact.tasks import get_task
 
     config = make_config(
-        args.task, observation=args.observation, model=args.model, demos=args.demos,
-        token_budget=args.token_budget, seed=args.seed, max_steps=args.max_steps,
-        show_legal_actions=args.legal_actions, chain_of_thought=args.cot,
+        args.task,
+        observation=args.observation,
+        model=args.model,
+        demos=args.demos,
+        token_budget=args.token_budget,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        show_legal_actions=args.legal_actions,
+        chain_of_thought=args.cot,
         max_tokens=args.max_tokens,
     )
     episodes = args.episodes if args.episodes is not None else get_task(args.task).episodes
     options = ModelOptions(context_window=args.context_window, threads=args.threads)
     with RunStore(args.store) as store:
-        runner = Runner(store, _demo_store(args), options, args.max_connections,
-                        progress=sys.stderr.isatty())
+        runner = Runner(
+            store, _demo_store(args), options, args.max_connections, progress=sys.stderr.isatty()
+        )
         try:
             summary = runner.evaluate(config, episodes)
         finally:
@@ -128,18 +170,28 @@ def _command_run(args: argparse.Namespace) -> None:
         return
     score = summary.normalized_score
     rows = [
-        ("mean return", f"{summary.mean_return:.3f}  (95% CI {summary.ci95[0]:.3f} … "
-                        f"{summary.ci95[1]:.3f})"),
+        (
+            "mean return",
+            f"{summary.mean_return:.3f}  (95% CI {summary.ci95[0]:.3f} … {summary.ci95[1]:.3f})",
+        ),
         ("normalized score", "n/a (expert = random)" if score is None else f"{score:.3f}"),
         ("expert / random return", f"{summary.expert_return:.3f} / {summary.random_return:.3f}"),
-        ("illegal / invalid / empty", f"{summary.illegal_rate:.1%} / {summary.invalid_rate:.1%}"
-                                      f" / {summary.empty_rate:.1%} of {summary.steps} steps"),
-        ("tokens prompt / completion", f"{summary.prompt_tokens} / {summary.completion_tokens}"
-                                       f" ({summary.cached_tokens} prompt tokens reused)"),
+        (
+            "illegal / invalid / empty",
+            f"{summary.illegal_rate:.1%} / {summary.invalid_rate:.1%}"
+            f" / {summary.empty_rate:.1%} of {summary.steps} steps",
+        ),
+        (
+            "tokens prompt / completion",
+            f"{summary.prompt_tokens} / {summary.completion_tokens}"
+            f" ({summary.cached_tokens} prompt tokens reused)",
+        ),
         ("model calls new / cached", f"{summary.calls_made} / {summary.calls_cached}"),
     ]
-    print(f"{summary.task} · {summary.observation} · {summary.model} · {summary.demos} "
-          f"demonstrations ({summary.prefix_tokens} prompt tokens) · {summary.episodes} episodes")
+    print(
+        f"{summary.task} · {summary.observation} · {summary.model} · {summary.demos} "
+        f"demonstrations ({summary.prefix_tokens} prompt tokens) · {summary.episodes} episodes"
+    )
     print("| metric | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
@@ -157,12 +209,18 @@ def _command_demos(args: argparse.Namespace) -> None:
     if args.episodes <= 0:
         raise LmactError(f"--episodes must be positive, not {args.episodes}")
     store = _demo_store(args)
-    with tqdm(total=args.episodes, desc=f"demonstrations {task.name}", unit="demo",
-              disable=not sys.stderr.isatty()) as bar:
+    with tqdm(
+        total=args.episodes,
+        desc=f"demonstrations {task.name}",
+        unit="demo",
+        disable=not sys.stderr.isatty(),
+    ) as bar:
         demonstrations = store.load(task, observation, 0, args.episodes, bar.update)
     returns = [d.total_return for d in demonstrations]
-    print(f"{len(demonstrations)} demonstrations of {task.name}/{observation} in "
-          f"{store.directory(task, observation)} (mean return {sum(returns) / len(returns):.3f})")
+    print(
+        f"{len(demonstrations)} demonstrations of {task.name}/{observation} in "
+        f"{store.directory(task, observation)} (mean return {sum(returns) / len(returns):.3f})"
+    )
 
 
 def _command_report(args: argparse.Namespace) -> None:
@@ -180,9 +238,12 @@ def _command_tasks(args: argparse.Namespace) -> None:
 
     for spec in task_specs().values():
         formats = ", ".join(
-            f"{o} (default)" if o == spec.default_observation else o for o in spec.observations)
-        print(f"{spec.name}: {spec.description}\n  observations: {formats}; "
-              f"{spec.max_steps} steps at most; {spec.episodes} test episodes by default")
+            f"{o} (default)" if o == spec.default_observation else o for o in spec.observations
+        )
+        print(
+            f"{spec.name}: {spec.description}\n  observations: {formats}; "
+            f"{spec.max_steps} steps at most; {spec.episodes} test episodes by default"
+        )
 
 
 def _command_models(args: argparse.Namespace) -> None:

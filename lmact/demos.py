@@ -115,9 +115,11 @@ class DemoStore:
                 break  # a line cut short by a crash: regenerated from here on
             expected = DEMO_SEED_BASE + index
             if record.get("seed") != expected:
-                raise LmactError(f"demonstration store {folder} is inconsistent (episode "
-                                 f"{index} has seed {record.get('seed')}, not {expected}); "
-                                 "delete the folder to regenerate it")
+                raise LmactError(
+                    f"demonstration store {folder} is inconsistent (episode "
+                    f"{index} has seed {record.get('seed')}, not {expected}); "
+                    "delete the folder to regenerate it"
+                )
             records.append(record)
         return records
 
@@ -130,8 +132,10 @@ class DemoStore:
             else:
                 png = (folder / rendered["image"]).read_bytes()
                 if hashlib.sha256(png).hexdigest() != rendered["image_sha256"]:
-                    raise LmactError(f"demonstration image {folder / rendered['image']} is "
-                                     "corrupt; delete the folder to regenerate it")
+                    raise LmactError(
+                        f"demonstration image {folder / rendered['image']} is "
+                        "corrupt; delete the folder to regenerate it"
+                    )
                 observation = Observation(image_png=png)
             steps.append((observation, step["action"]))
         return Demonstration(record["seed"], tuple(steps), record["return"])
@@ -162,7 +166,7 @@ class DemoStore:
         folder = self.directory(task, observation)
         with self._locked(folder):
             records = self._records(folder)
-            stored = [self._decode(folder, record) for record in records[start:start + count]]
+            stored = [self._decode(folder, record) for record in records[start : start + count]]
             missing = start + count - len(records)
             if missing <= 0:
                 return stored

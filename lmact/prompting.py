@@ -50,7 +50,11 @@ def templates_fingerprint() -> str:
 
 def observation_parts(observation: Observation) -> list[Part]:
     if observation.image_png is not None:
-        return [TextPart(f"{OBSERVATION_LABEL}\n"), ImagePart(observation.image_png), TextPart("\n")]
+        return [
+            TextPart(f"{OBSERVATION_LABEL}\n"),
+            ImagePart(observation.image_png),
+            TextPart("\n"),
+        ]
     return [TextPart(f"{OBSERVATION_LABEL}\n{observation.text}\n")]
 
 
@@ -90,7 +94,8 @@ class PromptBuilder:
         if self.settings.show_legal_actions:
             text += template("legal_actions").substitute(actions=", ".join(legal_actions))
         evidence = (
-            "the demonstrations and the episode so far" if with_demonstrations
+            "the demonstrations and the episode so far"
+            if with_demonstrations
             else "the episode so far"
         )
         name = "instruction_cot" if self.settings.chain_of_thought else "instruction"
@@ -136,7 +141,7 @@ def extract_answer(completion: str) -> str:
     text is a valid, invalid or illegal action.
     """
     markers = list(_ACTION_MARKER.finditer(completion))
-    text = completion[markers[-1].end():] if markers else completion
+    text = completion[markers[-1].end() :] if markers else completion
     for line in text.splitlines():
         if line.strip():
             return line.strip().strip(_WRAPPERS)

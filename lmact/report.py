@@ -14,15 +14,28 @@ from lmact.store import RunRecord, RunStore
 from lmact.tasks import get_task
 
 COLUMNS = [
-    "run_id", "task", "observation", "model", "demos", "episodes", "mean_return", "ci95_low",
-    "ci95_high", "normalized_score", "illegal_rate", "invalid_rate", "empty_rate",
-    "prompt_tokens", "completion_tokens",
+    "run_id",
+    "task",
+    "observation",
+    "model",
+    "demos",
+    "episodes",
+    "mean_return",
+    "ci95_low",
+    "ci95_high",
+    "normalized_score",
+    "illegal_rate",
+    "invalid_rate",
+    "empty_rate",
+    "prompt_tokens",
+    "completion_tokens",
 ]
 FORMATS = ("markdown", "csv")
 
 
-def _baseline_return(store: RunStore, config: ImitationConfig, policy: str,
-                     episodes: int) -> float | None:
+def _baseline_return(
+    store: RunStore, config: ImitationConfig, policy: str, episodes: int
+) -> float | None:
     """The baseline's mean return over the same first `episodes` test seeds, if stored."""
     try:
         text_observation = get_task(config.task).default_observation
@@ -47,15 +60,26 @@ def run_row(store: RunStore, run: RunRecord) -> dict[str, Any] | None:
     contiguous = sorted(finished) == list(range(len(finished)))
     random = _baseline_return(store, config, "random", len(episodes)) if contiguous else None
     expert = _baseline_return(store, config, "expert", len(episodes)) if contiguous else None
-    normalized = (normalized_score(value, random, expert)
-                  if random is not None and expert is not None else None)
+    normalized = (
+        normalized_score(value, random, expert)
+        if random is not None and expert is not None
+        else None
+    )
     rates = answer_rates(episodes)
     return {
-        "run_id": run.run_id, "task": config.task, "observation": config.observation,
-        "model": config.model, "demos": run.demos_used, "episodes": len(episodes),
-        "mean_return": value, "ci95_low": low, "ci95_high": high,
-        "normalized_score": normalized, "illegal_rate": rates.illegal_rate,
-        "invalid_rate": rates.invalid_rate, "empty_rate": rates.empty_rate,
+        "run_id": run.run_id,
+        "task": config.task,
+        "observation": config.observation,
+        "model": config.model,
+        "demos": run.demos_used,
+        "episodes": len(episodes),
+        "mean_return": value,
+        "ci95_low": low,
+        "ci95_high": high,
+        "normalized_score": normalized,
+        "illegal_rate": rates.illegal_rate,
+        "invalid_rate": rates.invalid_rate,
+        "empty_rate": rates.empty_rate,
         "prompt_tokens": sum(e.prompt_tokens for e in episodes),
         "completion_tokens": sum(e.completion_tokens for e in episodes),
     }

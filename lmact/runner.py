@@ -55,14 +55,23 @@ def make_config(
     for name, value in (("--demos", demos), ("--seed", seed)):
         if value is not None and value < 0:
             raise LmactError(f"{name} must be at least 0, not {value}")
-    for name, value in (("--token-budget", token_budget), ("--max-steps", max_steps),
-                        ("--max-tokens", max_tokens)):
+    for name, value in (
+        ("--token-budget", token_budget),
+        ("--max-steps", max_steps),
+        ("--max-tokens", max_tokens),
+    ):
         if value is not None and value <= 0:
             raise LmactError(f"{name} must be positive, not {value}")
     return ImitationConfig(
-        task=spec.name, spec_hash=spec.spec_hash, observation=observation, model=model,
-        demos=demos, token_budget=token_budget, seed=seed,
-        max_steps=max_steps or spec.max_steps, show_legal_actions=show_legal_actions,
+        task=spec.name,
+        spec_hash=spec.spec_hash,
+        observation=observation,
+        model=model,
+        demos=demos,
+        token_budget=token_budget,
+        seed=seed,
+        max_steps=max_steps or spec.max_steps,
+        show_legal_actions=show_legal_actions,
         chain_of_thought=chain_of_thought,
         max_tokens=max_tokens or (512 if chain_of_thought else spec.max_answer_tokens),
         prompts=templates_fingerprint(),
@@ -125,8 +134,14 @@ class Runner:
 
     @contextmanager
     def _bar(self, total: int, description: str, unit: str) -> Iterator[tqdm]:
-        bar = tqdm(total=total, desc=description, unit=unit, disable=not self.progress,
-                   leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            total=total,
+            desc=description,
+            unit=unit,
+            disable=not self.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
         try:
             yield bar
         finally:
@@ -144,8 +159,9 @@ class Runner:
         builder = PromptBuilder(prompt_settings(config))
         with self._bar(config.demos or 0, f"demonstrations {task.name}", "demo") as bar:
             if config.demos is not None:
-                candidates = self.demo_store.load(task, config.observation, 0, config.demos,
-                                                  bar.update)
+                candidates = self.demo_store.load(
+                    task, config.observation, 0, config.demos, bar.update
+                )
             else:
                 candidates = self.demo_store.stream(task, config.observation, bar.update)
             consumed: list[Demonstration] = []
@@ -156,17 +172,24 @@ class Runner:
                     yield demonstration.steps
 
             packing = pack_demonstrations(
-                builder, steps_of(candidates), client.count_tokens, exact=config.demos,
-                budget=config.token_budget, context_window=client.context_window,
+                builder,
+                steps_of(candidates),
+                client.count_tokens,
+                exact=config.demos,
+                budget=config.token_budget,
+                context_window=client.context_window,
                 answer_tokens=config.max_tokens,
             )
         demonstrations = consumed[: len(packing.demonstrations)]
         digest = demonstrations_hash(demonstrations)
-        self.store.save_run(config.run_id, config.model_dump(), len(demonstrations), digest,
-                            packing.prefix_tokens)
+        self.store.save_run(
+            config.run_id, config.model_dump(), len(demonstrations), digest, packing.prefix_tokens
+        )
         return PreparedRun(
             plan=EpisodePlan(config, task, builder, packing.prefix, bool(demonstrations)),
-            client=client, demos_used=len(demonstrations), demos_hash=digest,
+            client=client,
+            demos_used=len(demonstrations),
+            demos_hash=digest,
             prefix_tokens=packing.prefix_tokens,
         )
 
@@ -212,9 +235,13 @@ class Runner:
                 raise group.exceptions[0] from None
         records = self.store.finished_episodes(run_id)
         return RunResult(
-            config=config, episodes=[records[e] for e in range(episodes)],
-            demos_used=prepared.demos_used, demos_hash=prepared.demos_hash,
-            prefix_tokens=prepared.prefix_tokens, calls_made=caller.calls_made, calls_cached=caller.calls_cached,
+            config=config,
+            episodes=[records[e] for e in range(episodes)],
+            demos_used=prepared.demos_used,
+            demos_hash=prepared.demos_hash,
+            prefix_tokens=prepared.prefix_tokens,
+            calls_made=caller.calls_made,
+            calls_cached=caller.calls_cached,
         )
 
     def evaluate(self, config: ImitationConfig, episodes: int) -> RunSummary:

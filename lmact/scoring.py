@@ -44,7 +44,7 @@ def bootstrap_ci(
 
 
 def normalized_score(value: float, random: float, expert: float) -> float | None:
-    """(value − random) / (expert − random); None when the baselines do not differ."""
+    """(value - random) / (expert - random); None when the baselines do not differ."""
     if math.isclose(expert, random):
         return None
     return (value - random) / (expert - random)
@@ -114,17 +114,28 @@ def summarize(
     random, expert = mean_return(random_episodes), mean_return(expert_episodes)
     rates = answer_rates(episodes)
     return RunSummary(
-        run_id=config.run_id, task=config.task, observation=config.observation,
-        model=config.model, demos=result.demos_used, demos_hash=result.demos_hash,
-        prefix_tokens=result.prefix_tokens, episodes=len(episodes), seed=config.seed,
-        max_steps=config.max_steps, mean_return=value,
+        run_id=config.run_id,
+        task=config.task,
+        observation=config.observation,
+        model=config.model,
+        demos=result.demos_used,
+        demos_hash=result.demos_hash,
+        prefix_tokens=result.prefix_tokens,
+        episodes=len(episodes),
+        seed=config.seed,
+        max_steps=config.max_steps,
+        mean_return=value,
         ci95=bootstrap_ci([e.total_return for e in episodes]),
         normalized_score=normalized_score(value, random, expert),
-        expert_return=expert, random_return=random, steps=rates.steps,
-        illegal_rate=rates.illegal_rate, invalid_rate=rates.invalid_rate,
+        expert_return=expert,
+        random_return=random,
+        steps=rates.steps,
+        illegal_rate=rates.illegal_rate,
+        invalid_rate=rates.invalid_rate,
         empty_rate=rates.empty_rate,
         prompt_tokens=sum(e.prompt_tokens for e in episodes),
         completion_tokens=sum(e.completion_tokens for e in episodes),
         cached_tokens=sum(e.cached_tokens for e in episodes),
-        calls_made=result.calls_made, calls_cached=result.calls_cached,
+        calls_made=result.calls_made,
+        calls_cached=result.calls_cached,
     )

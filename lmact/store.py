@@ -162,20 +162,29 @@ class RunStore:
             "INSERT INTO runs (run_id, config, created, demos_used, demos_hash, prefix_tokens) "
             "VALUES (?,?,?,?,?,?) ON CONFLICT(run_id) DO UPDATE SET demos_used=excluded."
             "demos_used, demos_hash=excluded.demos_hash, prefix_tokens=excluded.prefix_tokens",
-            (run_id, json.dumps(config, sort_keys=True), time.time(), demos_used, demos_hash,
-             prefix_tokens),
+            (
+                run_id,
+                json.dumps(config, sort_keys=True),
+                time.time(),
+                demos_used,
+                demos_hash,
+                prefix_tokens,
+            ),
         )
 
     def run(self, run_id: str) -> RunRecord | None:
         row = self._db.execute(
             "SELECT run_id, config, created, demos_used, demos_hash, prefix_tokens FROM runs "
-            "WHERE run_id = ?", (run_id,)).fetchone()
+            "WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()
         return _run_record(row) if row else None
 
     def runs(self) -> list[RunRecord]:
         rows = self._db.execute(
             "SELECT run_id, config, created, demos_used, demos_hash, prefix_tokens FROM runs "
-            "ORDER BY created").fetchall()
+            "ORDER BY created"
+        ).fetchall()
         return [_run_record(row) for row in rows]
 
     # Episodes and steps.
@@ -184,17 +193,22 @@ class RunStore:
         names = [f.name for f in fields(EpisodeRecord)]
         rows = self._db.execute(
             f"SELECT {', '.join(names)} FROM episodes WHERE run_id = ? AND status = 'done' "
-            "ORDER BY episode", (run_id,)).fetchall()
+            "ORDER BY episode",
+            (run_id,),
+        ).fetchall()
         return {row[0]: _episode_record(dict(zip(names, row, strict=True))) for row in rows}
 
     def start_episode(self, run_id: str, episode: int, seed: int) -> None:
         """Mark an episode as running, dropping the steps of an earlier, unfinished attempt."""
         with self._transaction():
-            self._db.execute("DELETE FROM steps WHERE run_id = ? AND episode = ?",
-                             (run_id, episode))
+            self._db.execute(
+                "DELETE FROM steps WHERE run_id = ? AND episode = ?", (run_id, episode)
+            )
             self._db.execute(
                 "INSERT OR REPLACE INTO episodes (run_id, episode, seed, status) "
-                "VALUES (?, ?, ?, 'running')", (run_id, episode, seed))
+                "VALUES (?, ?, ?, 'running')",
+                (run_id, episode, seed),
+            )
 
     def record_step(self, run_id: str, step: StepRecord) -> None:
         values = asdict(step)

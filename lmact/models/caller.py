@@ -40,7 +40,9 @@ class ModelCaller:
         self.calls_made = 0
         self.calls_cached = 0
 
-    async def call(self, request: ModelRequest, oracle: PolicyOracle | None = None) -> ModelResponse:
+    async def call(
+        self, request: ModelRequest, oracle: PolicyOracle | None = None
+    ) -> ModelResponse:
         key = call_key(self.client, request) if self.cache is not None else None
         if key is not None:
             hit = self.cache.get_call(key)

@@ -13,6 +13,7 @@ demonstrations, then the trajectory so far) only evaluates its new tokens.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import sys
 import tempfile
@@ -94,8 +95,10 @@ class _LoadedModel:
             except (ValueError, RuntimeError) as error:
                 captured.seek(0)
                 detail = captured.read().strip().splitlines()
-                raise LmactError(f"llama.cpp cannot load {path}: {error}"
-                                 + (f" ({detail[-1]})" if detail else "")) from None
+                raise LmactError(
+                    f"llama.cpp cannot load {path}: {error}"
+                    + (f" ({detail[-1]})" if detail else "")
+                ) from None
 
     def tokenize(self, text: str) -> list[int]:
         return self.llama.tokenize(text.encode("utf-8"), add_bos=True, special=True)
@@ -103,6 +106,15 @@ class _LoadedModel:
 
 _LOADED: dict[tuple[str, int | None, int], _LoadedModel] = {}
 _LOADED_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_loaded_models() -> None:
+    # Free llama.cpp's memory before interpreter teardown, when its destructors would fail.
+    with _LOADED_LOCK:
+        for loaded in _LOADED.values():
+            loaded.llama.close()
+        _LOADED.clear()
 
 
 def _loaded_model(path: Path, context_window: int | None, threads: int) -> _LoadedModel:

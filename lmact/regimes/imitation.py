@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lmact.demos import DEMO_SEED_BASE
 from lmact.envs.base import AnswerKind, Environment, classify_answer
-from lmact.models.caller import ModelCaller
+from lmact.errors import LmactError
 from lmact.models.base import request_hash
+from lmact.models.caller import ModelCaller
 from lmact.prompting import PromptBuilder, PromptSettings, Step, extract_answer
 from lmact.store import EpisodeRecord, StepRecord
 from lmact.tasks import TaskSpec
@@ -67,7 +68,10 @@ class ImitationConfig(BaseModel):
     def test_seed(self, episode: int) -> int:
         seed = self.seed + episode
         if seed >= DEMO_SEED_BASE:
-            raise ValueError(f"test seeds must stay below {DEMO_SEED_BASE} (demonstration seeds)")
+            raise LmactError(
+                f"test seed {seed} is not below {DEMO_SEED_BASE}, where the "
+                "demonstration seeds start; use a smaller --seed or fewer --episodes"
+            )
         return seed
 
     def baseline(self, policy: str, text_observation: str) -> ImitationConfig:
@@ -76,10 +80,16 @@ class ImitationConfig(BaseModel):
         Scripted policies read the environment, not the prompt, so the prompt settings are
         normalised to share one baseline run among all runs of a task.
         """
-        return self.model_copy(update={
-            "model": policy, "observation": text_observation, "demos": 0, "token_budget": None,
-            "show_legal_actions": False, "chain_of_thought": False,
-        })
+        return self.model_copy(
+            update={
+                "model": policy,
+                "observation": text_observation,
+                "demos": 0,
+                "token_budget": None,
+                "show_legal_actions": False,
+                "chain_of_thought": False,
+            }
+        )
 
 
 @dataclass
@@ -134,30 +144,49 @@ async def play_episode(
             observation = env.render(config.observation)
             legal = env.legal_actions()
             request = plan.builder.request(
-                plan.prefix, trajectory, observation, legal,
+                plan.prefix,
+                trajectory,
+                observation,
+                legal,
                 with_demonstrations=plan.with_demonstrations,
-                max_tokens=config.max_tokens, seed=config.seed,
+                max_tokens=config.max_tokens,
+                seed=config.seed,
             )
             response = await caller.call(request, oracle)
             answer = extract_answer(response.text)
             parsed = classify_answer(env, answer)
             # Anything but a valid action is replaced by a uniformly random legal one.
-            action = parsed.action if parsed.kind is AnswerKind.VALID else legal[
-                int(fallback_rng.integers(len(legal)))]
+            action = (
+                parsed.action
+                if parsed.kind is AnswerKind.VALID
+                else legal[int(fallback_rng.integers(len(legal)))]
+            )
             outcome = env.step(action)
             total += outcome.reward
             kinds[parsed.kind] += 1
-            tokens.update(prompt=response.prompt_tokens, completion=response.completion_tokens,
-                          cached=response.cached_tokens)
-            on_step(StepRecord(
-                episode=episode, step=step, prompt_hash=request_hash(request),
-                completion=response.text, answer=answer, kind=parsed.kind.value, action=action,
-                reward=outcome.reward, stop_reason=response.stop_reason,
-                prompt_tokens=response.prompt_tokens,
-                completion_tokens=response.completion_tokens,
-                cached_tokens=response.cached_tokens, latency_s=response.latency_s,
-                from_cache=response.from_cache,
-            ))
+            tokens.update(
+                prompt=response.prompt_tokens,
+                completion=response.completion_tokens,
+                cached=response.cached_tokens,
+            )
+            on_step(
+                StepRecord(
+                    episode=episode,
+                    step=step,
+                    prompt_hash=request_hash(request),
+                    completion=response.text,
+                    answer=answer,
+                    kind=parsed.kind.value,
+                    action=action,
+                    reward=outcome.reward,
+                    stop_reason=response.stop_reason,
+                    prompt_tokens=response.prompt_tokens,
+                    completion_tokens=response.completion_tokens,
+                    cached_tokens=response.cached_tokens,
+                    latency_s=response.latency_s,
+                    from_cache=response.from_cache,
+                )
+            )
             trajectory.append((observation, action))
             if outcome.done:
                 terminated = True
@@ -165,9 +194,16 @@ async def play_episode(
     finally:
         env.close()
     return EpisodeRecord(
-        episode=episode, seed=seed, total_return=total, steps=len(trajectory),
-        terminated=terminated, valid=kinds[AnswerKind.VALID], illegal=kinds[AnswerKind.ILLEGAL],
-        invalid=kinds[AnswerKind.INVALID], empty=kinds[AnswerKind.EMPTY],
-        prompt_tokens=tokens["prompt"], completion_tokens=tokens["completion"],
+        episode=episode,
+        seed=seed,
+        total_return=total,
+        steps=len(trajectory),
+        terminated=terminated,
+        valid=kinds[AnswerKind.VALID],
+        illegal=kinds[AnswerKind.ILLEGAL],
+        invalid=kinds[AnswerKind.INVALID],
+        empty=kinds[AnswerKind.EMPTY],
+        prompt_tokens=tokens["prompt"],
+        completion_tokens=tokens["completion"],
         cached_tokens=tokens["cached"],
     )
