@@ -1,0 +1,161 @@
+"""Whole runs: determinism, caching, resume, answer handling and scoring, with scripted
+policies and a scripted-answer test client (the local model's runs are in test_local_model)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from lmact.demos import DEMO_SEED_BASE, DemoStore
+from lmact.errors import LmactError
+from lmact.models.base import (
+    ModelClient,
+    ModelOptions,
+    ModelRequest,
+    ModelResponse,
+    Part,
+    PolicyOracle,
+    estimate_tokens,
+)
+from lmact.runner import Runner, make_config
+from lmact.store import RunStore
+
+
+class ScriptedAnswers(ModelClient):
+    """A cacheable test client that answers from a fixed list, cycling, and counts calls."""
+
+    def __init__(self, answers: Sequence[str]) -> None:
+        super().__init__("test/scripted-answers", ModelOptions())
+        self.answers = list(answers)
+        self.calls = 0
+
+    def count_tokens(self, parts: Sequence[Part]) -> int:
+        return estimate_tokens(parts)
+
+    async def complete(
+        self, request: ModelRequest, oracle: PolicyOracle | None = None
+    ) -> ModelResponse:
+        # The answer depends on the request only, as a model's would.
+        index = len(request.parts[-1].text) + len(request.parts)
+        self.calls += 1
+        return ModelResponse(
+            text=self.answers[index % len(self.answers)], prompt_tokens=10, completion_tokens=1
+        )
+
+
+def runner_with(client: ModelClient, store: RunStore, demo_store: DemoStore) -> Runner:
+    runner = Runner(store, demo_store, progress=False)
+    runner._clients[client.name] = client
+    return runner
+
+
+def step_rows(store: RunStore, run_id: str) -> list[dict]:
+    rows = []
+    for step in store.steps(run_id):
+        row = asdict(step)
+        del row["latency_s"], row["from_cache"]
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("task", ["tic_tac_toe", "grid_world"])
+@pytest.mark.parametrize("model", ["random", "expert"])
+def test_a_run_is_deterministic(tmp_path: Path, task: str, model: str) -> None:
+    results = []
+    for name in ("a", "b"):
+        with RunStore(tmp_path / f"{name}.sqlite") as store:
+            runner = Runner(store, DemoStore(tmp_path / f"demos-{name}"), progress=False)
+            config = make_config(task, model=model, demos=2)
+            summary = runner.evaluate(config, 6)
+            results.append((summary.to_dict(), step_rows(store, config.run_id)))
+    (first, first_steps), (second, second_steps) = results
+    assert first_steps == second_steps and len(first_steps) > 6
+    assert first == second
+
+
+def test_scores_of_the_baselines(runner: Runner) -> None:
+    expert = runner.evaluate(make_config("tic_tac_toe", model="expert", demos=0), 8)
+    random = runner.evaluate(make_config("tic_tac_toe", model="random", demos=0), 8)
+    assert expert.mean_return == expert.expert_return and expert.normalized_score == 1.0
+    assert random.mean_return == random.random_return and random.normalized_score == 0.0
+    assert expert.expert_return > expert.random_return
+    assert expert.ci95[0] <= expert.mean_return <= expert.ci95[1]
+    assert expert.illegal_rate == 0.0 and expert.steps > 8
+
+
+def test_a_rerun_is_served_from_the_cache(tmp_path: Path, demo_store: DemoStore) -> None:
+    config = make_config("grid_world", model="test/scripted-answers", demos=1, max_steps=6)
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        client = ScriptedAnswers(["left", "up", "right", "down", "stay"])
+        first = runner_with(client, store, demo_store).evaluate(config, 4)
+        assert client.calls == first.calls_made > 0
+        first_steps = step_rows(store, config.run_id)
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        # Unfinished episodes are replayed from the cache: make every episode unfinished.
+        store._db.execute("UPDATE episodes SET status = 'running'")
+        client = ScriptedAnswers(["never", "called"])
+        again = runner_with(client, store, demo_store).evaluate(config, 4)
+        assert client.calls == 0 and again.calls_made == 0
+        assert again.calls_cached == first.calls_made
+        assert step_rows(store, config.run_id) == first_steps
+        assert all(s.from_cache for s in store.steps(config.run_id))
+    assert {**again.to_dict(), "calls_made": 0, "calls_cached": 0} == {
+        **first.to_dict(),
+        "calls_made": 0,
+        "calls_cached": 0,
+    }
+
+
+def test_bad_answers_are_replaced_by_random_legal_actions(
+    runner: Runner, run_store: RunStore
+) -> None:
+    client = ScriptedAnswers(["a1", "zz", "", "b2", "c3", "Action: a2", "xyz"])
+    runner._clients[client.name] = client
+    config = make_config("tic_tac_toe", model=client.name, demos=0)
+    summary = runner.evaluate(config, 10)
+    steps = run_store.steps(config.run_id)
+    kinds = {s.kind for s in steps}
+    assert kinds <= {"valid", "illegal", "invalid", "empty"} and "invalid" in kinds
+    for step in steps:
+        if step.kind == "valid":
+            assert step.action == step.answer.lower()
+        else:
+            assert step.action in {f"{r}{c}" for r in "abc" for c in "123"}
+    count = {kind: sum(s.kind == kind for s in steps) for kind in kinds}
+    n = len(steps)
+    assert summary.empty_rate == count.get("empty", 0) / n
+    assert summary.invalid_rate == (count.get("empty", 0) + count["invalid"]) / n
+    assert summary.illegal_rate == (n - count.get("valid", 0)) / n
+    assert summary.empty_rate <= summary.invalid_rate <= summary.illegal_rate
+
+
+def test_more_episodes_extend_a_run(runner: Runner, run_store: RunStore) -> None:
+    config = make_config("tic_tac_toe", model="random", demos=0)
+    runner.run(config, 3)
+    before = step_rows(run_store, config.run_id)
+    result = runner.run(config, 5)
+    assert [e.episode for e in result.episodes] == [0, 1, 2, 3, 4]
+    assert step_rows(run_store, config.run_id)[: len(before)] == before
+    assert [e.seed for e in result.episodes] == [0, 1, 2, 3, 4]
+
+
+def test_test_seeds_stay_below_demonstration_seeds(runner: Runner) -> None:
+    config = make_config("tic_tac_toe", model="random", seed=DEMO_SEED_BASE - 2)
+    runner.run(config, 2)
+    with pytest.raises(LmactError, match="below"):
+        runner.run(config, 3)
+
+
+def test_text_only_model_refuses_images(runner: Runner) -> None:
+    with pytest.raises(LmactError, match="accepts no images"):
+        runner.run(make_config("tic_tac_toe", observation="png", model="local/gemma-3-270m"), 1)
+
+
+def test_image_observations_run_with_scripted_policies(runner: Runner) -> None:
+    summary = runner.evaluate(
+        make_config("grid_world", observation="rgb", model="expert", demos=1), 2
+    )
+    assert summary.mean_return == 1.0 and summary.demos == 1

@@ -1,0 +1,53 @@
+"""Returns, bootstrap intervals, normalization and answer rates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lmact.scoring import answer_rates, bootstrap_ci, normalized_score
+from lmact.store import EpisodeRecord
+
+
+def episode(steps: int, valid: int, illegal: int, invalid: int, empty: int) -> EpisodeRecord:
+    return EpisodeRecord(
+        episode=0,
+        seed=0,
+        total_return=0.0,
+        steps=steps,
+        terminated=True,
+        valid=valid,
+        illegal=illegal,
+        invalid=invalid,
+        empty=empty,
+        prompt_tokens=0,
+        completion_tokens=0,
+        cached_tokens=0,
+    )
+
+
+def test_bootstrap_interval_is_reproducible_and_sensible() -> None:
+    values = np.random.default_rng(1).normal(2.0, 1.0, size=40)
+    low, high = bootstrap_ci(values)
+    assert (low, high) == bootstrap_ci(values)
+    assert low < values.mean() < high
+    # The interval of the mean is about ±1.96 standard errors wide.
+    standard_error = values.std(ddof=1) / np.sqrt(values.size)
+    assert (high - low) == pytest.approx(2 * 1.96 * standard_error, rel=0.2)
+    assert bootstrap_ci([1.0, 1.0, 1.0]) == (1.0, 1.0)
+    narrow = bootstrap_ci(np.tile(values, 4))
+    assert narrow[1] - narrow[0] < high - low
+
+
+def test_normalized_score() -> None:
+    assert normalized_score(0.5, random=0.0, expert=1.0) == 0.5
+    assert normalized_score(-1.0, random=-0.5, expert=0.5) == -0.5
+    assert normalized_score(1.0, random=1.0, expert=1.0) is None
+
+
+def test_rates_nest() -> None:
+    rates = answer_rates([episode(10, 4, 3, 2, 1), episode(10, 10, 0, 0, 0)])
+    assert rates.steps == 20
+    assert rates.empty_rate == 1 / 20
+    assert rates.invalid_rate == 3 / 20
+    assert rates.illegal_rate == 6 / 20
