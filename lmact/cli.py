@@ -189,13 +189,18 @@ def _command_run(args: argparse.Namespace) -> None:
         ("model calls new / cached", f"{summary.calls_made} / {summary.calls_cached}"),
     ]
     print(
-        f"{summary.task} · {summary.observation} · {summary.model} · {summary.demos} "
-        f"demonstrations ({summary.prefix_tokens} prompt tokens) · {summary.episodes} episodes"
+        f"{summary.task} · {summary.observation} · {summary.model} · "
+        f"{_count(summary.demos, 'demonstration')} ({summary.prefix_tokens} prompt tokens) · "
+        f"{_count(summary.episodes, 'episode')}"
     )
     print("| metric | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
     print(f"run {summary.run_id} in {args.store}")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _command_demos(args: argparse.Namespace) -> None:
@@ -218,7 +223,7 @@ def _command_demos(args: argparse.Namespace) -> None:
         demonstrations = store.load(task, observation, 0, args.episodes, bar.update)
     returns = [d.total_return for d in demonstrations]
     print(
-        f"{len(demonstrations)} demonstrations of {task.name}/{observation} in "
+        f"{_count(len(demonstrations), 'demonstration')} of {task.name}/{observation} in "
         f"{store.directory(task, observation)} (mean return {sum(returns) / len(returns):.3f})"
     )
 
