@@ -7,15 +7,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from helpers import episode_requests
 
 from lmact.demos import DemoStore
 from lmact.models.base import ModelOptions, TextPart
 from lmact.models.local import LocalModel
 from lmact.models.registry import resolve_model
-from lmact.prompting import PromptBuilder, PromptSettings
+from lmact.prompting import PromptSettings
 from lmact.runner import Runner, make_config
 from lmact.store import RunStore
-from lmact.tasks import get_task
 
 pytestmark = pytest.mark.slow
 
@@ -27,45 +27,16 @@ def model() -> LocalModel:
     return client
 
 
-def tic_tac_toe_requests(demo_store: DemoStore, steps: int) -> list:
-    """Requests of successive steps of one episode (expert moves), sharing their prefix."""
-    task = get_task("tic_tac_toe")
-    builder = PromptBuilder(PromptSettings())
-    prefix = builder.prefix([d.steps for d in demo_store.load(task, "txt", 0, 2)])
-    env = task.make_environment()
-    env.reset(11)
-    trajectory, requests = [], []
-    for _ in range(steps):
-        observation = env.render("txt")
-        requests.append(
-            builder.request(
-                prefix,
-                trajectory,
-                observation,
-                env.legal_actions(),
-                with_demonstrations=True,
-                max_tokens=6,
-            )
-        )
-        action = env.expert_action()
-        trajectory.append((observation, action))
-        if env.step(action).done:
-            break
-    return requests
-
-
-def test_token_count_matches_what_the_model_reports(
-    model: LocalModel, demo_store: DemoStore
-) -> None:
-    request = tic_tac_toe_requests(demo_store, 1)[0]
+def test_token_count_matches_what_the_model_reports(model: LocalModel) -> None:
+    request = episode_requests("tic_tac_toe", "txt", PromptSettings(), demos=2)[1][0][0]
     response = asyncio.run(model.complete(request))
     expected = model.count_tokens([*request.parts, TextPart(request.answer_prefix)])
     assert response.prompt_tokens == expected > 100
     assert response.stop_reason in {"stop", "length"}
 
 
-def test_prefix_reuse_gives_the_same_answers(model: LocalModel, demo_store: DemoStore) -> None:
-    requests = tic_tac_toe_requests(demo_store, 3)
+def test_prefix_reuse_gives_the_same_answers(model: LocalModel) -> None:
+    requests = [r for r, _ in episode_requests("tic_tac_toe", "txt", PromptSettings(), 2)[1][:3]]
     assert len(requests) >= 2
     fresh = LocalModel("local/gemma-3-270m", ModelOptions(threads=2), reuse_prefix=False)
     reused = [asyncio.run(model.complete(r)) for r in requests]

@@ -6,26 +6,16 @@ import itertools
 from collections.abc import Sequence
 
 import pytest
+from helpers import demonstrations, episode_requests
 
-from lmact.demos import DEMO_SEED_BASE, play_expert_episode
 from lmact.errors import LmactError
 from lmact.models.base import ImagePart, ModelRequest, Part, TextPart
 from lmact.prompting import (
     ACTION_LABEL,
     PromptBuilder,
     PromptSettings,
-    Step,
     pack_demonstrations,
 )
-from lmact.tasks import get_task
-
-
-def demonstrations(task: str, observation: str, count: int) -> list[tuple[Step, ...]]:
-    spec = get_task(task)
-    env = spec.make_environment()
-    return [
-        play_expert_episode(spec, env, observation, DEMO_SEED_BASE + k).steps for k in range(count)
-    ]
 
 
 def characters(parts: Sequence[Part]) -> int:
@@ -39,31 +29,6 @@ def flatten(request: ModelRequest) -> list[str]:
     for part in request.parts:
         out += list(part.text) if isinstance(part, TextPart) else [f"<{part.sha256}>"]
     return out
-
-
-def episode_requests(
-    task: str, observation: str, settings: PromptSettings, demos: int
-) -> tuple[PromptBuilder, list[tuple[ModelRequest, str]]]:
-    """The requests of one expert-played test episode, with each step's tail."""
-    spec = get_task(task)
-    builder = PromptBuilder(settings)
-    prefix = builder.prefix(demonstrations(task, observation, demos))
-    env = spec.make_environment()
-    env.reset(7)
-    trajectory: list[Step] = []
-    requests = []
-    for _ in range(spec.max_steps):
-        observation_now = env.render(observation)
-        legal = env.legal_actions()
-        request = builder.request(
-            prefix, trajectory, observation_now, legal, with_demonstrations=demos > 0, max_tokens=8
-        )
-        requests.append((request, builder.tail(legal, demos > 0)))
-        action = env.expert_action()
-        trajectory.append((observation_now, action))
-        if env.step(action).done:
-            break
-    return builder, requests
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,41 @@
+"""Helpers shared by tests: expert demonstrations and the prompts of an expert-played episode."""
+
+from __future__ import annotations
+
+from lmact.demos import DEMO_SEED_BASE, play_expert_episode
+from lmact.models.base import ModelRequest
+from lmact.prompting import PromptBuilder, PromptSettings, Step
+from lmact.tasks import get_task
+
+
+def demonstrations(task: str, observation: str, count: int) -> list[tuple[Step, ...]]:
+    spec = get_task(task)
+    env = spec.make_environment()
+    return [
+        play_expert_episode(spec, env, observation, DEMO_SEED_BASE + k).steps for k in range(count)
+    ]
+
+
+def episode_requests(
+    task: str, observation: str, settings: PromptSettings, demos: int
+) -> tuple[PromptBuilder, list[tuple[ModelRequest, str]]]:
+    """The requests of one expert-played test episode, with each step's tail."""
+    spec = get_task(task)
+    builder = PromptBuilder(settings)
+    prefix = builder.prefix(demonstrations(task, observation, demos))
+    env = spec.make_environment()
+    env.reset(7)
+    trajectory: list[Step] = []
+    requests = []
+    for _ in range(spec.max_steps):
+        observation_now = env.render(observation)
+        legal = env.legal_actions()
+        request = builder.request(
+            prefix, trajectory, observation_now, legal, with_demonstrations=demos > 0, max_tokens=8
+        )
+        requests.append((request, builder.tail(legal, demos > 0)))
+        action = env.expert_action()
+        trajectory.append((observation_now, action))
+        if env.step(action).done:
+            break
+    return builder, requests
