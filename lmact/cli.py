@@ -139,7 +139,8 @@ def _demo_store(args: argparse.Namespace) -> DemoStore:
 
 
 def _command_run(args: argparse.Namespace) -> None:
-    from lmact.runner import Runner, make_config
+    from lmact.regimes.imitation import make_config
+    from lmact.runner import Runner
     from lmact.store import RunStore
     from lmact.tasks import get_task
 

@@ -68,6 +68,7 @@ def demonstrations_hash(demonstrations: Sequence[Demonstration]) -> str:
 def _episode_line(demonstration: Demonstration, image_names: bool = True) -> str:
     steps = []
     for index, (observation, action) in enumerate(demonstration.steps):
+        rendered: dict[str, str | None]
         if observation.image_png is not None:
             rendered = {"image_sha256": hashlib.sha256(observation.image_png).hexdigest()}
             if image_names:

@@ -11,7 +11,6 @@ from lmact.errors import LmactError, UnknownNameError
 from lmact.regimes.imitation import ImitationConfig
 from lmact.scoring import answer_rates, bootstrap_ci, mean_return, normalized_score
 from lmact.store import RunRecord, RunStore
-from lmact.tasks import get_task
 
 COLUMNS = [
     "run_id",
@@ -38,10 +37,10 @@ def _baseline_return(
 ) -> float | None:
     """The baseline's mean return over the same first `episodes` test seeds, if stored."""
     try:
-        text_observation = get_task(config.task).default_observation
-    except UnknownNameError:
+        baseline = config.baseline(policy)
+    except UnknownNameError:  # a task no longer installed
         return None
-    finished = store.finished_episodes(config.baseline(policy, text_observation).run_id)
+    finished = store.finished_episodes(baseline.run_id)
     if not all(e in finished for e in range(episodes)):
         return None
     return mean_return([finished[e] for e in range(episodes)])

@@ -16,7 +16,7 @@ from lmact.errors import LmactError
 from lmact.models.base import ModelClient, ModelOptions
 from lmact.models.caller import ModelCaller
 from lmact.models.registry import resolve_model
-from lmact.prompting import PromptBuilder, Step, pack_demonstrations, templates_fingerprint
+from lmact.prompting import PromptBuilder, Step, pack_demonstrations
 from lmact.regimes.imitation import (
     BASELINE_POLICIES,
     EpisodePlan,
@@ -25,57 +25,8 @@ from lmact.regimes.imitation import (
     prompt_settings,
 )
 from lmact.scoring import RunSummary, summarize
-from lmact.store import EpisodeRecord, RunStore
+from lmact.store import EpisodeRecord, RunStore, StepRecord
 from lmact.tasks import TaskSpec, get_task
-
-DEFAULT_DEMOS = 1
-
-
-def make_config(
-    task: str,
-    *,
-    observation: str | None = None,
-    model: str,
-    demos: int | None = None,
-    token_budget: int | None = None,
-    seed: int = 0,
-    max_steps: int | None = None,
-    show_legal_actions: bool = False,
-    chain_of_thought: bool = False,
-    max_tokens: int | None = None,
-) -> ImitationConfig:
-    """A run configuration with the task's defaults filled in; names are checked here."""
-    spec = get_task(task)
-    observation = observation or spec.default_observation
-    spec.check_observation(observation)
-    if demos is not None and token_budget is not None:
-        raise LmactError("give either --demos or --token-budget, not both")
-    if demos is None and token_budget is None:
-        demos = DEFAULT_DEMOS
-    for name, value in (("--demos", demos), ("--seed", seed)):
-        if value is not None and value < 0:
-            raise LmactError(f"{name} must be at least 0, not {value}")
-    for name, value in (
-        ("--token-budget", token_budget),
-        ("--max-steps", max_steps),
-        ("--max-tokens", max_tokens),
-    ):
-        if value is not None and value <= 0:
-            raise LmactError(f"{name} must be positive, not {value}")
-    return ImitationConfig(
-        task=spec.name,
-        spec_hash=spec.spec_hash,
-        observation=observation,
-        model=model,
-        demos=demos,
-        token_budget=token_budget,
-        seed=seed,
-        max_steps=max_steps or spec.max_steps,
-        show_legal_actions=show_legal_actions,
-        chain_of_thought=chain_of_thought,
-        max_tokens=max_tokens or (512 if chain_of_thought else spec.max_answer_tokens),
-        prompts=templates_fingerprint(),
-    )
 
 
 @dataclass(frozen=True)
@@ -158,6 +109,7 @@ class Runner:
             )
         builder = PromptBuilder(prompt_settings(config))
         with self._bar(config.demos or 0, f"demonstrations {task.name}", "demo") as bar:
+            candidates: Iterable[Demonstration]
             if config.demos is not None:
                 candidates = self.demo_store.load(
                     task, config.observation, 0, config.demos, bar.update
@@ -213,8 +165,8 @@ class Runner:
                 async with slots:
                     self.store.start_episode(run_id, episode, config.test_seed(episode))
 
-                    def on_step(step: object) -> None:
-                        self.store.record_step(run_id, step)  # type: ignore[arg-type]
+                    def on_step(step: StepRecord) -> None:
+                        self.store.record_step(run_id, step)
                         bar.set_postfix(calls=caller.calls_made, cached=caller.calls_cached)
 
                     record = await play_episode(plan, caller, episode, on_step)
@@ -247,9 +199,7 @@ class Runner:
     def evaluate(self, config: ImitationConfig, episodes: int) -> RunSummary:
         """Run, then run the random and expert baselines on the same test seeds, and score."""
         result = self.run(config, episodes)
-        text_observation = self._task(config).default_observation
         baselines = {
-            policy: self.run(config.baseline(policy, text_observation), episodes)
-            for policy in BASELINE_POLICIES
+            policy: self.run(config.baseline(policy), episodes) for policy in BASELINE_POLICIES
         }
         return summarize(result, baselines["random"].episodes, baselines["expert"].episodes)

@@ -14,7 +14,8 @@ from lmact.models.base import ModelOptions, TextPart
 from lmact.models.local import LocalModel
 from lmact.models.registry import resolve_model
 from lmact.prompting import PromptSettings
-from lmact.runner import Runner, make_config
+from lmact.regimes.imitation import make_config
+from lmact.runner import Runner
 from lmact.store import RunStore
 
 pytestmark = pytest.mark.slow

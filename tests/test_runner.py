@@ -20,7 +20,8 @@ from lmact.models.base import (
     PolicyOracle,
     estimate_tokens,
 )
-from lmact.runner import Runner, make_config
+from lmact.regimes.imitation import make_config
+from lmact.runner import Runner
 from lmact.store import RunStore
 
 

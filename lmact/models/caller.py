@@ -43,15 +43,16 @@ class ModelCaller:
     async def call(
         self, request: ModelRequest, oracle: PolicyOracle | None = None
     ) -> ModelResponse:
-        key = call_key(self.client, request) if self.cache is not None else None
-        if key is not None:
-            hit = self.cache.get_call(key)
+        cache = self.cache
+        key = call_key(self.client, request) if cache is not None else None
+        if cache is not None and key is not None:
+            hit = cache.get_call(key)
             if hit is not None:
                 self.calls_cached += 1
                 return ModelResponse.from_json(hit)
         async with self._slots:
             response = await self.client.complete(request, oracle)
         self.calls_made += 1
-        if key is not None:
-            self.cache.put_call(key, self.client.name, response.to_json())
+        if cache is not None and key is not None:
+            cache.put_call(key, self.client.name, response.to_json())
         return response

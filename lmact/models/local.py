@@ -202,6 +202,7 @@ class LocalModel(ModelClient):
                 seed=request.seed,
             )
             latency = time.perf_counter() - started
+        assert isinstance(output, dict)  # not streamed
         choice = output["choices"][0]
         usage = output["usage"]
         return ModelResponse(

@@ -19,13 +19,21 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from lmact.demos import DEMO_SEED_BASE
 from lmact.envs.base import AnswerKind, Environment, classify_answer
 from lmact.errors import LmactError
-from lmact.models.base import request_hash
+from lmact.models.base import Part, request_hash
 from lmact.models.caller import ModelCaller
-from lmact.prompting import PromptBuilder, PromptSettings, Step, extract_answer
+from lmact.prompting import (
+    PromptBuilder,
+    PromptSettings,
+    Step,
+    extract_answer,
+    templates_fingerprint,
+)
 from lmact.store import EpisodeRecord, StepRecord
-from lmact.tasks import TaskSpec
+from lmact.tasks import TaskSpec, get_task
 
 BASELINE_POLICIES = ("random", "expert")
+DEFAULT_DEMOS = 1
+CHAIN_OF_THOUGHT_MAX_TOKENS = 512
 # Streams of an episode's seed that the loop itself draws from (the environment uses its own).
 _FALLBACK_STREAM = 1
 _POLICY_STREAM = 2
@@ -74,22 +82,63 @@ class ImitationConfig(BaseModel):
             )
         return seed
 
-    def baseline(self, policy: str, text_observation: str) -> ImitationConfig:
+    def baseline(self, policy: str) -> ImitationConfig:
         """The same test episodes played by a scripted policy: the scorer's reference points.
 
-        Scripted policies read the environment, not the prompt, so the prompt settings are
-        normalised to share one baseline run among all runs of a task.
+        Scripted policies read the environment, not the prompt, so every prompt setting takes
+        its default: all runs of a task with the same seeds and step limit share baselines.
         """
-        return self.model_copy(
-            update={
-                "model": policy,
-                "observation": text_observation,
-                "demos": 0,
-                "token_budget": None,
-                "show_legal_actions": False,
-                "chain_of_thought": False,
-            }
+        return make_config(
+            self.task, model=policy, demos=0, seed=self.seed, max_steps=self.max_steps
         )
+
+
+def make_config(
+    task: str,
+    *,
+    observation: str | None = None,
+    model: str,
+    demos: int | None = None,
+    token_budget: int | None = None,
+    seed: int = 0,
+    max_steps: int | None = None,
+    show_legal_actions: bool = False,
+    chain_of_thought: bool = False,
+    max_tokens: int | None = None,
+) -> ImitationConfig:
+    """A run configuration with the task's defaults filled in; names are checked here."""
+    spec = get_task(task)
+    observation = observation or spec.default_observation
+    spec.check_observation(observation)
+    if demos is not None and token_budget is not None:
+        raise LmactError("give either --demos or --token-budget, not both")
+    if demos is None and token_budget is None:
+        demos = DEFAULT_DEMOS
+    for name, value in (("--demos", demos), ("--seed", seed)):
+        if value is not None and value < 0:
+            raise LmactError(f"{name} must be at least 0, not {value}")
+    for name, value in (
+        ("--token-budget", token_budget),
+        ("--max-steps", max_steps),
+        ("--max-tokens", max_tokens),
+    ):
+        if value is not None and value <= 0:
+            raise LmactError(f"{name} must be positive, not {value}")
+    return ImitationConfig(
+        task=spec.name,
+        spec_hash=spec.spec_hash,
+        observation=observation,
+        model=model,
+        demos=demos,
+        token_budget=token_budget,
+        seed=seed,
+        max_steps=max_steps or spec.max_steps,
+        show_legal_actions=show_legal_actions,
+        chain_of_thought=chain_of_thought,
+        max_tokens=max_tokens
+        or (CHAIN_OF_THOUGHT_MAX_TOKENS if chain_of_thought else spec.max_answer_tokens),
+        prompts=templates_fingerprint(),
+    )
 
 
 @dataclass
@@ -113,7 +162,7 @@ class EpisodePlan:
     config: ImitationConfig
     task: TaskSpec
     builder: PromptBuilder
-    prefix: tuple  # the packed preamble and demonstrations (stable across steps)
+    prefix: tuple[Part, ...]  # the packed preamble and demonstrations, the same every step
     with_demonstrations: bool
 
 
@@ -155,10 +204,11 @@ async def play_episode(
             response = await caller.call(request, oracle)
             answer = extract_answer(response.text)
             parsed = classify_answer(env, answer)
-            # Anything but a valid action is replaced by a uniformly random legal one.
+            # Anything but a valid action (which alone has one) is replaced by a uniformly
+            # random legal action.
             action = (
                 parsed.action
-                if parsed.kind is AnswerKind.VALID
+                if parsed.action is not None
                 else legal[int(fallback_rng.integers(len(legal)))]
             )
             outcome = env.step(action)
