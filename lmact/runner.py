@@ -175,7 +175,7 @@ class Runner:
 
             description = f"{config.model} {config.task}/{config.observation}"
             with self._bar(episodes, description, "episode") as bar:
-                bar.update(len(finished) if todo else episodes)
+                bar.update(episodes - len(todo))
                 async with asyncio.TaskGroup() as group:
                     for episode in todo:
                         group.create_task(play(episode, bar))
