@@ -1,6 +1,10 @@
-"""Helpers shared by tests: expert demonstrations and the prompts of an expert-played episode."""
+"""Helpers shared by tests: demonstrations, the prompts of an expert-played episode, images."""
 
 from __future__ import annotations
+
+import io
+
+from PIL import Image
 
 from lmact.demos import DEMO_SEED_BASE, play_expert_episode
 from lmact.models.base import ModelRequest
@@ -39,3 +43,11 @@ def episode_requests(
         if env.step(action).done:
             break
     return builder, requests
+
+
+def decode(png: bytes | None) -> Image.Image:
+    """A PNG observation as a loaded Pillow image."""
+    assert png is not None
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    return image

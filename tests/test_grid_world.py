@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import collections
-import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from helpers import decode
 
 from lmact.envs.base import InvalidActionError
 from lmact.envs.grid_world import GridWorld
@@ -260,13 +259,6 @@ def test_coords_rendering() -> None:
     assert env.render("coords").text == '{"player": [1, 2], "target": [3, 1]}'
     env.step("down")
     assert env.render("coords").text == '{"player": [2, 2], "target": [3, 1]}'
-
-
-def decode(png: bytes | None) -> Image.Image:
-    assert png is not None
-    image = Image.open(io.BytesIO(png))
-    image.load()
-    return image
 
 
 def test_image_rendering_decodes_at_the_grid_size() -> None:

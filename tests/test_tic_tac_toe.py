@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import io
 from functools import cache
 
 import pytest
-from PIL import Image
+from helpers import decode
 
 from lmact.envs.base import IllegalActionError, InvalidActionError
 from lmact.envs.tic_tac_toe import TicTacToe
@@ -321,13 +320,6 @@ def test_text_rendering() -> None:
     assert env.render("txt").text == "x | o |  \n---------\n  | x |  \n---------\no |   |  "
     env = env_at("... ... ...", "x")
     assert env.render("txt").text == "  |   |  \n---------\n  |   |  \n---------\n  |   |  "
-
-
-def decode(png: bytes | None) -> Image.Image:
-    assert png is not None
-    image = Image.open(io.BytesIO(png))
-    image.load()
-    return image
 
 
 @pytest.mark.parametrize("coordinates", [False, True])
