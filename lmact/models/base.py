@@ -12,6 +12,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,8 +27,9 @@ class TextPart:
 class ImagePart:
     png: bytes
 
-    @property
+    @cached_property
     def sha256(self) -> str:
+        # Cached: the demonstration images of a prompt are hashed again at every step.
         return hashlib.sha256(self.png).hexdigest()
 
 
