@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from lmact.errors import LmactError, UnknownNameError
-from lmact.regimes.imitation import ImitationConfig
-from lmact.scoring import answer_rates, bootstrap_ci, mean_return, normalized_score
-from lmact.store import RunRecord, RunStore
+from lmact.regimes.imitation import BASELINE_POLICIES, ImitationConfig
+from lmact.scoring import score_episodes
+from lmact.store import EpisodeRecord, RunRecord, RunStore
 
 COLUMNS = [
     "run_id",
@@ -32,10 +32,10 @@ COLUMNS = [
 FORMATS = ("markdown", "csv")
 
 
-def _baseline_return(
+def _baseline_episodes(
     store: RunStore, config: ImitationConfig, policy: str, episodes: int
-) -> float | None:
-    """The baseline's mean return over the same first `episodes` test seeds, if stored."""
+) -> list[EpisodeRecord] | None:
+    """The baseline's first `episodes` test episodes (the same seeds), if all are stored."""
     try:
         baseline = config.baseline(policy)
     except UnknownNameError:  # a task no longer installed
@@ -43,7 +43,7 @@ def _baseline_return(
     finished = store.finished_episodes(baseline.run_id)
     if not all(e in finished for e in range(episodes)):
         return None
-    return mean_return([finished[e] for e in range(episodes)])
+    return [finished[e] for e in range(episodes)]
 
 
 def run_row(store: RunStore, run: RunRecord) -> dict[str, Any] | None:
@@ -51,36 +51,23 @@ def run_row(store: RunStore, run: RunRecord) -> dict[str, Any] | None:
     finished = store.finished_episodes(run.run_id)
     if not finished:
         return None
-    episodes = list(finished.values())
     config = ImitationConfig(**run.config)
-    value = mean_return(episodes)
-    low, high = bootstrap_ci([e.total_return for e in episodes])
     # Normalize only against baselines over exactly the same test seeds.
     contiguous = sorted(finished) == list(range(len(finished)))
-    random = _baseline_return(store, config, "random", len(episodes)) if contiguous else None
-    expert = _baseline_return(store, config, "expert", len(episodes)) if contiguous else None
-    normalized = (
-        normalized_score(value, random, expert)
-        if random is not None and expert is not None
-        else None
-    )
-    rates = answer_rates(episodes)
+    baselines = {
+        policy: _baseline_episodes(store, config, policy, len(finished)) if contiguous else None
+        for policy in BASELINE_POLICIES
+    }
+    scores = score_episodes(list(finished.values()), baselines["random"], baselines["expert"])
     return {
         "run_id": run.run_id,
         "task": config.task,
         "observation": config.observation,
         "model": config.model,
         "demos": run.demos_used,
-        "episodes": len(episodes),
-        "mean_return": value,
-        "ci95_low": low,
-        "ci95_high": high,
-        "normalized_score": normalized,
-        "illegal_rate": rates.illegal_rate,
-        "invalid_rate": rates.invalid_rate,
-        "empty_rate": rates.empty_rate,
-        "prompt_tokens": sum(e.prompt_tokens for e in episodes),
-        "completion_tokens": sum(e.completion_tokens for e in episodes),
+        "ci95_low": scores.ci95[0],
+        "ci95_high": scores.ci95[1],
+        **{name: getattr(scores, name) for name in COLUMNS if hasattr(scores, name)},
     }
 
 

@@ -69,8 +69,58 @@ def answer_rates(episodes: Sequence[EpisodeRecord]) -> AnswerRates:
 
 
 @dataclass(frozen=True)
-class RunSummary:
-    """What `lmact run` prints (and `--json` emits)."""
+class EpisodeScores:
+    """The scores of a set of test episodes; the baselines' are None when not available."""
+
+    episodes: int
+    mean_return: float
+    ci95: tuple[float, float]
+    normalized_score: float | None
+    expert_return: float | None
+    random_return: float | None
+    steps: int
+    illegal_rate: float
+    invalid_rate: float
+    empty_rate: float
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+
+
+def score_episodes(
+    episodes: Sequence[EpisodeRecord],
+    random_episodes: Sequence[EpisodeRecord] | None = None,
+    expert_episodes: Sequence[EpisodeRecord] | None = None,
+) -> EpisodeScores:
+    """Scores of `episodes`, normalized when both baselines' episodes are given."""
+    value = mean_return(episodes)
+    random = mean_return(random_episodes) if random_episodes else None
+    expert = mean_return(expert_episodes) if expert_episodes else None
+    rates = answer_rates(episodes)
+    return EpisodeScores(
+        episodes=len(episodes),
+        mean_return=value,
+        ci95=bootstrap_ci([e.total_return for e in episodes]),
+        normalized_score=(
+            normalized_score(value, random, expert)
+            if random is not None and expert is not None
+            else None
+        ),
+        expert_return=expert,
+        random_return=random,
+        steps=rates.steps,
+        illegal_rate=rates.illegal_rate,
+        invalid_rate=rates.invalid_rate,
+        empty_rate=rates.empty_rate,
+        prompt_tokens=sum(e.prompt_tokens for e in episodes),
+        completion_tokens=sum(e.completion_tokens for e in episodes),
+        cached_tokens=sum(e.cached_tokens for e in episodes),
+    )
+
+
+@dataclass(frozen=True)
+class RunSummary(EpisodeScores):
+    """What `lmact run` prints (and `--json` emits): a run's scores and what identifies it."""
 
     run_id: str
     task: str
@@ -79,21 +129,8 @@ class RunSummary:
     demos: int
     demos_hash: str
     prefix_tokens: int
-    episodes: int
     seed: int
     max_steps: int
-    mean_return: float
-    ci95: tuple[float, float]
-    normalized_score: float | None
-    expert_return: float
-    random_return: float
-    steps: int
-    illegal_rate: float
-    invalid_rate: float
-    empty_rate: float
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
     calls_made: int
     calls_cached: int
 
@@ -109,11 +146,9 @@ def summarize(
     expert_episodes: Sequence[EpisodeRecord],
 ) -> RunSummary:
     config = result.config
-    episodes = result.episodes
-    value = mean_return(episodes)
-    random, expert = mean_return(random_episodes), mean_return(expert_episodes)
-    rates = answer_rates(episodes)
+    scores = score_episodes(result.episodes, random_episodes, expert_episodes)
     return RunSummary(
+        **asdict(scores),
         run_id=config.run_id,
         task=config.task,
         observation=config.observation,
@@ -121,21 +156,8 @@ def summarize(
         demos=result.demos_used,
         demos_hash=result.demos_hash,
         prefix_tokens=result.prefix_tokens,
-        episodes=len(episodes),
         seed=config.seed,
         max_steps=config.max_steps,
-        mean_return=value,
-        ci95=bootstrap_ci([e.total_return for e in episodes]),
-        normalized_score=normalized_score(value, random, expert),
-        expert_return=expert,
-        random_return=random,
-        steps=rates.steps,
-        illegal_rate=rates.illegal_rate,
-        invalid_rate=rates.invalid_rate,
-        empty_rate=rates.empty_rate,
-        prompt_tokens=sum(e.prompt_tokens for e in episodes),
-        completion_tokens=sum(e.completion_tokens for e in episodes),
-        cached_tokens=sum(e.cached_tokens for e in episodes),
         calls_made=result.calls_made,
         calls_cached=result.calls_cached,
     )
