@@ -72,25 +72,28 @@ class ModelRequest:
         text = "".join(part.text for part in self.parts if isinstance(part, TextPart))
         return text + self.answer_prefix
 
+    @cached_property
+    def prompt_hash(self) -> str:
+        """A hash of the prompt (text, and images by their hashes), computed once per request:
+        recorded with each step and part of the call's cache key."""
+        digest = hashlib.sha256()
+        for part in self.parts:
+            if isinstance(part, TextPart):
+                digest.update(b"T%d:" % len(part.text.encode()) + part.text.encode())
+            else:
+                digest.update(b"I:" + part.sha256.encode())
+        return digest.hexdigest()
+
     def fingerprint(self) -> dict[str, Any]:
-        """Everything that determines the answer, with images replaced by their hashes."""
+        """Everything that determines the answer, the prompt by its hash."""
         return {
-            "parts": [
-                {"text": p.text} if isinstance(p, TextPart) else {"image_sha256": p.sha256}
-                for p in self.parts
-            ],
+            "prompt_sha256": self.prompt_hash,
             "answer_prefix": self.answer_prefix,
             "stop": list(self.stop),
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "seed": self.seed,
         }
-
-
-def request_hash(request: ModelRequest) -> str:
-    """A hash of the prompt alone (recorded with each step)."""
-    payload = json.dumps(request.fingerprint()["parts"], sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

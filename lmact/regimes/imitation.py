@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from lmact.demos import DEMO_SEED_BASE
 from lmact.envs.base import AnswerKind, Environment, classify_answer
 from lmact.errors import LmactError
-from lmact.models.base import Part, request_hash
+from lmact.models.base import Part
 from lmact.models.caller import ModelCaller
 from lmact.prompting import (
     PromptBuilder,
@@ -223,7 +223,7 @@ async def play_episode(
                 StepRecord(
                     episode=episode,
                     step=step,
-                    prompt_hash=request_hash(request),
+                    prompt_hash=request.prompt_hash,
                     completion=response.text,
                     answer=answer,
                     kind=parsed.kind.value,
