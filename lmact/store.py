@@ -145,9 +145,6 @@ class RunStore:
             (key, model, response_json, time.time()),
         )
 
-    def count_calls(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM model_calls").fetchone()[0]
-
     # Runs.
 
     def save_run(
@@ -171,14 +168,6 @@ class RunStore:
                 prefix_tokens,
             ),
         )
-
-    def run(self, run_id: str) -> RunRecord | None:
-        row = self._db.execute(
-            "SELECT run_id, config, created, demos_used, demos_hash, prefix_tokens FROM runs "
-            "WHERE run_id = ?",
-            (run_id,),
-        ).fetchone()
-        return _run_record(row) if row else None
 
     def runs(self) -> list[RunRecord]:
         rows = self._db.execute(
