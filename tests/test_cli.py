@@ -51,6 +51,7 @@ def lmact(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (
             ["run", "--task", "tic_tac_toe", "--model", "gpt-9"],
             "unknown model 'gpt-9'; accepted: local/gemma-3-270m, local/<path to a .gguf file>, "
+            "openai/<model>, anthropic/<model>, google/<model>, openai-compatible/<model>, "
             "random, expert",
         ),
         (["run", "--task", "tic_tac_toe", "--model", "random/x"], "unknown model 'random/x'"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
+
+from lmact.errors import LmactError
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,14 @@ class ImagePart:
     def sha256(self) -> str:
         # Cached: the demonstration images of a prompt are hashed again at every step.
         return hashlib.sha256(self.png).hexdigest()
+
+    @cached_property
+    def size(self) -> tuple[int, int]:
+        """Width and height in pixels, read from the PNG header: providers price images by size."""
+        if self.png[:8] != b"\x89PNG\r\n\x1a\n" or self.png[12:16] != b"IHDR":
+            raise ValueError("an image part must hold a PNG")
+        width, height = struct.unpack(">II", self.png[16:24])
+        return width, height
 
 
 Part = TextPart | ImagePart
@@ -54,10 +65,12 @@ class ModelRequest:
     `stable_prefix_parts` leading parts are identical at every step of a run (preamble and
     demonstrations): providers with prompt caching mark the cache boundary there.
     `answer_prefix` is the text a completion (base) model continues from, e.g. "Action:";
-    chat models get the parts alone. `stop` applies to completion models only.
+    chat models get the parts alone. `stop` applies to completion models only. `system`, if
+    given, goes to a chat provider's own system field and precedes a completion prompt.
     """
 
     parts: tuple[Part, ...]
+    system: str = ""
     stable_prefix_parts: int = 0
     answer_prefix: str = ""
     stop: tuple[str, ...] = ()
@@ -70,13 +83,15 @@ class ModelRequest:
         if any(isinstance(part, ImagePart) for part in self.parts):
             raise ValueError("a completion prompt cannot hold images")
         text = "".join(part.text for part in self.parts if isinstance(part, TextPart))
-        return text + self.answer_prefix
+        return self.system + text + self.answer_prefix
 
     @cached_property
     def prompt_hash(self) -> str:
         """A hash of the prompt (text, and images by their hashes), computed once per request:
         recorded with each step and part of the call's cache key."""
         digest = hashlib.sha256()
+        if self.system:  # absent from the hash when empty, so that earlier hashes stay valid
+            digest.update(b"S%d:" % len(self.system.encode()) + self.system.encode())
         for part in self.parts:
             if isinstance(part, TextPart):
                 digest.update(b"T%d:" % len(part.text.encode()) + part.text.encode())
@@ -102,9 +117,10 @@ class ModelResponse:
 
     text: str
     stop_reason: str = "stop"  # stop | length | refusal | content_filter
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    prompt_tokens: int = 0  # all prompt tokens, cached and cache-written ones included
+    completion_tokens: int = 0  # all generated tokens, reasoning included (as billed)
     cached_tokens: int = 0  # prompt tokens served from a prefix / prompt cache
+    cache_write_tokens: int = 0  # prompt tokens written to a provider's prompt cache
     reasoning_tokens: int = 0
     latency_s: float = 0.0
     from_cache: bool = field(default=False, compare=False)
@@ -116,6 +132,7 @@ class ModelResponse:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
             "reasoning_tokens": self.reasoning_tokens,
             "latency_s": self.latency_s,
         }
@@ -138,10 +155,33 @@ class PolicyOracle(Protocol):
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """Settings a user may give any model; a provider ignores those that do not apply."""
+    """Settings a user may give any model; a provider ignores those that do not apply.
+
+    Facts left `None` come from the model catalog (`lmact/models/catalog.toml`).
+    """
 
     context_window: int | None = None
     threads: int | None = None
+    max_images: int | None = None  # images one request may hold
+    base_url: str | None = None
+    chat: bool = True  # OpenAI-compatible servers: chat endpoint, or plain completions
+    timeout_s: float | None = None  # one attempt of one call (networked models: 120 s)
+    max_retries: int = 6  # further attempts after a transient failure
+    input_price: float | None = None  # USD per million prompt tokens
+    output_price: float | None = None  # USD per million completion tokens
+
+
+class ModelCallError(LmactError):
+    """A call that retrying cannot fix (bad key, invalid request): the run stops, resumable."""
+
+
+class TransientModelError(Exception):
+    """A call that may succeed if tried again: rate limit, overload, 5xx, timeout, dropped
+    connection, unreadable answer. `retry_after` is the server's requested wait, if any."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ModelClient(ABC):
@@ -161,6 +201,24 @@ class ModelClient(ABC):
     def context_window(self) -> int | None:
         """Tokens the model accepts in one request (prompt and answer), if known."""
         return self.options.context_window
+
+    @property
+    def max_images(self) -> int | None:
+        """Images the model accepts in one request, if limited."""
+        return self.options.max_images
+
+    @property
+    def attempt_timeout_s(self) -> float | None:
+        """How long one attempt at a call may take before it is abandoned and retried."""
+        return self.options.timeout_s
+
+    def cost_usd(self, response: ModelResponse) -> float | None:
+        """What a call cost in USD, if the model's prices are known."""
+        return None
+
+    def check_ready(self) -> None:  # noqa: B027 - most clients need nothing
+        """Fail with a one-line LmactError if the client cannot work (e.g. no API key);
+        called before a run's first call, not for a dry run."""
 
     def identity(self) -> dict[str, Any]:
         """What, besides the request, determines the answer: part of every cache key."""

@@ -17,6 +17,10 @@ ENTRY_POINT_GROUP = "lmact.models"
 
 BUILTIN_PROVIDERS: dict[str, str] = {
     "local": "lmact.models.local:LocalModel",
+    "openai": "lmact.models.openai:OpenAIModel",
+    "anthropic": "lmact.models.anthropic:AnthropicModel",
+    "google": "lmact.models.google:GoogleModel",
+    "openai-compatible": "lmact.models.openai_compatible:OpenAICompatibleModel",
     "random": "lmact.models.scripted:RandomPolicy",
     "expert": "lmact.models.scripted:ExpertPolicy",
 }
@@ -24,7 +28,16 @@ BUILTIN_PROVIDERS: dict[str, str] = {
 BARE_PROVIDERS = frozenset({"random", "expert"})
 DEFAULT_MODEL = "local/gemma-3-270m"
 
-ACCEPTED_NAMES = ["local/gemma-3-270m", "local/<path to a .gguf file>", "random", "expert"]
+ACCEPTED_NAMES = [
+    "local/gemma-3-270m",
+    "local/<path to a .gguf file>",
+    "openai/<model>",
+    "anthropic/<model>",
+    "google/<model>",
+    "openai-compatible/<model>",
+    "random",
+    "expert",
+]
 
 
 def providers() -> dict[str, str]:

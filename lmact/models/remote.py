@@ -1,0 +1,199 @@
+"""What every networked provider shares: keys and base URLs from the environment, catalog
+facts, token counting, cost, and sorting failures into "try again" and "stop".
+
+A provider module subclasses `RemoteModel`, builds its SDK client in `make_sdk_client`,
+translates a `ModelRequest` in `send`, and maps its SDK's exceptions in `translate_error`.
+Retries, backoff and concurrency live in `lmact.models.caller`, above every provider; the
+SDKs' own retries are switched off so that no call is retried twice.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import time
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any, ClassVar
+
+from lmact.errors import LmactError
+from lmact.models.base import (
+    ImagePart,
+    ModelCallError,
+    ModelClient,
+    ModelOptions,
+    ModelRequest,
+    ModelResponse,
+    Part,
+    PolicyOracle,
+    TextPart,
+    TransientModelError,
+)
+from lmact.models.catalog import ModelFacts, model_facts
+
+# HTTP statuses worth another attempt: timeout, conflict, rate limit, server errors,
+# Anthropic's "overloaded" (529).
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+REDACTED = "[redacted]"
+DEFAULT_TIMEOUT_S = 120.0
+
+
+def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
+    """The wait a server asks for: `retry-after-ms`, or `retry-after` in seconds or as a date."""
+    if not headers:
+        return None
+    lowered = {key.lower(): value for key, value in headers.items()}
+    if "retry-after-ms" in lowered:
+        try:
+            return max(float(lowered["retry-after-ms"]) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = lowered.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value) if value.strip() else None
+        return max(when.timestamp() - time.time(), 0.0) if when else None
+
+
+def missing_sdk(provider: str, package: str, extra: str) -> LmactError:
+    return LmactError(f"{provider} models need the {package} package: pip install 'lmact[{extra}]'")
+
+
+class RemoteModel(ModelClient):
+    """A model behind an HTTP API. Subclasses set the class attributes and three methods."""
+
+    accepts_images = True
+    max_concurrency = 8
+    # Environment variables holding the key, in order of preference (empty: no key needed).
+    key_variables: ClassVar[tuple[str, ...]] = ()
+    # Environment variables holding a base URL that replaces the provider's default.
+    base_url_variables: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, name: str, options: ModelOptions) -> None:
+        super().__init__(name, options)
+        self.model = name.partition("/")[2]
+        self.facts: ModelFacts = model_facts(name)
+        self.base_url = options.base_url or next(
+            (os.environ[v] for v in self.base_url_variables if os.environ.get(v)), None
+        )
+        self._sdk_client: Any = None
+
+    # --- facts -----------------------------------------------------------------------
+
+    @property
+    def context_window(self) -> int | None:
+        return self.options.context_window or self.facts.context_window
+
+    @property
+    def max_images(self) -> int | None:
+        if self.options.max_images is not None:
+            return self.options.max_images
+        return self.facts.max_images
+
+    @property
+    def attempt_timeout_s(self) -> float:
+        return self.options.timeout_s or DEFAULT_TIMEOUT_S
+
+    def prices(self) -> ModelFacts:
+        """The catalog's prices with the user's overrides applied."""
+        overrides = {
+            key: value
+            for key, value in (
+                ("input_price", self.options.input_price),
+                ("output_price", self.options.output_price),
+            )
+            if value is not None
+        }
+        return self.facts.model_copy(update=overrides) if overrides else self.facts
+
+    def cost_usd(self, response: ModelResponse) -> float | None:
+        return self.prices().cost_usd(response)
+
+    def count_text_tokens(self, text: str) -> int:
+        """Tokens of a text; a documented estimate (four characters a token) by default."""
+        return -(-len(text) // 4)
+
+    def count_tokens(self, parts: Sequence[Part]) -> int:
+        text = "".join(part.text for part in parts if isinstance(part, TextPart))
+        images = sum(
+            self.facts.image_tokens(*part.size) for part in parts if isinstance(part, ImagePart)
+        )
+        return self.count_text_tokens(text) + images
+
+    # --- keys and the SDK client -----------------------------------------------------------
+
+    def api_key(self) -> str | None:
+        for variable in self.key_variables:
+            value = os.environ.get(variable)
+            if value:
+                return value
+        return None
+
+    def check_ready(self) -> None:
+        if self.key_variables and self.api_key() is None:
+            names = " or ".join(self.key_variables)
+            raise LmactError(f"model {self.name} needs an API key: set {names}")
+
+    def redact(self, text: str) -> str:
+        """`text` with the API key taken out, for messages that may echo a request."""
+        key = self.api_key()
+        return text.replace(key, REDACTED) if key else text
+
+    def sdk_client(self) -> Any:
+        if self._sdk_client is None:
+            self.check_ready()
+            self._sdk_client = self.make_sdk_client()
+        return self._sdk_client
+
+    @abstractmethod
+    def make_sdk_client(self) -> Any:
+        """The provider's async SDK client, with its own retries off and our timeout."""
+
+    @abstractmethod
+    async def send(self, request: ModelRequest) -> ModelResponse:
+        """One attempt at one call, through the SDK."""
+
+    @abstractmethod
+    def translate_error(self, error: Exception) -> Exception | None:
+        """The SDK's exception as a `TransientModelError` or `ModelCallError` (None: a bug)."""
+
+    # --- the call ----------------------------------------------------------------------
+
+    async def complete(
+        self, request: ModelRequest, oracle: PolicyOracle | None = None
+    ) -> ModelResponse:
+        started = time.perf_counter()
+        try:
+            response = await self.send(request)
+        except (TransientModelError, ModelCallError):
+            raise
+        except Exception as error:
+            translated = self.translate_error(error)
+            if translated is None:
+                raise
+            if isinstance(translated, TransientModelError):
+                raise TransientModelError(
+                    self.redact(str(translated)), translated.retry_after
+                ) from None
+            raise type(translated)(self.redact(str(translated))) from None
+        if not response.latency_s:
+            response = replace(response, latency_s=time.perf_counter() - started)
+        return response
+
+    def status_error(
+        self, status: int, message: str, headers: Mapping[str, str] | None = None
+    ) -> Exception:
+        """An HTTP error status sorted into retry (with the server's wait) or stop."""
+        text = f"{self.name}: HTTP {status}: {message}"
+        if status in RETRYABLE_STATUSES:
+            return TransientModelError(text, retry_after_seconds(headers))
+        if status in (401, 403):
+            text += f" (check {' / '.join(self.key_variables) or 'the credentials'})"
+        return ModelCallError(text)
+
+    def close(self) -> None:
+        self._sdk_client = None
