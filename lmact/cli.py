@@ -7,13 +7,16 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from lmact.demos import DemoStore, default_cache_dir
 from lmact.errors import LmactError
 from lmact.models.base import ModelOptions
 from lmact.models.registry import DEFAULT_MODEL, accepted_model_names
 from lmact.store import DEFAULT_STORE
+
+if TYPE_CHECKING:
+    from lmact.runner import RunEstimate
 
 EXIT_USAGE = 2
 
@@ -102,9 +105,57 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--max-connections",
         type=int,
-        help="episodes played at once (default: the model's own limit)",
+        help="requests in flight at once, which is also the number of episodes played "
+        "at once (default: the provider's: 16 OpenAI, 8 Anthropic and Gemini, "
+        "16 OpenAI-compatible, 1 local)",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="call no model: print the calls, tokens and estimated cost of the run, "
+        "with the expert playing the episodes",
     )
     run.add_argument("--json", action="store_true", help="print one JSON object")
+    remote = run.add_argument_group("networked models")
+    remote.add_argument(
+        "--base-url",
+        help="the API's base URL (openai-compatible: required here or in "
+        "$OPENAI_COMPATIBLE_BASE_URL; others: a gateway or proxy)",
+    )
+    remote.add_argument(
+        "--completions",
+        action="store_true",
+        help="openai-compatible: use the completions endpoint with the plain prompt, for "
+        "base models without a chat template",
+    )
+    remote.add_argument(
+        "--timeout", type=float, metavar="S", help="seconds one attempt may take (default: 120)"
+    )
+    remote.add_argument(
+        "--max-retries",
+        type=int,
+        default=6,
+        help="further attempts after a rate limit, overload, 5xx, timeout or dropped "
+        "connection (default: %(default)s)",
+    )
+    remote.add_argument(
+        "--max-images", type=int, help="images one request may hold (default: the catalog's)"
+    )
+    remote.add_argument(
+        "--reasoning-budget",
+        type=int,
+        metavar="T",
+        help="tokens a reasoning model may think for (OpenAI reasoning models: 4096 unless "
+        "given; Anthropic and Gemini: turns thinking on)",
+    )
+    remote.add_argument(
+        "--input-price", type=float, help="USD per million prompt tokens (default: the catalog's)"
+    )
+    remote.add_argument(
+        "--output-price",
+        type=float,
+        help="USD per million completion tokens (default: the catalog's)",
+    )
     _add_storage_options(run)
 
     demos_command = commands.add_parser(
@@ -157,12 +208,15 @@ def _command_run(args: argparse.Namespace) -> None:
         max_tokens=args.max_tokens,
     )
     episodes = args.episodes if args.episodes is not None else get_task(args.task).episodes
-    options = ModelOptions(context_window=args.context_window, threads=args.threads)
+    options = _model_options(args)
     with RunStore(args.store) as store:
         runner = Runner(
             store, _demo_store(args), options, args.max_connections, progress=sys.stderr.isatty()
         )
         try:
+            if args.dry_run:
+                _print_estimate(runner.estimate(config, episodes), args.json)
+                return
             summary = runner.evaluate(config, episodes)
         finally:
             runner.close()
@@ -187,17 +241,111 @@ def _command_run(args: argparse.Namespace) -> None:
             f"{summary.prompt_tokens} / {summary.completion_tokens}"
             f" ({summary.cached_tokens} prompt tokens reused)",
         ),
-        ("model calls new / cached", f"{summary.calls_made} / {summary.calls_cached}"),
+        ("cost", _dollars(summary.cost_usd)),
+        (
+            "model calls new / cached",
+            f"{summary.calls_made} / {summary.calls_cached}"
+            + (f" ({summary.retries} retries)" if summary.retries else ""),
+        ),
     ]
     print(
         f"{summary.task} · {summary.observation} · {summary.model} · "
         f"{_count(summary.demos, 'demonstration')} ({summary.prefix_tokens} prompt tokens) · "
         f"{_count(summary.episodes, 'episode')}"
     )
+    if summary.stopped_by:
+        print(f"(no further demonstration fit: {summary.stopped_by})")
+    _print_table(rows)
+    print(f"run {summary.run_id} in {args.store}")
+
+
+def _model_options(args: argparse.Namespace) -> ModelOptions:
+    for flag, value in (
+        ("--timeout", args.timeout),
+        ("--max-images", args.max_images),
+        ("--reasoning-budget", args.reasoning_budget),
+        ("--context-window", args.context_window),
+        ("--threads", args.threads),
+    ):
+        if value is not None and value <= 0:
+            raise LmactError(f"{flag} must be positive, not {value}")
+    for flag, value in (
+        ("--max-retries", args.max_retries),
+        ("--input-price", args.input_price),
+        ("--output-price", args.output_price),
+    ):
+        if value is not None and value < 0:
+            raise LmactError(f"{flag} must be at least 0, not {value}")
+    return ModelOptions(
+        context_window=args.context_window,
+        threads=args.threads,
+        max_images=args.max_images,
+        base_url=args.base_url,
+        chat=not args.completions,
+        timeout_s=args.timeout,
+        max_retries=args.max_retries,
+        input_price=args.input_price,
+        output_price=args.output_price,
+        reasoning_budget=args.reasoning_budget,
+    )
+
+
+def _print_estimate(estimate: RunEstimate, as_json: bool) -> None:
+    config, prepared = estimate.config, estimate.prepared
+    if as_json:
+        values = {
+            key: getattr(estimate, key)
+            for key in (
+                "episodes_todo",
+                "episodes_done",
+                "calls",
+                "prompt_tokens",
+                "prefix_tokens",
+                "completion_tokens",
+                "cost_usd",
+                "cost_cached_usd",
+            )
+        }
+        print(json.dumps({"run_id": config.run_id, "dry_run": True, **values}))
+        return
+    print(
+        f"dry run: {config.task} · {config.observation} · {config.model} · "
+        f"{_count(prepared.demos_used, 'demonstration')} ({prepared.prefix_tokens} prompt tokens)"
+    )
+    if prepared.stopped_by:
+        print(f"(no further demonstration fit: {prepared.stopped_by})")
+    cost = _dollars(estimate.cost_usd)
+    if estimate.cost_usd is not None and estimate.cost_cached_usd is not None:
+        cost += f" ({_dollars(estimate.cost_cached_usd)} if the prefix is read from cache)"
+    _print_table(
+        [
+            (
+                "episodes to play",
+                f"{estimate.episodes_todo} ({estimate.episodes_done} already finished)",
+            ),
+            ("model calls", f"{estimate.calls} (as many as the expert takes steps)"),
+            (
+                "prompt tokens",
+                f"{estimate.prompt_tokens} ({estimate.prefix_tokens} of them the demonstration "
+                "prefix, cacheable)",
+            ),
+            ("completion tokens", f"at most {estimate.completion_tokens}"),
+            ("estimated cost", cost),
+        ]
+    )
+    print("no model was called")
+
+
+def _print_table(rows: Sequence[tuple[str, str]]) -> None:
     print("| metric | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
-    print(f"run {summary.run_id} in {args.store}")
+
+
+def _dollars(value: float | None) -> str:
+    if value is None:
+        return "unknown (no prices for this model; give --input-price and --output-price)"
+    return f"${value:.4f}"
 
 
 def _count(number: int, noun: str) -> str:

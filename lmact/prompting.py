@@ -156,6 +156,13 @@ class Packing:
     prefix: tuple[Part, ...]
     prefix_tokens: int
     reserve_tokens: int  # estimated tokens of the current episode, tail and answer
+    # Under a budget, what kept the next demonstration out: "token budget", "context window"
+    # or "image limit"; None when every candidate fit or the number was given.
+    stopped_by: str | None = None
+
+
+def count_images(parts: Sequence[Part]) -> int:
+    return sum(1 for part in parts if isinstance(part, ImagePart))
 
 
 def pack_demonstrations(
@@ -167,12 +174,14 @@ def pack_demonstrations(
     budget: int | None = None,
     context_window: int | None = None,
     answer_tokens: int = 16,
+    max_images: int | None = None,
 ) -> Packing:
     """Choose the demonstrations: exactly `exact` of them, or as many whole ones (in order) as
-    fit `budget` prefix tokens. Fails with a clear LmactError if they cannot fit the context.
+    fit `budget` prefix tokens. Fails with a clear LmactError if they cannot fit the context
+    or the model's limit on images per request.
 
     The current episode is not known in advance: the longest chosen demonstration stands in
-    for it when checking the context window.
+    for it when checking the context window and the image limit.
     """
     if (exact is None) == (budget is None):
         raise ValueError("give exactly one of exact and budget")
@@ -183,10 +192,13 @@ def pack_demonstrations(
 
     chosen: list[Sequence[Step]] = []
     longest = 0
+    most_images = 0  # images of the longest episode (in images) chosen
     if exact is not None:
         for demonstration in islice(candidates, exact):
             chosen.append(demonstration)
-            longest = max(longest, count_tokens(episode_parts(demonstration)))
+            parts = episode_parts(demonstration)
+            longest = max(longest, count_tokens(parts))
+            most_images = max(most_images, count_images(parts))
         if len(chosen) < exact:
             raise LmactError(f"only {len(chosen)} demonstrations are available, {exact} asked")
         prefix = builder.prefix(chosen)
@@ -197,33 +209,59 @@ def pack_demonstrations(
                 f"(~{reserve(longest)}) that exceeds the model's context window of "
                 f"{context_window} tokens; use fewer --demos or a --token-budget"
             )
+        images = count_images(prefix)
+        if max_images is not None and images + most_images > max_images:
+            raise LmactError(
+                f"{exact} demonstrations hold {images} images; with the current episode "
+                f"(~{most_images}) that exceeds the model's limit of {max_images} images per "
+                "request; use fewer --demos, a --token-budget or a text observation"
+            )
         return Packing(tuple(chosen), prefix, prefix_tokens, reserve(longest))
 
     assert budget is not None
     running = count_tokens([TextPart(template("preamble_with_demos").substitute())])
+    running_images = 0
     first_need: int | None = None
+    stopped_by: str | None = None
     for demonstration in candidates:
-        cost = count_tokens(episode_parts(demonstration)) + 1  # +1: the blank line after it
+        parts = episode_parts(demonstration)
+        cost = count_tokens(parts) + 1  # +1: the blank line after it
+        images = count_images(parts)
         if first_need is None:
             first_need = running + cost
         longest_if_added = max(longest, cost)
-        if running + cost > budget or (
+        most_images_if_added = max(most_images, images)
+        if running + cost > budget:
+            stopped_by = "token budget"
+        elif (
             context_window is not None
             and running + cost + reserve(longest_if_added) > context_window
         ):
+            stopped_by = "context window"
+        elif max_images is not None and running_images + images + most_images_if_added > max_images:
+            stopped_by = "image limit"
+        if stopped_by:
             break
         chosen.append(demonstration)
         running += cost
+        running_images += images
         longest = longest_if_added
+        most_images = most_images_if_added
     # Per-episode counts are close to, not exactly, the whole prefix's: check it as a whole.
     while chosen:
         prefix = builder.prefix(chosen)
         prefix_tokens = count_tokens(prefix)
         if prefix_tokens <= budget:
-            return Packing(tuple(chosen), prefix, prefix_tokens, reserve(longest))
+            return Packing(tuple(chosen), prefix, prefix_tokens, reserve(longest), stopped_by)
         chosen.pop()
+        stopped_by = "token budget"
     if first_need is None:
         raise LmactError("no demonstrations are available to pack")
+    if stopped_by == "image limit":
+        raise LmactError(
+            f"one demonstration and the current episode need more than the model's limit of "
+            f"{max_images} images per request; choose a text observation"
+        )
     window = f"; the model's context window is {context_window}" if context_window else ""
     raise LmactError(
         f"token budget {budget} is too small for one demonstration: the preamble and the "

@@ -27,7 +27,9 @@ COLUMNS = [
     "invalid_rate",
     "empty_rate",
     "prompt_tokens",
+    "cached_tokens",
     "completion_tokens",
+    "cost_usd",
 ]
 FORMATS = ("markdown", "csv")
 
@@ -76,9 +78,11 @@ def report_rows(store: RunStore) -> list[dict[str, Any]]:
     return [row for row in rows if row is not None]
 
 
-def _cell(value: Any) -> str:
+def _cell(column: str, value: Any) -> str:
     if value is None:
         return ""
+    if column == "cost_usd":
+        return f"{value:.4f}"
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
@@ -96,5 +100,5 @@ def format_table(rows: Sequence[dict[str, Any]], fmt: str = "markdown") -> str:
     if not rows:
         raise LmactError("the run store holds no finished episode yet; start with `lmact run`")
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell(c, row[c]) for c in COLUMNS) + " |" for row in rows]
     return "\n".join(lines) + "\n"

@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tqdm import tqdm
 
 from lmact.demos import Demonstration, DemoStore, demonstrations_hash
 from lmact.errors import LmactError
-from lmact.models.base import ModelClient, ModelOptions
-from lmact.models.caller import ModelCaller
+from lmact.models.base import ModelAuthError, ModelClient, ModelOptions, ModelResponse
+from lmact.models.caller import ModelCaller, TokenCountingCaller
 from lmact.models.registry import resolve_model
 from lmact.prompting import PromptBuilder, Step, pack_demonstrations
 from lmact.regimes.imitation import (
@@ -36,17 +36,57 @@ class PreparedRun:
     demos_used: int
     demos_hash: str
     prefix_tokens: int
+    stopped_by: str | None  # what ended the packing under a token budget
 
 
 @dataclass(frozen=True)
 class RunResult:
     config: ImitationConfig
+    prepared: PreparedRun
     episodes: list[EpisodeRecord]
-    demos_used: int
-    demos_hash: str
-    prefix_tokens: int
     calls_made: int
     calls_cached: int
+    retries: int
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """What a run would cost, from its episodes played by the expert instead of the model.
+
+    The model's own trajectories differ (episodes may be longer or shorter), so the figures
+    are estimates; completion tokens are the answer limit, an upper bound.
+    """
+
+    config: ImitationConfig
+    prepared: PreparedRun
+    episodes_todo: int
+    episodes_done: int
+    calls: int
+    prompt_tokens: int
+    prefix_tokens: int  # the cacheable part of `prompt_tokens`
+    completion_tokens: int
+    cost_usd: float | None
+    cost_cached_usd: float | None  # if every call but the first reads the prefix from cache
+
+
+class _EpisodeFailures:
+    """Episodes that failed, kept so that the others can finish before the run reports them."""
+
+    def __init__(self) -> None:
+        self.errors: dict[int, BaseException] = {}
+
+    def raise_if_any(self, episodes: int) -> None:
+        if not self.errors:
+            return
+        first = min(self.errors)
+        error = self.errors[first]
+        if not isinstance(error, LmactError):
+            raise error  # a bug: keep its traceback
+        raise LmactError(
+            f"{len(self.errors)} of {episodes} episodes failed (episode {first}: {error}); "
+            "the others are stored and every successful model call is cached: rerun the "
+            "same command to resume"
+        )
 
 
 class Runner:
@@ -59,12 +99,14 @@ class Runner:
         model_options: ModelOptions | None = None,
         max_connections: int | None = None,
         progress: bool = True,
+        retry_backoff_s: float = 1.0,
     ) -> None:
         self.store = store
         self.demo_store = demo_store
         self.model_options = model_options or ModelOptions()
         self.max_connections = max_connections
         self.progress = progress
+        self.retry_backoff_s = retry_backoff_s
         self._clients: dict[str, ModelClient] = {}
 
     def client(self, name: str) -> ModelClient:
@@ -98,8 +140,9 @@ class Runner:
         finally:
             bar.close()
 
-    def plan(self, config: ImitationConfig) -> PreparedRun:
-        """Resolve the model and pack the demonstrations; fails before any model call."""
+    def plan(self, config: ImitationConfig, record: bool = True) -> PreparedRun:
+        """Resolve the model and pack the demonstrations; fails before any model call.
+        `record`: save the run (its configuration and packing) in the store."""
         task = self._task(config)
         client = self.client(config.model)
         if task.is_image_observation(config.observation) and not client.accepts_images:
@@ -131,32 +174,51 @@ class Runner:
                 budget=config.token_budget,
                 context_window=client.context_window,
                 answer_tokens=config.max_tokens,
+                max_images=client.max_images,
             )
         demonstrations = consumed[: len(packing.demonstrations)]
         digest = demonstrations_hash(demonstrations)
-        self.store.save_run(
-            config.run_id, config.model_dump(), len(demonstrations), digest, packing.prefix_tokens
-        )
+        if record:
+            self.store.save_run(
+                config.run_id,
+                config.model_dump(),
+                len(demonstrations),
+                digest,
+                packing.prefix_tokens,
+            )
         return PreparedRun(
             plan=EpisodePlan(config, task, builder, packing.prefix, bool(demonstrations)),
             client=client,
             demos_used=len(demonstrations),
             demos_hash=digest,
             prefix_tokens=packing.prefix_tokens,
+            stopped_by=packing.stopped_by,
         )
 
-    def run(self, config: ImitationConfig, episodes: int) -> RunResult:
-        """Play episodes 0 … episodes-1 of a run, skipping those already finished."""
+    def _todo(self, config: ImitationConfig, episodes: int) -> list[int]:
         if episodes <= 0:
             raise LmactError(f"--episodes must be positive, not {episodes}")
         config.test_seed(episodes - 1)  # every test seed must stay below the demonstration seeds
+        finished = self.store.finished_episodes(config.run_id)
+        return [e for e in range(episodes) if e not in finished]
+
+    def run(self, config: ImitationConfig, episodes: int) -> RunResult:
+        """Play episodes 0 … episodes-1 of a run, skipping those already finished.
+
+        Episodes run concurrently. One that fails (retries exhausted, an invalid request)
+        stops alone: the others finish and are stored, and the run then raises, to be resumed
+        by running it again. A refused key stops the whole run at once.
+        """
+        todo = self._todo(config, episodes)
+        self.client(config.model).check_ready()
         prepared = self.plan(config)
         plan, client = prepared.plan, prepared.client
-        caller = ModelCaller(client, self.store, self.max_connections)
+        caller = ModelCaller(
+            client, self.store, self.max_connections, backoff_s=self.retry_backoff_s
+        )
         run_id = config.run_id
-        finished = self.store.finished_episodes(run_id)
-        todo = [e for e in range(episodes) if e not in finished]
         concurrency = self.max_connections or client.max_concurrency
+        failures = _EpisodeFailures()
 
         async def play_all() -> None:
             slots = asyncio.Semaphore(concurrency)
@@ -167,9 +229,19 @@ class Runner:
 
                     def on_step(step: StepRecord) -> None:
                         self.store.record_step(run_id, step)
-                        bar.set_postfix(calls=caller.calls_made, cached=caller.calls_cached)
+                        bar.set_postfix(
+                            calls=caller.calls_made,
+                            cached=caller.calls_cached,
+                            retries=caller.retries,
+                        )
 
-                    record = await play_episode(plan, caller, episode, on_step)
+                    try:
+                        record = await play_episode(plan, caller, episode, on_step)
+                    except ModelAuthError:
+                        raise  # every other call would be refused too
+                    except Exception as error:
+                        failures.errors[episode] = error
+                        return
                     self.store.finish_episode(run_id, record)
                     bar.update(1)
 
@@ -185,15 +257,50 @@ class Runner:
                 asyncio.run(play_all())
             except* LmactError as group:
                 raise group.exceptions[0] from None
+        failures.raise_if_any(len(todo))
         records = self.store.finished_episodes(run_id)
         return RunResult(
             config=config,
+            prepared=prepared,
             episodes=[records[e] for e in range(episodes)],
-            demos_used=prepared.demos_used,
-            demos_hash=prepared.demos_hash,
-            prefix_tokens=prepared.prefix_tokens,
             calls_made=caller.calls_made,
             calls_cached=caller.calls_cached,
+            retries=caller.retries,
+        )
+
+    def estimate(self, config: ImitationConfig, episodes: int) -> RunEstimate:
+        """A dry run: the calls, tokens and cost of a run's unfinished episodes, with no model
+        call and nothing stored. The expert plays, and each step's real prompt is counted."""
+        todo = self._todo(config, episodes)
+        prepared = self.plan(config, record=False)
+        client = prepared.client
+        counter = TokenCountingCaller(client)
+
+        async def play_all() -> None:
+            for episode in todo:
+                await play_episode(prepared.plan, counter, episode, lambda step: None)
+
+        asyncio.run(play_all())
+        as_billed = ModelResponse(
+            "", prompt_tokens=counter.prompt_tokens, completion_tokens=counter.completion_tokens
+        )
+        cached_reads = prepared.prefix_tokens * max(counter.calls - 1, 0)
+        with_cache = replace(
+            as_billed,
+            cached_tokens=cached_reads,
+            cache_write_tokens=prepared.prefix_tokens if counter.calls else 0,
+        )
+        return RunEstimate(
+            config=config,
+            prepared=prepared,
+            episodes_todo=len(todo),
+            episodes_done=episodes - len(todo),
+            calls=counter.calls,
+            prompt_tokens=counter.prompt_tokens,
+            prefix_tokens=prepared.prefix_tokens * counter.calls,
+            completion_tokens=counter.completion_tokens,
+            cost_usd=client.cost_usd(as_billed),
+            cost_cached_usd=client.cost_usd(with_cache),
         )
 
     def evaluate(self, config: ImitationConfig, episodes: int) -> RunSummary:

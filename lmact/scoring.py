@@ -85,6 +85,19 @@ class EpisodeScores:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    cost_usd: float | None  # None if any episode's cost is unknown
+
+
+def total_cost(episodes: Sequence[EpisodeRecord]) -> float | None:
+    """The episodes' summed cost; None if there are none or any one's cost is unknown."""
+    total = 0.0
+    for episode in episodes:
+        if episode.cost_usd is None:
+            return None
+        total += episode.cost_usd
+    return total if episodes else None
 
 
 def score_episodes(
@@ -115,6 +128,9 @@ def score_episodes(
         prompt_tokens=sum(e.prompt_tokens for e in episodes),
         completion_tokens=sum(e.completion_tokens for e in episodes),
         cached_tokens=sum(e.cached_tokens for e in episodes),
+        cache_write_tokens=sum(e.cache_write_tokens for e in episodes),
+        reasoning_tokens=sum(e.reasoning_tokens for e in episodes),
+        cost_usd=total_cost(episodes),
     )
 
 
@@ -133,6 +149,8 @@ class RunSummary(EpisodeScores):
     max_steps: int
     calls_made: int
     calls_cached: int
+    retries: int
+    stopped_by: str | None  # what limited the packing of demonstrations, if not --demos
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -153,11 +171,13 @@ def summarize(
         task=config.task,
         observation=config.observation,
         model=config.model,
-        demos=result.demos_used,
-        demos_hash=result.demos_hash,
-        prefix_tokens=result.prefix_tokens,
+        demos=result.prepared.demos_used,
+        demos_hash=result.prepared.demos_hash,
+        prefix_tokens=result.prepared.prefix_tokens,
         seed=config.seed,
         max_steps=config.max_steps,
         calls_made=result.calls_made,
         calls_cached=result.calls_cached,
+        retries=result.retries,
+        stopped_by=result.prepared.stopped_by,
     )

@@ -68,6 +68,16 @@ CREATE TABLE IF NOT EXISTS model_calls (
 );
 """
 
+# Columns added after the first release: created in new stores and added to older ones.
+_ADDED_COLUMNS = {
+    table: {
+        "cache_write_tokens": "INTEGER NOT NULL DEFAULT 0",
+        "reasoning_tokens": "INTEGER NOT NULL DEFAULT 0",
+        "cost_usd": "REAL",  # NULL: the model's prices are unknown
+    }
+    for table in ("steps", "episodes")
+}
+
 
 @dataclass(frozen=True)
 class StepRecord:
@@ -85,6 +95,9 @@ class StepRecord:
     cached_tokens: int
     latency_s: float
     from_cache: bool
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,9 @@ class EpisodeRecord:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float | None = None  # None if any step's cost is unknown
 
 
 @dataclass(frozen=True)
@@ -123,6 +139,14 @@ class RunStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        for table, columns in _ADDED_COLUMNS.items():
+            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, declaration in columns.items():
+                if name not in present:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
 
     def close(self) -> None:
         self._db.close()
@@ -223,10 +247,11 @@ class RunStore:
             query += " AND episode = ?"
             params += (episode,)
         rows = self._db.execute(query + " ORDER BY episode, step", params).fetchall()
-        return [
-            StepRecord(**{**dict(zip(names, row, strict=True)), "from_cache": bool(row[-1])})
-            for row in rows
-        ]
+        records = []
+        for row in rows:
+            values = dict(zip(names, row, strict=True))
+            records.append(StepRecord(**{**values, "from_cache": bool(values["from_cache"])}))
+        return records
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)

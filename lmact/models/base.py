@@ -167,12 +167,20 @@ class ModelOptions:
     chat: bool = True  # OpenAI-compatible servers: chat endpoint, or plain completions
     timeout_s: float | None = None  # one attempt of one call (networked models: 120 s)
     max_retries: int = 6  # further attempts after a transient failure
+    # Tokens a reasoning model may think for, on top of the answer's own limit (OpenAI
+    # reasoning models: 4096 when not given; Anthropic and Gemini: thinking when given).
+    reasoning_budget: int | None = None
     input_price: float | None = None  # USD per million prompt tokens
     output_price: float | None = None  # USD per million completion tokens
 
 
 class ModelCallError(LmactError):
-    """A call that retrying cannot fix (bad key, invalid request): the run stops, resumable."""
+    """A call that retrying cannot fix (invalid request, retries exhausted): its episode
+    stops, resumable; the run's other episodes go on."""
+
+
+class ModelAuthError(ModelCallError):
+    """The provider refused the credentials: every call would fail, so the whole run stops."""
 
 
 class TransientModelError(Exception):

@@ -29,6 +29,7 @@ from lmact.models.base import (
     ModelRequest,
     ModelResponse,
     PolicyOracle,
+    TextPart,
     TransientModelError,
 )
 
@@ -141,3 +142,32 @@ class ModelCaller:
         if cache is not None and key is not None:
             cache.put_call(key, self.client.name, response.to_json())
         return response
+
+
+class TokenCountingCaller(ModelCaller):
+    """A dry run's stand-in for the model: counts each request's prompt tokens with the
+    model's own counter and answers with the expert's action, so that the episode goes on
+    as a competent policy's would. Completion tokens are counted at the answer limit."""
+
+    def __init__(self, client: ModelClient) -> None:
+        super().__init__(client, cache=None)
+        self.calls = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    async def call(
+        self, request: ModelRequest, oracle: PolicyOracle | None = None
+    ) -> ModelResponse:
+        if oracle is None:
+            raise ValueError("a dry run needs the environment to play the expert's action")
+        prompt_tokens = self.client.count_tokens(request.parts)
+        if request.system:
+            prompt_tokens += self.client.count_tokens([TextPart(request.system)])
+        self.calls += 1
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += request.max_tokens
+        return ModelResponse(
+            text=oracle.expert_action(),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=request.max_tokens,
+        )

@@ -214,6 +214,9 @@ class LocalModel(ModelClient):
             latency_s=latency,
         )
 
+    def cost_usd(self, response: ModelResponse) -> float | None:
+        return 0.0  # runs on this machine: no API charges
+
     async def complete(
         self, request: ModelRequest, oracle: PolicyOracle | None = None
     ) -> ModelResponse:

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from lmact.errors import LmactError
 from lmact.models.base import (
     ImagePart,
+    ModelAuthError,
     ModelCallError,
     ModelClient,
     ModelOptions,
@@ -193,6 +194,7 @@ class RemoteModel(ModelClient):
             return TransientModelError(text, retry_after_seconds(headers))
         if status in (401, 403):
             text += f" (check {' / '.join(self.key_variables) or 'the credentials'})"
+            return ModelAuthError(text)
         return ModelCallError(text)
 
     def close(self) -> None:

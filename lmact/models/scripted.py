@@ -30,6 +30,9 @@ class ScriptedPolicy(ModelClient):
     def choose(self, oracle: PolicyOracle) -> str:
         raise NotImplementedError
 
+    def cost_usd(self, response: ModelResponse) -> float | None:
+        return 0.0  # reads the environment: no API charges
+
     async def complete(
         self, request: ModelRequest, oracle: PolicyOracle | None = None
     ) -> ModelResponse:

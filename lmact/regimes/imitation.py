@@ -186,6 +186,7 @@ async def play_episode(
     tokens: Counter[str] = Counter()
     trajectory: list[Step] = []
     total = 0.0
+    cost: float | None = 0.0
     terminated = False
     try:
         env.reset(seed)
@@ -218,7 +219,11 @@ async def play_episode(
                 prompt=response.prompt_tokens,
                 completion=response.completion_tokens,
                 cached=response.cached_tokens,
+                cache_write=response.cache_write_tokens,
+                reasoning=response.reasoning_tokens,
             )
+            step_cost = caller.client.cost_usd(response)
+            cost = None if cost is None or step_cost is None else cost + step_cost
             on_step(
                 StepRecord(
                     episode=episode,
@@ -235,6 +240,9 @@ async def play_episode(
                     cached_tokens=response.cached_tokens,
                     latency_s=response.latency_s,
                     from_cache=response.from_cache,
+                    cache_write_tokens=response.cache_write_tokens,
+                    reasoning_tokens=response.reasoning_tokens,
+                    cost_usd=step_cost,
                 )
             )
             trajectory.append((observation, action))
@@ -256,4 +264,7 @@ async def play_episode(
         prompt_tokens=tokens["prompt"],
         completion_tokens=tokens["completion"],
         cached_tokens=tokens["cached"],
+        cache_write_tokens=tokens["cache_write"],
+        reasoning_tokens=tokens["reasoning"],
+        cost_usd=cost if trajectory else None,
     )
