@@ -14,6 +14,8 @@ from lmact.prompting import (
     ACTION_LABEL,
     PromptBuilder,
     PromptSettings,
+    count_images,
+    episode_parts,
     pack_demonstrations,
 )
 
@@ -132,3 +134,34 @@ def test_exact_count_must_fit_the_context() -> None:
         pack_demonstrations(builder, iter(candidates), characters, exact=6, context_window=1000)
     zero = pack_demonstrations(builder, iter(candidates), characters, exact=0)
     assert zero.demonstrations == () and "demonstrations" not in zero.prefix[0].text
+
+
+def test_the_image_limit_bounds_the_demonstrations() -> None:
+    builder = PromptBuilder(PromptSettings())
+    candidates = demonstrations("tic_tac_toe", "png", 12)
+    per_episode = [count_images(episode_parts(d)) for d in candidates]
+    limit = sum(per_episode[:3]) + max(per_episode[:3])  # three fit, with a current episode
+    packing = pack_demonstrations(
+        builder, iter(candidates), characters, budget=10**9, max_images=limit
+    )
+    assert len(packing.demonstrations) == 3
+    assert packing.stopped_by == "image limit"
+    assert count_images(packing.prefix) + max(per_episode[:3]) <= limit
+    # Asked for exactly four: a clear error before any call.
+    with pytest.raises(LmactError, match=f"exceeds the model's limit of {limit} images"):
+        pack_demonstrations(builder, iter(candidates), characters, exact=4, max_images=limit)
+    with pytest.raises(LmactError, match="choose a text observation"):
+        pack_demonstrations(builder, iter(candidates), characters, budget=10**9, max_images=2)
+
+
+def test_packing_says_what_stopped_it() -> None:
+    builder = PromptBuilder(PromptSettings())
+    candidates = demonstrations("tic_tac_toe", "txt", 20)
+    by_budget = pack_demonstrations(builder, iter(candidates), characters, budget=2_000)
+    assert by_budget.stopped_by == "token budget"
+    by_window = pack_demonstrations(
+        builder, iter(candidates), characters, budget=10**6, context_window=2_000
+    )
+    assert by_window.stopped_by == "context window"
+    everything = pack_demonstrations(builder, iter(candidates), characters, budget=10**6)
+    assert everything.stopped_by is None and len(everything.demonstrations) == 20

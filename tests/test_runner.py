@@ -3,6 +3,8 @@ policies and a scripted-answer test client (the local model's runs are in test_l
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -12,6 +14,8 @@ import pytest
 from lmact.demos import DEMO_SEED_BASE, DemoStore
 from lmact.errors import LmactError
 from lmact.models.base import (
+    ModelAuthError,
+    ModelCallError,
     ModelClient,
     ModelOptions,
     ModelRequest,
@@ -160,3 +164,81 @@ def test_image_observations_run_with_scripted_policies(runner: Runner) -> None:
         make_config("grid_world", observation="rgb", model="expert", demos=1), 2
     )
     assert summary.mean_return == 1.0 and summary.demos == 1
+
+
+class FailsOnEpisode(ScriptedAnswers):
+    """Answers like ScriptedAnswers, but the calls of the n-th episode it sees fail with
+    `error` (each episode has its own oracle; run one episode at a time to know which)."""
+
+    def __init__(self, answers: Sequence[str], failing_episode: int, error: Exception) -> None:
+        super().__init__(answers)
+        self.failing_episode = failing_episode
+        self.error = error
+        self.episodes_seen: list[int] = []
+
+    async def complete(
+        self, request: ModelRequest, oracle: PolicyOracle | None = None
+    ) -> ModelResponse:
+        await asyncio.sleep(0)  # suspend, as a client waiting on the network would
+        if id(oracle) not in self.episodes_seen:
+            self.episodes_seen.append(id(oracle))
+        if self.episodes_seen.index(id(oracle)) == self.failing_episode:
+            raise self.error
+        return await super().complete(request, oracle)
+
+
+def one_at_a_time(runner: Runner) -> Runner:
+    runner.max_connections = 1  # episodes start in order, one after another
+    return runner
+
+
+def test_a_failing_episode_does_not_lose_the_others(
+    run_store: RunStore, demo_store: DemoStore
+) -> None:
+    config = make_config("tic_tac_toe", model="test/scripted-answers", demos=1)
+    failing = FailsOnEpisode(
+        ["a1", "b2", "c3"], failing_episode=2, error=ModelCallError("HTTP 400")
+    )
+    with pytest.raises(
+        LmactError, match=r"1 of 5 episodes failed \(episode (\d): HTTP 400\)"
+    ) as error:
+        one_at_a_time(runner_with(failing, run_store, demo_store)).run(config, 5)
+    # (Episodes whose prompts all repeat earlier ones' are served from the cache, so the
+    # client's third episode need not be episode 2.)
+    failed = int(re.search(r"episode (\d)", str(error.value)).group(1))  # type: ignore[union-attr]
+    finished = run_store.finished_episodes(config.run_id)
+    assert sorted(finished) == [e for e in range(5) if e != failed]
+    calls_before = failing.calls
+    # The rerun plays only the failed episode; the others' calls are not repeated.
+    healthy = ScriptedAnswers(["a1", "b2", "c3"])
+    result = runner_with(healthy, run_store, demo_store).run(config, 5)
+    assert [e.episode for e in result.episodes] == [0, 1, 2, 3, 4]
+    assert [result.episodes[e] for e in finished] == list(finished.values())
+    assert result.calls_made == healthy.calls >= 1
+    assert result.calls_made + result.calls_cached == result.episodes[failed].steps
+    assert calls_before > 0
+
+
+def test_a_refused_key_stops_the_whole_run(run_store: RunStore, demo_store: DemoStore) -> None:
+    config = make_config("tic_tac_toe", model="test/scripted-answers", demos=1)
+    refused = FailsOnEpisode(["a1"], failing_episode=0, error=ModelAuthError("HTTP 401: bad"))
+    with pytest.raises(ModelAuthError, match="HTTP 401"):
+        one_at_a_time(runner_with(refused, run_store, demo_store)).run(config, 4)
+    assert run_store.finished_episodes(config.run_id) == {}
+
+
+def test_a_dry_run_counts_the_expert_episodes_and_calls_nothing(
+    run_store: RunStore, demo_store: DemoStore
+) -> None:
+    config = make_config("tic_tac_toe", model="test/scripted-answers", demos=2)
+    client = ScriptedAnswers(["a1"])
+    runner = runner_with(client, run_store, demo_store)
+    estimate = runner.estimate(config, 6)
+    assert client.calls == 0 and run_store.runs() == []
+    expert = runner.run(config.baseline("expert"), 6)
+    assert estimate.calls == sum(e.steps for e in expert.episodes)
+    assert estimate.episodes_todo == 6 and estimate.episodes_done == 0
+    assert estimate.prefix_tokens == estimate.prepared.prefix_tokens * estimate.calls
+    assert estimate.prompt_tokens > estimate.prefix_tokens
+    assert estimate.completion_tokens == estimate.calls * config.max_tokens
+    assert estimate.cost_usd is None  # the test client has no prices

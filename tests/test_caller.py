@@ -1,0 +1,130 @@
+"""The caller above every provider: retries with backoff, Retry-After pauses shared by all
+calls, per-attempt timeouts, what is never retried, and the call cache."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from lmact.models.base import (
+    ModelAuthError,
+    ModelCallError,
+    ModelClient,
+    ModelOptions,
+    ModelRequest,
+    ModelResponse,
+    Part,
+    PolicyOracle,
+    TextPart,
+    TransientModelError,
+    estimate_tokens,
+)
+from lmact.models.caller import ModelCaller
+from lmact.store import RunStore
+
+
+class FlakyClient(ModelClient):
+    """Fails its first calls with the given errors (or sleeps), then answers."""
+
+    def __init__(self, failures: Sequence[Exception | float], options: ModelOptions) -> None:
+        super().__init__("test/flaky", options)
+        self.failures = list(failures)
+        self.attempts: list[float] = []
+
+    def count_tokens(self, parts: Sequence[Part]) -> int:
+        return estimate_tokens(parts)
+
+    async def complete(
+        self, request: ModelRequest, oracle: PolicyOracle | None = None
+    ) -> ModelResponse:
+        self.attempts.append(time.monotonic())
+        if self.failures:
+            failure = self.failures.pop(0)
+            if isinstance(failure, float):
+                await asyncio.sleep(failure)
+            else:
+                raise failure
+        return ModelResponse(text="a1", prompt_tokens=3, completion_tokens=1)
+
+
+def request(text: str = "prompt") -> ModelRequest:
+    return ModelRequest(parts=(TextPart(text),))
+
+
+def call(caller: ModelCaller, text: str = "prompt") -> ModelResponse:
+    return asyncio.run(caller.call(request(text)))
+
+
+def test_transient_failures_are_retried_until_an_answer() -> None:
+    client = FlakyClient(
+        [TransientModelError("HTTP 500"), TransientModelError("overloaded")], ModelOptions()
+    )
+    caller = ModelCaller(client, None, backoff_s=0.01)
+    assert call(caller).text == "a1"
+    assert len(client.attempts) == 3
+    assert caller.retries == 2 and caller.calls_made == 1
+
+
+def test_retry_after_is_honoured() -> None:
+    client = FlakyClient([TransientModelError("HTTP 429", retry_after=0.3)], ModelOptions())
+    caller = ModelCaller(client, None, backoff_s=0.01)
+    call(caller)
+    first, second = client.attempts
+    assert second - first >= 0.3
+
+
+def test_a_rate_limit_pauses_the_other_calls_too() -> None:
+    # Call A is rate limited for 0.4 s; call B, started just after, waits out the same pause
+    # instead of hitting the limit again.
+    client = FlakyClient([TransientModelError("HTTP 429", retry_after=0.4)], ModelOptions())
+    caller = ModelCaller(client, None, max_connections=4, backoff_s=0.01)
+
+    async def both() -> None:
+        first = asyncio.create_task(caller.call(request("a")))
+        await asyncio.sleep(0.05)
+        await caller.call(request("b"))
+        await first
+
+    started = time.monotonic()
+    asyncio.run(both())
+    assert len(client.attempts) == 3
+    assert client.attempts[2] - started >= 0.4  # B's attempt came after the pause
+
+
+def test_an_attempt_that_takes_too_long_is_abandoned_and_retried() -> None:
+    client = FlakyClient([5.0], ModelOptions(timeout_s=0.2))
+    caller = ModelCaller(client, None, backoff_s=0.01)
+    started = time.monotonic()
+    assert call(caller).text == "a1"
+    assert time.monotonic() - started < 2
+    assert caller.retries == 1
+
+
+@pytest.mark.parametrize("error", [ModelCallError("HTTP 400: bad"), ModelAuthError("HTTP 401")])
+def test_fatal_errors_are_not_retried(error: Exception) -> None:
+    client = FlakyClient([error], ModelOptions())
+    caller = ModelCaller(client, None, backoff_s=0.01)
+    with pytest.raises(type(error)):
+        call(caller)
+    assert len(client.attempts) == 1
+
+
+def test_exhausted_retries_become_a_model_call_error() -> None:
+    client = FlakyClient([TransientModelError("HTTP 503")] * 5, ModelOptions(max_retries=2))
+    caller = ModelCaller(client, None, backoff_s=0.01)
+    with pytest.raises(ModelCallError, match="gave up after 3 attempts: HTTP 503"):
+        call(caller)
+    assert len(client.attempts) == 3
+
+
+def test_a_cached_call_is_not_repeated(run_store: RunStore) -> None:
+    client = FlakyClient([TransientModelError("HTTP 500")], ModelOptions())
+    caller = ModelCaller(client, run_store, backoff_s=0.01)
+    first = call(caller)
+    again = ModelCaller(client, run_store)
+    second = call(again)
+    assert second.from_cache and second.text == first.text
+    assert len(client.attempts) == 2 and again.calls_made == 0
