@@ -9,11 +9,13 @@ SDKs' own retries are switched off so that no call is retried twice.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email.utils
 import os
 import time
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -38,6 +40,8 @@ from lmact.models.catalog import ModelFacts, model_facts
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 REDACTED = "[redacted]"
 DEFAULT_TIMEOUT_S = 120.0
+# Completion tokens left for thinking, on top of the answer, for models that always think.
+DEFAULT_REASONING_BUDGET = 4096
 
 
 def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
@@ -82,6 +86,8 @@ class RemoteModel(ModelClient):
             (os.environ[v] for v in self.base_url_variables if os.environ.get(v)), None
         )
         self._sdk_client: Any = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._closer: AsyncIterator[None] | None = None
 
     # --- facts -----------------------------------------------------------------------
 
@@ -114,6 +120,24 @@ class RemoteModel(ModelClient):
     def cost_usd(self, response: ModelResponse) -> float | None:
         return self.prices().cost_usd(response)
 
+    @property
+    def reasoning(self) -> bool:
+        """Whether the model always thinks before it answers (billed as completion tokens)."""
+        return self.facts.reasoning
+
+    def reasoning_room(self) -> int:
+        """Completion tokens allowed for thinking on top of the answer: the user's
+        --reasoning-budget, else a default for models that always think, else none."""
+        if self.options.reasoning_budget is not None:
+            return self.options.reasoning_budget
+        return DEFAULT_REASONING_BUDGET if self.reasoning else 0
+
+    def identity(self) -> dict[str, Any]:
+        identity = super().identity()
+        if self.options.reasoning_budget is not None:  # thinking changes the answer
+            identity["reasoning_budget"] = self.options.reasoning_budget
+        return identity
+
     def count_text_tokens(self, text: str) -> int:
         """Tokens of a text; a documented estimate (four characters a token) by default."""
         return -(-len(text) // 4)
@@ -144,11 +168,25 @@ class RemoteModel(ModelClient):
         key = self.api_key()
         return text.replace(key, REDACTED) if key else text
 
-    def sdk_client(self) -> Any:
-        if self._sdk_client is None:
+    async def loop_client(self) -> Any:
+        """The SDK client of the running event loop.
+
+        An SDK's connection pool belongs to the loop that opened it, and every run is a new
+        `asyncio.run`: each loop gets a client of its own, closed when that loop shuts down
+        its async generators, so that no connection outlives its loop.
+        """
+        loop = asyncio.get_running_loop()
+        if self._client_loop is not loop:
             self.check_ready()
-            self._sdk_client = self.make_sdk_client()
+            client = self.make_sdk_client()
+            self._sdk_client, self._client_loop = client, loop
+            self._closer = _close_at_loop_end(self, client)
+            await anext(self._closer)
         return self._sdk_client
+
+    async def aclose_sdk_client(self, client: Any) -> None:
+        """Close an SDK client's connections; called when its event loop ends."""
+        await client.close()
 
     @abstractmethod
     def make_sdk_client(self) -> Any:
@@ -170,12 +208,15 @@ class RemoteModel(ModelClient):
         started = time.perf_counter()
         try:
             response = await self.send(request)
-        except (TransientModelError, ModelCallError):
-            raise
         except Exception as error:
-            translated = self.translate_error(error)
+            translated = (
+                error
+                if isinstance(error, TransientModelError | ModelCallError)
+                else self.translate_error(error)
+            )
             if translated is None:
                 raise
+            # Rebuilt with the key taken out: an error body may echo the request.
             if isinstance(translated, TransientModelError):
                 raise TransientModelError(
                     self.redact(str(translated)), translated.retry_after
@@ -198,4 +239,13 @@ class RemoteModel(ModelClient):
         return ModelCallError(text)
 
     def close(self) -> None:
-        self._sdk_client = None
+        self._client_loop = None  # the next call, in any loop, opens a new client
+
+
+async def _close_at_loop_end(model: RemoteModel, client: Any) -> AsyncIterator[None]:
+    """Suspended until the event loop shuts down its async generators, then closes `client`."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # a connection already gone is closed enough
+            await model.aclose_sdk_client(client)

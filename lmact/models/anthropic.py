@@ -1,0 +1,171 @@
+"""`anthropic/<model>`: Claude through the Messages API (the `anthropic` SDK, non-streaming).
+
+The SDK (2.x) speaks API version 2026-10-21, which removed the sampling parameters
+(`temperature`, `top_p`, `top_k`: a 400 even at their defaults), so no temperature is sent
+and Claude samples at its own default. It sends the key as `Authorization: Bearer`.
+
+The stable prefix (preamble and demonstrations) ends with a `cache_control` breakpoint, so
+every step after the first reads it from Anthropic's prompt cache.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, ClassVar
+
+from lmact.errors import LmactError
+from lmact.models.base import (
+    ImagePart,
+    ModelCallError,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    TransientModelError,
+)
+from lmact.models.remote import RemoteModel, missing_sdk
+
+STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    # The prompt and answer reached the context window: the answer was cut off.
+    "model_context_window_exceeded": "length",
+    "refusal": "refusal",
+}
+MAX_DETAIL_CHARS = 300
+
+
+def _sdk() -> Any:
+    try:
+        import anthropic
+    except ImportError:
+        raise missing_sdk("Anthropic", "anthropic", "anthropic") from None
+    return anthropic
+
+
+def content_blocks(request: ModelRequest) -> list[dict[str, Any]]:
+    """The user turn's content: one block per part, in order, with a prompt-cache breakpoint on
+    the block that ends the stable prefix (none when there is no stable prefix)."""
+    blocks: list[dict[str, Any]] = []
+    breakpoint_at: int | None = None
+    for index, part in enumerate(request.parts):
+        if isinstance(part, ImagePart):
+            data = base64.b64encode(part.png).decode("ascii")
+            source = {"type": "base64", "media_type": "image/png", "data": data}
+            blocks.append({"type": "image", "source": source})
+        elif isinstance(part, TextPart) and part.text:  # the API rejects empty text blocks
+            blocks.append({"type": "text", "text": part.text})
+        else:
+            continue
+        if index < request.stable_prefix_parts:
+            breakpoint_at = len(blocks) - 1
+    if breakpoint_at is not None:
+        blocks[breakpoint_at]["cache_control"] = {"type": "ephemeral"}
+    return blocks
+
+
+def _count(usage: Any, field: str) -> int:
+    return int(getattr(usage, field, None) or 0)
+
+
+class AnthropicModel(RemoteModel):
+    """Claude models. Token counts are estimates: Anthropic publishes no offline tokenizer
+    for Claude, so text is four characters a token (the base rule) and images follow the
+    catalog's `anthropic` rule (pixels / 750 after fitting); the API's usage is exact."""
+
+    max_concurrency = 8
+    key_variables: ClassVar[tuple[str, ...]] = ("ANTHROPIC_API_KEY",)
+    base_url_variables: ClassVar[tuple[str, ...]] = ("ANTHROPIC_BASE_URL",)
+
+    def make_sdk_client(self) -> Any:
+        return _sdk().AsyncAnthropic(
+            api_key=self.api_key(),
+            base_url=self.base_url,  # None: the SDK's default (or its ANTHROPIC_BASE_URL)
+            max_retries=0,  # retries belong to ModelCaller alone
+            timeout=self.attempt_timeout_s,
+        )
+
+    def request_arguments(self, request: ModelRequest) -> dict[str, Any]:
+        """The keyword arguments of `messages.create` for one request."""
+        arguments: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": content_blocks(request)}],
+            "max_tokens": request.max_tokens,
+        }
+        if request.system:
+            arguments["system"] = request.system
+        budget = self.options.reasoning_budget
+        if budget:
+            # Thinking tokens count against max_tokens: the answer keeps its own allowance.
+            arguments["thinking"] = {"type": "enabled", "budget_tokens": budget}
+            arguments["max_tokens"] = request.max_tokens + budget
+        return arguments
+
+    async def send(self, request: ModelRequest) -> ModelResponse:
+        client = await self.loop_client()
+        message = await client.messages.create(**self.request_arguments(request))
+        return self.read_message(message)
+
+    def read_message(self, message: Any) -> ModelResponse:
+        """A Messages API answer as a `ModelResponse`; an answer that is not a message (the
+        SDK hands back text it cannot parse) is worth another attempt."""
+        content = getattr(message, "content", None)
+        if getattr(message, "type", None) != "message" or not isinstance(content, list):
+            raise TransientModelError(f"{self.name}: unreadable answer (not a message)")
+        # The answer is the text blocks; thinking and redacted_thinking blocks are reasoning.
+        texts = [
+            getattr(block, "text", None) or ""
+            for block in content
+            if getattr(block, "type", None) == "text"
+        ]
+        stop_reason = getattr(message, "stop_reason", None) or "end_turn"
+        usage = getattr(message, "usage", None)
+        written = _count(usage, "cache_creation_input_tokens")
+        read = _count(usage, "cache_read_input_tokens")
+        details = getattr(usage, "output_tokens_details", None)
+        return ModelResponse(
+            text="".join(texts),
+            stop_reason=STOP_REASONS.get(stop_reason, stop_reason),
+            # Anthropic's input_tokens leaves out the tokens read from or written to the cache.
+            prompt_tokens=_count(usage, "input_tokens") + written + read,
+            completion_tokens=_count(usage, "output_tokens"),
+            cached_tokens=read,
+            cache_write_tokens=written,
+            reasoning_tokens=_count(details, "thinking_tokens"),
+        )
+
+    def translate_error(self, error: Exception) -> Exception | None:
+        if isinstance(error, LmactError):  # no key, or no SDK: already one line
+            return error
+        if isinstance(error, json.JSONDecodeError):
+            return TransientModelError(f"{self.name}: unreadable answer (not JSON)")
+        anthropic = _sdk()
+        if isinstance(error, anthropic.APIStatusError):
+            detail = error.message
+            if error.api_message:
+                detail = f"{error.type or 'error'}: {error.api_message}"
+            # One line, and short: an error page can be long. Redacted before it is cut, so
+            # that no fragment of the key survives the cut.
+            detail = " ".join(self.redact(detail).split())
+            if len(detail) > MAX_DETAIL_CHARS:
+                detail = detail[:MAX_DETAIL_CHARS] + " …"
+            if error.request_id:
+                detail += f" (request id {error.request_id})"
+            if error.error_code and error.error_code.endswith("spend_limit_reached"):
+                # A 429 that waiting does not fix: the account's spend limit.
+                return ModelCallError(f"{self.name}: HTTP {error.status_code}: {detail}")
+            return self.status_error(error.status_code, detail, error.response.headers)
+        if isinstance(error, anthropic.APITimeoutError):
+            return TransientModelError(
+                f"{self.name}: no answer within {self.attempt_timeout_s:g} s"
+            )
+        if isinstance(error, anthropic.APIConnectionError):
+            cause = error.__cause__ or error.__context__
+            reason = f" ({type(cause).__name__}: {cause})" if cause else ""
+            return TransientModelError(f"{self.name}: connection failed{reason}")
+        if isinstance(error, anthropic.APIResponseValidationError):
+            return TransientModelError(f"{self.name}: unreadable answer ({error.message})")
+        if isinstance(error, anthropic.AnthropicError):
+            return ModelCallError(f"{self.name}: {error}")
+        return None

@@ -1,0 +1,352 @@
+"""`google/<model>`: Gemini through the Gemini Developer API (the `google-genai` SDK,
+non-streaming, API version v1beta).
+
+A long stable prefix (preamble and demonstrations) goes into an explicit context cache
+(`cachedContents`), created once per distinct prefix and named by later requests, which then
+send only the rest of the prompt. The SDK's own retries are off: `ModelCaller` retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from lmact.models.base import (
+    ImagePart,
+    ModelCallError,
+    ModelOptions,
+    ModelRequest,
+    ModelResponse,
+    Part,
+    TransientModelError,
+)
+from lmact.models.remote import RETRYABLE_STATUSES, RemoteModel, missing_sdk
+
+# Finish reasons that mean a filter, not the model, ended the answer.
+FILTER_REASONS = frozenset(
+    {
+        "SAFETY",
+        "PROHIBITED_CONTENT",
+        "BLOCKLIST",
+        "SPII",
+        "RECITATION",
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+        "IMAGE_RECITATION",
+        "MODEL_ARMOR",
+    }
+)
+# Characters of an error body kept in a message (a proxy may answer with a whole HTML page).
+MESSAGE_CHARS = 300
+
+
+def _sdk() -> tuple[Any, Any, Any]:
+    """The SDK's `genai`, `types` and `errors` modules, imported on first use."""
+    try:
+        from google import genai
+        from google.genai import errors, types
+    except ImportError:
+        raise missing_sdk("Google Gemini", "google-genai", "google") from None
+    return genai, types, errors
+
+
+def _transport_errors() -> tuple[tuple[type[Exception], ...], ...]:
+    """(timeouts, unusable URLs, other connection failures) of the HTTP libraries the SDK
+    may use (httpx2 by default, httpx if chosen), whichever are installed."""
+    timeouts: list[type[Exception]] = []
+    bad_url: list[type[Exception]] = []
+    transport: list[type[Exception]] = []
+    for module_name in ("httpx2", "httpx"):
+        try:
+            module = __import__(module_name)
+        except ImportError:
+            continue
+        timeouts.append(module.TimeoutException)
+        bad_url += [module.UnsupportedProtocol, module.InvalidURL]
+        transport.append(module.TransportError)
+    return tuple(timeouts), tuple(bad_url), tuple(transport)
+
+
+def _count(usage: Any, field: str) -> int:
+    return int(getattr(usage, field, None) or 0)
+
+
+def _duration_s(value: Any) -> float | None:
+    """A protobuf Duration as JSON ("37s", "0.5s") in seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)s\s*", str(value))
+    return float(match.group(1)) if match else None
+
+
+def retry_delay_s(details: Any) -> float | None:
+    """The wait a Gemini error body asks for: its `google.rpc.RetryInfo` detail, which the
+    API sends with a 429 in place of a Retry-After header."""
+    error = details.get("error", details) if isinstance(details, Mapping) else None
+    entries = error.get("details") if isinstance(error, Mapping) else None
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, Mapping) and str(entry.get("@type", "")).endswith("RetryInfo"):
+            return _duration_s(entry.get("retryDelay"))
+    return None
+
+
+def stop_reason(finish_reason: Any) -> str:
+    name = str(getattr(finish_reason, "value", None) or finish_reason or "STOP").upper()
+    if name == "STOP":
+        return "stop"
+    if name == "MAX_TOKENS":
+        return "length"
+    if name in FILTER_REASONS:
+        return "content_filter"
+    return name.lower()
+
+
+@dataclass
+class _PrefixCache:
+    name: str
+    created: float  # time.monotonic() at creation
+    unclaimed_write_tokens: int  # reported by the first call that succeeds with the cache
+
+
+class GoogleModel(RemoteModel):
+    """Gemini models. Token counts are estimates: the SDK's local tokenizer downloads its
+    model files from the internet on first use, so it is not used; text is four characters a
+    token (the base rule) and images follow the catalog's `gemini` rule (258 tokens a tile).
+    The API's usage figures are exact."""
+
+    max_concurrency = 8
+    key_variables: ClassVar[tuple[str, ...]] = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+    base_url_variables: ClassVar[tuple[str, ...]] = ("GOOGLE_GEMINI_BASE_URL",)
+    # The SDK defaults to v1; v1beta is the version whose reference documents every field
+    # used here (cachedContents, thinkingConfig, seed).
+    api_version: ClassVar[str] = "v1beta"
+    # A stable prefix this long (estimated tokens) or longer goes into an explicit context
+    # cache. Gemini refuses caches below a model-dependent minimum (1,024 to 4,096 tokens),
+    # and a cache costs storage by the hour, so only long demonstration prefixes are cached.
+    cache_min_tokens: ClassVar[int] = 4096
+    cache_ttl_s: ClassVar[int] = 3600
+    # A cache this close to its expiry is replaced by a new one rather than used.
+    cache_renew_margin_s: ClassVar[int] = 300
+    # One attempt at deleting a cache when the client closes.
+    cache_delete_timeout_s: ClassVar[float] = 5.0
+
+    def __init__(self, name: str, options: ModelOptions) -> None:
+        super().__init__(name, options)
+        self._caches: dict[str, _PrefixCache] = {}  # prefix hash -> its cache
+        self._uncached: set[str] = set()  # prefixes too short, or refused by the API
+        self._created: list[str] = []  # cache names to delete on close
+        # One lock per prefix and event loop (a runner runs each run in a new loop).
+        self._locks: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, asyncio.Lock]
+        ] = weakref.WeakKeyDictionary()
+
+    def make_sdk_client(self) -> Any:
+        genai, types, _ = _sdk()
+        return genai.Client(
+            api_key=self.api_key(),
+            vertexai=False,
+            http_options=types.HttpOptions(
+                base_url=self.base_url,
+                api_version=self.api_version,
+                timeout=int(self.attempt_timeout_s * 1000),  # milliseconds
+                retry_options=types.HttpRetryOptions(attempts=1),  # one try: the caller retries
+            ),
+        )
+
+    # --- the request -------------------------------------------------------------------
+
+    def _content(self, parts: Sequence[Part]) -> Any:
+        _, types, _ = _sdk()
+        sdk_parts = []
+        for part in parts:
+            if isinstance(part, ImagePart):
+                sdk_parts.append(types.Part.from_bytes(data=part.png, mime_type="image/png"))
+            elif part.text:  # the API rejects empty text parts
+                sdk_parts.append(types.Part.from_text(text=part.text))
+        return types.Content(role="user", parts=sdk_parts)
+
+    def _config(self, request: ModelRequest, cache: _PrefixCache | None) -> Any:
+        _, types, _ = _sdk()
+        budget = self.options.reasoning_budget
+        config: dict[str, Any] = {
+            # Thinking models think by default, billed as output: leave room for it.
+            "max_output_tokens": request.max_tokens + self.reasoning_room(),
+            "temperature": request.temperature,
+            "seed": request.seed,
+        }
+        if budget is not None:
+            config["thinking_config"] = types.ThinkingConfig(thinking_budget=budget)
+        if cache is not None:
+            config["cached_content"] = cache.name  # the system instruction lives in the cache
+        elif request.system:
+            config["system_instruction"] = request.system
+        return types.GenerateContentConfig(**config)
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        locks = self._locks.setdefault(asyncio.get_running_loop(), {})
+        return locks.setdefault(key, asyncio.Lock())
+
+    def _fresh(self, key: str) -> _PrefixCache | None:
+        cache = self._caches.get(key)
+        if cache is None:
+            return None
+        if time.monotonic() - cache.created > self.cache_ttl_s - self.cache_renew_margin_s:
+            return None
+        return cache
+
+    async def _prefix_cache(self, request: ModelRequest) -> _PrefixCache | None:
+        """The context cache holding this request's stable prefix (and system instruction),
+        created on first need; None when the prefix is not worth caching or cannot be."""
+        prefix = request.parts[: request.stable_prefix_parts]
+        key = ModelRequest(parts=prefix, system=request.system).prompt_hash
+        cache = self._fresh(key)
+        if cache is not None or key in self._uncached:
+            return cache
+        if self.count_tokens(prefix) + self.count_text_tokens(request.system) < (
+            self.cache_min_tokens
+        ):
+            self._uncached.add(key)
+            return None
+        async with self._lock(key):  # concurrent episodes: one creates, the others wait
+            cache = self._fresh(key)
+            if cache is not None or key in self._uncached:
+                return cache
+            _, types, errors = _sdk()
+            try:
+                created = await (await self.loop_client()).aio.caches.create(
+                    model=self.model,
+                    config=types.CreateCachedContentConfig(
+                        contents=[self._content(prefix)],
+                        system_instruction=request.system or None,
+                        ttl=f"{self.cache_ttl_s}s",
+                    ),
+                )
+            except errors.APIError as error:
+                if error.code in RETRYABLE_STATUSES:
+                    raise  # worth another attempt, through the caller
+                # Refused (model without caching, prefix too small …): send it uncached.
+                self._uncached.add(key)
+                return None
+            if not created.name:
+                self._uncached.add(key)
+                return None
+            cache = _PrefixCache(
+                created.name,
+                time.monotonic(),
+                _count(created.usage_metadata, "total_token_count"),
+            )
+            self._caches[key] = cache
+            self._created.append(created.name)
+            return cache
+
+    def _forget(self, cache: _PrefixCache) -> None:
+        for key, known in list(self._caches.items()):
+            if known is cache:
+                del self._caches[key]
+
+    async def send(self, request: ModelRequest) -> ModelResponse:
+        _, _, errors = _sdk()
+        client = await self.loop_client()
+        cache = None
+        if 0 < request.stable_prefix_parts < len(request.parts):
+            cache = await self._prefix_cache(request)
+        parts = request.parts[request.stable_prefix_parts :] if cache else request.parts
+        try:
+            response = await client.aio.models.generate_content(
+                model=self.model,
+                contents=[self._content(parts)],
+                config=self._config(request, cache),
+            )
+        except errors.APIError as error:
+            message = f"{error.message or ''}".lower()
+            if cache is not None and error.code in (403, 404) and "cache" in message:
+                # The cache expired or was deleted: make a new one on the next attempt.
+                self._forget(cache)
+                raise TransientModelError(
+                    self.redact(f"{self.name}: context cache {cache.name} is gone")
+                ) from None
+            raise
+        written = 0
+        if cache is not None:  # claimed once, by the first call that succeeds with it
+            written, cache.unclaimed_write_tokens = cache.unclaimed_write_tokens, 0
+        return self._read(response, written)
+
+    # --- the response ------------------------------------------------------------------
+
+    def _read(self, response: Any, written: int) -> ModelResponse:
+        usage = response.usage_metadata
+        # The call that wrote the cache reports the prefix as written, not read, so that
+        # cached + written never exceed the prompt and the prefix is billed once.
+        cached = max(_count(usage, "cached_content_token_count") - written, 0)
+        thoughts = _count(usage, "thoughts_token_count")
+        counts = {
+            "prompt_tokens": _count(usage, "prompt_token_count"),
+            "completion_tokens": _count(usage, "candidates_token_count") + thoughts,
+            "cached_tokens": cached,
+            "cache_write_tokens": written,
+            "reasoning_tokens": thoughts,
+        }
+        if not response.candidates:
+            feedback = response.prompt_feedback
+            if feedback is not None and feedback.block_reason:
+                return ModelResponse("", "content_filter", **counts)
+            raise TransientModelError(f"{self.name}: unreadable answer: no candidates")
+        candidate = response.candidates[0]
+        parts = (candidate.content.parts if candidate.content else None) or []
+        text = "".join(part.text for part in parts if part.text and not part.thought)
+        return ModelResponse(text, stop_reason(candidate.finish_reason), **counts)
+
+    def translate_error(self, error: Exception) -> Exception | None:
+        _, _, errors = _sdk()
+        if isinstance(error, errors.ContinuationInterruptedError) and isinstance(
+            error.__cause__, Exception
+        ):
+            return self.translate_error(error.__cause__)
+        if isinstance(error, errors.APIError):
+            headers = getattr(getattr(error, "response", None), "headers", None)
+            message = f"{error.status or ''} {error.message or ''}".strip()[:MESSAGE_CHARS]
+            translated = self.status_error(int(error.code or 0), message, headers)
+            if isinstance(translated, TransientModelError) and translated.retry_after is None:
+                translated.retry_after = retry_delay_s(error.details)
+            return translated
+        if isinstance(error, json.JSONDecodeError | errors.UnknownApiResponseError):
+            return TransientModelError(f"{self.name}: unreadable answer (not JSON)")
+        timeouts, bad_url, transport = _transport_errors()
+        if isinstance(error, bad_url):
+            return ModelCallError(f"{self.name}: unusable base URL {self.base_url!r}: {error}")
+        if isinstance(error, timeouts):
+            return TransientModelError(
+                f"{self.name}: no answer within {self.attempt_timeout_s:g} s"
+            )
+        if isinstance(error, transport):
+            return TransientModelError(
+                f"{self.name}: connection failed: {type(error).__name__}: {error}"
+            )
+        return None
+
+    async def aclose_sdk_client(self, client: Any) -> None:
+        await client.aio.aclose()
+
+    def close(self) -> None:
+        """Delete the context caches this client made (best effort: they expire anyway)."""
+        client, names = self._sdk_client, self._created
+        self._caches.clear()
+        self._uncached.clear()
+        self._created = []
+        if client is not None:
+            _, types, _ = _sdk()
+            timeout_ms = int(self.cache_delete_timeout_s * 1000)
+            config = types.DeleteCachedContentConfig(
+                http_options=types.HttpOptions(timeout=timeout_ms)
+            )
+            for name in names:
+                with contextlib.suppress(Exception):  # its TTL removes the cache anyway
+                    client.caches.delete(name=name, config=config)
+            with contextlib.suppress(Exception):  # releasing sockets only
+                client.close()
+        super().close()

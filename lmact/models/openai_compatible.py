@@ -1,0 +1,120 @@
+"""`openai-compatible/<model>`: a server that speaks OpenAI's API (vLLM, SGLang, llama.cpp's
+server, Ollama, LiteLLM), through the `openai` SDK pointed at its base URL.
+
+Two modes: chat completions (`ModelOptions.chat`, the default), for models with a chat
+template; plain completions (`chat=False`), for base models, where the prompt is one text
+that ends in the answer prefix and the model stops at the request's stop strings. The model
+is unknown to the catalog: token counts are the four-characters estimate and costs are
+known only if the user gives prices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from lmact.errors import LmactError
+from lmact.models.base import (
+    ImagePart,
+    ModelOptions,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+)
+from lmact.models.openai import OpenAIModel, import_openai
+from lmact.models.remote import RemoteModel
+
+# Sent when no key is set: most self-hosted servers check none, but the SDK wants one.
+PLACEHOLDER_KEY = "EMPTY"
+
+
+class OpenAICompatibleModel(OpenAIModel):
+    """A model behind any OpenAI-compatible server; the base URL is required."""
+
+    key_variables: ClassVar[tuple[str, ...]] = ("OPENAI_COMPATIBLE_API_KEY",)
+    base_url_variables: ClassVar[tuple[str, ...]] = ("OPENAI_COMPATIBLE_BASE_URL",)
+
+    def __init__(self, name: str, options: ModelOptions) -> None:
+        super().__init__(name, options)
+        # A completion prompt is one text: no images in that mode.
+        self.accepts_images = options.chat
+
+    @property
+    def mode(self) -> str:
+        return "chat" if self.options.chat else "completions"
+
+    @property
+    def reasoning(self) -> bool:
+        return False  # no catalog, no name rules: the server's model is whatever it serves
+
+    def identity(self) -> dict[str, Any]:
+        # The same model name on another server, or through another endpoint, may answer
+        # differently.
+        return {"model": self.name, "base_url": self.base_url, "mode": self.mode}
+
+    def count_text_tokens(self, text: str) -> int:
+        return RemoteModel.count_text_tokens(self, text)  # no tokenizer known: the estimate
+
+    def check_ready(self) -> None:
+        if not self.base_url:
+            raise LmactError(
+                f"model {self.name} needs the server's address: give --base-url "
+                "(e.g. http://localhost:8000/v1) or set OPENAI_COMPATIBLE_BASE_URL"
+            )
+        import_openai()  # a key is optional
+
+    def make_sdk_client(self) -> Any:
+        openai = import_openai()
+        return openai.AsyncOpenAI(
+            api_key=self.api_key() or PLACEHOLDER_KEY,
+            base_url=self.base_url,
+            max_retries=0,
+            timeout=self.attempt_timeout_s,
+        )
+
+    def status_error(
+        self, status: int, message: str, headers: Mapping[str, str] | None = None
+    ) -> Exception:
+        if status == 404:
+            message += f" (is the base URL {self.base_url} right? servers usually serve /v1)"
+        return super().status_error(status, message, headers)
+
+    # --- the request -----------------------------------------------------------------------
+
+    def user_content(self, request: ModelRequest) -> list[dict[str, Any]] | str:
+        # Plain text where there are no images: every server's chat template takes a string.
+        if not any(isinstance(part, ImagePart) for part in request.parts):
+            return "".join(part.text for part in request.parts if isinstance(part, TextPart))
+        return super().user_content(request)
+
+    def chat_parameters(self, request: ModelRequest) -> dict[str, Any]:
+        # `max_tokens`: older servers do not know `max_completion_tokens`; no cache key,
+        # which is OpenAI's own (servers with prefix caching match prefixes themselves).
+        return {
+            "model": self.model,
+            "messages": self.messages(request),
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "seed": request.seed,
+        }
+
+    def completion_parameters(self, request: ModelRequest) -> dict[str, Any]:
+        parameters: dict[str, Any] = {
+            "model": self.model,
+            "prompt": request.completion_text(),
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "seed": request.seed,
+        }
+        if request.stop:
+            parameters["stop"] = list(request.stop)
+        return parameters
+
+    async def send(self, request: ModelRequest) -> ModelResponse:
+        if self.options.chat:
+            return await super().send(request)
+        client = await self.loop_client()
+        raw = await client.completions.with_raw_response.create(
+            **self.completion_parameters(request)
+        )
+        return self.read_text_completion(raw.content)
