@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from lmact.store import RunStore
 
 JSON_KEYS = {
     "task",
@@ -165,5 +168,50 @@ def test_help_explains_the_run_options(tmp_path: Path) -> None:
         "--max-steps",
         "--observation",
         "--model",
+        "--dry-run",
+        "--base-url",
+        "--max-connections",
+        "--max-retries",
+        "--timeout",
     ):
         assert option in text
+
+
+def test_dry_run_prices_a_run_without_a_key_or_a_call(tmp_path: Path) -> None:
+    # No key and an unreachable API: a dry run needs neither, and stores nothing.
+    env_free = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    args = ["run", "--task", "tic_tac_toe", "--model", "openai/gpt-4o", "--demos", "2"]
+    args += ["--episodes", "4", "--dry-run", "--json", "--store", str(tmp_path / "r.sqlite")]
+    result = subprocess.run(
+        [sys.executable, "-m", "lmact.cli", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env_free},
+    )
+    assert result.returncode == 0, result.stderr
+    estimate = json.loads(result.stdout)
+    assert estimate["dry_run"] and estimate["episodes_todo"] == 4 and estimate["calls"] >= 4
+    # gpt-4o's catalog prices: $2.50 in, $1.25 cached in, $10 out per million tokens.
+    uncached = (estimate["prompt_tokens"] * 2.5 + estimate["completion_tokens"] * 10) / 1e6
+    assert estimate["cost_usd"] == pytest.approx(uncached)
+    assert 0 < estimate["cost_cached_usd"] < estimate["cost_usd"]
+    with RunStore(tmp_path / "r.sqlite") as store:
+        assert store.runs() == []
+
+
+def test_a_networked_model_without_its_key_fails_before_any_work(tmp_path: Path) -> None:
+    args = ["run", "--task", "tic_tac_toe", "--model", "anthropic/claude-haiku-4-5"]
+    result = subprocess.run(
+        [sys.executable, "-m", "lmact.cli", *args, "--store", str(tmp_path / "r.sqlite")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "ANTHROPIC_API_KEY": ""},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "lmact: error: model anthropic/claude-haiku-4-5 needs an API key: set ANTHROPIC_API_KEY"
+    ]
