@@ -7,8 +7,6 @@ import asyncio
 import base64
 import functools
 import os
-import subprocess
-import sys
 import threading
 import time
 from typing import Any
@@ -432,27 +430,6 @@ def test_one_client_serves_successive_event_loops() -> None:
     # Each loop had its own client, closed (connections and all) when its loop ended.
     assert clients[0] is not clients[1]
     assert all(client.is_closed() for client in clients)
-
-
-def test_the_module_imports_without_the_sdk_and_names_the_extra() -> None:
-    script = (
-        "import sys; sys.modules['anthropic'] = None\n"
-        "from lmact.models.anthropic import AnthropicModel\n"
-        "from lmact.models.base import ModelOptions\n"
-        "from lmact.errors import LmactError\n"
-        "model = AnthropicModel('anthropic/claude-haiku-4-5', ModelOptions())\n"
-        "try:\n"
-        "    model.make_sdk_client()\n"
-        "except LmactError as error:\n"
-        "    print(error)\n"
-    )
-    env = {**os.environ, "ANTHROPIC_API_KEY": SECRET}
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
-    )
-    assert done.stdout.strip() == (
-        "Anthropic models need the anthropic package: pip install 'lmact[anthropic]'"
-    )
 
 
 # --- a whole run ---------------------------------------------------------------------------

@@ -473,13 +473,6 @@ def test_the_modules_import_without_the_sdk_or_tiktoken() -> None:
     assert done.stdout.strip() == "2"
 
 
-def test_without_the_sdk_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "openai", None)
-    client = resolve_model("openai/gpt-4o", ModelOptions())  # importing lmact needs no SDK
-    with pytest.raises(LmactError, match=r"pip install 'lmact\[openai\]'"):
-        client.check_ready()
-
-
 # --- whole runs ----------------------------------------------------------------------------------
 
 LEGAL = re.compile(r"The legal actions in this state are: (.+)")

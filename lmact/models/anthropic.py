@@ -78,6 +78,9 @@ class AnthropicModel(RemoteModel):
     key_variables: ClassVar[tuple[str, ...]] = ("ANTHROPIC_API_KEY",)
     base_url_variables: ClassVar[tuple[str, ...]] = ("ANTHROPIC_BASE_URL",)
 
+    def load_sdk(self) -> Any:
+        return _sdk()
+
     def make_sdk_client(self) -> Any:
         return _sdk().AsyncAnthropic(
             api_key=self.api_key(),

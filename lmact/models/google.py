@@ -145,6 +145,9 @@ class GoogleModel(RemoteModel):
             asyncio.AbstractEventLoop, dict[str, asyncio.Lock]
         ] = weakref.WeakKeyDictionary()
 
+    def load_sdk(self) -> Any:
+        return _sdk()
+
     def make_sdk_client(self) -> Any:
         genai, types, _ = _sdk()
         return genai.Client(

@@ -232,9 +232,8 @@ class OpenAIModel(RemoteModel):
 
     # --- the SDK client ------------------------------------------------------------------
 
-    def check_ready(self) -> None:
-        super().check_ready()
-        import_openai()
+    def load_sdk(self) -> Any:
+        return import_openai()
 
     def make_sdk_client(self) -> Any:
         openai = import_openai()

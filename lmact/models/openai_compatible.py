@@ -61,7 +61,7 @@ class OpenAICompatibleModel(OpenAIModel):
                 f"model {self.name} needs the server's address: give --base-url "
                 "(e.g. http://localhost:8000/v1) or set OPENAI_COMPATIBLE_BASE_URL"
             )
-        import_openai()  # a key is optional
+        self.load_sdk()  # a key is optional
 
     def make_sdk_client(self) -> Any:
         openai = import_openai()

@@ -158,7 +158,12 @@ class RemoteModel(ModelClient):
                 return value
         return None
 
+    def load_sdk(self) -> Any:
+        """Import the provider's SDK: a one-line LmactError naming the extra if it is absent."""
+        return None
+
     def check_ready(self) -> None:
+        self.load_sdk()
         if self.key_variables and self.api_key() is None:
             names = " or ".join(self.key_variables)
             raise LmactError(f"model {self.name} needs an API key: set {names}")

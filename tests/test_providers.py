@@ -1,0 +1,51 @@
+"""What every provider shares: each module imports without its SDK (a user who never calls
+a provider need not install it), and a missing SDK is a one-line error naming the extra,
+raised by the check that runs before a run's first call."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    ("model", "blocked", "message"),
+    [
+        ("openai/gpt-4o", "openai", "OpenAI models need the openai package: "
+         "pip install 'lmact[openai]'"),
+        ("openai-compatible/m", "openai", "OpenAI models need the openai package: "
+         "pip install 'lmact[openai]'"),
+        ("anthropic/claude-haiku-4-5", "anthropic", "Anthropic models need the anthropic "
+         "package: pip install 'lmact[anthropic]'"),
+        ("google/gemini-2.5-flash", "google.genai", "Google Gemini models need the "
+         "google-genai package: pip install 'lmact[google]'"),
+    ],
+)  # fmt: skip
+def test_without_its_sdk_a_provider_names_its_extra(model: str, blocked: str, message: str) -> None:
+    script = (
+        "import sys\n"
+        f"sys.modules[{blocked!r}] = None\n"
+        "from lmact.errors import LmactError\n"
+        "from lmact.models.base import ModelOptions\n"
+        "from lmact.models.registry import resolve_model\n"
+        "client = resolve_model(sys.argv[1], ModelOptions(base_url='http://127.0.0.1:9/v1'))\n"
+        "try:\n"
+        "    client.check_ready()\n"
+        "except LmactError as error:\n"
+        "    print(error)\n"
+    )
+    env_keys = ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY"]
+
+    env = {**os.environ, **dict.fromkeys(env_keys, "k")}
+    done = subprocess.run(
+        [sys.executable, "-c", script, model],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == message
