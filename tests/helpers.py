@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+from typing import Any
 
 from PIL import Image
 
 from lmact.demos import DEMO_SEED_BASE, play_expert_episode
-from lmact.models.base import ModelRequest
+from lmact.models.base import ModelClient, ModelRequest, ModelResponse, TextPart
+from lmact.models.caller import ModelCaller
 from lmact.prompting import PromptBuilder, PromptSettings, Step
 from lmact.tasks import get_task
 
@@ -51,3 +54,17 @@ def decode(png: bytes | None) -> Image.Image:
     image = Image.open(io.BytesIO(png))
     image.load()
     return image
+
+
+def call(
+    client: ModelClient, request: ModelRequest, **caller_options: Any
+) -> tuple[ModelResponse, ModelCaller]:
+    """One call through a ModelCaller (retries, timeout) with a fast backoff, as a run makes it."""
+    caller = ModelCaller(client, None, backoff_s=0.01, **caller_options)
+    return asyncio.run(caller.call(request)), caller
+
+
+def simple_request(**fields: Any) -> ModelRequest:
+    """A three-part text request (preamble, demonstrations, current step)."""
+    parts = (TextPart("Preamble.\n"), TextPart("Demonstrations.\n"), TextPart("Now: x1\n"))
+    return ModelRequest(parts=fields.pop("parts", parts), **fields)

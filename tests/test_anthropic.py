@@ -3,7 +3,6 @@ through the real `anthropic` SDK: what it sends, what it reads, how failures are
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import os
@@ -12,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import episode_requests
+from helpers import call, episode_requests, simple_request
 from loopback import RecordedRequest, Reply, faults_then, loopback
 
 from lmact.demos import DemoStore
@@ -23,7 +22,6 @@ from lmact.models.base import (
     ModelCallError,
     ModelOptions,
     ModelRequest,
-    ModelResponse,
     TextPart,
 )
 from lmact.models.caller import ModelCaller, call_key
@@ -95,18 +93,6 @@ def model_at(url: str, **options: Any) -> AnthropicModel:
     model = resolve_model(MODEL, ModelOptions(base_url=url, **options))
     assert isinstance(model, AnthropicModel)
     return model
-
-
-def call(
-    model: AnthropicModel, request: ModelRequest, **caller_options: Any
-) -> tuple[ModelResponse, ModelCaller]:
-    caller = ModelCaller(model, None, backoff_s=0.01, **caller_options)
-    return asyncio.run(caller.call(request)), caller
-
-
-def simple_request(**fields: Any) -> ModelRequest:
-    parts = (TextPart("Preamble.\n"), TextPart("Demonstrations.\n"), TextPart("Now: x1\n"))
-    return ModelRequest(parts=fields.pop("parts", parts), **fields)
 
 
 def blocks_of(recorded: RecordedRequest) -> list[dict[str, Any]]:

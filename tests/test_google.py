@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pytest
+from helpers import call, simple_request
 from loopback import RecordedRequest, Reply, faults_then, loopback
 from PIL import Image
 
@@ -125,18 +126,6 @@ def model_at(url: str, name: str = MODEL, **options: Any) -> GoogleModel:
     model = resolve_model(name, ModelOptions(base_url=url, **options))
     assert isinstance(model, GoogleModel)
     return model
-
-
-def call(
-    model: GoogleModel, request: ModelRequest, **caller_options: Any
-) -> tuple[ModelResponse, ModelCaller]:
-    caller = ModelCaller(model, None, backoff_s=0.01, **caller_options)
-    return asyncio.run(caller.call(request)), caller
-
-
-def simple_request(**fields: Any) -> ModelRequest:
-    parts = (TextPart("Preamble.\n"), TextPart("Demonstrations.\n"), TextPart("Now: x1\n"))
-    return ModelRequest(parts=fields.pop("parts", parts), **fields)
 
 
 def field(mapping: dict[str, Any], camel: str) -> Any:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import episode_requests
+from helpers import call, episode_requests
 from loopback import LoopbackServer, RecordedRequest, Reply, faults_then, loopback
 from PIL import Image
 
@@ -34,7 +34,6 @@ from lmact.models.base import (
     ModelResponse,
     TextPart,
 )
-from lmact.models.caller import ModelCaller
 from lmact.models.openai import OpenAIModel, offline_encoding
 from lmact.models.registry import resolve_model
 from lmact.prompting import PromptSettings
@@ -124,13 +123,6 @@ def client_for(server: LoopbackServer, name: str = "openai/gpt-4o", **options: A
     client = resolve_model(name, ModelOptions(base_url=server.url + "/v1", **options))
     assert isinstance(client, OpenAIModel)
     return client
-
-
-def call(
-    client: OpenAIModel, request: ModelRequest, **caller_options: Any
-) -> tuple[ModelResponse, ModelCaller]:
-    caller = ModelCaller(client, None, backoff_s=0.01, **caller_options)
-    return asyncio.run(caller.call(request)), caller
 
 
 TEXT_REQUEST = ModelRequest(parts=(TextPart("Board: ...\nAction:"),), max_tokens=8, seed=3)
