@@ -210,7 +210,8 @@ class Runner:
         by running it again. A refused key stops the whole run at once.
         """
         todo = self._todo(config, episodes)
-        self.client(config.model).check_ready()
+        if todo:  # a finished run is read back from the store: no key needed
+            self.client(config.model).check_ready()
         prepared = self.plan(config)
         plan, client = prepared.plan, prepared.client
         caller = ModelCaller(
