@@ -242,3 +242,25 @@ def test_a_dry_run_counts_the_expert_episodes_and_calls_nothing(
     assert estimate.prompt_tokens > estimate.prefix_tokens
     assert estimate.completion_tokens == estimate.calls * config.max_tokens
     assert estimate.cost_usd is None  # the test client has no prices
+
+
+class NeedsAKey(ScriptedAnswers):
+    def __init__(self, answers: Sequence[str], has_key: bool) -> None:
+        super().__init__(answers)
+        self.has_key = has_key
+
+    def check_ready(self) -> None:
+        if not self.has_key:
+            raise LmactError("model test/scripted-answers needs an API key")
+
+
+def test_a_finished_run_reads_back_without_a_key(
+    run_store: RunStore, demo_store: DemoStore
+) -> None:
+    config = make_config("tic_tac_toe", model="test/scripted-answers", demos=1)
+    first = runner_with(NeedsAKey(["a1"], has_key=True), run_store, demo_store).run(config, 3)
+    keyless = NeedsAKey(["a1"], has_key=False)
+    again = runner_with(keyless, run_store, demo_store).run(config, 3)
+    assert again.episodes == first.episodes and keyless.calls == 0
+    with pytest.raises(LmactError, match="needs an API key"):  # new episodes do need it
+        runner_with(keyless, run_store, demo_store).run(config, 4)
