@@ -10,6 +10,10 @@ import sys
 
 import pytest
 
+from lmact.models.base import ModelOptions
+from lmact.models.registry import resolve_model
+from lmact.models.remote import MAX_DETAIL_CHARS, RemoteModel
+
 
 @pytest.mark.parametrize(
     ("model", "blocked", "message"),
@@ -49,3 +53,26 @@ def test_without_its_sdk_a_provider_names_its_extra(model: str, blocked: str, me
         timeout=60,
     )
     assert done.stdout.strip() == message
+
+
+@pytest.mark.parametrize(
+    ("model", "variable"),
+    [
+        ("openai/gpt-4o", "OPENAI_API_KEY"),
+        ("anthropic/claude-haiku-4-5", "ANTHROPIC_API_KEY"),
+        ("google/gemini-2.5-flash", "GEMINI_API_KEY"),
+    ],
+)
+def test_error_details_lose_the_key_before_they_are_cut(
+    model: str, variable: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "sk-SECRET-0123456789abcdef0123456789"
+    monkeypatch.setenv(variable, secret)
+    client = resolve_model(model, ModelOptions())
+    assert isinstance(client, RemoteModel)
+    page = "<html>\n" + "x" * 280 + f" Bearer {secret}\n</html>"  # the key straddles the cut
+    detail = client.detail(page)
+    assert secret[:8] not in detail and "\n" not in detail
+    assert detail.endswith(" …") and len(detail) == MAX_DETAIL_CHARS + 2
+    error = client.status_error(502, page)
+    assert secret[:8] not in str(error) and "HTTP 502" in str(error)

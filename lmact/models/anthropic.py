@@ -33,7 +33,6 @@ STOP_REASONS = {
     "model_context_window_exceeded": "length",
     "refusal": "refusal",
 }
-MAX_DETAIL_CHARS = 300
 
 
 def _sdk() -> Any:
@@ -148,25 +147,19 @@ class AnthropicModel(RemoteModel):
             detail = error.message
             if error.api_message:
                 detail = f"{error.type or 'error'}: {error.api_message}"
-            # One line, and short: an error page can be long. Redacted before it is cut, so
-            # that no fragment of the key survives the cut.
-            detail = " ".join(self.redact(detail).split())
-            if len(detail) > MAX_DETAIL_CHARS:
-                detail = detail[:MAX_DETAIL_CHARS] + " …"
-            if error.request_id:
-                detail += f" (request id {error.request_id})"
+            if error.request_id:  # first, so that shortening a long detail keeps it
+                detail = f"(request id {error.request_id}) {detail}"
             if error.error_code and error.error_code.endswith("spend_limit_reached"):
                 # A 429 that waiting does not fix: the account's spend limit.
-                return ModelCallError(f"{self.name}: HTTP {error.status_code}: {detail}")
+                return ModelCallError(
+                    f"{self.name}: HTTP {error.status_code}: {self.detail(detail)}"
+                )
             return self.status_error(error.status_code, detail, error.response.headers)
         if isinstance(error, anthropic.APITimeoutError):
-            return TransientModelError(
-                f"{self.name}: no answer within {self.attempt_timeout_s:g} s"
-            )
+            return self.timeout_error()
         if isinstance(error, anthropic.APIConnectionError):
             cause = error.__cause__ or error.__context__
-            reason = f" ({type(cause).__name__}: {cause})" if cause else ""
-            return TransientModelError(f"{self.name}: connection failed{reason}")
+            return self.connection_error(f"{type(cause).__name__}: {cause}" if cause else "")
         if isinstance(error, anthropic.APIResponseValidationError):
             return TransientModelError(f"{self.name}: unreadable answer ({error.message})")
         if isinstance(error, anthropic.AnthropicError):

@@ -44,7 +44,6 @@ FILTER_REASONS = frozenset(
     }
 )
 # Characters of an error body kept in a message (a proxy may answer with a whole HTML page).
-MESSAGE_CHARS = 300
 
 
 def _sdk() -> tuple[Any, Any, Any]:
@@ -312,7 +311,7 @@ class GoogleModel(RemoteModel):
             return self.translate_error(error.__cause__)
         if isinstance(error, errors.APIError):
             headers = getattr(getattr(error, "response", None), "headers", None)
-            message = f"{error.status or ''} {error.message or ''}".strip()[:MESSAGE_CHARS]
+            message = f"{error.status or ''} {error.message or ''}".strip()
             translated = self.status_error(int(error.code or 0), message, headers)
             if isinstance(translated, TransientModelError) and translated.retry_after is None:
                 translated.retry_after = retry_delay_s(error.details)
@@ -323,13 +322,9 @@ class GoogleModel(RemoteModel):
         if isinstance(error, bad_url):
             return ModelCallError(f"{self.name}: unusable base URL {self.base_url!r}: {error}")
         if isinstance(error, timeouts):
-            return TransientModelError(
-                f"{self.name}: no answer within {self.attempt_timeout_s:g} s"
-            )
+            return self.timeout_error()
         if isinstance(error, transport):
-            return TransientModelError(
-                f"{self.name}: connection failed: {type(error).__name__}: {error}"
-            )
+            return self.connection_error(f"{type(error).__name__}: {error}")
         return None
 
     async def aclose_sdk_client(self, client: Any) -> None:

@@ -303,8 +303,8 @@ class OpenAIModel(RemoteModel):
     # --- the answer -------------------------------------------------------------------------
 
     def unreadable(self, body: bytes) -> TransientModelError:
-        excerpt = " ".join(body[:200].decode("utf-8", "replace").split())
-        return TransientModelError(self.redact(f"{self.name}: unreadable answer: {excerpt!r}"))
+        excerpt = self.detail(body.decode("utf-8", "replace"))
+        return TransientModelError(f"{self.name}: unreadable answer: {excerpt!r}")
 
     def read_chat(self, body: bytes) -> ModelResponse:
         try:
@@ -339,18 +339,17 @@ class OpenAIModel(RemoteModel):
                 error.status_code, api_message(error), dict(error.response.headers)
             )
         if isinstance(error, openai.APITimeoutError):
-            return TransientModelError(
-                f"{self.name}: no answer within {self.attempt_timeout_s:g} s"
-            )
+            return self.timeout_error()
         if isinstance(error, openai.APIConnectionError):
             cause = error.__cause__
-            detail = f"{type(cause).__name__}: {cause}" if cause else error.message
-            return TransientModelError(f"{self.name}: connection failed ({detail})")
+            return self.connection_error(
+                f"{type(cause).__name__}: {cause}" if cause else error.message
+            )
         return None
 
 
 def api_message(error: Any) -> str:
-    """The server's own words from an error answer, on one line."""
+    """The server's own words from an error answer (`status_error` shortens them)."""
     body = error.body
     message = None
     if isinstance(body, Mapping):
@@ -360,5 +359,4 @@ def api_message(error: Any) -> str:
         )
     if message is None:
         message = body if isinstance(body, str) and body else error.message
-    text = " ".join(str(message).split())
-    return text if len(text) <= 500 else text[:500] + " …"
+    return str(message)

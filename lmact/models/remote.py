@@ -39,6 +39,8 @@ from lmact.models.catalog import ModelFacts, model_facts
 # Anthropic's "overloaded" (529).
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 REDACTED = "[redacted]"
+# Longest server text kept in an error message: an error page can be long.
+MAX_DETAIL_CHARS = 300
 DEFAULT_TIMEOUT_S = 120.0
 # Completion tokens left for thinking, on top of the answer, for models that always think.
 DEFAULT_REASONING_BUDGET = 4096
@@ -231,11 +233,23 @@ class RemoteModel(ModelClient):
             response = replace(response, latency_s=time.perf_counter() - started)
         return response
 
+    def detail(self, text: str) -> str:
+        """A server's words, fit for an error message: the key taken out first (so that no
+        fragment of it survives the cut), on one line, at most MAX_DETAIL_CHARS long."""
+        text = " ".join(self.redact(text).split())
+        return text if len(text) <= MAX_DETAIL_CHARS else text[:MAX_DETAIL_CHARS] + " …"
+
+    def timeout_error(self) -> TransientModelError:
+        return TransientModelError(f"{self.name}: no answer within {self.attempt_timeout_s:g} s")
+
+    def connection_error(self, detail: str) -> TransientModelError:
+        return TransientModelError(f"{self.name}: connection failed ({self.detail(detail)})")
+
     def status_error(
         self, status: int, message: str, headers: Mapping[str, str] | None = None
     ) -> Exception:
         """An HTTP error status sorted into retry (with the server's wait) or stop."""
-        text = f"{self.name}: HTTP {status}: {message}"
+        text = f"{self.name}: HTTP {status}: {self.detail(message)}"
         if status in RETRYABLE_STATUSES:
             return TransientModelError(text, retry_after_seconds(headers))
         if status in (401, 403):
