@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from lmact.models.base import ModelOptions
+from lmact.models.base import ModelOptions, ModelResponse
 from lmact.models.registry import resolve_model
 from lmact.models.remote import MAX_DETAIL_CHARS, RemoteModel
 
@@ -76,3 +76,16 @@ def test_error_details_lose_the_key_before_they_are_cut(
     assert detail.endswith(" …") and len(detail) == MAX_DETAIL_CHARS + 2
     error = client.status_error(502, page)
     assert secret[:8] not in str(error) and "HTTP 502" in str(error)
+
+
+def test_what_the_user_gives_replaces_the_catalog() -> None:
+    listed = resolve_model("anthropic/claude-haiku-4-5", ModelOptions())
+    given = resolve_model(
+        "anthropic/claude-haiku-4-5",
+        ModelOptions(context_window=8_000, max_images=5, input_price=2.0, output_price=4.0),
+    )
+    assert (listed.context_window, listed.max_images) == (200_000, 100)
+    assert (given.context_window, given.max_images) == (8_000, 5)
+    response = ModelResponse("a1", prompt_tokens=1_000_000, completion_tokens=1_000_000)
+    assert listed.cost_usd(response) == pytest.approx(1.0 + 5.0)
+    assert given.cost_usd(response) == pytest.approx(2.0 + 4.0)

@@ -83,7 +83,16 @@ class RemoteModel(ModelClient):
     def __init__(self, name: str, options: ModelOptions) -> None:
         super().__init__(name, options)
         self.model = name.partition("/")[2]
-        self.facts: ModelFacts = model_facts(name)
+        # The catalog's facts with what the user gave in their place, merged once.
+        given = {
+            "context_window": options.context_window,
+            "max_images": options.max_images,
+            "input_price": options.input_price,
+            "output_price": options.output_price,
+        }
+        self.facts: ModelFacts = model_facts(name).model_copy(
+            update={key: value for key, value in given.items() if value is not None}
+        )
         self.base_url = options.base_url or next(
             (os.environ[v] for v in self.base_url_variables if os.environ.get(v)), None
         )
@@ -95,32 +104,18 @@ class RemoteModel(ModelClient):
 
     @property
     def context_window(self) -> int | None:
-        return self.options.context_window or self.facts.context_window
+        return self.facts.context_window
 
     @property
     def max_images(self) -> int | None:
-        if self.options.max_images is not None:
-            return self.options.max_images
         return self.facts.max_images
 
     @property
     def attempt_timeout_s(self) -> float:
         return self.options.timeout_s or DEFAULT_TIMEOUT_S
 
-    def prices(self) -> ModelFacts:
-        """The catalog's prices with the user's overrides applied."""
-        overrides = {
-            key: value
-            for key, value in (
-                ("input_price", self.options.input_price),
-                ("output_price", self.options.output_price),
-            )
-            if value is not None
-        }
-        return self.facts.model_copy(update=overrides) if overrides else self.facts
-
     def cost_usd(self, response: ModelResponse) -> float | None:
-        return self.prices().cost_usd(response)
+        return self.facts.cost_usd(response)
 
     @property
     def reasoning(self) -> bool:
