@@ -18,12 +18,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmact.envs.base import Environment, Observation
+from lmact.envs.base import DEMO_SEED_BASE, Environment, Observation
 from lmact.errors import LmactError
 from lmact.prompting import Step
 from lmact.tasks import TaskSpec
 
-DEMO_SEED_BASE = 1_000_000_000
 # A generous cap on how many demonstrations a budget may pull in, to bound generation.
 MAX_DEMONSTRATIONS = 100_000
 

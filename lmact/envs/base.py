@@ -9,8 +9,16 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypeVar
+
+# Seeds from here up draw demonstrations; test episodes use seeds below. Environments whose
+# initial states come from a committed pool (chess openings, crossword puzzles) split the
+# pool at the same line, so that no demonstration starts where a test episode does.
+DEMO_SEED_BASE = 1_000_000_000
+
+PoolEntry = TypeVar("PoolEntry")
 
 
 class InvalidActionError(ValueError):
@@ -57,6 +65,23 @@ def integer_option(name: str, value: object, minimum: int, maximum: int | None =
         bounds = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
         raise ValueError(f"option {name} must be {bounds}, got {value}")
     return value
+
+
+def pool_entry(
+    seed: int, tests: Sequence[PoolEntry], demonstrations: Sequence[PoolEntry]
+) -> PoolEntry:
+    """The initial state that `seed` draws from a pool split into test and demonstration parts.
+
+    Test seeds (below DEMO_SEED_BASE) take the test part in order and demonstration seeds the
+    other part, each cycling when a run asks for more episodes than its part holds.
+    """
+    if seed < 0:
+        raise ValueError(f"seeds are non-negative, got {seed}")
+    is_test = seed < DEMO_SEED_BASE
+    part, index = (tests, seed) if is_test else (demonstrations, seed - DEMO_SEED_BASE)
+    if not part:
+        raise ValueError(f"the pool holds no {'test' if is_test else 'demonstration'} entries")
+    return part[index % len(part)]
 
 
 class Environment(ABC):
