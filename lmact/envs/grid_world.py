@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import io
 import json
 from collections.abc import Iterable
 from typing import ClassVar
@@ -24,6 +23,7 @@ from lmact.envs.base import (
     integer_option,
     strip_answer,
 )
+from lmact.envs.drawing import png_bytes
 
 Position = tuple[int, int]
 
@@ -240,9 +240,7 @@ class GridWorld(Environment):
             for column in range(self.size):
                 sprite = sprites[self._cell_kind((row, column))]
                 image.paste(sprite, (column * self.cell_pixels, row * self.cell_pixels))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG", optimize=False)
-        return buffer.getvalue()
+        return png_bytes(image)
 
 
 # --- sprites -----------------------------------------------------------------------------------

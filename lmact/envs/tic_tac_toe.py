@@ -8,7 +8,6 @@ letter and column digit: `a1` is the top-left cell, `c3` the bottom-right one.
 from __future__ import annotations
 
 import functools
-import io
 import re
 from collections.abc import Sequence
 from typing import ClassVar
@@ -25,6 +24,7 @@ from lmact.envs.base import (
     integer_option,
     strip_answer,
 )
+from lmact.envs.drawing import draw_centered, png_bytes
 
 EMPTY = " "
 MARKS = ("x", "o")
@@ -274,22 +274,7 @@ class TicTacToe(Environment):
             font = ImageFont.load_default(size=max(8, margin * 0.6))
             for line, (letter, digit) in enumerate(zip("abc", "123", strict=True)):
                 center = margin + (line + 0.5) * cell
-                _draw_centered(draw, letter, (margin / 2, center), font)
-                _draw_centered(draw, digit, (center, margin / 2), font)
+                draw_centered(draw, letter, (margin / 2, center), font)
+                draw_centered(draw, digit, (center, margin / 2), font)
 
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG", optimize=False)
-        return buffer.getvalue()
-
-
-def _draw_centered(
-    draw: ImageDraw.ImageDraw,
-    text: str,
-    center: tuple[float, float],
-    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
-) -> None:
-    # Centred from the text's bounding box, since anchors need a FreeType font and the default
-    # font falls back to a bitmap one when Pillow is built without FreeType.
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    position = (center[0] - (left + right) / 2, center[1] - (top + bottom) / 2)
-    draw.text(position, text, fill="black", font=font)
+        return png_bytes(image)
