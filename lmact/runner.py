@@ -210,7 +210,10 @@ class Runner:
         by running it again. A refused key stops the whole run at once.
         """
         todo = self._todo(config, episodes)
-        if todo:  # a finished run is read back from the store: no key needed
+        if todo:  # a finished run is read back from the store: no key or engine needed
+            # Made once up front so that what the task itself needs (Stockfish, its data
+            # files) is missing with one clear error before any model work.
+            self._task(config).make_environment().close()
             self.client(config.model).check_ready()
         prepared = self.plan(config)
         plan, client = prepared.plan, prepared.client

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -13,6 +16,20 @@ from lmact.models.base import ModelClient, ModelRequest, ModelResponse, TextPart
 from lmact.models.caller import ModelCaller
 from lmact.prompting import PromptBuilder, PromptSettings, Step
 from lmact.tasks import get_task
+
+
+def lmact(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The `lmact` command, run in a subprocess from `cwd`."""
+    return subprocess.run(
+        [sys.executable, "-m", "lmact.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def demonstrations(task: str, observation: str, count: int) -> list[tuple[Step, ...]]:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import lmact
 
 from lmact.store import RunStore
 
@@ -33,20 +34,13 @@ JSON_KEYS = {
 }
 
 
-def lmact(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lmact.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["run", "--task", "chess"], "unknown task 'chess'; accepted: grid_world, tic_tac_toe"),
+        (
+            ["run", "--task", "checkers"],
+            "unknown task 'checkers'; accepted: chess, crossword, grid_world, tic_tac_toe",
+        ),
         (
             ["run", "--task", "tic_tac_toe", "--observation", "rgb"],
             "unknown observation format for task tic_tac_toe 'rgb'; accepted: txt, png",

@@ -12,6 +12,7 @@ from lmact.errors import UnknownNameError
 ENVIRONMENT_CLASSES: dict[str, str] = {
     "tic_tac_toe": "lmact.envs.tic_tac_toe:TicTacToe",
     "grid_world": "lmact.envs.grid_world:GridWorld",
+    "chess": "lmact.envs.chess:Chess",
 }
 
 
