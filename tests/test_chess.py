@@ -14,6 +14,7 @@ import chess
 import chess.pgn
 import numpy as np
 import pytest
+from helpers import lmact
 from PIL import Image
 
 from lmact.envs import chess as chess_env
@@ -428,3 +429,33 @@ def test_a_process_that_used_stockfish_exits_and_leaves_none_behind() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
     assert wait_until(lambda: stockfish_processes() <= before)
+
+
+# --- through the command line --------------------------------------------------------------------
+
+
+def test_lmact_run_plays_chess_with_the_baselines(tmp_path: Path) -> None:
+    result = lmact(
+        "run", "--task", "chess", "--model", "random", "--episodes", "2", "--max-steps", "6",
+        "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["task"] == "chess" and summary["observation"] == "fen"
+    assert summary["episodes"] == 2 and 0 < summary["steps"] <= 12
+    assert summary["invalid_rate"] == 0.0  # the random policy answers legal moves
+    assert -1.0 <= summary["mean_return"] <= 1.0
+    assert summary["expert_return"] is not None and summary["random_return"] is not None
+
+
+def test_a_missing_stockfish_stops_the_run_before_any_work(tmp_path: Path) -> None:
+    environment = {**os.environ, "LMACT_STOCKFISH": str(tmp_path / "no-stockfish")}
+    result = lmact(
+        "run", "--task", "chess", "--model", "random", "--demos", "0", "--episodes", "1",
+        cwd=tmp_path, env=environment,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"lmact: error: LMACT_STOCKFISH={tmp_path / 'no-stockfish'} is not an executable file"
+    ]
+    assert result.stdout == ""
