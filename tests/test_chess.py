@@ -235,7 +235,7 @@ def test_bad_options_are_named() -> None:
         Chess(notation="lan")
     with pytest.raises(ValueError, match="opponent_skill_level"):
         Chess(opponent_skill_level=21)
-    with pytest.raises(ValueError, match="cannot read the chess openings"):
+    with pytest.raises(ValueError, match="option openings_file: no such file"):
         Chess(openings_file="/nonexistent/openings.jsonl")
 
 

@@ -13,6 +13,7 @@ ENVIRONMENT_CLASSES: dict[str, str] = {
     "tic_tac_toe": "lmact.envs.tic_tac_toe:TicTacToe",
     "grid_world": "lmact.envs.grid_world:GridWorld",
     "chess": "lmact.envs.chess:Chess",
+    "crossword": "lmact.envs.crossword:Crossword",
 }
 
 

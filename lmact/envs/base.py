@@ -11,7 +11,10 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, TypeVar
+
+from lmact.resources import data_dir
 
 # Seeds from here up draw demonstrations; test episodes use seeds below. Environments whose
 # initial states come from a committed pool (chess openings, crossword puzzles) split the
@@ -82,6 +85,18 @@ def pool_entry(
     if not part:
         raise ValueError(f"the pool holds no {'test' if is_test else 'demonstration'} entries")
     return part[index % len(part)]
+
+
+def file_option(name: str, value: object) -> Path:
+    """A task-spec option naming a data file: absolute, or relative to the shipped tasks/ folder."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"option {name} must be a file path, got {value!r}")
+    path = Path(value)
+    if not path.is_absolute():
+        path = data_dir("tasks") / path
+    if not path.is_file():
+        raise ValueError(f"option {name}: no such file {path}")
+    return path.resolve()
 
 
 class Environment(ABC):

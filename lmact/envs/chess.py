@@ -40,13 +40,13 @@ from lmact.envs.base import (
     InvalidActionError,
     Observation,
     StepOutcome,
+    file_option,
     integer_option,
     pool_entry,
     strip_answer,
 )
 from lmact.envs.drawing import draw_centered, png_bytes
 from lmact.errors import LmactError
-from lmact.resources import data_dir
 
 STOCKFISH_VARIABLE = "LMACT_STOCKFISH"
 DEBIAN_STOCKFISH = "/usr/games/stockfish"
@@ -214,11 +214,6 @@ def load_openings(path: Path) -> tuple[tuple[tuple[str, ...], ...], tuple[tuple[
     return tuple(tests), tuple(demonstrations)
 
 
-def _resolve(file: str) -> Path:
-    path = Path(file)
-    return path if path.is_absolute() else data_dir("tasks") / path
-
-
 class Chess(Environment):
     """A game of chess against a weak Stockfish; +1 win, 0 draw, -1 loss, at the end.
 
@@ -264,7 +259,9 @@ class Chess(Environment):
         self.expert_time_ms = integer_option("expert_time_ms", expert_time_ms, 1)
         self.expert_nodes = integer_option("expert_nodes", expert_nodes, 0)
         self.image_size = integer_option("image_size", image_size, _MIN_IMAGE_SIZE, _MAX_IMAGE_SIZE)
-        self._tests, self._demonstrations = load_openings(_resolve(openings_file))
+        self._tests, self._demonstrations = load_openings(
+            file_option("openings_file", openings_file)
+        )
         # Found now, so that a missing Stockfish fails before any model call.
         self._stockfish = find_stockfish()
         self._board = chess.Board()
