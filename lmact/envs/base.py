@@ -109,6 +109,8 @@ class Environment(ABC):
 
     observation_formats: ClassVar[tuple[str, ...]]
     image_formats: ClassVar[frozenset[str]] = frozenset()
+    # Set by a subclass's reset(); state accessors call _require_started() first.
+    _started: bool = False
 
     @abstractmethod
     def reset(self, seed: int) -> None:
@@ -137,6 +139,10 @@ class Environment(ABC):
     @abstractmethod
     def expert_action(self) -> str:
         """The expert's action in the current state."""
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise RuntimeError("call reset(seed) before using the environment")
 
     def close(self) -> None:  # noqa: B027 - most environments hold no resources
         """Release resources (engines, emulators); the default holds none."""

@@ -290,10 +290,6 @@ class Chess(Environment):
         self._require_started()
         return self._done
 
-    def _require_started(self) -> None:
-        if not self._started:
-            raise RuntimeError("call reset(seed) before using the environment")
-
     def reset(self, seed: int) -> None:
         opening = pool_entry(seed, self._tests, self._demonstrations)
         (self._opponent_rng,) = np.random.default_rng(np.random.SeedSequence(seed)).spawn(1)

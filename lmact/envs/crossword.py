@@ -203,10 +203,6 @@ class Crossword(Environment):
     def _unsolved(self) -> list[ClueEntry]:
         return [entry for entry in self._puzzle.clues if entry.id not in self._solved]
 
-    def _require_started(self) -> None:
-        if not self._started:
-            raise RuntimeError("call reset(seed) before using the environment")
-
     # --- answers and the expert ----------------------------------------------------------------
 
     def parse_action(self, answer: str) -> str:

@@ -152,10 +152,6 @@ class GridWorld(Environment):
     def legal_actions(self) -> list[str]:
         return list(ACTIONS)
 
-    def _require_started(self) -> None:
-        if not self._started:
-            raise RuntimeError("call reset(seed) before using the environment")
-
     # --- answers and the expert ----------------------------------------------------------------
 
     def parse_action(self, answer: str) -> str:

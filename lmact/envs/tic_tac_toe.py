@@ -199,10 +199,6 @@ class TicTacToe(Environment):
             return []
         return [CELL_NAMES[index] for index in empty_cells(self._board)]
 
-    def _require_started(self) -> None:
-        if not self._started:
-            raise RuntimeError("call reset(seed) before using the environment")
-
     # --- answers and the expert ----------------------------------------------------------------
 
     def parse_action(self, answer: str) -> str:
