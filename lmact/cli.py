@@ -42,6 +42,14 @@ def _add_storage_options(parser: argparse.ArgumentParser, store: bool = True) ->
         default=None,
         help=f"where demonstrations are kept (default: $LMACT_CACHE_DIR or {default_cache_dir()})",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes that generate demonstrations when the expert is slow "
+        "(a first episode of 1 s or more; default: one per CPU)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _demo_store(args: argparse.Namespace) -> DemoStore:
-    return DemoStore(args.cache_dir / "demos" if args.cache_dir else None)
+    return DemoStore(args.cache_dir / "demos" if args.cache_dir else None, args.workers)
 
 
 def _command_run(args: argparse.Namespace) -> None:

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import json
+import multiprocessing
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +29,11 @@ from lmact.tasks import TaskSpec
 
 # A generous cap on how many demonstrations a budget may pull in, to bound generation.
 MAX_DEMONSTRATIONS = 100_000
+# Generated episodes are appended (and so survive a kill) this many at a time.
+_APPEND_BATCH = 16
+# An expert whose first episode takes this long plays the rest in a process pool; quick
+# experts (tic-tac-toe, grid world) would spend longer starting the pool than playing.
+_POOL_AFTER_S = 1.0
 
 
 def default_cache_dir() -> Path:
@@ -86,8 +95,17 @@ def _image_name(seed: int, step: int) -> str:
 class DemoStore:
     """Demonstrations on disk under `root`, generated on demand."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(
+        self,
+        root: Path | None = None,
+        workers: int | None = None,
+        pool_after_s: float = _POOL_AFTER_S,
+    ) -> None:
         self.root = Path(root) if root is not None else default_cache_dir() / "demos"
+        self.workers = workers if workers is not None else (os.cpu_count() or 1)
+        if self.workers < 1:
+            raise LmactError(f"workers must be at least 1, got {self.workers}")
+        self.pool_after_s = pool_after_s
 
     def directory(self, task: TaskSpec, observation: str) -> Path:
         return self.root / task.name / task.spec_hash / observation
@@ -171,24 +189,52 @@ class DemoStore:
             if missing <= 0:
                 return stored
             _truncate_to_lines(folder / "episodes.jsonl", len(records))
-            env = task.make_environment()
-            try:
-                next_seed = DEMO_SEED_BASE + len(records)
-                while missing > 0:
-                    batch = [
-                        play_expert_episode(task, env, observation, next_seed + offset)
-                        for offset in range(min(16, missing))
-                    ]
-                    self._append(folder, batch)
-                    next_seed += len(batch)
-                    missing -= len(batch)
-                    # Episodes before `start` are generated to keep seed order, not returned.
-                    stored += [d for d in batch if d.seed >= DEMO_SEED_BASE + start]
-                    if progress is not None:
-                        progress(len(batch))
-            finally:
-                env.close()
+            first_seed = DEMO_SEED_BASE + len(records)
+            episodes = self._expert_episodes(
+                task, observation, range(first_seed, first_seed + missing)
+            )
+            # Appended in batches as they come, in seed order, so a killed generation
+            # resumes after the last stored batch.
+            while batch := list(itertools.islice(episodes, _APPEND_BATCH)):
+                self._append(folder, batch)
+                # Episodes before `start` are generated to keep seed order, not returned.
+                stored += [d for d in batch if d.seed >= DEMO_SEED_BASE + start]
+                if progress is not None:
+                    progress(len(batch))
             return stored
+
+    def _expert_episodes(
+        self, task: TaskSpec, observation: str, seeds: Sequence[int]
+    ) -> Iterator[Demonstration]:
+        """Expert episodes for `seeds`, in order.
+
+        The first is played here. If it took `pool_after_s` or more and at least two remain,
+        the rest are played by a pool of `workers` processes (one environment, and so one
+        engine or emulator, per worker); otherwise here, one after another.
+        """
+        env = task.make_environment()
+        try:
+            started = time.perf_counter()
+            yield play_expert_episode(task, env, observation, seeds[0])
+            slow = time.perf_counter() - started >= self.pool_after_s
+            rest = seeds[1:]
+            if not (slow and self.workers > 1 and len(rest) > 1):
+                for seed in rest:
+                    yield play_expert_episode(task, env, observation, seed)
+                return
+        finally:
+            env.close()
+        # Spawned, not forked: the parent may hold threads (engines, a loaded model).
+        pool = ProcessPoolExecutor(
+            max_workers=min(self.workers, len(rest)),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(task,),
+        )
+        try:
+            yield from pool.map(_worker_episode, [(observation, seed) for seed in rest])
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def stream(
         self,
@@ -203,6 +249,22 @@ class DemoStore:
             demonstrations = self.load(task, observation, produced, batch, progress)
             yield from demonstrations
             produced += len(demonstrations)
+
+
+# The task and environment of a demonstration worker process, made once per process.
+_worker: tuple[TaskSpec, Environment] | None = None
+
+
+def _start_worker(task: TaskSpec) -> None:
+    global _worker
+    _worker = (task, task.make_environment())
+
+
+def _worker_episode(job: tuple[str, int]) -> Demonstration:
+    assert _worker is not None, "the pool's initializer makes the worker's environment"
+    task, env = _worker
+    observation, seed = job
+    return play_expert_episode(task, env, observation, seed)
 
 
 def _truncate_to_lines(path: Path, lines: int) -> None:

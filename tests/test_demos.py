@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from lmact import demos
 from lmact.demos import DEMO_SEED_BASE, DemoStore, demonstrations_hash
+from lmact.errors import LmactError
 from lmact.tasks import get_task
 
 
@@ -71,3 +74,41 @@ def test_stream_generates_as_it_is_consumed(demo_store: DemoStore) -> None:
     assert [d.seed - DEMO_SEED_BASE for d in taken] == list(range(6))
     stored = (demo_store.directory(task, "txt") / "episodes.jsonl").read_text().splitlines()
     assert len(stored) == 8  # two batches of four, nothing more
+
+
+def test_a_slow_expert_plays_in_a_process_pool_with_the_same_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pools: list[int] = []
+
+    class CountingPool(demos.ProcessPoolExecutor):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pools.append(int(kwargs["max_workers"]))  # type: ignore[call-overload]
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(demos, "ProcessPoolExecutor", CountingPool)
+    task = get_task("tic_tac_toe")
+    one_by_one = DemoStore(tmp_path / "serial", workers=1).load(task, "png", 0, 5)
+    assert pools == []
+    # Every expert counts as slow here, so the four episodes after the first go to the pool.
+    pooled_store = DemoStore(tmp_path / "pooled", workers=2, pool_after_s=0.0)
+    progress: list[int] = []
+    pooled = pooled_store.load(task, "png", 0, 5, progress.append)
+    assert pools == [2] and sum(progress) == 5
+    assert pooled == one_by_one
+    serial_lines = (tmp_path / "serial" / "tic_tac_toe").rglob("episodes.jsonl")
+    pooled_lines = (tmp_path / "pooled" / "tic_tac_toe").rglob("episodes.jsonl")
+    assert next(serial_lines).read_bytes() == next(pooled_lines).read_bytes()
+    # Extending resumes after the stored episodes, in seed order.
+    seven = pooled_store.load(task, "png", 0, 7)
+    assert seven[:5] == pooled and [d.seed - DEMO_SEED_BASE for d in seven] == list(range(7))
+
+
+def test_a_quick_expert_needs_no_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_pool(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a pool was started for a quick expert")
+
+    monkeypatch.setattr(demos, "ProcessPoolExecutor", no_pool)
+    DemoStore(tmp_path / "demos", workers=2).load(get_task("grid_world"), "coords", 0, 4)
+    with pytest.raises(LmactError, match="workers must be at least 1"):
+        DemoStore(tmp_path / "demos", workers=0)
