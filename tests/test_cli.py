@@ -14,6 +14,7 @@ import pytest
 from helpers import lmact
 
 from lmact.store import RunStore
+from lmact.tasks import task_specs
 
 JSON_KEYS = {
     "task",
@@ -39,7 +40,7 @@ JSON_KEYS = {
     [
         (
             ["run", "--task", "checkers"],
-            "unknown task 'checkers'; accepted: chess, crossword, grid_world, tic_tac_toe",
+            f"unknown task 'checkers'; accepted: {', '.join(sorted(task_specs()))}",
         ),
         (
             ["run", "--task", "tic_tac_toe", "--observation", "rgb"],
