@@ -146,10 +146,13 @@ class Runner:
         task = self._task(config)
         client = self.client(config.model)
         if task.is_image_observation(config.observation) and not client.accepts_images:
-            raise LmactError(
-                f"model {config.model} accepts no images; choose a text observation "
-                f"({', '.join(o for o in task.observations if not task.is_image_observation(o))})"
+            texts = [o for o in task.observations if not task.is_image_observation(o)]
+            remedy = (
+                f"choose a text observation ({', '.join(texts)})"
+                if texts
+                else f"task {task.name} has only image observations: choose a model that sees them"
             )
+            raise LmactError(f"model {config.model} accepts no images; {remedy}")
         builder = PromptBuilder(prompt_settings(config))
         with self._bar(config.demos or 0, f"demonstrations {task.name}", "demo") as bar:
             candidates: Iterable[Demonstration]

@@ -14,6 +14,7 @@ ENVIRONMENT_CLASSES: dict[str, str] = {
     "grid_world": "lmact.envs.grid_world:GridWorld",
     "chess": "lmact.envs.chess:Chess",
     "crossword": "lmact.envs.crossword:Crossword",
+    "phoenix": "lmact.envs.phoenix:Phoenix",
     "cheetah": "lmact.envs.cheetah:Cheetah",
 }
 
