@@ -111,6 +111,8 @@ class Environment(ABC):
     image_formats: ClassVar[frozenset[str]] = frozenset()
     # Set by a subclass's reset(); state accessors call _require_started() first.
     _started: bool = False
+    # Set by a subclass when its episode ends (a win, a loss, the game over ...).
+    _done: bool = False
 
     @abstractmethod
     def reset(self, seed: int) -> None:
@@ -139,6 +141,12 @@ class Environment(ABC):
     @abstractmethod
     def expert_action(self) -> str:
         """The expert's action in the current state."""
+
+    @property
+    def done(self) -> bool:
+        """Whether the episode has ended (no action is legal any more)."""
+        self._require_started()
+        return self._done
 
     def _require_started(self) -> None:
         if not self._started:

@@ -233,11 +233,6 @@ class Cheetah(Environment):
     # --- state -------------------------------------------------------------------------------
 
     @property
-    def done(self) -> bool:
-        self._require_started()
-        return self._done
-
-    @property
     def physics(self) -> Any:
         """The live dm_control physics (for tests and tools; stepping it bypasses the task)."""
         self._require_started()

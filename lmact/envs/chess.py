@@ -285,11 +285,6 @@ class Chess(Environment):
         self._require_started()
         return self._agent_color
 
-    @property
-    def done(self) -> bool:
-        self._require_started()
-        return self._done
-
     def reset(self, seed: int) -> None:
         opening = pool_entry(seed, self._tests, self._demonstrations)
         (self._opponent_rng,) = np.random.default_rng(np.random.SeedSequence(seed)).spawn(1)

@@ -151,11 +151,6 @@ class Crossword(Environment):
         return frozenset(self._solved)
 
     @property
-    def done(self) -> bool:
-        self._require_started()
-        return self._done
-
-    @property
     def words(self) -> frozenset[str]:
         """The word list that legal answers come from."""
         return self._data.words

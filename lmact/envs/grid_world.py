@@ -91,11 +91,6 @@ class GridWorld(Environment):
     def walls(self) -> frozenset[Position]:
         return self._walls
 
-    @property
-    def done(self) -> bool:
-        self._require_started()
-        return self._done
-
     def _free_cells(self) -> list[Position]:
         return [
             (row, column)

@@ -144,11 +144,6 @@ class Phoenix(Environment):
     # --- state -------------------------------------------------------------------------------
 
     @property
-    def done(self) -> bool:
-        self._require_started()
-        return self._done
-
-    @property
     def lives(self) -> int:
         self._require_started()
         return int(self._ale.lives())

@@ -133,11 +133,6 @@ class TicTacToe(Environment):
         self._require_started()
         return self._agent_mark
 
-    @property
-    def done(self) -> bool:
-        self._require_started()
-        return self._done
-
     def reset(self, seed: int) -> None:
         opening_rng, self._opponent_rng, self._expert_rng = np.random.default_rng(
             np.random.SeedSequence(seed)
