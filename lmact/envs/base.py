@@ -59,6 +59,20 @@ def strip_answer(answer: str) -> str:
     return answer.strip().removesuffix(".")
 
 
+def named_action(answer: str, names: Sequence[str]) -> str:
+    """The one of `names` (a fixed action vocabulary) that `answer` spells, in any case.
+
+    Raises InvalidActionError for anything else. Only ASCII answers match, so that look-alike
+    letters (the Kelvin sign lower-cases to k) are not read as a name.
+    """
+    text = strip_answer(answer)
+    if text.isascii():
+        for name in names:
+            if name.lower() == text.lower():
+                return name
+    raise InvalidActionError(f"{answer!r} is not one of {', '.join(names)}")
+
+
 def integer_option(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
     """A task-spec option that must be an integer in [minimum, maximum]."""
     # bool is a subclass of int, but `size = true` is a mistake, not a 1.

@@ -17,11 +17,10 @@ from PIL import Image, ImageDraw
 
 from lmact.envs.base import (
     Environment,
-    InvalidActionError,
     Observation,
     StepOutcome,
     integer_option,
-    strip_answer,
+    named_action,
 )
 from lmact.envs.drawing import png_bytes
 
@@ -150,10 +149,7 @@ class GridWorld(Environment):
     # --- answers and the expert ----------------------------------------------------------------
 
     def parse_action(self, answer: str) -> str:
-        action = strip_answer(answer).lower()
-        if action not in _MOVES:
-            raise InvalidActionError(f"{answer!r} is not one of {', '.join(ACTIONS)}")
-        return action
+        return named_action(answer, ACTIONS)
 
     def expert_action(self) -> str:
         """A first move of a shortest path to the target, ties broken by the expert's rng."""

@@ -22,11 +22,10 @@ from PIL import Image
 
 from lmact.envs.base import (
     Environment,
-    InvalidActionError,
     Observation,
     StepOutcome,
     integer_option,
-    strip_answer,
+    named_action,
 )
 from lmact.envs.drawing import png_bytes
 from lmact.errors import LmactError
@@ -196,10 +195,7 @@ class Phoenix(Environment):
     # --- answers and the expert ----------------------------------------------------------------
 
     def parse_action(self, answer: str) -> str:
-        action = strip_answer(answer).upper()
-        if action not in _ACTION_INDEX:
-            raise InvalidActionError(f"{answer!r} is not one of {', '.join(ACTIONS)}")
-        return action
+        return named_action(answer, ACTIONS)
 
     def expert_action(self) -> str:
         """The first action of the best sequence a short random-shooting search finds.
