@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import chess
@@ -33,37 +34,29 @@ def env_at(fen: str, moves: tuple[str, ...] = (), seed: int = 0, **options: obje
     return env
 
 
-def stockfish_children() -> list[int]:
-    """Pids of the Stockfish processes that this test process started."""
-    pids = []
+def stockfish_processes(parent: int | None = None) -> set[int]:
+    """Pids of the running Stockfish processes (only the children of `parent`, if given)."""
+    pids = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
         except OSError:
-            continue
+            continue  # the process ended meanwhile
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if name == "stockfish" and parent == os.getpid():
-            pids.append(int(entry.name))
+        parent_pid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if name == "stockfish" and parent in (None, parent_pid):
+            pids.add(int(entry.name))
     return pids
 
 
-def stockfish_processes() -> set[int]:
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if stat[stat.index("(") + 1 : stat.rindex(")")] == "stockfish":
-                pids.add(int(entry.name))
-    return pids
+def stockfish_children() -> set[int]:
+    """Pids of the Stockfish processes that this test process started."""
+    return stockfish_processes(parent=os.getpid())
 
 
-def wait_until(condition, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -304,7 +297,9 @@ def test_seeds_draw_test_and_demonstration_openings() -> None:
         assert env.agent_color == replay.turn
 
 
-def play_out(env: Chess, seed: int, choose) -> list[str]:  # type: ignore[no-untyped-def]
+def play_out(
+    env: Chess, seed: int, choose: Callable[[Chess, np.random.Generator], str]
+) -> list[str]:
     env.reset(seed)
     rng = np.random.default_rng(seed)
     while not env.done and len(env.board.move_stack) < 60:
@@ -406,7 +401,7 @@ def test_a_dead_engine_is_restarted() -> None:
     env = Chess()
     env.reset(1)
     env.step(env.legal_actions()[0])
-    (pid,) = stockfish_children()
+    (pid,) = stockfish_children()  # exactly one engine
     os.kill(pid, 9)
     assert wait_until(lambda: pid not in stockfish_children())
     env.step(env.legal_actions()[0])  # the opponent's move needs the engine again
