@@ -5,13 +5,16 @@ record everything in the run store, resume whatever an earlier attempt left unfi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from tqdm import tqdm
 
-from lmact.demos import Demonstration, DemoStore, demonstrations_hash
+from lmact.demos import MAX_DEMONSTRATIONS, Demonstration, DemoStore, demonstrations_hash
 from lmact.errors import LmactError
 from lmact.models.base import ModelAuthError, ModelClient, ModelOptions, ModelResponse
 from lmact.models.caller import ModelCaller, TokenCountingCaller
@@ -25,8 +28,25 @@ from lmact.regimes.imitation import (
     prompt_settings,
 )
 from lmact.scoring import RunSummary, summarize
-from lmact.store import EpisodeRecord, RunStore, StepRecord
+from lmact.store import (
+    MAX_EPISODES,
+    Claim,
+    ClaimLostError,
+    EpisodeRecord,
+    RunStore,
+    StepRecord,
+)
 from lmact.tasks import TaskSpec, get_task
+
+# A server's pause at least this long is announced on stderr when there is no progress bar.
+PAUSE_NOTICE_S = 5.0
+
+
+def check_episodes(episodes: int) -> None:
+    if episodes <= 0:
+        raise LmactError(f"--episodes must be positive, not {episodes}")
+    if episodes > MAX_EPISODES:
+        raise LmactError(f"--episodes must be at most {MAX_EPISODES}, not {episodes}")
 
 
 @dataclass(frozen=True)
@@ -100,6 +120,7 @@ class Runner:
         max_connections: int | None = None,
         progress: bool = True,
         retry_backoff_s: float = 1.0,
+        poll_s: float = 0.5,
     ) -> None:
         self.store = store
         self.demo_store = demo_store
@@ -107,6 +128,7 @@ class Runner:
         self.max_connections = max_connections
         self.progress = progress
         self.retry_backoff_s = retry_backoff_s
+        self.poll_s = poll_s  # how often episodes another process plays are looked at
         self._clients: dict[str, ModelClient] = {}
 
     def client(self, name: str) -> ModelClient:
@@ -140,6 +162,17 @@ class Runner:
         finally:
             bar.close()
 
+    def _demonstrations(
+        self, task: TaskSpec, observation: str, limit: int, progress: Callable[[int], None]
+    ) -> Iterator[Demonstration]:
+        """The first `limit` demonstrations, generated in batches that double (8, 16, 32 …)
+        as the packing asks for more: a count that cannot fit stops after a few."""
+        start, batch = 0, 8
+        while start < limit:
+            count = min(batch, limit - start)
+            yield from self.demo_store.load(task, observation, start, count, progress)
+            start, batch = start + count, batch * 2
+
     def plan(self, config: ImitationConfig, record: bool = True) -> PreparedRun:
         """Resolve the model and pack the demonstrations; fails before any model call.
         `record`: save the run (its configuration and packing) in the store."""
@@ -155,13 +188,8 @@ class Runner:
             raise LmactError(f"model {config.model} accepts no images; {remedy}")
         builder = PromptBuilder(prompt_settings(config))
         with self._bar(config.demos or 0, f"demonstrations {task.name}", "demo") as bar:
-            candidates: Iterable[Demonstration]
-            if config.demos is not None:
-                candidates = self.demo_store.load(
-                    task, config.observation, 0, config.demos, bar.update
-                )
-            else:
-                candidates = self.demo_store.stream(task, config.observation, bar.update)
+            limit = config.demos if config.demos is not None else MAX_DEMONSTRATIONS
+            candidates = self._demonstrations(task, config.observation, limit, bar.update)
             consumed: list[Demonstration] = []
 
             def steps_of(candidates: Iterable[Demonstration]) -> Iterator[tuple[Step, ...]]:
@@ -199,19 +227,22 @@ class Runner:
         )
 
     def _todo(self, config: ImitationConfig, episodes: int) -> list[int]:
-        if episodes <= 0:
-            raise LmactError(f"--episodes must be positive, not {episodes}")
+        check_episodes(episodes)
         config.test_seed(episodes - 1)  # every test seed must stay below the demonstration seeds
         finished = self.store.finished_episodes(config.run_id)
         return [e for e in range(episodes) if e not in finished]
 
-    def run(self, config: ImitationConfig, episodes: int) -> RunResult:
+    def run(self, config: ImitationConfig, episodes: int, restart: bool = False) -> RunResult:
         """Play episodes 0 … episodes-1 of a run, skipping those already finished.
 
         Episodes run concurrently. One that fails (retries exhausted, an invalid request)
         stops alone: the others finish and are stored, and the run then raises, to be resumed
-        by running it again. A refused key stops the whole run at once.
+        by running it again. A refused key stops the whole run at once. Episodes that another
+        process is playing in the same store are left to it, and waited for. `restart`
+        discards the run's stored episodes first.
         """
+        if restart:
+            self.store.discard_run(config.run_id)
         todo = self._todo(config, episodes)
         if todo:  # a finished run is read back from the store: no key or engine needed
             # Made once up front so that what the task itself needs (Stockfish, its data
@@ -219,53 +250,22 @@ class Runner:
             self._task(config).make_environment().close()
             self.client(config.model).check_ready()
         prepared = self.plan(config)
-        plan, client = prepared.plan, prepared.client
         caller = ModelCaller(
-            client, self.store, self.max_connections, backoff_s=self.retry_backoff_s
+            prepared.client,
+            self.store,
+            self.max_connections,
+            backoff_s=self.retry_backoff_s,
         )
-        run_id = config.run_id
-        concurrency = self.max_connections or client.max_concurrency
         failures = _EpisodeFailures()
-
-        async def play_all() -> None:
-            slots = asyncio.Semaphore(concurrency)
-
-            async def play(episode: int, bar: tqdm) -> None:
-                async with slots:
-                    self.store.start_episode(run_id, episode, config.test_seed(episode))
-
-                    def on_step(step: StepRecord) -> None:
-                        self.store.record_step(run_id, step)
-                        bar.set_postfix(
-                            calls=caller.calls_made,
-                            cached=caller.calls_cached,
-                            retries=caller.retries,
-                        )
-
-                    try:
-                        record = await play_episode(plan, caller, episode, on_step)
-                    except ModelAuthError:
-                        raise  # every other call would be refused too
-                    except Exception as error:
-                        failures.errors[episode] = error
-                        return
-                    self.store.finish_episode(run_id, record)
-                    bar.update(1)
-
-            description = f"{config.model} {config.task}/{config.observation}"
-            with self._bar(episodes, description, "episode") as bar:
-                bar.update(episodes - len(todo))
-                async with asyncio.TaskGroup() as group:
-                    for episode in todo:
-                        group.create_task(play(episode, bar))
-
         if todo:
             try:
-                asyncio.run(play_all())
+                asyncio.run(self._play_all(prepared, caller, episodes, todo, failures))
             except* LmactError as group:
                 raise group.exceptions[0] from None
+            finally:
+                self.store.release_claims()
         failures.raise_if_any(len(todo))
-        records = self.store.finished_episodes(run_id)
+        records = self.store.finished_episodes(config.run_id)
         return RunResult(
             config=config,
             prepared=prepared,
@@ -274,6 +274,85 @@ class Runner:
             calls_cached=caller.calls_cached,
             retries=caller.retries,
         )
+
+    async def _play_all(
+        self,
+        prepared: PreparedRun,
+        caller: ModelCaller,
+        episodes: int,
+        todo: list[int],
+        failures: _EpisodeFailures,
+    ) -> None:
+        """Play `todo` with at most `concurrency` episodes at once. An episode that another
+        process is playing is set aside and polled until it is finished there, or its
+        process ends (then it is played here)."""
+        config, plan = prepared.plan.config, prepared.plan
+        run_id = config.run_id
+        pending = deque(todo)
+        elsewhere: dict[int, str] = {}  # episode -> the process playing it
+
+        async def play(episode: int, bar: tqdm) -> None:
+            def on_step(step: StepRecord) -> None:
+                self.store.record_step(run_id, step)
+                self._show(bar, caller, elsewhere)
+
+            try:
+                record = await play_episode(plan, caller, episode, on_step)
+                self.store.finish_episode(run_id, record)
+            except ModelAuthError:
+                raise  # every other call would be refused too
+            except ClaimLostError:
+                elsewhere[episode] = "another process"
+                return
+            except Exception as error:
+                failures.errors[episode] = error
+                return
+            bar.update(1)
+
+        async def worker(bar: tqdm) -> None:
+            while pending or elsewhere:
+                if not pending:
+                    await asyncio.sleep(self.poll_s)
+                    pending.extend(sorted(elsewhere))
+                    elsewhere.clear()
+                    continue
+                episode = pending.popleft()
+                claim, owner = self.store.claim_episode(run_id, episode, config.test_seed(episode))
+                if claim is Claim.DONE:
+                    bar.update(1)
+                elif claim is Claim.BUSY:
+                    elsewhere[episode] = owner or "another process"
+                    self._show(bar, caller, elsewhere)
+                else:
+                    await play(episode, bar)
+
+        def on_pause(until: float, reason: str) -> None:
+            self._show(bar, caller, elsewhere)
+            if not self.progress and until - time.time() >= PAUSE_NOTICE_S:
+                when = time.strftime("%H:%M:%S", time.localtime(until))
+                print(f"lmact: {config.model}: {reason}: paused until {when}", file=sys.stderr)
+
+        caller.on_pause = on_pause
+        concurrency = self.max_connections or prepared.client.max_concurrency
+        description = f"{config.model} {config.task}/{config.observation}"
+        with self._bar(episodes, description, "episode") as bar:
+            bar.update(episodes - len(todo))
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(concurrency, len(todo))):
+                    group.create_task(worker(bar))
+
+    def _show(self, bar: tqdm, caller: ModelCaller, elsewhere: dict[int, str]) -> None:
+        status: dict[str, object] = {
+            "calls": caller.calls_made,
+            "cached": caller.calls_cached,
+            "retries": caller.retries,
+        }
+        if elsewhere:
+            status["elsewhere"] = len(elsewhere)  # played by another process: waited for
+        paused = caller.paused_until_wall()
+        if paused is not None:
+            status["paused"] = time.strftime("until %H:%M:%S", time.localtime(paused))
+        bar.set_postfix(status)
 
     def estimate(self, config: ImitationConfig, episodes: int) -> RunEstimate:
         """A dry run: the calls, tokens and cost of a run's unfinished episodes, with no model
@@ -310,9 +389,10 @@ class Runner:
             cost_cached_usd=client.cost_usd(with_cache),
         )
 
-    def evaluate(self, config: ImitationConfig, episodes: int) -> RunSummary:
-        """Run, then run the random and expert baselines on the same test seeds, and score."""
-        result = self.run(config, episodes)
+    def evaluate(self, config: ImitationConfig, episodes: int, restart: bool = False) -> RunSummary:
+        """Run, then run the random and expert baselines on the same test seeds, and score.
+        `restart` discards the model's stored episodes (not the baselines') first."""
+        result = self.run(config, episodes, restart)
         baselines = {
             policy: self.run(config.baseline(policy), episodes) for policy in BASELINE_POLICIES
         }

@@ -88,6 +88,7 @@ class EpisodeScores:
     cache_write_tokens: int
     reasoning_tokens: int
     cost_usd: float | None  # None if any episode's cost is unknown
+    unreadable_answers: int  # steps whose answer never came back readable (counted empty)
 
 
 def total_cost(episodes: Sequence[EpisodeRecord]) -> float | None:
@@ -131,6 +132,7 @@ def score_episodes(
         cache_write_tokens=sum(e.cache_write_tokens for e in episodes),
         reasoning_tokens=sum(e.reasoning_tokens for e in episodes),
         cost_usd=total_cost(episodes),
+        unreadable_answers=sum(e.unreadable for e in episodes),
     )
 
 

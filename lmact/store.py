@@ -7,14 +7,25 @@ from the start (their model calls come back from the cache) and so reproduces ev
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import json
+import math
+import os
+import socket
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from lmact.errors import LmactError
+
 DEFAULT_STORE = Path("results") / "lmact.sqlite"
+# The most test episodes one run may ask for: each is a row, a record and a unit of work.
+MAX_EPISODES = 100_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -69,14 +80,45 @@ CREATE TABLE IF NOT EXISTS model_calls (
 """
 
 # Columns added after the first release: created in new stores and added to older ones.
-_ADDED_COLUMNS = {
-    table: {
-        "cache_write_tokens": "INTEGER NOT NULL DEFAULT 0",
-        "reasoning_tokens": "INTEGER NOT NULL DEFAULT 0",
-        "cost_usd": "REAL",  # NULL: the model's prices are unknown
-    }
-    for table in ("steps", "episodes")
+_USAGE_COLUMNS = {
+    "cache_write_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "reasoning_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "cost_usd": "REAL",  # NULL: the model's prices are unknown
 }
+_ADDED_COLUMNS = {
+    "steps": _USAGE_COLUMNS,
+    "episodes": {
+        **_USAGE_COLUMNS,
+        # Answers the server never made readable, recorded as empty (see ModelCaller).
+        "unreadable": "INTEGER NOT NULL DEFAULT 0",
+        # The process playing a running episode, and when it last wrote a step.
+        "owner": "TEXT",
+        "heartbeat": "REAL",
+    },
+}
+_LMACT_TABLES = frozenset({"runs", "episodes", "steps", "model_calls"})
+# Marks a SQLite file as an lmact run store ("lmac"), and the layout it has.
+APPLICATION_ID = 0x6C6D6163
+SCHEMA_VERSION = 1
+_SQLITE_HEADER = b"SQLite format 3\x00"
+# A claim whose owner runs on another host is trusted while it wrote within this long.
+CLAIM_LEASE_S = 600.0
+
+
+class StoreError(LmactError):
+    """The run store cannot be used: not lmact's, unreadable, unwritable, full."""
+
+
+class ClaimLostError(LmactError):
+    """Another process took over an episode that this process was playing."""
+
+
+class Claim(enum.Enum):
+    """What `RunStore.claim_episode` found."""
+
+    OURS = "ours"  # this process plays the episode now
+    DONE = "done"  # finished, by anyone: never reopened
+    BUSY = "busy"  # a live process is playing it
 
 
 @dataclass(frozen=True)
@@ -117,6 +159,7 @@ class EpisodeRecord:
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     cost_usd: float | None = None  # None if any step's cost is unknown
+    unreadable: int = 0  # steps whose answer never came back readable (counted as empty)
 
 
 @dataclass(frozen=True)
@@ -130,25 +173,100 @@ class RunRecord:
 
 
 class RunStore:
-    """One SQLite file; also the model-call cache (`get_call` / `put_call`)."""
+    """One SQLite file; also the model-call cache (`get_call` / `put_call`).
+
+    Any number of processes may share one store: an episode is played by the one process
+    that claimed it (`claim_episode`), its steps and its end are written only while that
+    claim holds, and a finished episode is never reopened.
+    """
 
     def __init__(self, path: Path | str = DEFAULT_STORE) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._add_missing_columns()
+        self.owner = process_identity()
+        _check_store_file(self.path)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=60)
+        except sqlite3.Error as error:
+            raise self._error(error) from None
+        try:
+            with self._guard():
+                self._check_ours()
+                self._migrate()
+                self._db.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            self._db.close()
+            raise
 
-    def _add_missing_columns(self) -> None:
+    def _error(self, error: BaseException) -> StoreError:
+        hint = ""
+        if "disk I/O error" in str(error) or "full" in str(error):
+            hint = " (is the disk full?); what was stored before is kept"
+        return StoreError(f"run store {self.path}: {error}{hint}")
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """SQLite's failures (a full disk, a file gone read-only) as one-line errors."""
+        try:
+            yield
+        except sqlite3.Error as error:
+            raise self._error(error) from None
+
+    def _check_ours(self) -> None:
+        """Refuse another program's SQLite file before writing anything to it."""
+        application_id = self._db.execute("PRAGMA application_id").fetchone()[0]
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        tables = self._tables()
+        if application_id not in (0, APPLICATION_ID):
+            raise StoreError(
+                f"run store {self.path} is another program's SQLite database "
+                f"(application_id {application_id:#x}); give lmact a file of its own"
+            )
+        if application_id == 0 and tables and not tables <= _LMACT_TABLES | {"sqlite_sequence"}:
+            raise StoreError(
+                f"run store {self.path} is another program's SQLite database (tables: "
+                f"{', '.join(sorted(tables))}); give lmact a file of its own"
+            )
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"run store {self.path} was written by a newer lmact (layout {version}, "
+                f"this one reads {SCHEMA_VERSION}); upgrade lmact"
+            )
+
+    def _migrate(self) -> None:
+        """Create the tables, add the columns of later releases, mark the file as lmact's.
+        Writes nothing to a store that is up to date (so a read-only one still reads)."""
+        if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            self._db.execute("PRAGMA journal_mode=WAL")
+        missing = self._missing_columns()
+        marked = self._db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        if marked and not missing and self._tables() >= _LMACT_TABLES:
+            return
+        with self._transaction():
+            # executescript would commit the transaction first: statement by statement.
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            for table, name, declaration in self._missing_columns():
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+            self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _tables(self) -> set[str]:
+        rows = self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {row[0] for row in rows}
+
+    def _missing_columns(self) -> list[tuple[str, str, str]]:
+        missing = []
         for table, columns in _ADDED_COLUMNS.items():
             present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-            for name, declaration in columns.items():
-                if name not in present:
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+            if not present:
+                continue  # created with every column by the schema
+            missing += [(table, n, d) for n, d in columns.items() if n not in present]
+        return missing
 
     def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.release_claims()
         self._db.close()
 
     def __enter__(self) -> RunStore:
@@ -160,14 +278,37 @@ class RunStore:
     # The model-call cache.
 
     def get_call(self, key: str) -> str | None:
-        row = self._db.execute("SELECT response FROM model_calls WHERE key = ?", (key,)).fetchone()
+        with self._guard():
+            row = self._db.execute(
+                "SELECT response FROM model_calls WHERE key = ?", (key,)
+            ).fetchone()
         return row[0] if row else None
 
-    def put_call(self, key: str, model: str, response_json: str) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO model_calls (key, model, response, created) VALUES (?,?,?,?)",
-            (key, model, response_json, time.time()),
-        )
+    def put_call(self, key: str, model: str, response_json: str) -> str:
+        """Store an answer unless one is stored for the key already; returns the stored one.
+
+        The first answer wins, so that two processes that sent the same request at once go
+        on with the same answer, and a rerun reproduces what both recorded.
+        """
+        with self._guard(), self._transaction():
+            self._db.execute(
+                "INSERT INTO model_calls (key, model, response, created) VALUES (?,?,?,?) "
+                "ON CONFLICT(key) DO NOTHING",
+                (key, model, response_json, time.time()),
+            )
+            row = self._db.execute(
+                "SELECT response FROM model_calls WHERE key = ?", (key,)
+            ).fetchone()
+        return row[0]
+
+    def replace_call(self, key: str, model: str, response_json: str) -> None:
+        """Overwrite a cached answer (one that failed to load)."""
+        with self._guard():
+            self._db.execute(
+                "INSERT OR REPLACE INTO model_calls (key, model, response, created) "
+                "VALUES (?,?,?,?)",
+                (key, model, response_json, time.time()),
+            )
 
     # Runs.
 
@@ -179,65 +320,161 @@ class RunStore:
         demos_hash: str | None = None,
         prefix_tokens: int | None = None,
     ) -> None:
-        self._db.execute(
-            "INSERT INTO runs (run_id, config, created, demos_used, demos_hash, prefix_tokens) "
-            "VALUES (?,?,?,?,?,?) ON CONFLICT(run_id) DO UPDATE SET demos_used=excluded."
-            "demos_used, demos_hash=excluded.demos_hash, prefix_tokens=excluded.prefix_tokens",
-            (
-                run_id,
-                json.dumps(config, sort_keys=True),
-                time.time(),
-                demos_used,
-                demos_hash,
-                prefix_tokens,
-            ),
-        )
+        """Record a run; a run that has episodes keeps the demonstrations it started with.
+
+        Raises StoreError if the run has stored episodes and `demos_hash` differs from the
+        hash it recorded: its episodes would mix two prompts.
+        """
+        with self._guard(), self._transaction():
+            row = self._db.execute(
+                "SELECT demos_hash FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            if row is not None and row[0] != demos_hash and self._has_episodes(run_id):
+                raise StoreError(
+                    f"run {run_id} in {self.path} was played with other demonstrations "
+                    f"(hash {row[0]}, now {demos_hash}: the demonstration cache changed); "
+                    "rerun with --restart to discard its episodes and play them afresh, or "
+                    "use another --store"
+                )
+            self._db.execute(
+                "INSERT INTO runs (run_id, config, created, demos_used, demos_hash, "
+                "prefix_tokens) VALUES (?,?,?,?,?,?) ON CONFLICT(run_id) DO UPDATE SET "
+                "demos_used=excluded.demos_used, demos_hash=excluded.demos_hash, "
+                "prefix_tokens=excluded.prefix_tokens",
+                (
+                    run_id,
+                    json.dumps(config, sort_keys=True),
+                    time.time(),
+                    demos_used,
+                    demos_hash,
+                    prefix_tokens,
+                ),
+            )
+
+    def _has_episodes(self, run_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM episodes WHERE run_id = ? LIMIT 1", (run_id,)
+        ).fetchone()
+        return row is not None
+
+    def discard_run(self, run_id: str) -> int:
+        """Delete a run's episodes and steps (not its cached calls); returns how many
+        episodes were dropped. Refused while another live process plays one of them."""
+        with self._guard(), self._transaction():
+            rows = self._db.execute(
+                "SELECT owner, heartbeat FROM episodes WHERE run_id = ? AND status = 'running'",
+                (run_id,),
+            ).fetchall()
+            if any(self._held_by_other(owner, heartbeat) for owner, heartbeat in rows):
+                raise StoreError(
+                    f"run {run_id} is being played by another process; wait for it to end"
+                )
+            self._db.execute("DELETE FROM steps WHERE run_id = ?", (run_id,))
+            dropped = self._db.execute("DELETE FROM episodes WHERE run_id = ?", (run_id,))
+            self._db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+            return dropped.rowcount
 
     def runs(self) -> list[RunRecord]:
-        rows = self._db.execute(
-            "SELECT run_id, config, created, demos_used, demos_hash, prefix_tokens FROM runs "
-            "ORDER BY created"
-        ).fetchall()
+        with self._guard():
+            rows = self._db.execute(
+                "SELECT run_id, config, created, demos_used, demos_hash, prefix_tokens "
+                "FROM runs ORDER BY created"
+            ).fetchall()
         return [_run_record(row) for row in rows]
 
     # Episodes and steps.
 
     def finished_episodes(self, run_id: str) -> dict[int, EpisodeRecord]:
         names = [f.name for f in fields(EpisodeRecord)]
-        rows = self._db.execute(
-            f"SELECT {', '.join(names)} FROM episodes WHERE run_id = ? AND status = 'done' "
-            "ORDER BY episode",
-            (run_id,),
-        ).fetchall()
+        with self._guard():
+            rows = self._db.execute(
+                f"SELECT {', '.join(names)} FROM episodes WHERE run_id = ? "
+                "AND status = 'done' ORDER BY episode",
+                (run_id,),
+            ).fetchall()
         return {row[0]: _episode_record(dict(zip(names, row, strict=True))) for row in rows}
 
-    def start_episode(self, run_id: str, episode: int, seed: int) -> None:
-        """Mark an episode as running, dropping the steps of an earlier, unfinished attempt."""
-        with self._transaction():
+    def _held_by_other(self, owner: str | None, heartbeat: float | None) -> bool:
+        return owner is not None and owner != self.owner and claim_alive(owner, heartbeat)
+
+    def claim_episode(self, run_id: str, episode: int, seed: int) -> tuple[Claim, str | None]:
+        """Take an episode to play, atomically, unless it is finished or a live process
+        plays it. Returns what was found and, when BUSY, the owner. Taking an episode drops
+        the steps of an earlier, unfinished attempt (a crashed or released one)."""
+        with self._guard(), self._transaction():
+            row = self._db.execute(
+                "SELECT status, owner, heartbeat FROM episodes WHERE run_id = ? AND episode = ?",
+                (run_id, episode),
+            ).fetchone()
+            if row is not None:
+                status, owner, heartbeat = row
+                if status == "done":
+                    return Claim.DONE, None
+                if self._held_by_other(owner, heartbeat):
+                    return Claim.BUSY, owner
             self._db.execute(
                 "DELETE FROM steps WHERE run_id = ? AND episode = ?", (run_id, episode)
             )
             self._db.execute(
-                "INSERT OR REPLACE INTO episodes (run_id, episode, seed, status) "
-                "VALUES (?, ?, ?, 'running')",
-                (run_id, episode, seed),
+                "INSERT OR REPLACE INTO episodes (run_id, episode, seed, status, owner, "
+                "heartbeat) VALUES (?, ?, ?, 'running', ?, ?)",
+                (run_id, episode, seed, self.owner, time.time()),
+            )
+        return Claim.OURS, None
+
+    def _check_claim(self, run_id: str, episode: int) -> None:
+        touched = self._db.execute(
+            "UPDATE episodes SET heartbeat = ? WHERE run_id = ? AND episode = ? "
+            "AND status = 'running' AND owner = ?",
+            (time.time(), run_id, episode, self.owner),
+        )
+        if touched.rowcount != 1:
+            raise ClaimLostError(
+                f"episode {episode} of run {run_id} was taken over by another process"
             )
 
     def record_step(self, run_id: str, step: StepRecord) -> None:
         values = asdict(step)
         columns = ", ".join(values)
-        self._db.execute(
-            f"INSERT OR REPLACE INTO steps (run_id, {columns}) VALUES (?{', ?' * len(values)})",
-            (run_id, *values.values()),
-        )
+        with self._guard(), self._transaction():
+            self._check_claim(run_id, step.episode)
+            self._db.execute(
+                f"INSERT OR REPLACE INTO steps (run_id, {columns}) VALUES (?{', ?' * len(values)})",
+                (run_id, *values.values()),
+            )
 
     def finish_episode(self, run_id: str, episode: EpisodeRecord) -> None:
-        values = asdict(episode)
-        assignments = ", ".join(f"{name} = ?" for name in values if name != "episode")
-        self._db.execute(
-            f"UPDATE episodes SET status = 'done', {assignments} WHERE run_id = ? AND episode = ?",
-            (*[v for k, v in values.items() if k != "episode"], run_id, episode.episode),
-        )
+        """Mark a claimed episode done with its totals, which must agree with its steps."""
+        values = {k: v for k, v in asdict(episode).items() if k != "episode"}
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        with self._guard(), self._transaction():
+            self._check_claim(run_id, episode.episode)
+            steps, rewards = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(reward), 0) FROM steps "
+                "WHERE run_id = ? AND episode = ?",
+                (run_id, episode.episode),
+            ).fetchone()
+            if steps != episode.steps or not math.isclose(
+                rewards, episode.total_return, abs_tol=1e-9
+            ):
+                raise StoreError(
+                    f"episode {episode.episode} of run {run_id}: its {steps} stored steps "
+                    f"(return {rewards}) disagree with its totals ({episode.steps} steps, "
+                    f"return {episode.total_return}); it stays unfinished"
+                )
+            self._db.execute(
+                f"UPDATE episodes SET status = 'done', owner = NULL, {assignments} "
+                "WHERE run_id = ? AND episode = ?",
+                (*values.values(), run_id, episode.episode),
+            )
+
+    def release_claims(self) -> None:
+        """Give up this process's unfinished episodes, so another may play them at once."""
+        with self._guard():
+            self._db.execute(
+                "UPDATE episodes SET owner = NULL WHERE owner = ? AND status = 'running'",
+                (self.owner,),
+            )
 
     def steps(self, run_id: str, episode: int | None = None) -> list[StepRecord]:
         names = [f.name for f in fields(StepRecord)]
@@ -246,7 +483,8 @@ class RunStore:
         if episode is not None:
             query += " AND episode = ?"
             params += (episode,)
-        rows = self._db.execute(query + " ORDER BY episode, step", params).fetchall()
+        with self._guard():
+            rows = self._db.execute(query + " ORDER BY episode, step", params).fetchall()
         records = []
         for row in rows:
             values = dict(zip(names, row, strict=True))
@@ -266,6 +504,65 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _check_store_file(path: Path) -> None:
+    """What can be told about a store path before SQLite opens it, as one-line errors."""
+    if path.exists():
+        if not path.is_file():
+            kind = "a directory" if path.is_dir() else "not a regular file"
+            raise StoreError(f"run store {path} is {kind}; give the path of a SQLite file")
+        try:
+            with open(path, "rb") as handle:
+                header = handle.read(len(_SQLITE_HEADER))
+        except OSError as error:
+            raise StoreError(f"run store {path} cannot be read ({error.strerror})") from None
+        if header and header != _SQLITE_HEADER:
+            raise StoreError(
+                f"run store {path} is not a SQLite database; give lmact a file of its own"
+            )
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreError(
+            f"run store {path}: cannot create {path.parent} ({error.strerror})"
+        ) from None
+
+
+def process_identity() -> str:
+    """This process, as `host:pid:start`: the start time tells a reused pid apart."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def _start_time(pid: int) -> str:
+    """A process's start time in clock ticks since boot (Linux), or "" where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # The command name (field 2) may hold spaces; the fields after it are plain.
+    return stat.rpartition(")")[2].split()[19]
+
+
+def claim_alive(owner: str, heartbeat: float | None, lease_s: float = CLAIM_LEASE_S) -> bool:
+    """Whether the process named by `owner` (see `process_identity`) may still be playing.
+
+    On this host, the process is looked up; on another, its claim holds while its last
+    write is younger than the lease.
+    """
+    host, _, rest = owner.partition(":")
+    pid_text, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return heartbeat is not None and time.time() - heartbeat < lease_s
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    return not started or _start_time(pid) in ("", started)
 
 
 def _run_record(row: tuple) -> RunRecord:

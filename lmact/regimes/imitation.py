@@ -186,6 +186,7 @@ async def play_episode(
     tokens: Counter[str] = Counter()
     trajectory: list[Step] = []
     total = 0.0
+    unreadable = 0
     cost: float | None = 0.0
     terminated = False
     try:
@@ -215,6 +216,7 @@ async def play_episode(
             outcome = env.step(action)
             total += outcome.reward
             kinds[parsed.kind] += 1
+            unreadable += response.stop_reason == "unreadable"
             tokens.update(
                 prompt=response.prompt_tokens,
                 completion=response.completion_tokens,
@@ -267,4 +269,5 @@ async def play_episode(
         cache_write_tokens=tokens["cache_write"],
         reasoning_tokens=tokens["reasoning"],
         cost_usd=cost if trajectory else None,
+        unreadable=unreadable,
     )
