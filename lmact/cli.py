@@ -3,22 +3,55 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import io
 import json
+import math
+import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from lmact.demos import DemoStore, default_cache_dir
+from lmact.demos import MAX_DEMONSTRATIONS, DemoStore, default_cache_dir
+from lmact.envs.base import DEMO_SEED_BASE
 from lmact.errors import LmactError
 from lmact.models.base import ModelOptions
 from lmact.models.registry import DEFAULT_MODEL, accepted_model_names
-from lmact.store import DEFAULT_STORE
+from lmact.store import DEFAULT_STORE, MAX_EPISODES
 
 if TYPE_CHECKING:
     from lmact.runner import RunEstimate
 
 EXIT_USAGE = 2
+# Seconds a server's Retry-After (or the backoff) may pause a run at most, by default.
+DEFAULT_MAX_WAIT_S = 300.0
+# The numeric options, checked in one place before any work: (least, most) allowed.
+# A float option must also be finite. Integers stay within what SQLite stores.
+_INT_LIMIT = 2**31 - 1
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "--episodes": (1, MAX_EPISODES),
+    "--demos": (0, MAX_DEMONSTRATIONS),
+    "--token-budget": (1, _INT_LIMIT),
+    "--seed": (0, DEMO_SEED_BASE - 1),
+    "--max-steps": (1, _INT_LIMIT),
+    "--max-tokens": (1, _INT_LIMIT),
+    "--context-window": (1, _INT_LIMIT),
+    "--threads": (1, 1024),
+    "--max-connections": (1, 10_000),
+    "--workers": (1, 1024),
+    "--max-retries": (0, 1000),
+    "--max-images": (1, _INT_LIMIT),
+    "--reasoning-budget": (1, _INT_LIMIT),
+    "--timeout": (0, math.inf),  # strictly above 0: see _POSITIVE
+    "--max-wait": (0, math.inf),
+    "--input-price": (0, math.inf),
+    "--output-price": (0, math.inf),
+}
+_POSITIVE = frozenset({"--timeout", "--max-wait"})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -124,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
         "with the expert playing the episodes",
     )
     run.add_argument("--json", action="store_true", help="print one JSON object")
+    run.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the run's stored episodes and play them afresh (the call cache is kept); "
+        "needed when the demonstrations changed since the run started",
+    )
     remote = run.add_argument_group("networked models")
     remote.add_argument(
         "--base-url",
@@ -145,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=6,
         help="further attempts after a rate limit, overload, 5xx, timeout or dropped "
         "connection (default: %(default)s)",
+    )
+    remote.add_argument(
+        "--max-wait",
+        type=float,
+        metavar="S",
+        default=DEFAULT_MAX_WAIT_S,
+        help="the longest a server's Retry-After (or a backoff) may pause the run, in "
+        "seconds; a longer wait is cut to this (default: %(default)g)",
     )
     remote.add_argument(
         "--max-images", type=int, help="images one request may hold (default: the catalog's)"
@@ -225,7 +272,7 @@ def _command_run(args: argparse.Namespace) -> None:
             if args.dry_run:
                 _print_estimate(runner.estimate(config, episodes), args.json)
                 return
-            summary = runner.evaluate(config, episodes)
+            summary = runner.evaluate(config, episodes, restart=args.restart)
         finally:
             runner.close()
     if args.json:
@@ -250,6 +297,11 @@ def _command_run(args: argparse.Namespace) -> None:
             f" ({summary.cached_tokens} prompt tokens reused)",
         ),
         ("cost", _dollars(summary.cost_usd)),
+        *(
+            [("unreadable answers", f"{summary.unreadable_answers} (recorded as empty)")]
+            if summary.unreadable_answers
+            else []
+        ),
         (
             "model calls new / cached",
             f"{summary.calls_made} / {summary.calls_cached}"
@@ -267,23 +319,23 @@ def _command_run(args: argparse.Namespace) -> None:
     print(f"run {summary.run_id} in {args.store}")
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """Every numeric option within its bounds (and finite), before any work starts."""
+    for flag, (least, most) in _BOUNDS.items():
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"), None)
+        if value is None:
+            continue
+        if not math.isfinite(value):
+            raise LmactError(f"{flag} must be a finite number, not {value}")
+        if (flag in _POSITIVE and value <= 0) or (least == 1 and value < 1):
+            raise LmactError(f"{flag} must be positive, not {value:g}")
+        if value < least:
+            raise LmactError(f"{flag} must be at least {least:g}, not {value:g}")
+        if value > most:
+            raise LmactError(f"{flag} must be at most {most:g}, not {value:g}")
+
+
 def _model_options(args: argparse.Namespace) -> ModelOptions:
-    for flag, value in (
-        ("--timeout", args.timeout),
-        ("--max-images", args.max_images),
-        ("--reasoning-budget", args.reasoning_budget),
-        ("--context-window", args.context_window),
-        ("--threads", args.threads),
-    ):
-        if value is not None and value <= 0:
-            raise LmactError(f"{flag} must be positive, not {value}")
-    for flag, value in (
-        ("--max-retries", args.max_retries),
-        ("--input-price", args.input_price),
-        ("--output-price", args.output_price),
-    ):
-        if value is not None and value < 0:
-            raise LmactError(f"{flag} must be at least 0, not {value}")
     return ModelOptions(
         context_window=args.context_window,
         threads=args.threads,
@@ -295,6 +347,7 @@ def _model_options(args: argparse.Namespace) -> ModelOptions:
         input_price=args.input_price,
         output_price=args.output_price,
         reasoning_budget=args.reasoning_budget,
+        max_wait_s=args.max_wait,
     )
 
 
@@ -368,8 +421,6 @@ def _command_demos(args: argparse.Namespace) -> None:
     task = get_task(args.task)
     observation = args.observation or task.default_observation
     task.check_observation(observation)
-    if args.episodes <= 0:
-        raise LmactError(f"--episodes must be positive, not {args.episodes}")
     store = _demo_store(args)
     with tqdm(
         total=args.episodes,
@@ -423,17 +474,59 @@ COMMANDS = {
 }
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a run as Ctrl-C does: claims released, children ended
+
+
+def _write_output(text: str) -> str | None:
+    """Write a command's output to stdout; the reason if it cannot be written (a full
+    disk, a closed pipe: `| head` is no error, so its reason is empty)."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as error:
+        # Point stdout at nothing, so that the interpreter's own flush at exit is quiet.
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), sys.stdout.fileno())
+        return "" if error.errno == errno.EPIPE else error.strerror or str(error)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
-        COMMANDS[args.command](args)
+        return _dispatch(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run a command; its output is written at the end, in one place that can fail."""
+    output = io.StringIO()
+    code = 0
+    try:
+        check_numbers(args)
+        with contextlib.redirect_stdout(output):
+            COMMANDS[args.command](args)
     except LmactError as error:
-        print(f"lmact: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        code, message = EXIT_USAGE, f"lmact: error: {error}"
     except KeyboardInterrupt:
-        print("lmact: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    return 0
+        code, message = 130, "lmact: interrupted; rerun the same command to resume"
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise  # not a full disk: a bug, keep its traceback
+        where = f" ({error.filename})" if error.filename else ""
+        code, message = EXIT_USAGE, f"lmact: error: no space left on the device{where}"
+    problem = _write_output(output.getvalue())
+    if code:
+        print(message, file=sys.stderr)
+    elif problem:
+        print(f"lmact: error: cannot write the output: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    return code
 
 
 if __name__ == "__main__":

@@ -194,11 +194,22 @@ def pack_demonstrations(
     longest = 0
     most_images = 0  # images of the longest episode (in images) chosen
     if exact is not None:
+        running = count_tokens([TextPart(template("preamble_with_demos").substitute())])
         for demonstration in islice(candidates, exact):
             chosen.append(demonstration)
             parts = episode_parts(demonstration)
-            longest = max(longest, count_tokens(parts))
+            tokens = count_tokens(parts)
+            longest = max(longest, tokens)
             most_images = max(most_images, count_images(parts))
+            running += tokens + 1
+            # Checked as they come, so that an impossible count stops the generation early.
+            if context_window is not None and running + reserve(longest) > context_window:
+                raise LmactError(
+                    f"{exact} demonstrations do not fit: the first {len(chosen)} take about "
+                    f"{running} tokens; with the current episode (~{reserve(longest)}) that "
+                    f"exceeds the model's context window of {context_window} tokens; use "
+                    "fewer --demos or a --token-budget"
+                )
         if len(chosen) < exact:
             raise LmactError(f"only {len(chosen)} demonstrations are available, {exact} asked")
         prefix = builder.prefix(chosen)

@@ -85,7 +85,8 @@ def _cell(column: str, value: Any) -> str:
         return f"{value:.4f}"
     if isinstance(value, float):
         return f"{value:.3f}"
-    return str(value)
+    # A model name is the user's text: a | or a line break would split the row.
+    return " ".join(str(value).split()).replace("|", "\\|")
 
 
 def format_table(rows: Sequence[dict[str, Any]], fmt: str = "markdown") -> str:

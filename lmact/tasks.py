@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tomllib
 from functools import cache
 from pathlib import Path
@@ -20,7 +21,8 @@ from lmact.resources import data_dir
 class TaskSpec(BaseModel):
     """One task: which environment, with which options, evaluated how."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Strict: `episodes = true` or `max_steps = "100"` in a spec is a mistake, not a value.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     name: str
     environment: str
@@ -42,6 +44,13 @@ class TaskSpec(BaseModel):
         if self.default_observation not in self.observations:
             raise ValueError(
                 f"default_observation {self.default_observation!r} not in observations"
+            )
+        formats = environment_class(self.environment).observation_formats
+        unknown = [o for o in self.observations if o not in formats]
+        if unknown:
+            raise ValueError(
+                f"unknown observation format {unknown[0]!r} for environment "
+                f"{self.environment}; accepted: {', '.join(formats)}"
             )
         return self
 
@@ -67,9 +76,20 @@ class TaskSpec(BaseModel):
             raise LmactError(f"task {self.name}: bad [options]: {error}") from None
 
 
+# Folders of task specs beside the shipped ones, separated like PATH.
+TASKS_PATH_VARIABLE = "LMACT_TASKS_PATH"
+# Specs given by path (`--task path/to/variant.toml`) in this process, by task name.
+_specs_from_files: dict[str, TaskSpec] = {}
+
+
 def _load_spec(path: Path) -> TaskSpec:
     try:
-        return TaskSpec(**tomllib.loads(path.read_text()))
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise LmactError(f"task spec {path}: cannot be read ({reason})") from None
+    try:
+        spec = TaskSpec(**tomllib.loads(text))
     except tomllib.TOMLDecodeError as error:
         raise LmactError(f"task spec {path}: {error}") from None
     except ValidationError as error:
@@ -77,21 +97,63 @@ def _load_spec(path: Path) -> TaskSpec:
             f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in error.errors()
         )
         raise LmactError(f"task spec {path}: {problems}") from None
+    if spec.name != path.stem:
+        raise LmactError(f"task spec {path}: name {spec.name!r} differs from the file name")
+    return spec
+
+
+def task_folders() -> list[Path]:
+    """Where task specs are looked for: the shipped folder, then $LMACT_TASKS_PATH's."""
+    extra = os.environ.get(TASKS_PATH_VARIABLE, "")
+    return [data_dir("tasks"), *(Path(p) for p in extra.split(os.pathsep) if p.strip())]
+
+
+def task_specs() -> dict[str, TaskSpec]:
+    """Every task spec, by name: shipped, on $LMACT_TASKS_PATH, and given by path."""
+    return {**_specs_in(tuple(task_folders())), **_specs_from_files}
 
 
 @cache
-def task_specs() -> dict[str, TaskSpec]:
-    """Every shipped task spec, by name."""
-    specs = {}
-    for path in sorted(data_dir("tasks").glob("*.toml")):
-        spec = _load_spec(path)
-        if spec.name != path.stem:
-            raise LmactError(f"task spec {path}: name {spec.name!r} differs from the file name")
-        specs[spec.name] = spec
+def _specs_in(folders: tuple[Path, ...]) -> dict[str, TaskSpec]:
+    specs: dict[str, TaskSpec] = {}
+    where: dict[str, Path] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            raise LmactError(f"{TASKS_PATH_VARIABLE}: {folder} is not a folder")
+        for path in sorted(folder.glob("*.toml")):
+            spec = _load_spec(path)
+            if spec.name in specs:
+                raise LmactError(
+                    f"task {spec.name} is defined twice, in {where[spec.name]} and {path}; "
+                    "rename one"
+                )
+            specs[spec.name], where[spec.name] = spec, path
     return specs
 
 
+def _is_path(name: str) -> bool:
+    return name.endswith(".toml") or "/" in name or os.sep in name
+
+
+def load_task_file(path: Path) -> TaskSpec:
+    """A task spec given by its path; afterwards its name resolves in this process too."""
+    if not path.is_file():
+        raise LmactError(f"task spec {path} not found")
+    spec = _load_spec(path)
+    known = _specs_in(tuple(task_folders())).get(spec.name) or _specs_from_files.get(spec.name)
+    if known is not None and known != spec:
+        raise LmactError(
+            f"task spec {path} names task {spec.name!r}, which is another task already; "
+            "give the variant a name of its own"
+        )
+    _specs_from_files[spec.name] = spec
+    return spec
+
+
 def get_task(name: str) -> TaskSpec:
+    """A task by name, or by the path of its spec file (`variants/my_task.toml`)."""
+    if _is_path(name):
+        return load_task_file(Path(name))
     specs = task_specs()
     if name not in specs:
         raise UnknownNameError("task", name, sorted(specs))
