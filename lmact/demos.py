@@ -5,22 +5,31 @@ Demonstration k of a task uses seed `DEMO_SEED_BASE + k`; test episodes use seed
 (task spec, observation format) pair: `episodes.jsonl` (one episode a line, in seed order)
 and `images/` (one PNG per image observation). Generation appends, under a file lock, so it
 resumes where it stopped and two processes never write the same episode.
+
+Every record is checked when it is read (its fields and types, its seed, and for the episodes
+returned the bytes of its images against their hash). The file is cut before the first bad
+line and generation resumes from there, with a warning on stderr; a line torn by a crash (the
+last one, without its newline) is regenerated silently.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import itertools
 import json
+import math
 import multiprocessing
 import os
+import re
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lmact.envs.base import DEMO_SEED_BASE, Environment, Observation
 from lmact.errors import LmactError
@@ -34,6 +43,8 @@ _APPEND_BATCH = 16
 # An expert whose first episode takes this long plays the rest in a process pool; quick
 # experts (tic-tac-toe, grid world) would spend longer starting the pool than playing.
 _POOL_AFTER_S = 1.0
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def default_cache_dir() -> Path:
@@ -92,6 +103,129 @@ def _image_name(seed: int, step: int) -> str:
     return f"images/{seed}-{step}.png"
 
 
+class CorruptRecordError(ValueError):
+    """A stored episode that cannot be used; the message says why, in a few words."""
+
+
+def _brief(value: object) -> str:
+    """A short repr of a stored value for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _checked_record(line: bytes, seed: int, image: bool) -> dict[str, Any]:
+    """The episode record that one line of `episodes.jsonl` holds, checked field by field.
+
+    `seed` is the seed the line's position implies and `image` whether the store's format is
+    an image format. Raises CorruptRecordError. Images themselves are checked by `_read_image`.
+    """
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CorruptRecordError("not UTF-8") from None
+    except json.JSONDecodeError as error:
+        raise CorruptRecordError(f"not JSON: {error.msg}") from None
+    if not isinstance(record, dict) or set(record) != {"seed", "return", "steps"}:
+        raise CorruptRecordError("not an object of seed, return and steps")
+    stored_seed, total, steps = record["seed"], record["return"], record["steps"]
+    # bool is a subclass of int, and json reads NaN and Infinity; none is a valid field here.
+    if type(stored_seed) is not int or stored_seed != seed:
+        raise CorruptRecordError(f"seed {_brief(stored_seed)} where {seed} belongs")
+    if type(total) not in (int, float) or not math.isfinite(total):
+        raise CorruptRecordError(f"return {_brief(total)} is not a finite number")
+    if not isinstance(steps, list) or not steps:
+        raise CorruptRecordError("no steps")
+    for index, step in enumerate(steps):
+        _check_step(step, index, seed, image)
+    return record
+
+
+def _check_step(step: object, index: int, seed: int, image: bool) -> None:
+    if not isinstance(step, dict) or set(step) != {"observation", "action"}:
+        raise CorruptRecordError(f"step {index} is not an observation and an action")
+    if not isinstance(step["action"], str):
+        raise CorruptRecordError(f"step {index}: action {_brief(step['action'])} is not a string")
+    observation = step["observation"]
+    if not image:
+        if not (
+            isinstance(observation, dict)
+            and set(observation) == {"text"}
+            and isinstance(observation["text"], str)
+        ):
+            raise CorruptRecordError(f"step {index}: the observation is not a text")
+        return
+    if not isinstance(observation, dict) or set(observation) != {"image", "image_sha256"}:
+        raise CorruptRecordError(f"step {index}: the observation is not an image")
+    # The exact expected name: a path from the file never leaves the store's folder.
+    if observation["image"] != _image_name(seed, index):
+        raise CorruptRecordError(
+            f"step {index}: image {_brief(observation['image'])}, not {_image_name(seed, index)}"
+        )
+    digest = observation["image_sha256"]
+    if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
+        raise CorruptRecordError(f"step {index}: image_sha256 is not a SHA-256 in hex")
+
+
+def _read_image(folder: Path, name: str, digest: str) -> bytes:
+    try:
+        png = (folder / name).read_bytes()
+    except OSError as error:
+        raise CorruptRecordError(f"cannot read {name}: {error.strerror}") from None
+    if hashlib.sha256(png).hexdigest() != digest:
+        raise CorruptRecordError(f"{name} does not match its hash")
+    if not png.startswith(_PNG_SIGNATURE):
+        raise CorruptRecordError(f"{name} is not a PNG")
+    return png
+
+
+def _decode(folder: Path, record: dict[str, Any]) -> Demonstration:
+    """The demonstration of a checked record, its images read and checked."""
+    steps = []
+    for step in record["steps"]:
+        rendered = step["observation"]
+        if "text" in rendered:
+            observation = Observation(text=rendered["text"])
+        else:
+            png = _read_image(folder, rendered["image"], rendered["image_sha256"])
+            observation = Observation(image_png=png)
+        steps.append((observation, step["action"]))
+    return Demonstration(record["seed"], tuple(steps), float(record["return"]))
+
+
+@dataclass(frozen=True)
+class _StoredRecords:
+    """The usable records of a store, in seed order, and why the next line is not usable."""
+
+    records: list[dict[str, Any]]
+    corrupt: str | None = None  # None: the file ends after `records` (or with a torn line)
+
+
+def _read_records(path: Path, image: bool) -> _StoredRecords:
+    """The records of `episodes.jsonl` up to the first bad line."""
+    if not path.exists():
+        return _StoredRecords([])
+    # Bytes, decoded line by line: invalid UTF-8 makes one bad line, not an unreadable file.
+    lines = path.read_bytes().split(b"\n")
+    # A write always ends with a newline, so a last line without one was torn by a crash.
+    complete = lines[:-1]
+    records = []
+    for index, line in enumerate(complete):
+        try:
+            records.append(_checked_record(line, DEMO_SEED_BASE + index, image))
+        except CorruptRecordError as error:
+            return _StoredRecords(records, str(error))
+    return _StoredRecords(records)
+
+
+def _warn_corrupt(folder: Path, episode: int, reason: str) -> None:
+    print(
+        f"lmact: warning: demonstration store {folder}: episode {episode} is corrupt "
+        f"({reason}); regenerating from there",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 class DemoStore:
     """Demonstrations on disk under `root`, generated on demand."""
 
@@ -110,7 +244,7 @@ class DemoStore:
     def directory(self, task: TaskSpec, observation: str) -> Path:
         return self.root / task.name / task.spec_hash / observation
 
-    @contextmanager
+    @contextlib.contextmanager
     def _locked(self, folder: Path) -> Iterator[None]:
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / ".lock", "w") as lock:
@@ -120,43 +254,21 @@ class DemoStore:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _records(self, folder: Path) -> list[dict]:
-        """The stored episode records, in seed order (images not yet read)."""
-        path = folder / "episodes.jsonl"
-        if not path.exists():
-            return []
-        records = []
-        for index, line in enumerate(path.read_text().splitlines()):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a line cut short by a crash: regenerated from here on
-            expected = DEMO_SEED_BASE + index
-            if record.get("seed") != expected:
-                raise LmactError(
-                    f"demonstration store {folder} is inconsistent (episode "
-                    f"{index} has seed {record.get('seed')}, not {expected}); "
-                    "delete the folder to regenerate it"
-                )
-            records.append(record)
-        return records
+    def _stored(
+        self, folder: Path, image: bool, start: int, count: int
+    ) -> tuple[list[Demonstration], _StoredRecords]:
+        """The stored demonstrations start … start+count-1 (or fewer), and the usable records.
 
-    def _decode(self, folder: Path, record: dict) -> Demonstration:
-        steps = []
-        for step in record["steps"]:
-            rendered = step["observation"]
-            if "text" in rendered:
-                observation = Observation(text=rendered["text"])
-            else:
-                png = (folder / rendered["image"]).read_bytes()
-                if hashlib.sha256(png).hexdigest() != rendered["image_sha256"]:
-                    raise LmactError(
-                        f"demonstration image {folder / rendered['image']} is "
-                        "corrupt; delete the folder to regenerate it"
-                    )
-                observation = Observation(image_png=png)
-            steps.append((observation, step["action"]))
-        return Demonstration(record["seed"], tuple(steps), record["return"])
+        Only the returned episodes have their images read; a bad one ends the usable records.
+        """
+        stored = _read_records(folder / "episodes.jsonl", image)
+        demonstrations = []
+        for index, record in enumerate(stored.records[start : start + count], start):
+            try:
+                demonstrations.append(_decode(folder, record))
+            except CorruptRecordError as error:
+                return demonstrations, _StoredRecords(stored.records[:index], str(error))
+        return demonstrations, stored
 
     def _append(self, folder: Path, demonstrations: list[Demonstration]) -> None:
         """Write images first, then the episode lines: a line never names a missing image."""
@@ -183,13 +295,16 @@ class DemoStore:
         task.check_observation(observation)
         folder = self.directory(task, observation)
         with self._locked(folder):
-            records = self._records(folder)
-            stored = [self._decode(folder, record) for record in records[start : start + count]]
-            missing = start + count - len(records)
+            image = task.is_image_observation(observation)
+            stored, usable = self._stored(folder, image, start, count)
+            kept = len(usable.records)
+            missing = start + count - kept
             if missing <= 0:
                 return stored
-            _truncate_to_lines(folder / "episodes.jsonl", len(records))
-            first_seed = DEMO_SEED_BASE + len(records)
+            if usable.corrupt is not None:
+                _warn_corrupt(folder, kept, usable.corrupt)
+            _truncate_to_lines(folder / "episodes.jsonl", kept)
+            first_seed = DEMO_SEED_BASE + kept
             episodes = self._expert_episodes(
                 task, observation, range(first_seed, first_seed + missing)
             )
@@ -268,7 +383,7 @@ def _worker_episode(job: tuple[str, int]) -> Demonstration:
 
 
 def _truncate_to_lines(path: Path, lines: int) -> None:
-    """Cut a file after its first `lines` lines (drops a line torn by a crash)."""
+    """Cut a file after its first `lines` lines (drops a bad line and everything after it)."""
     if not path.exists():
         return
     with open(path, "r+b") as handle:
