@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lmact.demos import DEMO_SEED_BASE, DemoStore
+from lmact.envs.tic_tac_toe import TicTacToe
 from lmact.tasks import get_task
 
 SECOND_SEED = DEMO_SEED_BASE + 1
@@ -187,3 +188,24 @@ def test_image_records_are_checked_against_their_files(
     image.write_bytes(not_png)
     sha = hashlib.sha256(not_png).hexdigest()
     corrupt(first_image_step(path, {"image_sha256": sha}), "images/1000000001-0.png is not a PNG")
+
+
+# --- the rendering version ---------------------------------------------------------------------
+
+
+def test_the_rendering_version_is_part_of_the_store_folder(
+    demo_store: DemoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = get_task("tic_tac_toe")
+    assert TicTacToe.rendering_version == 1
+    before = demo_store.directory(task, "txt")
+    assert before.parent.name == f"{task.spec_hash}-r1"
+    stored = demo_store.load(task, "txt", 0, 2)
+    calls: list[int] = []
+    monkeypatch.setattr(TicTacToe, "rendering_version", 2)
+    after = demo_store.directory(task, "txt")
+    assert after != before and after.parent.name == f"{task.spec_hash}-r2"
+    # A new version never reads the demonstrations stored under the old one.
+    assert demo_store.load(task, "txt", 0, 2, calls.append) == stored
+    assert sum(calls) == 2
+    assert (after / "episodes.jsonl").exists() and (before / "episodes.jsonl").exists()

@@ -119,10 +119,16 @@ class Environment(ABC):
     Subclasses set `observation_formats` (every format `render` accepts) and
     `image_formats` (the subset rendered as images). Constructor keyword arguments come
     from the `[options]` table of the task spec.
+
+    `rendering_version` is part of the folder where demonstrations are stored: bump it in a
+    subclass whenever a change in its renderings or in its expert changes what a stored
+    demonstration would hold, so that demonstrations from before the change are never reused
+    (they are generated afresh in a new folder).
     """
 
     observation_formats: ClassVar[tuple[str, ...]]
     image_formats: ClassVar[frozenset[str]] = frozenset()
+    rendering_version: ClassVar[int] = 1
     # Set by a subclass's reset(); state accessors call _require_started() first.
     _started: bool = False
     # Set by a subclass when its episode ends (a win, a loss, the game over ...).
