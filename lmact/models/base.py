@@ -9,16 +9,41 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
 
 from lmact.errors import LmactError
+
+# Why an answer ended. The first five are every provider's; "unreadable" marks a call whose
+# answers could not be read however often it was tried (an empty answer, never cached); the
+# others are a provider's own reasons, kept apart (Anthropic's pause_turn and tool_use,
+# Gemini's language); a provider maps any other reason of its own to "other".
+UNREADABLE = "unreadable"
+STOP_REASONS = frozenset(
+    {"stop", "length", "refusal", "content_filter", UNREADABLE, "other"}
+    | {"pause_turn", "tool_use", "language"}
+)
+# Bounds on what a server may report for one call; numbers beyond them are a broken or
+# hostile server, not a real answer. 100 million tokens is a hundred times the largest
+# context window of 2025; a million characters is far beyond any action's answer.
+MAX_TOKENS_PER_CALL = 100_000_000
+MAX_ANSWER_CHARS = 1_000_000
+# The longest a server's Retry-After, or a backoff, may pause calls, by default (seconds).
+DEFAULT_MAX_WAIT_S = 300.0
+TOKEN_FIELDS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
 
 
 @dataclass(frozen=True)
@@ -116,7 +141,7 @@ class ModelResponse:
     """One answer, in the same shape for every provider."""
 
     text: str
-    stop_reason: str = "stop"  # stop | length | refusal | content_filter
+    stop_reason: str = "stop"  # one of STOP_REASONS
     prompt_tokens: int = 0  # all prompt tokens, cached and cache-written ones included
     completion_tokens: int = 0  # all generated tokens, reasoning included (as billed)
     cached_tokens: int = 0  # prompt tokens served from a prefix / prompt cache
@@ -139,8 +164,82 @@ class ModelResponse:
         return json.dumps(fields, sort_keys=True)
 
     @classmethod
-    def from_json(cls, payload: str) -> ModelResponse:
-        return cls(**json.loads(payload), from_cache=True)
+    def from_json(cls, payload: str | bytes) -> ModelResponse:
+        """A cached answer read back and checked: ValueError, with the reason, for anything
+        that is not a valid response (a damaged or hand-edited cache row)."""
+        if not isinstance(payload, str | bytes):
+            raise ValueError(f"a cached answer is a JSON text, not {type(payload).__name__}")
+        try:
+            fields = json.loads(payload)
+        except RecursionError:  # nesting deeper than the parser's stack
+            raise ValueError("a cached answer is nested too deeply") from None
+        if not isinstance(fields, dict):
+            raise ValueError("a cached answer is not a JSON object")
+        # Fields added after the first release may be missing: they take their defaults.
+        if "text" not in fields:
+            raise ValueError("a cached answer has no text")
+        known = {
+            key: fields[key]
+            for key in ("text", "stop_reason", *TOKEN_FIELDS, "latency_s")
+            if key in fields
+        }
+        return check_response(cls(**known, from_cache=True))
+
+
+def response_problem(response: ModelResponse) -> str | None:
+    """What makes a response impossible to trust, or None: counts that are not whole numbers
+    in 0 … MAX_TOKENS_PER_CALL or contradict each other, a text that is not a string of at
+    most MAX_ANSWER_CHARS characters, an unknown stop reason, a latency that is not a finite
+    number of seconds. The values themselves are not quoted: they came from the server."""
+    for name in TOKEN_FIELDS:
+        value = getattr(response, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{name} is a {type(value).__name__}, not a whole number"
+        if not 0 <= value <= MAX_TOKENS_PER_CALL:
+            return f"{name} is outside 0 … {MAX_TOKENS_PER_CALL:_}"
+    for name in ("cached_tokens", "cache_write_tokens"):
+        if getattr(response, name) > response.prompt_tokens:
+            return f"{name} is more than prompt_tokens"
+    if response.reasoning_tokens > response.completion_tokens:
+        return "reasoning_tokens is more than completion_tokens"
+    text = response.text
+    if not isinstance(text, str):
+        return f"the text is a {type(text).__name__}, not a string"
+    if len(text) > MAX_ANSWER_CHARS:
+        return f"the text has {len(text):_} characters, more than {MAX_ANSWER_CHARS:_}"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the text is not valid Unicode (a lone surrogate)"
+    if not isinstance(response.stop_reason, str) or response.stop_reason not in STOP_REASONS:
+        return "the stop reason is not a known one"
+    latency = response.latency_s
+    if isinstance(latency, bool) or not isinstance(latency, int | float):
+        return f"latency_s is a {type(latency).__name__}, not a number"
+    if not (math.isfinite(latency) and latency >= 0):
+        return "latency_s is not a finite number of seconds"
+    return None
+
+
+def check_response(response: ModelResponse) -> ModelResponse:
+    """The response if it can be trusted (its latency as a float), else ValueError naming
+    what is wrong. Every answer passes here before it is used or cached."""
+    problem = response_problem(response)
+    if problem is not None:
+        raise ValueError(problem)
+    if not isinstance(response.latency_s, float):
+        response = replace(response, latency_s=float(response.latency_s))
+    return response
+
+
+def token_count(value: object, name: str) -> int:
+    """A token count read from an SDK object that did not check it: None counts 0; anything
+    but a whole number is a ValueError (then the answer is unreadable)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} is a {type(value).__name__}, not a whole number")
+    return value
 
 
 class PolicyOracle(Protocol):
@@ -167,6 +266,9 @@ class ModelOptions:
     chat: bool = True  # OpenAI-compatible servers: chat endpoint, or plain completions
     timeout_s: float | None = None  # one attempt of one call (networked models: 120 s)
     max_retries: int = 6  # further attempts after a transient failure
+    # The longest one wait may last, whether a server's Retry-After or the backoff (seconds):
+    # a server asking for hours, or a date years ahead, pauses a run this long at most.
+    max_wait_s: float = DEFAULT_MAX_WAIT_S
     # Tokens a reasoning model may think for, on top of the answer's own limit (OpenAI
     # reasoning models: 4096 when not given; Anthropic and Gemini: thinking when given).
     reasoning_budget: int | None = None
@@ -185,11 +287,19 @@ class ModelAuthError(ModelCallError):
 
 class TransientModelError(Exception):
     """A call that may succeed if tried again: rate limit, overload, 5xx, timeout, dropped
-    connection, unreadable answer. `retry_after` is the server's requested wait, if any."""
+    connection, unreadable answer. `retry_after` is the server's requested wait, if any;
+    `reason` says in a few words why it pauses calls (e.g. "rate limit (HTTP 429)")."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, retry_after: float | None = None, reason: str = "") -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.reason = reason
+
+
+class UnreadableAnswerError(TransientModelError):
+    """An answer that came but cannot be used: not the expected format, or numbers no real
+    answer has. Retried; if every attempt is unreadable, the call is an empty answer with
+    stop reason "unreadable" instead of a failure."""
 
 
 class ModelClient(ABC):
