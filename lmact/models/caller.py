@@ -2,8 +2,9 @@
 usage counts.
 
 Order per call: cache lookup ► wait out any rate-limit pause ► (concurrency slot) ►
-provider, under a per-attempt timeout ► on a transient failure, back off and try again ►
-cache write. No provider writes any of this itself.
+provider, under a per-attempt timeout ► the answer checked (`check_response`) ► on a
+transient failure, back off and try again ► cache write. No provider writes any of this
+itself.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import random
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 
 from tenacity import (
@@ -24,6 +28,7 @@ from tenacity import (
 )
 
 from lmact.models.base import (
+    UNREADABLE,
     ModelCallError,
     ModelClient,
     ModelRequest,
@@ -31,16 +36,25 @@ from lmact.models.base import (
     PolicyOracle,
     TextPart,
     TransientModelError,
+    UnreadableAnswerError,
+    check_response,
 )
 
 # Upper bound of a backoff wait when the server gives no Retry-After.
 MAX_BACKOFF_S = 60.0
 
+# Told when calls are paused by a server's wait: until when (a `time.time()`), and why.
+PauseListener = Callable[[float, str], None]
+
 
 class CallCache(Protocol):
     def get_call(self, key: str) -> str | None: ...
 
-    def put_call(self, key: str, model: str, response_json: str) -> None: ...
+    # Stores an answer unless one is stored already; returns the one stored (or None).
+    def put_call(self, key: str, model: str, response_json: str) -> str | None: ...
+
+    # Overwrites a stored answer: one that failed to load.
+    def replace_call(self, key: str, model: str, response_json: str) -> None: ...
 
 
 def call_key(client: ModelClient, request: ModelRequest) -> str:
@@ -51,12 +65,25 @@ def call_key(client: ModelClient, request: ModelRequest) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def usable_wait(value: object) -> float | None:
+    """A wait a server named, if it is a finite number of seconds ≥ 0 (else None)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
+
+
 class ModelCaller:
     """Calls a client through the cache, retrying transient failures.
 
     A rate limit that names a wait (Retry-After) pauses every call of this caller until the
     wait is over, not only the one that received it: the limit is the account's, not the
-    request's. `backoff_s` scales the exponential backoff used when no wait is named.
+    request's; `on_pause` is told whenever such a pause starts or grows. No wait, named or
+    backoff, lasts longer than `max_wait_s`. `backoff_s` scales the exponential backoff used
+    when no wait is named.
+
+    An answer that stays unreadable through every attempt comes back as an empty answer with
+    stop reason "unreadable" (counted in `unreadable`, never cached); other exhausted
+    retries raise ModelCallError.
     """
 
     def __init__(
@@ -68,30 +95,61 @@ class ModelCaller:
         max_retries: int | None = None,
         timeout_s: float | None = None,
         backoff_s: float = 1.0,
+        max_wait_s: float | None = None,
+        on_pause: PauseListener | None = None,
     ) -> None:
         self.client = client
         self.cache = cache if client.cacheable else None
         self._slots = asyncio.Semaphore(max_connections or client.max_concurrency)
         self.max_retries = client.options.max_retries if max_retries is None else max_retries
         self.timeout_s = client.attempt_timeout_s if timeout_s is None else timeout_s
-        self._backoff = wait_random_exponential(multiplier=backoff_s, max=MAX_BACKOFF_S)
-        self._paused_until = 0.0
+        given_wait = client.options.max_wait_s if max_wait_s is None else max_wait_s
+        self.max_wait_s = max(given_wait, 0.0)
+        self._backoff = wait_random_exponential(
+            multiplier=backoff_s, max=min(MAX_BACKOFF_S, self.max_wait_s)
+        )
+        self.on_pause = on_pause
+        self._paused_until = 0.0  # time.monotonic()
         self.calls_made = 0
         self.calls_cached = 0
         self.retries = 0
+        self.unreadable = 0  # calls answered "unreadable" after every attempt
+        self.cache_entries_replaced = 0  # cached answers that failed to load, fetched anew
+
+    def paused_until_wall(self) -> float | None:
+        """Until when (a `time.time()`) a server's wait pauses calls; None if not paused."""
+        remaining = self._paused_until - time.monotonic()
+        return time.time() + remaining if remaining > 0 else None
+
+    def _pause(self, wait: float, reason: str) -> None:
+        until = time.monotonic() + wait
+        if until <= self._paused_until:
+            return
+        self._paused_until = until
+        if self.on_pause is not None:
+            self.on_pause(time.time() + wait, reason or "the server asked to wait")
 
     def _wait(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
-        retry_after = getattr(error, "retry_after", None)
+        retry_after = usable_wait(getattr(error, "retry_after", None))
         if retry_after is None:
             return self._backoff(state)
         # The server's wait, and a little jitter so that paused calls do not return at once.
-        wait = retry_after + random.uniform(0, 0.1 * retry_after + 0.05)
-        self._paused_until = max(self._paused_until, time.monotonic() + wait)
+        wait = min(retry_after + random.uniform(0, 0.1 * retry_after + 0.05), self.max_wait_s)
+        self._pause(wait, getattr(error, "reason", ""))
         return wait
 
     def _count_retry(self, state: RetryCallState) -> None:
         self.retries += 1
+
+    async def _answer(self, request: ModelRequest, oracle: PolicyOracle | None) -> ModelResponse:
+        response = await self.client.complete(request, oracle)
+        try:
+            return check_response(response)
+        except ValueError as problem:
+            raise UnreadableAnswerError(
+                f"{self.client.name}: unreadable answer ({problem})"
+            ) from None
 
     async def _attempt(self, request: ModelRequest, oracle: PolicyOracle | None) -> ModelResponse:
         pause = self._paused_until - time.monotonic()
@@ -99,10 +157,10 @@ class ModelCaller:
             await asyncio.sleep(pause)
         async with self._slots:
             if self.timeout_s is None:
-                return await self.client.complete(request, oracle)
+                return await self._answer(request, oracle)
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    return await self.client.complete(request, oracle)
+                    return await self._answer(request, oracle)
             except TimeoutError:
                 raise TransientModelError(
                     f"{self.client.name}: no answer within {self.timeout_s:g} s"
@@ -110,7 +168,8 @@ class ModelCaller:
 
     async def _call_with_retries(
         self, request: ModelRequest, oracle: PolicyOracle | None
-    ) -> ModelResponse:
+    ) -> ModelResponse | None:
+        """The answer; None when every attempt's answer was unreadable."""
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientModelError),
             stop=stop_after_attempt(1 + self.max_retries),
@@ -122,25 +181,57 @@ class ModelCaller:
             async for attempt in retrying:
                 with attempt:
                     return await self._attempt(request, oracle)
+        except UnreadableAnswerError:
+            return None
         except TransientModelError as error:
             attempts = 1 + self.max_retries
             raise ModelCallError(f"gave up after {attempts} attempts: {error}") from None
         raise AssertionError("unreachable: tenacity either returns or raises")
 
+    def _load(self, stored: str) -> ModelResponse | None:
+        """A cached answer, or None if it does not load (damaged, edited, or invalid)."""
+        try:
+            return ModelResponse.from_json(stored)
+        except ValueError:
+            return None
+
+    def _store(self, key: str, response: ModelResponse, damaged: bool) -> ModelResponse:
+        """Cache a fresh answer and return the answer to go on with: the one stored first,
+        if another call stored one meanwhile (two episodes, or two processes, sent the same
+        request at once), so that both go on alike. A damaged entry is overwritten."""
+        assert self.cache is not None
+        fresh = response.to_json()
+        if not damaged:
+            stored = self.cache.put_call(key, self.client.name, fresh)
+            if stored is None or stored == fresh:
+                return response
+            first = self._load(stored)
+            if first is not None:
+                # The first answer's words; this call's own usage, which is what it cost.
+                return replace(response, text=first.text, stop_reason=first.stop_reason)
+        self.cache.replace_call(key, self.client.name, fresh)
+        self.cache_entries_replaced += 1
+        return response
+
     async def call(
         self, request: ModelRequest, oracle: PolicyOracle | None = None
     ) -> ModelResponse:
-        cache = self.cache
-        key = call_key(self.client, request) if cache is not None else None
-        if cache is not None and key is not None:
-            hit = cache.get_call(key)
-            if hit is not None:
+        key = call_key(self.client, request) if self.cache is not None else None
+        damaged = False
+        if self.cache is not None and key is not None:
+            hit = self.cache.get_call(key)
+            cached = self._load(hit) if hit is not None else None
+            if cached is not None:
                 self.calls_cached += 1
-                return ModelResponse.from_json(hit)
+                return cached
+            damaged = hit is not None  # fetched again, and then replaced
         response = await self._call_with_retries(request, oracle)
+        if response is None:
+            self.unreadable += 1
+            return ModelResponse(text="", stop_reason=UNREADABLE)
         self.calls_made += 1
-        if cache is not None and key is not None:
-            cache.put_call(key, self.client.name, response.to_json())
+        if key is not None:
+            response = self._store(key, response, damaged)
         return response
 
 
