@@ -21,7 +21,7 @@ from lmact.models.base import (
     ModelRequest,
     ModelResponse,
     TextPart,
-    TransientModelError,
+    token_count,
 )
 from lmact.models.remote import RemoteModel, missing_sdk
 
@@ -32,6 +32,8 @@ STOP_REASONS = {
     # The prompt and answer reached the context window: the answer was cut off.
     "model_context_window_exceeded": "length",
     "refusal": "refusal",
+    "pause_turn": "pause_turn",
+    "tool_use": "tool_use",
 }
 
 
@@ -65,7 +67,21 @@ def content_blocks(request: ModelRequest) -> list[dict[str, Any]]:
 
 
 def _count(usage: Any, field: str) -> int:
-    return int(getattr(usage, field, None) or 0)
+    # The SDK builds its answer objects without checking their types: a server's "abc" or
+    # 1e400 arrives here as it was sent.
+    return token_count(getattr(usage, field, None), field)
+
+
+def _answer_text(content: list[Any]) -> str:
+    """The text blocks joined; thinking and redacted_thinking blocks are reasoning."""
+    texts = []
+    for block in content:
+        if getattr(block, "type", None) == "text":
+            text = getattr(block, "text", None) or ""
+            if not isinstance(text, str):
+                raise ValueError(f"a text block holds a {type(text).__name__}")
+            texts.append(text)
+    return "".join(texts)
 
 
 class AnthropicModel(RemoteModel):
@@ -111,24 +127,27 @@ class AnthropicModel(RemoteModel):
 
     def read_message(self, message: Any) -> ModelResponse:
         """A Messages API answer as a `ModelResponse`; an answer that is not a message (the
-        SDK hands back text it cannot parse) is worth another attempt."""
+        SDK hands back text it cannot parse), or one with fields of the wrong type, is worth
+        another attempt."""
         content = getattr(message, "content", None)
         if getattr(message, "type", None) != "message" or not isinstance(content, list):
-            raise TransientModelError(f"{self.name}: unreadable answer (not a message)")
-        # The answer is the text blocks; thinking and redacted_thinking blocks are reasoning.
-        texts = [
-            getattr(block, "text", None) or ""
-            for block in content
-            if getattr(block, "type", None) == "text"
-        ]
+            raise self.unreadable_answer("not a message")
+        try:
+            return self._response(message, content)
+        except ValueError as problem:
+            raise self.unreadable_answer(str(problem)) from None
+
+    def _response(self, message: Any, content: list[Any]) -> ModelResponse:
         stop_reason = getattr(message, "stop_reason", None) or "end_turn"
+        if not isinstance(stop_reason, str):
+            raise ValueError(f"the stop reason is a {type(stop_reason).__name__}")
         usage = getattr(message, "usage", None)
         written = _count(usage, "cache_creation_input_tokens")
         read = _count(usage, "cache_read_input_tokens")
         details = getattr(usage, "output_tokens_details", None)
         return ModelResponse(
-            text="".join(texts),
-            stop_reason=STOP_REASONS.get(stop_reason, stop_reason),
+            text=_answer_text(content),
+            stop_reason=STOP_REASONS.get(stop_reason, "other"),
             # Anthropic's input_tokens leaves out the tokens read from or written to the cache.
             prompt_tokens=_count(usage, "input_tokens") + written + read,
             completion_tokens=_count(usage, "output_tokens"),
@@ -141,7 +160,7 @@ class AnthropicModel(RemoteModel):
         if isinstance(error, LmactError):  # no key, or no SDK: already one line
             return error
         if isinstance(error, json.JSONDecodeError):
-            return TransientModelError(f"{self.name}: unreadable answer (not JSON)")
+            return self.unreadable_answer("not JSON")
         anthropic = _sdk()
         if isinstance(error, anthropic.APIStatusError):
             detail = error.message
@@ -161,7 +180,7 @@ class AnthropicModel(RemoteModel):
             cause = error.__cause__ or error.__context__
             return self.connection_error(f"{type(cause).__name__}: {cause}" if cause else "")
         if isinstance(error, anthropic.APIResponseValidationError):
-            return TransientModelError(f"{self.name}: unreadable answer ({error.message})")
+            return self.unreadable_answer(error.message)
         if isinstance(error, anthropic.AnthropicError):
             return ModelCallError(f"{self.name}: {error}")
         return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
 import time
 import weakref
@@ -18,7 +19,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from pydantic import ValidationError
+
 from lmact.models.base import (
+    STOP_REASONS,
     ImagePart,
     ModelCallError,
     ModelOptions,
@@ -26,7 +30,9 @@ from lmact.models.base import (
     ModelResponse,
     Part,
     TransientModelError,
+    token_count,
 )
+from lmact.models.redaction import display_url
 from lmact.models.remote import RETRYABLE_STATUSES, RemoteModel, missing_sdk
 
 # Finish reasons that mean a filter, not the model, ended the answer.
@@ -43,7 +49,10 @@ FILTER_REASONS = frozenset(
         "MODEL_ARMOR",
     }
 )
-# Characters of an error body kept in a message (a proxy may answer with a whole HTML page).
+
+# The SDK's types of what the API answers: a ValidationError naming one is a server's fault
+# (one naming a request type would be lmact's, and is not retried).
+ANSWER_TYPES = frozenset({"GenerateContentResponse", "CachedContent"})
 
 
 def _sdk() -> tuple[Any, Any, Any]:
@@ -74,13 +83,15 @@ def _transport_errors() -> tuple[tuple[type[Exception], ...], ...]:
 
 
 def _count(usage: Any, field: str) -> int:
-    return int(getattr(usage, field, None) or 0)
+    return token_count(getattr(usage, field, None), field)
 
 
 def _duration_s(value: Any) -> float | None:
-    """A protobuf Duration as JSON ("37s", "0.5s") in seconds."""
+    """A protobuf Duration as JSON ("37s", "0.5s") in seconds; None if it is not one, or
+    too large to be a number of seconds ("1" and 400 zeros)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)s\s*", str(value))
-    return float(match.group(1)) if match else None
+    seconds = float(match.group(1)) if match else None
+    return seconds if seconds is not None and math.isfinite(seconds) else None
 
 
 def retry_delay_s(details: Any) -> float | None:
@@ -102,7 +113,8 @@ def stop_reason(finish_reason: Any) -> str:
         return "length"
     if name in FILTER_REASONS:
         return "content_filter"
-    return name.lower()
+    # Gemini's own reasons kept apart where lmact knows them (LANGUAGE), others are "other".
+    return name.lower() if name.lower() in STOP_REASONS else "other"
 
 
 @dataclass
@@ -297,7 +309,7 @@ class GoogleModel(RemoteModel):
             feedback = response.prompt_feedback
             if feedback is not None and feedback.block_reason:
                 return ModelResponse("", "content_filter", **counts)
-            raise TransientModelError(f"{self.name}: unreadable answer: no candidates")
+            raise self.unreadable_answer("no candidates")
         candidate = response.candidates[0]
         parts = (candidate.content.parts if candidate.content else None) or []
         text = "".join(part.text for part in parts if part.text and not part.thought)
@@ -317,10 +329,14 @@ class GoogleModel(RemoteModel):
                 translated.retry_after = retry_delay_s(error.details)
             return translated
         if isinstance(error, json.JSONDecodeError | errors.UnknownApiResponseError):
-            return TransientModelError(f"{self.name}: unreadable answer (not JSON)")
+            return self.unreadable_answer("not JSON")
+        if isinstance(error, ValidationError) and error.title in ANSWER_TYPES:
+            # The SDK checks the answer against its types: a field of the wrong type.
+            return self.unreadable_answer(f"{error.title} with fields of the wrong type")
         timeouts, bad_url, transport = _transport_errors()
         if isinstance(error, bad_url):
-            return ModelCallError(f"{self.name}: unusable base URL {self.base_url!r}: {error}")
+            shown = display_url(self.base_url or "")
+            return ModelCallError(f"{self.name}: unusable base URL {shown!r}: {error}")
         if isinstance(error, timeouts):
             return self.timeout_error()
         if isinstance(error, transport):

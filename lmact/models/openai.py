@@ -31,7 +31,7 @@ from lmact.models.base import (
     ModelRequest,
     ModelResponse,
     TextPart,
-    TransientModelError,
+    UnreadableAnswerError,
 )
 from lmact.models.catalog import catalog_entry
 from lmact.models.remote import RemoteModel, missing_sdk
@@ -302,9 +302,9 @@ class OpenAIModel(RemoteModel):
 
     # --- the answer -------------------------------------------------------------------------
 
-    def unreadable(self, body: bytes) -> TransientModelError:
+    def unreadable(self, body: bytes) -> UnreadableAnswerError:
         excerpt = self.detail(body.decode("utf-8", "replace"))
-        return TransientModelError(f"{self.name}: unreadable answer: {excerpt!r}")
+        return UnreadableAnswerError(f"{self.name}: unreadable answer: {excerpt!r}")
 
     def read_chat(self, body: bytes) -> ModelResponse:
         try:

@@ -22,6 +22,7 @@ from lmact.models.base import (
     TextPart,
 )
 from lmact.models.openai import OpenAIModel, import_openai
+from lmact.models.redaction import display_url, url_without_credentials
 from lmact.models.remote import RemoteModel
 
 # Sent when no key is set: most self-hosted servers check none, but the SDK wants one.
@@ -49,8 +50,9 @@ class OpenAICompatibleModel(OpenAIModel):
 
     def identity(self) -> dict[str, Any]:
         # The same model name on another server, or through another endpoint, may answer
-        # differently.
-        return {"model": self.name, "base_url": self.base_url, "mode": self.mode}
+        # differently; the credentials in the URL do not change answers, and stay out.
+        base_url = url_without_credentials(self.base_url) if self.base_url else None
+        return {"model": self.name, "base_url": base_url, "mode": self.mode}
 
     def count_text_tokens(self, text: str) -> int:
         return RemoteModel.count_text_tokens(self, text)  # no tokenizer known: the estimate
@@ -61,7 +63,8 @@ class OpenAICompatibleModel(OpenAIModel):
                 f"model {self.name} needs the server's address: give --base-url "
                 "(e.g. http://localhost:8000/v1) or set OPENAI_COMPATIBLE_BASE_URL"
             )
-        self.load_sdk()  # a key is optional
+        self.load_sdk()
+        self.api_key()  # optional, but one that is set must be usable
 
     def make_sdk_client(self) -> Any:
         openai = import_openai()
@@ -75,8 +78,9 @@ class OpenAICompatibleModel(OpenAIModel):
     def status_error(
         self, status: int, message: str, headers: Mapping[str, str] | None = None
     ) -> Exception:
-        if status == 404:
-            message += f" (is the base URL {self.base_url} right? servers usually serve /v1)"
+        if status == 404 and self.base_url:
+            shown = display_url(self.base_url)
+            message += f" (is the base URL {shown} right? servers usually serve /v1)"
         return super().status_error(status, message, headers)
 
     # --- the request -----------------------------------------------------------------------

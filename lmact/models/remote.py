@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import math
 import os
 import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from lmact.errors import LmactError
 from lmact.models.base import (
@@ -32,13 +35,26 @@ from lmact.models.base import (
     PolicyOracle,
     TextPart,
     TransientModelError,
+    UnreadableAnswerError,
 )
 from lmact.models.catalog import ModelFacts, model_facts
+from lmact.models.redaction import display_url, redact_secrets, url_secrets
 
 # HTTP statuses worth another attempt: timeout, conflict, rate limit, server errors,
 # Anthropic's "overloaded" (529).
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
-REDACTED = "[redacted]"
+# What a retryable status means, in the words a paused run shows (others: "server error").
+STATUS_REASONS = {
+    408: "request timeout",
+    409: "conflict",
+    425: "too early",
+    429: "rate limit",
+    503: "overloaded",
+    529: "overloaded",
+}
+# A secret shorter than this is not taken out of answers (it is taken out of error messages):
+# it would garble ordinary words, e.g. a local server's placeholder key "EMPTY" or "x".
+MIN_ANSWER_SECRET_CHARS = 8
 # Longest server text kept in an error message: an error page can be long.
 MAX_DETAIL_CHARS = 300
 DEFAULT_TIMEOUT_S = 120.0
@@ -46,24 +62,81 @@ DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_REASONING_BUDGET = 4096
 
 
+def _seconds(value: str) -> float | None:
+    """A number of seconds as a server writes it, if finite and ≥ 0 ("inf", "nan", "1e400",
+    "-1" and words are not)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _seconds_until(date: str) -> float | None:
+    """Seconds from now until an HTTP date (0 if it is past); None if it is not a date."""
+    try:
+        when = email.utils.parsedate_to_datetime(date)
+    except (ValueError, TypeError, OverflowError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, by RFC 5322
+        when = when.replace(tzinfo=UTC)
+    return max(when.timestamp() - time.time(), 0.0)
+
+
 def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
-    """The wait a server asks for: `retry-after-ms`, or `retry-after` in seconds or as a date."""
+    """The wait a server asks for: `retry-after-ms`, else `retry-after` in seconds or as an
+    HTTP date; None when neither is there or parses. The caller caps the wait."""
     if not headers:
         return None
-    lowered = {key.lower(): value for key, value in headers.items()}
-    if "retry-after-ms" in lowered:
-        try:
-            return max(float(lowered["retry-after-ms"]) / 1000, 0.0)
-        except ValueError:
-            pass
-    value = lowered.get("retry-after")
-    if value is None:
+    lowered = {str(key).lower(): str(value).strip() for key, value in headers.items()}
+    milliseconds = _seconds(lowered.get("retry-after-ms", ""))
+    if milliseconds is not None:
+        return milliseconds / 1000
+    value = lowered.get("retry-after", "")
+    if not value:
         return None
+    seconds = _seconds(value)
+    return seconds if seconds is not None else _seconds_until(value)
+
+
+CONTROL_CODES = frozenset({*range(32), 127})
+
+
+def api_key_problem(key: str) -> str | None:
+    """What makes `key` (already stripped) unusable in an HTTP header, said without showing
+    any of it: the kind and position of the first bad character."""
+    for position, character in enumerate(key, start=1):
+        if character in "\r\n":
+            kind = "a line break"
+        elif character == "\t":
+            kind = "a tab"
+        elif character.isspace():
+            kind = "a space" if character == " " else "whitespace"
+        elif ord(character) in CONTROL_CODES:
+            kind = "a control character"
+        elif ord(character) > 127:
+            kind = "a non-ASCII character"
+        else:
+            continue
+        return f"holds {kind} at character {position}; an API key is printable ASCII"
+    return None
+
+
+def base_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a provider's base URL, or None: it needs scheme http or https, a
+    host, and no whitespace or control characters."""
+    if any(character.isspace() or ord(character) in CONTROL_CODES for character in url):
+        return "holds whitespace or a control character"
     try:
-        return max(float(value), 0.0)
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check
     except ValueError:
-        when = email.utils.parsedate_to_datetime(value) if value.strip() else None
-        return max(when.timestamp() - time.time(), 0.0) if when else None
+        return "is not a URL (a bad port or host)"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "needs the scheme http:// or https://"
+    if not parts.hostname:
+        return "names no host"
+    return None
 
 
 def missing_sdk(provider: str, package: str, extra: str) -> LmactError:
@@ -93,12 +166,23 @@ class RemoteModel(ModelClient):
         self.facts: ModelFacts = model_facts(name).model_copy(
             update={key: value for key, value in given.items() if value is not None}
         )
-        self.base_url = options.base_url or next(
-            (os.environ[v] for v in self.base_url_variables if os.environ.get(v)), None
-        )
+        self.base_url = self._given_base_url()
         self._sdk_client: Any = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._closer: AsyncIterator[None] | None = None
+
+    def _given_base_url(self) -> str | None:
+        """--base-url, else the first of `base_url_variables` that is set; checked, so that a
+        bad one is a one-line error (with the URL's credentials redacted) before any work."""
+        given = [("--base-url", self.options.base_url)]
+        given += [(variable, os.environ.get(variable)) for variable in self.base_url_variables]
+        source, url = next(((source, url) for source, url in given if url), ("", None))
+        if not url:
+            return None
+        problem = base_url_problem(url)
+        if problem is not None:
+            raise LmactError(f"{source}: the base URL {display_url(url)!r} {problem}")
+        return url
 
     # --- facts -----------------------------------------------------------------------
 
@@ -149,11 +233,22 @@ class RemoteModel(ModelClient):
     # --- keys and the SDK client -----------------------------------------------------------
 
     def api_key(self) -> str | None:
+        """The key from the first of `key_variables` that is set, without surrounding
+        whitespace (a `.env` file's CR/LF); a one-line LmactError if it cannot be a key."""
         for variable in self.key_variables:
-            value = os.environ.get(variable)
-            if value:
-                return value
+            key = os.environ.get(variable, "").strip()
+            if key:
+                problem = api_key_problem(key)
+                if problem is not None:
+                    raise LmactError(f"{variable} {problem}")
+                return key
         return None
+
+    def secrets(self) -> list[str]:
+        """What must never be shown: every key variable's value as set (redaction also
+        covers it stripped), and the credentials in the base URL."""
+        values = [os.environ.get(variable, "") for variable in self.key_variables]
+        return [value for value in values if value] + url_secrets(self.base_url)
 
     def load_sdk(self) -> Any:
         """Import the provider's SDK: a one-line LmactError naming the extra if it is absent."""
@@ -166,9 +261,15 @@ class RemoteModel(ModelClient):
             raise LmactError(f"model {self.name} needs an API key: set {names}")
 
     def redact(self, text: str) -> str:
-        """`text` with the API key taken out, for messages that may echo a request."""
-        key = self.api_key()
-        return text.replace(key, REDACTED) if key else text
+        """`text` with every form of every secret taken out, for messages that may echo a
+        request."""
+        return redact_secrets(text, self.secrets())
+
+    def redact_answer(self, text: str) -> str:
+        """An answer's text with the secrets taken out (a server may echo the request), all
+        but those too short to tell from ordinary words."""
+        long_enough = [s for s in self.secrets() if len(s.strip()) >= MIN_ANSWER_SECRET_CHARS]
+        return redact_secrets(text, long_enough)
 
     async def loop_client(self) -> Any:
         """The SDK client of the running event loop.
@@ -218,14 +319,22 @@ class RemoteModel(ModelClient):
             )
             if translated is None:
                 raise
-            # Rebuilt with the key taken out: an error body may echo the request.
-            if isinstance(translated, TransientModelError):
-                raise TransientModelError(
-                    self.redact(str(translated)), translated.retry_after
-                ) from None
-            raise type(translated)(self.redact(str(translated))) from None
+            # The key taken out in place (its type, wait and reason kept): an error body may
+            # echo the request.
+            translated.args = tuple(
+                self.redact(arg) if isinstance(arg, str) else arg for arg in translated.args
+            )
+            raise translated from None
         if not response.latency_s:
             response = replace(response, latency_s=time.perf_counter() - started)
+        # A server may echo the request's credentials in an answer: what is cached and stored
+        # is the answer without them.
+        if isinstance(response.text, str) and isinstance(response.stop_reason, str):
+            response = replace(
+                response,
+                text=self.redact_answer(response.text),
+                stop_reason=self.redact_answer(response.stop_reason),
+            )
         return response
 
     def detail(self, text: str) -> str:
@@ -237,6 +346,10 @@ class RemoteModel(ModelClient):
     def timeout_error(self) -> TransientModelError:
         return TransientModelError(f"{self.name}: no answer within {self.attempt_timeout_s:g} s")
 
+    def unreadable_answer(self, detail: str) -> UnreadableAnswerError:
+        """An answer that cannot be read, worth another attempt; `detail` says why."""
+        return UnreadableAnswerError(f"{self.name}: unreadable answer ({self.detail(detail)})")
+
     def connection_error(self, detail: str) -> TransientModelError:
         return TransientModelError(f"{self.name}: connection failed ({self.detail(detail)})")
 
@@ -246,7 +359,8 @@ class RemoteModel(ModelClient):
         """An HTTP error status sorted into retry (with the server's wait) or stop."""
         text = f"{self.name}: HTTP {status}: {self.detail(message)}"
         if status in RETRYABLE_STATUSES:
-            return TransientModelError(text, retry_after_seconds(headers))
+            reason = f"{STATUS_REASONS.get(status, 'server error')} (HTTP {status})"
+            return TransientModelError(text, retry_after_seconds(headers), reason)
         if status in (401, 403):
             text += f" (check {' / '.join(self.key_variables) or 'the credentials'})"
             return ModelAuthError(text)
