@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, NoReturn
 from lmact.demos import MAX_DEMONSTRATIONS, DemoStore, default_cache_dir
 from lmact.envs.base import DEMO_SEED_BASE
 from lmact.errors import LmactError
-from lmact.models.base import ModelOptions
+from lmact.models.base import DEFAULT_MAX_WAIT_S, ModelOptions
 from lmact.models.registry import DEFAULT_MODEL, accepted_model_names
 from lmact.store import DEFAULT_STORE, MAX_EPISODES
 
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from lmact.runner import RunEstimate
 
 EXIT_USAGE = 2
-# Seconds a server's Retry-After (or the backoff) may pause a run at most, by default.
-DEFAULT_MAX_WAIT_S = 300.0
 # The numeric options, checked in one place before any work: (least, most) allowed.
 # A float option must also be finite. Integers stay within what SQLite stores.
 _INT_LIMIT = 2**31 - 1

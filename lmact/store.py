@@ -278,13 +278,23 @@ class RunStore:
     # The model-call cache.
 
     def get_call(self, key: str) -> str | None:
+        """The cached answer of a call; "" for a damaged entry (the caller asks again)."""
         with self._guard():
-            row = self._db.execute(
-                "SELECT response FROM model_calls WHERE key = ?", (key,)
-            ).fetchone()
-        return row[0] if row else None
+            return self._stored_call(key)
 
-    def put_call(self, key: str, model: str, response_json: str) -> str:
+    def _stored_call(self, key: str) -> str | None:
+        # Read as bytes: a row damaged into invalid UTF-8 must not fail the read.
+        row = self._db.execute(
+            "SELECT CAST(response AS BLOB) FROM model_calls WHERE key = ?", (key,)
+        ).fetchone()
+        if row is None:
+            return None
+        try:
+            return bytes(row[0]).decode("utf-8")
+        except UnicodeDecodeError:
+            return ""
+
+    def put_call(self, key: str, model: str, response_json: str) -> str | None:
         """Store an answer unless one is stored for the key already; returns the stored one.
 
         The first answer wins, so that two processes that sent the same request at once go
@@ -296,10 +306,7 @@ class RunStore:
                 "ON CONFLICT(key) DO NOTHING",
                 (key, model, response_json, time.time()),
             )
-            row = self._db.execute(
-                "SELECT response FROM model_calls WHERE key = ?", (key,)
-            ).fetchone()
-        return row[0]
+            return self._stored_call(key)
 
     def replace_call(self, key: str, model: str, response_json: str) -> None:
         """Overwrite a cached answer (one that failed to load)."""

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from lmact.demos import DEMO_SEED_BASE
 from lmact.envs.base import AnswerKind, Environment, classify_answer
 from lmact.errors import LmactError
-from lmact.models.base import Part
+from lmact.models.base import UNREADABLE, Part
 from lmact.models.caller import ModelCaller
 from lmact.prompting import (
     PromptBuilder,
@@ -216,7 +216,7 @@ async def play_episode(
             outcome = env.step(action)
             total += outcome.reward
             kinds[parsed.kind] += 1
-            unreadable += response.stop_reason == "unreadable"
+            unreadable += response.stop_reason == UNREADABLE
             tokens.update(
                 prompt=response.prompt_tokens,
                 completion=response.completion_tokens,
