@@ -131,3 +131,28 @@ def loopback(handler: Handler) -> Iterator[LoopbackServer]:
         yield server
     finally:
         server.stop()
+
+
+def chat_completion(
+    content: Any, prompt_tokens: Any = 40, completion_tokens: Any = 2, model: str = "m"
+) -> dict[str, Any]:
+    """A chat.completion body as OpenAI and OpenAI-compatible servers send it (the counts
+    may be anything, for tests of what a server must not be trusted with)."""
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1_760_000_000,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": 0,
+        },
+    }

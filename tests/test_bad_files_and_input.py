@@ -195,6 +195,37 @@ def test_out_of_range_options_fail_before_any_work(
     assert not (tmp_path / "results").exists()  # nothing was started
 
 
+@pytest.mark.parametrize(
+    ("options", "variables", "message"),
+    [
+        (["--base-url", "localhost:8000/v1"], {}, "needs the scheme http:// or https://"),
+        (
+            ["--base-url", "ftp://user:hunter2@example/v1"],
+            {},
+            "ftp://[redacted]@example/v1",
+        ),
+        (
+            ["--base-url", "http://127.0.0.1:9/v1"],
+            {"OPENAI_COMPATIBLE_API_KEY": "sk-caf\u00e9-0123456789"},
+            "OPENAI_COMPATIBLE_API_KEY holds a non-ASCII character",
+        ),
+    ],
+    ids=["no-scheme", "credentials", "non-ascii-key"],
+)
+def test_a_bad_server_address_or_key_fails_before_any_work(
+    tmp_path: Path, options: list[str], variables: dict[str, str], message: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI")} | variables
+    run = ["run", "--task", "tic_tac_toe", "--model", "openai-compatible/m", *options]
+    result = lmact(*run, cwd=tmp_path, env=env)
+    one_line_error(result, message)
+    assert "hunter2" not in result.stderr and "caf" not in result.stderr
+    store = tmp_path / "results" / "lmact.sqlite"
+    if store.exists():  # opened, perhaps, but nothing was played
+        with sqlite3.connect(store) as db:
+            assert db.execute("SELECT COUNT(*) FROM episodes").fetchone() == (0,)
+
+
 def test_demonstrations_that_cannot_fit_stop_before_they_are_all_made(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     result = lmact(

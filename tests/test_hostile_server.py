@@ -18,7 +18,14 @@ from urllib.parse import quote
 
 import pytest
 from helpers import simple_request
-from loopback import LoopbackServer, RecordedRequest, Reply, faults_then, loopback
+from loopback import (
+    LoopbackServer,
+    RecordedRequest,
+    Reply,
+    chat_completion,
+    faults_then,
+    loopback,
+)
 
 from lmact.errors import LmactError
 from lmact.models.base import (
@@ -63,20 +70,7 @@ def _offline_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def openai_answer(text: Any = "a1", prompt: Any = 10, completion: Any = 1) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 1_760_000_000,
-        "model": "m",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": 0},
-    }
+    return chat_completion(text, prompt, completion)
 
 
 def anthropic_answer(

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from helpers import episode_requests
-from loopback import RecordedRequest, Reply, loopback
+from loopback import RecordedRequest, Reply, chat_completion, loopback
 
 from lmact.demos import DemoStore
 from lmact.errors import LmactError
@@ -67,23 +67,6 @@ def text_completion(text: str, usage: dict[str, int] | None = None) -> dict[str,
     if usage is not None:
         body["usage"] = usage
     return body
-
-
-def chat_completion(content: str) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 1_760_000_000,
-        "model": "my-model",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": 40, "completion_tokens": 2, "total_tokens": 42},
-    }
 
 
 def client_for(base_url: str | None, chat: bool = True, **options: Any) -> OpenAICompatibleModel:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from helpers import lmact
-from loopback import RecordedRequest, Reply, faults_then, loopback
+from loopback import RecordedRequest, Reply, chat_completion, faults_then, loopback
 
 from lmact import runner as runner_module
 from lmact.demos import DemoStore
@@ -27,23 +27,6 @@ TEST_VARIABLES = ("OPENAI_COMPATIBLE_API_KEY", "OPENAI_COMPATIBLE_BASE_URL", "OP
 def _no_provider_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     for variable in TEST_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
-
-
-def chat(content: str) -> dict:
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 1_760_000_000,
-        "model": "m",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": 40, "completion_tokens": 2, "total_tokens": 42},
-    }
 
 
 def test_a_run_does_not_resume_over_other_demonstrations(tmp_path: Path) -> None:
@@ -134,7 +117,9 @@ def test_a_servers_pause_is_announced(
     rate_limited = Reply(
         status=429, body={"error": {"message": "slow down"}}, headers={"Retry-After": "0.2"}
     )
-    with loopback(faults_then(rate_limited, then=lambda r: Reply(body=chat("a1")))) as server:
+    with loopback(
+        faults_then(rate_limited, then=lambda r: Reply(body=chat_completion("a1")))
+    ) as server:
         monkeypatch.setenv("OPENAI_COMPATIBLE_BASE_URL", f"{server.url}/v1")
         with RunStore(tmp_path / "runs.sqlite") as store:
             runner = Runner(store, DemoStore(tmp_path / "demos"), progress=False)
@@ -149,7 +134,7 @@ def test_a_key_the_server_echoes_is_not_stored(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPENAI_COMPATIBLE_API_KEY", KEY)
-    with loopback(lambda request: Reply(body=chat(f"a1 (your key is {KEY})"))) as server:
+    with loopback(lambda request: Reply(body=chat_completion(f"a1 (your key is {KEY})"))) as server:
         monkeypatch.setenv("OPENAI_COMPATIBLE_BASE_URL", f"{server.url}/v1")
         with RunStore(tmp_path / "runs.sqlite") as store:
             runner = Runner(store, DemoStore(tmp_path / "demos"), progress=False)

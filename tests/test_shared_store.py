@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from loopback import RecordedRequest, Reply, loopback
+from loopback import RecordedRequest, Reply, chat_completion, loopback
 
 from lmact.demos import DemoStore
 from lmact.regimes.imitation import make_config
@@ -90,21 +90,7 @@ def test_two_configurations_sharing_baselines_run_at_once(tmp_path: Path) -> Non
 def random_answers(request: RecordedRequest) -> Reply:
     """A model that answers differently each time: a random cell, after a short think."""
     time.sleep(0.002)
-    body = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 1_760_000_000,
-        "model": "m",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": random.choice(CELLS)},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": 40, "completion_tokens": 2, "total_tokens": 42},
-    }
-    return Reply(body=body)
+    return Reply(body=chat_completion(random.choice(CELLS)))
 
 
 @pytest.mark.slow
