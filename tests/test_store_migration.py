@@ -1,0 +1,69 @@
+"""A run store written by release 0.1 (tests/fixtures/store-0.1.sqlite, made by
+scripts/make_store_fixture.py) still opens, reports, and resumes its unfinished run without
+a new model call. Later releases must keep this test passing unchanged."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "tests" / "fixtures" / "store-0.1.sqlite"
+
+
+def fixture_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "make_store_fixture", ROOT / "scripts" / "make_store_fixture.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def lmact(args: list[str], store: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lmact.cli", *args, "--store", str(store)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "LMACT_CACHE_DIR": str(cache)},
+    )
+
+
+def test_an_old_store_reports_and_resumes_without_a_new_call(tmp_path: Path) -> None:
+    store = tmp_path / "store.sqlite"
+    shutil.copyfile(FIXTURE, store)
+    with sqlite3.connect(store) as db:
+        runs = db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        unfinished = db.execute("SELECT COUNT(*) FROM episodes WHERE status = 'running'")
+        assert unfinished.fetchone() == (1,)
+    db.close()
+
+    report = lmact(["report", "--format", "csv"], store, tmp_path / "cache")
+    assert report.returncode == 0, report.stderr
+    assert len(report.stdout.strip().splitlines()) == 1 + runs  # a header and every run
+
+    script = fixture_script()
+    resumed = lmact([*script.UNFINISHED_RUN, "--json"], store, tmp_path / "cache")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["episodes"] == 2 and summary["calls_made"] == 0
+    assert summary["calls_cached"] >= 1
+    for finished in script.FINISHED_RUNS:
+        again = lmact([*finished, "--json"], store, tmp_path / "cache")
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["calls_made"] == 0
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT COUNT(*) FROM episodes WHERE status != 'done'").fetchone() == (0,)
