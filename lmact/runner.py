@@ -8,9 +8,10 @@ import asyncio
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from tqdm import tqdm
 
@@ -27,7 +28,7 @@ from lmact.regimes.imitation import (
     play_episode,
     prompt_settings,
 )
-from lmact.scoring import RunSummary, summarize
+from lmact.scoring import EpisodeScores, score_episodes
 from lmact.store import (
     MAX_EPISODES,
     Claim,
@@ -397,3 +398,53 @@ class Runner:
             policy: self.run(config.baseline(policy), episodes) for policy in BASELINE_POLICIES
         }
         return summarize(result, baselines["random"].episodes, baselines["expert"].episodes)
+
+
+@dataclass(frozen=True)
+class RunSummary(EpisodeScores):
+    """What `lmact run` prints (and `--json` emits): a run's scores and what identifies it.
+    Assembled here, above the scorer, which knows episode records only."""
+
+    run_id: str
+    task: str
+    observation: str
+    model: str
+    demos: int
+    demos_hash: str
+    prefix_tokens: int
+    seed: int
+    max_steps: int
+    calls_made: int
+    calls_cached: int
+    retries: int
+    stopped_by: str | None  # what limited the packing of demonstrations, if not --demos
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["ci95"] = list(self.ci95)
+        return values
+
+
+def summarize(
+    result: RunResult,
+    random_episodes: Sequence[EpisodeRecord],
+    expert_episodes: Sequence[EpisodeRecord],
+) -> RunSummary:
+    config = result.config
+    scores = score_episodes(result.episodes, random_episodes, expert_episodes)
+    return RunSummary(
+        **asdict(scores),
+        run_id=config.run_id,
+        task=config.task,
+        observation=config.observation,
+        model=config.model,
+        demos=result.prepared.demos_used,
+        demos_hash=result.prepared.demos_hash,
+        prefix_tokens=result.prepared.prefix_tokens,
+        seed=config.seed,
+        max_steps=config.max_steps,
+        calls_made=result.calls_made,
+        calls_cached=result.calls_cached,
+        retries=result.retries,
+        stopped_by=result.prepared.stopped_by,
+    )

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
 
 import numpy as np
 
 from lmact.store import EpisodeRecord
-
-if TYPE_CHECKING:
-    from lmact.runner import RunResult
 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
@@ -133,53 +129,4 @@ def score_episodes(
         reasoning_tokens=sum(e.reasoning_tokens for e in episodes),
         cost_usd=total_cost(episodes),
         unreadable_answers=sum(e.unreadable for e in episodes),
-    )
-
-
-@dataclass(frozen=True)
-class RunSummary(EpisodeScores):
-    """What `lmact run` prints (and `--json` emits): a run's scores and what identifies it."""
-
-    run_id: str
-    task: str
-    observation: str
-    model: str
-    demos: int
-    demos_hash: str
-    prefix_tokens: int
-    seed: int
-    max_steps: int
-    calls_made: int
-    calls_cached: int
-    retries: int
-    stopped_by: str | None  # what limited the packing of demonstrations, if not --demos
-
-    def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        values["ci95"] = list(self.ci95)
-        return values
-
-
-def summarize(
-    result: RunResult,
-    random_episodes: Sequence[EpisodeRecord],
-    expert_episodes: Sequence[EpisodeRecord],
-) -> RunSummary:
-    config = result.config
-    scores = score_episodes(result.episodes, random_episodes, expert_episodes)
-    return RunSummary(
-        **asdict(scores),
-        run_id=config.run_id,
-        task=config.task,
-        observation=config.observation,
-        model=config.model,
-        demos=result.prepared.demos_used,
-        demos_hash=result.prepared.demos_hash,
-        prefix_tokens=result.prepared.prefix_tokens,
-        seed=config.seed,
-        max_steps=config.max_steps,
-        calls_made=result.calls_made,
-        calls_cached=result.calls_cached,
-        retries=result.retries,
-        stopped_by=result.prepared.stopped_by,
     )
