@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 from helpers import lmact
 from PIL import Image
+from processes import stockfish_processes, wait_until
 
 from lmact.envs import chess as chess_env
 from lmact.envs.base import DEMO_SEED_BASE, IllegalActionError, InvalidActionError, StepOutcome
@@ -34,35 +34,9 @@ def env_at(fen: str, moves: tuple[str, ...] = (), seed: int = 0, **options: obje
     return env
 
 
-def stockfish_processes(parent: int | None = None) -> set[int]:
-    """Pids of the running Stockfish processes (only the children of `parent`, if given)."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # the process ended meanwhile
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        parent_pid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if name == "stockfish" and parent in (None, parent_pid):
-            pids.add(int(entry.name))
-    return pids
-
-
 def stockfish_children() -> set[int]:
     """Pids of the Stockfish processes that this test process started."""
     return stockfish_processes(parent=os.getpid())
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 # --- finding Stockfish --------------------------------------------------------------------------
@@ -407,6 +381,34 @@ def test_a_dead_engine_is_restarted() -> None:
     env.step(env.legal_actions()[0])  # the opponent's move needs the engine again
     assert stockfish_children() and pid not in stockfish_children()
     close_engines()
+
+
+def test_an_engine_killed_just_before_a_call_is_restarted_not_waited_for() -> None:
+    # python-chess can miss a death that comes as a command starts and wait forever; run in a
+    # subprocess so that such a hang fails the test instead of stalling the suite.
+    script = (
+        "import os, signal\n"
+        "from processes import stockfish_processes\n"
+        "from lmact.envs.chess import Chess\n"
+        "env = Chess()\n"
+        "env.reset(1)\n"
+        "for _ in range(8):\n"
+        "    env.step(env.legal_actions()[0])\n"
+        "    for pid in stockfish_processes(parent=os.getpid()):\n"
+        "        os.kill(pid, signal.SIGKILL)\n"
+        "    env.reset(1)\n"
+        "print(env.expert_action())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() and result.stderr == ""
 
 
 def test_a_process_that_used_stockfish_exits_and_leaves_none_behind() -> None:

@@ -110,6 +110,7 @@ class _EnginePool:
         if self._owner != os.getpid():
             # A new process (or a fork, whose copy of the parent's loop thread does not run).
             self._loop = asyncio.new_event_loop()
+            self._loop.set_exception_handler(_quiet_about_dead_engines)
             threading.Thread(
                 target=self._loop.run_forever, name="lmact-stockfish", daemon=True
             ).start()
@@ -130,7 +131,7 @@ class _EnginePool:
             for attempt in range(2):
                 engine = self._engine(path)
                 try:
-                    return self._run(use(engine))
+                    return self._run(_unless_terminated(engine, use(engine)))
                 except chess.engine.EngineTerminatedError:
                     self._engines.pop(path, None)
                     if attempt == 1:
@@ -149,6 +150,31 @@ class _EnginePool:
                     except Exception:  # a stuck or dead engine is killed instead
                         transport.kill()
             self._engines = {}
+
+
+def _quiet_about_dead_engines(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    # A dead engine is reported (and restarted) by _EnginePool.call; python-chess's own
+    # futures that saw it die need not be logged when they are collected.
+    if not isinstance(context.get("exception"), chess.engine.EngineTerminatedError):
+        loop.default_exception_handler(context)
+
+
+async def _unless_terminated(
+    engine: chess.engine.UciProtocol, coroutine: Coroutine[Any, Any, _T]
+) -> _T:
+    """Await `coroutine`, or raise EngineTerminatedError as soon as the engine has died.
+
+    python-chess can miss an engine's death that comes just as a command starts, and then
+    waits for the command forever; the engine's exit code settles it.
+    """
+    work = asyncio.ensure_future(coroutine)
+    await asyncio.wait({work, engine.returncode}, return_when=asyncio.FIRST_COMPLETED)
+    if work.done():
+        return work.result()
+    work.cancel()
+    raise chess.engine.EngineTerminatedError(
+        f"engine process died (exit code: {engine.returncode.result()})"
+    )
 
 
 _ENGINES = _EnginePool()
