@@ -135,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--cot", action="store_true", help="ask for reasoning before the action (chain of thought)"
     )
     run.add_argument(
+        "--no-past-actions",
+        action="store_true",
+        help="show the current episode's past observations without the actions taken "
+        "(demonstrations keep their actions)",
+    )
+    run.add_argument(
+        "--answer-match",
+        choices=("lenient", "exact"),
+        default="lenient",
+        help="lenient (default): read answers with the task's parser (any case, SAN without "
+        "+); exact: only an answer spelled exactly as one of the legal actions is legal, as "
+        "in the reference code",
+    )
+    run.add_argument(
         "--context-window",
         type=int,
         help="the model's context window in tokens (local models: the KV cache "
@@ -259,6 +273,8 @@ def _command_run(args: argparse.Namespace) -> None:
         show_legal_actions=args.legal_actions,
         chain_of_thought=args.cot,
         max_tokens=args.max_tokens,
+        past_actions=not args.no_past_actions,
+        answer_match=args.answer_match,
     )
     episodes = args.episodes if args.episodes is not None else get_task(args.task).episodes
     options = _model_options(args)

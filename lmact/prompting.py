@@ -58,11 +58,12 @@ def observation_parts(observation: Observation) -> list[Part]:
     return [TextPart(f"{OBSERVATION_LABEL}\n{observation.text}\n")]
 
 
-def episode_parts(steps: Sequence[Step]) -> list[Part]:
+def episode_parts(steps: Sequence[Step], with_actions: bool = True) -> list[Part]:
     parts: list[Part] = []
     for observation, action in steps:
         parts += observation_parts(observation)
-        parts.append(TextPart(f"{ACTION_LABEL} {action}\n"))
+        if with_actions:
+            parts.append(TextPart(f"{ACTION_LABEL} {action}\n"))
     return parts
 
 
@@ -70,6 +71,9 @@ def episode_parts(steps: Sequence[Step]) -> list[Part]:
 class PromptSettings:
     show_legal_actions: bool = False
     chain_of_thought: bool = False
+    # False: the current episode shows its past observations only, not the actions taken
+    # (the reference protocol's `include_past_actions`); demonstrations keep theirs.
+    past_actions: bool = True
 
 
 class PromptBuilder:
@@ -113,7 +117,7 @@ class PromptBuilder:
         seed: int = 0,
     ) -> ModelRequest:
         episode: list[Part] = [TextPart(template("current_episode").substitute())]
-        episode += episode_parts(trajectory)
+        episode += episode_parts(trajectory, with_actions=self.settings.past_actions)
         episode += observation_parts(observation)
         episode.append(TextPart(self.tail(legal_actions, with_demonstrations)))
         cot = self.settings.chain_of_thought

@@ -30,6 +30,8 @@ COLUMNS = [
     "cached_tokens",
     "completion_tokens",
     "cost_usd",
+    "answer_match",
+    "past_actions",
 ]
 FORMATS = ("markdown", "csv")
 
@@ -67,6 +69,8 @@ def run_row(store: RunStore, run: RunRecord) -> dict[str, Any] | None:
         "observation": config.observation,
         "model": config.model,
         "demos": run.demos_used,
+        "answer_match": config.answer_match,
+        "past_actions": config.past_actions,
         "ci95_low": scores.ci95[0],
         "ci95_high": scores.ci95[1],
         **{name: getattr(scores, name) for name in COLUMNS if hasattr(scores, name)},

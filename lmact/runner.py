@@ -418,6 +418,8 @@ class RunSummary(EpisodeScores):
     calls_cached: int
     retries: int
     stopped_by: str | None  # what limited the packing of demonstrations, if not --demos
+    past_actions: bool
+    answer_match: str
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -447,4 +449,6 @@ def summarize(
         calls_cached=result.calls_cached,
         retries=result.retries,
         stopped_by=result.prepared.stopped_by,
+        past_actions=config.past_actions,
+        answer_match=config.answer_match,
     )

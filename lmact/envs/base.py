@@ -195,14 +195,23 @@ class ParsedAnswer:
     action: str | None  # the canonical action when VALID, else None
 
 
-def classify_answer(env: Environment, answer: str) -> ParsedAnswer:
-    """Classify an answer (already extracted from the completion) against `env`'s state."""
+def classify_answer(env: Environment, answer: str, exact: bool = False) -> ParsedAnswer:
+    """Classify an answer (already extracted from the completion) against `env`'s state.
+
+    `exact` (the reference protocol's rule): only an answer that is, without surrounding
+    whitespace, one of the legal actions as listed is valid; any other well-formed answer
+    (`Bb5` for `Bb5+`, `A1` for `a1`) is illegal, and the parser still tells invalid ones.
+    """
     if not answer.strip():
         return ParsedAnswer(AnswerKind.EMPTY, None)
+    if exact and answer.strip() in env.legal_actions():
+        return ParsedAnswer(AnswerKind.VALID, answer.strip())
     try:
         action = env.parse_action(answer)
     except IllegalActionError:
         return ParsedAnswer(AnswerKind.ILLEGAL, None)
     except InvalidActionError:
         return ParsedAnswer(AnswerKind.INVALID, None)
+    if exact:
+        return ParsedAnswer(AnswerKind.ILLEGAL, None)  # well formed, not as listed
     return ParsedAnswer(AnswerKind.VALID, action)

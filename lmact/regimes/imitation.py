@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lmact.demos import DEMO_SEED_BASE
 from lmact.envs.base import AnswerKind, Environment, classify_answer
-from lmact.errors import LmactError
+from lmact.errors import LmactError, UnknownNameError
 from lmact.models.base import UNREADABLE, Part
 from lmact.models.caller import ModelCaller
 from lmact.prompting import (
@@ -37,6 +37,10 @@ CHAIN_OF_THOUGHT_MAX_TOKENS = 512
 # Streams of an episode's seed that the loop itself draws from (the environment uses its own).
 _FALLBACK_STREAM = 1
 _POLICY_STREAM = 2
+ANSWER_MATCHES = ("lenient", "exact")
+# Fields added after release 0.1, with the value that keeps 0.1's behaviour: at that value
+# they stay out of the run id, so that a 0.1 run keeps its id and resumes.
+_ADDED_FIELDS = {"past_actions": True, "answer_match": "lenient"}
 
 
 class ImitationConfig(BaseModel):
@@ -61,6 +65,11 @@ class ImitationConfig(BaseModel):
     chain_of_thought: bool = False
     max_tokens: int = Field(gt=0)
     prompts: str  # fingerprint of the prompt templates
+    # The current episode's past actions in the prompt (False: observations only).
+    past_actions: bool = True
+    # How an answer must be spelled: "lenient" reads it with the task's parser (any case,
+    # SAN without the check sign …); "exact" only as one of the legal actions as listed.
+    answer_match: Literal["lenient", "exact"] = "lenient"
 
     @model_validator(mode="after")
     def _one_way_to_choose_demos(self) -> ImitationConfig:
@@ -70,7 +79,12 @@ class ImitationConfig(BaseModel):
 
     @property
     def run_id(self) -> str:
-        payload = json.dumps(self.model_dump(), sort_keys=True)
+        values = {
+            key: value
+            for key, value in self.model_dump().items()
+            if not (key in _ADDED_FIELDS and value == _ADDED_FIELDS[key])
+        }
+        payload = json.dumps(values, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def test_seed(self, episode: int) -> int:
@@ -105,6 +119,8 @@ def make_config(
     show_legal_actions: bool = False,
     chain_of_thought: bool = False,
     max_tokens: int | None = None,
+    past_actions: bool = True,
+    answer_match: str = "lenient",
 ) -> ImitationConfig:
     """A run configuration with the task's defaults filled in; names are checked here."""
     spec = get_task(task)
@@ -114,6 +130,8 @@ def make_config(
         raise LmactError("give either --demos or --token-budget, not both")
     if demos is None and token_budget is None:
         demos = DEFAULT_DEMOS
+    if answer_match not in ANSWER_MATCHES:
+        raise UnknownNameError("--answer-match", answer_match, ANSWER_MATCHES)
     for name, value in (("--demos", demos), ("--seed", seed)):
         if value is not None and value < 0:
             raise LmactError(f"{name} must be at least 0, not {value}")
@@ -138,6 +156,8 @@ def make_config(
         max_tokens=max_tokens
         or (CHAIN_OF_THOUGHT_MAX_TOKENS if chain_of_thought else spec.max_answer_tokens),
         prompts=templates_fingerprint(),
+        past_actions=past_actions,
+        answer_match=answer_match,  # type: ignore[arg-type] - checked above
     )
 
 
@@ -167,7 +187,7 @@ class EpisodePlan:
 
 
 def prompt_settings(config: ImitationConfig) -> PromptSettings:
-    return PromptSettings(config.show_legal_actions, config.chain_of_thought)
+    return PromptSettings(config.show_legal_actions, config.chain_of_thought, config.past_actions)
 
 
 async def play_episode(
@@ -205,7 +225,7 @@ async def play_episode(
             )
             response = await caller.call(request, oracle)
             answer = extract_answer(response.text)
-            parsed = classify_answer(env, answer)
+            parsed = classify_answer(env, answer, exact=config.answer_match == "exact")
             # Anything but a valid action (which alone has one) is replaced by a uniformly
             # random legal action.
             action = (

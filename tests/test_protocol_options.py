@@ -1,0 +1,158 @@
+"""The reference protocol's options: exact answer matching and a trajectory without past
+actions; each is part of the run's identity, and at its default a run keeps its old id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from helpers import demonstrations, lmact
+
+from lmact.demos import DemoStore
+from lmact.envs.base import AnswerKind, classify_answer
+from lmact.models.base import (
+    ModelClient,
+    ModelOptions,
+    ModelRequest,
+    ModelResponse,
+    Part,
+    PolicyOracle,
+    estimate_tokens,
+)
+from lmact.prompting import ACTION_LABEL, PromptBuilder, PromptSettings
+from lmact.regimes.imitation import make_config
+from lmact.runner import Runner
+from lmact.store import RunStore
+from lmact.tasks import get_task
+
+
+@pytest.mark.parametrize(
+    ("task", "answer", "lenient", "exact"),
+    [
+        ("tic_tac_toe", "a2", AnswerKind.VALID, AnswerKind.VALID),
+        ("tic_tac_toe", "A2", AnswerKind.VALID, AnswerKind.ILLEGAL),
+        ("tic_tac_toe", "a2.", AnswerKind.VALID, AnswerKind.ILLEGAL),
+        ("tic_tac_toe", "  a2 ", AnswerKind.VALID, AnswerKind.VALID),
+        ("tic_tac_toe", "z9", AnswerKind.INVALID, AnswerKind.INVALID),
+        ("grid_world", "Left", AnswerKind.VALID, AnswerKind.ILLEGAL),
+        ("grid_world", "left", AnswerKind.VALID, AnswerKind.VALID),
+    ],
+)
+def test_exact_matching_accepts_only_the_listed_spelling(
+    task: str, answer: str, lenient: AnswerKind, exact: AnswerKind
+) -> None:
+    env = get_task(task).make_environment()
+    env.reset(3)
+    if task == "tic_tac_toe" and "a2" not in env.legal_actions():
+        env.reset(4)
+    assert classify_answer(env, answer).kind is lenient
+    parsed = classify_answer(env, answer, exact=True)
+    assert parsed.kind is exact
+    if exact is AnswerKind.VALID:
+        assert parsed.action == answer.strip()
+
+
+def test_exact_matching_needs_the_check_sign_in_chess() -> None:
+    env = get_task("chess").make_environment()
+    for seed in range(200):  # the first test opening where the agent can give check
+        env.reset(seed)
+        checks = [move for move in env.legal_actions() if move.endswith("+")]
+        if checks:
+            break
+    assert checks, "no test opening allows a check"
+    move = checks[0]
+    assert classify_answer(env, move[:-1]).kind is AnswerKind.VALID
+    assert classify_answer(env, move[:-1], exact=True).kind is AnswerKind.ILLEGAL
+    assert classify_answer(env, move, exact=True).action == move
+
+
+def test_without_past_actions_the_episode_shows_observations_only() -> None:
+    demos = demonstrations("grid_world", "txt", 1)
+    env = get_task("grid_world").make_environment()
+    env.reset(5)
+    first = env.render("txt")
+    action = env.expert_action()
+    env.step(action)
+    trajectory = [(first, action)]
+    requests = {}
+    for past_actions in (True, False):
+        builder = PromptBuilder(PromptSettings(past_actions=past_actions))
+        prefix = builder.prefix(demos)
+        request = builder.request(
+            prefix,
+            trajectory,
+            env.render("txt"),
+            env.legal_actions(),
+            with_demonstrations=True,
+            max_tokens=8,
+        )
+        requests[past_actions] = "".join(p.text for p in request.parts[len(prefix) :])
+        assert ACTION_LABEL in "".join(p.text for p in prefix)  # demonstrations keep theirs
+    assert f"{ACTION_LABEL} {action}" in requests[True]
+    assert ACTION_LABEL not in requests[False].split("Observation:")[1]
+    assert requests[False].count("Observation:") == requests[True].count("Observation:") == 2
+
+
+class UpperCaseAnswers(ModelClient):
+    """Answers every step with the first legal cell it reads in the prompt, in upper case."""
+
+    def __init__(self) -> None:
+        super().__init__("test/upper-case", ModelOptions())
+
+    def count_tokens(self, parts: Sequence[Part]) -> int:
+        return estimate_tokens(parts)
+
+    async def complete(
+        self, request: ModelRequest, oracle: PolicyOracle | None = None
+    ) -> ModelResponse:
+        legal = request.parts[-1].text.split("legal actions in this state are: ")[1]
+        return ModelResponse(text=legal.split(",")[0].strip().upper(), prompt_tokens=1)
+
+
+def test_exact_runs_count_a_wrong_spelling_as_illegal(tmp_path: Path) -> None:
+    summaries = {}
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        runner = Runner(store, DemoStore(tmp_path / "demos"), progress=False)
+        runner._clients["test/upper-case"] = UpperCaseAnswers()
+        for match in ("lenient", "exact"):
+            config = make_config(
+                "tic_tac_toe",
+                model="test/upper-case",
+                demos=0,
+                show_legal_actions=True,
+                answer_match=match,
+            )
+            summaries[match] = runner.evaluate(config, 3)
+    assert summaries["lenient"].illegal_rate == 0.0
+    assert summaries["exact"].illegal_rate == 1.0
+    assert summaries["lenient"].run_id != summaries["exact"].run_id
+    assert summaries["exact"].to_dict()["answer_match"] == "exact"
+
+
+def test_a_run_keeps_its_old_id_at_the_defaults() -> None:
+    config = make_config("tic_tac_toe", model="random", demos=2)
+    old = config.model_dump(exclude={"past_actions", "answer_match"})
+    expected = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    assert config.run_id == expected
+    changed = make_config("tic_tac_toe", model="random", demos=2, past_actions=False)
+    assert changed.run_id != expected
+
+
+def test_the_options_reach_json_and_the_report(tmp_path: Path) -> None:
+    run = ["run", "--task", "grid_world", "--model", "expert", "--episodes", "2", "--json"]
+    result = lmact(*run, "--no-past-actions", "--answer-match", "exact", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["past_actions"] is False and summary["answer_match"] == "exact"
+    report = lmact("report", "--format", "csv", cwd=tmp_path)
+    header, *rows = report.stdout.splitlines()
+    columns = header.split(",")
+    row = next(
+        dict(zip(columns, r.split(","), strict=True)) for r in rows if summary["run_id"] in r
+    )
+    assert row["answer_match"] == "exact" and row["past_actions"] == "False"
+    bad = lmact(*run, "--answer-match", "fuzzy", cwd=tmp_path)
+    assert bad.returncode == 2 and "invalid choice: 'fuzzy'" in bad.stderr
