@@ -73,6 +73,92 @@ def test_stockfish_from_the_variable_then_path_then_debian(
         Chess()
 
 
+def engine_error(monkeypatch: pytest.MonkeyPatch, path: Path | str) -> str:
+    """The one-line error of starting the engine at `path` for an expert move."""
+    monkeypatch.setenv("LMACT_STOCKFISH", str(path))
+    with pytest.raises(LmactError) as caught:
+        env = Chess()
+        env.reset(0)
+        env.expert_action()
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_program_that_never_answers_the_handshake_fails_in_one_line() -> None:
+    # cat echoes `uci` back and never says `uciok`. In a subprocess, so that a hang fails the
+    # test instead of stalling the suite; it also reports whether cat was left running.
+    script = (
+        "import os, time\n"
+        "from processes import descendants\n"
+        "from lmact.envs import chess\n"
+        "from lmact.errors import LmactError\n"
+        "chess.HANDSHAKE_TIMEOUT_S = 0.5\n"
+        "env = chess.Chess()\n"
+        "env.reset(0)\n"
+        "started = time.monotonic()\n"
+        "try:\n"
+        "    env.expert_action()\n"
+        "except LmactError as error:\n"
+        "    print(error)\n"
+        "print(round(time.monotonic() - started))\n"
+        "time.sleep(0.5)\n"
+        "print(sorted(info.name for info in descendants(os.getpid()).values()))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).parent,
+        env={**os.environ, "LMACT_STOCKFISH": "/bin/cat"},
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.splitlines() == [
+        "the chess engine /bin/cat did not answer the UCI handshake within 0.5 s; is it Stockfish?",
+        "1",
+        "[]",  # cat was killed
+    ]
+
+
+def test_a_program_that_is_not_an_engine_fails_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert engine_error(monkeypatch, "/bin/true") == (
+        "the chess engine /bin/true exited during the UCI handshake; is it Stockfish?"
+    )
+    not_executable = tmp_path / "stockfish"
+    not_executable.write_text("#!/bin/sh\n")
+    not_executable.chmod(0o644)
+    assert engine_error(monkeypatch, not_executable) == (
+        f"LMACT_STOCKFISH={not_executable} is not an executable file"
+    )
+    assert engine_error(monkeypatch, tmp_path) == (
+        f"LMACT_STOCKFISH={tmp_path} is not an executable file"
+    )
+
+
+@pytest.mark.parametrize("kind", ["directory", "not executable"])
+def test_an_engine_path_that_cannot_run_fails_in_one_line(tmp_path: Path, kind: str) -> None:
+    # Below find_stockfish: a path that passed its check but cannot be run after all.
+    path = tmp_path
+    if kind == "not executable":
+        path = tmp_path / "stockfish"
+        path.write_text("")
+    with pytest.raises(LmactError, match=rf"^the chess engine {path} could not be started \("):
+        chess_env._ENGINES.call(str(path), lambda engine: engine.ping())
+
+
+def test_a_missing_engine_is_one_line_from_lmact_demos(tmp_path: Path) -> None:
+    environment = {**os.environ, "LMACT_STOCKFISH": "/bin/true"}
+    result = lmact("demos", "chess", "--episodes", "1", cwd=tmp_path, env=environment)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "lmact: error: the chess engine /bin/true exited during the UCI handshake; is it Stockfish?"
+    ]
+
+
 # --- rules and outcomes ------------------------------------------------------------------------
 
 

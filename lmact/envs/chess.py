@@ -52,6 +52,9 @@ STOCKFISH_VARIABLE = "LMACT_STOCKFISH"
 DEBIAN_STOCKFISH = "/usr/games/stockfish"
 NOTATIONS = ("san", "uci")
 DEFAULT_OPENINGS_FILE = "data/chess_openings.jsonl"
+# Seconds an engine may take to start and answer `uci` with `uciok` (Stockfish takes ~0.1 s);
+# a program that is not a UCI engine (e.g. /bin/cat, which echoes `uci`) would never answer.
+HANDSHAKE_TIMEOUT_S = 10.0
 
 # The handicap rule of Stockfish's skill levels, on centipawn scores.
 _STRONGEST_SKILL = 20
@@ -117,10 +120,7 @@ class _EnginePool:
             self._owner = os.getpid()
             self._engines = {}
         if path not in self._engines:
-            try:
-                self._engines[path] = self._run(chess.engine.popen_uci(path))
-            except (OSError, chess.engine.EngineError) as error:
-                raise LmactError(f"could not start Stockfish at {path}: {error}") from None
+            self._engines[path] = self._run(_start_engine(path))
         return self._engines[path][1]
 
     def call(
@@ -175,6 +175,30 @@ async def _unless_terminated(
     raise chess.engine.EngineTerminatedError(
         f"engine process died (exit code: {engine.returncode.result()})"
     )
+
+
+async def _start_engine(
+    path: str,
+) -> tuple[asyncio.SubprocessTransport, chess.engine.UciProtocol]:
+    """Start the engine at `path` and complete the UCI handshake, or raise LmactError.
+
+    On failure the started process is killed (popen_uci closes its transport, which kills it).
+    """
+    timeout = HANDSHAKE_TIMEOUT_S
+    try:
+        # Its own process group: a Ctrl-C at the terminal reaches lmact alone, which quits the
+        # engine. However its owner ends (even by SIGKILL), the engine reads the end of its
+        # input and quits too.
+        return await asyncio.wait_for(chess.engine.popen_uci(path, setpgrp=True), timeout)
+    except TimeoutError:
+        problem = f"did not answer the UCI handshake within {timeout:g} s; is it Stockfish?"
+    except chess.engine.EngineTerminatedError:
+        problem = "exited during the UCI handshake; is it Stockfish?"
+    except chess.engine.EngineError as error:
+        problem = f"failed the UCI handshake ({error}); is it Stockfish?"
+    except OSError as error:
+        problem = f"could not be started ({error.strerror or error})"
+    raise LmactError(f"the chess engine {path} {problem}")
 
 
 _ENGINES = _EnginePool()
