@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from helpers import lmact
 from PIL import Image
-from processes import stockfish_processes, wait_until
+from processes import running, stockfish_processes, wait_until
 
 from lmact.envs import chess as chess_env
 from lmact.envs.base import DEMO_SEED_BASE, IllegalActionError, InvalidActionError, StepOutcome
@@ -512,6 +513,27 @@ def test_a_process_that_used_stockfish_exits_and_leaves_none_behind() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
     assert wait_until(lambda: stockfish_processes() <= before)
+
+
+def test_an_engine_quits_when_its_owner_is_killed_mid_search() -> None:
+    # However its owner ends, even by SIGKILL with no cleanup, the engine reads the end of its
+    # input and quits, here in the middle of a 30 s search.
+    script = (
+        "from lmact.envs.chess import Chess\n"
+        "env = Chess(expert_time_ms=30_000)\n"
+        "env.reset(0)\n"
+        "env.expert_action()\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        assert wait_until(lambda: bool(stockfish_processes(parent=owner.pid)), timeout=30)
+        (engine,) = stockfish_processes(parent=owner.pid)
+        time.sleep(0.5)  # well into the search
+        owner.kill()
+        owner.wait()
+        assert wait_until(lambda: not running([engine]), timeout=5)
+    finally:
+        owner.kill()
 
 
 # --- through the command line --------------------------------------------------------------------

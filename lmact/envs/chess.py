@@ -13,6 +13,8 @@ reproducible, so a rerun through the call cache meets the same positions.
 
 One Stockfish process serves every chess environment of a process (starting one costs about
 100 ms; a 1-node move about 1 ms); it is closed when the process exits or on `close_engines()`.
+If the process ends any other way (even by SIGKILL), Stockfish reads the end of its input,
+which only that process held open, and quits by itself, mid-search too.
 """
 
 from __future__ import annotations
