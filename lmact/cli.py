@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(demonstrations keep their actions)",
     )
     run.add_argument(
+        "--prompts",
+        metavar="DIR",
+        help="a folder of prompt templates with the shipped file names, replacing the "
+        "shipped set (their text is part of the run's identity)",
+    )
+    run.add_argument(
         "--answer-match",
         choices=("lenient", "exact"),
         default="lenient",
@@ -275,6 +281,7 @@ def _command_run(args: argparse.Namespace) -> None:
         max_tokens=args.max_tokens,
         past_actions=not args.no_past_actions,
         answer_match=args.answer_match,
+        prompts_dir=args.prompts,
     )
     episodes = args.episodes if args.episodes is not None else get_task(args.task).episodes
     options = _model_options(args)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from itertools import islice
+from pathlib import Path
 from string import Template
 
 from lmact.envs.base import Observation
@@ -31,19 +32,55 @@ REASONING_LABEL = "Reasoning:"
 Step = tuple[Observation, str]
 
 
+# Every template, with the placeholders it is filled with.
+TEMPLATE_FIELDS: dict[str, frozenset[str]] = {
+    "preamble_with_demos": frozenset(),
+    "preamble_without_demos": frozenset(),
+    "current_episode": frozenset(),
+    "legal_actions": frozenset({"actions"}),
+    "instruction": frozenset({"evidence"}),
+    "instruction_cot": frozenset({"evidence"}),
+}
+
+
+def prompts_folder(folder: Path | str | None = None) -> Path:
+    """The templates' folder: `folder` (a user's --prompts), else the shipped one."""
+    return Path(folder) if folder is not None else data_dir("prompts")
+
+
 @cache
-def template(name: str) -> Template:
-    """A prompt template from `prompts/`, by file stem."""
-    path = data_dir("prompts") / f"{name}.txt"
-    if not path.is_file():
-        raise LmactError(f"prompt template {name!r} is missing ({path})")
-    return Template(path.read_text())
+def template(name: str, folder: Path | None = None) -> Template:
+    """A prompt template by file stem, from `folder` or the shipped templates."""
+    path = prompts_folder(folder) / f"{name}.txt"
+    try:
+        return Template(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        reason = "missing" if isinstance(error, FileNotFoundError) else "unreadable"
+        raise LmactError(f"prompt template {path} is {reason}") from None
 
 
-def templates_fingerprint() -> str:
+def check_templates(folder: Path | str | None = None) -> None:
+    """Every template present and filled by exactly its placeholders: one-line errors."""
+    base = prompts_folder(folder)
+    if not base.is_dir():
+        raise LmactError(f"--prompts {base} is not a folder of templates")
+    for name, fields in TEMPLATE_FIELDS.items():
+        text = template(name, base if folder is not None else None)
+        try:
+            text.substitute({field: "x" for field in fields})
+        except (KeyError, ValueError) as error:
+            problem = f"unknown placeholder ${error}" if isinstance(error, KeyError) else error
+            raise LmactError(
+                f"prompt template {base / (name + '.txt')}: {problem}; it may use "
+                + (", ".join(f"${f}" for f in sorted(fields)) or "no placeholder")
+                + " ($$ writes a dollar sign)"
+            ) from None
+
+
+def templates_fingerprint(folder: Path | str | None = None) -> str:
     """The templates' text, for run identities: a new wording is a new run."""
     digest = hashlib.sha256()
-    for path in sorted(data_dir("prompts").glob("*.txt")):
+    for path in sorted(prompts_folder(folder).glob("*.txt")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
 
@@ -74,6 +111,7 @@ class PromptSettings:
     # False: the current episode shows its past observations only, not the actions taken
     # (the reference protocol's `include_past_actions`); demonstrations keep theirs.
     past_actions: bool = True
+    prompts: Path | None = None  # a folder of templates replacing the shipped ones
 
 
 class PromptBuilder:
@@ -82,11 +120,14 @@ class PromptBuilder:
     def __init__(self, settings: PromptSettings) -> None:
         self.settings = settings
 
+    def template(self, name: str) -> Template:
+        return template(name, self.settings.prompts)
+
     def prefix(self, demonstrations: Sequence[Sequence[Step]]) -> tuple[Part, ...]:
         """Preamble and demonstrations: the stable prefix of every prompt of a run."""
         if not demonstrations:
-            return (TextPart(template("preamble_without_demos").substitute()),)
-        parts: list[Part] = [TextPart(template("preamble_with_demos").substitute())]
+            return (TextPart(self.template("preamble_without_demos").substitute()),)
+        parts: list[Part] = [TextPart(self.template("preamble_with_demos").substitute())]
         for demonstration in demonstrations:
             parts += episode_parts(demonstration)
             parts.append(TextPart("\n"))  # a blank line between episodes
@@ -96,14 +137,14 @@ class PromptBuilder:
         """What follows the current observation: the legal actions and the instruction."""
         text = "\n"
         if self.settings.show_legal_actions:
-            text += template("legal_actions").substitute(actions=", ".join(legal_actions))
+            text += self.template("legal_actions").substitute(actions=", ".join(legal_actions))
         evidence = (
             "the demonstrations and the episode so far"
             if with_demonstrations
             else "the episode so far"
         )
         name = "instruction_cot" if self.settings.chain_of_thought else "instruction"
-        return text + template(name).substitute(evidence=evidence)
+        return text + self.template(name).substitute(evidence=evidence)
 
     def request(
         self,
@@ -116,7 +157,7 @@ class PromptBuilder:
         max_tokens: int,
         seed: int = 0,
     ) -> ModelRequest:
-        episode: list[Part] = [TextPart(template("current_episode").substitute())]
+        episode: list[Part] = [TextPart(self.template("current_episode").substitute())]
         episode += episode_parts(trajectory, with_actions=self.settings.past_actions)
         episode += observation_parts(observation)
         episode.append(TextPart(self.tail(legal_actions, with_demonstrations)))
@@ -198,7 +239,7 @@ def pack_demonstrations(
     longest = 0
     most_images = 0  # images of the longest episode (in images) chosen
     if exact is not None:
-        running = count_tokens([TextPart(template("preamble_with_demos").substitute())])
+        running = count_tokens([TextPart(builder.template("preamble_with_demos").substitute())])
         for demonstration in islice(candidates, exact):
             chosen.append(demonstration)
             parts = episode_parts(demonstration)
@@ -234,7 +275,7 @@ def pack_demonstrations(
         return Packing(tuple(chosen), prefix, prefix_tokens, reserve(longest))
 
     assert budget is not None
-    running = count_tokens([TextPart(template("preamble_with_demos").substitute())])
+    running = count_tokens([TextPart(builder.template("preamble_with_demos").substitute())])
     running_images = 0
     first_need: int | None = None
     stopped_by: str | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from lmact.models.base import (
     estimate_tokens,
 )
 from lmact.prompting import ACTION_LABEL, PromptBuilder, PromptSettings
-from lmact.regimes.imitation import make_config
+from lmact.regimes.imitation import make_config, prompt_settings
+from lmact.resources import data_dir
 from lmact.runner import Runner
 from lmact.store import RunStore
 from lmact.tasks import get_task
@@ -134,7 +136,7 @@ def test_exact_runs_count_a_wrong_spelling_as_illegal(tmp_path: Path) -> None:
 
 def test_a_run_keeps_its_old_id_at_the_defaults() -> None:
     config = make_config("tic_tac_toe", model="random", demos=2)
-    old = config.model_dump(exclude={"past_actions", "answer_match"})
+    old = config.model_dump(exclude={"past_actions", "answer_match", "prompts_dir"})
     expected = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert config.run_id == expected
     changed = make_config("tic_tac_toe", model="random", demos=2, past_actions=False)
@@ -156,3 +158,46 @@ def test_the_options_reach_json_and_the_report(tmp_path: Path) -> None:
     assert row["answer_match"] == "exact" and row["past_actions"] == "False"
     bad = lmact(*run, "--answer-match", "fuzzy", cwd=tmp_path)
     assert bad.returncode == 2 and "invalid choice: 'fuzzy'" in bad.stderr
+
+
+def custom_prompts(folder: Path) -> Path:
+    shutil.copytree(data_dir("prompts"), folder)
+    preamble = folder / "preamble_with_demos.txt"
+    preamble.write_text("CUSTOM PREAMBLE. " + preamble.read_text())
+    return folder
+
+
+def test_a_prompts_folder_replaces_the_templates(tmp_path: Path) -> None:
+    folder = custom_prompts(tmp_path / "prompts")
+    shipped = make_config("tic_tac_toe", model="random", demos=1)
+    custom = make_config("tic_tac_toe", model="random", demos=1, prompts_dir=str(folder))
+    assert custom.run_id != shipped.run_id and custom.prompts != shipped.prompts
+    builder = PromptBuilder(prompt_settings(custom))
+    prefix = builder.prefix(demonstrations("tic_tac_toe", "txt", 1))
+    assert prefix[0].text.startswith("CUSTOM PREAMBLE. ")
+    moved = shutil.copytree(folder, tmp_path / "elsewhere")  # the same text, elsewhere
+    again = make_config("tic_tac_toe", model="random", demos=1, prompts_dir=str(moved))
+    assert again.run_id == custom.run_id
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: (f / "instruction.txt").unlink(), "instruction.txt is missing"),
+        (
+            lambda f: (f / "legal_actions.txt").write_text("Legal: $moves"),
+            "legal_actions.txt: unknown placeholder $'moves'; it may use $actions",
+        ),
+        (
+            lambda f: (f / "current_episode.txt").write_text("costs $5"),
+            "current_episode.txt: Invalid placeholder",
+        ),
+    ],
+    ids=["missing", "unknown-placeholder", "stray-dollar"],
+)
+def test_a_broken_prompts_folder_is_one_line(tmp_path: Path, damage: object, message: str) -> None:
+    folder = custom_prompts(tmp_path / "prompts")
+    damage(folder)  # type: ignore[operator]
+    result = lmact("run", "--task", "tic_tac_toe", "--prompts", str(folder), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr and len(result.stderr.splitlines()) == 1

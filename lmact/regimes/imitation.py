@@ -11,6 +11,7 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -25,6 +26,7 @@ from lmact.prompting import (
     PromptBuilder,
     PromptSettings,
     Step,
+    check_templates,
     extract_answer,
     templates_fingerprint,
 )
@@ -41,6 +43,8 @@ ANSWER_MATCHES = ("lenient", "exact")
 # Fields added after release 0.1, with the value that keeps 0.1's behaviour: at that value
 # they stay out of the run id, so that a 0.1 run keeps its id and resumes.
 _ADDED_FIELDS = {"past_actions": True, "answer_match": "lenient"}
+# Where the templates were read from: their fingerprint (`prompts`) is what identifies a run.
+_NOT_IN_ID = frozenset({"prompts_dir"})
 
 
 class ImitationConfig(BaseModel):
@@ -65,6 +69,7 @@ class ImitationConfig(BaseModel):
     chain_of_thought: bool = False
     max_tokens: int = Field(gt=0)
     prompts: str  # fingerprint of the prompt templates
+    prompts_dir: str | None = None  # the --prompts folder, if not the shipped templates
     # The current episode's past actions in the prompt (False: observations only).
     past_actions: bool = True
     # How an answer must be spelled: "lenient" reads it with the task's parser (any case,
@@ -82,7 +87,7 @@ class ImitationConfig(BaseModel):
         values = {
             key: value
             for key, value in self.model_dump().items()
-            if not (key in _ADDED_FIELDS and value == _ADDED_FIELDS[key])
+            if key not in _NOT_IN_ID and not (key in _ADDED_FIELDS and value == _ADDED_FIELDS[key])
         }
         payload = json.dumps(values, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -121,6 +126,7 @@ def make_config(
     max_tokens: int | None = None,
     past_actions: bool = True,
     answer_match: str = "lenient",
+    prompts_dir: str | None = None,
 ) -> ImitationConfig:
     """A run configuration with the task's defaults filled in; names are checked here."""
     spec = get_task(task)
@@ -130,6 +136,7 @@ def make_config(
         raise LmactError("give either --demos or --token-budget, not both")
     if demos is None and token_budget is None:
         demos = DEFAULT_DEMOS
+    check_templates(prompts_dir)
     if answer_match not in ANSWER_MATCHES:
         raise UnknownNameError("--answer-match", answer_match, ANSWER_MATCHES)
     for name, value in (("--demos", demos), ("--seed", seed)):
@@ -155,7 +162,8 @@ def make_config(
         chain_of_thought=chain_of_thought,
         max_tokens=max_tokens
         or (CHAIN_OF_THOUGHT_MAX_TOKENS if chain_of_thought else spec.max_answer_tokens),
-        prompts=templates_fingerprint(),
+        prompts=templates_fingerprint(prompts_dir),
+        prompts_dir=str(Path(prompts_dir).resolve()) if prompts_dir is not None else None,
         past_actions=past_actions,
         answer_match=answer_match,  # type: ignore[arg-type] - checked above
     )
@@ -187,7 +195,12 @@ class EpisodePlan:
 
 
 def prompt_settings(config: ImitationConfig) -> PromptSettings:
-    return PromptSettings(config.show_legal_actions, config.chain_of_thought, config.past_actions)
+    return PromptSettings(
+        config.show_legal_actions,
+        config.chain_of_thought,
+        config.past_actions,
+        Path(config.prompts_dir) if config.prompts_dir is not None else None,
+    )
 
 
 async def play_episode(
