@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +13,24 @@ from helpers import decode, lmact
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lmact.demos import DemoStore
 from lmact.envs import cheetah
 from lmact.envs.base import AnswerKind, InvalidActionError, classify_answer
 from lmact.envs.cheetah import Cheetah, action_values, format_action, run_reward
 from lmact.errors import LmactError
+from lmact.models.base import (
+    ModelClient,
+    ModelOptions,
+    ModelRequest,
+    ModelResponse,
+    Part,
+    PolicyOracle,
+    TextPart,
+    estimate_tokens,
+)
+from lmact.regimes.imitation import make_config
+from lmact.runner import Runner
+from lmact.store import RunStore
 from lmact.tasks import get_task
 
 ZERO = format_action([0.0] * 6)
@@ -397,3 +411,60 @@ def test_lmact_run_plays_the_cheetah_with_the_expert(tmp_path: Path) -> None:
     assert summary["invalid_rate"] == 0.0
     assert summary["mean_return"] == summary["expert_return"]
     assert summary["random_return"] is not None
+
+
+def test_random_actions_are_uniform_torques_not_the_grid(env: Cheetah) -> None:
+    rng = np.random.default_rng(7)
+    actions = [env.random_action(rng) for _ in range(400)]
+    values = np.array([action_values(action) for action in actions])
+    assert values.shape == (400, 6) and np.all(np.abs(values) <= 1)
+    assert sum(action in env.legal_actions() for action in actions) < 10  # off the grid
+    # Uniform on [-1, 1]: mean near 0, a quarter of the draws in each quarter of the range.
+    assert abs(values.mean()) < 0.05
+    quarters = np.histogram(values, bins=4, range=(-1, 1))[0] / values.size
+    assert np.all(np.abs(quarters - 0.25) < 0.03)
+    again = np.random.default_rng(7)
+    assert [env.random_action(again) for _ in range(400)] == actions  # seeded
+
+
+class PromptRecorder(ModelClient):
+    """Answers a still cheetah and keeps every prompt's text."""
+
+    def __init__(self) -> None:
+        super().__init__("test/prompt-recorder", ModelOptions())
+        self.prompts: list[str] = []
+
+    def count_tokens(self, parts: Sequence[Part]) -> int:
+        return estimate_tokens(parts)
+
+    async def complete(
+        self, request: ModelRequest, oracle: PolicyOracle | None = None
+    ) -> ModelResponse:
+        self.prompts.append("".join(p.text for p in request.parts if isinstance(p, TextPart)))
+        return ModelResponse(text="[0, 0, 0, 0, 0, 0]", prompt_tokens=1)
+
+
+def test_the_legal_actions_are_described_in_one_line(tmp_path: Path) -> None:
+    env = get_task("cheetah").make_environment()
+    description = env.legal_actions_description()
+    assert description and "-1 to 1" in description and "\n" not in description
+    recorder = PromptRecorder()
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        runner = Runner(store, DemoStore(tmp_path / "demos"), progress=False)
+        runner._clients[recorder.name] = recorder
+        for model in ("random", recorder.name):
+            config = make_config(
+                "cheetah", model=model, demos=0, max_steps=3, show_legal_actions=True
+            )
+            runner.run(config, 1)
+        random_steps = store.steps(
+            make_config(
+                "cheetah", model="random", demos=0, max_steps=3, show_legal_actions=True
+            ).run_id
+        )
+    assert len(recorder.prompts) == 3
+    assert all(f"are: {description}" in prompt for prompt in recorder.prompts)
+    assert all(prompt.count("[") < 20 for prompt in recorder.prompts)  # no list of 729
+    executed = [action_values(step.action) for step in random_steps]
+    assert len(executed) == 3
+    assert not any(set(np.round(v, 2)) <= {-1.0, 0.0, 1.0} for v in executed)

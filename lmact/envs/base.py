@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
+import numpy as np
+
 from lmact.resources import data_dir
 
 # Seeds from here up draw demonstrations; test episodes use seeds below. Environments whose
@@ -161,6 +163,18 @@ class Environment(ABC):
     @abstractmethod
     def expert_action(self) -> str:
         """The expert's action in the current state."""
+
+    def random_action(self, rng: np.random.Generator) -> str:
+        """A uniformly random legal action drawn from `rng`: the `random` baseline's move, and
+        what replaces an answer that is not a valid action. Continuous action spaces draw
+        from the space itself rather than from a listed stand-in."""
+        actions = self.legal_actions()
+        return actions[int(rng.integers(len(actions)))]
+
+    def legal_actions_description(self) -> str | None:
+        """A phrase that stands for the legal actions in a prompt (`--legal-actions`) where
+        listing them is not possible (a continuous space); None: list them."""
+        return None
 
     @property
     def done(self) -> bool:

@@ -8,8 +8,10 @@ same start as `dm_control.suite.load("cheetah", "run", task_kwargs={"random": se
 Actions are six torques in [-1, 1], written as a list: `[0.5, -1, 0, 0.25, 1, -0.3]`. The
 canonical spelling has two decimals (`[0.50, -1.00, 0.00, 0.25, 1.00, -0.30]`), and the
 environment executes the action rounded to those decimals. The action space is continuous, so
-no action is illegal; `legal_actions()` is a stand-in for it, the 3**6 = 729 vectors with
-components in {-1, 0, 1}, which the harness's random fallback and `random` baseline draw from.
+no action is illegal. The random fallback and the `random` baseline draw six torques uniformly
+from [-1, 1] (`random_action`), and prompts describe the space in one phrase
+(`legal_actions_description`); `legal_actions()` is a finite stand-in, the 3**6 = 729 vectors
+with components in {-1, 0, 1}.
 
 The expert plans on the exact simulator: the cross-entropy method over action sequences, each
 rolled out with `mujoco.rollout` from a copy of the current state, scored with the task's own
@@ -288,8 +290,8 @@ class Cheetah(Environment):
     def legal_actions(self) -> list[str]:
         """The 729 vectors with components in {-1, 0, 1}: a finite stand-in for [-1, 1]**6.
 
-        Every action in [-1, 1]**6 is legal; these are the ones the harness can list and
-        draw uniformly from (for the random fallback and the `random` baseline).
+        Every action in [-1, 1]**6 is legal; these are the ones that can be listed (random
+        actions are drawn from the whole space, see `random_action`).
         """
         return list(GRID_ACTIONS)
 
@@ -297,6 +299,17 @@ class Cheetah(Environment):
 
     def parse_action(self, answer: str) -> str:
         return format_action(action_values(answer))
+
+    def random_action(self, rng: np.random.Generator) -> str:
+        """Six torques drawn uniformly from [-1, 1], as the reference code draws them (not
+        from the 729-vector grid of `legal_actions`)."""
+        return format_action(rng.uniform(-1.0, 1.0, size=ACTION_SIZE))
+
+    def legal_actions_description(self) -> str:
+        return (
+            f"any {ACTION_SIZE} torques, each a decimal number from -1 to 1, written like "
+            "[0.5, -1, 0, 0.25, 1, -0.3]"
+        )
 
     def expert_action(self) -> str:
         """The first action of a plan found by the cross-entropy method on the exact simulator.

@@ -251,6 +251,8 @@ class PolicyOracle(Protocol):
 
     def expert_action(self) -> str: ...
 
+    def random_action(self) -> str: ...
+
 
 @dataclass(frozen=True)
 class ModelOptions:

@@ -42,11 +42,11 @@ class ScriptedPolicy(ModelClient):
 
 
 class RandomPolicy(ScriptedPolicy):
-    """A uniformly random legal action, drawn from the episode's seeded generator."""
+    """A uniformly random legal action, drawn from the episode's seeded generator (by the
+    environment: a continuous space draws from the space)."""
 
     def choose(self, oracle: PolicyOracle) -> str:
-        actions = oracle.legal_actions()
-        return actions[int(oracle.rng.integers(len(actions)))]
+        return oracle.random_action()
 
 
 class ExpertPolicy(ScriptedPolicy):

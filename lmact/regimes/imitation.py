@@ -182,6 +182,9 @@ class _Oracle:
     def expert_action(self) -> str:
         return self.env.expert_action()
 
+    def random_action(self) -> str:
+        return self.env.random_action(self.rng)
+
 
 @dataclass(frozen=True)
 class EpisodePlan:
@@ -226,12 +229,12 @@ async def play_episode(
         env.reset(seed)
         for step in range(config.max_steps):
             observation = env.render(config.observation)
-            legal = env.legal_actions()
+            description = env.legal_actions_description()
             request = plan.builder.request(
                 plan.prefix,
                 trajectory,
                 observation,
-                legal,
+                [description] if description else env.legal_actions(),
                 with_demonstrations=plan.with_demonstrations,
                 max_tokens=config.max_tokens,
                 seed=config.seed,
@@ -241,11 +244,7 @@ async def play_episode(
             parsed = classify_answer(env, answer, exact=config.answer_match == "exact")
             # Anything but a valid action (which alone has one) is replaced by a uniformly
             # random legal action.
-            action = (
-                parsed.action
-                if parsed.action is not None
-                else legal[int(fallback_rng.integers(len(legal)))]
-            )
+            action = parsed.action or env.random_action(fallback_rng)
             outcome = env.step(action)
             total += outcome.reward
             kinds[parsed.kind] += 1
