@@ -16,6 +16,7 @@ last one, without its newline) is regenerated silently.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import itertools
@@ -24,10 +25,13 @@ import math
 import multiprocessing
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +49,10 @@ _APPEND_BATCH = 16
 # An expert whose first episode takes this long plays the rest in a process pool; quick
 # experts (tic-tac-toe, grid world) would spend longer starting the pool than playing.
 _POOL_AFTER_S = 1.0
+# How often a worker checks that the process that started it is still alive.
+_PARENT_POLL_S = 0.5
+# prctl(2) option: the signal the kernel sends this process when its parent dies (Linux).
+_PR_SET_PDEATHSIG = 1
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -347,17 +355,7 @@ class DemoStore:
                 return
         finally:
             env.close()
-        # Spawned, not forked: the parent may hold threads (engines, a loaded model).
-        pool = ProcessPoolExecutor(
-            max_workers=min(self.workers, len(rest)),
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker,
-            initargs=(task,),
-        )
-        try:
-            yield from pool.map(_worker_episode, [(observation, seed) for seed in rest])
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        yield from _pooled_episodes(task, observation, rest, min(self.workers, len(rest)))
 
     def stream(
         self,
@@ -374,20 +372,91 @@ class DemoStore:
             produced += len(demonstrations)
 
 
-# The task and environment of a demonstration worker process, made once per process.
-_worker: tuple[TaskSpec, Environment] | None = None
+def _pooled_episodes(
+    task: TaskSpec, observation: str, seeds: Sequence[int], workers: int
+) -> Iterator[Demonstration]:
+    """Expert episodes for `seeds`, in order, played by `workers` spawned processes.
+
+    The workers end with this process in every case: on an exception here (an interrupt, a
+    SIGTERM turned into one, an error) they are killed at once rather than left to finish
+    their games, and each worker ends itself when its parent dies, even by SIGKILL. A
+    worker's engine (Stockfish) quits when its worker ends, on the end of its input.
+    """
+    # Spawned, not forked: the parent may hold threads (engines, a loaded model).
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(task, os.getpid()),
+    )
+    finished = False
+    try:
+        yield from pool.map(_worker_episode, [(observation, seed) for seed in seeds])
+        finished = True
+    except BrokenProcessPool:
+        raise LmactError(
+            f"a process generating demonstrations of {task.name} ended unexpectedly; "
+            "rerun to resume after the stored ones"
+        ) from None
+    finally:
+        if not finished:
+            _kill_workers(pool)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _start_worker(task: TaskSpec) -> None:
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    # ProcessPoolExecutor has no public way to stop busy workers before Python 3.14
+    # (kill_workers), and shutdown() would wait for their games to end.
+    processes = getattr(pool, "_processes", None) or {}
+    for process in list(processes.values()):
+        process.kill()
+
+
+# The task and environment of a demonstration worker process, made once per process; or the
+# error that making them raised, reported by each job (an initializer's exception would be
+# printed as a traceback by the worker and break the pool).
+_worker: tuple[TaskSpec, Environment] | Exception | None = None
+
+
+def _start_worker(task: TaskSpec, parent: int) -> None:
     global _worker
-    _worker = (task, task.make_environment())
+    # Ctrl-C reaches the whole process group; the parent handles it and kills the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _end_with_parent(parent)
+    try:
+        _worker = (task, task.make_environment())
+    except Exception as error:
+        _worker = error
 
 
 def _worker_episode(job: tuple[str, int]) -> Demonstration:
     assert _worker is not None, "the pool's initializer makes the worker's environment"
+    if isinstance(_worker, Exception):
+        raise _worker
     task, env = _worker
     observation, seed = job
     return play_expert_episode(task, env, observation, seed)
+
+
+def _end_with_parent(parent: int) -> None:
+    """End this process as soon as `parent`, which started it, has died (even by SIGKILL)."""
+    if sys.platform == "linux":
+        # The kernel kills this process the moment its parent dies (strictly, the parent's
+        # thread that started it: the pool lives within one DemoStore.load call, one thread).
+        with contextlib.suppress(OSError, AttributeError):  # the watcher below is enough
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # Elsewhere (and should the parent have died before prctl): an orphan is adopted by
+    # another process, so its parent pid changes.
+    threading.Thread(
+        target=_watch_parent, args=(parent,), name="lmact-parent-watch", daemon=True
+    ).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(_PARENT_POLL_S)
+    # No cleanup to wait for: an engine quits on the end of its input, which this exit causes.
+    os._exit(1)
 
 
 def _truncate_to_lines(path: Path, lines: int) -> None:

@@ -67,3 +67,11 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.05)
     return condition()
+
+
+def command_line(pid: int) -> str:
+    """The command line of a running process, its arguments joined by spaces ("" if ended)."""
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
