@@ -33,6 +33,7 @@ _INT_LIMIT = 2**31 - 1
 _BOUNDS: dict[str, tuple[float, float]] = {
     "--episodes": (1, MAX_EPISODES),
     "--demos": (0, MAX_DEMONSTRATIONS),
+    "--demo-pool": (1, MAX_DEMONSTRATIONS),
     "--token-budget": (1, _INT_LIMIT),
     "--seed": (0, DEMO_SEED_BASE - 1),
     "--max-steps": (1, _INT_LIMIT),
@@ -139,6 +140,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show the current episode's past observations without the actions taken "
         "(demonstrations keep their actions)",
+    )
+    run.add_argument(
+        "--demo-draw",
+        choices=("per-episode", "shared"),
+        default="shared",
+        help="shared (default): every test episode gets the first N demonstrations (one "
+        "prefix, cached across episodes); per-episode: each test episode draws its own N "
+        "from a pool of --demo-pool, seeded by its test seed, as the reference code does",
+    )
+    run.add_argument(
+        "--demo-pool",
+        type=int,
+        metavar="P",
+        help="how many demonstrations per-episode draws choose from; all are generated "
+        "(default: 100)",
     )
     run.add_argument(
         "--prompts",
@@ -282,6 +298,8 @@ def _command_run(args: argparse.Namespace) -> None:
         past_actions=not args.no_past_actions,
         answer_match=args.answer_match,
         prompts_dir=args.prompts,
+        demo_draw=args.demo_draw,
+        demo_pool=args.demo_pool,
     )
     episodes = args.episodes if args.episodes is not None else get_task(args.task).episodes
     options = _model_options(args)
@@ -386,6 +404,7 @@ def _print_estimate(estimate: RunEstimate, as_json: bool) -> None:
                 "completion_tokens",
                 "cost_usd",
                 "cost_cached_usd",
+                "demonstrations_needed",
             )
         }
         print(json.dumps({"run_id": config.run_id, "dry_run": True, **values}))
@@ -406,6 +425,10 @@ def _print_estimate(estimate: RunEstimate, as_json: bool) -> None:
                 f"{estimate.episodes_todo} ({estimate.episodes_done} already finished)",
             ),
             ("model calls", f"{estimate.calls} (as many as the expert takes steps)"),
+            (
+                "demonstrations needed",
+                f"{estimate.demonstrations_needed} (the dry run generated those not stored yet)",
+            ),
             (
                 "prompt tokens",
                 f"{estimate.prompt_tokens} ({estimate.prefix_tokens} of them the demonstration "

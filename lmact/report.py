@@ -32,6 +32,8 @@ COLUMNS = [
     "cost_usd",
     "answer_match",
     "past_actions",
+    "demo_draw",
+    "demo_pool",
 ]
 FORMATS = ("markdown", "csv")
 
@@ -71,6 +73,8 @@ def run_row(store: RunStore, run: RunRecord) -> dict[str, Any] | None:
         "demos": run.demos_used,
         "answer_match": config.answer_match,
         "past_actions": config.past_actions,
+        "demo_draw": config.demo_draw,
+        "demo_pool": config.demo_pool,
         "ci95_low": scores.ci95[0],
         "ci95_high": scores.ci95[1],
         **{name: getattr(scores, name) for name in COLUMNS if hasattr(scores, name)},

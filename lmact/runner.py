@@ -20,7 +20,7 @@ from lmact.errors import LmactError
 from lmact.models.base import ModelAuthError, ModelClient, ModelOptions, ModelResponse
 from lmact.models.caller import ModelCaller, TokenCountingCaller
 from lmact.models.registry import resolve_model
-from lmact.prompting import PromptBuilder, Step, pack_demonstrations
+from lmact.prompting import Packing, PromptBuilder, Step, pack_demonstrations
 from lmact.regimes.imitation import (
     BASELINE_POLICIES,
     EpisodePlan,
@@ -88,6 +88,35 @@ class RunEstimate:
     completion_tokens: int
     cost_usd: float | None
     cost_cached_usd: float | None  # if every call but the first reads the prefix from cache
+    demonstrations_needed: int  # all of a per-episode pool; the dry run generates them
+
+
+def _check_sees(task: TaskSpec, observation: str, client: ModelClient) -> None:
+    if task.is_image_observation(observation) and not client.accepts_images:
+        texts = [o for o in task.observations if not task.is_image_observation(o)]
+        remedy = (
+            f"choose a text observation ({', '.join(texts)})"
+            if texts
+            else f"task {task.name} has only image observations: choose a model that sees them"
+        )
+        raise LmactError(f"model {client.name} accepts no images; {remedy}")
+
+
+def _per_episode_packing(
+    config: ImitationConfig,
+    pool: Sequence[Demonstration],
+    pack: Callable[[Iterable[Demonstration]], tuple[Packing, list[Demonstration]]],
+) -> Callable[[int], Packing]:
+    """Each test episode's packing of its own draw from `pool`, made when first asked for."""
+    packings: dict[int, Packing] = {}
+
+    def packing_for(episode: int) -> Packing:
+        if episode not in packings:
+            order = config.drawn_demonstrations(episode)
+            packings[episode] = pack(pool[index] for index in order)[0]
+        return packings[episode]
+
+    return packing_for
 
 
 class _EpisodeFailures:
@@ -174,33 +203,28 @@ class Runner:
             yield from self.demo_store.load(task, observation, start, count, progress)
             start, batch = start + count, batch * 2
 
-    def plan(self, config: ImitationConfig, record: bool = True) -> PreparedRun:
+    def plan(
+        self, config: ImitationConfig, record: bool = True, first_episode: int = 0
+    ) -> PreparedRun:
         """Resolve the model and pack the demonstrations; fails before any model call.
-        `record`: save the run (its configuration and packing) in the store."""
+        `record`: save the run (its configuration and packing) in the store. With per-episode
+        draws, `first_episode`'s packing is checked now and the others as they are played."""
         task = self._task(config)
         client = self.client(config.model)
-        if task.is_image_observation(config.observation) and not client.accepts_images:
-            texts = [o for o in task.observations if not task.is_image_observation(o)]
-            remedy = (
-                f"choose a text observation ({', '.join(texts)})"
-                if texts
-                else f"task {task.name} has only image observations: choose a model that sees them"
-            )
-            raise LmactError(f"model {config.model} accepts no images; {remedy}")
+        _check_sees(task, config.observation, client)
         builder = PromptBuilder(prompt_settings(config))
-        with self._bar(config.demos or 0, f"demonstrations {task.name}", "demo") as bar:
-            limit = config.demos if config.demos is not None else MAX_DEMONSTRATIONS
-            candidates = self._demonstrations(task, config.observation, limit, bar.update)
+
+        def pack(candidates: Iterable[Demonstration]) -> tuple[Packing, list[Demonstration]]:
             consumed: list[Demonstration] = []
 
-            def steps_of(candidates: Iterable[Demonstration]) -> Iterator[tuple[Step, ...]]:
+            def steps_of() -> Iterator[tuple[Step, ...]]:
                 for demonstration in candidates:
                     consumed.append(demonstration)
                     yield demonstration.steps
 
             packing = pack_demonstrations(
                 builder,
-                steps_of(candidates),
+                steps_of(),
                 client.count_tokens,
                 exact=config.demos,
                 budget=config.token_budget,
@@ -208,20 +232,40 @@ class Runner:
                 answer_tokens=config.max_tokens,
                 max_images=client.max_images,
             )
-        demonstrations = consumed[: len(packing.demonstrations)]
-        digest = demonstrations_hash(demonstrations)
+            return packing, consumed[: len(packing.demonstrations)]
+
+        wanted = config.demo_pool if config.demo_draw == "per-episode" else config.demos
+        with self._bar(wanted or 0, f"demonstrations {task.name}", "demo") as bar:
+            if config.demo_draw == "per-episode":
+                assert config.demo_pool is not None
+                pool = self.demo_store.load(
+                    task, config.observation, 0, config.demo_pool, bar.update
+                )
+                packing_for = _per_episode_packing(config, pool, pack)
+                packing_for(first_episode)  # the first to play fits, or fails now
+                # What the run reports: episode 0's packing, whichever episodes are left.
+                packing, chosen = packing_for(0), pool
+            else:
+                limit = config.demos if config.demos is not None else MAX_DEMONSTRATIONS
+                packing, chosen = pack(
+                    self._demonstrations(task, config.observation, limit, bar.update)
+                )
+                shared = packing
+
+                def packing_for(episode: int) -> Packing:
+                    return shared
+
+        # Shared: the demonstrations shown; per episode: the pool they are drawn from.
+        digest = demonstrations_hash(chosen)
+        demos_used = len(packing.demonstrations)
         if record:
             self.store.save_run(
-                config.run_id,
-                config.model_dump(),
-                len(demonstrations),
-                digest,
-                packing.prefix_tokens,
+                config.run_id, config.model_dump(), demos_used, digest, packing.prefix_tokens
             )
         return PreparedRun(
-            plan=EpisodePlan(config, task, builder, packing.prefix, bool(demonstrations)),
+            plan=EpisodePlan(config, task, builder, packing_for),
             client=client,
-            demos_used=len(demonstrations),
+            demos_used=demos_used,
             demos_hash=digest,
             prefix_tokens=packing.prefix_tokens,
             stopped_by=packing.stopped_by,
@@ -250,7 +294,7 @@ class Runner:
             # files) is missing with one clear error before any model work.
             self._task(config).make_environment().close()
             self.client(config.model).check_ready()
-        prepared = self.plan(config)
+        prepared = self.plan(config, first_episode=todo[0] if todo else 0)
         caller = ModelCaller(
             prepared.client,
             self.store,
@@ -359,23 +403,30 @@ class Runner:
         """A dry run: the calls, tokens and cost of a run's unfinished episodes, with no model
         call and nothing stored. The expert plays, and each step's real prompt is counted."""
         todo = self._todo(config, episodes)
-        prepared = self.plan(config, record=False)
+        prepared = self.plan(config, record=False, first_episode=todo[0] if todo else 0)
         client = prepared.client
         counter = TokenCountingCaller(client)
+        prefix_tokens = 0  # the cacheable part of every call's prompt
+        prefixes: set[int] = set()  # the distinct prefixes (each written to a cache once)
+        written = 0
 
         async def play_all() -> None:
+            nonlocal prefix_tokens, written
             for episode in todo:
+                calls = counter.calls
                 await play_episode(prepared.plan, counter, episode, lambda step: None)
+                packing = prepared.plan.packing_for(episode)
+                prefix_tokens += packing.prefix_tokens * (counter.calls - calls)
+                if id(packing) not in prefixes and counter.calls > calls:
+                    prefixes.add(id(packing))
+                    written += packing.prefix_tokens
 
         asyncio.run(play_all())
         as_billed = ModelResponse(
             "", prompt_tokens=counter.prompt_tokens, completion_tokens=counter.completion_tokens
         )
-        cached_reads = prepared.prefix_tokens * max(counter.calls - 1, 0)
         with_cache = replace(
-            as_billed,
-            cached_tokens=cached_reads,
-            cache_write_tokens=prepared.prefix_tokens if counter.calls else 0,
+            as_billed, cached_tokens=prefix_tokens - written, cache_write_tokens=written
         )
         return RunEstimate(
             config=config,
@@ -384,10 +435,13 @@ class Runner:
             episodes_done=episodes - len(todo),
             calls=counter.calls,
             prompt_tokens=counter.prompt_tokens,
-            prefix_tokens=prepared.prefix_tokens * counter.calls,
+            prefix_tokens=prefix_tokens,
             completion_tokens=counter.completion_tokens,
             cost_usd=client.cost_usd(as_billed),
             cost_cached_usd=client.cost_usd(with_cache),
+            demonstrations_needed=(
+                config.demo_pool or 0 if config.demo_draw == "per-episode" else prepared.demos_used
+            ),
         )
 
     def evaluate(self, config: ImitationConfig, episodes: int, restart: bool = False) -> RunSummary:
@@ -420,6 +474,8 @@ class RunSummary(EpisodeScores):
     stopped_by: str | None  # what limited the packing of demonstrations, if not --demos
     past_actions: bool
     answer_match: str
+    demo_draw: str
+    demo_pool: int | None
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -451,4 +507,6 @@ def summarize(
         stopped_by=result.prepared.stopped_by,
         past_actions=config.past_actions,
         answer_match=config.answer_match,
+        demo_draw=config.demo_draw,
+        demo_pool=config.demo_pool,
     )

@@ -463,6 +463,7 @@ def test_runner_plays_tic_tac_toe_txt_then_png_through_faults(
                     "tic_tac_toe",
                     model="anthropic/claude-haiku-4-5",
                     demos=2,
+                    demo_draw="shared",  # one prefix for every episode: what is cached
                     show_legal_actions=True,
                     observation=observation,
                 )

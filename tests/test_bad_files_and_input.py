@@ -236,6 +236,8 @@ def test_demonstrations_that_cannot_fit_stop_before_they_are_all_made(tmp_path: 
         "random",
         "--demos",
         "100000",
+        "--demo-draw",
+        "shared",
         "--context-window",
         "2000",
         cwd=tmp_path,

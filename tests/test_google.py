@@ -697,6 +697,7 @@ def test_runner_plays_tic_tac_toe_through_faults(
                 "tic_tac_toe",
                 model=MODEL,
                 demos=2,
+                demo_draw="shared",  # one prefix for every episode: what is cached
                 show_legal_actions=True,
                 observation=observation,
             )

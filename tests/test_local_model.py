@@ -60,6 +60,7 @@ def test_end_to_end_run_with_the_local_model(tmp_path: Path) -> None:
                 "tic_tac_toe",
                 model="local/gemma-3-270m",
                 demos=2,
+                demo_draw="shared",  # the KV cache figures depend on the previous prompt
                 max_steps=3,
                 show_legal_actions=True,
             )

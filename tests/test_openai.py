@@ -509,6 +509,7 @@ def test_a_run_through_faults_loses_no_step(
         observation=observation,
         model="openai/gpt-4o",
         demos=2,
+        demo_draw="shared",  # one prefix for every episode: what is cached
         show_legal_actions=True,
     )
     with loopback(fake) as server:

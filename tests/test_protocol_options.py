@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from helpers import demonstrations, lmact
 
-from lmact.demos import DemoStore
+from lmact.demos import DEMO_SEED_BASE, DemoStore
 from lmact.envs.base import AnswerKind, classify_answer
+from lmact.errors import LmactError
 from lmact.models.base import (
     ModelClient,
     ModelOptions,
@@ -136,7 +137,8 @@ def test_exact_runs_count_a_wrong_spelling_as_illegal(tmp_path: Path) -> None:
 
 def test_a_run_keeps_its_old_id_at_the_defaults() -> None:
     config = make_config("tic_tac_toe", model="random", demos=2)
-    old = config.model_dump(exclude={"past_actions", "answer_match", "prompts_dir"})
+    added = {"past_actions", "answer_match", "prompts_dir", "demo_draw", "demo_pool", "rendering"}
+    old = config.model_dump(exclude=added)
     expected = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert config.run_id == expected
     changed = make_config("tic_tac_toe", model="random", demos=2, past_actions=False)
@@ -201,3 +203,72 @@ def test_a_broken_prompts_folder_is_one_line(tmp_path: Path, damage: object, mes
     result = lmact("run", "--task", "tic_tac_toe", "--prompts", str(folder), cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_per_episode_draws_differ_nest_in_n_and_repeat() -> None:
+    def draws(demos: int, episode: int, pool: int = 40) -> list[int]:
+        config = make_config(
+            "tic_tac_toe", model="random", demos=demos, demo_draw="per-episode", demo_pool=pool
+        )
+        return config.drawn_demonstrations(episode)[:demos]
+
+    per_episode = [draws(4, episode) for episode in range(8)]
+    assert len({tuple(d) for d in per_episode}) == 8  # each episode its own draw
+    assert all(len(set(d)) == 4 and all(0 <= i < 40 for i in d) for d in per_episode)
+    for episode in range(8):
+        assert draws(8, episode)[:4] == draws(4, episode)  # nested in N
+        assert draws(4, episode) == per_episode[episode]  # the same on every call
+    with pytest.raises(LmactError, match="--demos 8 cannot be drawn from a pool of 5"):
+        draws(8, 0, pool=5)
+    shared = make_config("tic_tac_toe", model="random", demos=4)
+    assert (
+        shared.demo_draw == "shared"
+        and shared.run_id
+        == make_config("tic_tac_toe", model="random", demos=4, demo_draw="shared").run_id
+    )
+    zero = make_config("tic_tac_toe", model="random", demos=0, demo_draw="per-episode")
+    assert zero.demo_draw == "shared" and zero.demo_pool is None  # nothing to draw
+
+
+def test_a_per_episode_run_shows_each_episode_its_draw(tmp_path: Path) -> None:
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        demo_store = DemoStore(tmp_path / "demos")
+        runner = Runner(store, demo_store, progress=False)
+        plans = {}
+        for demos in (2, 3):
+            config = make_config(
+                "grid_world", model="expert", demos=demos, demo_draw="per-episode", demo_pool=12
+            )
+            plans[demos] = runner.plan(config).plan
+            summary = runner.evaluate(config, 4)
+            assert summary.demo_draw == "per-episode" and summary.demo_pool == 12
+        pool = demo_store.load(get_task("grid_world"), "txt", 0, 12)
+        seeds = {}
+        for episode in range(4):
+            shown = plans[3].packing_for(episode).demonstrations
+            expected = [pool[i].steps for i in config.drawn_demonstrations(episode)[:3]]
+            assert list(shown) == expected
+            assert list(plans[2].packing_for(episode).demonstrations) == expected[:2]
+            seeds[episode] = [pool[i].seed for i in config.drawn_demonstrations(episode)[:3]]
+        assert len({tuple(s) for s in seeds.values()}) == 4
+        assert all(seed >= DEMO_SEED_BASE for s in seeds.values() for seed in s)  # not a test seed
+
+
+def test_a_dry_run_says_how_many_demonstrations_a_pool_needs(tmp_path: Path) -> None:
+    run = ["run", "--task", "tic_tac_toe", "--model", "random", "--demos", "2", "--dry-run"]
+    result = lmact(*run, "--demo-draw", "per-episode", "--demo-pool", "30", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["demonstrations_needed"] == 30
+    shared = lmact(*run, "--json", cwd=tmp_path)
+    assert json.loads(shared.stdout)["demonstrations_needed"] == 2
+    table = lmact(*run, "--demo-draw", "per-episode", cwd=tmp_path)
+    assert "| demonstrations needed | 100 " in table.stdout
+
+
+def test_a_new_rendering_is_a_new_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmact.envs.tic_tac_toe import TicTacToe
+
+    before = make_config("tic_tac_toe", model="random", demos=0)
+    monkeypatch.setattr(TicTacToe, "rendering_version", 2)
+    after = make_config("tic_tac_toe", model="random", demos=0)
+    assert after.rendering == 2 and after.run_id != before.run_id

@@ -230,7 +230,7 @@ def test_a_refused_key_stops_the_whole_run(run_store: RunStore, demo_store: Demo
 def test_a_dry_run_counts_the_expert_episodes_and_calls_nothing(
     run_store: RunStore, demo_store: DemoStore
 ) -> None:
-    config = make_config("tic_tac_toe", model="test/scripted-answers", demos=2)
+    config = make_config("tic_tac_toe", model="test/scripted-answers", demos=2, demo_draw="shared")
     client = ScriptedAnswers(["a1"])
     runner = runner_with(client, run_store, demo_store)
     estimate = runner.estimate(config, 6)

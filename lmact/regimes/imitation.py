@@ -18,11 +18,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lmact.demos import DEMO_SEED_BASE
+from lmact.envs import environment_class
 from lmact.envs.base import AnswerKind, Environment, classify_answer
 from lmact.errors import LmactError, UnknownNameError
 from lmact.models.base import UNREADABLE, Part
 from lmact.models.caller import ModelCaller
 from lmact.prompting import (
+    Packing,
     PromptBuilder,
     PromptSettings,
     Step,
@@ -39,10 +41,20 @@ CHAIN_OF_THOUGHT_MAX_TOKENS = 512
 # Streams of an episode's seed that the loop itself draws from (the environment uses its own).
 _FALLBACK_STREAM = 1
 _POLICY_STREAM = 2
+_DEMO_DRAW_STREAM = 3
+DEMO_DRAWS = ("per-episode", "shared")
+# The demonstrations a per-episode draw chooses from, unless --demo-pool says otherwise.
+DEFAULT_DEMO_POOL = 100
 ANSWER_MATCHES = ("lenient", "exact")
 # Fields added after release 0.1, with the value that keeps 0.1's behaviour: at that value
 # they stay out of the run id, so that a 0.1 run keeps its id and resumes.
-_ADDED_FIELDS = {"past_actions": True, "answer_match": "lenient"}
+_ADDED_FIELDS = {
+    "past_actions": True,
+    "answer_match": "lenient",
+    "demo_draw": "shared",
+    "demo_pool": None,
+    "rendering": 1,
+}
 # Where the templates were read from: their fingerprint (`prompts`) is what identifies a run.
 _NOT_IN_ID = frozenset({"prompts_dir"})
 
@@ -75,6 +87,12 @@ class ImitationConfig(BaseModel):
     # How an answer must be spelled: "lenient" reads it with the task's parser (any case,
     # SAN without the check sign …); "exact" only as one of the legal actions as listed.
     answer_match: Literal["lenient", "exact"] = "lenient"
+    # "per-episode": each test episode draws its demonstrations from the first `demo_pool`
+    # (see `drawn_demonstrations`); "shared": every episode gets the first ones.
+    demo_draw: Literal["per-episode", "shared"] = "shared"
+    demo_pool: int | None = Field(None, gt=0)
+    # The environment's rendering version: observations rendered otherwise are another run.
+    rendering: int = 1
 
     @model_validator(mode="after")
     def _one_way_to_choose_demos(self) -> ImitationConfig:
@@ -91,6 +109,16 @@ class ImitationConfig(BaseModel):
         }
         payload = json.dumps(values, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def drawn_demonstrations(self, episode: int) -> list[int]:
+        """The demonstrations (indices into the pool) test episode `episode` draws, in the
+        order they are packed: a permutation of the pool from a generator seeded by the
+        episode's test seed. `--demos N` takes the first N, so the draws of a smaller N are
+        the start of a larger one's, and they do not depend on how many episodes run."""
+        if self.demo_draw == "shared" or self.demo_pool is None:
+            raise ValueError("only per-episode draws choose demonstrations per episode")
+        rng = np.random.default_rng([self.test_seed(episode), _DEMO_DRAW_STREAM])
+        return [int(index) for index in rng.permutation(self.demo_pool)]
 
     def test_seed(self, episode: int) -> int:
         seed = self.seed + episode
@@ -127,6 +155,8 @@ def make_config(
     past_actions: bool = True,
     answer_match: str = "lenient",
     prompts_dir: str | None = None,
+    demo_draw: str = "shared",
+    demo_pool: int | None = None,
 ) -> ImitationConfig:
     """A run configuration with the task's defaults filled in; names are checked here."""
     spec = get_task(task)
@@ -139,6 +169,7 @@ def make_config(
     check_templates(prompts_dir)
     if answer_match not in ANSWER_MATCHES:
         raise UnknownNameError("--answer-match", answer_match, ANSWER_MATCHES)
+    demo_draw, demo_pool = _demo_draw(demo_draw, demo_pool, demos)
     for name, value in (("--demos", demos), ("--seed", seed)):
         if value is not None and value < 0:
             raise LmactError(f"{name} must be at least 0, not {value}")
@@ -164,9 +195,31 @@ def make_config(
         or (CHAIN_OF_THOUGHT_MAX_TOKENS if chain_of_thought else spec.max_answer_tokens),
         prompts=templates_fingerprint(prompts_dir),
         prompts_dir=str(Path(prompts_dir).resolve()) if prompts_dir is not None else None,
+        demo_draw=demo_draw,  # type: ignore[arg-type] - checked in _demo_draw
+        demo_pool=demo_pool,
+        rendering=environment_class(spec.environment).rendering_version,
         past_actions=past_actions,
         answer_match=answer_match,  # type: ignore[arg-type] - checked above
     )
+
+
+def _demo_draw(draw: str, pool: int | None, demos: int | None) -> tuple[str, int | None]:
+    """The draw and its pool, checked; without demonstrations there is nothing to draw."""
+    if draw not in DEMO_DRAWS:
+        raise UnknownNameError("--demo-draw", draw, DEMO_DRAWS)
+    if demos == 0:
+        return "shared", None  # the same prompt as before draws existed: the same run id
+    if draw == "shared":
+        if pool is not None:
+            raise LmactError("--demo-pool needs --demo-draw per-episode")
+        return draw, None
+    pool = DEFAULT_DEMO_POOL if pool is None else pool
+    if demos is not None and demos > pool:
+        raise LmactError(
+            f"--demos {demos} cannot be drawn from a pool of {pool}; give --demo-pool {demos} "
+            "or more, or --demo-draw shared"
+        )
+    return draw, pool
 
 
 @dataclass
@@ -188,13 +241,19 @@ class _Oracle:
 
 @dataclass(frozen=True)
 class EpisodePlan:
-    """What every episode of a run shares."""
+    """What the episodes of a run share, and the demonstrations each one is shown."""
 
     config: ImitationConfig
     task: TaskSpec
     builder: PromptBuilder
-    prefix: tuple[Part, ...]  # the packed preamble and demonstrations, the same every step
-    with_demonstrations: bool
+    # Test episode -> its packed preamble and demonstrations (the same at every step).
+    packing_for: Callable[[int], Packing]
+
+    def prefix(self, episode: int) -> tuple[Part, ...]:
+        return self.packing_for(episode).prefix
+
+    def with_demonstrations(self, episode: int) -> bool:
+        return bool(self.packing_for(episode).demonstrations)
 
 
 def prompt_settings(config: ImitationConfig) -> PromptSettings:
@@ -231,11 +290,11 @@ async def play_episode(
             observation = env.render(config.observation)
             description = env.legal_actions_description()
             request = plan.builder.request(
-                plan.prefix,
+                plan.prefix(episode),
                 trajectory,
                 observation,
                 [description] if description else env.legal_actions(),
-                with_demonstrations=plan.with_demonstrations,
+                with_demonstrations=plan.with_demonstrations(episode),
                 max_tokens=config.max_tokens,
                 seed=config.seed,
             )
