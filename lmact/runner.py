@@ -91,6 +91,35 @@ class RunEstimate:
     demonstrations_needed: int  # all of a per-episode pool; the dry run generates them
 
 
+Packer = Callable[[Iterable[Demonstration]], tuple[Packing, list[Demonstration]]]
+
+
+def _packer(config: ImitationConfig, builder: PromptBuilder, client: ModelClient) -> Packer:
+    """Packs candidate demonstrations for `config`; returns the packing and those it took."""
+
+    def pack(candidates: Iterable[Demonstration]) -> tuple[Packing, list[Demonstration]]:
+        consumed: list[Demonstration] = []
+
+        def steps_of() -> Iterator[tuple[Step, ...]]:
+            for demonstration in candidates:
+                consumed.append(demonstration)
+                yield demonstration.steps
+
+        packing = pack_demonstrations(
+            builder,
+            steps_of(),
+            client.count_tokens,
+            exact=config.demos,
+            budget=config.token_budget,
+            context_window=client.context_window,
+            answer_tokens=config.max_tokens,
+            max_images=client.max_images,
+        )
+        return packing, consumed[: len(packing.demonstrations)]
+
+    return pack
+
+
 def _check_sees(task: TaskSpec, observation: str, client: ModelClient) -> None:
     if task.is_image_observation(observation) and not client.accepts_images:
         texts = [o for o in task.observations if not task.is_image_observation(o)]
@@ -105,7 +134,7 @@ def _check_sees(task: TaskSpec, observation: str, client: ModelClient) -> None:
 def _per_episode_packing(
     config: ImitationConfig,
     pool: Sequence[Demonstration],
-    pack: Callable[[Iterable[Demonstration]], tuple[Packing, list[Demonstration]]],
+    pack: Packer,
 ) -> Callable[[int], Packing]:
     """Each test episode's packing of its own draw from `pool`, made when first asked for."""
     packings: dict[int, Packing] = {}
@@ -214,26 +243,7 @@ class Runner:
         _check_sees(task, config.observation, client)
         builder = PromptBuilder(prompt_settings(config))
 
-        def pack(candidates: Iterable[Demonstration]) -> tuple[Packing, list[Demonstration]]:
-            consumed: list[Demonstration] = []
-
-            def steps_of() -> Iterator[tuple[Step, ...]]:
-                for demonstration in candidates:
-                    consumed.append(demonstration)
-                    yield demonstration.steps
-
-            packing = pack_demonstrations(
-                builder,
-                steps_of(),
-                client.count_tokens,
-                exact=config.demos,
-                budget=config.token_budget,
-                context_window=client.context_window,
-                answer_tokens=config.max_tokens,
-                max_images=client.max_images,
-            )
-            return packing, consumed[: len(packing.demonstrations)]
-
+        pack = _packer(config, builder, client)
         wanted = config.demo_pool if config.demo_draw == "per-episode" else config.demos
         with self._bar(wanted or 0, f"demonstrations {task.name}", "demo") as bar:
             if config.demo_draw == "per-episode":
@@ -371,20 +381,29 @@ class Runner:
                 else:
                     await play(episode, bar)
 
-        def on_pause(until: float, reason: str) -> None:
-            self._show(bar, caller, elsewhere)
-            if not self.progress and until - time.time() >= PAUSE_NOTICE_S:
-                when = time.strftime("%H:%M:%S", time.localtime(until))
-                print(f"lmact: {config.model}: {reason}: paused until {when}", file=sys.stderr)
-
-        caller.on_pause = on_pause
         concurrency = self.max_connections or prepared.client.max_concurrency
         description = f"{config.model} {config.task}/{config.observation}"
         with self._bar(episodes, description, "episode") as bar:
+            caller.on_pause = self._pause_listener(bar, caller, elsewhere)
             bar.update(episodes - len(todo))
             async with asyncio.TaskGroup() as group:
                 for _ in range(min(concurrency, len(todo))):
                     group.create_task(worker(bar))
+
+    def _pause_listener(
+        self, bar: tqdm, caller: ModelCaller, elsewhere: dict[int, str]
+    ) -> Callable[[float, str], None]:
+        """Says when a server pauses the run: on the progress line, else (from 5 s) on stderr."""
+
+        def on_pause(until: float, reason: str) -> None:
+            self._show(bar, caller, elsewhere)
+            if not self.progress and until - time.time() >= PAUSE_NOTICE_S:
+                when = time.strftime("%H:%M:%S", time.localtime(until))
+                print(
+                    f"lmact: {caller.client.name}: {reason}: paused until {when}", file=sys.stderr
+                )
+
+        return on_pause
 
     def _show(self, bar: tqdm, caller: ModelCaller, elsewhere: dict[int, str]) -> None:
         status: dict[str, object] = {
