@@ -24,6 +24,8 @@ from typing import Any
 from lmact.errors import LmactError
 
 DEFAULT_STORE = Path("results") / "lmact.sqlite"
+# An episode cut off by the step limit (truncated) rather than ended by the task.
+STEP_LIMIT = "step limit"
 # The most test episodes one run may ask for: each is a row, a record and a unit of work.
 MAX_EPISODES = 100_000
 
@@ -91,6 +93,8 @@ _ADDED_COLUMNS = {
         **_USAGE_COLUMNS,
         # Answers the server never made readable, recorded as empty (see ModelCaller).
         "unreadable": "INTEGER NOT NULL DEFAULT 0",
+        # Why it ended: the task's reason ("checkmate", "solved") or "step limit".
+        "end_reason": "TEXT",
         # The process playing a running episode, and when it last wrote a step.
         "owner": "TEXT",
         "heartbeat": "REAL",
@@ -160,6 +164,7 @@ class EpisodeRecord:
     reasoning_tokens: int = 0
     cost_usd: float | None = None  # None if any step's cost is unknown
     unreadable: int = 0  # steps whose answer never came back readable (counted as empty)
+    end_reason: str | None = None  # the task's reason, or STEP_LIMIT; None before 0.2
 
 
 @dataclass(frozen=True)

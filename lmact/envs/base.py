@@ -133,6 +133,8 @@ class Environment(ABC):
     rendering_version: ClassVar[int] = 1
     # Set by a subclass's reset(); state accessors call _require_started() first.
     _started: bool = False
+    # Why it ended, set by a subclass with _done when the reason is more than "ended".
+    _ended_by: str = "ended"
     # Set by a subclass when its episode ends (a win, a loss, the game over ...).
     _done: bool = False
 
@@ -181,6 +183,12 @@ class Environment(ABC):
         """Whether the episode has ended (no action is legal any more)."""
         self._require_started()
         return self._done
+
+    def end_reason(self) -> str | None:
+        """Why the episode ended, in a word or two ("win", "checkmate", "solved"); None while
+        it goes on. Stored with every finished episode."""
+        self._require_started()
+        return self._ended_by if self._done else None
 
     def _require_started(self) -> None:
         if not self._started:

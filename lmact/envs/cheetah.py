@@ -285,6 +285,7 @@ class Cheetah(Environment):
         # The plan's first action is spent: the rest starts the next step's search.
         self._plan = np.concatenate([self._plan[1:], self._plan[-1:]])
         self._done = bool(timestep.last())
+        self._ended_by = "time limit"  # dm_control's own limit, 1,000 steps
         return StepOutcome(reward=float(timestep.reward), done=self._done)
 
     def legal_actions(self) -> list[str]:

@@ -374,6 +374,7 @@ class Chess(Environment):
         if outcome is None:
             return None
         self._done = True
+        self._ended_by = outcome.termination.name.lower().replace("_", " ")
         if outcome.winner is None:
             return StepOutcome(reward=0.0, done=True)
         return StepOutcome(reward=1.0 if outcome.winner == self._agent_color else -1.0, done=True)

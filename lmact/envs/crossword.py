@@ -171,11 +171,13 @@ class Crossword(Environment):
         entry = self._clues_by_id.get(clue_id)
         if entry is None or len(word) != len(entry.answer):
             self._done = True
+            self._ended_by = "impossible answer"
             return StepOutcome(reward=-1.0, done=True)
         if clue_id in self._solved or word != entry.answer:
             return StepOutcome(reward=0.0, done=False)
         self._solved.add(clue_id)
         self._done = len(self._solved) == len(self._puzzle.clues)
+        self._ended_by = "solved"
         return StepOutcome(reward=1.0, done=self._done)
 
     def legal_actions(self) -> list[str]:

@@ -140,6 +140,7 @@ class GridWorld(Environment):
             self._player = destination
         if self._player == self._target:
             self._done = True
+            self._ended_by = "target reached"
             return StepOutcome(reward=1.0, done=True)
         return StepOutcome(reward=0.0, done=False)
 

@@ -186,6 +186,7 @@ class Phoenix(Environment):
         observation, reward, terminated, truncated, _ = self._gym_env.step(_ACTION_INDEX[action])
         self._frames.append(np.array(observation, dtype=np.uint8))
         self._done = bool(terminated or truncated)
+        self._ended_by = "game over" if terminated else "emulator time limit"
         return StepOutcome(reward=float(reward), done=self._done)
 
     def legal_actions(self) -> list[str]:

@@ -186,6 +186,7 @@ class TicTacToe(Environment):
 
     def _finish(self, reward: float) -> StepOutcome:
         self._done = True
+        self._ended_by = {1.0: "win", -1.0: "loss"}.get(reward, "draw")
         return StepOutcome(reward=reward, done=True)
 
     def legal_actions(self) -> list[str]:

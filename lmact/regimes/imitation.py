@@ -32,7 +32,7 @@ from lmact.prompting import (
     extract_answer,
     templates_fingerprint,
 )
-from lmact.store import EpisodeRecord, StepRecord
+from lmact.store import STEP_LIMIT, EpisodeRecord, StepRecord
 from lmact.tasks import TaskSpec, get_task
 
 BASELINE_POLICIES = ("random", "expert")
@@ -282,6 +282,7 @@ async def play_episode(
     trajectory: list[Step] = []
     total = 0.0
     unreadable = 0
+    end_reason = STEP_LIMIT
     cost: float | None = 0.0
     terminated = False
     try:
@@ -341,6 +342,7 @@ async def play_episode(
             trajectory.append((observation, action))
             if outcome.done:
                 terminated = True
+                end_reason = env.end_reason()
                 break
     finally:
         env.close()
@@ -361,4 +363,5 @@ async def play_episode(
         reasoning_tokens=tokens["reasoning"],
         cost_usd=cost if trajectory else None,
         unreadable=unreadable,
+        end_reason=end_reason,
     )
