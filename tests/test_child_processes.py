@@ -88,7 +88,8 @@ def stop(run: Started, signal_number: int) -> tuple[int, float]:
     return code, time.monotonic() - signalled
 
 
-DEMOS = ["-m", "lmact.cli", "demos", "chess", "--episodes", "6", "--workers", "2"]
+# Enough games that the pool is still playing when the test stops it, however busy the machine.
+DEMOS = ["-m", "lmact.cli", "demos", "chess", "--episodes", "40", "--workers", "2"]
 
 
 @pytest.mark.slow
