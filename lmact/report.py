@@ -7,6 +7,8 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from lmact.errors import LmactError, UnknownNameError
 from lmact.regimes.imitation import BASELINE_POLICIES, ImitationConfig
 from lmact.scoring import score_episodes
@@ -15,6 +17,7 @@ from lmact.store import EpisodeRecord, RunRecord, RunStore
 COLUMNS = [
     "run_id",
     "task",
+    "regime",
     "observation",
     "model",
     "demos",
@@ -57,7 +60,10 @@ def run_row(store: RunStore, run: RunRecord) -> dict[str, Any] | None:
     finished = store.finished_episodes(run.run_id)
     if not finished:
         return None
-    config = ImitationConfig(**run.config)
+    try:
+        config = ImitationConfig(**run.config)
+    except (TypeError, ValidationError):
+        return _foreign_row(run, finished)  # another regime's run, or a newer release's
     # Normalize only against baselines over exactly the same test seeds.
     contiguous = sorted(finished) == list(range(len(finished)))
     baselines = {
@@ -67,6 +73,7 @@ def run_row(store: RunStore, run: RunRecord) -> dict[str, Any] | None:
     scores = score_episodes(list(finished.values()), baselines["random"], baselines["expert"])
     return {
         "run_id": run.run_id,
+        "regime": config.regime,
         "task": config.task,
         "observation": config.observation,
         "model": config.model,
@@ -75,6 +82,27 @@ def run_row(store: RunStore, run: RunRecord) -> dict[str, Any] | None:
         "past_actions": config.past_actions,
         "demo_draw": config.demo_draw,
         "demo_pool": config.demo_pool,
+        "ci95_low": scores.ci95[0],
+        "ci95_high": scores.ci95[1],
+        **{name: getattr(scores, name) for name in COLUMNS if hasattr(scores, name)},
+    }
+
+
+def _foreign_row(run: RunRecord, finished: dict[int, EpisodeRecord]) -> dict[str, Any]:
+    """A row for a run whose configuration this release cannot read: its scores, and what
+    of its configuration reads as plain text."""
+    scores = score_episodes(list(finished.values()))
+    config = run.config if isinstance(run.config, dict) else {}
+    described = {
+        key: str(config[key])
+        for key in ("regime", "task", "observation", "model")
+        if isinstance(config.get(key), str | int)
+    }
+    return {
+        **dict.fromkeys(COLUMNS),
+        "run_id": run.run_id,
+        **described,
+        "demos": run.demos_used,
         "ci95_low": scores.ci95[0],
         "ci95_high": scores.ci95[1],
         **{name: getattr(scores, name) for name in COLUMNS if hasattr(scores, name)},

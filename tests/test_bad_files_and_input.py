@@ -326,3 +326,26 @@ def test_output_to_a_full_device_is_one_line(tmp_path: Path) -> None:
             timeout=60,
         )
     one_line_error(result, "cannot write the output: No space left on device")
+
+
+def test_the_report_reads_runs_it_cannot_configure(tmp_path: Path) -> None:
+    store = tmp_path / "runs.sqlite"
+    assert lmact(*RANDOM_RUN, "--store", str(store), cwd=tmp_path).returncode == 0
+    with sqlite3.connect(store) as db:  # a run of a regime this release does not know
+        db.execute(
+            "INSERT INTO runs (run_id, config, created) VALUES ('future', ?, 0)",
+            ('{"regime": "icrl", "task": "bandit_hard", "model": "ucb1", "arms": 5}',),
+        )
+        db.execute(
+            "INSERT INTO episodes (run_id, episode, seed, status, total_return, steps, "
+            "terminated, valid, illegal, invalid, empty, prompt_tokens, completion_tokens, "
+            "cached_tokens) VALUES ('future', 0, 0, 'done', 1.0, 1, 1, 1, 0, 0, 0, 0, 0, 0)"
+        )
+    db.close()
+    report = lmact("report", "--store", str(store), "--format", "csv", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    header, *rows = report.stdout.splitlines()
+    assert header.split(",")[:3] == ["run_id", "task", "regime"]
+    future = next(row for row in rows if row.startswith("future,"))
+    assert future.startswith("future,bandit_hard,icrl,") and ",1.0," in future
+    assert any(row.split(",")[2] == "imitation" for row in rows)
