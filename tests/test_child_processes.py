@@ -1,6 +1,6 @@
 """Every child of lmact ends with it: demonstration workers, their engines, the resource tracker.
 
-`lmact demos chess --episodes 6 --workers 2` plays the first expert game itself, then starts a
+`lmact demos` of chess with two workers plays the first expert game itself, then starts a
 pool of two spawned workers, each with its own Stockfish, and multiprocessing's resource
 tracker. Whether lmact is stopped by SIGTERM or killed by SIGKILL, none of them may outlive it.
 """
@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from processes import ProcessInfo, command_line, descendants, running, wait_until
+
+from lmact.resources import data_dir
 
 # Seconds the recorded children may take to end after their parent.
 CHILDREN_END_WITHIN_S = 10.0
@@ -88,13 +90,26 @@ def stop(run: Started, signal_number: int) -> tuple[int, float]:
     return code, time.monotonic() - signalled
 
 
-# Enough games that the pool is still playing when the test stops it, however busy the machine.
-DEMOS = ["-m", "lmact.cli", "demos", "chess", "--episodes", "40", "--workers", "2"]
+def slow_chess(folder: Path) -> Path:
+    """A chess variant whose expert thinks 250 ms a move: its first game surely takes the
+    second that starts the pool (a quick mate at 50 ms a move did not, in two CI runs)."""
+    spec = (data_dir("tasks") / "chess.toml").read_text()
+    spec = spec.replace('name = "chess"', 'name = "chess_slow"')
+    spec = spec.replace("expert_time_ms = 50", "expert_time_ms = 250")
+    path = folder / "chess_slow.toml"
+    path.write_text(spec)
+    return path
+
+
+def demos_command(tmp_path: Path) -> list[str]:
+    """`lmact demos` with enough games that the pool is still playing when it is stopped."""
+    task = str(slow_chess(tmp_path))
+    return ["-m", "lmact.cli", "demos", task, "--episodes", "40", "--workers", "2"]
 
 
 @pytest.mark.slow
 def test_sigterm_stops_lmact_demos_and_every_child_at_once(tmp_path: Path) -> None:
-    with started(DEMOS, tmp_path) as run:
+    with started(demos_command(tmp_path), tmp_path) as run:
         tree = pool_tree(run)
         code, took = stop(run, signal.SIGTERM)
         assert left_running(tree) == set()
@@ -107,7 +122,7 @@ def test_sigterm_stops_lmact_demos_and_every_child_at_once(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_sigkill_of_lmact_demos_leaves_no_child(tmp_path: Path) -> None:
-    with started(DEMOS, tmp_path) as run:
+    with started(demos_command(tmp_path), tmp_path) as run:
         tree = pool_tree(run)
         stop(run, signal.SIGKILL)
         assert left_running(tree) == set()
