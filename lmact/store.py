@@ -105,6 +105,8 @@ _LMACT_TABLES = frozenset({"runs", "episodes", "steps", "model_calls"})
 APPLICATION_ID = 0x6C6D6163
 SCHEMA_VERSION = 1
 _SQLITE_HEADER = b"SQLite format 3\x00"
+# How long opening a store waits for other processes that hold it (creating it, say).
+OPEN_TIMEOUT_S = 60.0
 # A claim whose owner runs on another host is trusted while it wrote within this long.
 CLAIM_LEASE_S = 600.0
 
@@ -195,12 +197,25 @@ class RunStore:
             raise self._error(error) from None
         try:
             with self._guard():
-                self._check_ours()
-                self._migrate()
-                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._open_when_free()
         except BaseException:
             self._db.close()
             raise
+
+    def _open_when_free(self) -> None:
+        """Check and migrate the file, retrying while another process holds it: switching
+        a new store to WAL needs it alone, and SQLite's busy timeout does not wait for that."""
+        deadline = time.monotonic() + OPEN_TIMEOUT_S
+        while True:
+            try:
+                self._check_ours()
+                self._migrate()
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _error(self, error: BaseException) -> StoreError:
         hint = ""
