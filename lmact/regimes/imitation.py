@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,9 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lmact.demos import DEMO_SEED_BASE
 from lmact.envs import environment_class
-from lmact.envs.base import AnswerKind, Environment, classify_answer
+from lmact.envs.base import Environment, Observation
+from lmact.episode import EpisodeTally, StepRules, play_step
 from lmact.errors import LmactError, UnknownNameError
-from lmact.models.base import UNREADABLE, Part
+from lmact.models.base import ModelRequest, Part
 from lmact.models.caller import ModelCaller
 from lmact.prompting import (
     Packing,
@@ -29,7 +29,6 @@ from lmact.prompting import (
     PromptSettings,
     Step,
     check_templates,
-    extract_answer,
     templates_fingerprint,
 )
 from lmact.store import STEP_LIMIT, EpisodeRecord, StepRecord
@@ -277,91 +276,41 @@ async def play_episode(
     env = plan.task.make_environment()
     fallback_rng = np.random.default_rng([seed, _FALLBACK_STREAM])
     oracle = _Oracle(env, np.random.default_rng([seed, _POLICY_STREAM]))
-    kinds: Counter[str] = Counter()
-    tokens: Counter[str] = Counter()
+    rules = StepRules(config.observation, exact_answers=config.answer_match == "exact")
     trajectory: list[Step] = []
-    total = 0.0
-    unreadable = 0
-    end_reason = STEP_LIMIT
-    cost: float | None = 0.0
-    terminated = False
+    tally = EpisodeTally()
+    end_reason, terminated = STEP_LIMIT, False
+
+    def build_request(observation: Observation, legal: Sequence[str]) -> ModelRequest:
+        return plan.builder.request(
+            plan.prefix(episode),
+            trajectory,
+            observation,
+            legal,
+            with_demonstrations=plan.with_demonstrations(episode),
+            max_tokens=config.max_tokens,
+            seed=config.seed,
+        )
+
     try:
         env.reset(seed)
         for step in range(config.max_steps):
-            observation = env.render(config.observation)
-            description = env.legal_actions_description()
-            request = plan.builder.request(
-                plan.prefix(episode),
-                trajectory,
-                observation,
-                [description] if description else env.legal_actions(),
-                with_demonstrations=plan.with_demonstrations(episode),
-                max_tokens=config.max_tokens,
-                seed=config.seed,
+            played = await play_step(
+                env,
+                caller,
+                build_request,
+                rules,
+                oracle=oracle,
+                fallback_rng=fallback_rng,
+                episode=episode,
+                step=step,
             )
-            response = await caller.call(request, oracle)
-            answer = extract_answer(response.text)
-            parsed = classify_answer(env, answer, exact=config.answer_match == "exact")
-            # Anything but a valid action (which alone has one) is replaced by a uniformly
-            # random legal action.
-            action = parsed.action or env.random_action(fallback_rng)
-            outcome = env.step(action)
-            total += outcome.reward
-            kinds[parsed.kind] += 1
-            unreadable += response.stop_reason == UNREADABLE
-            tokens.update(
-                prompt=response.prompt_tokens,
-                completion=response.completion_tokens,
-                cached=response.cached_tokens,
-                cache_write=response.cache_write_tokens,
-                reasoning=response.reasoning_tokens,
-            )
-            step_cost = caller.client.cost_usd(response)
-            cost = None if cost is None or step_cost is None else cost + step_cost
-            on_step(
-                StepRecord(
-                    episode=episode,
-                    step=step,
-                    prompt_hash=request.prompt_hash,
-                    completion=response.text,
-                    answer=answer,
-                    kind=parsed.kind.value,
-                    action=action,
-                    reward=outcome.reward,
-                    stop_reason=response.stop_reason,
-                    prompt_tokens=response.prompt_tokens,
-                    completion_tokens=response.completion_tokens,
-                    cached_tokens=response.cached_tokens,
-                    latency_s=response.latency_s,
-                    from_cache=response.from_cache,
-                    cache_write_tokens=response.cache_write_tokens,
-                    reasoning_tokens=response.reasoning_tokens,
-                    cost_usd=step_cost,
-                )
-            )
-            trajectory.append((observation, action))
-            if outcome.done:
-                terminated = True
-                end_reason = env.end_reason()
+            tally.add(played.record)
+            on_step(played.record)
+            trajectory.append(played.step)
+            if played.outcome.done:
+                terminated, end_reason = True, env.end_reason() or "ended"
                 break
     finally:
         env.close()
-    return EpisodeRecord(
-        episode=episode,
-        seed=seed,
-        total_return=total,
-        steps=len(trajectory),
-        terminated=terminated,
-        valid=kinds[AnswerKind.VALID],
-        illegal=kinds[AnswerKind.ILLEGAL],
-        invalid=kinds[AnswerKind.INVALID],
-        empty=kinds[AnswerKind.EMPTY],
-        prompt_tokens=tokens["prompt"],
-        completion_tokens=tokens["completion"],
-        cached_tokens=tokens["cached"],
-        cache_write_tokens=tokens["cache_write"],
-        reasoning_tokens=tokens["reasoning"],
-        cost_usd=cost if trajectory else None,
-        unreadable=unreadable,
-        end_reason=end_reason,
-    )
+    return tally.record(episode, seed, terminated, end_reason)
