@@ -24,7 +24,8 @@ from lmact.models.registry import DEFAULT_MODEL, accepted_model_names
 from lmact.store import DEFAULT_STORE, MAX_EPISODES
 
 if TYPE_CHECKING:
-    from lmact.runner import RunEstimate
+    from lmact.regimes.imitation import ImitationConfig
+    from lmact.runner import RunEstimate, RunSummary
 
 EXIT_USAGE = 2
 # The numeric options, checked in one place before any work: (least, most) allowed.
@@ -84,22 +85,8 @@ def _add_storage_options(parser: argparse.ArgumentParser, store: bool = True) ->
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="lmact",
-        description="Evaluate language models as policies in interactive tasks, "
-        "from demonstrations in context (LMAct).",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    run = commands.add_parser(
-        "run",
-        help="evaluate a model on a task",
-        description="Evaluate a model on test episodes of a task, with expert demonstrations "
-        "in the prompt; also runs the random and expert baselines on the same "
-        "test seeds and prints the normalized score. Everything is stored: rerunning "
-        "the same command makes no model call, and a killed run resumes.",
-    )
+def _add_episode_options(run: argparse.ArgumentParser) -> None:
+    """What is played: task, model, demonstrations, episodes, limits."""
     run.add_argument("--task", required=True, help="a task name (see `lmact tasks`)")
     run.add_argument("--observation", help="observation format (default: the task's own)")
     run.add_argument(
@@ -129,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--max-tokens", type=int, help="answer length limit (default: the task's; 512 with --cot)"
     )
+
+
+def _add_prompt_options(run: argparse.ArgumentParser) -> None:
+    """What the prompt shows and how answers are read (the reference protocol's options)."""
     run.add_argument(
         "--legal-actions", action="store_true", help="list the legal actions in the prompt"
     )
@@ -170,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
         "+); exact: only an answer spelled exactly as one of the legal actions is legal, as "
         "in the reference code",
     )
+
+
+def _add_execution_options(run: argparse.ArgumentParser) -> None:
+    """How a run is carried out and reported."""
     run.add_argument(
         "--context-window",
         type=int,
@@ -197,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="discard the run's stored episodes and play them afresh (the call cache is kept); "
         "needed when the demonstrations changed since the run started",
     )
+
+
+def _add_remote_options(run: argparse.ArgumentParser) -> None:
+    """Options of networked models."""
     remote = run.add_argument_group("networked models")
     remote.add_argument(
         "--base-url",
@@ -245,7 +244,34 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="USD per million completion tokens (default: the catalog's)",
     )
+
+
+def _add_run_command(commands: argparse._SubParsersAction) -> None:
+    """`lmact run` and its options, by group."""
+    run = commands.add_parser(
+        "run",
+        help="evaluate a model on a task",
+        description="Evaluate a model on test episodes of a task, with expert demonstrations "
+        "in the prompt; also runs the random and expert baselines on the same "
+        "test seeds and prints the normalized score. Everything is stored: rerunning "
+        "the same command makes no model call, and a killed run resumes.",
+    )
+    _add_episode_options(run)
+    _add_prompt_options(run)
+    _add_execution_options(run)
+    _add_remote_options(run)
     _add_storage_options(run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="lmact",
+        description="Evaluate language models as policies in interactive tasks, "
+        "from demonstrations in context (LMAct).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    _add_run_command(commands)
 
     demos_command = commands.add_parser(
         "demos",
@@ -279,12 +305,34 @@ def _demo_store(args: argparse.Namespace) -> DemoStore:
 
 
 def _command_run(args: argparse.Namespace) -> None:
-    from lmact.regimes.imitation import make_config
     from lmact.runner import Runner
     from lmact.store import RunStore
     from lmact.tasks import get_task
 
-    config = make_config(
+    config = _run_config(args)
+    episodes = args.episodes if args.episodes is not None else get_task(args.task).episodes
+    options = _model_options(args)
+    with RunStore(args.store) as store:
+        runner = Runner(
+            store, _demo_store(args), options, args.max_connections, progress=sys.stderr.isatty()
+        )
+        try:
+            if args.dry_run:
+                _print_estimate(runner.estimate(config, episodes), args.json)
+                return
+            summary = runner.evaluate(config, episodes, restart=args.restart)
+        finally:
+            runner.close()
+    if args.json:
+        print(json.dumps(summary.to_dict()))
+    else:
+        _print_summary(summary, args.store)
+
+
+def _run_config(args: argparse.Namespace) -> ImitationConfig:
+    from lmact.regimes.imitation import make_config
+
+    return make_config(
         args.task,
         observation=args.observation,
         model=args.model,
@@ -301,22 +349,9 @@ def _command_run(args: argparse.Namespace) -> None:
         demo_draw=args.demo_draw,
         demo_pool=args.demo_pool,
     )
-    episodes = args.episodes if args.episodes is not None else get_task(args.task).episodes
-    options = _model_options(args)
-    with RunStore(args.store) as store:
-        runner = Runner(
-            store, _demo_store(args), options, args.max_connections, progress=sys.stderr.isatty()
-        )
-        try:
-            if args.dry_run:
-                _print_estimate(runner.estimate(config, episodes), args.json)
-                return
-            summary = runner.evaluate(config, episodes, restart=args.restart)
-        finally:
-            runner.close()
-    if args.json:
-        print(json.dumps(summary.to_dict()))
-        return
+
+
+def _print_summary(summary: RunSummary, store: Path) -> None:
     score = summary.normalized_score
     rows = [
         (
@@ -355,7 +390,7 @@ def _command_run(args: argparse.Namespace) -> None:
     if summary.stopped_by:
         print(f"(no further demonstration fit: {summary.stopped_by})")
     _print_table(rows)
-    print(f"run {summary.run_id} in {args.store}")
+    print(f"run {summary.run_id} in {store}")
 
 
 def check_numbers(args: argparse.Namespace) -> None:

@@ -210,6 +210,27 @@ def count_images(parts: Sequence[Part]) -> int:
     return sum(1 for part in parts if isinstance(part, ImagePart))
 
 
+@dataclass(frozen=True)
+class _Limits:
+    """What the demonstrations of one prompt must fit."""
+
+    builder: PromptBuilder
+    count_tokens: Callable[[Sequence[Part]], int]
+    context_window: int | None
+    max_images: int | None
+    tail_tokens: int  # the legal actions and instruction after the current observation
+    answer_tokens: int
+
+    def reserve(self, episode_tokens: int) -> int:
+        """Tokens kept for the current episode (as long as `episode_tokens`) and the answer."""
+        return episode_tokens + self.tail_tokens + self.answer_tokens
+
+    def preamble_tokens(self) -> int:
+        return self.count_tokens(
+            [TextPart(self.builder.template("preamble_with_demos").substitute())]
+        )
+
+
 def pack_demonstrations(
     builder: PromptBuilder,
     candidates: Iterable[Sequence[Step]],
@@ -231,57 +252,63 @@ def pack_demonstrations(
     if (exact is None) == (budget is None):
         raise ValueError("give exactly one of exact and budget")
     tail_tokens = count_tokens([TextPart(builder.tail(["a"] * 8, True))]) + 16
-
-    def reserve(episode_tokens: int) -> int:
-        return episode_tokens + tail_tokens + answer_tokens
-
-    chosen: list[Sequence[Step]] = []
-    longest = 0
-    most_images = 0  # images of the longest episode (in images) chosen
+    limits = _Limits(builder, count_tokens, context_window, max_images, tail_tokens, answer_tokens)
     if exact is not None:
-        running = count_tokens([TextPart(builder.template("preamble_with_demos").substitute())])
-        for demonstration in islice(candidates, exact):
-            chosen.append(demonstration)
-            parts = episode_parts(demonstration)
-            tokens = count_tokens(parts)
-            longest = max(longest, tokens)
-            most_images = max(most_images, count_images(parts))
-            running += tokens + 1
-            # Checked as they come, so that an impossible count stops the generation early.
-            if context_window is not None and running + reserve(longest) > context_window:
-                raise LmactError(
-                    f"{exact} demonstrations do not fit: the first {len(chosen)} take about "
-                    f"{running} tokens; with the current episode (~{reserve(longest)}) that "
-                    f"exceeds the model's context window of {context_window} tokens; use "
-                    "fewer --demos or a --token-budget"
-                )
-        if len(chosen) < exact:
-            raise LmactError(f"only {len(chosen)} demonstrations are available, {exact} asked")
-        prefix = builder.prefix(chosen)
-        prefix_tokens = count_tokens(prefix)
-        if context_window is not None and prefix_tokens + reserve(longest) > context_window:
-            raise LmactError(
-                f"{exact} demonstrations take {prefix_tokens} tokens; with the current episode "
-                f"(~{reserve(longest)}) that exceeds the model's context window of "
-                f"{context_window} tokens; use fewer --demos or a --token-budget"
-            )
-        images = count_images(prefix)
-        if max_images is not None and images + most_images > max_images:
-            raise LmactError(
-                f"{exact} demonstrations hold {images} images; with the current episode "
-                f"(~{most_images}) that exceeds the model's limit of {max_images} images per "
-                "request; use fewer --demos, a --token-budget or a text observation"
-            )
-        return Packing(tuple(chosen), prefix, prefix_tokens, reserve(longest))
-
+        return _pack_exactly(limits, candidates, exact)
     assert budget is not None
-    running = count_tokens([TextPart(builder.template("preamble_with_demos").substitute())])
-    running_images = 0
+    return _pack_to_budget(limits, candidates, budget)
+
+
+def _pack_exactly(limits: _Limits, candidates: Iterable[Sequence[Step]], exact: int) -> Packing:
+    chosen: list[Sequence[Step]] = []
+    longest = most_images = 0  # the longest demonstration, in tokens and in images
+    running = limits.preamble_tokens()
+    window = limits.context_window
+    for demonstration in islice(candidates, exact):
+        chosen.append(demonstration)
+        parts = episode_parts(demonstration)
+        tokens = limits.count_tokens(parts)
+        longest = max(longest, tokens)
+        most_images = max(most_images, count_images(parts))
+        running += tokens + 1
+        # Checked as they come, so that an impossible count stops the generation early.
+        if window is not None and running + limits.reserve(longest) > window:
+            raise LmactError(
+                f"{exact} demonstrations do not fit: the first {len(chosen)} take about "
+                f"{running} tokens; with the current episode (~{limits.reserve(longest)}) that "
+                f"exceeds the model's context window of {window} tokens; use "
+                "fewer --demos or a --token-budget"
+            )
+    if len(chosen) < exact:
+        raise LmactError(f"only {len(chosen)} demonstrations are available, {exact} asked")
+    prefix = limits.builder.prefix(chosen)
+    prefix_tokens = limits.count_tokens(prefix)
+    if window is not None and prefix_tokens + limits.reserve(longest) > window:
+        raise LmactError(
+            f"{exact} demonstrations take {prefix_tokens} tokens; with the current episode "
+            f"(~{limits.reserve(longest)}) that exceeds the model's context window of "
+            f"{window} tokens; use fewer --demos or a --token-budget"
+        )
+    images = count_images(prefix)
+    if limits.max_images is not None and images + most_images > limits.max_images:
+        raise LmactError(
+            f"{exact} demonstrations hold {images} images; with the current episode "
+            f"(~{most_images}) that exceeds the model's limit of {limits.max_images} images "
+            "per request; use fewer --demos, a --token-budget or a text observation"
+        )
+    return Packing(tuple(chosen), prefix, prefix_tokens, limits.reserve(longest))
+
+
+def _pack_to_budget(limits: _Limits, candidates: Iterable[Sequence[Step]], budget: int) -> Packing:
+    chosen: list[Sequence[Step]] = []
+    longest = most_images = 0  # the longest demonstration chosen, in tokens and in images
+    running, running_images = limits.preamble_tokens(), 0
     first_need: int | None = None
     stopped_by: str | None = None
+    window, max_images = limits.context_window, limits.max_images
     for demonstration in candidates:
         parts = episode_parts(demonstration)
-        cost = count_tokens(parts) + 1  # +1: the blank line after it
+        cost = limits.count_tokens(parts) + 1  # +1: the blank line after it
         images = count_images(parts)
         if first_need is None:
             first_need = running + cost
@@ -289,10 +316,7 @@ def pack_demonstrations(
         most_images_if_added = max(most_images, images)
         if running + cost > budget:
             stopped_by = "token budget"
-        elif (
-            context_window is not None
-            and running + cost + reserve(longest_if_added) > context_window
-        ):
+        elif window is not None and running + cost + limits.reserve(longest_if_added) > window:
             stopped_by = "context window"
         elif max_images is not None and running_images + images + most_images_if_added > max_images:
             stopped_by = "image limit"
@@ -301,14 +325,15 @@ def pack_demonstrations(
         chosen.append(demonstration)
         running += cost
         running_images += images
-        longest = longest_if_added
-        most_images = most_images_if_added
+        longest, most_images = longest_if_added, most_images_if_added
     # Per-episode counts are close to, not exactly, the whole prefix's: check it as a whole.
     while chosen:
-        prefix = builder.prefix(chosen)
-        prefix_tokens = count_tokens(prefix)
+        prefix = limits.builder.prefix(chosen)
+        prefix_tokens = limits.count_tokens(prefix)
         if prefix_tokens <= budget:
-            return Packing(tuple(chosen), prefix, prefix_tokens, reserve(longest), stopped_by)
+            return Packing(
+                tuple(chosen), prefix, prefix_tokens, limits.reserve(longest), stopped_by
+            )
         chosen.pop()
         stopped_by = "token budget"
     if first_need is None:
@@ -318,8 +343,8 @@ def pack_demonstrations(
             f"one demonstration and the current episode need more than the model's limit of "
             f"{max_images} images per request; choose a text observation"
         )
-    window = f"; the model's context window is {context_window}" if context_window else ""
+    shown = f"; the model's context window is {window}" if window else ""
     raise LmactError(
         f"token budget {budget} is too small for one demonstration: the preamble and the "
-        f"first demonstration need about {first_need} tokens{window}"
+        f"first demonstration need about {first_need} tokens{shown}"
     )

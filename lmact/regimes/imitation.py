@@ -169,16 +169,14 @@ def make_config(
     if answer_match not in ANSWER_MATCHES:
         raise UnknownNameError("--answer-match", answer_match, ANSWER_MATCHES)
     demo_draw, demo_pool = _demo_draw(demo_draw, demo_pool, demos)
-    for name, value in (("--demos", demos), ("--seed", seed)):
-        if value is not None and value < 0:
-            raise LmactError(f"{name} must be at least 0, not {value}")
-    for name, value in (
-        ("--token-budget", token_budget),
-        ("--max-steps", max_steps),
-        ("--max-tokens", max_tokens),
-    ):
-        if value is not None and value <= 0:
-            raise LmactError(f"{name} must be positive, not {value}")
+    _check_counts(
+        at_least_0={"--demos": demos, "--seed": seed},
+        positive={
+            "--token-budget": token_budget,
+            "--max-steps": max_steps,
+            "--max-tokens": max_tokens,
+        },
+    )
     return ImitationConfig(
         task=spec.name,
         spec_hash=spec.spec_hash,
@@ -200,6 +198,16 @@ def make_config(
         past_actions=past_actions,
         answer_match=answer_match,  # type: ignore[arg-type] - checked above
     )
+
+
+def _check_counts(at_least_0: dict[str, int | None], positive: dict[str, int | None]) -> None:
+    """The counts of a configuration made through the Python API (the CLI checks them too)."""
+    for name, value in at_least_0.items():
+        if value is not None and value < 0:
+            raise LmactError(f"{name} must be at least 0, not {value}")
+    for name, value in positive.items():
+        if value is not None and value <= 0:
+            raise LmactError(f"{name} must be positive, not {value}")
 
 
 def _demo_draw(draw: str, pool: int | None, demos: int | None) -> tuple[str, int | None]:
