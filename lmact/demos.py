@@ -363,13 +363,19 @@ class DemoStore:
         observation: str,
         progress: Callable[[int], None] | None = None,
         batch: int = 8,
+        limit: int = MAX_DEMONSTRATIONS,
+        growing: bool = False,
     ) -> Iterator[Demonstration]:
-        """Demonstrations in order, generated as the consumer asks for more."""
+        """The first `limit` demonstrations in order, generated `batch` at a time as the
+        consumer asks for more. `growing` doubles the batch each time (8, 16, 32 …): a
+        consumer that stops early costs a few batches, one that goes on few pool starts."""
         produced = 0
-        while produced < MAX_DEMONSTRATIONS:
-            demonstrations = self.load(task, observation, produced, batch, progress)
+        while produced < limit:
+            count = min(batch, limit - produced)
+            demonstrations = self.load(task, observation, produced, count, progress)
             yield from demonstrations
             produced += len(demonstrations)
+            batch *= 2 if growing else 1
 
 
 def _pooled_episodes(

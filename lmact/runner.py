@@ -221,17 +221,6 @@ class Runner:
         finally:
             bar.close()
 
-    def _demonstrations(
-        self, task: TaskSpec, observation: str, limit: int, progress: Callable[[int], None]
-    ) -> Iterator[Demonstration]:
-        """The first `limit` demonstrations, generated in batches that double (8, 16, 32 …)
-        as the packing asks for more: a count that cannot fit stops after a few."""
-        start, batch = 0, 8
-        while start < limit:
-            count = min(batch, limit - start)
-            yield from self.demo_store.load(task, observation, start, count, progress)
-            start, batch = start + count, batch * 2
-
     def plan(
         self, config: ImitationConfig, record: bool = True, first_episode: int = 0
     ) -> PreparedRun:
@@ -258,7 +247,9 @@ class Runner:
             else:
                 limit = config.demos if config.demos is not None else MAX_DEMONSTRATIONS
                 packing, chosen = pack(
-                    self._demonstrations(task, config.observation, limit, bar.update)
+                    self.demo_store.stream(
+                        task, config.observation, bar.update, limit=limit, growing=True
+                    )
                 )
                 shared = packing
 
