@@ -81,7 +81,14 @@ async def play_step(
     return PlayedStep(record, (observation, action), outcome)
 
 
-_USAGE = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens")
+# The token counts of a step, summed over its episode.
+_USAGE = (
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
 
 
 @dataclass
@@ -100,7 +107,7 @@ class EpisodeTally:
         self.total_return += record.reward
         self.kinds[record.kind] += 1
         self.unreadable += record.stop_reason == UNREADABLE
-        for name in (*_USAGE, "reasoning_tokens"):
+        for name in _USAGE:
             self.tokens[name] += getattr(record, name)
         if self.cost_usd is not None and record.cost_usd is not None:
             self.cost_usd += record.cost_usd

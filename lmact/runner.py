@@ -335,7 +335,7 @@ class Runner:
         config, plan = prepared.plan.config, prepared.plan
         run_id = config.run_id
         pending = deque(todo)
-        elsewhere: dict[int, str] = {}  # episode -> the process playing it
+        elsewhere: set[int] = set()  # episodes another process is playing
 
         async def play(episode: int, bar: tqdm) -> None:
             def on_step(step: StepRecord) -> None:
@@ -348,7 +348,7 @@ class Runner:
             except ModelAuthError:
                 raise  # every other call would be refused too
             except ClaimLostError:
-                elsewhere[episode] = "another process"
+                elsewhere.add(episode)
                 return
             except Exception as error:
                 failures.errors[episode] = error
@@ -363,11 +363,11 @@ class Runner:
                     elsewhere.clear()
                     continue
                 episode = pending.popleft()
-                claim, owner = self.store.claim_episode(run_id, episode, config.test_seed(episode))
+                claim, _ = self.store.claim_episode(run_id, episode, config.test_seed(episode))
                 if claim is Claim.DONE:
                     bar.update(1)
                 elif claim is Claim.BUSY:
-                    elsewhere[episode] = owner or "another process"
+                    elsewhere.add(episode)
                     self._show(bar, caller, elsewhere)
                 else:
                     await play(episode, bar)
@@ -382,7 +382,7 @@ class Runner:
                     group.create_task(worker(bar))
 
     def _pause_listener(
-        self, bar: tqdm, caller: ModelCaller, elsewhere: dict[int, str]
+        self, bar: tqdm, caller: ModelCaller, elsewhere: set[int]
     ) -> Callable[[float, str], None]:
         """Says when a server pauses the run: on the progress line, else (from 5 s) on stderr."""
 
@@ -396,7 +396,7 @@ class Runner:
 
         return on_pause
 
-    def _show(self, bar: tqdm, caller: ModelCaller, elsewhere: dict[int, str]) -> None:
+    def _show(self, bar: tqdm, caller: ModelCaller, elsewhere: set[int]) -> None:
         status: dict[str, object] = {
             "calls": caller.calls_made,
             "cached": caller.calls_cached,
