@@ -6,13 +6,22 @@ import asyncio
 import io
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from lmact.demos import DEMO_SEED_BASE, play_expert_episode
-from lmact.models.base import ModelClient, ModelRequest, ModelResponse, TextPart
+from lmact.models.base import (
+    ModelClient,
+    ModelOptions,
+    ModelRequest,
+    ModelResponse,
+    Part,
+    TextPart,
+    estimate_tokens,
+)
 from lmact.models.caller import ModelCaller
 from lmact.prompting import PromptBuilder, PromptSettings, Step
 from lmact.tasks import get_task
@@ -85,3 +94,13 @@ def simple_request(**fields: Any) -> ModelRequest:
     """A three-part text request (preamble, demonstrations, current step)."""
     parts = (TextPart("Preamble.\n"), TextPart("Demonstrations.\n"), TextPart("Now: x1\n"))
     return ModelRequest(parts=fields.pop("parts", parts), **fields)
+
+
+class StubModel(ModelClient):
+    """A test model: counts tokens with the documented estimate; subclasses answer."""
+
+    def __init__(self, name: str, options: ModelOptions | None = None) -> None:
+        super().__init__(name, options or ModelOptions())
+
+    def count_tokens(self, parts: Sequence[Part]) -> int:
+        return estimate_tokens(parts)

@@ -8,34 +8,29 @@ import time
 from collections.abc import Sequence
 
 import pytest
+from helpers import StubModel
 
 from lmact.models.base import (
     ModelAuthError,
     ModelCallError,
-    ModelClient,
     ModelOptions,
     ModelRequest,
     ModelResponse,
-    Part,
     PolicyOracle,
     TextPart,
     TransientModelError,
-    estimate_tokens,
 )
 from lmact.models.caller import ModelCaller
 from lmact.store import RunStore
 
 
-class FlakyClient(ModelClient):
+class FlakyClient(StubModel):
     """Fails its first calls with the given errors (or sleeps), then answers."""
 
     def __init__(self, failures: Sequence[Exception | float], options: ModelOptions) -> None:
         super().__init__("test/flaky", options)
         self.failures = list(failures)
         self.attempts: list[float] = []
-
-    def count_tokens(self, parts: Sequence[Part]) -> int:
-        return estimate_tokens(parts)
 
     async def complete(
         self, request: ModelRequest, oracle: PolicyOracle | None = None

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import decode, lmact
+from helpers import StubModel, decode, lmact
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,14 +19,10 @@ from lmact.envs.base import AnswerKind, InvalidActionError, classify_answer
 from lmact.envs.cheetah import Cheetah, action_values, format_action, run_reward
 from lmact.errors import LmactError
 from lmact.models.base import (
-    ModelClient,
-    ModelOptions,
     ModelRequest,
     ModelResponse,
-    Part,
     PolicyOracle,
     TextPart,
-    estimate_tokens,
 )
 from lmact.regimes.imitation import make_config
 from lmact.runner import Runner
@@ -427,15 +423,12 @@ def test_random_actions_are_uniform_torques_not_the_grid(env: Cheetah) -> None:
     assert [env.random_action(again) for _ in range(400)] == actions  # seeded
 
 
-class PromptRecorder(ModelClient):
+class PromptRecorder(StubModel):
     """Answers a still cheetah and keeps every prompt's text."""
 
     def __init__(self) -> None:
-        super().__init__("test/prompt-recorder", ModelOptions())
+        super().__init__("test/prompt-recorder")
         self.prompts: list[str] = []
-
-    def count_tokens(self, parts: Sequence[Part]) -> int:
-        return estimate_tokens(parts)
 
     async def complete(
         self, request: ModelRequest, oracle: PolicyOracle | None = None

@@ -6,23 +6,18 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from helpers import demonstrations, lmact
+from helpers import StubModel, demonstrations, lmact
 
 from lmact.demos import DEMO_SEED_BASE, DemoStore
 from lmact.envs.base import AnswerKind, classify_answer
 from lmact.errors import LmactError
 from lmact.models.base import (
-    ModelClient,
-    ModelOptions,
     ModelRequest,
     ModelResponse,
-    Part,
     PolicyOracle,
-    estimate_tokens,
 )
 from lmact.prompting import ACTION_LABEL, PromptBuilder, PromptSettings
 from lmact.regimes.imitation import make_config, prompt_settings
@@ -99,14 +94,11 @@ def test_without_past_actions_the_episode_shows_observations_only() -> None:
     assert requests[False].count("Observation:") == requests[True].count("Observation:") == 2
 
 
-class UpperCaseAnswers(ModelClient):
+class UpperCaseAnswers(StubModel):
     """Answers every step with the first legal cell it reads in the prompt, in upper case."""
 
     def __init__(self) -> None:
-        super().__init__("test/upper-case", ModelOptions())
-
-    def count_tokens(self, parts: Sequence[Part]) -> int:
-        return estimate_tokens(parts)
+        super().__init__("test/upper-case")
 
     async def complete(
         self, request: ModelRequest, oracle: PolicyOracle | None = None

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from helpers import StubModel
 
 from lmact.demos import DEMO_SEED_BASE, DemoStore
 from lmact.errors import LmactError
@@ -17,28 +18,22 @@ from lmact.models.base import (
     ModelAuthError,
     ModelCallError,
     ModelClient,
-    ModelOptions,
     ModelRequest,
     ModelResponse,
-    Part,
     PolicyOracle,
-    estimate_tokens,
 )
 from lmact.regimes.imitation import make_config
 from lmact.runner import Runner
 from lmact.store import RunStore
 
 
-class ScriptedAnswers(ModelClient):
+class ScriptedAnswers(StubModel):
     """A cacheable test client that answers from a fixed list, cycling, and counts calls."""
 
     def __init__(self, answers: Sequence[str]) -> None:
-        super().__init__("test/scripted-answers", ModelOptions())
+        super().__init__("test/scripted-answers")
         self.answers = list(answers)
         self.calls = 0
-
-    def count_tokens(self, parts: Sequence[Part]) -> int:
-        return estimate_tokens(parts)
 
     async def complete(
         self, request: ModelRequest, oracle: PolicyOracle | None = None
