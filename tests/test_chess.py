@@ -86,6 +86,19 @@ def engine_error(monkeypatch: pytest.MonkeyPatch, path: Path | str) -> str:
     return message
 
 
+def run_script(script: str, **environment: str) -> subprocess.CompletedProcess[str]:
+    """A Python script in a process of its own, from the tests folder (for its helpers)."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).parent,
+        env={**os.environ, **environment},
+    )
+
+
 def test_a_program_that_never_answers_the_handshake_fails_in_one_line() -> None:
     # cat echoes `uci` back and never says `uciok`. In a subprocess, so that a hang fails the
     # test instead of stalling the suite; it also reports whether cat was left running.
@@ -106,15 +119,7 @@ def test_a_program_that_never_answers_the_handshake_fails_in_one_line() -> None:
         "time.sleep(0.5)\n"
         "print(sorted(info.name for info in descendants(os.getpid()).values()))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=Path(__file__).parent,
-        env={**os.environ, "LMACT_STOCKFISH": "/bin/cat"},
-    )
+    result = run_script(script, LMACT_STOCKFISH="/bin/cat")
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert result.stdout.splitlines() == [
         "the chess engine /bin/cat did not answer the UCI handshake within 0.5 s; is it Stockfish?",
@@ -486,14 +491,7 @@ def test_an_engine_killed_just_before_a_call_is_restarted_not_waited_for() -> No
         "    env.reset(1)\n"
         "print(env.expert_action())\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=Path(__file__).parent,
-    )
+    result = run_script(script)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() and result.stderr == ""
 
