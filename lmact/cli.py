@@ -24,7 +24,7 @@ from lmact.models.registry import DEFAULT_MODEL, accepted_model_names
 from lmact.store import DEFAULT_STORE, MAX_EPISODES
 
 if TYPE_CHECKING:
-    from lmact.regimes.imitation import ImitationConfig
+    from lmact.regimes.base import RegimeConfig
     from lmact.runner import RunEstimate, RunSummary
 
 EXIT_USAGE = 2
@@ -87,6 +87,14 @@ def _add_storage_options(parser: argparse.ArgumentParser, store: bool = True) ->
 
 def _add_episode_options(run: argparse.ArgumentParser) -> None:
     """What is played: task, model, demonstrations, episodes, limits."""
+    run.add_argument(
+        "--regime",
+        choices=("imitation", "replay"),
+        default="imitation",
+        help="imitation (default): demonstrations in the prompt, then new test episodes; "
+        "replay: the prompt shows one demonstration, then the model is asked for each of "
+        "its actions in turn (scored by the share it matches; expert 1.0)",
+    )
     run.add_argument("--task", required=True, help="a task name (see `lmact tasks`)")
     run.add_argument("--observation", help="observation format (default: the task's own)")
     run.add_argument(
@@ -110,7 +118,8 @@ def _add_episode_options(run: argparse.ArgumentParser) -> None:
         "--seed",
         type=int,
         default=0,
-        help="test episode i starts from seed SEED+i (default: %(default)s)",
+        help="test episode i starts from seed SEED+i; with --regime replay, episode i "
+        "replays demonstration SEED+i (default: %(default)s)",
     )
     run.add_argument("--max-steps", type=int, help="step limit per episode (default: the task's)")
     run.add_argument(
@@ -329,23 +338,45 @@ def _command_run(args: argparse.Namespace) -> None:
         _print_summary(summary, args.store)
 
 
-def _run_config(args: argparse.Namespace) -> ImitationConfig:
-    from lmact.regimes.imitation import make_config
+# Options of `lmact run` that only the imitation regime reads, with their defaults.
+_IMITATION_ONLY = {
+    "--demos": None,
+    "--token-budget": None,
+    "--max-steps": None,
+    "--demo-draw": "shared",
+    "--demo-pool": None,
+}
 
+
+def _run_config(args: argparse.Namespace) -> RegimeConfig:
+    from lmact.regimes.imitation import make_config
+    from lmact.regimes.replay import make_replay_config
+
+    prompted = {
+        "observation": args.observation,
+        "model": args.model,
+        "seed": args.seed,
+        "show_legal_actions": args.legal_actions,
+        "chain_of_thought": args.cot,
+        "max_tokens": args.max_tokens,
+        "past_actions": not args.no_past_actions,
+        "answer_match": args.answer_match,
+        "prompts_dir": args.prompts,
+    }
+    if args.regime == "replay":
+        for flag, default in _IMITATION_ONLY.items():
+            if getattr(args, flag.removeprefix("--").replace("-", "_")) != default:
+                raise LmactError(
+                    f"{flag} does not apply to --regime replay (it replays one demonstration "
+                    "per episode, to its end)"
+                )
+        return make_replay_config(args.task, **prompted)
     return make_config(
         args.task,
-        observation=args.observation,
-        model=args.model,
+        **prompted,
         demos=args.demos,
         token_budget=args.token_budget,
-        seed=args.seed,
         max_steps=args.max_steps,
-        show_legal_actions=args.legal_actions,
-        chain_of_thought=args.cot,
-        max_tokens=args.max_tokens,
-        past_actions=not args.no_past_actions,
-        answer_match=args.answer_match,
-        prompts_dir=args.prompts,
         demo_draw=args.demo_draw,
         demo_pool=args.demo_pool,
     )
@@ -367,8 +398,8 @@ def _print_summary(summary: RunSummary, store: Path) -> None:
         ),
         (
             "tokens prompt / completion",
-            f"{summary.prompt_tokens} / {summary.completion_tokens}"
-            f" ({summary.cached_tokens} prompt tokens reused)",
+            f"{summary.usage.prompt_tokens} / {summary.usage.completion_tokens}"
+            f" ({summary.usage.cached_tokens} prompt tokens reused)",
         ),
         ("cost", _dollars(summary.cost_usd)),
         *(
@@ -382,13 +413,13 @@ def _print_summary(summary: RunSummary, store: Path) -> None:
             + (f" ({summary.retries} retries)" if summary.retries else ""),
         ),
     ]
+    regime = "" if summary.regime == "imitation" else f"{summary.regime} · "
     print(
-        f"{summary.task} · {summary.observation} · {summary.model} · "
-        f"{_count(summary.demos, 'demonstration')} ({summary.prefix_tokens} prompt tokens) · "
-        f"{_count(summary.episodes, 'episode')}"
+        f"{summary.task} · {summary.observation} · {summary.model} · {regime}"
+        f"{summary.description} · {_count(summary.episodes, 'episode')}"
     )
-    if summary.stopped_by:
-        print(f"(no further demonstration fit: {summary.stopped_by})")
+    if summary.details.get("stopped_by"):
+        print(f"(no further demonstration fit: {summary.details['stopped_by']})")
     _print_table(rows)
     print(f"run {summary.run_id} in {store}")
 
@@ -444,12 +475,15 @@ def _print_estimate(estimate: RunEstimate, as_json: bool) -> None:
         }
         print(json.dumps({"run_id": config.run_id, "dry_run": True, **values}))
         return
+    from lmact.regimes import regime_of
+
     print(
         f"dry run: {config.task} · {config.observation} · {config.model} · "
-        f"{_count(prepared.demos_used, 'demonstration')} ({prepared.prefix_tokens} prompt tokens)"
+        f"{regime_of(config).describe(prepared.facts)}"
     )
-    if prepared.stopped_by:
-        print(f"(no further demonstration fit: {prepared.stopped_by})")
+    stopped_by = prepared.facts.details.get("stopped_by")
+    if stopped_by:
+        print(f"(no further demonstration fit: {stopped_by})")
     cost = _dollars(estimate.cost_usd)
     if estimate.cost_usd is not None and estimate.cost_cached_usd is not None:
         cost += f" ({_dollars(estimate.cost_cached_usd)} if the prefix is read from cache)"

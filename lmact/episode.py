@@ -1,9 +1,9 @@
 """One step of any episode, and the tally of an episode's steps, shared by every regime.
 
-A step: render the observation, build the request (the regime says how), call the model,
-extract the answer, classify it, replace what is not a valid action with a random legal one,
-step the environment, record. Nothing a model writes is evaluated: the environment's parser
-decides what an answer is.
+A step: render the observation, build the request (the regime says how), ask the policy,
+extract the answer, classify it, decide the action to execute (the regime says how: in
+imitation, a valid answer, or else a random legal action), step the environment, record.
+Nothing a model writes is evaluated: the environment's parser decides what an answer is.
 """
 
 from __future__ import annotations
@@ -11,14 +11,22 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from lmact.envs.base import AnswerKind, Environment, Observation, StepOutcome, classify_answer
-from lmact.models.base import UNREADABLE, ModelRequest, PolicyOracle
-from lmact.models.caller import ModelCaller
+from lmact.envs.base import (
+    AnswerKind,
+    Environment,
+    Observation,
+    ParsedAnswer,
+    StepOutcome,
+    classify_answer,
+)
+from lmact.models.base import UNREADABLE, ModelRequest
+from lmact.policies import Policy, Situation
 from lmact.prompting import Step, extract_answer
-from lmact.store import EpisodeRecord, StepRecord
+from lmact.records import EpisodeRecord, StepRecord, StopReason, Usage
 
 # Builds a step's request from its observation and what stands for the legal actions.
 RequestBuilder = Callable[[Observation, Sequence[str]], ModelRequest]
@@ -30,6 +38,46 @@ class StepRules:
     exact_answers: bool = False  # only the legal actions as listed are valid (--answer-match)
 
 
+class StepExecution(Protocol):
+    """What a step executes and how it is scored, given the classified answer."""
+
+    def action(self, parsed: ParsedAnswer) -> str: ...
+
+    def reward(self, parsed: ParsedAnswer, outcome: StepOutcome) -> float: ...
+
+
+@dataclass(frozen=True)
+class FollowTheAnswer:
+    """Execute a valid answer; replace anything else by a uniformly random legal action
+    (from the episode's fallback generator). The environment's reward is the step's."""
+
+    env: Environment
+    fallback_rng: np.random.Generator
+
+    def action(self, parsed: ParsedAnswer) -> str:
+        return parsed.action or self.env.random_action(self.fallback_rng)
+
+    def reward(self, parsed: ParsedAnswer, outcome: StepOutcome) -> float:
+        return outcome.reward
+
+
+@dataclass
+class LiveSituation:
+    """What scripted policies see in a live episode: its environment and policy stream."""
+
+    env: Environment
+    rng: np.random.Generator
+
+    def legal_actions(self) -> list[str]:
+        return self.env.legal_actions()
+
+    def expert_action(self) -> str:
+        return self.env.expert_action()
+
+    def random_action(self) -> str:
+        return self.env.random_action(self.rng)
+
+
 @dataclass(frozen=True)
 class PlayedStep:
     record: StepRecord
@@ -39,25 +87,23 @@ class PlayedStep:
 
 async def play_step(
     env: Environment,
-    caller: ModelCaller,
+    policy: Policy,
     build_request: RequestBuilder,
     rules: StepRules,
     *,
-    oracle: PolicyOracle,
-    fallback_rng: np.random.Generator,
+    situation: Situation,
+    execution: StepExecution,
     episode: int,
     step: int,
 ) -> PlayedStep:
-    """Play one step of `env` with the model behind `caller`."""
+    """Play one step of `env` with `policy`; `situation` is what a scripted policy sees."""
     observation = env.render(rules.observation)
     description = env.legal_actions_description()
     request = build_request(observation, [description] if description else env.legal_actions())
-    response = await caller.call(request, oracle)
+    response = await policy.act(request, situation)
     answer = extract_answer(response.text)
     parsed = classify_answer(env, answer, exact=rules.exact_answers)
-    # Anything but a valid action (which alone has one) is replaced by a uniformly random
-    # legal action.
-    action = parsed.action or env.random_action(fallback_rng)
+    action = execution.action(parsed)
     outcome = env.step(action)
     record = StepRecord(
         episode=episode,
@@ -65,30 +111,16 @@ async def play_step(
         prompt_hash=request.prompt_hash,
         completion=response.text,
         answer=answer,
-        kind=parsed.kind.value,
+        kind=parsed.kind,
         action=action,
-        reward=outcome.reward,
-        stop_reason=response.stop_reason,
-        prompt_tokens=response.prompt_tokens,
-        completion_tokens=response.completion_tokens,
-        cached_tokens=response.cached_tokens,
+        reward=execution.reward(parsed, outcome),
+        stop_reason=StopReason(response.stop_reason),
+        usage=Usage.of(response),
         latency_s=response.latency_s,
         from_cache=response.from_cache,
-        cache_write_tokens=response.cache_write_tokens,
-        reasoning_tokens=response.reasoning_tokens,
-        cost_usd=caller.client.cost_usd(response),
+        cost_usd=policy.cost_usd(response),
     )
     return PlayedStep(record, (observation, action), outcome)
-
-
-# The token counts of a step, summed over its episode.
-_USAGE = (
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-)
 
 
 @dataclass
@@ -97,8 +129,8 @@ class EpisodeTally:
 
     steps: int = 0
     total_return: float = 0.0
-    kinds: Counter[str] = field(default_factory=Counter)
-    tokens: Counter[str] = field(default_factory=Counter)
+    kinds: Counter[AnswerKind] = field(default_factory=Counter)
+    usage: Usage = field(default_factory=Usage)
     unreadable: int = 0
     cost_usd: float | None = 0.0  # None once any step's cost is unknown
 
@@ -107,8 +139,7 @@ class EpisodeTally:
         self.total_return += record.reward
         self.kinds[record.kind] += 1
         self.unreadable += record.stop_reason == UNREADABLE
-        for name in _USAGE:
-            self.tokens[name] += getattr(record, name)
+        self.usage += record.usage
         if self.cost_usd is not None and record.cost_usd is not None:
             self.cost_usd += record.cost_usd
         else:
@@ -121,15 +152,11 @@ class EpisodeTally:
             total_return=self.total_return,
             steps=self.steps,
             terminated=terminated,
-            valid=self.kinds[AnswerKind.VALID.value],
-            illegal=self.kinds[AnswerKind.ILLEGAL.value],
-            invalid=self.kinds[AnswerKind.INVALID.value],
-            empty=self.kinds[AnswerKind.EMPTY.value],
-            prompt_tokens=self.tokens["prompt_tokens"],
-            completion_tokens=self.tokens["completion_tokens"],
-            cached_tokens=self.tokens["cached_tokens"],
-            cache_write_tokens=self.tokens["cache_write_tokens"],
-            reasoning_tokens=self.tokens["reasoning_tokens"],
+            valid=self.kinds[AnswerKind.VALID],
+            illegal=self.kinds[AnswerKind.ILLEGAL],
+            invalid=self.kinds[AnswerKind.INVALID],
+            empty=self.kinds[AnswerKind.EMPTY],
+            usage=self.usage,
             cost_usd=self.cost_usd if self.steps else None,
             unreadable=self.unreadable,
             end_reason=end_reason,

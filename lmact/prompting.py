@@ -14,6 +14,7 @@ import hashlib
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import cache
 from itertools import islice
 from pathlib import Path
@@ -193,6 +194,14 @@ def extract_answer(completion: str) -> str:
     return ""
 
 
+class PackingStop(StrEnum):
+    """What kept the next demonstration out of a prompt packed to a budget."""
+
+    TOKEN_BUDGET = "token budget"
+    CONTEXT_WINDOW = "context window"
+    IMAGE_LIMIT = "image limit"
+
+
 @dataclass(frozen=True)
 class Packing:
     """The demonstrations a prompt holds and what their prefix costs."""
@@ -201,9 +210,9 @@ class Packing:
     prefix: tuple[Part, ...]
     prefix_tokens: int
     reserve_tokens: int  # estimated tokens of the current episode, tail and answer
-    # Under a budget, what kept the next demonstration out: "token budget", "context window"
-    # or "image limit"; None when every candidate fit or the number was given.
-    stopped_by: str | None = None
+    # Under a budget, what kept the next demonstration out; None when every candidate fit
+    # or the number was given.
+    stopped_by: PackingStop | None = None
 
 
 def count_images(parts: Sequence[Part]) -> int:
@@ -304,7 +313,7 @@ def _pack_to_budget(limits: _Limits, candidates: Iterable[Sequence[Step]], budge
     longest = most_images = 0  # the longest demonstration chosen, in tokens and in images
     running, running_images = limits.preamble_tokens(), 0
     first_need: int | None = None
-    stopped_by: str | None = None
+    stopped_by: PackingStop | None = None
     window, max_images = limits.context_window, limits.max_images
     for demonstration in candidates:
         parts = episode_parts(demonstration)
@@ -315,11 +324,11 @@ def _pack_to_budget(limits: _Limits, candidates: Iterable[Sequence[Step]], budge
         longest_if_added = max(longest, cost)
         most_images_if_added = max(most_images, images)
         if running + cost > budget:
-            stopped_by = "token budget"
+            stopped_by = PackingStop.TOKEN_BUDGET
         elif window is not None and running + cost + limits.reserve(longest_if_added) > window:
-            stopped_by = "context window"
+            stopped_by = PackingStop.CONTEXT_WINDOW
         elif max_images is not None and running_images + images + most_images_if_added > max_images:
-            stopped_by = "image limit"
+            stopped_by = PackingStop.IMAGE_LIMIT
         if stopped_by:
             break
         chosen.append(demonstration)
@@ -335,10 +344,10 @@ def _pack_to_budget(limits: _Limits, candidates: Iterable[Sequence[Step]], budge
                 tuple(chosen), prefix, prefix_tokens, limits.reserve(longest), stopped_by
             )
         chosen.pop()
-        stopped_by = "token budget"
+        stopped_by = PackingStop.TOKEN_BUDGET
     if first_need is None:
         raise LmactError("no demonstrations are available to pack")
-    if stopped_by == "image limit":
+    if stopped_by is PackingStop.IMAGE_LIMIT:
         raise LmactError(
             f"one demonstration and the current episode need more than the model's limit of "
             f"{max_images} images per request; choose a text observation"

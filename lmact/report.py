@@ -10,9 +10,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from lmact.errors import LmactError, UnknownNameError
-from lmact.regimes.imitation import BASELINE_POLICIES, ImitationConfig
+from lmact.records import EpisodeRecord
+from lmact.regimes import parse_config, regime_of
+from lmact.regimes.base import RegimeConfig
 from lmact.scoring import score_episodes
-from lmact.store import EpisodeRecord, RunRecord, RunStore
+from lmact.store import RunRecord, RunStore
 
 COLUMNS = [
     "run_id",
@@ -42,71 +44,72 @@ FORMATS = ("markdown", "csv")
 
 
 def _baseline_episodes(
-    store: RunStore, config: ImitationConfig, policy: str, episodes: int
+    store: RunStore, baseline: RegimeConfig, episodes: int
 ) -> list[EpisodeRecord] | None:
-    """The baseline's first `episodes` test episodes (the same seeds), if all are stored."""
-    try:
-        baseline = config.baseline(policy)
-    except UnknownNameError:  # a task no longer installed
-        return None
+    """The baseline's first `episodes` episodes (the same seeds), if all are stored."""
     finished = store.finished_episodes(baseline.run_id)
     if not all(e in finished for e in range(episodes)):
         return None
     return [finished[e] for e in range(episodes)]
 
 
+def _baselines(
+    store: RunStore, config: RegimeConfig, finished: dict[int, EpisodeRecord]
+) -> dict[str, list[EpisodeRecord] | None]:
+    """The stored random and expert episodes over exactly the run's seeds, where stored."""
+    none: dict[str, list[EpisodeRecord] | None] = {"random": None, "expert": None}
+    if sorted(finished) != list(range(len(finished))):
+        return none  # normalize only against baselines over exactly the same seeds
+    try:
+        configs = regime_of(config).baselines(config)
+    except UnknownNameError:  # a task no longer installed
+        return none
+    return {
+        policy: _baseline_episodes(store, baseline, len(finished))
+        for policy, baseline in configs.items()
+    }
+
+
+def _scores_row(
+    run: RunRecord, finished: dict[int, EpisodeRecord], baselines: dict[str, Any]
+) -> dict[str, Any]:
+    scores = score_episodes(list(finished.values()), baselines["random"], baselines["expert"])
+    values = {**vars(scores), **scores.usage.as_dict()}
+    return {
+        **dict.fromkeys(COLUMNS),
+        "run_id": run.run_id,
+        "ci95_low": scores.ci95[0],
+        "ci95_high": scores.ci95[1],
+        **{name: values[name] for name in COLUMNS if name in values},
+    }
+
+
 def run_row(store: RunStore, run: RunRecord) -> dict[str, Any] | None:
-    """One table row; None for a run without a finished episode."""
+    """One table row; None for a run without a finished episode. A regime's rows fill the
+    columns that mean something for it and leave the others empty."""
     finished = store.finished_episodes(run.run_id)
     if not finished:
         return None
     try:
-        config = ImitationConfig(**run.config)
+        config = parse_config(run.config)
     except (TypeError, ValidationError):
-        return _foreign_row(run, finished)  # another regime's run, or a newer release's
-    # Normalize only against baselines over exactly the same test seeds.
-    contiguous = sorted(finished) == list(range(len(finished)))
-    baselines = {
-        policy: _baseline_episodes(store, config, policy, len(finished)) if contiguous else None
-        for policy in BASELINE_POLICIES
-    }
-    scores = score_episodes(list(finished.values()), baselines["random"], baselines["expert"])
-    return {
-        "run_id": run.run_id,
-        "regime": config.regime,
-        "task": config.task,
-        "observation": config.observation,
-        "model": config.model,
-        "demos": run.demos_used,
-        "answer_match": config.answer_match,
-        "past_actions": config.past_actions,
-        "demo_draw": config.demo_draw,
-        "demo_pool": config.demo_pool,
-        "ci95_low": scores.ci95[0],
-        "ci95_high": scores.ci95[1],
-        **{name: getattr(scores, name) for name in COLUMNS if hasattr(scores, name)},
-    }
+        return _foreign_row(run, finished)  # an unknown regime's run, or a newer release's
+    row = _scores_row(run, finished, _baselines(store, config, finished))
+    described = {name: getattr(config, name) for name in ("regime", "task", "observation", "model")}
+    return {**row, **described, **regime_of(config).report_fields(config, run)}
 
 
 def _foreign_row(run: RunRecord, finished: dict[int, EpisodeRecord]) -> dict[str, Any]:
     """A row for a run whose configuration this release cannot read: its scores, and what
     of its configuration reads as plain text."""
-    scores = score_episodes(list(finished.values()))
     config = run.config if isinstance(run.config, dict) else {}
     described = {
         key: str(config[key])
         for key in ("regime", "task", "observation", "model")
         if isinstance(config.get(key), str | int)
     }
-    return {
-        **dict.fromkeys(COLUMNS),
-        "run_id": run.run_id,
-        **described,
-        "demos": run.demos_used,
-        "ci95_low": scores.ci95[0],
-        "ci95_high": scores.ci95[1],
-        **{name: getattr(scores, name) for name in COLUMNS if hasattr(scores, name)},
-    }
+    baselines: dict[str, Any] = {"random": None, "expert": None}
+    return {**_scores_row(run, finished, baselines), **described, "demos": run.demos_used}
 
 
 def report_rows(store: RunStore) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lmact.store import EpisodeRecord
+from lmact.records import EpisodeRecord, Usage
 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
@@ -78,11 +78,7 @@ class EpisodeScores:
     illegal_rate: float
     invalid_rate: float
     empty_rate: float
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    cache_write_tokens: int
-    reasoning_tokens: int
+    usage: Usage
     cost_usd: float | None  # None if any episode's cost is unknown
     unreadable_answers: int  # steps whose answer never came back readable (counted empty)
 
@@ -122,11 +118,7 @@ def score_episodes(
         illegal_rate=rates.illegal_rate,
         invalid_rate=rates.invalid_rate,
         empty_rate=rates.empty_rate,
-        prompt_tokens=sum(e.prompt_tokens for e in episodes),
-        completion_tokens=sum(e.completion_tokens for e in episodes),
-        cached_tokens=sum(e.cached_tokens for e in episodes),
-        cache_write_tokens=sum(e.cache_write_tokens for e in episodes),
-        reasoning_tokens=sum(e.reasoning_tokens for e in episodes),
+        usage=sum((e.usage for e in episodes), Usage()),
         cost_usd=total_cost(episodes),
         unreadable_answers=sum(e.unreadable for e in episodes),
     )

@@ -17,15 +17,23 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lmact.errors import LmactError
+from lmact.records import (
+    AnswerKind,
+    EpisodeRecord,
+    StepRecord,
+    StopReason,
+    Usage,
+    column_names,
+    flat_fields,
+)
 
 DEFAULT_STORE = Path("results") / "lmact.sqlite"
-# An episode cut off by the step limit (truncated) rather than ended by the task.
-STEP_LIMIT = "step limit"
 # The most test episodes one run may ask for: each is a row, a record and a unit of work.
 MAX_EPISODES = 100_000
 
@@ -125,48 +133,6 @@ class Claim(enum.Enum):
     OURS = "ours"  # this process plays the episode now
     DONE = "done"  # finished, by anyone: never reopened
     BUSY = "busy"  # a live process is playing it
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    episode: int
-    step: int
-    prompt_hash: str
-    completion: str  # the model's raw text
-    answer: str  # the action text extracted from it
-    kind: str  # valid | illegal | invalid | empty
-    action: str  # the action executed (a random legal one unless valid)
-    reward: float
-    stop_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    latency_s: float
-    from_cache: bool
-    cache_write_tokens: int = 0
-    reasoning_tokens: int = 0
-    cost_usd: float | None = None
-
-
-@dataclass(frozen=True)
-class EpisodeRecord:
-    episode: int
-    seed: int
-    total_return: float
-    steps: int
-    terminated: bool  # the episode ended by itself, not by the step limit
-    valid: int
-    illegal: int
-    invalid: int
-    empty: int
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    cache_write_tokens: int = 0
-    reasoning_tokens: int = 0
-    cost_usd: float | None = None  # None if any step's cost is unknown
-    unreadable: int = 0  # steps whose answer never came back readable (counted as empty)
-    end_reason: str | None = None  # the task's reason, or STEP_LIMIT; None before 0.2
 
 
 @dataclass(frozen=True)
@@ -412,7 +378,7 @@ class RunStore:
     # Episodes and steps.
 
     def finished_episodes(self, run_id: str) -> dict[int, EpisodeRecord]:
-        names = [f.name for f in fields(EpisodeRecord)]
+        names = column_names(EpisodeRecord)
         with self._guard():
             rows = self._db.execute(
                 f"SELECT {', '.join(names)} FROM episodes WHERE run_id = ? "
@@ -461,7 +427,7 @@ class RunStore:
             )
 
     def record_step(self, run_id: str, step: StepRecord) -> None:
-        values = asdict(step)
+        values = flat_fields(step)
         columns = ", ".join(values)
         with self._guard(), self._transaction():
             self._check_claim(run_id, step.episode)
@@ -472,7 +438,7 @@ class RunStore:
 
     def finish_episode(self, run_id: str, episode: EpisodeRecord) -> None:
         """Mark a claimed episode done with its totals, which must agree with its steps."""
-        values = {k: v for k, v in asdict(episode).items() if k != "episode"}
+        values = {k: v for k, v in flat_fields(episode).items() if k != "episode"}
         assignments = ", ".join(f"{name} = ?" for name in values)
         with self._guard(), self._transaction():
             self._check_claim(run_id, episode.episode)
@@ -504,7 +470,7 @@ class RunStore:
             )
 
     def steps(self, run_id: str, episode: int | None = None) -> list[StepRecord]:
-        names = [f.name for f in fields(StepRecord)]
+        names = column_names(StepRecord)
         query = f"SELECT {', '.join(names)} FROM steps WHERE run_id = ?"
         params: tuple = (run_id,)
         if episode is not None:
@@ -512,11 +478,20 @@ class RunStore:
             params += (episode,)
         with self._guard():
             rows = self._db.execute(query + " ORDER BY episode, step", params).fetchall()
-        records = []
-        for row in rows:
-            values = dict(zip(names, row, strict=True))
-            records.append(StepRecord(**{**values, "from_cache": bool(values["from_cache"])}))
-        return records
+        return [self._step_record(dict(zip(names, row, strict=True))) for row in rows]
+
+    def _step_record(self, values: dict[str, Any]) -> StepRecord:
+        usage = Usage.from_columns(values)
+        plain = {k: v for k, v in values.items() if k not in usage.as_dict()}
+        return StepRecord(
+            **{
+                **plain,
+                "kind": _stored(AnswerKind, values["kind"], self.path),
+                "stop_reason": _stored(StopReason, values["stop_reason"], self.path),
+                "from_cache": bool(values["from_cache"]),
+                "usage": usage,
+            }
+        )
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
@@ -598,4 +573,20 @@ def _run_record(row: tuple) -> RunRecord:
 
 
 def _episode_record(values: dict[str, Any]) -> EpisodeRecord:
-    return EpisodeRecord(**{**values, "terminated": bool(values["terminated"])})
+    usage = Usage.from_columns(values)
+    plain = {k: v for k, v in values.items() if k not in usage.as_dict()}
+    return EpisodeRecord(**{**plain, "terminated": bool(values["terminated"]), "usage": usage})
+
+
+_Vocabulary = TypeVar("_Vocabulary", bound=StrEnum)
+
+
+def _stored(vocabulary: type[_Vocabulary], value: object, path: Path) -> _Vocabulary:
+    """A stored word read back as its enum; one that lmact never writes is a damaged store."""
+    try:
+        return vocabulary(value)
+    except ValueError:
+        raise StoreError(
+            f"run store {path}: {value!r} is not a {vocabulary.__name__} lmact writes "
+            "(the file was edited or damaged)"
+        ) from None

@@ -4,7 +4,6 @@ through the real `anthropic` SDK: what it sends, what it reads, how failures are
 from __future__ import annotations
 
 import base64
-import functools
 import os
 import threading
 import time
@@ -24,7 +23,7 @@ from lmact.models.base import (
     ModelRequest,
     TextPart,
 )
-from lmact.models.caller import ModelCaller, call_key
+from lmact.models.caller import call_key
 from lmact.models.registry import resolve_model
 from lmact.prompting import PromptSettings
 from lmact.regimes.imitation import make_config
@@ -282,7 +281,7 @@ def test_transient_faults_succeed_on_a_later_attempt(fault: Reply) -> None:
         response, caller = call(model, simple_request())
     assert response.text == "b3"
     assert len(server.requests) == 2
-    assert caller.retries == 1 and caller.calls_made == 1
+    assert caller.totals.retries == 1 and caller.totals.calls_made == 1
 
 
 def test_rate_limit_waits_as_long_as_retry_after_asks() -> None:
@@ -301,7 +300,7 @@ def test_rate_limit_waits_as_long_as_retry_after_asks() -> None:
         started = time.monotonic()
         response, caller = call(model_at(server.url), simple_request())
     assert response.text == "a3"
-    assert len(server.requests) == 2 and caller.retries == 1
+    assert len(server.requests) == 2 and caller.totals.retries == 1
     assert replies[0] - started >= 1.0
 
 
@@ -443,9 +442,6 @@ class TicTacToeServer:
 def test_runner_plays_tic_tac_toe_txt_then_png_through_faults(
     run_store: RunStore, demo_store: DemoStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The runner's caller, with short backoffs so that the faults cost no time.
-    fast_caller = functools.partial(ModelCaller, backoff_s=0.01)
-    monkeypatch.setattr("lmact.runner.ModelCaller", fast_caller)
     faults = (
         Reply(529, error("overloaded_error", "Overloaded")),
         Reply(drop=True),
@@ -454,7 +450,8 @@ def test_runner_plays_tic_tac_toe_txt_then_png_through_faults(
     game = TicTacToeServer(*faults)
     with loopback(game.handler) as server:
         options = ModelOptions(base_url=server.url, timeout_s=10)
-        runner = Runner(run_store, demo_store, options, max_connections=4, progress=False)
+        # Short backoffs, so that the faults cost no time.
+        runner = Runner(run_store, demo_store, options, 4, progress=False, retry_backoff_s=0.01)
         seen = 0
         try:
             # One runner, one client: the second run plays under a new event loop.
@@ -478,7 +475,7 @@ def test_runner_plays_tic_tac_toe_txt_then_png_through_faults(
                 assert len(steps) == sum(e.steps for e in result.episodes)
                 assert result.calls_made == game.answers - answers_before
                 assert len(steps) == result.calls_made + result.calls_cached
-                assert sum(s.cached_tokens for s in steps if not s.from_cache) == (
+                assert sum(s.usage.cached_tokens for s in steps if not s.from_cache) == (
                     500 * result.calls_made
                 )
                 # Every request marks the end of the same stable prefix for the prompt cache.

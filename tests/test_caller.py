@@ -16,7 +16,6 @@ from lmact.models.base import (
     ModelOptions,
     ModelRequest,
     ModelResponse,
-    PolicyOracle,
     TextPart,
     TransientModelError,
 )
@@ -32,9 +31,7 @@ class FlakyClient(StubModel):
         self.failures = list(failures)
         self.attempts: list[float] = []
 
-    async def complete(
-        self, request: ModelRequest, oracle: PolicyOracle | None = None
-    ) -> ModelResponse:
+    async def complete(self, request: ModelRequest) -> ModelResponse:
         self.attempts.append(time.monotonic())
         if self.failures:
             failure = self.failures.pop(0)
@@ -60,7 +57,7 @@ def test_transient_failures_are_retried_until_an_answer() -> None:
     caller = ModelCaller(client, None, backoff_s=0.01)
     assert call(caller).text == "a1"
     assert len(client.attempts) == 3
-    assert caller.retries == 2 and caller.calls_made == 1
+    assert caller.totals.retries == 2 and caller.totals.calls_made == 1
 
 
 def test_retry_after_is_honoured() -> None:
@@ -95,7 +92,7 @@ def test_an_attempt_that_takes_too_long_is_abandoned_and_retried() -> None:
     started = time.monotonic()
     assert call(caller).text == "a1"
     assert time.monotonic() - started < 2
-    assert caller.retries == 1
+    assert caller.totals.retries == 1
 
 
 @pytest.mark.parametrize("error", [ModelCallError("HTTP 400: bad"), ModelAuthError("HTTP 401")])
@@ -122,4 +119,4 @@ def test_a_cached_call_is_not_repeated(run_store: RunStore) -> None:
     again = ModelCaller(client, run_store)
     second = call(again)
     assert second.from_cache and second.text == first.text
-    assert len(client.attempts) == 2 and again.calls_made == 0
+    assert len(client.attempts) == 2 and again.totals.calls_made == 0

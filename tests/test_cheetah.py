@@ -21,7 +21,6 @@ from lmact.errors import LmactError
 from lmact.models.base import (
     ModelRequest,
     ModelResponse,
-    PolicyOracle,
     TextPart,
 )
 from lmact.regimes.imitation import make_config
@@ -430,9 +429,7 @@ class PromptRecorder(StubModel):
         super().__init__("test/prompt-recorder")
         self.prompts: list[str] = []
 
-    async def complete(
-        self, request: ModelRequest, oracle: PolicyOracle | None = None
-    ) -> ModelResponse:
+    async def complete(self, request: ModelRequest) -> ModelResponse:
         self.prompts.append("".join(p.text for p in request.parts if isinstance(p, TextPart)))
         return ModelResponse(text="[0, 0, 0, 0, 0, 0]", prompt_tokens=1)
 
@@ -444,7 +441,7 @@ def test_the_legal_actions_are_described_in_one_line(tmp_path: Path) -> None:
     recorder = PromptRecorder()
     with RunStore(tmp_path / "runs.sqlite") as store:
         runner = Runner(store, DemoStore(tmp_path / "demos"), progress=False)
-        runner._clients[recorder.name] = recorder
+        runner.policies.register(recorder)
         for model in ("random", recorder.name):
             config = make_config(
                 "cheetah", model=model, demos=0, max_steps=3, show_legal_actions=True

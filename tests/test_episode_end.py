@@ -9,7 +9,8 @@ import pytest
 from lmact.demos import DemoStore
 from lmact.regimes.imitation import make_config
 from lmact.runner import Runner
-from lmact.store import STEP_LIMIT, RunStore
+from lmact.records import STEP_LIMIT
+from lmact.store import RunStore
 
 
 def end_reasons(tmp_path: Path, task: str, model: str, episodes: int, **options: int) -> list:

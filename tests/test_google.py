@@ -454,7 +454,7 @@ def test_a_transient_failure_to_create_the_cache_is_retried() -> None:
     )
     with loopback(handler) as server:
         response, caller = call(model_at(server.url), cached_request())
-    assert response.cache_write_tokens == 5000 and caller.retries == 1
+    assert response.cache_write_tokens == 5000 and caller.totals.retries == 1
     assert len(cache_creations(server)) == 2  # the refused one, then the created one
     assert generate_requests(server)[0].json["cachedContent"] == "cachedContents/abc"
 
@@ -472,7 +472,7 @@ def test_an_expired_cache_is_made_again() -> None:
 
     with loopback(handle) as server:
         response, caller = call(model_at(server.url), cached_request())
-    assert response.text == "a1" and caller.retries == 1
+    assert response.text == "a1" and caller.totals.retries == 1
     assert len(cache_creations(server)) == 2
     names = [r.json["cachedContent"] for r in generate_requests(server)]
     assert names == ["cachedContents/abc", "cachedContents/def"]
@@ -496,7 +496,7 @@ def test_an_expired_cache_is_made_again() -> None:
 def test_transient_faults_succeed_on_a_later_attempt(fault: Reply) -> None:
     with loopback(faults_then(fault, then=answer(generated("b2")))) as server:
         response, caller = call(model_at(server.url), simple_request())
-    assert response.text == "b2" and caller.retries == 1
+    assert response.text == "b2" and caller.totals.retries == 1
     assert len(server.requests) == 2
 
 
@@ -531,7 +531,7 @@ def test_rate_limit_waits_as_long_as_retry_after_asks() -> None:
     timed = Timed(faults_then(limited, then=answer(generated())))
     with loopback(timed) as server:
         response, caller = call(model_at(server.url), simple_request())
-    assert response.text == "a1" and len(server.requests) == 2 and caller.retries == 1
+    assert response.text == "a1" and len(server.requests) == 2 and caller.totals.retries == 1
     assert timed.gap >= 1.0
 
 
@@ -557,7 +557,7 @@ def test_a_slow_answer_times_out_and_is_retried() -> None:
         started = time.monotonic()
         response, caller = call(model_at(server.url, timeout_s=0.3), simple_request())
         elapsed = time.monotonic() - started
-    assert response.text == "b2" and caller.retries == 1
+    assert response.text == "b2" and caller.totals.retries == 1
     assert len(server.requests) == 2 and elapsed < 1.5
 
 
@@ -715,8 +715,8 @@ def test_runner_plays_tic_tac_toe_through_faults(
     # One cache for the run's one stable prefix, written once and read by every other call.
     assert game.caches.created == 1
     fresh = [s for s in steps if not s.from_cache]
-    assert sum(s.cache_write_tokens for s in fresh) == 700
-    assert sum(s.cached_tokens for s in fresh) == 700 * (len(fresh) - 1)
+    assert sum(s.usage.cache_write_tokens for s in fresh) == 700
+    assert sum(s.usage.cached_tokens for s in fresh) == 700 * (len(fresh) - 1)
     sent = generate_requests(server)
     assert all(r.json.get("cachedContent") == "cachedContents/abc" for r in sent)
     has_images = any("text" not in part for r in sent for part in parts_of(r))

@@ -335,7 +335,9 @@ def test_an_impossible_answer_is_unreadable_and_tried_again(
         caller = fast_caller(model_at(server, provider), store)
         response = call(caller)
     assert (response.text, response.prompt_tokens) == ("a1", 10)
-    assert len(server.requests) == 2 and caller.retries == 1 and caller.unreadable == 0
+    assert (
+        len(server.requests) == 2 and caller.totals.retries == 1 and caller.totals.unreadable == 0
+    )
     (row,) = cached_rows(store_path)
     assert ModelResponse.from_json(row) == response
 
@@ -380,7 +382,7 @@ def test_a_cache_entry_edited_to_garbage_is_fetched_again_and_replaced(
         third = call(fast_caller(client, store))
     assert first.text == second.text == third.text == "a1"
     assert not second.from_cache and third.from_cache
-    assert caller.cache_entries_replaced == 1 and caller.calls_made == 1
+    assert caller.cache_entries_replaced == 1 and caller.totals.calls_made == 1
     assert len(server.requests) == 2  # the garbage was fetched again, once
     (row,) = cached_rows(store_path)
     assert ModelResponse.from_json(row) == second == third  # the new answer replaced it
@@ -453,10 +455,13 @@ def test_a_rate_limit_waits_no_longer_than_max_wait(headers: dict[str, str], par
         return handler(request)
 
     with loopback(timed) as server:
-        caller = fast_caller(model_at(server, "openai"), max_wait_s=MAX_WAIT_S)
-        caller.on_pause = lambda until, reason: pauses.append((until, reason))
+        caller = fast_caller(
+            model_at(server, "openai"),
+            max_wait_s=MAX_WAIT_S,
+            on_pause=lambda until, reason: pauses.append((until, reason)),
+        )
         response = call(caller)
-    assert response.text == "a1" and caller.retries == 1
+    assert response.text == "a1" and caller.totals.retries == 1
     assert arrivals[1] - arrivals[0] < MAX_WAIT_S + 1.5  # uncapped: years
     if parsed:  # the server's wait, cut to max_wait_s, paused the caller and was announced
         (until, reason), *_ = pauses
@@ -475,7 +480,7 @@ def test_the_backoff_is_capped_too() -> None:
         caller = fast_caller(model_at(server, "openai"), backoff_s=100.0, max_wait_s=0.1)
         started = time.monotonic()
         assert call(caller).text == "a1"
-    assert time.monotonic() - started < 5 and caller.retries == 2
+    assert time.monotonic() - started < 5 and caller.totals.retries == 2
 
 
 def test_a_pause_is_visible_while_it_lasts() -> None:
@@ -520,8 +525,8 @@ def test_an_answer_never_readable_is_an_empty_uncached_answer(reply: Reply, tmp_
         caller = fast_caller(model_at(server, "openai-compatible"), store, max_retries=2)
         response = call(caller)
     assert response == ModelResponse(text="", stop_reason=UNREADABLE)
-    assert len(server.requests) == 3 and caller.retries == 2
-    assert caller.unreadable == 1 and caller.calls_made == 0
+    assert len(server.requests) == 3 and caller.totals.retries == 2
+    assert caller.totals.unreadable == 1 and caller.totals.calls_made == 0
     assert cached_rows(store_path) == []
 
 
@@ -536,7 +541,7 @@ def test_a_server_that_never_answers_is_still_a_call_error(reply: Reply) -> None
         caller = fast_caller(client, max_retries=1)
         with pytest.raises(ModelCallError, match="gave up after 2 attempts"):
             call(caller)
-    assert caller.unreadable == 0
+    assert caller.totals.unreadable == 0
 
 
 def test_a_remote_model_redacts_what_it_returns() -> None:

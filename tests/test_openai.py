@@ -298,7 +298,9 @@ def test_transient_faults_are_retried(fault: Reply) -> None:
         client = client_for(server, timeout_s=0.3)
         response, caller = call(client, TEXT_REQUEST)
     assert response.text == "a1" and response.prompt_tokens == 10
-    assert len(server.requests) == 2 and caller.retries == 1 and caller.calls_made == 1
+    assert (
+        len(server.requests) == 2 and caller.totals.retries == 1 and caller.totals.calls_made == 1
+    )
 
 
 def test_a_rate_limit_waits_as_long_as_the_server_asks() -> None:
@@ -322,7 +324,7 @@ def test_a_rate_limit_waits_as_long_as_the_server_asks() -> None:
     handler = faults_then(limited, then=ok)
     with loopback(timed) as server:
         response, caller = call(client_for(server), TEXT_REQUEST)
-    assert response.text == "a1" and len(server.requests) == 2 and caller.retries == 1
+    assert response.text == "a1" and len(server.requests) == 2 and caller.totals.retries == 1
     assert arrivals[1] - arrivals[0] >= 1.0
 
 
@@ -527,8 +529,10 @@ def test_a_run_through_faults_loses_no_step(
     assert len(steps) == fake.answers + result.calls_cached
     assert result.calls_made == fake.answers == len(server.requests) - 4
     assert all(step.kind == "valid" for step in steps)  # the answers were legal moves
-    assert sum(e.prompt_tokens for e in result.episodes) == sum(s.prompt_tokens for s in steps)
-    assert all(s.prompt_tokens > 0 and s.completion_tokens == 2 for s in steps)
+    assert sum(e.usage.prompt_tokens for e in result.episodes) == sum(
+        s.usage.prompt_tokens for s in steps
+    )
+    assert all(s.usage.prompt_tokens > 0 and s.usage.completion_tokens == 2 for s in steps)
     # The same prefix for every step: one cache key for the whole run.
     keys = {r.json["prompt_cache_key"] for r in server.requests if r.body}
     assert len(keys) == 1

@@ -261,7 +261,7 @@ def test_a_run_against_llama_cpp_server(
     assert len(result.episodes) == 2 and all(e.terminated for e in result.episodes)
     assert len(steps) == sum(e.steps for e in result.episodes) > 0
     assert result.calls_made + result.calls_cached == len(steps)
-    assert all(s.prompt_tokens > 0 for s in steps)
-    assert sum(e.completion_tokens for e in result.episodes) > 0
+    assert all(s.usage.prompt_tokens > 0 for s in steps)
+    assert sum(e.usage.completion_tokens for e in result.episodes) > 0
     assert all("\n" not in s.completion for s in steps)  # the stop string was applied
     assert {s.stop_reason for s in steps} <= {"stop", "length"}

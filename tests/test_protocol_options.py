@@ -17,10 +17,10 @@ from lmact.errors import LmactError
 from lmact.models.base import (
     ModelRequest,
     ModelResponse,
-    PolicyOracle,
 )
 from lmact.prompting import ACTION_LABEL, PromptBuilder, PromptSettings
-from lmact.regimes.imitation import make_config, prompt_settings
+from lmact.regimes.imitation import make_config
+from lmact.regimes.prompted import prompt_settings
 from lmact.resources import data_dir
 from lmact.runner import Runner
 from lmact.store import RunStore
@@ -100,9 +100,7 @@ class UpperCaseAnswers(StubModel):
     def __init__(self) -> None:
         super().__init__("test/upper-case")
 
-    async def complete(
-        self, request: ModelRequest, oracle: PolicyOracle | None = None
-    ) -> ModelResponse:
+    async def complete(self, request: ModelRequest) -> ModelResponse:
         legal = request.parts[-1].text.split("legal actions in this state are: ")[1]
         return ModelResponse(text=legal.split(",")[0].strip().upper(), prompt_tokens=1)
 
@@ -111,7 +109,7 @@ def test_exact_runs_count_a_wrong_spelling_as_illegal(tmp_path: Path) -> None:
     summaries = {}
     with RunStore(tmp_path / "runs.sqlite") as store:
         runner = Runner(store, DemoStore(tmp_path / "demos"), progress=False)
-        runner._clients["test/upper-case"] = UpperCaseAnswers()
+        runner.policies.register(UpperCaseAnswers())
         for match in ("lenient", "exact"):
             config = make_config(
                 "tic_tac_toe",
@@ -233,7 +231,8 @@ def test_a_per_episode_run_shows_each_episode_its_draw(tmp_path: Path) -> None:
             )
             plans[demos] = runner.plan(config).plan
             summary = runner.evaluate(config, 4)
-            assert summary.demo_draw == "per-episode" and summary.demo_pool == 12
+            assert summary.details["demo_draw"] == "per-episode"
+            assert summary.details["demo_pool"] == 12
         pool = demo_store.load(get_task("grid_world"), "txt", 0, 12)
         seeds = {}
         for episode in range(4):

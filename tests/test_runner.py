@@ -20,8 +20,9 @@ from lmact.models.base import (
     ModelClient,
     ModelRequest,
     ModelResponse,
-    PolicyOracle,
+    TextPart,
 )
+from lmact.prompting import ACTION_LABEL
 from lmact.regimes.imitation import make_config
 from lmact.runner import Runner
 from lmact.store import RunStore
@@ -35,9 +36,7 @@ class ScriptedAnswers(StubModel):
         self.answers = list(answers)
         self.calls = 0
 
-    async def complete(
-        self, request: ModelRequest, oracle: PolicyOracle | None = None
-    ) -> ModelResponse:
+    async def complete(self, request: ModelRequest) -> ModelResponse:
         # The answer depends on the request only, as a model's would.
         index = len(request.parts[-1].text) + len(request.parts)
         self.calls += 1
@@ -48,7 +47,7 @@ class ScriptedAnswers(StubModel):
 
 def runner_with(client: ModelClient, store: RunStore, demo_store: DemoStore) -> Runner:
     runner = Runner(store, demo_store, progress=False)
-    runner._clients[client.name] = client
+    runner.policies.register(client)
     return runner
 
 
@@ -113,7 +112,7 @@ def test_bad_answers_are_replaced_by_random_legal_actions(
     runner: Runner, run_store: RunStore
 ) -> None:
     client = ScriptedAnswers(["a1", "zz", "", "b2", "c3", "Action: a2", "xyz"])
-    runner._clients[client.name] = client
+    runner.policies.register(client)
     config = make_config("tic_tac_toe", model=client.name, demos=0)
     summary = runner.evaluate(config, 10)
     steps = run_store.steps(config.run_id)
@@ -158,28 +157,31 @@ def test_image_observations_run_with_scripted_policies(runner: Runner) -> None:
     summary = runner.evaluate(
         make_config("grid_world", observation="rgb", model="expert", demos=1), 2
     )
-    assert summary.mean_return == 1.0 and summary.demos == 1
+    assert summary.mean_return == 1.0 and summary.details["demos"] == 1
 
 
 class FailsOnEpisode(ScriptedAnswers):
     """Answers like ScriptedAnswers, but the calls of the n-th episode it sees fail with
-    `error` (each episode has its own oracle; run one episode at a time to know which)."""
+    `error`. A client sees requests only: a request that shows no more past actions than the
+    one before starts a new episode (run one episode at a time to know which)."""
 
     def __init__(self, answers: Sequence[str], failing_episode: int, error: Exception) -> None:
         super().__init__(answers)
         self.failing_episode = failing_episode
         self.error = error
-        self.episodes_seen: list[int] = []
+        self.episodes_begun = 0
+        self.actions_shown = -1
 
-    async def complete(
-        self, request: ModelRequest, oracle: PolicyOracle | None = None
-    ) -> ModelResponse:
+    async def complete(self, request: ModelRequest) -> ModelResponse:
         await asyncio.sleep(0)  # suspend, as a client waiting on the network would
-        if id(oracle) not in self.episodes_seen:
-            self.episodes_seen.append(id(oracle))
-        if self.episodes_seen.index(id(oracle)) == self.failing_episode:
+        last = request.parts[-1]
+        shown = last.text.count(ACTION_LABEL) if isinstance(last, TextPart) else 0
+        if shown <= self.actions_shown:
+            self.episodes_begun += 1
+        self.actions_shown = shown
+        if self.episodes_begun == self.failing_episode:
             raise self.error
-        return await super().complete(request, oracle)
+        return await super().complete(request)
 
 
 def one_at_a_time(runner: Runner) -> Runner:
@@ -233,7 +235,7 @@ def test_a_dry_run_counts_the_expert_episodes_and_calls_nothing(
     expert = runner.run(config.baseline("expert"), 6)
     assert estimate.calls == sum(e.steps for e in expert.episodes)
     assert estimate.episodes_todo == 6 and estimate.episodes_done == 0
-    assert estimate.prefix_tokens == estimate.prepared.prefix_tokens * estimate.calls
+    assert estimate.prefix_tokens == estimate.prepared.facts.prefix_tokens * estimate.calls
     assert estimate.prompt_tokens > estimate.prefix_tokens
     assert estimate.completion_tokens == estimate.calls * config.max_tokens
     assert estimate.cost_usd is None  # the test client has no prices

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lmact.scoring import answer_rates, bootstrap_ci, normalized_score
-from lmact.store import EpisodeRecord
+from lmact.records import EpisodeRecord
 
 
 def episode(steps: int, valid: int, illegal: int, invalid: int, empty: int) -> EpisodeRecord:
@@ -20,9 +20,6 @@ def episode(steps: int, valid: int, illegal: int, invalid: int, empty: int) -> E
         illegal=illegal,
         invalid=invalid,
         empty=empty,
-        prompt_tokens=0,
-        completion_tokens=0,
-        cached_tokens=0,
     )
 
 

@@ -22,14 +22,8 @@ from loopback import RecordedRequest, Reply, chat_completion, loopback
 from lmact.demos import DemoStore
 from lmact.regimes.imitation import make_config
 from lmact.runner import Runner
-from lmact.store import (
-    Claim,
-    ClaimLostError,
-    EpisodeRecord,
-    RunStore,
-    StepRecord,
-    process_identity,
-)
+from lmact.records import AnswerKind, EpisodeRecord, StepRecord, StopReason, Usage
+from lmact.store import Claim, ClaimLostError, RunStore, process_identity
 
 CELLS = [f"{row}{column}" for row in "abc" for column in "123"]
 
@@ -144,7 +138,18 @@ def identity_of(process: subprocess.Popen[bytes]) -> str:
 
 def a_step(episode: int, step: int = 0, reward: float = 0.0) -> StepRecord:
     return StepRecord(
-        episode, step, "hash", "a1", "a1", "valid", "a1", reward, "stop", 1, 1, 0, 0.0, False
+        episode,
+        step,
+        "hash",
+        "a1",
+        "a1",
+        AnswerKind.VALID,
+        "a1",
+        reward,
+        StopReason.STOP,
+        Usage(prompt_tokens=1, completion_tokens=1),
+        0.0,
+        False,
     )
 
 
@@ -195,7 +200,7 @@ def test_totals_that_disagree_with_the_steps_are_refused(tmp_path: Path) -> None
 
 
 def make_record(steps: int, total: float) -> EpisodeRecord:
-    return EpisodeRecord(0, 0, total, steps, True, steps, 0, 0, 0, 1, 1, 0)
+    return EpisodeRecord(0, 0, total, steps, True, steps, 0, 0, 0, Usage(1, 1, 0))
 
 
 def test_released_claims_are_free_at_once(tmp_path: Path) -> None:

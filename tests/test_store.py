@@ -20,7 +20,7 @@ def test_an_older_store_gains_the_new_columns(tmp_path: Path) -> None:
     with RunStore(path) as store:
         (episode,) = store.finished_episodes("r").values()
     assert episode.total_return == 1.0 and episode.steps == 3
-    assert episode.cache_write_tokens == 0 and episode.cost_usd is None
+    assert episode.usage.cache_write_tokens == 0 and episode.cost_usd is None
     with sqlite3.connect(path) as db:
         columns = {row[1] for row in db.execute("PRAGMA table_info(steps)")}
     assert {"cache_write_tokens", "reasoning_tokens", "cost_usd"} <= columns

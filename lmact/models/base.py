@@ -14,22 +14,31 @@ import struct
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from functools import cached_property
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Any
 
 from lmact.errors import LmactError
+
 
 # Why an answer ended. The first five are every provider's; "unreadable" marks a call whose
 # answers could not be read however often it was tried (an empty answer, never cached); the
 # others are a provider's own reasons, kept apart (Anthropic's pause_turn and tool_use,
 # Gemini's language); a provider maps any other reason of its own to "other".
-UNREADABLE = "unreadable"
-STOP_REASONS = frozenset(
-    {"stop", "length", "refusal", "content_filter", UNREADABLE, "other"}
-    | {"pause_turn", "tool_use", "language"}
-)
+class StopReason(StrEnum):
+    STOP = "stop"
+    LENGTH = "length"
+    REFUSAL = "refusal"
+    CONTENT_FILTER = "content_filter"
+    UNREADABLE = "unreadable"
+    OTHER = "other"
+    PAUSE_TURN = "pause_turn"
+    TOOL_USE = "tool_use"
+    LANGUAGE = "language"
+
+
+UNREADABLE = StopReason.UNREADABLE
+STOP_REASONS = frozenset(StopReason)
 # Bounds on what a server may report for one call; numbers beyond them are a broken or
 # hostile server, not a real answer. 100 million tokens is a hundred times the largest
 # context window of 2025; a million characters is far beyond any action's answer.
@@ -141,7 +150,7 @@ class ModelResponse:
     """One answer, in the same shape for every provider."""
 
     text: str
-    stop_reason: str = "stop"  # one of STOP_REASONS
+    stop_reason: str = StopReason.STOP  # one of StopReason, once checked (`check_response`)
     prompt_tokens: int = 0  # all prompt tokens, cached and cache-written ones included
     completion_tokens: int = 0  # all generated tokens, reasoning included (as billed)
     cached_tokens: int = 0  # prompt tokens served from a prefix / prompt cache
@@ -242,18 +251,6 @@ def token_count(value: object, name: str) -> int:
     return value
 
 
-class PolicyOracle(Protocol):
-    """What a scripted policy may look at: the live environment, never the prompt."""
-
-    rng: np.random.Generator
-
-    def legal_actions(self) -> list[str]: ...
-
-    def expert_action(self) -> str: ...
-
-    def random_action(self) -> str: ...
-
-
 @dataclass(frozen=True)
 class ModelOptions:
     """Settings a user may give any model; a provider ignores those that do not apply.
@@ -308,7 +305,7 @@ class ModelClient(ABC):
     """One model. Subclasses are registered by provider name in `lmact.models.registry`."""
 
     accepts_images: bool = False
-    # Calls worth caching: false for scripted policies, whose answers cost nothing.
+    # Calls worth caching (a test double may say no).
     cacheable: bool = True
     # Requests in flight at once; the caller's semaphore enforces it.
     max_concurrency: int = 1
@@ -349,10 +346,8 @@ class ModelClient(ABC):
         """Prompt tokens that `parts` cost this model."""
 
     @abstractmethod
-    async def complete(
-        self, request: ModelRequest, oracle: PolicyOracle | None = None
-    ) -> ModelResponse:
-        """Answer one request. `oracle` is given to scripted policies only."""
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        """Answer one request, from the request alone."""
 
     def close(self) -> None:  # noqa: B027 - most clients hold nothing to release
         """Release what the client holds (connections, loaded weights)."""

@@ -15,8 +15,9 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from tenacity import (
@@ -33,8 +34,6 @@ from lmact.models.base import (
     ModelClient,
     ModelRequest,
     ModelResponse,
-    PolicyOracle,
-    TextPart,
     TransientModelError,
     UnreadableAnswerError,
     check_response,
@@ -57,6 +56,23 @@ class CallCache(Protocol):
     def replace_call(self, key: str, model: str, response_json: str) -> None: ...
 
 
+@dataclass
+class CallTally:
+    """What the calls of one run (or one episode) cost in calls: a caller counts each call
+    in its own totals and in the tally it is given, so that runs sharing a caller are told
+    apart."""
+
+    calls_made: int = 0
+    calls_cached: int = 0
+    retries: int = 0
+    unreadable: int = 0  # calls answered "unreadable" after every attempt
+
+    def count(self, name: str, tally: CallTally | None) -> None:
+        setattr(self, name, getattr(self, name) + 1)
+        if tally is not None:
+            setattr(tally, name, getattr(tally, name) + 1)
+
+
 def call_key(client: ModelClient, request: ModelRequest) -> str:
     """The cache key of a call: a hash of the model's identity and the exact request."""
     payload = json.dumps(
@@ -73,7 +89,9 @@ def usable_wait(value: object) -> float | None:
 
 
 class ModelCaller:
-    """Calls a client through the cache, retrying transient failures.
+    """Calls a client through the cache, retrying transient failures. One caller per model
+    per process, shared by every run the process plays, so that the connection limit and a
+    server's pause hold across them.
 
     A rate limit that names a wait (Retry-After) pauses every call of this caller until the
     wait is over, not only the one that received it: the limit is the account's, not the
@@ -100,7 +118,9 @@ class ModelCaller:
     ) -> None:
         self.client = client
         self.cache = cache if client.cacheable else None
-        self._slots = asyncio.Semaphore(max_connections or client.max_concurrency)
+        self.max_connections = max_connections or client.max_concurrency
+        # asyncio primitives belong to one event loop: one semaphore per loop that calls.
+        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         self.max_retries = client.options.max_retries if max_retries is None else max_retries
         self.timeout_s = client.attempt_timeout_s if timeout_s is None else timeout_s
         given_wait = client.options.max_wait_s if max_wait_s is None else max_wait_s
@@ -108,12 +128,9 @@ class ModelCaller:
         self._backoff = wait_random_exponential(
             multiplier=backoff_s, max=min(MAX_BACKOFF_S, self.max_wait_s)
         )
-        self.on_pause = on_pause
+        self._pause_listeners: list[PauseListener] = [on_pause] if on_pause else []
         self._paused_until = 0.0  # time.monotonic()
-        self.calls_made = 0
-        self.calls_cached = 0
-        self.retries = 0
-        self.unreadable = 0  # calls answered "unreadable" after every attempt
+        self.totals = CallTally()
         self.cache_entries_replaced = 0  # cached answers that failed to load, fetched anew
 
     def paused_until_wall(self) -> float | None:
@@ -126,8 +143,23 @@ class ModelCaller:
         if until <= self._paused_until:
             return
         self._paused_until = until
-        if self.on_pause is not None:
-            self.on_pause(time.time() + wait, reason or "the server asked to wait")
+        for listener in list(self._pause_listeners):
+            listener(time.time() + wait, reason or "the server asked to wait")
+
+    @contextmanager
+    def pauses_told_to(self, listener: PauseListener) -> Iterator[None]:
+        """Tell `listener` of every pause while the block runs (a run's progress line)."""
+        self._pause_listeners.append(listener)
+        try:
+            yield
+        finally:
+            self._pause_listeners.remove(listener)
+
+    def _connection_slots(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots[0] is not loop:
+            self._slots = (loop, asyncio.Semaphore(self.max_connections))
+        return self._slots[1]
 
     def _wait(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
@@ -139,11 +171,8 @@ class ModelCaller:
         self._pause(wait, getattr(error, "reason", ""))
         return wait
 
-    def _count_retry(self, state: RetryCallState) -> None:
-        self.retries += 1
-
-    async def _answer(self, request: ModelRequest, oracle: PolicyOracle | None) -> ModelResponse:
-        response = await self.client.complete(request, oracle)
+    async def _answer(self, request: ModelRequest) -> ModelResponse:
+        response = await self.client.complete(request)
         try:
             return check_response(response)
         except ValueError as problem:
@@ -151,36 +180,40 @@ class ModelCaller:
                 f"{self.client.name}: unreadable answer ({problem})"
             ) from None
 
-    async def _attempt(self, request: ModelRequest, oracle: PolicyOracle | None) -> ModelResponse:
+    async def _attempt(self, request: ModelRequest) -> ModelResponse:
         pause = self._paused_until - time.monotonic()
         if pause > 0:
             await asyncio.sleep(pause)
-        async with self._slots:
+        async with self._connection_slots():
             if self.timeout_s is None:
-                return await self._answer(request, oracle)
+                return await self._answer(request)
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    return await self._answer(request, oracle)
+                    return await self._answer(request)
             except TimeoutError:
                 raise TransientModelError(
                     f"{self.client.name}: no answer within {self.timeout_s:g} s"
                 ) from None
 
     async def _call_with_retries(
-        self, request: ModelRequest, oracle: PolicyOracle | None
+        self, request: ModelRequest, tally: CallTally | None
     ) -> ModelResponse | None:
         """The answer; None when every attempt's answer was unreadable."""
+
+        def count_retry(state: RetryCallState) -> None:
+            self.totals.count("retries", tally)
+
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientModelError),
             stop=stop_after_attempt(1 + self.max_retries),
             wait=self._wait,
-            before_sleep=self._count_retry,
+            before_sleep=count_retry,
             reraise=True,
         )
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt(request, oracle)
+                    return await self._attempt(request)
         except UnreadableAnswerError:
             return None
         except TransientModelError as error:
@@ -213,52 +246,22 @@ class ModelCaller:
         self.cache_entries_replaced += 1
         return response
 
-    async def call(
-        self, request: ModelRequest, oracle: PolicyOracle | None = None
-    ) -> ModelResponse:
+    async def call(self, request: ModelRequest, tally: CallTally | None = None) -> ModelResponse:
+        """The answer to `request`, counted in `tally` as well as in `totals`."""
         key = call_key(self.client, request) if self.cache is not None else None
         damaged = False
         if self.cache is not None and key is not None:
             hit = self.cache.get_call(key)
             cached = self._load(hit) if hit is not None else None
             if cached is not None:
-                self.calls_cached += 1
+                self.totals.count("calls_cached", tally)
                 return cached
             damaged = hit is not None  # fetched again, and then replaced
-        response = await self._call_with_retries(request, oracle)
+        response = await self._call_with_retries(request, tally)
         if response is None:
-            self.unreadable += 1
+            self.totals.count("unreadable", tally)
             return ModelResponse(text="", stop_reason=UNREADABLE)
-        self.calls_made += 1
+        self.totals.count("calls_made", tally)
         if key is not None:
             response = self._store(key, response, damaged)
         return response
-
-
-class TokenCountingCaller(ModelCaller):
-    """A dry run's stand-in for the model: counts each request's prompt tokens with the
-    model's own counter and answers with the expert's action, so that the episode goes on
-    as a competent policy's would. Completion tokens are counted at the answer limit."""
-
-    def __init__(self, client: ModelClient) -> None:
-        super().__init__(client, cache=None)
-        self.calls = 0
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-
-    async def call(
-        self, request: ModelRequest, oracle: PolicyOracle | None = None
-    ) -> ModelResponse:
-        if oracle is None:
-            raise ValueError("a dry run needs the environment to play the expert's action")
-        prompt_tokens = self.client.count_tokens(request.parts)
-        if request.system:
-            prompt_tokens += self.client.count_tokens([TextPart(request.system)])
-        self.calls += 1
-        self.prompt_tokens += prompt_tokens
-        self.completion_tokens += request.max_tokens
-        return ModelResponse(
-            text=oracle.expert_action(),
-            prompt_tokens=prompt_tokens,
-            completion_tokens=request.max_tokens,
-        )

@@ -32,7 +32,6 @@ from lmact.models.base import (
     ModelRequest,
     ModelResponse,
     Part,
-    PolicyOracle,
     TextPart,
 )
 
@@ -217,7 +216,5 @@ class LocalModel(ModelClient):
     def cost_usd(self, response: ModelResponse) -> float | None:
         return 0.0  # runs on this machine: no API charges
 
-    async def complete(
-        self, request: ModelRequest, oracle: PolicyOracle | None = None
-    ) -> ModelResponse:
+    async def complete(self, request: ModelRequest) -> ModelResponse:
         return await asyncio.to_thread(self._complete_now, request)

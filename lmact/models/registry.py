@@ -1,6 +1,7 @@
-"""Model names to clients: `local/<name or path>`, `random`, `expert`, and plugins.
+"""Model names to clients: `local/<name or path>`, the hosted providers, and plugins.
 
-A name is `<provider>/<model>` (or a bare provider for scripted policies). Built-in
+A name is `<provider>/<model>`; `random` and `expert` are scripted policies
+(`lmact.policies`), listed here with the names a user may give. Built-in
 providers are listed below; a third-party package adds one by registering its client class
 under the entry-point group `lmact.models`, with the provider name as the entry-point name.
 """
@@ -21,11 +22,7 @@ BUILTIN_PROVIDERS: dict[str, str] = {
     "anthropic": "lmact.models.anthropic:AnthropicModel",
     "google": "lmact.models.google:GoogleModel",
     "openai-compatible": "lmact.models.openai_compatible:OpenAICompatibleModel",
-    "random": "lmact.models.scripted:RandomPolicy",
-    "expert": "lmact.models.scripted:ExpertPolicy",
 }
-# Providers whose name is the whole model name (no "/<model>" part).
-BARE_PROVIDERS = frozenset({"random", "expert"})
 DEFAULT_MODEL = "local/gemma-3-270m"
 
 ACCEPTED_NAMES = [
@@ -68,8 +65,6 @@ def resolve_model(name: str, options: ModelOptions | None = None) -> ModelClient
     known = providers()
     if provider not in known:
         raise UnknownNameError("model", name, accepted_model_names())
-    if provider in BARE_PROVIDERS and model:
-        raise UnknownNameError("model", name, accepted_model_names())
-    if provider not in BARE_PROVIDERS and not model:
+    if not model:
         raise LmactError(f"model {name!r} names a provider but no model; write {provider}/<model>")
     return _load_class(known[provider])(name, options or ModelOptions())

@@ -32,7 +32,6 @@ from lmact.models.base import (
     ModelRequest,
     ModelResponse,
     Part,
-    PolicyOracle,
     TextPart,
     TransientModelError,
     UnreadableAnswerError,
@@ -305,9 +304,7 @@ class RemoteModel(ModelClient):
 
     # --- the call ----------------------------------------------------------------------
 
-    async def complete(
-        self, request: ModelRequest, oracle: PolicyOracle | None = None
-    ) -> ModelResponse:
+    async def complete(self, request: ModelRequest) -> ModelResponse:
         started = time.perf_counter()
         try:
             response = await self.send(request)

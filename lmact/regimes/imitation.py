@@ -6,37 +6,33 @@ range (`lmact.demos.DEMO_SEED_BASE` and up), so no test episode shares a seed wi
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from lmact.demos import DEMO_SEED_BASE
-from lmact.envs import environment_class
-from lmact.envs.base import Environment, Observation
-from lmact.episode import EpisodeTally, StepRules, play_step
+from lmact.demos import DEMO_SEED_BASE, MAX_DEMONSTRATIONS, Demonstration, demonstrations_hash
+from lmact.envs.base import Observation
+from lmact.episode import EpisodeTally, FollowTheAnswer, LiveSituation, StepRules, play_step
 from lmact.errors import LmactError, UnknownNameError
 from lmact.models.base import ModelRequest, Part
-from lmact.models.caller import ModelCaller
-from lmact.prompting import (
-    Packing,
-    PromptBuilder,
-    PromptSettings,
-    Step,
-    check_templates,
-    templates_fingerprint,
+from lmact.policies import Policy
+from lmact.prompting import Packing, PromptBuilder, Step, pack_demonstrations
+from lmact.records import STEP_LIMIT, EpisodeRecord, StepRecord
+from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts
+from lmact.regimes.prompted import (
+    PromptedConfig,
+    check_counts,
+    check_sees,
+    prompt_settings,
+    prompted_fields,
 )
-from lmact.store import STEP_LIMIT, EpisodeRecord, StepRecord
+from lmact.store import RunRecord
 from lmact.tasks import TaskSpec, get_task
 
-BASELINE_POLICIES = ("random", "expert")
 DEFAULT_DEMOS = 1
-CHAIN_OF_THOUGHT_MAX_TOKENS = 512
 # Streams of an episode's seed that the loop itself draws from (the environment uses its own).
 _FALLBACK_STREAM = 1
 _POLICY_STREAM = 2
@@ -44,7 +40,6 @@ _DEMO_DRAW_STREAM = 3
 DEMO_DRAWS = ("per-episode", "shared")
 # The demonstrations a per-episode draw chooses from, unless --demo-pool says otherwise.
 DEFAULT_DEMO_POOL = 100
-ANSWER_MATCHES = ("lenient", "exact")
 # Fields added after release 0.1, with the value that keeps 0.1's behaviour: at that value
 # they stay out of the run id, so that a 0.1 run keeps its id and resumes.
 _ADDED_FIELDS = {
@@ -58,56 +53,27 @@ _ADDED_FIELDS = {
 _NOT_IN_ID = frozenset({"prompts_dir"})
 
 
-class ImitationConfig(BaseModel):
-    """Everything that determines a run's episodes; its hash is the run's id.
+class ImitationConfig(PromptedConfig):
+    """Everything that determines an imitation run's episodes (see `RegimeConfig`); test
+    episode i starts from seed `seed + i`."""
 
-    The number of episodes is not part of it: asking for more episodes later extends the
-    same run, since episode i always starts from seed `seed + i`.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    added_fields: ClassVar[dict[str, Any]] = _ADDED_FIELDS
+    not_in_id: ClassVar[frozenset[str]] = _NOT_IN_ID
 
     regime: Literal["imitation"] = "imitation"
-    task: str
-    spec_hash: str
-    observation: str
-    model: str
     demos: int | None = Field(None, ge=0)
     token_budget: int | None = Field(None, gt=0)
-    seed: int = Field(0, ge=0)
     max_steps: int = Field(gt=0)
-    show_legal_actions: bool = False
-    chain_of_thought: bool = False
-    max_tokens: int = Field(gt=0)
-    prompts: str  # fingerprint of the prompt templates
-    prompts_dir: str | None = None  # the --prompts folder, if not the shipped templates
-    # The current episode's past actions in the prompt (False: observations only).
-    past_actions: bool = True
-    # How an answer must be spelled: "lenient" reads it with the task's parser (any case,
-    # SAN without the check sign …); "exact" only as one of the legal actions as listed.
-    answer_match: Literal["lenient", "exact"] = "lenient"
     # "per-episode": each test episode draws its demonstrations from the first `demo_pool`
     # (see `drawn_demonstrations`); "shared": every episode gets the first ones.
     demo_draw: Literal["per-episode", "shared"] = "shared"
     demo_pool: int | None = Field(None, gt=0)
-    # The environment's rendering version: observations rendered otherwise are another run.
-    rendering: int = 1
 
     @model_validator(mode="after")
     def _one_way_to_choose_demos(self) -> ImitationConfig:
         if self.demos is not None and self.token_budget is not None:
             raise ValueError("give either demos or token_budget, not both")
         return self
-
-    @property
-    def run_id(self) -> str:
-        values = {
-            key: value
-            for key, value in self.model_dump().items()
-            if key not in _NOT_IN_ID and not (key in _ADDED_FIELDS and value == _ADDED_FIELDS[key])
-        }
-        payload = json.dumps(values, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def drawn_demonstrations(self, episode: int) -> list[int]:
         """The demonstrations (indices into the pool) test episode `episode` draws, in the
@@ -159,55 +125,35 @@ def make_config(
 ) -> ImitationConfig:
     """A run configuration with the task's defaults filled in; names are checked here."""
     spec = get_task(task)
-    observation = observation or spec.default_observation
-    spec.check_observation(observation)
+    fields = prompted_fields(
+        spec,
+        observation=observation,
+        model=model,
+        seed=seed,
+        show_legal_actions=show_legal_actions,
+        chain_of_thought=chain_of_thought,
+        max_tokens=max_tokens,
+        past_actions=past_actions,
+        answer_match=answer_match,
+        prompts_dir=prompts_dir,
+    )
     if demos is not None and token_budget is not None:
         raise LmactError("give either --demos or --token-budget, not both")
     if demos is None and token_budget is None:
         demos = DEFAULT_DEMOS
-    check_templates(prompts_dir)
-    if answer_match not in ANSWER_MATCHES:
-        raise UnknownNameError("--answer-match", answer_match, ANSWER_MATCHES)
     demo_draw, demo_pool = _demo_draw(demo_draw, demo_pool, demos)
-    _check_counts(
-        at_least_0={"--demos": demos, "--seed": seed},
-        positive={
-            "--token-budget": token_budget,
-            "--max-steps": max_steps,
-            "--max-tokens": max_tokens,
-        },
+    check_counts(
+        at_least_0={"--demos": demos},
+        positive={"--token-budget": token_budget, "--max-steps": max_steps},
     )
     return ImitationConfig(
-        task=spec.name,
-        spec_hash=spec.spec_hash,
-        observation=observation,
-        model=model,
+        **fields,
         demos=demos,
         token_budget=token_budget,
-        seed=seed,
         max_steps=max_steps or spec.max_steps,
-        show_legal_actions=show_legal_actions,
-        chain_of_thought=chain_of_thought,
-        max_tokens=max_tokens
-        or (CHAIN_OF_THOUGHT_MAX_TOKENS if chain_of_thought else spec.max_answer_tokens),
-        prompts=templates_fingerprint(prompts_dir),
-        prompts_dir=str(Path(prompts_dir).resolve()) if prompts_dir is not None else None,
         demo_draw=demo_draw,  # type: ignore[arg-type] - checked in _demo_draw
         demo_pool=demo_pool,
-        rendering=environment_class(spec.environment).rendering_version,
-        past_actions=past_actions,
-        answer_match=answer_match,  # type: ignore[arg-type] - checked above
     )
-
-
-def _check_counts(at_least_0: dict[str, int | None], positive: dict[str, int | None]) -> None:
-    """The counts of a configuration made through the Python API (the CLI checks them too)."""
-    for name, value in at_least_0.items():
-        if value is not None and value < 0:
-            raise LmactError(f"{name} must be at least 0, not {value}")
-    for name, value in positive.items():
-        if value is not None and value <= 0:
-            raise LmactError(f"{name} must be positive, not {value}")
 
 
 def _demo_draw(draw: str, pool: int | None, demos: int | None) -> tuple[str, int | None]:
@@ -229,23 +175,6 @@ def _demo_draw(draw: str, pool: int | None, demos: int | None) -> tuple[str, int
     return draw, pool
 
 
-@dataclass
-class _Oracle:
-    """What scripted policies see: the live environment and the episode's policy stream."""
-
-    env: Environment
-    rng: np.random.Generator
-
-    def legal_actions(self) -> list[str]:
-        return self.env.legal_actions()
-
-    def expert_action(self) -> str:
-        return self.env.expert_action()
-
-    def random_action(self) -> str:
-        return self.env.random_action(self.rng)
-
-
 @dataclass(frozen=True)
 class EpisodePlan:
     """What the episodes of a run share, and the demonstrations each one is shown."""
@@ -263,18 +192,144 @@ class EpisodePlan:
         return bool(self.packing_for(episode).demonstrations)
 
 
-def prompt_settings(config: ImitationConfig) -> PromptSettings:
-    return PromptSettings(
-        config.show_legal_actions,
-        config.chain_of_thought,
-        config.past_actions,
-        Path(config.prompts_dir) if config.prompts_dir is not None else None,
-    )
+Packer = Callable[[Iterable[Demonstration]], tuple[Packing, list[Demonstration]]]
+
+
+def _packer(config: ImitationConfig, builder: PromptBuilder, policy: Policy) -> Packer:
+    """Packs candidate demonstrations for `config`; returns the packing and those it took."""
+
+    def pack(candidates: Iterable[Demonstration]) -> tuple[Packing, list[Demonstration]]:
+        consumed: list[Demonstration] = []
+
+        def steps_of() -> Iterator[tuple[Step, ...]]:
+            for demonstration in candidates:
+                consumed.append(demonstration)
+                yield demonstration.steps
+
+        packing = pack_demonstrations(
+            builder,
+            steps_of(),
+            policy.count_tokens,
+            exact=config.demos,
+            budget=config.token_budget,
+            context_window=policy.context_window,
+            answer_tokens=config.max_tokens,
+            max_images=policy.max_images,
+        )
+        return packing, consumed[: len(packing.demonstrations)]
+
+    return pack
+
+
+def _per_episode_packing(
+    config: ImitationConfig, pool: Sequence[Demonstration], pack: Packer
+) -> Callable[[int], Packing]:
+    """Each test episode's packing of its own draw from `pool`, made when first asked for."""
+    packings: dict[int, Packing] = {}
+
+    def packing_for(episode: int) -> Packing:
+        if episode not in packings:
+            order = config.drawn_demonstrations(episode)
+            packings[episode] = pack(pool[index] for index in order)[0]
+        return packings[episode]
+
+    return packing_for
+
+
+class ImitationRegime(Regime[ImitationConfig, EpisodePlan]):
+    """LMAct: expert demonstrations packed into the prompt, then a test episode step by
+    step; its units are the test episodes, played concurrently."""
+
+    name = "imitation"
+    config_type = ImitationConfig
+
+    def prepare(
+        self, config: ImitationConfig, policy: Policy, context: RunContext, units: Sequence[int]
+    ) -> PreparedRun[ImitationConfig, EpisodePlan]:
+        task = config.task_spec()
+        check_sees(task, config.observation, policy)
+        builder = PromptBuilder(prompt_settings(config))
+        pack = _packer(config, builder, policy)
+        per_episode = config.demo_draw == "per-episode"
+        wanted = config.demo_pool if per_episode else config.demos
+        with context.progress_bar(wanted or 0, f"demonstrations {task.name}", "demo") as bar:
+            if per_episode:
+                assert config.demo_pool is not None
+                pool = context.demo_store.load(
+                    task, config.observation, 0, config.demo_pool, bar.update
+                )
+                packing_for = _per_episode_packing(config, pool, pack)
+                packing_for(units[0] if units else 0)  # the first to play fits, or fails now
+                # What the run reports: episode 0's packing, whichever episodes are left.
+                packing, chosen = packing_for(0), pool
+            else:
+                limit = config.demos if config.demos is not None else MAX_DEMONSTRATIONS
+                stream = context.demo_store.stream(
+                    task, config.observation, bar.update, limit=limit, growing=True
+                )
+                packing, chosen = pack(stream)
+                shared = packing
+
+                def packing_for(episode: int) -> Packing:
+                    return shared
+
+        facts = RunFacts(
+            demonstrations=len(packing.demonstrations),
+            # Shared: the demonstrations shown; per episode: the pool they are drawn from.
+            demonstrations_hash=demonstrations_hash(chosen),
+            prefix_tokens=packing.prefix_tokens,
+            demonstrations_loaded=len(chosen),
+            details={"stopped_by": packing.stopped_by},
+        )
+        plan = EpisodePlan(config, task, builder, packing_for)
+        return PreparedRun(config, policy, facts, plan)
+
+    def unit_seed(self, config: ImitationConfig, unit: int) -> int:
+        return config.test_seed(unit)
+
+    async def play(
+        self,
+        prepared: PreparedRun[ImitationConfig, EpisodePlan],
+        policy: Policy,
+        unit: int,
+        on_step: Callable[[StepRecord], None],
+    ) -> EpisodeRecord:
+        return await play_episode(prepared.plan, policy, unit, on_step)
+
+    def baseline(self, config: ImitationConfig, policy: str) -> ImitationConfig:
+        return config.baseline(policy)
+
+    def summary_fields(self, config: ImitationConfig, facts: RunFacts) -> dict[str, Any]:
+        return {
+            "demos": facts.demonstrations,
+            "demos_hash": facts.demonstrations_hash,
+            "prefix_tokens": facts.prefix_tokens,
+            "max_steps": config.max_steps,
+            "stopped_by": facts.details.get("stopped_by"),
+            **self.option_fields(config),
+        }
+
+    def option_fields(self, config: ImitationConfig) -> dict[str, Any]:
+        """The reference protocol's options, as a summary and a report show them."""
+        return {
+            "past_actions": config.past_actions,
+            "answer_match": config.answer_match,
+            "demo_draw": config.demo_draw,
+            "demo_pool": config.demo_pool,
+        }
+
+    def report_fields(self, config: ImitationConfig, run: RunRecord) -> dict[str, Any]:
+        return {"demos": run.demos_used, **self.option_fields(config)}
+
+    def describe(self, facts: RunFacts) -> str:
+        count = facts.demonstrations or 0
+        noun = "demonstration" if count == 1 else "demonstrations"
+        return f"{count} {noun} ({facts.prefix_tokens} prompt tokens)"
 
 
 async def play_episode(
     plan: EpisodePlan,
-    caller: ModelCaller,
+    policy: Policy,
     episode: int,
     on_step: Callable[[StepRecord], None],
 ) -> EpisodeRecord:
@@ -282,8 +337,8 @@ async def play_episode(
     config = plan.config
     seed = config.test_seed(episode)
     env = plan.task.make_environment()
-    fallback_rng = np.random.default_rng([seed, _FALLBACK_STREAM])
-    oracle = _Oracle(env, np.random.default_rng([seed, _POLICY_STREAM]))
+    execution = FollowTheAnswer(env, np.random.default_rng([seed, _FALLBACK_STREAM]))
+    situation = LiveSituation(env, np.random.default_rng([seed, _POLICY_STREAM]))
     rules = StepRules(config.observation, exact_answers=config.answer_match == "exact")
     trajectory: list[Step] = []
     tally = EpisodeTally()
@@ -305,11 +360,11 @@ async def play_episode(
         for step in range(config.max_steps):
             played = await play_step(
                 env,
-                caller,
+                policy,
                 build_request,
                 rules,
-                oracle=oracle,
-                fallback_rng=fallback_rng,
+                situation=situation,
+                execution=execution,
                 episode=episode,
                 step=step,
             )

@@ -7,7 +7,6 @@ from lmact.models.base import (
     ModelRequest,
     ModelResponse,
     Part,
-    PolicyOracle,
     estimate_tokens,
 )
 
@@ -18,9 +17,7 @@ class EchoModel(ModelClient):
     def count_tokens(self, parts: Sequence[Part]) -> int:
         return estimate_tokens(parts)  # used to pack demonstrations into a token budget
 
-    async def complete(
-        self, request: ModelRequest, oracle: PolicyOracle | None = None
-    ) -> ModelResponse:
+    async def complete(self, request: ModelRequest) -> ModelResponse:
         answer = self.name.partition("/")[2]  # the model name after "echo/"
         return ModelResponse(
             text=answer,

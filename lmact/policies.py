@@ -1,0 +1,213 @@
+"""Policies: what chooses the action at each step, behind one interface.
+
+A model-backed policy asks its model, through the one caller this process keeps for that
+model. A scripted policy (random, expert) reads the live situation of the episode and never
+the prompt; model clients, for their part, never see an environment. Both answer with a
+`ModelResponse`, so every regime plays them through the same step (`lmact.episode`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Protocol
+
+from lmact.errors import LmactError
+from lmact.models.base import (
+    ModelClient,
+    ModelOptions,
+    ModelRequest,
+    ModelResponse,
+    Part,
+    TextPart,
+    estimate_tokens,
+)
+from lmact.models.caller import CallCache, CallTally, ModelCaller
+from lmact.models.registry import resolve_model
+
+
+class Situation(Protocol):
+    """What a scripted policy may look at in the episode it plays."""
+
+    def legal_actions(self) -> list[str]: ...
+
+    # The action the regime holds as right: the environment's expert's, or the
+    # demonstrated one when a demonstration is replayed.
+    def expert_action(self) -> str: ...
+
+    def random_action(self) -> str: ...
+
+
+class Policy(ABC):
+    """Chooses actions for the episodes of one run; `tally` counts its model calls.
+    `options` limit the prompts it is given (--context-window, --max-images) as a model's
+    would, so that a scripted run packs what a model's run packs."""
+
+    name: str
+    accepts_images: bool = True
+    max_concurrency: int = 64  # episodes worth playing at once
+
+    def __init__(self, options: ModelOptions | None = None) -> None:
+        self.options = options or ModelOptions()
+        self.tally = CallTally()
+
+    @property
+    def context_window(self) -> int | None:
+        return self.options.context_window
+
+    @property
+    def max_images(self) -> int | None:
+        return self.options.max_images
+
+    def count_tokens(self, parts: Sequence[Part]) -> int:
+        return estimate_tokens(parts)
+
+    def check_ready(self) -> None:  # noqa: B027 - scripted policies need nothing
+        """A one-line LmactError if the policy cannot play (e.g. no API key)."""
+
+    def cost_usd(self, response: ModelResponse) -> float | None:
+        return 0.0
+
+    @abstractmethod
+    async def act(self, request: ModelRequest, situation: Situation) -> ModelResponse:
+        """The answer at one step: `request` is what a model is shown."""
+
+
+class ModelPolicy(Policy):
+    """A model, asked through its caller (cache, retries, the connection limit)."""
+
+    def __init__(self, caller: ModelCaller) -> None:
+        super().__init__(caller.client.options)
+        self.caller = caller
+        self.client = caller.client
+        self.name = caller.client.name
+        self.accepts_images = caller.client.accepts_images
+        self.max_concurrency = caller.max_connections
+
+    @property
+    def context_window(self) -> int | None:
+        return self.client.context_window
+
+    @property
+    def max_images(self) -> int | None:
+        return self.client.max_images
+
+    def count_tokens(self, parts: Sequence[Part]) -> int:
+        return self.client.count_tokens(parts)
+
+    def check_ready(self) -> None:
+        self.client.check_ready()
+
+    def cost_usd(self, response: ModelResponse) -> float | None:
+        return self.client.cost_usd(response)
+
+    async def act(self, request: ModelRequest, situation: Situation) -> ModelResponse:
+        return await self.caller.call(request, self.tally)
+
+
+class RandomPolicy(Policy):
+    """A uniformly random legal action from the episode's seeded generator (a continuous
+    space draws from the space)."""
+
+    name = "random"
+
+    async def act(self, request: ModelRequest, situation: Situation) -> ModelResponse:
+        return ModelResponse(text=situation.random_action())
+
+
+class ExpertPolicy(Policy):
+    """The expert of the regime: the environment's (minimax, shortest path, …), or the
+    demonstrator when a demonstration is replayed."""
+
+    name = "expert"
+
+    async def act(self, request: ModelRequest, situation: Situation) -> ModelResponse:
+        return ModelResponse(text=situation.expert_action())
+
+
+SCRIPTED_POLICIES: dict[str, type[Policy]] = {"random": RandomPolicy, "expert": ExpertPolicy}
+
+
+class DryRunPolicy(Policy):
+    """Stands in for `policy` in a dry run: counts each request's prompt tokens with the
+    policy's own counter and answers the expert's action, so that the episode goes on as a
+    competent policy's would. Completion tokens are counted at the answer limit; the
+    request's stable prefix is counted as cacheable, and each distinct prefix as written
+    to a cache once."""
+
+    def __init__(self, policy: Policy) -> None:
+        super().__init__(policy.options)
+        self.policy = policy
+        self.name = policy.name
+        self.calls = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.prefix_tokens = 0
+        self.prefix_written_tokens = 0
+        # Prefix parts are the same objects at every step of an episode: known by identity
+        # (each kept, so that no other part takes its id).
+        self._prefixes: dict[tuple[int, ...], tuple[tuple[Part, ...], int]] = {}
+
+    def _prefix_tokens(self, parts: tuple[Part, ...]) -> int:
+        key = tuple(id(part) for part in parts)
+        if key not in self._prefixes:
+            tokens = self.policy.count_tokens(parts) if parts else 0
+            self._prefixes[key] = (parts, tokens)
+            self.prefix_written_tokens += tokens
+        return self._prefixes[key][1]
+
+    async def act(self, request: ModelRequest, situation: Situation) -> ModelResponse:
+        prompt_tokens = self.policy.count_tokens(request.parts)
+        if request.system:
+            prompt_tokens += self.policy.count_tokens([TextPart(request.system)])
+        self.calls += 1
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += request.max_tokens
+        self.prefix_tokens += self._prefix_tokens(request.parts[: request.stable_prefix_parts])
+        return ModelResponse(
+            text=situation.expert_action(),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=request.max_tokens,
+        )
+
+
+class Policies:
+    """The policies of one process: one client and one caller per model name, shared by
+    every run the process plays; each run gets a policy of its own to count its calls."""
+
+    def __init__(
+        self,
+        cache: CallCache | None,
+        options: ModelOptions | None = None,
+        max_connections: int | None = None,
+        backoff_s: float = 1.0,
+    ) -> None:
+        self.cache = cache
+        self.options = options or ModelOptions()
+        self.max_connections = max_connections
+        self.backoff_s = backoff_s
+        self._callers: dict[str, ModelCaller] = {}
+
+    def register(self, client: ModelClient) -> None:
+        """Play `client` for runs of its name (a client made in Python, or a test double)."""
+        self._callers[client.name] = ModelCaller(
+            client, self.cache, self.max_connections, backoff_s=self.backoff_s
+        )
+
+    def caller(self, name: str) -> ModelCaller:
+        if name in SCRIPTED_POLICIES:
+            raise LmactError(f"{name!r} is a scripted policy: it calls no model")
+        if name not in self._callers:
+            self.register(resolve_model(name, self.options))
+        return self._callers[name]
+
+    def for_run(self, name: str) -> Policy:
+        """A policy for one run; a name that does not resolve is a one-line error."""
+        if name in SCRIPTED_POLICIES:
+            return SCRIPTED_POLICIES[name](self.options)
+        return ModelPolicy(self.caller(name))
+
+    def close(self) -> None:
+        for caller in self._callers.values():
+            caller.client.close()
+        self._callers.clear()

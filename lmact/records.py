@@ -1,0 +1,119 @@
+"""Values that cross layers and get stored, the same for every regime: token usage (a value
+that adds), the record of one step and of one episode, and the enums of what is stored.
+
+The store flattens them into its columns and reads them back; everything between the model
+call and the report passes these values whole instead of copying their fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
+from typing import Any
+
+from lmact.envs.base import AnswerKind
+from lmact.models.base import TOKEN_FIELDS, ModelResponse, StopReason
+
+__all__ = [
+    "STEP_LIMIT",
+    "AnswerKind",
+    "Ending",
+    "EpisodeRecord",
+    "StepRecord",
+    "StopReason",
+    "Usage",
+]
+
+# The end reason of an episode cut off by the step limit (truncated), not ended by the task.
+STEP_LIMIT = "step limit"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens of one call, or summed over many: `a + b`, `sum(usages, Usage())`."""
+
+    prompt_tokens: int = 0  # all prompt tokens, cached and cache-written ones included
+    completion_tokens: int = 0  # all generated tokens, reasoning included (as billed)
+    cached_tokens: int = 0  # prompt tokens served from a prefix / prompt cache
+    cache_write_tokens: int = 0  # prompt tokens written to a provider's prompt cache
+    reasoning_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        if not isinstance(other, Usage):
+            return NotImplemented
+        return Usage(*(getattr(self, name) + getattr(other, name) for name in TOKEN_FIELDS))
+
+    def __radd__(self, other: object) -> Usage:
+        if other == 0:  # sum() starts from 0
+            return self
+        return NotImplemented
+
+    @classmethod
+    def of(cls, response: ModelResponse) -> Usage:
+        """What one answer cost, as its provider reported it."""
+        return cls(*(getattr(response, name) for name in TOKEN_FIELDS))
+
+    @classmethod
+    def from_columns(cls, values: dict[str, Any]) -> Usage:
+        """Read back from a row's columns; a column that is NULL counts 0."""
+        return cls(*(int(values.get(name) or 0) for name in TOKEN_FIELDS))
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class Ending(StrEnum):
+    """How an episode ended: by the task (checkmate, solved …) or by the step limit."""
+
+    TERMINATED = "terminated"
+    TRUNCATED = "truncated"
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    episode: int
+    step: int
+    prompt_hash: str
+    completion: str  # the model's raw text
+    answer: str  # the action text extracted from it
+    kind: AnswerKind
+    action: str  # the action executed (a random legal one unless valid, in imitation)
+    reward: float
+    stop_reason: StopReason
+    usage: Usage
+    latency_s: float
+    from_cache: bool
+    cost_usd: float | None = None
+
+
+@dataclass(frozen=True)
+class EpisodeRecord:
+    episode: int
+    seed: int
+    total_return: float
+    steps: int
+    terminated: bool  # the episode ended by itself, not by the step limit
+    valid: int
+    illegal: int
+    invalid: int
+    empty: int
+    usage: Usage = Usage()
+    cost_usd: float | None = None  # None if any step's cost is unknown
+    unreadable: int = 0  # steps whose answer never came back readable (counted as empty)
+    end_reason: str | None = None  # the task's reason, or STEP_LIMIT; None before 0.2
+
+    @property
+    def ending(self) -> Ending:
+        return Ending.TERMINATED if self.terminated else Ending.TRUNCATED
+
+
+def flat_fields(record: StepRecord | EpisodeRecord) -> dict[str, Any]:
+    """A record as the store's columns: its usage spread into one column per count."""
+    values = {f.name: getattr(record, f.name) for f in fields(record) if f.name != "usage"}
+    return {**values, **record.usage.as_dict()}
+
+
+def column_names(record_type: type[StepRecord] | type[EpisodeRecord]) -> list[str]:
+    """The store's columns of a record type, in the order `flat_fields` gives them."""
+    names = [f.name for f in fields(record_type) if f.name != "usage"]
+    return names + list(TOKEN_FIELDS)

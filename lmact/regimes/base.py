@@ -1,0 +1,168 @@
+"""The regime protocol: what a setting (imitation, replay, in-context RL) tells the runner.
+
+A regime says what its configuration is, how a run is prepared (before any model call),
+what its units of work are (one test episode each; a regime may declare that they run in
+order, one after another), how one unit is played, which scripted runs score it, and which
+of its facts a summary and a report show. The runner schedules units, resumes, isolates
+failures and shows progress; it knows no regime by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmact.demos import DemoStore
+from lmact.errors import LmactError
+from lmact.policies import Policy
+from lmact.records import EpisodeRecord, StepRecord
+from lmact.store import MAX_EPISODES, RunRecord
+from lmact.tasks import TaskSpec, get_task
+
+# Baseline policies every regime scores against, by default: (value - random) / (expert - random).
+BASELINE_POLICIES = ("random", "expert")
+
+
+class RegimeConfig(BaseModel):
+    """What every regime's configuration holds; its hash is the run's id.
+
+    The number of episodes is not part of it: asking for more episodes later extends the
+    same run, since unit i always starts from the same seed.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    regime: str
+    task: str
+    spec_hash: str
+    observation: str
+    model: str
+    seed: int = Field(0, ge=0)
+
+    # Fields added after a release, with the value that keeps that release's behaviour: at
+    # that value they stay out of the run id, so that an earlier run keeps its id.
+    added_fields: ClassVar[dict[str, Any]] = {}
+    # Fields that do not change what is played (where templates were read from).
+    not_in_id: ClassVar[frozenset[str]] = frozenset()
+
+    @property
+    def run_id(self) -> str:
+        added = self.added_fields
+        values = {
+            key: value
+            for key, value in self.model_dump().items()
+            if key not in self.not_in_id and not (key in added and value == added[key])
+        }
+        payload = json.dumps(values, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def task_spec(self) -> TaskSpec:
+        """The task, checked to be the one this configuration was made for."""
+        task = get_task(self.task)
+        if task.spec_hash != self.spec_hash:
+            raise LmactError(f"task {task.name}'s spec changed since this configuration was made")
+        return task
+
+
+Config = TypeVar("Config", bound=RegimeConfig)
+Plan = TypeVar("Plan")
+# Opens a progress bar: total, description, unit; its `update(n)` counts work done.
+ProgressBar = Callable[[int, str, str], AbstractContextManager[Any]]
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a prepared run's prompt context is made of, stored with the run."""
+
+    demonstrations: int | None = None  # shown (or replayed) per episode
+    demonstrations_hash: str | None = None  # of those shown, or of the pool drawn from
+    prefix_tokens: int | None = None  # of the part of the prompt shared by every step
+    demonstrations_loaded: int = 0  # made or read to prepare it (a dry run makes them)
+    details: dict[str, Any] = field(default_factory=dict)  # the regime's own, for summaries
+
+
+@dataclass(frozen=True)
+class PreparedRun(Generic[Config, Plan]):
+    config: Config
+    policy: Policy
+    facts: RunFacts
+    plan: Plan  # what the regime's units need, made once per run
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a regime may use to prepare a run."""
+
+    demo_store: DemoStore
+    progress_bar: ProgressBar
+
+
+def check_episodes(episodes: int) -> None:
+    if episodes <= 0:
+        raise LmactError(f"--episodes must be positive, not {episodes}")
+    if episodes > MAX_EPISODES:
+        raise LmactError(f"--episodes must be at most {MAX_EPISODES}, not {episodes}")
+
+
+class Regime(ABC, Generic[Config, Plan]):
+    """One setting. Subclasses live in `lmact/regimes/<name>.py` and are listed in
+    `lmact.regimes.REGIMES`."""
+
+    name: ClassVar[str]
+    config_type: ClassVar[type[RegimeConfig]]
+    # True: unit i+1 may start only once unit i is finished (it learns from it).
+    units_in_order: ClassVar[bool] = False
+
+    @abstractmethod
+    def prepare(
+        self, config: Config, policy: Policy, context: RunContext, units: Sequence[int]
+    ) -> PreparedRun[Config, Plan]:
+        """Everything a run needs before its first call; fails before any model work.
+        `units` are those to play, first first (none: the run is read back)."""
+
+    @abstractmethod
+    def unit_seed(self, config: Config, unit: int) -> int:
+        """The seed unit `unit` starts from (stored with it); LmactError if out of range."""
+
+    def units(self, config: Config, episodes: int) -> range:
+        """The units of a run of `episodes`, checked before any work."""
+        check_episodes(episodes)
+        self.unit_seed(config, episodes - 1)
+        return range(episodes)
+
+    @abstractmethod
+    async def play(
+        self,
+        prepared: PreparedRun[Config, Plan],
+        policy: Policy,
+        unit: int,
+        on_step: Callable[[StepRecord], None],
+    ) -> EpisodeRecord:
+        """Play one unit to its end, reporting every step as it is played."""
+
+    def baselines(self, config: Config) -> dict[str, Config]:
+        """The scripted runs (same units) that normalize this run's score, by policy."""
+        return {policy: self.baseline(config, policy) for policy in BASELINE_POLICIES}
+
+    @abstractmethod
+    def baseline(self, config: Config, policy: str) -> Config:
+        """The same units played by a scripted policy."""
+
+    def summary_fields(self, config: Config, facts: RunFacts) -> dict[str, Any]:
+        """The facts of a run that its summary and report rows carry for this regime."""
+        return dict(facts.details)
+
+    def report_fields(self, config: Config, run: RunRecord) -> dict[str, Any]:
+        """A stored run's facts for `lmact report` (from its configuration and record)."""
+        return {}
+
+    def describe(self, facts: RunFacts) -> str:
+        """A few words on what a run's prompt holds, for the line above its summary."""
+        return ""

@@ -1,0 +1,230 @@
+"""Replay (LMAct's replay variant): can a model copy from its context?
+
+The prompt holds one demonstration; then the model is shown that same demonstration step
+by step (its observations, and the demonstrated actions before the current step) and
+answers each step. A step scores when the answer, read by the task's parser, is exactly the
+demonstrated action; the environment always executes the demonstrated action, so the
+episode stays the demonstration. An episode's return is the fraction of its steps matched.
+
+Episode i replays demonstration `seed + i` (the demonstration seeds, disjoint from test
+seeds). The expert here is the demonstrator and scores exactly 1; random scores chance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+
+from lmact.demos import DEMO_SEED_BASE, MAX_DEMONSTRATIONS, Demonstration
+from lmact.envs.base import Environment, Observation, ParsedAnswer, StepOutcome
+from lmact.episode import EpisodeTally, StepRules, play_step
+from lmact.errors import LmactError
+from lmact.models.base import ModelRequest
+from lmact.policies import Policy
+from lmact.prompting import PromptBuilder, Step
+from lmact.records import STEP_LIMIT, EpisodeRecord, StepRecord
+from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts
+from lmact.regimes.prompted import (
+    PromptedConfig,
+    check_sees,
+    prompt_settings,
+    prompted_fields,
+)
+from lmact.tasks import get_task
+
+_POLICY_STREAM = 2  # of the demonstration's seed: what the random policy draws from
+
+
+class ReplayConfig(PromptedConfig):
+    """Everything that determines a replay run; episode i replays demonstration seed + i."""
+
+    regime: Literal["replay"] = "replay"
+
+
+def make_replay_config(
+    task: str,
+    *,
+    observation: str | None = None,
+    model: str,
+    seed: int = 0,
+    show_legal_actions: bool = False,
+    chain_of_thought: bool = False,
+    max_tokens: int | None = None,
+    past_actions: bool = True,
+    answer_match: str = "lenient",
+    prompts_dir: str | None = None,
+) -> ReplayConfig:
+    """A replay configuration with the task's defaults filled in; names are checked here."""
+    fields = prompted_fields(
+        get_task(task),
+        observation=observation,
+        model=model,
+        seed=seed,
+        show_legal_actions=show_legal_actions,
+        chain_of_thought=chain_of_thought,
+        max_tokens=max_tokens,
+        past_actions=past_actions,
+        answer_match=answer_match,
+        prompts_dir=prompts_dir,
+    )
+    return ReplayConfig(**fields)
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    builder: PromptBuilder
+    demonstrations: dict[int, Demonstration]  # by episode
+
+
+@dataclass
+class _Demonstrated:
+    """One step's demonstrated action: what the expert answers, what is executed, and what
+    an answer must match to score (1 / the episode's length, so the return is a fraction)."""
+
+    env: Environment
+    rng: np.random.Generator
+    action_shown: str
+    weight: float
+
+    def legal_actions(self) -> list[str]:
+        return self.env.legal_actions()
+
+    def expert_action(self) -> str:
+        return self.action_shown
+
+    def random_action(self) -> str:
+        return self.env.random_action(self.rng)
+
+    def action(self, parsed: ParsedAnswer) -> str:
+        return self.action_shown
+
+    def reward(self, parsed: ParsedAnswer, outcome: StepOutcome) -> float:
+        return self.weight if parsed.action == self.action_shown else 0.0
+
+
+class ReplayRegime(Regime[ReplayConfig, ReplayPlan]):
+    name = "replay"
+    config_type = ReplayConfig
+
+    def prepare(
+        self, config: ReplayConfig, policy: Policy, context: RunContext, units: Sequence[int]
+    ) -> PreparedRun[ReplayConfig, ReplayPlan]:
+        task = config.task_spec()
+        check_sees(task, config.observation, policy)
+        demonstrations: dict[int, Demonstration] = {}
+        if units:
+            first, last = min(units), max(units)
+            with context.progress_bar(
+                last - first + 1, f"demonstrations {task.name}", "demo"
+            ) as bar:
+                loaded = context.demo_store.load(
+                    task, config.observation, config.seed + first, last - first + 1, bar.update
+                )
+            demonstrations = {first + k: d for k, d in enumerate(loaded) if first + k in units}
+        plan = ReplayPlan(PromptBuilder(prompt_settings(config)), demonstrations)
+        # The episodes' seeds name the demonstrations they replay: no hash of a set.
+        facts = RunFacts(demonstrations=1, demonstrations_loaded=len(demonstrations))
+        return PreparedRun(config, policy, facts, plan)
+
+    def unit_seed(self, config: ReplayConfig, unit: int) -> int:
+        index = config.seed + unit
+        if index >= MAX_DEMONSTRATIONS:
+            raise LmactError(
+                f"demonstration {index} is past the last one ({MAX_DEMONSTRATIONS - 1}); "
+                "use a smaller --seed or fewer --episodes"
+            )
+        return DEMO_SEED_BASE + index
+
+    async def play(
+        self,
+        prepared: PreparedRun[ReplayConfig, ReplayPlan],
+        policy: Policy,
+        unit: int,
+        on_step: Callable[[StepRecord], None],
+    ) -> EpisodeRecord:
+        return await replay_episode(prepared, policy, unit, on_step)
+
+    def baseline(self, config: ReplayConfig, policy: str) -> ReplayConfig:
+        """Scripted policies read the demonstration, not the prompt: prompt settings take
+        their defaults, so every replay run of a task and seed shares its baselines."""
+        return make_replay_config(
+            config.task, observation=config.observation, model=policy, seed=config.seed
+        )
+
+    def summary_fields(self, config: ReplayConfig, facts: RunFacts) -> dict[str, Any]:
+        return {
+            "demos": 1,
+            "past_actions": config.past_actions,
+            "answer_match": config.answer_match,
+        }
+
+    def report_fields(self, config: ReplayConfig, run: Any) -> dict[str, Any]:
+        return self.summary_fields(config, RunFacts())
+
+    def describe(self, facts: RunFacts) -> str:
+        return "replays the demonstration it shows"
+
+
+async def replay_episode(
+    prepared: PreparedRun[ReplayConfig, ReplayPlan],
+    policy: Policy,
+    episode: int,
+    on_step: Callable[[StepRecord], None],
+) -> EpisodeRecord:
+    """Replay the demonstration of `episode`, asking the policy at every step."""
+    config, plan = prepared.config, prepared.plan
+    demonstration = plan.demonstrations[episode]
+    prefix = plan.builder.prefix([demonstration.steps])
+    rules = StepRules(config.observation, exact_answers=config.answer_match == "exact")
+    rng = np.random.default_rng([demonstration.seed, _POLICY_STREAM])
+    length = len(demonstration.steps)
+    trajectory: list[Step] = []
+    tally = EpisodeTally()
+    matched, terminated, end_reason = 0, False, STEP_LIMIT
+
+    def build_request(observation: Observation, legal: Sequence[str]) -> ModelRequest:
+        return plan.builder.request(
+            prefix,
+            trajectory,
+            observation,
+            legal,
+            with_demonstrations=True,
+            max_tokens=config.max_tokens,
+            seed=config.seed,
+        )
+
+    env = config.task_spec().make_environment()
+    try:
+        env.reset(demonstration.seed)
+        for step, (shown, action) in enumerate(demonstration.steps):
+            demonstrated = _Demonstrated(env, rng, action, 1.0 / length)
+            played = await play_step(
+                env,
+                policy,
+                build_request,
+                rules,
+                situation=demonstrated,
+                execution=demonstrated,
+                episode=episode,
+                step=step,
+            )
+            if played.step[0] != shown:
+                raise LmactError(
+                    f"demonstration {demonstration.seed - DEMO_SEED_BASE} of {config.task} no "
+                    f"longer replays: step {step} renders otherwise (the environment changed since "
+                    "it was recorded)"
+                )
+            matched += played.record.reward > 0
+            tally.add(played.record)
+            on_step(played.record)
+            trajectory.append(played.step)
+            if played.outcome.done:
+                terminated, end_reason = True, env.end_reason() or "ended"
+    finally:
+        env.close()
+    record = tally.record(episode, demonstration.seed, terminated, end_reason)
+    # The exact fraction, not a sum of 1/length: the demonstrator scores exactly 1.0.
+    return replace(record, total_return=matched / length if length else 0.0)
