@@ -46,6 +46,7 @@ class Policy(ABC):
     name: str
     accepts_images: bool = True
     max_concurrency: int = 64  # episodes worth playing at once
+    caller: ModelCaller | None = None  # the model's, for a model-backed policy
 
     def __init__(self, options: ModelOptions | None = None) -> None:
         self.options = options or ModelOptions()

@@ -61,6 +61,22 @@ class RunEstimate:
     demonstrations_needed: int  # all of a per-episode pool; the dry run generates them
 
 
+def _show_progress(bar: tqdm, policy: Policy, elsewhere: set[int]) -> None:
+    """The progress line's counts: calls, cache hits, retries, units played elsewhere."""
+    tally = policy.tally
+    status: dict[str, object] = {
+        "calls": tally.calls_made,
+        "cached": tally.calls_cached,
+        "retries": tally.retries,
+    }
+    if elsewhere:
+        status["elsewhere"] = len(elsewhere)  # played by another process: waited for
+    paused = policy.caller.paused_until_wall() if policy.caller is not None else None
+    if paused is not None:
+        status["paused"] = time.strftime("until %H:%M:%S", time.localtime(paused))
+    bar.set_postfix(status)
+
+
 class _EpisodeFailures:
     """Episodes that failed, kept so that the others can finish before the run reports them."""
 
@@ -195,93 +211,35 @@ class Runner:
         failures: _EpisodeFailures,
     ) -> None:
         """Play `todo` with at most `concurrency` units at once (one, in order, if the
-        regime says so). A unit that another process is playing is set aside and polled
-        until it is finished there, or its process ends (then it is played here)."""
+        regime says so)."""
         config, policy = prepared.config, prepared.policy
         regime = regime_of(config)
-        run_id = config.run_id
-        pending = deque(todo)
-        elsewhere: set[int] = set()  # units another process is playing
-
-        async def play(unit: int, bar: tqdm) -> None:
-            def on_step(step: StepRecord) -> None:
-                self.store.record_step(run_id, step)
-                self._show(bar, policy, elsewhere)
-
-            try:
-                record = await regime.play(prepared, policy, unit, on_step)
-                self.store.finish_episode(run_id, record)
-            except ModelAuthError:
-                raise  # every other call would be refused too
-            except ClaimLostError:
-                elsewhere.add(unit)
-                return
-            except Exception as error:
-                failures.errors[unit] = error
-                if regime.units_in_order:
-                    pending.clear()  # the units after it build on it
-                return
-            bar.update(1)
-
-        async def worker(bar: tqdm) -> None:
-            while pending or elsewhere:
-                if not pending or (regime.units_in_order and elsewhere):
-                    await asyncio.sleep(self.poll_s)
-                    pending.extendleft(sorted(elsewhere, reverse=True))
-                    elsewhere.clear()
-                    continue
-                unit = pending.popleft()
-                claim, _ = self.store.claim_episode(run_id, unit, regime.unit_seed(config, unit))
-                if claim is Claim.DONE:
-                    bar.update(1)
-                elif claim is Claim.BUSY:
-                    elsewhere.add(unit)
-                    self._show(bar, policy, elsewhere)
-                else:
-                    await play(unit, bar)
-
         concurrency = 1 if regime.units_in_order else self.max_connections or policy.max_concurrency
         description = f"{config.model} {config.task}/{config.observation}"
-        with (
-            self._bar(episodes, description, "episode") as bar,
-            self._pauses_shown(bar, policy, elsewhere),
-        ):
-            bar.update(episodes - len(todo))
-            async with asyncio.TaskGroup() as group:
-                for _ in range(min(concurrency, len(todo))):
-                    group.create_task(worker(bar))
+        with self._bar(episodes, description, "episode") as bar:
+            schedule = _Schedule(self, prepared, regime, deque(todo), set(), failures, bar)
+            with self._pauses_shown(bar, policy, schedule.elsewhere):
+                bar.update(episodes - len(todo))
+                async with asyncio.TaskGroup() as group:
+                    for _ in range(min(concurrency, len(todo))):
+                        group.create_task(schedule.worker())
 
     @contextmanager
     def _pauses_shown(self, bar: tqdm, policy: Policy, elsewhere: set[int]) -> Iterator[None]:
         """Says when a server pauses the run: on the progress line, else (from 5 s) on stderr."""
-        caller = getattr(policy, "caller", None)
+        caller = policy.caller
         if caller is None:  # a scripted policy: no server to pause it
             yield
             return
 
         def on_pause(until: float, reason: str) -> None:
-            self._show(bar, policy, elsewhere)
+            _show_progress(bar, policy, elsewhere)
             if not self.progress and until - time.time() >= PAUSE_NOTICE_S:
                 when = time.strftime("%H:%M:%S", time.localtime(until))
                 print(f"lmact: {policy.name}: {reason}: paused until {when}", file=sys.stderr)
 
         with caller.pauses_told_to(on_pause):
             yield
-
-    def _show(self, bar: tqdm, policy: Policy, elsewhere: set[int]) -> None:
-        tally = policy.tally
-        status: dict[str, object] = {
-            "calls": tally.calls_made,
-            "cached": tally.calls_cached,
-            "retries": tally.retries,
-        }
-        if elsewhere:
-            status["elsewhere"] = len(elsewhere)  # played by another process: waited for
-        caller = getattr(policy, "caller", None)
-        paused = caller.paused_until_wall() if caller is not None else None
-        if paused is not None:
-            status["paused"] = time.strftime("until %H:%M:%S", time.localtime(paused))
-        bar.set_postfix(status)
 
     def estimate(self, config: RegimeConfig, episodes: int) -> RunEstimate:
         """A dry run: the calls, tokens and cost of a run's unfinished units, with no model
@@ -328,6 +286,65 @@ class Runner:
             for policy, baseline in regime.baselines(config).items()
         }
         return summarize(regime, result, baselines["random"].episodes, baselines["expert"].episodes)
+
+
+@dataclass
+class _Schedule:
+    """The units of one run still to play, shared by its workers. A unit that another
+    process is playing is set aside and polled until it is finished there, or its process
+    ends (then it is played here)."""
+
+    runner: Runner
+    prepared: PreparedRun[Any, Any]
+    regime: Regime[Any, Any]
+    pending: deque[int]
+    elsewhere: set[int]  # units another process is playing
+    failures: _EpisodeFailures
+    bar: tqdm
+
+    async def worker(self) -> None:
+        store, config = self.runner.store, self.prepared.config
+        while self.pending or self.elsewhere:
+            if not self.pending or (self.regime.units_in_order and self.elsewhere):
+                await asyncio.sleep(self.runner.poll_s)
+                self.pending.extendleft(sorted(self.elsewhere, reverse=True))
+                self.elsewhere.clear()
+                continue
+            unit = self.pending.popleft()
+            seed = self.regime.unit_seed(config, unit)
+            claim, _ = store.claim_episode(config.run_id, unit, seed)
+            if claim is Claim.DONE:
+                self.bar.update(1)
+            elif claim is Claim.BUSY:
+                self.elsewhere.add(unit)
+                self.show()
+            else:
+                await self.play(unit)
+
+    async def play(self, unit: int) -> None:
+        run_id, policy = self.prepared.config.run_id, self.prepared.policy
+
+        def on_step(step: StepRecord) -> None:
+            self.runner.store.record_step(run_id, step)
+            self.show()
+
+        try:
+            record = await self.regime.play(self.prepared, policy, unit, on_step)
+            self.runner.store.finish_episode(run_id, record)
+        except ModelAuthError:
+            raise  # every other call would be refused too
+        except ClaimLostError:
+            self.elsewhere.add(unit)
+            return
+        except Exception as error:
+            self.failures.errors[unit] = error
+            if self.regime.units_in_order:
+                self.pending.clear()  # the units after it build on it
+            return
+        self.bar.update(1)
+
+    def show(self) -> None:
+        _show_progress(self.bar, self.prepared.policy, self.elsewhere)
 
 
 @dataclass(frozen=True)

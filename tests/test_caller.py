@@ -19,7 +19,7 @@ from lmact.models.base import (
     TextPart,
     TransientModelError,
 )
-from lmact.models.caller import ModelCaller
+from lmact.models.caller import CallTally, ModelCaller
 from lmact.store import RunStore
 
 
@@ -120,3 +120,33 @@ def test_a_cached_call_is_not_repeated(run_store: RunStore) -> None:
     second = call(again)
     assert second.from_cache and second.text == first.text
     assert len(client.attempts) == 2 and again.totals.calls_made == 0
+
+
+def test_one_caller_serves_calls_from_one_event_loop_after_another() -> None:
+    """A caller outlives a run's event loop (one per model per process): its connection
+    limit holds in every loop that calls it, and each run's tally counts its own calls."""
+    client = FlakyClient([0.05, 0.05, 0.05, 0.05, 0.05, 0.05], ModelOptions())
+    caller = ModelCaller(client, None, max_connections=1)
+    in_flight, most = 0, 0
+    answer = caller._answer
+
+    async def counted(request: ModelRequest) -> ModelResponse:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            return await answer(request)
+        finally:
+            in_flight -= 1
+
+    caller._answer = counted  # type: ignore[method-assign]
+
+    async def three_at_once(tally: CallTally) -> None:
+        calls = [caller.call(request(f"p{k}"), tally) for k in range(3)]
+        await asyncio.wait_for(asyncio.gather(*calls), timeout=10)
+
+    tallies = [CallTally(), CallTally()]
+    for tally in tallies:  # two runs, two event loops
+        asyncio.run(three_at_once(tally))
+    assert most == 1
+    assert [t.calls_made for t in tallies] == [3, 3] and caller.totals.calls_made == 6

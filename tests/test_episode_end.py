@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from lmact.demos import DemoStore
+from lmact.records import STEP_LIMIT
 from lmact.regimes.imitation import make_config
 from lmact.runner import Runner
-from lmact.records import STEP_LIMIT
 from lmact.store import RunStore
 
 

@@ -261,3 +261,19 @@ def test_a_finished_run_reads_back_without_a_key(
     assert again.episodes == first.episodes and keyless.calls == 0
     with pytest.raises(LmactError, match="needs an API key"):  # new episodes do need it
         runner_with(keyless, run_store, demo_store).run(config, 4)
+
+
+def test_the_runs_of_one_model_share_its_caller_and_count_their_own_calls(
+    run_store: RunStore, demo_store: DemoStore
+) -> None:
+    client = ScriptedAnswers(["a1", "b2", "c3"])
+    runner = runner_with(client, run_store, demo_store)
+    caller = runner.policies.caller(client.name)
+    results = [
+        runner.run(make_config("tic_tac_toe", model=client.name, demos=1, seed=seed), 2)
+        for seed in (0, 10)
+    ]
+    assert runner.policies.caller(client.name) is caller
+    assert all(result.calls_made > 0 for result in results)
+    assert sum(result.calls_made for result in results) == caller.totals.calls_made
+    assert caller.totals.calls_made == client.calls

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lmact.scoring import answer_rates, bootstrap_ci, normalized_score
 from lmact.records import EpisodeRecord
+from lmact.scoring import answer_rates, bootstrap_ci, normalized_score
 
 
 def episode(steps: int, valid: int, illegal: int, invalid: int, empty: int) -> EpisodeRecord:

@@ -20,9 +20,9 @@ import pytest
 from loopback import RecordedRequest, Reply, chat_completion, loopback
 
 from lmact.demos import DemoStore
+from lmact.records import AnswerKind, EpisodeRecord, StepRecord, StopReason, Usage
 from lmact.regimes.imitation import make_config
 from lmact.runner import Runner
-from lmact.records import AnswerKind, EpisodeRecord, StepRecord, StopReason, Usage
 from lmact.store import Claim, ClaimLostError, RunStore, process_identity
 
 CELLS = [f"{row}{column}" for row in "abc" for column in "123"]

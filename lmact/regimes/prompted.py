@@ -60,15 +60,15 @@ def check_sees(task: TaskSpec, observation: str, policy: Policy) -> None:
 def prompted_fields(
     spec: TaskSpec,
     *,
-    observation: str | None,
     model: str,
-    seed: int,
-    show_legal_actions: bool,
-    chain_of_thought: bool,
-    max_tokens: int | None,
-    past_actions: bool,
-    answer_match: str,
-    prompts_dir: str | None,
+    observation: str | None = None,
+    seed: int = 0,
+    show_legal_actions: bool = False,
+    chain_of_thought: bool = False,
+    max_tokens: int | None = None,
+    past_actions: bool = True,
+    answer_match: str = "lenient",
+    prompts_dir: str | None = None,
 ) -> dict[str, Any]:
     """The fields of a `PromptedConfig`, checked, with the task's defaults filled in."""
     observation = observation or spec.default_observation

@@ -44,33 +44,12 @@ class ReplayConfig(PromptedConfig):
     regime: Literal["replay"] = "replay"
 
 
-def make_replay_config(
-    task: str,
-    *,
-    observation: str | None = None,
-    model: str,
-    seed: int = 0,
-    show_legal_actions: bool = False,
-    chain_of_thought: bool = False,
-    max_tokens: int | None = None,
-    past_actions: bool = True,
-    answer_match: str = "lenient",
-    prompts_dir: str | None = None,
-) -> ReplayConfig:
-    """A replay configuration with the task's defaults filled in; names are checked here."""
-    fields = prompted_fields(
-        get_task(task),
-        observation=observation,
-        model=model,
-        seed=seed,
-        show_legal_actions=show_legal_actions,
-        chain_of_thought=chain_of_thought,
-        max_tokens=max_tokens,
-        past_actions=past_actions,
-        answer_match=answer_match,
-        prompts_dir=prompts_dir,
-    )
-    return ReplayConfig(**fields)
+def make_replay_config(task: str, *, model: str, **options: Any) -> ReplayConfig:
+    """A replay configuration with the task's defaults filled in; names are checked here.
+    `options`: `observation`, `seed` and the prompt options of `make_config`
+    (`show_legal_actions`, `chain_of_thought`, `max_tokens`, `past_actions`,
+    `answer_match`, `prompts_dir`)."""
+    return ReplayConfig(**prompted_fields(get_task(task), model=model, **options))
 
 
 @dataclass(frozen=True)
