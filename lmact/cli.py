@@ -39,6 +39,10 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "--seed": (0, DEMO_SEED_BASE - 1),
     "--max-steps": (1, _INT_LIMIT),
     "--max-tokens": (1, _INT_LIMIT),
+    "--p-keep": (0, 1),  # strictly above 0: see _POSITIVE
+    "--contexts": (1, 10_000),
+    "--replicates": (1, 10_000),
+    "--temperature": (0, 2),
     "--context-window": (1, _INT_LIMIT),
     "--threads": (1, 1024),
     "--max-connections": (1, 10_000),
@@ -51,7 +55,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "--input-price": (0, math.inf),
     "--output-price": (0, math.inf),
 }
-_POSITIVE = frozenset({"--timeout", "--max-wait"})
+_POSITIVE = frozenset({"--timeout", "--max-wait", "--p-keep"})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -89,11 +93,13 @@ def _add_episode_options(run: argparse.ArgumentParser) -> None:
     """What is played: task, model, demonstrations, episodes, limits."""
     run.add_argument(
         "--regime",
-        choices=("imitation", "replay"),
+        choices=("imitation", "replay", "icrl"),
         default="imitation",
         help="imitation (default): demonstrations in the prompt, then new test episodes; "
         "replay: the prompt shows one demonstration, then the model is asked for each of "
-        "its actions in turn (scored by the share it matches; expert 1.0)",
+        "its actions in turn (scored by the share it matches; expert 1.0); icrl: no "
+        "demonstrations, the model plays episode after episode with its own earlier "
+        "episodes and rewards in context (see --variant)",
     )
     run.add_argument("--task", required=True, help="a task name (see `lmact tasks`)")
     run.add_argument("--observation", help="observation format (default: the task's own)")
@@ -169,6 +175,50 @@ def _add_prompt_options(run: argparse.ArgumentParser) -> None:
         help="lenient (default): read answers with the task's parser (any case, SAN without "
         "+); exact: only an answer spelled exactly as one of the legal actions is legal, as "
         "in the reference code",
+    )
+
+
+def _add_icrl_options(run: argparse.ArgumentParser) -> None:
+    """The in-context RL regime's options (--regime icrl)."""
+    group = run.add_argument_group("in-context RL (--regime icrl)")
+    group.add_argument(
+        "--variant",
+        choices=("naive", "naive-positive", "stochastic", "approximate"),
+        default="naive",
+        help="which earlier episodes the context holds: naive (default): all, the most "
+        "recent that fit; naive-positive: successful ones only; stochastic: successful "
+        "ones, each kept with probability --p-keep, drawn afresh at every step; "
+        "approximate: --contexts growing contexts, one drawn per step",
+    )
+    group.add_argument(
+        "--p-keep", type=float, default=0.1, help="keep probability (default: %(default)s)"
+    )
+    group.add_argument(
+        "--contexts", type=int, default=8, help="approximate contexts (default: %(default)s)"
+    )
+    group.add_argument(
+        "--replicates",
+        type=int,
+        default=5,
+        help="independent replicates, replicate r from seed SEED+r; --episodes is each "
+        "one's horizon (default: %(default)s)",
+    )
+    group.add_argument(
+        "--history",
+        choices=("raw", "summary"),
+        default="raw",
+        help="raw (default): the earlier rounds as played; summary (bandits): per-arm "
+        "counts and mean rewards instead",
+    )
+    group.add_argument(
+        "--reset",
+        choices=("same", "fresh"),
+        default="same",
+        help="same (default): every episode of a replicate starts from one initial state; "
+        "fresh: a new start per episode",
+    )
+    group.add_argument(
+        "--temperature", type=float, default=0.0, help="sampling temperature (default: 0)"
     )
 
 
@@ -267,6 +317,7 @@ def _add_run_command(commands: argparse._SubParsersAction) -> None:
     )
     _add_episode_options(run)
     _add_prompt_options(run)
+    _add_icrl_options(run)
     _add_execution_options(run)
     _add_remote_options(run)
     _add_storage_options(run)
@@ -338,17 +389,38 @@ def _command_run(args: argparse.Namespace) -> None:
         _print_summary(summary, args.store)
 
 
-# Options of `lmact run` that only the imitation regime reads, with their defaults.
-_IMITATION_ONLY = {
-    "--demos": None,
-    "--token-budget": None,
-    "--max-steps": None,
-    "--demo-draw": "shared",
-    "--demo-pool": None,
+# Options of `lmact run` and the regimes that read them, with their defaults.
+_REGIME_OPTIONS: dict[str, tuple[frozenset[str], object]] = {
+    "--demos": (frozenset({"imitation"}), None),
+    "--demo-draw": (frozenset({"imitation"}), "shared"),
+    "--demo-pool": (frozenset({"imitation"}), None),
+    "--token-budget": (frozenset({"imitation", "icrl"}), None),
+    "--max-steps": (frozenset({"imitation", "icrl"}), None),
+    **{
+        flag: (frozenset({"icrl"}), default)
+        for flag, default in (
+            ("--variant", "naive"),
+            ("--p-keep", 0.1),
+            ("--contexts", 8),
+            ("--replicates", 5),
+            ("--history", "raw"),
+            ("--reset", "same"),
+            ("--temperature", 0.0),
+        )
+    },
 }
 
 
+def _check_regime_options(args: argparse.Namespace) -> None:
+    """An option another regime reads, given to this one, is a one-line error."""
+    for flag, (regimes, default) in _REGIME_OPTIONS.items():
+        given = getattr(args, flag.removeprefix("--").replace("-", "_")) != default
+        if given and args.regime not in regimes:
+            raise LmactError(f"{flag} does not apply to --regime {args.regime}")
+
+
 def _run_config(args: argparse.Namespace) -> RegimeConfig:
+    from lmact.regimes.icrl import make_icrl_config
     from lmact.regimes.imitation import make_config
     from lmact.regimes.replay import make_replay_config
 
@@ -363,14 +435,23 @@ def _run_config(args: argparse.Namespace) -> RegimeConfig:
         "answer_match": args.answer_match,
         "prompts_dir": args.prompts,
     }
+    _check_regime_options(args)
     if args.regime == "replay":
-        for flag, default in _IMITATION_ONLY.items():
-            if getattr(args, flag.removeprefix("--").replace("-", "_")) != default:
-                raise LmactError(
-                    f"{flag} does not apply to --regime replay (it replays one demonstration "
-                    "per episode, to its end)"
-                )
         return make_replay_config(args.task, **prompted)
+    if args.regime == "icrl":
+        return make_icrl_config(
+            args.task,
+            **prompted,
+            variant=args.variant,
+            p_keep=args.p_keep,
+            contexts=args.contexts,
+            token_budget=args.token_budget,
+            history=args.history,
+            reset=args.reset,
+            temperature=args.temperature,
+            max_steps=args.max_steps,
+            replicates=args.replicates,
+        )
     return make_config(
         args.task,
         **prompted,

@@ -77,6 +77,9 @@ class LiveSituation:
     def random_action(self) -> str:
         return self.env.random_action(self.rng)
 
+    def past_outcomes(self) -> list[tuple[str, float]]:
+        return []  # no earlier episodes in this regime
+
 
 @dataclass(frozen=True)
 class PlayedStep:

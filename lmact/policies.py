@@ -8,9 +8,12 @@ the prompt; model clients, for their part, never see an environment. Both answer
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
+
+from numpy.random import Generator
 
 from lmact.errors import LmactError
 from lmact.models.base import (
@@ -29,7 +32,12 @@ from lmact.models.registry import resolve_model
 class Situation(Protocol):
     """What a scripted policy may look at in the episode it plays."""
 
+    rng: Generator  # the episode's policy stream
+
     def legal_actions(self) -> list[str]: ...
+
+    # In-context RL: every earlier step of the replicate, as (action, reward); else empty.
+    def past_outcomes(self) -> list[tuple[str, float]]: ...
 
     # The action the regime holds as right: the environment's expert's, or the
     # demonstrated one when a demonstration is replayed.
@@ -126,7 +134,95 @@ class ExpertPolicy(Policy):
         return ModelResponse(text=situation.expert_action())
 
 
-SCRIPTED_POLICIES: dict[str, type[Policy]] = {"random": RandomPolicy, "expert": ExpertPolicy}
+class BanditPolicy(Policy):
+    """A classic bandit algorithm over the legal actions as arms, from the replicate's past
+    outcomes (the in-context RL regime's baselines; with no history it tries each arm)."""
+
+    async def act(self, request: ModelRequest, situation: Situation) -> ModelResponse:
+        arms = situation.legal_actions()
+        pulls = dict.fromkeys(arms, 0)
+        wins = dict.fromkeys(arms, 0.0)
+        for action, reward in situation.past_outcomes():
+            if action in pulls:
+                pulls[action] += 1
+                wins[action] += reward
+        return ModelResponse(text=self.choose(arms, pulls, wins, situation.rng))
+
+    def choose(
+        self, arms: list[str], pulls: dict[str, int], wins: dict[str, float], rng: Generator
+    ) -> str:
+        raise NotImplementedError
+
+
+def _best(arms: list[str], value: Callable[[str], float]) -> str:
+    """The arm of the highest value, the first listed among equals."""
+    return max(arms, key=value)
+
+
+class GreedyPolicy(BanditPolicy):
+    """Each arm once, then always the arm of the best mean reward so far."""
+
+    name = "greedy"
+    epsilon = 0.0
+
+    def choose(
+        self, arms: list[str], pulls: dict[str, int], wins: dict[str, float], rng: Generator
+    ) -> str:
+        untried = [arm for arm in arms if pulls[arm] == 0]
+        if untried:
+            return untried[0]
+        if self.epsilon and rng.random() < self.epsilon:
+            return arms[int(rng.integers(len(arms)))]
+        return _best(arms, lambda arm: wins[arm] / pulls[arm])
+
+
+class EpsilonGreedyPolicy(GreedyPolicy):
+    """Greedy, but a uniformly random arm with probability 0.1."""
+
+    name = "epsilon-greedy"
+    epsilon = 0.1
+
+
+class Ucb1Policy(BanditPolicy):
+    """UCB1 (Auer et al. 2002): the best mean plus sqrt(2 ln t / pulls)."""
+
+    name = "ucb1"
+
+    def choose(
+        self, arms: list[str], pulls: dict[str, int], wins: dict[str, float], rng: Generator
+    ) -> str:
+        untried = [arm for arm in arms if pulls[arm] == 0]
+        if untried:
+            return untried[0]
+        total = sum(pulls.values())
+        return _best(
+            arms, lambda arm: wins[arm] / pulls[arm] + math.sqrt(2 * math.log(total) / pulls[arm])
+        )
+
+
+class ThompsonPolicy(BanditPolicy):
+    """Thompson sampling with a Beta(1, 1) prior per arm, drawn from the episode's stream."""
+
+    name = "thompson"
+
+    def choose(
+        self, arms: list[str], pulls: dict[str, int], wins: dict[str, float], rng: Generator
+    ) -> str:
+        draws = {arm: rng.beta(1 + wins[arm], 1 + pulls[arm] - wins[arm]) for arm in arms}
+        return _best(arms, draws.__getitem__)
+
+
+SCRIPTED_POLICIES: dict[str, type[Policy]] = {
+    policy.name: policy
+    for policy in (
+        RandomPolicy,
+        ExpertPolicy,
+        GreedyPolicy,
+        EpsilonGreedyPolicy,
+        Ucb1Policy,
+        ThompsonPolicy,
+    )
+}
 
 
 class DryRunPolicy(Policy):

@@ -84,6 +84,8 @@ class StepRecord:
     latency_s: float
     from_cache: bool
     cost_usd: float | None = None
+    # In-context RL: the earlier episodes of the replicate its context held (by index).
+    context: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

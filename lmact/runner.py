@@ -61,7 +61,7 @@ class RunEstimate:
     demonstrations_needed: int  # all of a per-episode pool; the dry run generates them
 
 
-def _show_progress(bar: tqdm, policy: Policy, elsewhere: set[int]) -> None:
+def _show_progress(bar: tqdm, policy: Policy, elsewhere: int) -> None:
     """The progress line's counts: calls, cache hits, retries, units played elsewhere."""
     tally = policy.tally
     status: dict[str, object] = {
@@ -70,7 +70,7 @@ def _show_progress(bar: tqdm, policy: Policy, elsewhere: set[int]) -> None:
         "retries": tally.retries,
     }
     if elsewhere:
-        status["elsewhere"] = len(elsewhere)  # played by another process: waited for
+        status["elsewhere"] = elsewhere  # played by another process: waited for
     paused = policy.caller.paused_until_wall() if policy.caller is not None else None
     if paused is not None:
         status["paused"] = time.strftime("until %H:%M:%S", time.localtime(paused))
@@ -146,7 +146,9 @@ class Runner:
         model call. `record`: save the run (its configuration and facts) in the store.
         `units`: those about to be played, first first."""
         policy = self.policies.for_run(config.model)
-        context = RunContext(self.demo_store, self._bar)
+        context = RunContext(
+            self.demo_store, self._bar, lambda unit: self.store.steps(config.run_id, unit)
+        )
         prepared = regime_of(config).prepare(config, policy, context, units)
         if record:
             facts = prepared.facts
@@ -159,10 +161,12 @@ class Runner:
             )
         return prepared
 
-    def _todo(self, config: RegimeConfig, episodes: int) -> list[int]:
-        units = regime_of(config).units(config, episodes)
+    def _todo(self, config: RegimeConfig, episodes: int) -> tuple[list[int], list[list[int]]]:
+        """All units of the run, in order, and the chains of those not finished yet."""
+        chains = regime_of(config).chains(config, episodes)
         finished = self.store.finished_episodes(config.run_id)
-        return [unit for unit in units if unit not in finished]
+        todo = [[unit for unit in chain if unit not in finished] for chain in chains]
+        return [unit for chain in chains for unit in chain], [chain for chain in todo if chain]
 
     def run(self, config: RegimeConfig, episodes: int, restart: bool = False) -> RunResult:
         """Play units 0 … episodes-1 of a run, skipping those already finished.
@@ -176,7 +180,8 @@ class Runner:
         """
         if restart:
             self.store.discard_run(config.run_id)
-        todo = self._todo(config, episodes)
+        units, chains = self._todo(config, episodes)
+        todo = [unit for chain in chains for unit in chain]
         if todo:  # a finished run is read back from the store: no key or engine needed
             # Made once up front so that what the task itself needs (Stockfish, its data
             # files) is missing with one clear error before any model work.
@@ -186,7 +191,7 @@ class Runner:
         failures = _EpisodeFailures()
         if todo:
             try:
-                asyncio.run(self._play_all(prepared, episodes, todo, failures))
+                asyncio.run(self._play_all(prepared, len(units), chains, failures))
             except* LmactError as group:
                 raise group.exceptions[0] from None
             finally:
@@ -197,7 +202,7 @@ class Runner:
         return RunResult(
             config=config,
             prepared=prepared,
-            episodes=[records[e] for e in range(episodes)],
+            episodes=[records[unit] for unit in units],
             calls_made=tally.calls_made,
             calls_cached=tally.calls_cached,
             retries=tally.retries,
@@ -206,34 +211,34 @@ class Runner:
     async def _play_all(
         self,
         prepared: PreparedRun[Any, Any],
-        episodes: int,
-        todo: list[int],
+        total: int,
+        chains: list[list[int]],
         failures: _EpisodeFailures,
     ) -> None:
-        """Play `todo` with at most `concurrency` units at once (one, in order, if the
-        regime says so)."""
+        """Play `chains` with at most `concurrency` chains at once, each in order."""
         config, policy = prepared.config, prepared.policy
-        regime = regime_of(config)
-        concurrency = 1 if regime.units_in_order else self.max_connections or policy.max_concurrency
+        concurrency = self.max_connections or policy.max_concurrency
         description = f"{config.model} {config.task}/{config.observation}"
-        with self._bar(episodes, description, "episode") as bar:
-            schedule = _Schedule(self, prepared, regime, deque(todo), set(), failures, bar)
-            with self._pauses_shown(bar, policy, schedule.elsewhere):
-                bar.update(episodes - len(todo))
+        pending = deque(deque(chain) for chain in chains)
+        with self._bar(total, description, "episode") as bar:
+            schedule = _Schedule(self, prepared, regime_of(config), pending, [], failures, bar)
+            with self._pauses_shown(bar, schedule):
+                bar.update(total - sum(len(chain) for chain in chains))
                 async with asyncio.TaskGroup() as group:
-                    for _ in range(min(concurrency, len(todo))):
+                    for _ in range(min(concurrency, len(chains))):
                         group.create_task(schedule.worker())
 
     @contextmanager
-    def _pauses_shown(self, bar: tqdm, policy: Policy, elsewhere: set[int]) -> Iterator[None]:
+    def _pauses_shown(self, bar: tqdm, schedule: _Schedule) -> Iterator[None]:
         """Says when a server pauses the run: on the progress line, else (from 5 s) on stderr."""
+        policy = schedule.prepared.policy
         caller = policy.caller
         if caller is None:  # a scripted policy: no server to pause it
             yield
             return
 
         def on_pause(until: float, reason: str) -> None:
-            _show_progress(bar, policy, elsewhere)
+            schedule.show()
             if not self.progress and until - time.time() >= PAUSE_NOTICE_S:
                 when = time.strftime("%H:%M:%S", time.localtime(until))
                 print(f"lmact: {policy.name}: {reason}: paused until {when}", file=sys.stderr)
@@ -244,7 +249,8 @@ class Runner:
     def estimate(self, config: RegimeConfig, episodes: int) -> RunEstimate:
         """A dry run: the calls, tokens and cost of a run's unfinished units, with no model
         call and nothing stored. The expert plays, and each step's real prompt is counted."""
-        todo = self._todo(config, episodes)
+        units, chains = self._todo(config, episodes)
+        todo = [unit for chain in chains for unit in chain]
         prepared = self.plan(config, record=False, units=todo)
         policy = prepared.policy
         counter = DryRunPolicy(policy)
@@ -266,7 +272,7 @@ class Runner:
             config=config,
             prepared=prepared,
             episodes_todo=len(todo),
-            episodes_done=episodes - len(todo),
+            episodes_done=len(units) - len(todo),
             calls=counter.calls,
             prompt_tokens=counter.prompt_tokens,
             prefix_tokens=counter.prefix_tokens,
@@ -285,43 +291,61 @@ class Runner:
             policy: self.run(baseline, episodes)
             for policy, baseline in regime.baselines(config).items()
         }
-        return summarize(regime, result, baselines["random"].episodes, baselines["expert"].episodes)
+        summary = summarize(
+            regime, result, baselines["random"].episodes, baselines["expert"].episodes
+        )
+        measures = regime.measures(
+            config,
+            result.episodes,
+            lambda unit: self.store.steps(config.run_id, unit),
+            {policy: baseline.episodes for policy, baseline in baselines.items()},
+        )
+        return replace(summary, details={**summary.details, **measures})
 
 
 @dataclass
 class _Schedule:
-    """The units of one run still to play, shared by its workers. A unit that another
-    process is playing is set aside and polled until it is finished there, or its process
-    ends (then it is played here)."""
+    """The chains of one run still to play, shared by its workers; each chain's units are
+    played in order. A chain whose next unit another process is playing waits aside and is
+    polled until that unit is finished there, or its process ends (then it is played here)."""
 
     runner: Runner
     prepared: PreparedRun[Any, Any]
     regime: Regime[Any, Any]
-    pending: deque[int]
-    elsewhere: set[int]  # units another process is playing
+    pending: deque[deque[int]]
+    waiting: list[deque[int]]  # chains whose next unit another process is playing
     failures: _EpisodeFailures
     bar: tqdm
 
     async def worker(self) -> None:
-        store, config = self.runner.store, self.prepared.config
-        while self.pending or self.elsewhere:
-            if not self.pending or (self.regime.units_in_order and self.elsewhere):
+        while self.pending or self.waiting:
+            if not self.pending:
                 await asyncio.sleep(self.runner.poll_s)
-                self.pending.extendleft(sorted(self.elsewhere, reverse=True))
-                self.elsewhere.clear()
+                self.pending.extend(self.waiting)
+                self.waiting.clear()
                 continue
-            unit = self.pending.popleft()
+            await self.play_chain(self.pending.popleft())
+
+    async def play_chain(self, chain: deque[int]) -> None:
+        store, config = self.runner.store, self.prepared.config
+        while chain:
+            unit = chain[0]
             seed = self.regime.unit_seed(config, unit)
             claim, _ = store.claim_episode(config.run_id, unit, seed)
             if claim is Claim.DONE:
+                chain.popleft()
                 self.bar.update(1)
-            elif claim is Claim.BUSY:
-                self.elsewhere.add(unit)
+                continue
+            if claim is Claim.BUSY or not await self.play(unit):
+                self.waiting.append(chain)
                 self.show()
-            else:
-                await self.play(unit)
+                return
+            if unit in self.failures.errors:
+                return  # the units after it in its chain build on it
+            chain.popleft()
 
-    async def play(self, unit: int) -> None:
+    async def play(self, unit: int) -> bool:
+        """Play `unit`; False if another process took it over meanwhile."""
         run_id, policy = self.prepared.config.run_id, self.prepared.policy
 
         def on_step(step: StepRecord) -> None:
@@ -334,17 +358,15 @@ class _Schedule:
         except ModelAuthError:
             raise  # every other call would be refused too
         except ClaimLostError:
-            self.elsewhere.add(unit)
-            return
+            return False
         except Exception as error:
             self.failures.errors[unit] = error
-            if self.regime.units_in_order:
-                self.pending.clear()  # the units after it build on it
-            return
+            return True
         self.bar.update(1)
+        return True
 
     def show(self) -> None:
-        _show_progress(self.bar, self.prepared.policy, self.elsewhere)
+        _show_progress(self.bar, self.prepared.policy, len(self.waiting))
 
 
 @dataclass(frozen=True)

@@ -122,3 +122,81 @@ def score_episodes(
         cost_usd=total_cost(episodes),
         unreadable_answers=sum(e.unreadable for e in episodes),
     )
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """The mean return at one episode index across replicates, with a 95% interval."""
+
+    episode: int
+    mean: float
+    low: float
+    high: float
+
+
+def learning_curve(returns: Sequence[Sequence[float]]) -> list[CurvePoint]:
+    """Per episode index, the mean of the replicates' returns and its bootstrap interval;
+    `returns[r][e]` is replicate r's return at episode e (replicates may be of any length)."""
+    length = max((len(replicate) for replicate in returns), default=0)
+    points = []
+    for episode in range(length):
+        values = [replicate[episode] for replicate in returns if len(replicate) > episode]
+        low, high = bootstrap_ci(values)
+        points.append(CurvePoint(episode, float(np.mean(values)), low, high))
+    return points
+
+
+def final_share_mean(returns: Sequence[Sequence[float]], share: float = 0.1) -> float:
+    """The mean return over the last `share` of each replicate's episodes (at least one)."""
+    tails = [r[-max(1, math.ceil(len(r) * share)) :] for r in returns if r]
+    return float(np.mean([value for tail in tails for value in tail]))
+
+
+@dataclass(frozen=True)
+class BanditMeasures:
+    """Krishnamurthy et al.'s measures over the replicates of a bandit run."""
+
+    regret: float  # mean over replicates of gap x pulls of worse arms
+    suffix_failure: float  # share of replicates never pulling the best arm in rounds T/2…T
+    k_min_frac: float  # K x the least-pulled arm's share, averaged over replicates
+    greedy_frac: float  # share of rounds that pulled an arm of the best mean so far
+    median_reward: float  # median over replicates of the mean reward
+
+
+def bandit_measures(
+    pulls: Sequence[Sequence[str]],
+    rewards: Sequence[Sequence[float]],
+    best: Sequence[str],
+    arms: Sequence[Sequence[str]],
+    gap: float,
+) -> BanditMeasures:
+    """The measures of replicates whose round t pulled `pulls[r][t]` and earned
+    `rewards[r][t]`; `best[r]` and `arms[r]` are replicate r's best arm and all its arms."""
+    regret, failures, min_fracs, greedy, medians = [], [], [], [], []
+    for chosen, earned, top, options in zip(pulls, rewards, best, arms, strict=True):
+        rounds = len(chosen)
+        regret.append(gap * sum(arm != top for arm in chosen))
+        failures.append(top not in chosen[rounds // 2 :])
+        min_fracs.append(len(options) * min(chosen.count(arm) for arm in options) / rounds)
+        greedy.append(_greedy_share(chosen, earned))
+        medians.append(float(np.mean(earned)))
+    return BanditMeasures(
+        regret=float(np.mean(regret)),
+        suffix_failure=float(np.mean(failures)),
+        k_min_frac=float(np.mean(min_fracs)),
+        greedy_frac=float(np.mean(greedy)),
+        median_reward=float(np.median(medians)),
+    )
+
+
+def _greedy_share(chosen: Sequence[str], earned: Sequence[float]) -> float:
+    """Share of the rounds after the first whose arm had the best mean reward so far
+    (among arms pulled so far; ties count)."""
+    totals: dict[str, list[float]] = {}
+    greedy = 0
+    for arm, reward in zip(chosen, earned, strict=True):
+        if totals:
+            means = {a: sum(v) / len(v) for a, v in totals.items()}
+            greedy += means.get(arm, -1.0) >= max(means.values())
+        totals.setdefault(arm, []).append(reward)
+    return greedy / (len(chosen) - 1) if len(chosen) > 1 else 0.0

@@ -96,7 +96,11 @@ _USAGE_COLUMNS = {
     "cost_usd": "REAL",  # NULL: the model's prices are unknown
 }
 _ADDED_COLUMNS = {
-    "steps": _USAGE_COLUMNS,
+    "steps": {
+        **_USAGE_COLUMNS,
+        # In-context RL: the earlier episodes a step's context held, as a JSON list.
+        "context": "TEXT",
+    },
     "episodes": {
         **_USAGE_COLUMNS,
         # Answers the server never made readable, recorded as empty (see ModelCaller).
@@ -428,6 +432,8 @@ class RunStore:
 
     def record_step(self, run_id: str, step: StepRecord) -> None:
         values = flat_fields(step)
+        if step.context is not None:
+            values["context"] = json.dumps(list(step.context))
         columns = ", ".join(values)
         with self._guard(), self._transaction():
             self._check_claim(run_id, step.episode)
@@ -490,6 +496,7 @@ class RunStore:
                 "stop_reason": _stored(StopReason, values["stop_reason"], self.path),
                 "from_cache": bool(values["from_cache"]),
                 "usage": usage,
+                "context": _stored_context(values["context"], self.path),
             }
         )
 
@@ -576,6 +583,21 @@ def _episode_record(values: dict[str, Any]) -> EpisodeRecord:
     usage = Usage.from_columns(values)
     plain = {k: v for k, v in values.items() if k not in usage.as_dict()}
     return EpisodeRecord(**{**plain, "terminated": bool(values["terminated"]), "usage": usage})
+
+
+def _stored_context(value: object, path: Path) -> tuple[int, ...] | None:
+    """A step's recorded context read back: a JSON list of episode indices, or NULL."""
+    if value is None:
+        return None
+    try:
+        indices = json.loads(value) if isinstance(value, str) else None
+    except ValueError:
+        indices = None
+    if not isinstance(indices, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in indices
+    ):
+        raise StoreError(f"run store {path}: a step's context is not a list of episode indices")
+    return tuple(indices)
 
 
 _Vocabulary = TypeVar("_Vocabulary", bound=StrEnum)

@@ -16,6 +16,7 @@ ENVIRONMENT_CLASSES: dict[str, str] = {
     "crossword": "lmact.envs.crossword:Crossword",
     "phoenix": "lmact.envs.phoenix:Phoenix",
     "cheetah": "lmact.envs.cheetah:Cheetah",
+    "bandit": "lmact.envs.bandit:Bandit",
 }
 
 

@@ -34,6 +34,10 @@ ACCEPTED_NAMES = [
     "openai-compatible/<model>",
     "random",
     "expert",
+    "ucb1",
+    "thompson",
+    "greedy",
+    "epsilon-greedy",
 ]
 
 

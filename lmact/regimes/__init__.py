@@ -11,18 +11,20 @@ from typing import Annotated, Any
 from pydantic import Field, TypeAdapter
 
 from lmact.regimes.base import Regime, RegimeConfig
+from lmact.regimes.icrl import IcrlConfig, IcrlRegime
 from lmact.regimes.imitation import ImitationConfig, ImitationRegime
 from lmact.regimes.replay import ReplayConfig, ReplayRegime
 
 REGIMES: dict[str, Regime[Any, Any]] = {
-    regime.name: regime for regime in (ImitationRegime(), ReplayRegime())
+    regime.name: regime for regime in (ImitationRegime(), ReplayRegime(), IcrlRegime())
 }
+AnyConfig = ImitationConfig | ReplayConfig | IcrlConfig
 # Every regime's configuration, told apart by its `regime` field.
-RunConfig = Annotated[ImitationConfig | ReplayConfig, Field(discriminator="regime")]
-_RUN_CONFIG: TypeAdapter[ImitationConfig | ReplayConfig] = TypeAdapter(RunConfig)
+RunConfig = Annotated[AnyConfig, Field(discriminator="regime")]
+_RUN_CONFIG: TypeAdapter[AnyConfig] = TypeAdapter(RunConfig)
 
 
-def parse_config(values: object) -> ImitationConfig | ReplayConfig:
+def parse_config(values: object) -> AnyConfig:
     """A stored configuration read back (pydantic's ValidationError if it is not one)."""
     return _RUN_CONFIG.validate_python(values)
 

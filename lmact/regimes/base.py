@@ -102,6 +102,9 @@ class RunContext:
 
     demo_store: DemoStore
     progress_bar: ProgressBar
+    # The stored steps of one of the run's units (a regime that learns across units reads
+    # back what an earlier attempt of the run played).
+    stored_steps: Callable[[int], list[StepRecord]]
 
 
 def check_episodes(episodes: int) -> None:
@@ -117,8 +120,6 @@ class Regime(ABC, Generic[Config, Plan]):
 
     name: ClassVar[str]
     config_type: ClassVar[type[RegimeConfig]]
-    # True: unit i+1 may start only once unit i is finished (it learns from it).
-    units_in_order: ClassVar[bool] = False
 
     @abstractmethod
     def prepare(
@@ -136,6 +137,12 @@ class Regime(ABC, Generic[Config, Plan]):
         check_episodes(episodes)
         self.unit_seed(config, episodes - 1)
         return range(episodes)
+
+    def chains(self, config: Config, episodes: int) -> list[list[int]]:
+        """The units as chains: a chain's units are played in order, one after another
+        (each may learn from those before it); chains run concurrently. By default every
+        unit is a chain of its own."""
+        return [[unit] for unit in self.units(config, episodes)]
 
     @abstractmethod
     async def play(
@@ -158,6 +165,17 @@ class Regime(ABC, Generic[Config, Plan]):
     def summary_fields(self, config: Config, facts: RunFacts) -> dict[str, Any]:
         """The facts of a run that its summary and report rows carry for this regime."""
         return dict(facts.details)
+
+    def measures(
+        self,
+        config: Config,
+        episodes: Sequence[EpisodeRecord],
+        stored_steps: Callable[[int], list[StepRecord]],
+        baselines: dict[str, Sequence[EpisodeRecord]],
+    ) -> dict[str, Any]:
+        """Measures of a run beyond its mean return (learning curves …), from its episodes,
+        their stored steps and the baselines' episodes (by policy); JSON values."""
+        return {}
 
     def report_fields(self, config: Config, run: RunRecord) -> dict[str, Any]:
         """A stored run's facts for `lmact report` (from its configuration and record)."""

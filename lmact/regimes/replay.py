@@ -77,6 +77,9 @@ class _Demonstrated:
     def random_action(self) -> str:
         return self.env.random_action(self.rng)
 
+    def past_outcomes(self) -> list[tuple[str, float]]:
+        return []  # no earlier episodes in this regime
+
     def action(self, parsed: ParsedAnswer) -> str:
         return self.action_shown
 

@@ -1,0 +1,496 @@
+"""In-context reinforcement learning: no expert in the prompt; the model plays episode after
+episode, and its own earlier episodes, with their rewards, are what the context holds.
+
+A run is R replicates (replicate r starts from seed `seed + r`), each a chain of E episodes
+played in order; replicates run concurrently. Unit `r * REPLICATE_STRIDE + e` is episode e
+of replicate r. Which earlier episodes a step's context holds is the variant's choice
+(after Monea et al.), recorded with the step:
+
+- `naive`: every earlier episode, the most recent that fit the budget;
+- `naive-positive`: only earlier episodes that succeeded, the most recent that fit;
+- `stochastic`: successful episodes, each kept with probability `p_keep`, drawn afresh at
+  every step from a seeded generator, in time order, cut to the budget;
+- `approximate`: `contexts` contexts that only grow: each new successful episode joins each
+  context that has room with probability `p_keep`; each step draws one context uniformly.
+
+An episode succeeded when its return is above zero (a win, a solved puzzle, a paying
+button); for tasks whose return is a score (Phoenix, cheetah) when it is above the median of
+the replicate's earlier returns.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from lmact.demos import DEMO_SEED_BASE
+from lmact.envs.bandit import ROUND_STRIDE
+from lmact.envs.base import Environment, Observation
+from lmact.episode import EpisodeTally, FollowTheAnswer, StepRules, play_step
+from lmact.errors import LmactError, UnknownNameError
+from lmact.models.base import ModelRequest, Part, TextPart, merge_text_parts
+from lmact.policies import Policy
+from lmact.prompting import ACTION_LABEL, observation_parts, template, templates_fingerprint
+from lmact.records import STEP_LIMIT, EpisodeRecord, StepRecord
+from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts
+from lmact.regimes.prompted import PromptedConfig, check_counts, check_sees, prompted_fields
+from lmact.resources import data_dir
+from lmact.scoring import (
+    BanditMeasures,
+    bandit_measures,
+    final_share_mean,
+    learning_curve,
+    normalized_score,
+)
+from lmact.store import MAX_EPISODES, RunRecord
+from lmact.tasks import TaskSpec, get_task
+
+VARIANTS = ("naive", "naive-positive", "stochastic", "approximate")
+HISTORIES = ("raw", "summary")
+RESETS = ("same", "fresh")
+REPLICATE_STRIDE = MAX_EPISODES  # units of one replicate: r * stride + e
+DEFAULT_REPLICATES = 5
+# Environments whose return is a score rather than success: an episode succeeded when its
+# return beats the median of the replicate's earlier ones.
+SCORE_VALUED = frozenset({"phoenix", "cheetah"})
+# Share of a known context window the context may fill, as in the reference code.
+WINDOW_SHARE = 0.95
+_FALLBACK_STREAM, _POLICY_STREAM, _CONTEXT_STREAM, _JOIN_STREAM = 1, 2, 5, 6
+TEMPLATE_NAMES = ("preamble", "past_episode", "summary", "current_episode", "instruction")
+
+
+def icrl_prompts(folder: str | None) -> Path:
+    """The in-context RL templates: `folder`/icrl (a user's --prompts), else the shipped."""
+    return (Path(folder) if folder else data_dir("prompts")) / "icrl"
+
+
+class IcrlConfig(PromptedConfig):
+    """Everything that determines an in-context RL run. The number of replicates, like
+    the number of episodes, is not part of it: asking for more extends the run."""
+
+    not_in_id: ClassVar[frozenset[str]] = frozenset({"prompts_dir", "replicates"})
+
+    regime: Literal["icrl"] = "icrl"
+    variant: Literal["naive", "naive-positive", "stochastic", "approximate"] = "naive"
+    p_keep: float = Field(0.1, gt=0, le=1)
+    contexts: int = Field(8, gt=0)
+    token_budget: int | None = Field(None, gt=0)
+    history: Literal["raw", "summary"] = "raw"
+    reset: Literal["same", "fresh"] = "same"
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_steps: int = Field(gt=0)
+    replicates: int = Field(DEFAULT_REPLICATES, gt=0)
+
+
+def make_icrl_config(
+    task: str,
+    *,
+    model: str,
+    variant: str = "naive",
+    p_keep: float = 0.1,
+    contexts: int = 8,
+    token_budget: int | None = None,
+    history: str = "raw",
+    reset: str = "same",
+    temperature: float = 0.0,
+    max_steps: int | None = None,
+    replicates: int = DEFAULT_REPLICATES,
+    **options: Any,
+) -> IcrlConfig:
+    """An in-context RL configuration, checked; `options` as for `make_replay_config`."""
+    spec = get_task(task)
+    for flag, value, accepted in (
+        ("--variant", variant, VARIANTS),
+        ("--history", history, HISTORIES),
+        ("--reset", reset, RESETS),
+    ):
+        if value not in accepted:
+            raise UnknownNameError(flag, value, accepted)
+    if history == "summary" and spec.environment != "bandit":
+        raise LmactError("--history summary summarizes bandit rounds; give a bandit task")
+    check_counts(
+        at_least_0={},
+        positive={"--contexts": contexts, "--token-budget": token_budget,
+                  "--max-steps": max_steps, "--replicates": replicates},
+    )  # fmt: skip
+    if not 0 < p_keep <= 1:
+        raise LmactError(f"--p-keep must be in (0, 1], not {p_keep}")
+    fields = prompted_fields(spec, model=model, **options)
+    fields["prompts"] = _fingerprint(options.get("prompts_dir"))
+    return IcrlConfig(
+        **fields,
+        variant=variant,  # type: ignore[arg-type] - checked above
+        p_keep=p_keep,
+        contexts=contexts,
+        token_budget=token_budget,
+        history=history,  # type: ignore[arg-type]
+        reset=reset,  # type: ignore[arg-type]
+        temperature=temperature,
+        max_steps=max_steps or spec.max_steps,
+        replicates=replicates,
+    )
+
+
+def _fingerprint(folder: str | None) -> str:
+    path = icrl_prompts(folder)
+    for name in TEMPLATE_NAMES:
+        template(name, path)  # each present and readable, or a one-line error
+    return templates_fingerprint(path)
+
+
+@dataclass(frozen=True)
+class PastEpisode:
+    index: int  # the episode's place in its replicate
+    steps: tuple[tuple[Observation, str, float], ...]  # observation, action, reward
+    total: float
+    text: tuple[Part, ...]  # as the context shows it
+    tokens: int
+
+
+@dataclass
+class _Replicate:
+    """What one replicate has played so far, and its approximate contexts."""
+
+    episodes: list[PastEpisode] = field(default_factory=list)
+    contexts: list[list[int]] = field(default_factory=list)  # indices into `episodes`
+
+
+@dataclass
+class IcrlPlan:
+    config: IcrlConfig
+    task: TaskSpec
+    policy: Policy
+    budget: int | None
+    stored_steps: Callable[[int], list[StepRecord]]
+    replicates: dict[int, _Replicate] = field(default_factory=dict)
+
+    def template(self, name: str, **values: object) -> str:
+        return template(name, icrl_prompts(self.config.prompts_dir)).substitute(values)
+
+
+def _step_text(observation: Observation, action: str | None, reward: float | None) -> list[Part]:
+    parts = observation_parts(observation)
+    if action is not None:
+        parts.append(TextPart(f"{ACTION_LABEL} {action}\nReward: {reward:g}\n"))
+    return parts
+
+
+def past_episode(plan: IcrlPlan, index: int, steps: Sequence[tuple[Observation, str, float]]
+                 ) -> PastEpisode:  # fmt: skip
+    total = sum(reward for _, _, reward in steps)
+    parts: list[Part] = [
+        TextPart(plan.template("past_episode", number=index + 1, total=f"{total:g}"))
+    ]
+    for observation, action, reward in steps:
+        parts += _step_text(observation, action, reward)
+    parts.append(TextPart("\n"))
+    return PastEpisode(index, tuple(steps), total, tuple(parts), plan.policy.count_tokens(parts))
+
+
+def succeeded(environment: str, earlier: Sequence[float], total: float) -> bool:
+    """Whether an episode counts as positive for the positive-only variants."""
+    if environment in SCORE_VALUED:
+        return bool(earlier) and total > statistics.median(earlier)
+    return total > 0
+
+
+class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
+    name = "icrl"
+    config_type = IcrlConfig
+
+    def prepare(
+        self, config: IcrlConfig, policy: Policy, context: RunContext, units: Sequence[int]
+    ) -> PreparedRun[IcrlConfig, IcrlPlan]:
+        task = config.task_spec()
+        check_sees(task, config.observation, policy)
+        budget = config.token_budget
+        if budget is None and policy.context_window is not None:
+            budget = int(policy.context_window * WINDOW_SHARE) - config.max_tokens
+        plan = IcrlPlan(config, task, policy, budget, context.stored_steps)
+        return PreparedRun(config, policy, RunFacts(details={"budget": budget}), plan)
+
+    def chains(self, config: IcrlConfig, episodes: int) -> list[list[int]]:
+        units = self.units(config, episodes)
+        return [[r * REPLICATE_STRIDE + e for e in units] for r in range(config.replicates)]
+
+    def unit_seed(self, config: IcrlConfig, unit: int) -> int:
+        replicate, episode = divmod(unit, REPLICATE_STRIDE)
+        start = config.seed + replicate
+        if get_task(config.task).environment == "bandit":
+            # One instance per replicate (or per episode, fresh); the round draws its reward.
+            instance = start * REPLICATE_STRIDE + episode if config.reset == "fresh" else start
+            return instance * ROUND_STRIDE + episode % ROUND_STRIDE
+        seed = start * REPLICATE_STRIDE + episode if config.reset == "fresh" else start
+        if seed >= DEMO_SEED_BASE:
+            raise LmactError(
+                f"test seed {seed} is not below {DEMO_SEED_BASE}, where the demonstration "
+                "seeds start; use a smaller --seed, fewer --replicates or --reset same"
+            )
+        return seed
+
+    async def play(
+        self,
+        prepared: PreparedRun[IcrlConfig, IcrlPlan],
+        policy: Policy,
+        unit: int,
+        on_step: Callable[[StepRecord], None],
+    ) -> EpisodeRecord:
+        return await play_icrl_episode(prepared.plan, policy, unit, on_step, self.unit_seed)
+
+    def baseline(self, config: IcrlConfig, policy: str) -> IcrlConfig:
+        """Scripted policies read the situation, not the prompt: prompt settings take their
+        defaults, so runs of one task, seeds and reset rule share their baselines."""
+        return make_icrl_config(
+            config.task, model=policy, reset=config.reset, max_steps=config.max_steps,
+            replicates=config.replicates, seed=config.seed, observation=config.observation,
+        )  # fmt: skip
+
+    def summary_fields(self, config: IcrlConfig, facts: RunFacts) -> dict[str, Any]:
+        return {
+            "variant": config.variant,
+            "history": config.history,
+            "reset": config.reset,
+            "p_keep": config.p_keep,
+            "contexts": config.contexts,
+            "temperature": config.temperature,
+            "replicates": config.replicates,
+            "token_budget": facts.details.get("budget"),
+        }
+
+    def measures(
+        self,
+        config: IcrlConfig,
+        episodes: Sequence[EpisodeRecord],
+        stored_steps: Callable[[int], list[StepRecord]],
+        baselines: dict[str, Sequence[EpisodeRecord]],
+    ) -> dict[str, Any]:
+        """The learning curve across replicates, the final 10% mean (normalized like an
+        imitation score), regret against the expert, and for bandits Krishnamurthy et
+        al.'s measures."""
+        returns = by_replicate(episodes)
+        final = final_share_mean(returns)
+        references = {p: final_share_mean(by_replicate(e)) for p, e in baselines.items()}
+        expert = by_replicate(baselines["expert"])
+        measures: dict[str, Any] = {
+            "learning_curve": [vars(point) for point in learning_curve(returns)],
+            "final_return": final,
+            "final_normalized": normalized_score(final, references["random"], references["expert"]),
+            "regret_vs_expert": float(
+                np.mean([sum(e) - sum(m) for e, m in zip(expert, returns, strict=True)])
+            ),
+        }  # fmt: skip
+        if get_task(config.task).environment == "bandit":
+            measures |= vars(self._bandit(config, episodes, stored_steps))
+        return measures
+
+    def _bandit(
+        self,
+        config: IcrlConfig,
+        episodes: Sequence[EpisodeRecord],
+        stored_steps: Callable[[int], list[StepRecord]],
+    ) -> BanditMeasures:
+        pulls: dict[int, list[str]] = {}
+        rewards: dict[int, list[float]] = {}
+        best: dict[int, str] = {}
+        arms: dict[int, list[str]] = {}
+        env = get_task(config.task).make_environment()
+        for record in episodes:
+            replicate = record.episode // REPLICATE_STRIDE
+            (step,) = stored_steps(record.episode)
+            pulls.setdefault(replicate, []).append(step.action)
+            rewards.setdefault(replicate, []).append(step.reward)
+            if replicate not in best:  # the instance of the replicate's first round
+                env.reset(record.seed)
+                best[replicate], arms[replicate] = env.expert_action(), env.legal_actions()
+        order = sorted(pulls)
+        gap = float(get_task(config.task).options.get("gap", 0.0))
+        return bandit_measures(
+            [pulls[r] for r in order], [rewards[r] for r in order],
+            [best[r] for r in order], [arms[r] for r in order], gap,
+        )  # fmt: skip
+
+    def report_fields(self, config: IcrlConfig, run: RunRecord) -> dict[str, Any]:
+        return {"past_actions": config.past_actions, "answer_match": config.answer_match}
+
+    def describe(self, facts: RunFacts) -> str:
+        return "its own earlier episodes in context"
+
+
+def by_replicate(episodes: Sequence[EpisodeRecord]) -> list[list[float]]:
+    """The returns of a run's episodes, as one list per replicate in episode order."""
+    returns: dict[int, list[tuple[int, float]]] = {}
+    for record in episodes:
+        replicate, episode = divmod(record.episode, REPLICATE_STRIDE)
+        returns.setdefault(replicate, []).append((episode, record.total_return))
+    return [[value for _, value in sorted(returns[r])] for r in sorted(returns)]
+
+
+def _history(plan: IcrlPlan, replicate: int, episode: int, seed_of: Callable[[IcrlConfig, int], int]
+             ) -> _Replicate:  # fmt: skip
+    """The replicate's episodes before `episode`: played here, or read back from the store
+    (observations rendered again by replaying the stored actions from the episode's seed)."""
+    state = plan.replicates.setdefault(replicate, _Replicate())
+    for index in range(len(state.episodes), episode):
+        unit = replicate * REPLICATE_STRIDE + index
+        steps = plan.stored_steps(unit)
+        env = plan.task.make_environment()
+        try:
+            env.reset(seed_of(plan.config, unit))
+            replayed = []
+            for step in steps:
+                replayed.append((env.render(plan.config.observation), step.action, step.reward))
+                env.step(step.action)
+        finally:
+            env.close()
+        _remember(plan, state, replicate, past_episode(plan, index, replayed))
+    return state
+
+
+def _remember(plan: IcrlPlan, state: _Replicate, replicate: int, done: PastEpisode) -> None:
+    """Add a finished episode; in approximate contexts, it joins those with room."""
+    earlier = [e.total for e in state.episodes]
+    state.episodes.append(done)
+    config = plan.config
+    if config.variant != "approximate":
+        return
+    if not state.contexts:
+        state.contexts = [[] for _ in range(config.contexts)]
+    if not succeeded(plan.task.environment, earlier, done.total):
+        return
+    rng = np.random.default_rng([config.seed, replicate, done.index, _JOIN_STREAM])
+    for context in state.contexts:
+        used = sum(state.episodes[i].tokens for i in context)
+        room = plan.budget is None or used + done.tokens <= plan.budget
+        if rng.random() < config.p_keep and room:
+            context.append(len(state.episodes) - 1)
+
+
+def select_context(plan: IcrlPlan, state: _Replicate, replicate: int, episode: int, step: int
+                   ) -> list[int]:  # fmt: skip
+    """The earlier episodes (indices, in time order) this step's context holds."""
+    config, episodes = plan.config, state.episodes
+    if config.variant == "approximate":
+        if not state.contexts:
+            return []
+        rng = np.random.default_rng([config.seed, replicate, episode, step, _CONTEXT_STREAM])
+        return list(state.contexts[int(rng.integers(len(state.contexts)))])
+    candidates = list(range(len(episodes)))
+    if config.variant != "naive":
+        totals = [e.total for e in episodes]
+        environment = plan.task.environment
+        candidates = [i for i in candidates if succeeded(environment, totals[:i], totals[i])]
+    if config.variant == "stochastic":
+        rng = np.random.default_rng([config.seed, replicate, episode, step, _CONTEXT_STREAM])
+        candidates = [i for i in candidates if rng.random() < config.p_keep]
+    chosen: list[int] = []
+    used = 0
+    for index in reversed(candidates):  # the most recent that fit
+        if plan.budget is not None and used + episodes[index].tokens > plan.budget:
+            break
+        chosen.append(index)
+        used += episodes[index].tokens
+    return sorted(chosen)
+
+
+def _summary(plan: IcrlPlan, episodes: Sequence[PastEpisode], actions: Sequence[str]) -> str:
+    lines = [plan.template("summary")]
+    for action in actions:
+        rewards = [r for e in episodes for _, a, r in e.steps if a == action]
+        mean = f"{sum(rewards) / len(rewards):.2f}" if rewards else "n/a"
+        lines.append(f"- {action}: chosen {len(rewards)} times, mean reward {mean}\n")
+    return "".join(lines) + "\n"
+
+
+@dataclass
+class IcrlSituation:
+    """What scripted policies see: the live episode, and the replicate's past outcomes."""
+
+    env: Environment
+    rng: np.random.Generator
+    outcomes: list[tuple[str, float]]  # every earlier step of the replicate: action, reward
+
+    def legal_actions(self) -> list[str]:
+        return self.env.legal_actions()
+
+    def expert_action(self) -> str:
+        return self.env.expert_action()
+
+    def random_action(self) -> str:
+        return self.env.random_action(self.rng)
+
+    def past_outcomes(self) -> list[tuple[str, float]]:
+        return self.outcomes
+
+
+async def play_icrl_episode(
+    plan: IcrlPlan,
+    policy: Policy,
+    unit: int,
+    on_step: Callable[[StepRecord], None],
+    seed_of: Callable[[IcrlConfig, int], int],
+) -> EpisodeRecord:
+    """Play one episode of a replicate, its context built from the replicate's earlier ones."""
+    config = plan.config
+    replicate, episode = divmod(unit, REPLICATE_STRIDE)
+    state = _history(plan, replicate, episode, seed_of)
+    seed = seed_of(config, unit)
+    env = plan.task.make_environment()
+    unit_rng = [config.seed, replicate, episode]
+    execution = FollowTheAnswer(env, np.random.default_rng([*unit_rng, _FALLBACK_STREAM]))
+    outcomes = [(a, r) for e in state.episodes for _, a, r in e.steps]
+    situation = IcrlSituation(env, np.random.default_rng([*unit_rng, _POLICY_STREAM]), outcomes)
+    rules = StepRules(config.observation, exact_answers=config.answer_match == "exact")
+    current: list[tuple[Observation, str, float]] = []
+    tally = EpisodeTally()
+    terminated, end_reason = False, STEP_LIMIT
+    chosen: list[int] = []
+
+    def build_request(observation: Observation, legal: Sequence[str]) -> ModelRequest:
+        shown = [state.episodes[i] for i in chosen]
+        prefix: list[Part] = [TextPart(plan.template("preamble"))]
+        if config.history == "summary":
+            prefix.append(TextPart(_summary(plan, shown, env.legal_actions())))
+        else:
+            prefix += [part for e in shown for part in e.text]
+        now: list[Part] = [TextPart(plan.template("current_episode"))]
+        for seen, action, reward in current:
+            now += _step_text(seen, action, reward)
+        now += _step_text(observation, None, None)
+        if config.show_legal_actions:
+            now.append(TextPart(f"Legal actions: {', '.join(legal)}\n"))
+        now.append(TextPart(plan.template("instruction")))
+        stable = merge_text_parts(prefix)
+        return ModelRequest(
+            parts=stable + merge_text_parts(now),
+            stable_prefix_parts=len(stable),
+            answer_prefix=ACTION_LABEL,
+            stop=("\n",),
+            max_tokens=config.max_tokens,
+            temperature=config.temperature,
+            seed=seed,
+        )
+
+    try:
+        env.reset(seed)
+        for step in range(config.max_steps):
+            chosen = select_context(plan, state, replicate, episode, step)
+            played = await play_step(env, policy, build_request, rules, situation=situation,
+                                     execution=execution, episode=unit, step=step)  # fmt: skip
+            record = replace(played.record, context=tuple(chosen))
+            tally.add(record)
+            on_step(record)
+            observation, action = played.step
+            current.append((observation, action, record.reward))
+            if played.outcome.done:
+                terminated, end_reason = True, env.end_reason() or "ended"
+                break
+    finally:
+        env.close()
+    _remember(plan, state, replicate, past_episode(plan, episode, current))
+    return tally.record(unit, seed, terminated, end_reason)
