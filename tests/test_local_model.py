@@ -74,7 +74,9 @@ def test_end_to_end_run_with_the_local_model(tmp_path: Path) -> None:
     (summary, steps), (again, steps_again) = results
     assert summary.details["demos"] == 2 and summary.episodes == 2 and 2 <= summary.steps <= 6
     assert summary.usage.prompt_tokens > summary.details["prefix_tokens"] > 0
-    assert summary.usage.completion_tokens > 0 and summary.calls_made + summary.calls_cached == len(steps)
+    assert summary.usage.completion_tokens > 0 and summary.calls_made + summary.calls_cached == len(
+        steps
+    )
     assert all(s["completion"] == s["completion"].split("\n")[0] for s in steps)  # stops at EOL
     assert steps == steps_again  # greedy decoding: the same completions in a fresh store
     assert {**summary.to_dict(), "calls_made": 0, "calls_cached": 0} == {

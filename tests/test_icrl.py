@@ -1,0 +1,191 @@
+"""In-context RL: episodes in order per replicate, contexts built from the replicate's own
+earlier episodes and rewards, the variants' selections, the bandit baselines' measures."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import StubModel, lmact
+
+from lmact.demos import DemoStore
+from lmact.envs.base import Observation
+from lmact.models.base import ModelCallError, ModelRequest, ModelResponse, TextPart
+from lmact.policies import Policies
+from lmact.regimes.icrl import (
+    REPLICATE_STRIDE,
+    IcrlPlan,
+    PastEpisode,
+    _remember,
+    _Replicate,
+    by_replicate,
+    make_icrl_config,
+    select_context,
+)
+from lmact.runner import Runner
+from lmact.store import RunStore
+from lmact.tasks import get_task
+
+_ROUND = re.compile(r"^Action: (\w+)\nReward: ([01])$", re.MULTILINE)
+_BUTTONS = re.compile(r"Buttons: ([\w, ]+)\.")
+
+
+class RewardReader(StubModel):
+    """Reads the rounds and rewards in its prompt and presses the button of the best mean
+    (untried buttons first); `ignores_rewards`: always the first button listed."""
+
+    def __init__(self, ignores_rewards: bool = False, fail_after: int | None = None) -> None:
+        super().__init__("test/reader")
+        self.ignores_rewards = ignores_rewards
+        self.fail_after = fail_after  # answers given before every call fails
+        self.calls = 0
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise ModelCallError("HTTP 400: stop here")
+        text = "".join(p.text for p in request.parts if isinstance(p, TextPart))
+        buttons = _BUTTONS.findall(text)[-1].split(", ")
+        if self.ignores_rewards:
+            return ModelResponse(text=buttons[0])
+        seen: dict[str, list[int]] = {button: [] for button in buttons}
+        for button, reward in _ROUND.findall(text):
+            seen[button].append(int(reward))
+        untried = [b for b in buttons if not seen[b]]
+        choice = untried[0] if untried else max(buttons, key=lambda b: np.mean(seen[b]))
+        return ModelResponse(text=choice, prompt_tokens=len(text) // 4, completion_tokens=1)
+
+
+def reader_runner(store: RunStore, demo_store: DemoStore, client: StubModel) -> Runner:
+    runner = Runner(store, demo_store, progress=False)
+    runner.policies.register(client)
+    return runner
+
+
+def rise(returns: list[list[float]], first: int = 4) -> float:
+    """The mean return of the second half of the episodes minus that of the first rounds
+    (`first`: as many as bandit_easy has buttons, which a learner tries once each)."""
+    half = len(returns[0]) // 2
+    return float(np.mean([r[half:] for r in returns]) - np.mean([r[:first] for r in returns]))
+
+
+def test_rewards_reach_the_context_a_reader_learns_and_an_ignorer_does_not(
+    tmp_path: Path, demo_store: DemoStore
+) -> None:
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        curves = {}
+        for ignores in (False, True):
+            config = make_icrl_config(
+                "bandit_easy", model="test/reader", replicates=24, max_tokens=7 + ignores
+            )
+            runner = reader_runner(store, demo_store, RewardReader(ignores))
+            curves[ignores] = by_replicate(runner.run(config, 40).episodes)
+            steps = store.steps(config.run_id)
+            # Step e of a replicate held its e earlier rounds (naive, unlimited budget).
+            assert [s.context for s in steps[:3]] == [(), (0,), (0, 1)]
+    assert rise(curves[False]) > 0.15
+    assert abs(rise(curves[True])) < 0.15
+    assert np.mean(curves[False]) > np.mean(curves[True])
+
+
+def test_a_run_replays_exactly_and_resumes_without_repeating_a_call(
+    tmp_path: Path, demo_store: DemoStore
+) -> None:
+    config = make_icrl_config(
+        "bandit_hard", model="test/reader", replicates=2, variant="stochastic", p_keep=0.5
+    )
+    with RunStore(tmp_path / "a.sqlite") as store:
+        failing = RewardReader(fail_after=13)
+        with pytest.raises(Exception, match="stop here"):
+            reader_runner(store, demo_store, failing).run(config, 10)
+        done = store.finished_episodes(config.run_id)
+        assert 0 < len(done) < 20
+        # A fresh process: the replicates' earlier rounds are read back from the store.
+        resumed = RewardReader()
+        result = reader_runner(store, demo_store, resumed).run(config, 10)
+        assert resumed.calls == 20 - len(done)
+        assert result.calls_cached == 0
+        first = [(s.episode, s.action, s.reward, s.context) for s in store.steps(config.run_id)]
+    with RunStore(tmp_path / "b.sqlite") as store:
+        reader_runner(store, demo_store, RewardReader()).run(config, 10)
+        again = [(s.episode, s.action, s.reward, s.context) for s in store.steps(config.run_id)]
+    assert first == again
+    assert {e for e, *_ in first} == {r * REPLICATE_STRIDE + e for r in (0, 1) for e in range(10)}
+
+
+def plan_for(variant: str, p_keep: float = 0.1, contexts: int = 8, budget: int | None = None
+             ) -> IcrlPlan:  # fmt: skip
+    config = make_icrl_config(
+        "bandit_easy", model="random", variant=variant, p_keep=p_keep, contexts=contexts
+    )
+    return IcrlPlan(config, get_task("bandit_easy"), Policies(None).for_run("random"), budget,
+                    lambda unit: [])  # fmt: skip
+
+
+def won(index: int, tokens: int = 10) -> PastEpisode:
+    return PastEpisode(index, ((Observation(text="x"), "blue", 1.0),), 1.0, (), tokens)
+
+
+def test_the_stochastic_variant_keeps_each_positive_episode_at_the_keep_rate() -> None:
+    plan = plan_for("stochastic", p_keep=0.1)
+    state = _Replicate([won(i) for i in range(2000)])
+    kept = [len(select_context(plan, state, 0, 2000, step)) for step in range(20)]
+    assert abs(np.mean(kept) / 2000 - 0.1) < 0.01
+    assert len(set(map(tuple, [select_context(plan, state, 0, 2000, s) for s in (0, 1)]))) == 2
+    assert select_context(plan, state, 0, 2000, 3) == select_context(plan, state, 0, 2000, 3)
+    lost = PastEpisode(2000, ((Observation(text="x"), "red", 0.0),), 0.0, (), 10)
+    assert 2000 not in select_context(
+        plan_for("naive-positive"), _Replicate([*state.episodes, lost]), 0, 2001, 0
+    )
+
+
+def test_approximate_contexts_only_grow_and_keep_to_the_budget() -> None:
+    plan = plan_for("approximate", p_keep=0.3, contexts=4, budget=200)
+    state = _Replicate()
+    history: list[list[list[int]]] = []
+    for index in range(60):
+        _remember(plan, state, 0, won(index))
+        history.append([list(c) for c in state.contexts])
+    for before, after in itertools.pairwise(history):
+        assert all(after[k][: len(before[k])] == before[k] for k in range(4))
+    assert all(sum(state.episodes[i].tokens for i in c) <= 200 for c in state.contexts)
+    assert any(len(c) > 0 for c in state.contexts)
+    assert select_context(plan, state, 0, 60, 0) in state.contexts
+
+
+@pytest.mark.parametrize("task", ["bandit_easy", "bandit_hard"])
+def test_the_bandit_baselines_show_the_known_picture(runner: Runner, task: str) -> None:
+    measures = {}
+    for model in ("ucb1", "thompson", "greedy", "random"):
+        config = make_icrl_config(task, model=model, replicates=40)
+        measures[model] = runner.evaluate(config, 100).details
+    for model in ("ucb1", "thompson"):
+        assert measures[model]["suffix_failure"] <= 0.05
+        assert measures[model]["regret"] < measures["random"]["regret"]
+    if task == "bandit_hard":
+        assert measures["greedy"]["suffix_failure"] >= 0.2
+    assert 0.6 < measures["random"]["k_min_frac"] <= 1.0  # uniform flailing
+    assert measures["greedy"]["greedy_frac"] > 0.9
+
+
+def test_the_command_runs_icrl_and_refuses_options_of_other_regimes(tmp_path: Path) -> None:
+    common = ["--task", "bandit_hard", "--store", "s.sqlite", "--cache-dir", "cache"]
+    done = lmact("run", "--regime", "icrl", "--model", "ucb1", "--replicates", "3",
+                 "--episodes", "20", "--json", *common, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["regime"] == "icrl" and summary["episodes"] == 60
+    assert len(summary["learning_curve"]) == 20
+    assert {"regret", "suffix_failure", "k_min_frac", "greedy_frac", "median_reward"} <= set(
+        summary
+    )
+    for option in (["--variant", "stochastic"], ["--replicates", "2"]):
+        refused = lmact("run", *option, *common, cwd=tmp_path)
+        assert refused.returncode == 2
+        assert "does not apply to --regime imitation" in refused.stderr
+    refused = lmact("run", "--regime", "icrl", "--demos", "2", *common, cwd=tmp_path)
+    assert refused.returncode == 2 and "--demos does not apply" in refused.stderr
