@@ -183,12 +183,13 @@ def _add_icrl_options(run: argparse.ArgumentParser) -> None:
     group = run.add_argument_group("in-context RL (--regime icrl)")
     group.add_argument(
         "--variant",
-        choices=("naive", "naive-positive", "stochastic", "approximate"),
+        choices=("naive", "naive-positive", "stochastic", "approximate", "supervised"),
         default="naive",
         help="which earlier episodes the context holds: naive (default): all, the most "
         "recent that fit; naive-positive: successful ones only; stochastic: successful "
         "ones, each kept with probability --p-keep, drawn afresh at every step; "
-        "approximate: --contexts growing contexts, one drawn per step",
+        "approximate: --contexts growing contexts, one drawn per step; supervised: all, "
+        "with the expert's actions (gold labels) instead of those played",
     )
     group.add_argument(
         "--p-keep", type=float, default=0.1, help="keep probability (default: %(default)s)"
@@ -213,9 +214,9 @@ def _add_icrl_options(run: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--reset",
         choices=("same", "fresh"),
-        default="same",
-        help="same (default): every episode of a replicate starts from one initial state; "
-        "fresh: a new start per episode",
+        help="same: every episode of a replicate starts from one initial state (the "
+        "default); fresh: a new start per episode (the default for classification, a "
+        "stream of inputs)",
     )
     group.add_argument(
         "--temperature", type=float, default=0.0, help="sampling temperature (default: 0)"
@@ -404,7 +405,7 @@ _REGIME_OPTIONS: dict[str, tuple[frozenset[str], object]] = {
             ("--contexts", 8),
             ("--replicates", 5),
             ("--history", "raw"),
-            ("--reset", "same"),
+            ("--reset", None),
             ("--temperature", 0.0),
         )
     },

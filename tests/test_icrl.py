@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +191,86 @@ def test_the_command_runs_icrl_and_refuses_options_of_other_regimes(tmp_path: Pa
         assert "does not apply to --regime imitation" in refused.stderr
     refused = lmact("run", "--regime", "icrl", "--demos", "2", *common, cwd=tmp_path)
     assert refused.returncode == 2 and "--demos does not apply" in refused.stderr
+
+
+def test_the_classification_dataset_is_regenerated_byte_for_byte(tmp_path: Path) -> None:
+    script = Path(__file__).parents[1] / "scripts" / "make_wordnet_dataset.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--out", str(tmp_path)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    shipped = Path(__file__).parents[1] / "tasks" / "data" / "wordnet_glosses"
+    for split in ("train.jsonl", "test.jsonl"):
+        assert (tmp_path / split).read_bytes() == (shipped / split).read_bytes()
+    rows = [json.loads(line) for line in (shipped / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 1800 and len({row["label"] for row in rows}) == 12
+    held_out = {json.loads(line)["text"] for line in (shipped / "test.jsonl").open()}
+    assert not held_out & {row["text"] for row in rows}
+
+
+class PromptRecorder(StubModel):
+    """Answers the first label listed and keeps every prompt's text."""
+
+    def __init__(self) -> None:
+        super().__init__("test/recorder")
+        self.texts: list[str] = []
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        text = "".join(p.text for p in request.parts if isinstance(p, TextPart))
+        self.texts.append(text)
+        labels = re.findall(r"Labels: (.*)", text)[-1].split(", ")
+        return ModelResponse(text=labels[0])
+
+
+@pytest.mark.parametrize("variant", ["naive", "supervised"])
+def test_classification_contexts_show_feedback_or_gold_labels(
+    tmp_path: Path, demo_store: DemoStore, variant: str
+) -> None:
+    config = make_icrl_config("classification", model="test/recorder", variant=variant,
+                              replicates=1)  # fmt: skip
+    assert config.reset == "fresh"  # a stream of inputs
+    recorder = PromptRecorder()
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        reader_runner(store, demo_store, recorder).run(config, 6)
+    env = get_task("classification").make_environment()
+    texts, golds = [], []
+    for episode in range(5):
+        env.reset(config.seed * REPLICATE_STRIDE + episode)
+        texts.append(env.text)
+        golds.append(env.expert_action())
+    last = recorder.texts[-1]
+    assert all(text in last for text in texts)  # the five earlier inputs, then the sixth
+    if variant == "supervised":
+        assert "Reward:" not in last
+        assert re.findall(r"Action: ([\w.]+)\n", last) == golds
+    else:
+        shown = re.findall(r"Action: (\S+)\nReward: ([01])", last)
+        assert [float(r) for _, r in shown] == [
+            float(a == g) for (a, _), g in zip(shown, golds, strict=True)
+        ]
+
+
+def test_unsemantic_labels_are_meaningless_ids_and_a_bad_dataset_is_one_line(
+    tmp_path: Path,
+) -> None:
+    env = get_task("classification_unsemantic").make_environment()
+    env.reset(0)
+    assert env.legal_actions() == [f"L{k:02d}" for k in range(1, 13)]
+    assert env.expert_action() in env.legal_actions()
+    data = tmp_path / "mine.csv"
+    data.write_text("utterance,intent\nbook a table,restaurant\nwake me at six,alarm\n")
+    spec = (Path(__file__).parents[1] / "tasks" / "classification.toml").read_text()
+    spec = spec.replace('"data/wordnet_glosses/train.jsonl"', f'"{data}"')
+    spec = spec.replace('"data/wordnet_glosses/test.jsonl"', f'"{data}"')
+    spec = spec.replace("[options]", '[options]\ntext_field = "utterance"\nlabel_field = "intent"')
+    (tmp_path / "mine.toml").write_text(spec.replace('name = "classification"', 'name = "mine"'))
+    done = lmact("run", "--regime", "icrl", "--task", "mine.toml", "--model", "expert",
+                 "--episodes", "4", "--replicates", "1", "--json", "--store", "s.sqlite",
+                 "--cache-dir", "cache", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["mean_return"] == 1.0
+    data.write_text("utterance,intent\nbook a table,\n")
+    broken = lmact("run", "--regime", "icrl", "--task", "mine.toml", "--model", "random",
+                   "--store", "s.sqlite", cwd=tmp_path)  # fmt: skip
+    assert broken.returncode == 2 and broken.stderr.count("\n") == 1
+    assert "example 1 lacks" in broken.stderr

@@ -17,6 +17,7 @@ ENVIRONMENT_CLASSES: dict[str, str] = {
     "phoenix": "lmact.envs.phoenix:Phoenix",
     "cheetah": "lmact.envs.cheetah:Cheetah",
     "bandit": "lmact.envs.bandit:Bandit",
+    "classification": "lmact.envs.classification:Classification",
 }
 
 

@@ -11,7 +11,9 @@ of replicate r. Which earlier episodes a step's context holds is the variant's c
 - `stochastic`: successful episodes, each kept with probability `p_keep`, drawn afresh at
   every step from a seeded generator, in time order, cut to the budget;
 - `approximate`: `contexts` contexts that only grow: each new successful episode joins each
-  context that has room with probability `p_keep`; each step draws one context uniformly.
+  context that has room with probability `p_keep`; each step draws one context uniformly;
+- `supervised` (the upper bound): every earlier episode as naive, but showing the expert's
+  action at each step (the gold label, in classification) instead of the one played.
 
 An episode succeeded when its return is above zero (a win, a solved puzzle, a paying
 button); for tasks whose return is a score (Phoenix, cheetah) when it is above the median of
@@ -51,7 +53,7 @@ from lmact.scoring import (
 from lmact.store import MAX_EPISODES, RunRecord
 from lmact.tasks import TaskSpec, get_task
 
-VARIANTS = ("naive", "naive-positive", "stochastic", "approximate")
+VARIANTS = ("naive", "naive-positive", "stochastic", "approximate", "supervised")
 HISTORIES = ("raw", "summary")
 RESETS = ("same", "fresh")
 REPLICATE_STRIDE = MAX_EPISODES  # units of one replicate: r * stride + e
@@ -77,7 +79,7 @@ class IcrlConfig(PromptedConfig):
     not_in_id: ClassVar[frozenset[str]] = frozenset({"prompts_dir", "replicates"})
 
     regime: Literal["icrl"] = "icrl"
-    variant: Literal["naive", "naive-positive", "stochastic", "approximate"] = "naive"
+    variant: Literal["naive", "naive-positive", "stochastic", "approximate", "supervised"] = "naive"
     p_keep: float = Field(0.1, gt=0, le=1)
     contexts: int = Field(8, gt=0)
     token_budget: int | None = Field(None, gt=0)
@@ -97,14 +99,17 @@ def make_icrl_config(
     contexts: int = 8,
     token_budget: int | None = None,
     history: str = "raw",
-    reset: str = "same",
+    reset: str | None = None,
     temperature: float = 0.0,
     max_steps: int | None = None,
     replicates: int = DEFAULT_REPLICATES,
     **options: Any,
 ) -> IcrlConfig:
-    """An in-context RL configuration, checked; `options` as for `make_replay_config`."""
+    """An in-context RL configuration, checked; `options` as for `make_replay_config`.
+    `reset` defaults to `fresh` for classification (a stream of inputs), else `same`."""
     spec = get_task(task)
+    if reset is None:
+        reset = "fresh" if spec.environment == "classification" else "same"
     for flag, value, accepted in (
         ("--variant", variant, VARIANTS),
         ("--history", history, HISTORIES),
@@ -175,20 +180,32 @@ class IcrlPlan:
 
 
 def _step_text(observation: Observation, action: str | None, reward: float | None) -> list[Part]:
+    """A step as the context shows it: its observation, then the action and its reward."""
     parts = observation_parts(observation)
     if action is not None:
-        parts.append(TextPart(f"{ACTION_LABEL} {action}\nReward: {reward:g}\n"))
+        parts.append(TextPart(f"{ACTION_LABEL} {action}\n"))
+    if reward is not None:
+        parts.append(TextPart(f"Reward: {reward:g}\n"))
     return parts
 
 
-def past_episode(plan: IcrlPlan, index: int, steps: Sequence[tuple[Observation, str, float]]
-                 ) -> PastEpisode:  # fmt: skip
+def past_episode(
+    plan: IcrlPlan,
+    index: int,
+    steps: Sequence[tuple[Observation, str, float]],
+    gold: Sequence[str] = (),
+) -> PastEpisode:
+    """An earlier episode and its text; the supervised variant shows the expert's actions
+    (`gold`, one per step) instead of those played, and no rewards."""
     total = sum(reward for _, _, reward in steps)
-    parts: list[Part] = [
-        TextPart(plan.template("past_episode", number=index + 1, total=f"{total:g}"))
-    ]
-    for observation, action, reward in steps:
-        parts += _step_text(observation, action, reward)
+    supervised = plan.config.variant == "supervised"
+    heading = plan.template("past_episode", number=index + 1, total=f"{total:g}")
+    parts: list[Part] = [TextPart("" if supervised else heading)]
+    for step, (observation, action, reward) in enumerate(steps):
+        if supervised:
+            parts += _step_text(observation, gold[step], None)
+        else:
+            parts += _step_text(observation, action, reward)
     parts.append(TextPart("\n"))
     return PastEpisode(index, tuple(steps), total, tuple(parts), plan.policy.count_tokens(parts))
 
@@ -342,14 +359,20 @@ def _history(plan: IcrlPlan, replicate: int, episode: int, seed_of: Callable[[Ic
         env = plan.task.make_environment()
         try:
             env.reset(seed_of(plan.config, unit))
-            replayed = []
+            replayed, gold = [], []
             for step in steps:
                 replayed.append((env.render(plan.config.observation), step.action, step.reward))
+                gold.append(_gold(plan, env))
                 env.step(step.action)
         finally:
             env.close()
-        _remember(plan, state, replicate, past_episode(plan, index, replayed))
+        _remember(plan, state, replicate, past_episode(plan, index, replayed, gold))
     return state
+
+
+def _gold(plan: IcrlPlan, env: Environment) -> str:
+    """The expert's action now, if the supervised variant shows it (else not asked for)."""
+    return env.expert_action() if plan.config.variant == "supervised" else ""
 
 
 def _remember(plan: IcrlPlan, state: _Replicate, replicate: int, done: PastEpisode) -> None:
@@ -381,7 +404,7 @@ def select_context(plan: IcrlPlan, state: _Replicate, replicate: int, episode: i
         rng = np.random.default_rng([config.seed, replicate, episode, step, _CONTEXT_STREAM])
         return list(state.contexts[int(rng.integers(len(state.contexts)))])
     candidates = list(range(len(episodes)))
-    if config.variant != "naive":
+    if config.variant in ("naive-positive", "stochastic"):
         totals = [e.total for e in episodes]
         environment = plan.task.environment
         candidates = [i for i in candidates if succeeded(environment, totals[:i], totals[i])]
@@ -476,10 +499,12 @@ async def play_icrl_episode(
             seed=seed,
         )
 
+    gold: list[str] = []
     try:
         env.reset(seed)
         for step in range(config.max_steps):
             chosen = select_context(plan, state, replicate, episode, step)
+            gold.append(_gold(plan, env))
             played = await play_step(env, policy, build_request, rules, situation=situation,
                                      execution=execution, episode=unit, step=step)  # fmt: skip
             record = replace(played.record, context=tuple(chosen))
@@ -492,5 +517,5 @@ async def play_icrl_episode(
                 break
     finally:
         env.close()
-    _remember(plan, state, replicate, past_episode(plan, episode, current))
+    _remember(plan, state, replicate, past_episode(plan, episode, current, gold))
     return tally.record(unit, seed, terminated, end_reason)

@@ -1,0 +1,125 @@
+"""Text classification as a one-step task (a contextual bandit): an input is shown with the
+labels to choose from, the agent names one, and the reward is 1 if it is right, else 0.
+
+Examples come from JSONL (one object per line) or CSV (a header row) files, read once per
+process. Test seeds (below DEMO_SEED_BASE) draw from the `stream` file in order, cycling;
+demonstration seeds from the `held_out` file, so no demonstration is a test input.
+`unsemantic_labels` replaces each label by a meaningless id (L01, L02 … in sorted order).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from functools import cache
+from pathlib import Path
+from typing import ClassVar
+
+from lmact.envs.base import (
+    Environment,
+    IllegalActionError,
+    InvalidActionError,
+    Observation,
+    StepOutcome,
+    file_option,
+    pool_entry,
+    strip_answer,
+)
+
+MAX_EXAMPLES = 1_000_000
+
+
+@cache
+def load_examples(path: Path, text_field: str, label_field: str) -> tuple[tuple[str, str], ...]:
+    """The (text, label) pairs of a JSONL or CSV file; ValueError naming the first problem."""
+    rows: list[object]
+    try:
+        content = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"dataset {path} cannot be read ({error})") from None
+    if path.suffix == ".csv":
+        rows = list(csv.DictReader(content.splitlines()))
+    else:
+        rows = []
+        for number, line in enumerate(content.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    raise ValueError(f"dataset {path} line {number} is not JSON") from None
+    examples = []
+    for number, row in enumerate(rows, 1):
+        text = row.get(text_field) if isinstance(row, dict) else None
+        label = row.get(label_field) if isinstance(row, dict) else None
+        if (
+            not isinstance(text, str)
+            or not text.strip()
+            or isinstance(label, bool)
+            or not isinstance(label, str | int)
+            or not str(label).strip()
+        ):
+            raise ValueError(
+                f"dataset {path} example {number} lacks a text {text_field!r} or a label "
+                f"{label_field!r}"
+            )
+        examples.append((" ".join(text.split()), str(label).strip()))
+    if not examples or len(examples) > MAX_EXAMPLES:
+        raise ValueError(f"dataset {path} must hold 1 … {MAX_EXAMPLES} examples")
+    return tuple(examples)
+
+
+class Classification(Environment):
+    observation_formats: ClassVar[tuple[str, ...]] = ("txt",)
+
+    def __init__(
+        self,
+        stream: str = "data/wordnet_glosses/train.jsonl",
+        held_out: str = "data/wordnet_glosses/test.jsonl",
+        text_field: str = "text",
+        label_field: str = "label",
+        unsemantic_labels: bool = False,
+    ) -> None:
+        self.stream = load_examples(file_option("stream", stream), text_field, label_field)
+        self.held_out = load_examples(file_option("held_out", held_out), text_field, label_field)
+        names = sorted({label for _, label in self.stream + self.held_out})
+        self.names = (
+            {name: f"L{index:02d}" for index, name in enumerate(names, 1)}
+            if unsemantic_labels
+            else {name: name for name in names}
+        )
+        self.labels = sorted(self.names.values())
+        self.text, self.gold = "", ""
+
+    def reset(self, seed: int) -> None:
+        text, label = pool_entry(seed, self.stream, self.held_out)
+        self.text, self.gold = text, self.names[label]
+        self._started, self._done = True, False
+
+    def step(self, action: str) -> StepOutcome:
+        self._require_started()
+        self._done, self._ended_by = True, "right" if action == self.gold else "wrong"
+        return StepOutcome(reward=float(action == self.gold), done=True)
+
+    def legal_actions(self) -> list[str]:
+        self._require_started()
+        return [] if self._done else list(self.labels)
+
+    def render(self, fmt: str) -> Observation:
+        self._require_started()
+        if fmt != "txt":
+            raise ValueError(f"unknown observation format {fmt!r}")
+        return Observation(text=f"Text: {self.text}\nLabels: {', '.join(self.labels)}")
+
+    def parse_action(self, answer: str) -> str:
+        word = strip_answer(answer)
+        for label in self.labels:
+            if word.lower() == label.lower():
+                if self._done:
+                    raise IllegalActionError("the example is answered")
+                return label
+        raise InvalidActionError("not one of the labels")
+
+    def expert_action(self) -> str:
+        """The gold label."""
+        self._require_started()
+        return self.gold
