@@ -351,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--format", default="markdown", help="markdown (default) or csv")
     report.add_argument(
+        "--curves",
+        action="store_true",
+        help="the learning curves of in-context RL runs (mean return per episode index "
+        "across replicates, with its 95%% interval) instead of the table of runs",
+    )
+    report.add_argument(
         "--store", type=Path, default=DEFAULT_STORE, help="the run store (default: %(default)s)"
     )
 
@@ -464,6 +470,24 @@ def _run_config(args: argparse.Namespace) -> RegimeConfig:
     )
 
 
+# Measures of in-context RL runs shown in the summary, when a run has them.
+_LEARNING_MEASURES = {
+    "final_return": "return, last 10% of episodes",
+    "final_normalized": "normalized, last 10%",
+    "regret": "regret (gap x pulls of worse arms)",
+    "suffix_failure": "suffix failures (never the best arm in the second half)",
+    "k_min_frac": "K x least-pulled arm's share",
+}
+
+
+def _learning_rows(details: dict[str, object]) -> list[tuple[str, str]]:
+    return [
+        (label, f"{details[name]:.3f}")
+        for name, label in _LEARNING_MEASURES.items()
+        if isinstance(details.get(name), float | int)
+    ]
+
+
 def _print_summary(summary: RunSummary, store: Path) -> None:
     score = summary.normalized_score
     rows = [
@@ -473,6 +497,7 @@ def _print_summary(summary: RunSummary, store: Path) -> None:
         ),
         ("normalized score", "n/a (expert = random)" if score is None else f"{score:.3f}"),
         ("expert / random return", f"{summary.expert_return:.3f} / {summary.random_return:.3f}"),
+        *_learning_rows(summary.details),
         (
             "illegal / invalid / empty",
             f"{summary.illegal_rate:.1%} / {summary.invalid_rate:.1%}"
@@ -632,13 +657,20 @@ def _command_demos(args: argparse.Namespace) -> None:
 
 
 def _command_report(args: argparse.Namespace) -> None:
-    from lmact.report import format_table, report_rows
+    from lmact.report import CURVE_COLUMNS, curve_rows, format_table, report_rows
     from lmact.store import RunStore
 
     if not args.store.exists():
         raise LmactError(f"no run store at {args.store}; start with `lmact run`")
     with RunStore(args.store) as store:
-        print(format_table(report_rows(store), args.format), end="")
+        rows = report_rows(store)
+    if args.curves:
+        curves = curve_rows(rows)
+        if not curves and args.format != "csv":
+            raise LmactError("the run store holds no in-context RL run (--regime icrl) yet")
+        print(format_table(curves, args.format, CURVE_COLUMNS), end="")
+    else:
+        print(format_table(rows, args.format), end="")
 
 
 def _command_tasks(args: argparse.Namespace) -> None:

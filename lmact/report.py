@@ -39,33 +39,37 @@ COLUMNS = [
     "past_actions",
     "demo_draw",
     "demo_pool",
+    "variant",
+    "final_return",
+    "final_normalized",
+    "regret",
+    "suffix_failure",
 ]
 FORMATS = ("markdown", "csv")
+CURVE_COLUMNS = ["run_id", "task", "model", "variant", "episode", "mean", "low", "high"]
 
 
 def _baseline_episodes(
-    store: RunStore, baseline: RegimeConfig, episodes: int
+    store: RunStore, baseline: RegimeConfig, units: Sequence[int]
 ) -> list[EpisodeRecord] | None:
-    """The baseline's first `episodes` episodes (the same seeds), if all are stored."""
+    """The baseline's episodes of exactly `units` (the same seeds), if all are stored."""
     finished = store.finished_episodes(baseline.run_id)
-    if not all(e in finished for e in range(episodes)):
+    if not all(unit in finished for unit in units):
         return None
-    return [finished[e] for e in range(episodes)]
+    return [finished[unit] for unit in units]
 
 
 def _baselines(
     store: RunStore, config: RegimeConfig, finished: dict[int, EpisodeRecord]
 ) -> dict[str, list[EpisodeRecord] | None]:
-    """The stored random and expert episodes over exactly the run's seeds, where stored."""
-    none: dict[str, list[EpisodeRecord] | None] = {"random": None, "expert": None}
-    if sorted(finished) != list(range(len(finished))):
-        return none  # normalize only against baselines over exactly the same seeds
+    """The stored random and expert episodes over exactly the run's units, where stored:
+    a score is normalized only against baselines of the same seeds."""
     try:
         configs = regime_of(config).baselines(config)
     except UnknownNameError:  # a task no longer installed
-        return none
+        return {"random": None, "expert": None}
     return {
-        policy: _baseline_episodes(store, baseline, len(finished))
+        policy: _baseline_episodes(store, baseline, list(finished))
         for policy, baseline in configs.items()
     }
 
@@ -94,9 +98,17 @@ def run_row(store: RunStore, run: RunRecord) -> dict[str, Any] | None:
         config = parse_config(run.config)
     except (TypeError, ValidationError):
         return _foreign_row(run, finished)  # an unknown regime's run, or a newer release's
-    row = _scores_row(run, finished, _baselines(store, config, finished))
+    baselines = _baselines(store, config, finished)
+    row = _scores_row(run, finished, baselines)
+    regime = regime_of(config)
     described = {name: getattr(config, name) for name in ("regime", "task", "observation", "model")}
-    return {**row, **described, **regime_of(config).report_fields(config, run)}
+    measures = regime.measures(
+        config,
+        list(finished.values()),
+        lambda unit: store.steps(run.run_id, unit),
+        {policy: episodes or [] for policy, episodes in baselines.items()},
+    )
+    return {**row, **described, **regime.report_fields(config, run), **measures}
 
 
 def _foreign_row(run: RunRecord, finished: dict[int, EpisodeRecord]) -> dict[str, Any]:
@@ -110,6 +122,15 @@ def _foreign_row(run: RunRecord, finished: dict[int, EpisodeRecord]) -> dict[str
     }
     baselines: dict[str, Any] = {"random": None, "expert": None}
     return {**_scores_row(run, finished, baselines), **described, "demos": run.demos_used}
+
+
+def curve_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The learning curves of the runs that have one: a row per run and episode index."""
+    return [
+        {**{name: row.get(name) for name in CURVE_COLUMNS[:4]}, **point}
+        for row in rows
+        for point in row.get("learning_curve") or []
+    ]
 
 
 def report_rows(store: RunStore) -> list[dict[str, Any]]:
@@ -128,17 +149,21 @@ def _cell(column: str, value: Any) -> str:
     return " ".join(str(value).split()).replace("|", "\\|")
 
 
-def format_table(rows: Sequence[dict[str, Any]], fmt: str = "markdown") -> str:
+def format_table(
+    rows: Sequence[dict[str, Any]], fmt: str = "markdown", columns: Sequence[str] = COLUMNS
+) -> str:
     if fmt not in FORMATS:
         raise UnknownNameError("report format", fmt, FORMATS)
     if fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(
+            buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore"
+        )
         writer.writeheader()
         writer.writerows(rows)
         return buffer.getvalue()
     if not rows:
         raise LmactError("the run store holds no finished episode yet; start with `lmact run`")
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(c, row[c]) for c in COLUMNS) + " |" for row in rows]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(c, row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"

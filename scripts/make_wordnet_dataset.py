@@ -7,7 +7,9 @@ synset's lexicographer file (`noun.animal`,
 the test split and the next to the train stream, and each split is ordered by the same
 hash, so the files are the same bytes on every machine:
 
-    python scripts/make_wordnet_dataset.py [--wordnet /usr/share/wordnet] [--out tasks/data/wordnet_glosses]
+    python scripts/make_wordnet_dataset.py [--wordnet DIR] [--out DIR]
+
+(defaults: /usr/share/wordnet and tasks/data/wordnet_glosses)
 """
 
 from __future__ import annotations
@@ -89,7 +91,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("tasks/data/wordnet_glosses"))
     args = parser.parse_args()
     if not (args.wordnet / "data.noun").is_file():
-        print(f"no WordNet data under {args.wordnet}: apt-get install wordnet-base", file=sys.stderr)
+        print(
+            f"no WordNet data under {args.wordnet}: apt-get install wordnet-base", file=sys.stderr
+        )
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     for split, rows in build(args.wordnet).items():

@@ -14,6 +14,7 @@ from lmact.models.base import ModelOptions, TextPart
 from lmact.models.local import LocalModel
 from lmact.models.registry import resolve_model
 from lmact.prompting import PromptSettings
+from lmact.regimes.icrl import make_icrl_config
 from lmact.regimes.imitation import make_config
 from lmact.runner import Runner
 from lmact.store import RunStore
@@ -84,3 +85,34 @@ def test_end_to_end_run_with_the_local_model(tmp_path: Path) -> None:
         "calls_made": 0,
         "calls_cached": 0,
     }
+
+
+@pytest.mark.parametrize(
+    ("task", "episodes", "variant"),
+    [("bandit_hard", 12, "naive"), ("tic_tac_toe", 3, "naive")],
+)
+def test_in_context_rl_with_the_local_model(
+    tmp_path: Path, task: str, episodes: int, variant: str
+) -> None:
+    """The local model plays episode after episode with its own past in context; a rerun
+    in a fresh process-like runner is served from the cache, step for step."""
+    config = make_icrl_config(
+        task, model="local/gemma-3-270m", variant=variant, replicates=1, max_steps=4
+    )
+    runs = []
+    for attempt in ("first", "again"):
+        with RunStore(tmp_path / "runs.sqlite") as store:
+            runner = Runner(
+                store, DemoStore(tmp_path / "demos"), ModelOptions(threads=2), progress=False
+            )
+            try:
+                result = runner.run(config, episodes, restart=attempt == "again")
+            finally:
+                runner.close()
+            steps = store.steps(config.run_id)
+            runs.append((result, [(s.completion, s.action, s.reward, s.context) for s in steps]))
+    (first, steps), (again, steps_again) = runs
+    assert len(first.episodes) == episodes and first.calls_made > 0
+    assert again.calls_made == 0 and again.calls_cached == len(steps) == len(steps_again)
+    assert steps == steps_again
+    assert steps[-1][3] == tuple(range(episodes - 1))  # naive: every earlier episode

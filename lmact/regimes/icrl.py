@@ -292,16 +292,20 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         al.'s measures."""
         returns = by_replicate(episodes)
         final = final_share_mean(returns)
-        references = {p: final_share_mean(by_replicate(e)) for p, e in baselines.items()}
-        expert = by_replicate(baselines["expert"])
         measures: dict[str, Any] = {
+            "variant": config.variant,
             "learning_curve": [vars(point) for point in learning_curve(returns)],
             "final_return": final,
-            "final_normalized": normalized_score(final, references["random"], references["expert"]),
-            "regret_vs_expert": float(
+            "final_normalized": None,
+            "regret_vs_expert": None,
+        }
+        if baselines.get("random") and baselines.get("expert"):  # over the same units
+            random, expert = by_replicate(baselines["random"]), by_replicate(baselines["expert"])
+            reference = final_share_mean(random), final_share_mean(expert)
+            measures["final_normalized"] = normalized_score(final, *reference)
+            measures["regret_vs_expert"] = float(
                 np.mean([sum(e) - sum(m) for e, m in zip(expert, returns, strict=True)])
-            ),
-        }  # fmt: skip
+            )  # fmt: skip
         if get_task(config.task).environment == "bandit":
             measures |= vars(self._bandit(config, episodes, stored_steps))
         return measures
