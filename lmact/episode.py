@@ -63,10 +63,12 @@ class FollowTheAnswer:
 
 @dataclass
 class LiveSituation:
-    """What scripted policies see in a live episode: its environment and policy stream."""
+    """What scripted policies see in a live episode: its environment and policy stream,
+    and (in-context RL) every earlier step of the replicate as (action, reward)."""
 
     env: Environment
     rng: np.random.Generator
+    outcomes: list[tuple[str, float]] = field(default_factory=list)
 
     def legal_actions(self) -> list[str]:
         return self.env.legal_actions()
@@ -78,7 +80,7 @@ class LiveSituation:
         return self.env.random_action(self.rng)
 
     def past_outcomes(self) -> list[tuple[str, float]]:
-        return []  # no earlier episodes in this regime
+        return self.outcomes
 
 
 @dataclass(frozen=True)

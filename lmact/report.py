@@ -102,12 +102,15 @@ def run_row(store: RunStore, run: RunRecord) -> dict[str, Any] | None:
     row = _scores_row(run, finished, baselines)
     regime = regime_of(config)
     described = {name: getattr(config, name) for name in ("regime", "task", "observation", "model")}
-    measures = regime.measures(
-        config,
-        list(finished.values()),
-        lambda unit: store.steps(run.run_id, unit),
-        {policy: episodes or [] for policy, episodes in baselines.items()},
-    )
+    try:
+        measures = regime.measures(
+            config,
+            list(finished.values()),
+            lambda unit: store.steps(run.run_id, unit),
+            {policy: episodes or [] for policy, episodes in baselines.items()},
+        )
+    except UnknownNameError:  # a task given by path in another process, or uninstalled
+        measures = {}
     return {**row, **described, **regime.report_fields(config, run), **measures}
 
 

@@ -34,7 +34,7 @@ from pydantic import Field
 from lmact.demos import DEMO_SEED_BASE
 from lmact.envs.bandit import ROUND_STRIDE
 from lmact.envs.base import Environment, Observation
-from lmact.episode import EpisodeTally, FollowTheAnswer, StepRules, play_step
+from lmact.episode import EpisodeTally, FollowTheAnswer, LiveSituation, StepRules, play_step
 from lmact.errors import LmactError, UnknownNameError
 from lmact.models.base import ModelRequest, Part, TextPart, merge_text_parts
 from lmact.policies import Policy
@@ -434,27 +434,6 @@ def _summary(plan: IcrlPlan, episodes: Sequence[PastEpisode], actions: Sequence[
     return "".join(lines) + "\n"
 
 
-@dataclass
-class IcrlSituation:
-    """What scripted policies see: the live episode, and the replicate's past outcomes."""
-
-    env: Environment
-    rng: np.random.Generator
-    outcomes: list[tuple[str, float]]  # every earlier step of the replicate: action, reward
-
-    def legal_actions(self) -> list[str]:
-        return self.env.legal_actions()
-
-    def expert_action(self) -> str:
-        return self.env.expert_action()
-
-    def random_action(self) -> str:
-        return self.env.random_action(self.rng)
-
-    def past_outcomes(self) -> list[tuple[str, float]]:
-        return self.outcomes
-
-
 async def play_icrl_episode(
     plan: IcrlPlan,
     policy: Policy,
@@ -471,7 +450,7 @@ async def play_icrl_episode(
     unit_rng = [config.seed, replicate, episode]
     execution = FollowTheAnswer(env, np.random.default_rng([*unit_rng, _FALLBACK_STREAM]))
     outcomes = [(a, r) for e in state.episodes for _, a, r in e.steps]
-    situation = IcrlSituation(env, np.random.default_rng([*unit_rng, _POLICY_STREAM]), outcomes)
+    situation = LiveSituation(env, np.random.default_rng([*unit_rng, _POLICY_STREAM]), outcomes)
     rules = StepRules(config.observation, exact_answers=config.answer_match == "exact")
     current: list[tuple[Observation, str, float]] = []
     tally = EpisodeTally()
