@@ -43,6 +43,8 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "--contexts": (1, 10_000),
     "--replicates": (1, 10_000),
     "--temperature": (0, 2),
+    "--eval-every": (1, _INT_LIMIT),
+    "--eval-size": (1, 100_000),
     "--context-window": (1, _INT_LIMIT),
     "--threads": (1, 1024),
     "--max-connections": (1, 10_000),
@@ -220,6 +222,19 @@ def _add_icrl_options(run: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--temperature", type=float, default=0.0, help="sampling temperature (default: 0)"
+    )
+    group.add_argument(
+        "--eval-every",
+        type=int,
+        metavar="K",
+        help="classification: before episode 0 and every K episodes, label held-out "
+        "examples with that episode's context (never added to a context)",
+    )
+    group.add_argument(
+        "--eval-size",
+        type=int,
+        default=100,
+        help="held-out examples per evaluation (default: %(default)s)",
     )
 
 
@@ -413,6 +428,8 @@ _REGIME_OPTIONS: dict[str, tuple[frozenset[str], object]] = {
             ("--history", "raw"),
             ("--reset", None),
             ("--temperature", 0.0),
+            ("--eval-every", None),
+            ("--eval-size", 100),
         )
     },
 }
@@ -458,6 +475,8 @@ def _run_config(args: argparse.Namespace) -> RegimeConfig:
             temperature=args.temperature,
             max_steps=args.max_steps,
             replicates=args.replicates,
+            eval_every=args.eval_every,
+            eval_size=args.eval_size,
         )
     return make_config(
         args.task,

@@ -98,9 +98,12 @@ def run_row(store: RunStore, run: RunRecord) -> dict[str, Any] | None:
         config = parse_config(run.config)
     except (TypeError, ValidationError):
         return _foreign_row(run, finished)  # an unknown regime's run, or a newer release's
+    regime = regime_of(config)
+    finished = {unit: e for unit, e in finished.items() if regime.is_scored(config, unit)}
+    if not finished:
+        return None
     baselines = _baselines(store, config, finished)
     row = _scores_row(run, finished, baselines)
-    regime = regime_of(config)
     described = {name: getattr(config, name) for name in ("regime", "task", "observation", "model")}
     try:
         measures = regime.measures(

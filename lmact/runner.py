@@ -198,11 +198,12 @@ class Runner:
                 self.store.release_claims()
         failures.raise_if_any(len(todo))
         records = self.store.finished_episodes(config.run_id)
+        scored = [unit for unit in units if regime_of(config).is_scored(config, unit)]
         tally = prepared.policy.tally
         return RunResult(
             config=config,
             prepared=prepared,
-            episodes=[records[unit] for unit in units],
+            episodes=[records[unit] for unit in scored],
             calls_made=tally.calls_made,
             calls_cached=tally.calls_cached,
             retries=tally.retries,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from helpers import StubModel, lmact
 
-from lmact.demos import DemoStore
+from lmact.demos import DEMO_SEED_BASE, DemoStore
 from lmact.envs.base import Observation
 from lmact.models.base import ModelCallError, ModelRequest, ModelResponse, TextPart
 from lmact.policies import Policies
@@ -274,3 +274,33 @@ def test_unsemantic_labels_are_meaningless_ids_and_a_bad_dataset_is_one_line(
                    "--store", "s.sqlite", cwd=tmp_path)  # fmt: skip
     assert broken.returncode == 2 and broken.stderr.count("\n") == 1
     assert "example 1 lacks" in broken.stderr
+
+
+def test_held_out_evaluations_use_the_context_and_never_enter_one(
+    tmp_path: Path, demo_store: DemoStore
+) -> None:
+    config = make_icrl_config("classification", model="test/recorder", replicates=2,
+                              eval_every=3, eval_size=8)  # fmt: skip
+    recorder = PromptRecorder()
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        runner = reader_runner(store, demo_store, recorder)
+        summary = runner.evaluate(config, 7)
+    assert summary.episodes == 14  # the evaluations are not episodes of the score
+    env = get_task("classification").make_environment()
+    held_out = []
+    for example in range(8):
+        env.reset(DEMO_SEED_BASE + example)
+        held_out.append((env.text, env.expert_action()))
+    first_label = env.legal_actions()[0]
+    expected = sum(gold == first_label for _, gold in held_out) / 8
+    points = summary.details["held_out_accuracy"]
+    assert [p["episode"] for p in points] == [0, 3, 6]
+    assert all(p["accuracy"] == pytest.approx(expected) for p in points)
+    # Per replicate: 3 evaluations of 8 prompts and 7 episodes. The two replicates'
+    # first evaluations, with nothing in context yet, are the same prompts: cached.
+    assert summary.calls_made + summary.calls_cached == 2 * (3 * 8 + 7)
+    evaluations = [t for t in recorder.texts if any(text in t for text, _ in held_out)]
+    assert len(evaluations) == 2 * 3 * 8 - 8 and summary.calls_cached == 8
+    for text in recorder.texts:  # a held-out input is never shown as an earlier attempt
+        assert not any(f"Text: {held}\nLabels" in text.split("The current attempt")[0]
+                       for held, _ in held_out)  # fmt: skip

@@ -128,6 +128,11 @@ class Regime(ABC, Generic[Config, Plan]):
         """Everything a run needs before its first call; fails before any model work.
         `units` are those to play, first first (none: the run is read back)."""
 
+    def is_scored(self, config: Config, unit: int) -> bool:
+        """Whether a unit is an episode of the run's score (not, say, a held-out
+        evaluation that only a measure reads)."""
+        return True
+
     @abstractmethod
     def unit_seed(self, config: Config, unit: int) -> int:
         """The seed unit `unit` starts from (stored with it); LmactError if out of range."""

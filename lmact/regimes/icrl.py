@@ -46,6 +46,7 @@ from lmact.resources import data_dir
 from lmact.scoring import (
     BanditMeasures,
     bandit_measures,
+    bootstrap_ci,
     final_share_mean,
     learning_curve,
     normalized_score,
@@ -57,6 +58,10 @@ VARIANTS = ("naive", "naive-positive", "stochastic", "approximate", "supervised"
 HISTORIES = ("raw", "summary")
 RESETS = ("same", "fresh")
 REPLICATE_STRIDE = MAX_EPISODES  # units of one replicate: r * stride + e
+# A replicate's held-out evaluations are units r * stride + EVALUATION_OFFSET + k (point k):
+# episodes of a replicate stay below the offset.
+EVALUATION_OFFSET = REPLICATE_STRIDE // 2
+DEFAULT_EVAL_SIZE = 100
 DEFAULT_REPLICATES = 5
 # Environments whose return is a score rather than success: an episode succeeded when its
 # return beats the median of the replicate's earlier ones.
@@ -88,6 +93,11 @@ class IcrlConfig(PromptedConfig):
     temperature: float = Field(0.0, ge=0, le=2)
     max_steps: int = Field(gt=0)
     replicates: int = Field(DEFAULT_REPLICATES, gt=0)
+    # Classification: every `eval_every` episodes (and before the first), the model labels
+    # the first `eval_size` held-out examples with that episode's context; these answers
+    # never enter a context.
+    eval_every: int | None = Field(None, gt=0)
+    eval_size: int = Field(DEFAULT_EVAL_SIZE, gt=0)
 
 
 def make_icrl_config(
@@ -103,6 +113,8 @@ def make_icrl_config(
     temperature: float = 0.0,
     max_steps: int | None = None,
     replicates: int = DEFAULT_REPLICATES,
+    eval_every: int | None = None,
+    eval_size: int = DEFAULT_EVAL_SIZE,
     **options: Any,
 ) -> IcrlConfig:
     """An in-context RL configuration, checked; `options` as for `make_replay_config`.
@@ -119,10 +131,13 @@ def make_icrl_config(
             raise UnknownNameError(flag, value, accepted)
     if history == "summary" and spec.environment != "bandit":
         raise LmactError("--history summary summarizes bandit rounds; give a bandit task")
+    if eval_every is not None and spec.environment != "classification":
+        raise LmactError("--eval-every labels held-out examples; give a classification task")
     check_counts(
         at_least_0={},
         positive={"--contexts": contexts, "--token-budget": token_budget,
-                  "--max-steps": max_steps, "--replicates": replicates},
+                  "--max-steps": max_steps, "--replicates": replicates,
+                  "--eval-every": eval_every, "--eval-size": eval_size},
     )  # fmt: skip
     if not 0 < p_keep <= 1:
         raise LmactError(f"--p-keep must be in (0, 1], not {p_keep}")
@@ -139,6 +154,8 @@ def make_icrl_config(
         temperature=temperature,
         max_steps=max_steps or spec.max_steps,
         replicates=replicates,
+        eval_every=eval_every,
+        eval_size=eval_size,
     )
 
 
@@ -232,12 +249,32 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         plan = IcrlPlan(config, task, policy, budget, context.stored_steps)
         return PreparedRun(config, policy, RunFacts(details={"budget": budget}), plan)
 
+    def units(self, config: IcrlConfig, episodes: int) -> range:
+        if episodes > EVALUATION_OFFSET:
+            raise LmactError(f"--episodes must be at most {EVALUATION_OFFSET} in --regime icrl")
+        return super().units(config, episodes)
+
     def chains(self, config: IcrlConfig, episodes: int) -> list[list[int]]:
-        units = self.units(config, episodes)
-        return [[r * REPLICATE_STRIDE + e for e in units] for r in range(config.replicates)]
+        """One chain per replicate: its episodes in order, each held-out evaluation just
+        before the episode whose context it uses."""
+        chains = []
+        for replicate in range(config.replicates):
+            base, chain = replicate * REPLICATE_STRIDE, []
+            for episode in self.units(config, episodes):
+                if config.eval_every is not None and episode % config.eval_every == 0:
+                    chain.append(base + EVALUATION_OFFSET + episode // config.eval_every)
+                chain.append(base + episode)
+            chains.append(chain)
+        return chains
+
+    def is_scored(self, config: IcrlConfig, unit: int) -> bool:
+        return unit % REPLICATE_STRIDE < EVALUATION_OFFSET
 
     def unit_seed(self, config: IcrlConfig, unit: int) -> int:
+        """An episode's start; for an evaluation, the first held-out example's seed."""
         replicate, episode = divmod(unit, REPLICATE_STRIDE)
+        if episode >= EVALUATION_OFFSET:
+            return DEMO_SEED_BASE
         start = config.seed + replicate
         if get_task(config.task).environment == "bandit":
             # One instance per replicate (or per episode, fresh); the round draws its reward.
@@ -258,6 +295,8 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         unit: int,
         on_step: Callable[[StepRecord], None],
     ) -> EpisodeRecord:
+        if not self.is_scored(prepared.config, unit):
+            return await evaluate_held_out(prepared.plan, policy, unit, on_step, self.unit_seed)
         return await play_icrl_episode(prepared.plan, policy, unit, on_step, self.unit_seed)
 
     def baseline(self, config: IcrlConfig, policy: str) -> IcrlConfig:
@@ -308,7 +347,34 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
             )  # fmt: skip
         if get_task(config.task).environment == "bandit":
             measures |= vars(self._bandit(config, episodes, stored_steps))
+        if config.eval_every is not None:
+            measures["held_out_accuracy"] = self._held_out(config, returns, stored_steps)
         return measures
+
+    def _held_out(
+        self,
+        config: IcrlConfig,
+        returns: list[list[float]],
+        stored_steps: Callable[[int], list[StepRecord]],
+    ) -> list[dict[str, float]]:
+        """Per evaluation point: the episode it preceded and the held-out accuracy, the
+        mean across replicates with its 95% interval."""
+        every = config.eval_every or 1
+        points = []
+        for point in range(-(-max(len(r) for r in returns) // every)):
+            accuracies = []
+            for replicate in range(len(returns)):
+                unit = replicate * REPLICATE_STRIDE + EVALUATION_OFFSET + point
+                steps = stored_steps(unit)
+                if steps:
+                    accuracies.append(sum(s.reward for s in steps) / len(steps))
+            if accuracies:
+                low, high = bootstrap_ci(accuracies)
+                mean = sum(accuracies) / len(accuracies)
+                points.append(
+                    {"episode": point * every, "accuracy": mean, "low": low, "high": high}
+                )
+        return points
 
     def _bandit(
         self,
@@ -434,6 +500,80 @@ def _summary(plan: IcrlPlan, episodes: Sequence[PastEpisode], actions: Sequence[
     return "".join(lines) + "\n"
 
 
+def icrl_request(
+    plan: IcrlPlan,
+    shown: Sequence[PastEpisode],
+    current: Sequence[tuple[Observation, str, float]],
+    observation: Observation,
+    legal: Sequence[str],
+    seed: int,
+) -> ModelRequest:
+    """A step's request: the preamble and the earlier episodes shown (or their summary) as
+    the stable prefix, then the current episode so far with its rewards."""
+    config = plan.config
+    prefix: list[Part] = [TextPart(plan.template("preamble"))]
+    if config.history == "summary":
+        prefix.append(TextPart(_summary(plan, shown, legal)))
+    else:
+        prefix += [part for e in shown for part in e.text]
+    now: list[Part] = [TextPart(plan.template("current_episode"))]
+    for seen, action, reward in current:
+        now += _step_text(seen, action, reward)
+    now += _step_text(observation, None, None)
+    if config.show_legal_actions:
+        now.append(TextPart(f"Legal actions: {', '.join(legal)}\n"))
+    now.append(TextPart(plan.template("instruction")))
+    stable = merge_text_parts(prefix)
+    return ModelRequest(
+        parts=stable + merge_text_parts(now),
+        stable_prefix_parts=len(stable),
+        answer_prefix=ACTION_LABEL,
+        stop=("\n",),
+        max_tokens=config.max_tokens,
+        temperature=config.temperature,
+        seed=seed,
+    )
+
+
+async def evaluate_held_out(
+    plan: IcrlPlan,
+    policy: Policy,
+    unit: int,
+    on_step: Callable[[StepRecord], None],
+    seed_of: Callable[[IcrlConfig, int], int],
+) -> EpisodeRecord:
+    """Label the first `eval_size` held-out examples, each with the context that the
+    evaluation's episode has at its first step; nothing of it enters a context."""
+    config = plan.config
+    replicate, offset = divmod(unit, REPLICATE_STRIDE)
+    episode = (offset - EVALUATION_OFFSET) * (config.eval_every or 1)
+    state = _history(plan, replicate, episode, seed_of)
+    chosen = select_context(plan, state, replicate, episode, 0)
+    shown = [state.episodes[i] for i in chosen]
+    env = plan.task.make_environment()
+    unit_rng = [config.seed, replicate, offset]
+    execution = FollowTheAnswer(env, np.random.default_rng([*unit_rng, _FALLBACK_STREAM]))
+    situation = LiveSituation(env, np.random.default_rng([*unit_rng, _POLICY_STREAM]))
+    rules = StepRules(config.observation, exact_answers=config.answer_match == "exact")
+    tally = EpisodeTally()
+    try:
+        for example in range(config.eval_size):
+            seed = DEMO_SEED_BASE + example  # the held-out split
+
+            def build_request(observation: Observation, legal: Sequence[str]) -> ModelRequest:
+                return icrl_request(plan, shown, (), observation, legal, seed)  # noqa: B023
+
+            env.reset(seed)
+            played = await play_step(env, policy, build_request, rules, situation=situation,
+                                     execution=execution, episode=unit, step=example)  # fmt: skip
+            record = replace(played.record, context=tuple(chosen))
+            tally.add(record)
+            on_step(record)
+    finally:
+        env.close()
+    return tally.record(unit, DEMO_SEED_BASE, True, "evaluated")
+
+
 async def play_icrl_episode(
     plan: IcrlPlan,
     policy: Policy,
@@ -459,28 +599,7 @@ async def play_icrl_episode(
 
     def build_request(observation: Observation, legal: Sequence[str]) -> ModelRequest:
         shown = [state.episodes[i] for i in chosen]
-        prefix: list[Part] = [TextPart(plan.template("preamble"))]
-        if config.history == "summary":
-            prefix.append(TextPart(_summary(plan, shown, env.legal_actions())))
-        else:
-            prefix += [part for e in shown for part in e.text]
-        now: list[Part] = [TextPart(plan.template("current_episode"))]
-        for seen, action, reward in current:
-            now += _step_text(seen, action, reward)
-        now += _step_text(observation, None, None)
-        if config.show_legal_actions:
-            now.append(TextPart(f"Legal actions: {', '.join(legal)}\n"))
-        now.append(TextPart(plan.template("instruction")))
-        stable = merge_text_parts(prefix)
-        return ModelRequest(
-            parts=stable + merge_text_parts(now),
-            stable_prefix_parts=len(stable),
-            answer_prefix=ACTION_LABEL,
-            stop=("\n",),
-            max_tokens=config.max_tokens,
-            temperature=config.temperature,
-            seed=seed,
-        )
+        return icrl_request(plan, shown, current, observation, legal, seed)
 
     gold: list[str] = []
     try:
