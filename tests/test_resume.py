@@ -1,6 +1,6 @@
 """A run killed with SIGKILL resumes (imitation, and in-context RL): finished episodes are
-kept, and no model call that
-had succeeded is made again. Uses the real local model in a real `lmact run` process."""
+kept, and no model call that had succeeded is made again. Uses the real local model in a
+real `lmact run` process."""
 
 from __future__ import annotations
 
