@@ -304,3 +304,29 @@ def test_held_out_evaluations_use_the_context_and_never_enter_one(
     for text in recorder.texts:  # a held-out input is never shown as an earlier attempt
         assert not any(f"Text: {held}\nLabels" in text.split("The current attempt")[0]
                        for held, _ in held_out)  # fmt: skip
+
+
+def test_a_summarized_history_shows_counts_and_means_instead_of_rounds(
+    tmp_path: Path, demo_store: DemoStore
+) -> None:
+    config = make_icrl_config("bandit_easy", model="test/reader", history="summary",
+                              replicates=1)  # fmt: skip
+    reader = RewardReader(ignores_rewards=True)
+    texts: list[str] = []
+    answer = reader.complete
+
+    async def recording(request: ModelRequest) -> ModelResponse:
+        texts.append("".join(p.text for p in request.parts if isinstance(p, TextPart)))
+        return await answer(request)
+
+    reader.complete = recording  # type: ignore[method-assign]
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        reader_runner(store, demo_store, reader).run(config, 9)
+        rewards = [s.reward for s in store.steps(config.run_id)]
+    last = texts[-1]
+    assert "Attempt" not in last and "Reward:" not in last
+    lines = re.findall(r"- (\w+): chosen (\d+) times, mean reward ([\d.]+|n/a)", last)
+    assert len(lines) == 4 and sum(int(n) for _, n, _ in lines) == 8
+    pressed = {button: (int(n), mean) for button, n, mean in lines if int(n)}
+    ((_, (count, mean)),) = pressed.items()  # the ignorer always presses the first
+    assert count == 8 and float(mean) == pytest.approx(sum(rewards[:8]) / 8, abs=0.005)
