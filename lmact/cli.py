@@ -238,6 +238,25 @@ def _add_icrl_options(run: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_dataset_options(run: argparse.ArgumentParser) -> None:
+    """A user's dataset for a classification task."""
+    group = run.add_argument_group("a dataset of your own (classification tasks)")
+    group.add_argument(
+        "--dataset",
+        type=Path,
+        metavar="PATH",
+        help="a JSONL or CSV file of labelled texts: the stream episodes draw from",
+    )
+    group.add_argument(
+        "--held-out",
+        type=Path,
+        metavar="PATH",
+        help="held-out examples (demonstrations, --eval-every); default: the --dataset file",
+    )
+    group.add_argument("--text-field", default="text", help="default: %(default)s")
+    group.add_argument("--label-field", default="label", help="default: %(default)s")
+
+
 def _add_execution_options(run: argparse.ArgumentParser) -> None:
     """How a run is carried out and reported."""
     run.add_argument(
@@ -334,6 +353,7 @@ def _add_run_command(commands: argparse._SubParsersAction) -> None:
     _add_episode_options(run)
     _add_prompt_options(run)
     _add_icrl_options(run)
+    _add_dataset_options(run)
     _add_execution_options(run)
     _add_remote_options(run)
     _add_storage_options(run)
@@ -391,6 +411,13 @@ def _command_run(args: argparse.Namespace) -> None:
     from lmact.store import RunStore
     from lmact.tasks import get_task
 
+    if args.dataset is not None:
+        from lmact.tasks import dataset_task
+
+        fields = (args.text_field, args.label_field)
+        args.task = dataset_task(get_task(args.task), args.dataset, args.held_out, *fields).name
+    elif args.held_out is not None:
+        raise LmactError("--held-out needs --dataset")
     config = _run_config(args)
     episodes = args.episodes if args.episodes is not None else get_task(args.task).episodes
     options = _model_options(args)

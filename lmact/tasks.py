@@ -150,6 +150,38 @@ def load_task_file(path: Path) -> TaskSpec:
     return spec
 
 
+def dataset_task(
+    base: TaskSpec,
+    dataset: Path,
+    held_out: Path | None = None,
+    text_field: str = "text",
+    label_field: str = "label",
+) -> TaskSpec:
+    """A classification task over a user's JSONL or CSV file, registered in this process.
+    Its name holds a hash of the files' content and the fields, so another file (or an
+    edited one) is another task, and the same command resumes the same runs."""
+    if base.environment != "classification":
+        raise LmactError(f"--dataset applies to classification tasks, not {base.name}")
+    files = [dataset, held_out or dataset]
+    digest = hashlib.sha256(f"{text_field}\0{label_field}".encode())
+    for path in files:
+        if not path.is_file():
+            raise LmactError(f"--dataset: no such file {path}")
+        digest.update(path.read_bytes())
+    options = {
+        **base.options,
+        "stream": str(files[0].resolve()),
+        "held_out": str(files[1].resolve()),
+        "text_field": text_field,
+        "label_field": label_field,
+    }
+    name = f"{base.name}-{dataset.stem}-{digest.hexdigest()[:8]}"
+    spec = base.model_copy(update={"name": name, "options": options})
+    spec.make_environment()  # the files read, or a one-line error naming the problem
+    _specs_from_files[name] = spec
+    return spec
+
+
 def get_task(name: str) -> TaskSpec:
     """A task by name, or by the path of its spec file (`variants/my_task.toml`)."""
     if _is_path(name):

@@ -330,3 +330,38 @@ def test_a_summarized_history_shows_counts_and_means_instead_of_rounds(
     pressed = {button: (int(n), mean) for button, n, mean in lines if int(n)}
     ((_, (count, mean)),) = pressed.items()  # the ignorer always presses the first
     assert count == 8 and float(mean) == pytest.approx(sum(rewards[:8]) / 8, abs=0.005)
+
+
+def test_a_dataset_of_ones_own_runs_from_the_command_line(tmp_path: Path) -> None:
+    data = tmp_path / "intents.jsonl"
+    rows = [("book a table", "restaurant"), ("wake me at six", "alarm"), ("play jazz", "music")]
+    data.write_text("".join(json.dumps({"q": q, "intent": i}) + "\n" for q, i in rows))
+    args = ["run", "--regime", "icrl", "--task", "classification", "--dataset", str(data),
+            "--text-field", "q", "--label-field", "intent", "--episodes", "6",
+            "--replicates", "1", "--json", "--store", "s.sqlite",
+            "--cache-dir", "cache"]  # fmt: skip
+    done = lmact(*args, "--model", "expert", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["task"].startswith("classification-intents-") and summary["mean_return"] == 1.0
+    random = lmact(*args, "--model", "random", cwd=tmp_path)
+    assert json.loads(random.stdout)["task"] == summary["task"]  # the same file: the same task
+    data.write_text(data.read_text() + json.dumps({"q": "call mum", "intent": "phone"}) + "\n")
+    edited = lmact(*args, "--model", "expert", cwd=tmp_path)
+    assert json.loads(edited.stdout)["task"] != summary["task"]  # edited: another task
+    wrong = lmact(
+        "run",
+        "--regime",
+        "icrl",
+        "--task",
+        "classification",
+        "--dataset",
+        str(data),
+        "--model",
+        "random",
+        "--store",
+        "s.sqlite",
+        cwd=tmp_path,
+    )  # default fields
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1
+    assert "lacks a text 'text'" in wrong.stderr
