@@ -392,6 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
         "across replicates, with its 95%% interval) instead of the table of runs",
     )
     report.add_argument(
+        "--plot",
+        type=Path,
+        metavar="DIR",
+        help="also draw the learning curves, one PNG per task, into DIR "
+        "(needs matplotlib: pip install 'lmact[report]')",
+    )
+    report.add_argument(
         "--store", type=Path, default=DEFAULT_STORE, help="the run store (default: %(default)s)"
     )
 
@@ -710,6 +717,11 @@ def _command_report(args: argparse.Namespace) -> None:
         raise LmactError(f"no run store at {args.store}; start with `lmact run`")
     with RunStore(args.store) as store:
         rows = report_rows(store)
+    if args.plot is not None:
+        from lmact.plots import write_learning_curves
+
+        for path in write_learning_curves(curve_rows(rows), args.plot):
+            print(f"lmact: wrote {path}", file=sys.stderr)
     if args.curves:
         curves = curve_rows(rows)
         if not curves and args.format != "csv":

@@ -365,3 +365,30 @@ def test_a_dataset_of_ones_own_runs_from_the_command_line(tmp_path: Path) -> Non
     )  # default fields
     assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1
     assert "lacks a text 'text'" in wrong.stderr
+
+
+def test_the_learning_curve_plot_shows_each_runs_curve_and_band(
+    runner: Runner, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    from lmact.plots import learning_curve_figures, write_learning_curves
+    from lmact.report import curve_rows, report_rows
+
+    runner.evaluate(make_icrl_config("bandit_hard", model="ucb1", replicates=4), 15)
+    curves = curve_rows(report_rows(runner.store))
+    (figure,) = learning_curve_figures(curves).values()
+    (axes,) = figure.axes
+    assert axes.get_xlabel() == "episode" and "95% interval" in axes.get_ylabel()
+    drawn = {line.get_label(): list(line.get_ydata()) for line in axes.get_lines()}
+    assert set(drawn) == {"ucb1 (naive)", "random (naive)", "expert (naive)"}
+    ucb1 = [p["mean"] for p in curves if p["model"] == "ucb1"]
+    assert drawn["ucb1 (naive)"] == ucb1 and len(ucb1) == 15
+    assert len(axes.collections) == 3  # a band per line
+    (path,) = write_learning_curves(curves, tmp_path / "plots")
+    assert path.name == "bandit_hard-learning-curves.png"
+    image = Image.open(path).convert("RGB")
+    assert image.size == (770, 462)
+    pixels = np.asarray(image).astype(int)
+    coloured = int(((pixels.max(axis=2) - pixels.min(axis=2)) > 60).sum())
+    assert coloured > 2000  # the lines and bands, not only axes and text
