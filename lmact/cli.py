@@ -255,6 +255,11 @@ def _add_dataset_options(run: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--text-field", default="text", help="default: %(default)s")
     group.add_argument("--label-field", default="label", help="default: %(default)s")
+    group.add_argument(
+        "--unsemantic-labels",
+        action="store_true",
+        help="replace the labels by meaningless ids (L01, L02 … in sorted order)",
+    )
 
 
 def _add_execution_options(run: argparse.ArgumentParser) -> None:
@@ -418,13 +423,7 @@ def _command_run(args: argparse.Namespace) -> None:
     from lmact.store import RunStore
     from lmact.tasks import get_task
 
-    if args.dataset is not None:
-        from lmact.tasks import dataset_task
-
-        fields = (args.text_field, args.label_field)
-        args.task = dataset_task(get_task(args.task), args.dataset, args.held_out, *fields).name
-    elif args.held_out is not None:
-        raise LmactError("--held-out needs --dataset")
+    _derive_task(args)
     config = _run_config(args)
     episodes = args.episodes if args.episodes is not None else get_task(args.task).episodes
     options = _model_options(args)
@@ -475,6 +474,19 @@ def _check_regime_options(args: argparse.Namespace) -> None:
         given = getattr(args, flag.removeprefix("--").replace("-", "_")) != default
         if given and args.regime not in regimes:
             raise LmactError(f"{flag} does not apply to --regime {args.regime}")
+
+
+def _derive_task(args: argparse.Namespace) -> None:
+    """--dataset and --unsemantic-labels: the classification task they make, by name."""
+    from lmact.tasks import dataset_task, get_task, unsemantic_task
+
+    if args.dataset is not None:
+        fields = (args.text_field, args.label_field)
+        args.task = dataset_task(get_task(args.task), args.dataset, args.held_out, *fields).name
+    elif args.held_out is not None:
+        raise LmactError("--held-out needs --dataset")
+    if args.unsemantic_labels:
+        args.task = unsemantic_task(get_task(args.task)).name
 
 
 def _run_config(args: argparse.Namespace) -> RegimeConfig:

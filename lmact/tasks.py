@@ -150,6 +150,23 @@ def load_task_file(path: Path) -> TaskSpec:
     return spec
 
 
+def unsemantic_task(base: TaskSpec) -> TaskSpec:
+    """A classification task with its labels replaced by meaningless ids, registered in
+    this process as `<task>-unsemantic`."""
+    if base.environment != "classification":
+        raise LmactError(f"--unsemantic-labels applies to classification tasks, not {base.name}")
+    options = {**base.options, "unsemantic_labels": True}
+    return _register(
+        base.model_copy(update={"name": f"{base.name}-unsemantic", "options": options})
+    )
+
+
+def _register(spec: TaskSpec) -> TaskSpec:
+    spec.make_environment()  # its files read, or a one-line error naming the problem
+    _specs_from_files[spec.name] = spec
+    return spec
+
+
 def dataset_task(
     base: TaskSpec,
     dataset: Path,
@@ -176,10 +193,7 @@ def dataset_task(
         "label_field": label_field,
     }
     name = f"{base.name}-{dataset.stem}-{digest.hexdigest()[:8]}"
-    spec = base.model_copy(update={"name": name, "options": options})
-    spec.make_environment()  # the files read, or a one-line error naming the problem
-    _specs_from_files[name] = spec
-    return spec
+    return _register(base.model_copy(update={"name": name, "options": options}))
 
 
 def get_task(name: str) -> TaskSpec:

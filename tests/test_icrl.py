@@ -30,7 +30,7 @@ from lmact.regimes.icrl import (
 )
 from lmact.runner import Runner
 from lmact.store import RunStore
-from lmact.tasks import get_task
+from lmact.tasks import get_task, unsemantic_task
 
 _ROUND = re.compile(r"^Action: (\w+)\nReward: ([01])$", re.MULTILINE)
 _BUTTONS = re.compile(r"Buttons: ([\w, ]+)\.")
@@ -253,7 +253,7 @@ def test_classification_contexts_show_feedback_or_gold_labels(
 def test_unsemantic_labels_are_meaningless_ids_and_a_bad_dataset_is_one_line(
     tmp_path: Path,
 ) -> None:
-    env = get_task("classification_unsemantic").make_environment()
+    env = unsemantic_task(get_task("classification")).make_environment()
     env.reset(0)
     assert env.legal_actions() == [f"L{k:02d}" for k in range(1, 13)]
     assert env.expert_action() in env.legal_actions()
@@ -346,6 +346,12 @@ def test_a_dataset_of_ones_own_runs_from_the_command_line(tmp_path: Path) -> Non
     assert summary["task"].startswith("classification-intents-") and summary["mean_return"] == 1.0
     random = lmact(*args, "--model", "random", cwd=tmp_path)
     assert json.loads(random.stdout)["task"] == summary["task"]  # the same file: the same task
+    ids = lmact(*args, "--model", "expert", "--unsemantic-labels", cwd=tmp_path)
+    assert json.loads(ids.stdout)["task"] == summary["task"] + "-unsemantic"
+    with RunStore(tmp_path / "s.sqlite") as store:
+        runs = [r for r in store.runs() if r.config["task"].endswith("-unsemantic")]
+        actions = {s.action for run in runs for s in store.steps(run.run_id)}
+        assert runs and actions <= {"L01", "L02", "L03"}
     data.write_text(data.read_text() + json.dumps({"q": "call mum", "intent": "phone"}) + "\n")
     edited = lmact(*args, "--model", "expert", cwd=tmp_path)
     assert json.loads(edited.stdout)["task"] != summary["task"]  # edited: another task
