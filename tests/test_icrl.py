@@ -219,7 +219,7 @@ class PromptRecorder(StubModel):
         text = "".join(p.text for p in request.parts if isinstance(p, TextPart))
         self.texts.append(text)
         labels = re.findall(r"Labels: (.*)", text)[-1].split(", ")
-        return ModelResponse(text=labels[0])
+        return ModelResponse(text=labels[0], prompt_tokens=len(text) // 4)
 
 
 @pytest.mark.parametrize("variant", ["naive", "supervised"])
@@ -398,3 +398,14 @@ def test_the_learning_curve_plot_shows_each_runs_curve_and_band(
     pixels = np.asarray(image).astype(int)
     coloured = int(((pixels.max(axis=2) - pixels.min(axis=2)) > 60).sum())
     assert coloured > 2000  # the lines and bands, not only axes and text
+
+
+def test_the_context_length_is_reported_per_episode(tmp_path: Path, demo_store: DemoStore) -> None:
+    config = make_icrl_config("classification", model="test/recorder", replicates=2)
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        summary = reader_runner(store, demo_store, PromptRecorder()).evaluate(config, 5)
+    lengths = summary.details["context_length"]
+    assert [p["episode"] for p in lengths] == [0, 1, 2, 3, 4]
+    assert [p["examples"] for p in lengths] == [0, 1, 2, 3, 4]  # naive: every earlier one
+    tokens = [p["prompt_tokens"] for p in lengths]
+    assert tokens == sorted(tokens) and tokens[0] > 0

@@ -69,7 +69,14 @@ SCORE_VALUED = frozenset({"phoenix", "cheetah"})
 # Share of a known context window the context may fill, as in the reference code.
 WINDOW_SHARE = 0.95
 _FALLBACK_STREAM, _POLICY_STREAM, _CONTEXT_STREAM, _JOIN_STREAM = 1, 2, 5, 6
-TEMPLATE_NAMES = ("preamble", "past_episode", "summary", "current_episode", "instruction")
+TEMPLATE_NAMES = (
+    "preamble",
+    "past_episode",
+    "past_episode_total",
+    "summary",
+    "current_episode",
+    "instruction",
+)
 
 
 def icrl_prompts(folder: str | None) -> Path:
@@ -216,13 +223,18 @@ def past_episode(
     (`gold`, one per step) instead of those played, and no rewards."""
     total = sum(reward for _, _, reward in steps)
     supervised = plan.config.variant == "supervised"
-    heading = plan.template("past_episode", number=index + 1, total=f"{total:g}")
-    parts: list[Part] = [TextPart("" if supervised else heading)]
+    parts: list[Part] = [
+        TextPart("" if supervised else plan.template("past_episode", number=index + 1))
+    ]
     for step, (observation, action, reward) in enumerate(steps):
         if supervised:
             parts += _step_text(observation, gold[step], None)
         else:
             parts += _step_text(observation, action, reward)
+    if not supervised:
+        parts.append(
+            TextPart(plan.template("past_episode_total", number=index + 1, total=f"{total:g}"))
+        )
     parts.append(TextPart("\n"))
     return PastEpisode(index, tuple(steps), total, tuple(parts), plan.policy.count_tokens(parts))
 
@@ -328,8 +340,9 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
     ) -> dict[str, Any]:
         """The learning curve across replicates, the final 10% mean (normalized like an
         imitation score), regret against the expert, and for bandits Krishnamurthy et
-        al.'s measures."""
+        al.'s measures; what the contexts held, per episode index."""
         returns = by_replicate(episodes)
+        steps = {record.episode: stored_steps(record.episode) for record in episodes}
         final = final_share_mean(returns)
         measures: dict[str, Any] = {
             "variant": config.variant,
@@ -345,8 +358,9 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
             measures["regret_vs_expert"] = float(
                 np.mean([sum(e) - sum(m) for e, m in zip(expert, returns, strict=True)])
             )  # fmt: skip
+        measures["context_length"] = context_lengths(episodes, steps)
         if get_task(config.task).environment == "bandit":
-            measures |= vars(self._bandit(config, episodes, stored_steps))
+            measures |= vars(self._bandit(config, episodes, steps.__getitem__))
         if config.eval_every is not None:
             measures["held_out_accuracy"] = self._held_out(config, returns, stored_steps)
         return measures
@@ -407,6 +421,27 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
 
     def describe(self, facts: RunFacts) -> str:
         return "its own earlier episodes in context"
+
+
+def context_lengths(
+    episodes: Sequence[EpisodeRecord], steps: dict[int, list[StepRecord]]
+) -> list[dict[str, float]]:
+    """Per episode index, the mean over replicates of what its first step's context held:
+    earlier episodes (`examples`) and the prompt's tokens as the model counted them."""
+    by_index: dict[int, list[StepRecord]] = {}
+    for record in episodes:
+        if steps.get(record.episode):
+            by_index.setdefault(record.episode % REPLICATE_STRIDE, []).append(
+                steps[record.episode][0]
+            )
+    return [
+        {
+            "episode": index,
+            "examples": float(np.mean([len(s.context or ()) for s in first])),
+            "prompt_tokens": float(np.mean([s.usage.prompt_tokens for s in first])),
+        }
+        for index, first in sorted(by_index.items())
+    ]
 
 
 def by_replicate(episodes: Sequence[EpisodeRecord]) -> list[list[float]]:
