@@ -570,6 +570,19 @@ def icrl_request(
     )
 
 
+def _step_setup(
+    plan: IcrlPlan, replicate: int, index: int, outcomes: list[tuple[str, float]]
+) -> tuple[Environment, FollowTheAnswer, LiveSituation, StepRules]:
+    """A unit's environment, the streams of its seed it draws from (the fallback for
+    answers that are not valid, the scripted policies'), and its answer rules."""
+    config = plan.config
+    env = plan.task.make_environment()
+    streams = [config.seed, replicate, index]
+    execution = FollowTheAnswer(env, np.random.default_rng([*streams, _FALLBACK_STREAM]))
+    situation = LiveSituation(env, np.random.default_rng([*streams, _POLICY_STREAM]), outcomes)
+    return env, execution, situation, StepRules(config.observation, config.answer_match == "exact")
+
+
 async def evaluate_held_out(
     plan: IcrlPlan,
     policy: Policy,
@@ -585,11 +598,7 @@ async def evaluate_held_out(
     state = _history(plan, replicate, episode, seed_of)
     chosen = select_context(plan, state, replicate, episode, 0)
     shown = [state.episodes[i] for i in chosen]
-    env = plan.task.make_environment()
-    unit_rng = [config.seed, replicate, offset]
-    execution = FollowTheAnswer(env, np.random.default_rng([*unit_rng, _FALLBACK_STREAM]))
-    situation = LiveSituation(env, np.random.default_rng([*unit_rng, _POLICY_STREAM]))
-    rules = StepRules(config.observation, exact_answers=config.answer_match == "exact")
+    env, execution, situation, rules = _step_setup(plan, replicate, offset, [])
     tally = EpisodeTally()
     try:
         for example in range(config.eval_size):
@@ -621,12 +630,8 @@ async def play_icrl_episode(
     replicate, episode = divmod(unit, REPLICATE_STRIDE)
     state = _history(plan, replicate, episode, seed_of)
     seed = seed_of(config, unit)
-    env = plan.task.make_environment()
-    unit_rng = [config.seed, replicate, episode]
-    execution = FollowTheAnswer(env, np.random.default_rng([*unit_rng, _FALLBACK_STREAM]))
     outcomes = [(a, r) for e in state.episodes for _, a, r in e.steps]
-    situation = LiveSituation(env, np.random.default_rng([*unit_rng, _POLICY_STREAM]), outcomes)
-    rules = StepRules(config.observation, exact_answers=config.answer_match == "exact")
+    env, execution, situation, rules = _step_setup(plan, replicate, episode, outcomes)
     current: list[tuple[Observation, str, float]] = []
     tally = EpisodeTally()
     terminated, end_reason = False, STEP_LIMIT
