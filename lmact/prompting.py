@@ -60,12 +60,16 @@ def template(name: str, folder: Path | None = None) -> Template:
         raise LmactError(f"prompt template {path} is {reason}") from None
 
 
-def check_templates(folder: Path | str | None = None) -> None:
-    """Every template present and filled by exactly its placeholders: one-line errors."""
+def check_templates(
+    folder: Path | str | None = None,
+    names: dict[str, frozenset[str]] = TEMPLATE_FIELDS,
+) -> None:
+    """Every template of `names` present and filled by exactly its placeholders (as
+    listed there): one-line errors."""
     base = prompts_folder(folder)
     if not base.is_dir():
         raise LmactError(f"--prompts {base} is not a folder of templates")
-    for name, fields in TEMPLATE_FIELDS.items():
+    for name, fields in names.items():
         text = template(name, base if folder is not None else None)
         try:
             text.substitute({field: "x" for field in fields})

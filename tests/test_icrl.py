@@ -409,3 +409,26 @@ def test_the_context_length_is_reported_per_episode(tmp_path: Path, demo_store: 
     assert [p["examples"] for p in lengths] == [0, 1, 2, 3, 4]  # naive: every earlier one
     tokens = [p["prompt_tokens"] for p in lengths]
     assert tokens == sorted(tokens) and tokens[0] > 0
+
+
+def test_a_prompts_folder_rewords_in_context_rl_and_a_broken_one_is_one_line(
+    tmp_path: Path, demo_store: DemoStore
+) -> None:
+    shipped = Path(__file__).parents[1] / "prompts" / "icrl"
+    folder = tmp_path / "mine" / "icrl"
+    folder.mkdir(parents=True)
+    for template in shipped.glob("*.txt"):
+        (folder / template.name).write_text(template.read_text())
+    (folder / "reward.txt").write_text("Points earned: $reward\n")
+    config = make_icrl_config("classification", model="test/recorder", replicates=1,
+                              prompts_dir=str(tmp_path / "mine"))  # fmt: skip
+    assert config.prompts != make_icrl_config("classification", model="random").prompts
+    recorder = PromptRecorder()
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        reader_runner(store, demo_store, recorder).run(config, 3)
+    assert "Points earned: 0" in recorder.texts[-1] and "Reward:" not in recorder.texts[-1]
+    (folder / "summary_line.txt").write_text("- $action: $times\n")
+    broken = lmact("run", "--regime", "icrl", "--task", "bandit_hard", "--prompts",
+                   str(tmp_path / "mine"), "--store", "s.sqlite", cwd=tmp_path)  # fmt: skip
+    assert broken.returncode == 2 and broken.stderr.count("\n") == 1
+    assert "summary_line.txt: unknown placeholder" in broken.stderr

@@ -38,7 +38,13 @@ from lmact.episode import EpisodeTally, FollowTheAnswer, LiveSituation, StepRule
 from lmact.errors import LmactError, UnknownNameError
 from lmact.models.base import ModelRequest, Part, TextPart, merge_text_parts
 from lmact.policies import Policy
-from lmact.prompting import ACTION_LABEL, observation_parts, template, templates_fingerprint
+from lmact.prompting import (
+    ACTION_LABEL,
+    check_templates,
+    observation_parts,
+    template,
+    templates_fingerprint,
+)
 from lmact.records import STEP_LIMIT, EpisodeRecord, StepRecord
 from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts
 from lmact.regimes.prompted import PromptedConfig, check_counts, check_sees, prompted_fields
@@ -69,14 +75,18 @@ SCORE_VALUED = frozenset({"phoenix", "cheetah"})
 # Share of a known context window the context may fill, as in the reference code.
 WINDOW_SHARE = 0.95
 _FALLBACK_STREAM, _POLICY_STREAM, _CONTEXT_STREAM, _JOIN_STREAM = 1, 2, 5, 6
-TEMPLATE_NAMES = (
-    "preamble",
-    "past_episode",
-    "past_episode_total",
-    "summary",
-    "current_episode",
-    "instruction",
-)
+# The in-context RL templates and the placeholders each is filled with.
+TEMPLATE_FIELDS: dict[str, frozenset[str]] = {
+    "preamble": frozenset(),
+    "past_episode": frozenset({"number"}),
+    "past_episode_total": frozenset({"number", "total"}),
+    "reward": frozenset({"reward"}),
+    "summary": frozenset(),
+    "summary_line": frozenset({"action", "count", "mean"}),
+    "current_episode": frozenset(),
+    "legal_actions": frozenset({"actions"}),
+    "instruction": frozenset(),
+}
 
 
 def icrl_prompts(folder: str | None) -> Path:
@@ -148,8 +158,12 @@ def make_icrl_config(
     )  # fmt: skip
     if not 0 < p_keep <= 1:
         raise LmactError(f"--p-keep must be in (0, 1], not {p_keep}")
+    # The in-context RL templates are DIR/icrl of a --prompts DIR: the imitation ones
+    # need not be there.
+    folder = options.pop("prompts_dir", None)
     fields = prompted_fields(spec, model=model, **options)
-    fields["prompts"] = _fingerprint(options.get("prompts_dir"))
+    fields["prompts"] = _fingerprint(folder)
+    fields["prompts_dir"] = str(Path(folder).resolve()) if folder is not None else None
     return IcrlConfig(
         **fields,
         variant=variant,  # type: ignore[arg-type] - checked above
@@ -168,8 +182,7 @@ def make_icrl_config(
 
 def _fingerprint(folder: str | None) -> str:
     path = icrl_prompts(folder)
-    for name in TEMPLATE_NAMES:
-        template(name, path)  # each present and readable, or a one-line error
+    check_templates(path, TEMPLATE_FIELDS)  # each present and well formed, or one line
     return templates_fingerprint(path)
 
 
@@ -203,13 +216,15 @@ class IcrlPlan:
         return template(name, icrl_prompts(self.config.prompts_dir)).substitute(values)
 
 
-def _step_text(observation: Observation, action: str | None, reward: float | None) -> list[Part]:
+def _step_text(
+    plan: IcrlPlan, observation: Observation, action: str | None, reward: float | None
+) -> list[Part]:
     """A step as the context shows it: its observation, then the action and its reward."""
     parts = observation_parts(observation)
     if action is not None:
         parts.append(TextPart(f"{ACTION_LABEL} {action}\n"))
     if reward is not None:
-        parts.append(TextPart(f"Reward: {reward:g}\n"))
+        parts.append(TextPart(plan.template("reward", reward=f"{reward:g}")))
     return parts
 
 
@@ -228,9 +243,9 @@ def past_episode(
     ]
     for step, (observation, action, reward) in enumerate(steps):
         if supervised:
-            parts += _step_text(observation, gold[step], None)
+            parts += _step_text(plan, observation, gold[step], None)
         else:
-            parts += _step_text(observation, action, reward)
+            parts += _step_text(plan, observation, action, reward)
     if not supervised:
         parts.append(
             TextPart(plan.template("past_episode_total", number=index + 1, total=f"{total:g}"))
@@ -531,7 +546,7 @@ def _summary(plan: IcrlPlan, episodes: Sequence[PastEpisode], actions: Sequence[
     for action in actions:
         rewards = [r for e in episodes for _, a, r in e.steps if a == action]
         mean = f"{sum(rewards) / len(rewards):.2f}" if rewards else "n/a"
-        lines.append(f"- {action}: chosen {len(rewards)} times, mean reward {mean}\n")
+        lines.append(plan.template("summary_line", action=action, count=len(rewards), mean=mean))
     return "".join(lines) + "\n"
 
 
@@ -553,10 +568,10 @@ def icrl_request(
         prefix += [part for e in shown for part in e.text]
     now: list[Part] = [TextPart(plan.template("current_episode"))]
     for seen, action, reward in current:
-        now += _step_text(seen, action, reward)
-    now += _step_text(observation, None, None)
+        now += _step_text(plan, seen, action, reward)
+    now += _step_text(plan, observation, None, None)
     if config.show_legal_actions:
-        now.append(TextPart(f"Legal actions: {', '.join(legal)}\n"))
+        now.append(TextPart(plan.template("legal_actions", actions=", ".join(legal))))
     now.append(TextPart(plan.template("instruction")))
     stable = merge_text_parts(prefix)
     return ModelRequest(
