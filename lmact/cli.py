@@ -12,9 +12,9 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from lmact.demos import MAX_DEMONSTRATIONS, DemoStore, default_cache_dir
 from lmact.envs.base import DEMO_SEED_BASE
@@ -355,6 +355,10 @@ def _add_run_command(commands: argparse._SubParsersAction) -> None:
         "test seeds and prints the normalized score. Everything is stored: rerunning "
         "the same command makes no model call, and a killed run resumes.",
     )
+    _add_run_options(run)
+
+
+def _add_run_options(run: argparse.ArgumentParser) -> None:
     _add_episode_options(run)
     _add_prompt_options(run)
     _add_icrl_options(run)
@@ -362,6 +366,37 @@ def _add_run_command(commands: argparse._SubParsersAction) -> None:
     _add_execution_options(run)
     _add_remote_options(run)
     _add_storage_options(run)
+
+
+class _OptionsParser(argparse.ArgumentParser):
+    """The options of `lmact run`, read from a sweep file: errors are LmactErrors."""
+
+    def error(self, message: str) -> NoReturn:
+        raise LmactError(message)
+
+
+def _add_sweep_command(commands: argparse._SubParsersAction) -> None:
+    sweep = commands.add_parser(
+        "sweep",
+        help="play a grid of runs from a TOML file",
+        description="Play every run of a sweep file (a base of run options and axes whose "
+        "product is the grid; see tasks/sweeps/) and the baselines they need, each once, "
+        "in one event loop with one caller per model. Resumable like a run; the sweep's "
+        "name and grid are kept in the store for `lmact report --sweep NAME`.",
+    )
+    sweep.add_argument("file", type=Path, help="the sweep file (TOML)")
+    sweep.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="call no model: print the runs, calls, prompt tokens and estimated cost",
+    )
+    sweep.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="requests in flight at once per model (default: each provider's)",
+    )
+    _add_storage_options(sweep)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     _add_run_command(commands)
+    _add_sweep_command(commands)
 
     demos_command = commands.add_parser(
         "demos",
@@ -395,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the learning curves of in-context RL runs (mean return per episode index "
         "across replicates, with its 95%% interval) instead of the table of runs",
+    )
+    report.add_argument(
+        "--sweep", metavar="NAME", help="only the runs of this sweep (see `lmact sweep`)"
     )
     report.add_argument(
         "--plot",
@@ -698,6 +737,148 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
+def _sweep_run_maker(cache_dir: Path | None) -> Callable[[dict[str, Any]], tuple[Any, int]]:
+    """Run options from a sweep file to a configuration and episode count, through the
+    options and checks of `lmact run`."""
+    parser = _OptionsParser(prog="lmact run", add_help=False)
+    _add_run_options(parser)
+
+    def make_run(options: dict[str, Any]) -> tuple[Any, int]:
+        from lmact.tasks import get_task
+
+        args = parser.parse_args(_option_words(options))
+        check_numbers(args)
+        _derive_task(args)
+        episodes = args.episodes if args.episodes is not None else get_task(args.task).episodes
+        return _run_config(args), episodes
+
+    return make_run
+
+
+def _option_words(options: dict[str, Any]) -> list[str]:
+    """Options as a sweep file gives them, as the words of a command line."""
+    words = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words += [flag] if value else []
+        elif isinstance(value, str | int | float):
+            words += [flag, str(value)]
+        else:
+            raise LmactError(f"option {name} takes one value, not {value!r}")
+    return words
+
+
+def _command_sweep(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from lmact.runner import Runner
+    from lmact.store import RunStore
+    from lmact.sweeps import load_sweep, play_sweep
+
+    sweep = load_sweep(args.file, _sweep_run_maker(args.cache_dir))
+    process = _OptionsParser(prog="lmact run", add_help=False)
+    _add_run_options(process)
+    model_options = _model_options(process.parse_args(_option_words(sweep.runs[0].options)))
+    with RunStore(args.store) as store:
+        runner = Runner(store, _demo_store(args), model_options, args.max_connections,
+                        progress=False)  # fmt: skip
+        try:
+            if args.dry_run:
+                _print_sweep_estimate(sweep, runner)
+                return
+            store.save_sweep(sweep.name, sweep.grid(), _sweep_run_ids(sweep))
+            total = len(sweep.runs)
+            done: list[str] = []
+
+            def on_done(outcome: Any) -> None:
+                done.append(outcome.run.config.run_id)
+                state = "failed: " + outcome.error if outcome.error else "done"
+                print(f"lmact: sweep {sweep.name}: {len(done)}/{total} runs finished "
+                      f"({outcome.run.config.model} {outcome.run.config.task}: {state})",
+                      file=sys.stderr)  # fmt: skip
+
+            outcomes = asyncio.run(play_sweep(runner, sweep, on_done))
+        finally:
+            runner.close()
+    _print_sweep(sweep, outcomes)
+
+
+def _sweep_run_ids(sweep: Any) -> list[str]:
+    """The runs of a sweep and of the baselines they need."""
+    from lmact.regimes import regime_of
+
+    run_ids = []
+    for run in sweep.runs:
+        run_ids.append(run.config.run_id)
+        baselines = regime_of(run.config).baselines(run.config).values()
+        run_ids += [baseline.run_id for baseline in baselines]
+    return run_ids
+
+
+def _varying(sweep: Any) -> list[str]:
+    """The options that differ between the sweep's runs."""
+    names = {name for run in sweep.runs for name in run.options}
+    return sorted(n for n in names if len({str(r.options.get(n)) for r in sweep.runs}) > 1)
+
+
+def _print_sweep(sweep: Any, outcomes: Sequence[Any]) -> None:
+    varying = _varying(sweep)
+    print(f"sweep {sweep.name}: {len(outcomes)} runs")
+    print("| " + " | ".join([*varying, "mean return", "normalized", "run"]) + " |")
+    print("|" + "---|" * (len(varying) + 3))
+    failed = 0
+    for outcome in outcomes:
+        cells = [str(outcome.run.options.get(name, "")) for name in varying]
+        if outcome.summary is None:
+            failed += 1
+            cells += ["failed", outcome.error or "", outcome.run.config.run_id]
+        else:
+            score = outcome.summary.normalized_score
+            shown = "n/a" if score is None else f"{score:.3f}"
+            cells += [f"{outcome.summary.mean_return:.3f}", shown, outcome.summary.run_id]
+        print("| " + " | ".join(" ".join(c.split()).replace("|", "\\|") for c in cells) + " |")
+    if failed:
+        raise LmactError(
+            f"{failed} of {len(outcomes)} runs of sweep {sweep.name} did not finish; the "
+            "others are stored and every successful call is cached: rerun to resume"
+        )
+
+
+def _print_sweep_estimate(sweep: Any, runner: Any) -> None:
+    """A sweep's dry run: per model, its runs, calls, tokens and estimated cost."""
+    totals: dict[str, dict[str, Any]] = {}
+    demonstrations = 0
+    from lmact.policies import SCRIPTED_POLICIES
+
+    for run in sweep.runs:
+        row = totals.setdefault(run.config.model, {"runs": 0, "calls": 0, "prompt": 0,
+                                                   "prefix": 0, "cost": 0.0})  # fmt: skip
+        row["runs"] += 1
+        if run.config.model in SCRIPTED_POLICIES:
+            continue  # plays from the environment: no call, no token
+        estimate = runner.estimate(run.config, run.episodes)
+        demonstrations += estimate.demonstrations_needed
+        row["calls"] += estimate.calls
+        row["prompt"] += estimate.prompt_tokens
+        row["prefix"] += estimate.prefix_tokens
+        row["cost"] = None if row["cost"] is None or estimate.cost_usd is None else (
+            row["cost"] + estimate.cost_usd
+        )  # fmt: skip
+    print(f"dry run: sweep {sweep.name}, {len(sweep.runs)} runs (baselines besides), "
+          f"{demonstrations} demonstrations to load or generate")  # fmt: skip
+    print("| model | runs | calls | prompt tokens (cacheable) | estimated cost |")
+    print("|---|---|---|---|---|")
+    for model, row in sorted(totals.items()):
+        print(f"| {model} | {row['runs']} | {row['calls']} | {row['prompt']} ({row['prefix']}) "
+              f"| {_dollars(row['cost'])} |")  # fmt: skip
+    costs = [row["cost"] for row in totals.values()]
+    total = None if any(c is None for c in costs) else sum(costs)
+    print(f"| total | {len(sweep.runs)} | {sum(r['calls'] for r in totals.values())} | "
+          f"{sum(r['prompt'] for r in totals.values())} | {_dollars(total)} |")  # fmt: skip
+    print("no model was called")
+
+
 def _command_demos(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
@@ -729,6 +910,9 @@ def _command_report(args: argparse.Namespace) -> None:
         raise LmactError(f"no run store at {args.store}; start with `lmact run`")
     with RunStore(args.store) as store:
         rows = report_rows(store)
+        if args.sweep is not None:
+            members = store.sweep_runs(args.sweep)
+            rows = [row for row in rows if row["run_id"] in members]
     if args.plot is not None:
         from lmact.plots import write_learning_curves
 
@@ -764,6 +948,7 @@ def _command_models(args: argparse.Namespace) -> None:
 
 COMMANDS = {
     "run": _command_run,
+    "sweep": _command_sweep,
     "demos": _command_demos,
     "report": _command_report,
     "tasks": _command_tasks,

@@ -169,9 +169,15 @@ class Runner:
         return [unit for chain in chains for unit in chain], [chain for chain in todo if chain]
 
     def run(self, config: RegimeConfig, episodes: int, restart: bool = False) -> RunResult:
-        """Play units 0 … episodes-1 of a run, skipping those already finished.
+        """`run_async` in an event loop of its own."""
+        return asyncio.run(self.run_async(config, episodes, restart))
 
-        Units run concurrently unless the regime plays them in order. One that fails
+    async def run_async(
+        self, config: RegimeConfig, episodes: int, restart: bool = False
+    ) -> RunResult:
+        """Play the units of a run of `episodes`, skipping those already finished.
+
+        Chains of units run concurrently, each chain's units in order. One that fails
         (retries exhausted, an invalid request) stops alone: the others finish and are
         stored, and the run then raises, to be resumed by running it again. A refused key
         stops the whole run at once. Units that another process is playing in the same
@@ -191,11 +197,11 @@ class Runner:
         failures = _EpisodeFailures()
         if todo:
             try:
-                asyncio.run(self._play_all(prepared, len(units), chains, failures))
+                await self._play_all(prepared, len(units), chains, failures)
             except* LmactError as group:
                 raise group.exceptions[0] from None
             finally:
-                self.store.release_claims()
+                self.store.release_claims(config.run_id)
         failures.raise_if_any(len(todo))
         records = self.store.finished_episodes(config.run_id)
         scored = [unit for unit in units if regime_of(config).is_scored(config, unit)]
@@ -287,11 +293,16 @@ class Runner:
         """Run, then run the regime's baselines (random, expert) on the same units, and
         score. `restart` discards the run's stored episodes (not the baselines') first."""
         result = self.run(config, episodes, restart)
-        regime = regime_of(config)
         baselines = {
             policy: self.run(baseline, episodes)
-            for policy, baseline in regime.baselines(config).items()
+            for policy, baseline in regime_of(config).baselines(config).items()
         }
+        return self.summarize(result, baselines)
+
+    def summarize(self, result: RunResult, baselines: dict[str, RunResult]) -> RunSummary:
+        """A run's summary: its scores against its baselines' results, and its measures."""
+        config = result.config
+        regime = regime_of(config)
         summary = summarize(
             regime, result, baselines["random"].episodes, baselines["expert"].episodes
         )

@@ -81,6 +81,16 @@ CREATE TABLE IF NOT EXISTS steps (
     from_cache INTEGER NOT NULL,
     PRIMARY KEY (run_id, episode, step)
 );
+CREATE TABLE IF NOT EXISTS sweeps (
+    name TEXT PRIMARY KEY,
+    grid TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sweep_runs (
+    name TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    PRIMARY KEY (name, run_id)
+);
 CREATE TABLE IF NOT EXISTS model_calls (
     key TEXT PRIMARY KEY,
     model TEXT NOT NULL,
@@ -112,7 +122,7 @@ _ADDED_COLUMNS = {
         "heartbeat": "REAL",
     },
 }
-_LMACT_TABLES = frozenset({"runs", "episodes", "steps", "model_calls"})
+_LMACT_TABLES = frozenset({"runs", "episodes", "steps", "model_calls", "sweeps", "sweep_runs"})
 # Marks a SQLite file as an lmact run store ("lmac"), and the layout it has.
 APPLICATION_ID = 0x6C6D6163
 SCHEMA_VERSION = 1
@@ -379,6 +389,33 @@ class RunStore:
             ).fetchall()
         return [_run_record(row) for row in rows]
 
+    # Sweeps.
+
+    def save_sweep(self, name: str, grid: dict[str, Any], run_ids: list[str]) -> None:
+        """Record a sweep's grid and the runs (and baselines) it holds; a sweep of the same
+        name is replaced."""
+        with self._guard(), self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO sweeps (name, grid, created) VALUES (?, ?, ?)",
+                (name, json.dumps(grid, sort_keys=True), time.time()),
+            )
+            self._db.execute("DELETE FROM sweep_runs WHERE name = ?", (name,))
+            self._db.executemany(
+                "INSERT OR IGNORE INTO sweep_runs (name, run_id) VALUES (?, ?)",
+                [(name, run_id) for run_id in run_ids],
+            )
+
+    def sweep_runs(self, name: str) -> set[str]:
+        """The run ids of a sweep; StoreError naming the sweeps there are if it is unknown."""
+        with self._guard():
+            known = [row[0] for row in self._db.execute("SELECT name FROM sweeps ORDER BY name")]
+            rows = self._db.execute("SELECT run_id FROM sweep_runs WHERE name = ?", (name,))
+            run_ids = {row[0] for row in rows}
+        if name not in known:
+            listed = ", ".join(known) if known else "none yet"
+            raise StoreError(f"no sweep {name!r} in {self.path} (sweeps: {listed})")
+        return run_ids
+
     # Episodes and steps.
 
     def finished_episodes(self, run_id: str) -> dict[int, EpisodeRecord]:
@@ -467,13 +504,15 @@ class RunStore:
                 (*values.values(), run_id, episode.episode),
             )
 
-    def release_claims(self) -> None:
-        """Give up this process's unfinished episodes, so another may play them at once."""
+    def release_claims(self, run_id: str | None = None) -> None:
+        """Give up this process's unfinished episodes (of one run, or all), so another
+        process may play them at once."""
+        query = "UPDATE episodes SET owner = NULL WHERE owner = ? AND status = 'running'"
+        params: tuple[str, ...] = (self.owner,)
+        if run_id is not None:
+            query, params = query + " AND run_id = ?", (*params, run_id)
         with self._guard():
-            self._db.execute(
-                "UPDATE episodes SET owner = NULL WHERE owner = ? AND status = 'running'",
-                (self.owner,),
-            )
+            self._db.execute(query, params)
 
     def steps(self, run_id: str, episode: int | None = None) -> list[StepRecord]:
         names = column_names(StepRecord)

@@ -150,3 +150,58 @@ def test_one_caller_serves_calls_from_one_event_loop_after_another() -> None:
         asyncio.run(three_at_once(tally))
     assert most == 1
     assert [t.calls_made for t in tallies] == [3, 3] and caller.totals.calls_made == 6
+
+
+def test_identical_requests_in_flight_are_sent_once(run_store: RunStore) -> None:
+    client = FlakyClient([0.1, 0.1, 0.1, 0.1], ModelOptions())
+    caller = ModelCaller(client, run_store, max_connections=8)
+
+    async def at_once() -> list[ModelResponse]:
+        calls = [caller.call(request("same")) for _ in range(3)] + [caller.call(request("other"))]
+        return await asyncio.gather(*calls)
+
+    responses = asyncio.run(at_once())
+    assert len(client.attempts) == 2  # "same" once, "other" once
+    assert [r.from_cache for r in responses] == [False, True, True, False]
+    assert {r.text for r in responses} == {"a1"}
+    assert caller.totals.calls_made == 2 and caller.totals.calls_cached == 2
+
+
+class FailsOnceSlowly(FlakyClient):
+    """Its first answer, after a while, is a failure that retrying cannot fix."""
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        if not self.attempts:
+            self.attempts.append(time.monotonic())
+            await asyncio.sleep(0.1)
+            raise ModelCallError("HTTP 400: bad request")
+        return await super().complete(request)
+
+
+def test_a_failure_in_flight_reaches_every_call_that_waited_for_it() -> None:
+    client = FailsOnceSlowly([], ModelOptions())
+    caller = ModelCaller(client, RunStoreless(), max_connections=8)
+
+    async def at_once() -> list[object]:
+        calls = [caller.call(request("same")) for _ in range(2)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    outcomes = asyncio.run(at_once())
+    assert all(isinstance(o, ModelCallError) for o in outcomes) and len(client.attempts) == 1
+    assert call(caller, "same").text == "a1"  # nothing of the failure was kept
+
+
+class RunStoreless:
+    """A call cache in memory."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, str] = {}
+
+    def get_call(self, key: str) -> str | None:
+        return self.rows.get(key)
+
+    def put_call(self, key: str, model: str, response_json: str) -> str | None:
+        return self.rows.setdefault(key, response_json)
+
+    def replace_call(self, key: str, model: str, response_json: str) -> None:
+        self.rows[key] = response_json

@@ -1,7 +1,8 @@
 """The one layer above every provider: model-call cache, retries, rate limits, concurrency,
 usage counts.
 
-Order per call: cache lookup ► wait out any rate-limit pause ► (concurrency slot) ►
+Order per call: cache lookup ► an identical request in flight (then its answer) ► wait
+out any rate-limit pause ► (concurrency slot) ►
 provider, under a per-attempt timeout ► the answer checked (`check_response`) ► on a
 transient failure, back off and try again ► cache write. No provider writes any of this
 itself.
@@ -131,7 +132,12 @@ class ModelCaller:
         self._pause_listeners: list[PauseListener] = [on_pause] if on_pause else []
         self._paused_until = 0.0  # time.monotonic()
         self.totals = CallTally()
-        self.cache_entries_replaced = 0  # cached answers that failed to load, fetched anew
+        self.cache_entries_replaced = 0
+        # Requests on their way to the model, by cache key: a second identical request
+        # waits for the first one's answer instead of paying for its own.
+        self._in_flight: dict[
+            str, asyncio.Future[ModelResponse]
+        ] = {}  # cached answers that failed to load, fetched anew
 
     def paused_until_wall(self) -> float | None:
         """Until when (a `time.time()`) a server's wait pauses calls; None if not paused."""
@@ -257,6 +263,33 @@ class ModelCaller:
                 self.totals.count("calls_cached", tally)
                 return cached
             damaged = hit is not None  # fetched again, and then replaced
+        if key is None:
+            return await self._fetch(request, tally, None, damaged)
+        waiting = self._in_flight.get(key)
+        if waiting is not None and waiting.get_loop() is asyncio.get_running_loop():
+            # The same request is on its way already: its answer serves this call too, as
+            # the cache would have a moment later.
+            response = await asyncio.shield(waiting)
+            self.totals.count("calls_cached", tally)
+            return replace(response, from_cache=True)
+        future: asyncio.Future[ModelResponse] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            response = await self._fetch(request, tally, key, damaged)
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # retrieved: only waiting calls, if any, raise it again
+            raise
+        finally:
+            if self._in_flight.get(key) is future:
+                del self._in_flight[key]
+        future.set_result(response)
+        return response
+
+    async def _fetch(
+        self, request: ModelRequest, tally: CallTally | None, key: str | None, damaged: bool
+    ) -> ModelResponse:
+        """Ask the model (with retries) and cache its answer under `key`."""
         response = await self._call_with_retries(request, tally)
         if response is None:
             self.totals.count("unreadable", tally)

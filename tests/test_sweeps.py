@@ -1,0 +1,162 @@
+"""Sweeps: a grid of runs from one TOML file, played in one event loop with one caller per
+model, identical requests in flight sent once, kept in the store for the report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from helpers import StubModel, lmact
+
+from lmact.cli import _sweep_run_maker
+from lmact.demos import DemoStore
+from lmact.errors import LmactError
+from lmact.models.base import ModelRequest, ModelResponse
+from lmact.runner import Runner
+from lmact.store import RunStore
+from lmact.sweeps import load_sweep, play_sweep, read_sweep_file
+
+SWEEP = """
+name = "grid"
+[base]
+task = "tic_tac_toe"
+episodes = 3
+[axes]
+model = ["random", "expert"]
+demos = [0, 1, 2]
+[[exclude]]
+model = "expert"
+demos = 2
+[[runs]]
+model = "expert"
+demos = 4
+"""
+
+
+def write(folder: Path, text: str, name: str = "sweep.toml") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def test_the_grid_is_the_product_of_the_axes_less_exclusions_plus_extra_runs(
+    tmp_path: Path,
+) -> None:
+    name, base, runs = read_sweep_file(write(tmp_path, SWEEP))
+    assert name == "grid" and base == {"task": "tic_tac_toe", "episodes": 3}
+    points = [(run["model"], run["demos"]) for run in runs]
+    assert points == [("random", 0), ("random", 1), ("random", 2), ("expert", 0),
+                      ("expert", 1), ("expert", 4)]  # fmt: skip
+    sweep = load_sweep(write(tmp_path, SWEEP), _sweep_run_maker(None))
+    assert len({run.config.run_id for run in sweep.runs}) == 6
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('name = "x"\n[base]\ntask = "tic_tac_toe"\n[axes]\ndemoz = [1]\n', "unrecognized"),
+        ('name = "x"\ncolour = 1\n', "unknown key 'colour'"),
+        ('[base]\ntask = "tic_tac_toe"\n', "give the sweep a name"),
+        ('name = "x"\n[axes]\nthreads = [1, 2]\n', "option of the process"),
+        ('name = "x"\n[base]\ntask = "tic_tac_toe"\n[axes]\ndemos = []\n', "non-empty list"),
+        ('name = "x"\n[base]\ntask = "checkers"\n', "unknown task 'checkers'"),
+        ('name = "x"\n[base\n', "not valid TOML"),
+    ],
+)
+def test_a_bad_sweep_file_is_one_line_before_anything_runs(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    done = lmact("sweep", str(write(tmp_path, text)), "--store", "s.sqlite", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr and not (tmp_path / "s.sqlite").exists()
+
+
+def test_a_sweep_runs_stores_its_grid_and_reports_its_runs(tmp_path: Path) -> None:
+    sweep = write(tmp_path, SWEEP)
+    common = ["--store", "s.sqlite", "--cache-dir", "cache"]
+    done = lmact("sweep", str(sweep), *common, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "sweep grid: 6 runs" in done.stdout and done.stderr.count("runs finished") == 6
+    lines = [
+        line for line in done.stdout.splitlines() if line.startswith("| ") and "run" not in line
+    ]
+    assert len(lines) == 6 and all(" failed " not in line for line in lines)
+    other = lmact("run", "--task", "grid_world", "--model", "random", "--episodes", "2",
+                  *common, cwd=tmp_path)  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    report = lmact("report", "--format", "csv", "--sweep", "grid", *common[:2], cwd=tmp_path)
+    tasks = {line.split(",")[1] for line in report.stdout.splitlines()[1:]}
+    assert tasks == {"tic_tac_toe"}  # the grid world run is not the sweep's
+    assert len(report.stdout.splitlines()) == 1 + 6  # its runs; their baselines among them
+    dry = lmact("sweep", str(sweep), "--dry-run", *common, cwd=tmp_path)
+    assert dry.returncode == 0 and "no model was called" in dry.stdout
+    assert "6 runs" in dry.stdout
+
+
+class Counting(StubModel):
+    """A test model that counts the requests it answers at once, and every request."""
+
+    def __init__(self) -> None:
+        super().__init__("test/counting")
+        self.in_flight = 0
+        self.most = 0
+        self.prompts: list[str] = []
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        self.prompts.append(request.prompt_hash)
+        try:
+            await asyncio.sleep(0.02)
+            return ModelResponse(text="b2", prompt_tokens=10, completion_tokens=1)
+        finally:
+            self.in_flight -= 1
+
+
+def test_runs_of_one_model_share_its_connections_and_send_a_request_once(
+    tmp_path: Path,
+) -> None:
+    text = SWEEP.replace('["random", "expert"]', '["test/counting"]').split("[[exclude]]")[0]
+    text += '[[runs]]\nmodel = "test/counting"\ndemos = 1\nmax_steps = 2\n'
+    with RunStore(tmp_path / "s.sqlite") as store:
+        runner = Runner(store, DemoStore(tmp_path / "demos"), max_connections=2, progress=False)
+        counting = Counting()
+        runner.policies.register(counting)
+        sweep = load_sweep(write(tmp_path, text), _sweep_run_maker(None))
+        assert len(sweep.runs) == 4
+        outcomes = asyncio.run(play_sweep(runner, sweep, lambda outcome: None))
+    assert all(o.error is None for o in outcomes)
+    assert counting.most == 2  # the runs went side by side, under one connection limit
+    assert len(counting.prompts) == len(set(counting.prompts))  # no request paid twice
+    # The step-limited run's requests are the first steps of the demos=1 run's: cached
+    # or shared while in flight, never sent again.
+    (limited,) = [o for o in outcomes if o.run.options.get("max_steps") == 2]
+    assert limited.summary is not None and limited.summary.calls_made == 0
+
+
+def test_a_failing_run_leaves_the_others_going(tmp_path: Path) -> None:
+    text = 'name = "x"\n[base]\ntask = "tic_tac_toe"\nepisodes = 2\n[axes]\n'
+    text += 'model = ["random", "test/refuses"]\n'
+
+    class Refuses(StubModel):
+        async def complete(self, request: ModelRequest) -> ModelResponse:
+            from lmact.models.base import ModelCallError
+
+            raise ModelCallError("HTTP 400: no")
+
+    with RunStore(tmp_path / "s.sqlite") as store:
+        runner = Runner(store, DemoStore(tmp_path / "demos"), progress=False)
+        runner.policies.register(Refuses("test/refuses"))
+        sweep = load_sweep(write(tmp_path, text), _sweep_run_maker(None))
+        outcomes = asyncio.run(play_sweep(runner, sweep, lambda outcome: None))
+    by_model = {o.run.config.model: o for o in outcomes}
+    assert by_model["random"].summary is not None
+    assert by_model["test/refuses"].summary is None and "HTTP 400" in (
+        by_model["test/refuses"].error or ""
+    )
+    with pytest.raises(LmactError):
+        load_sweep(write(tmp_path, text.replace("[axes]\n", "[axes]\nepisodes = [0]\n")),
+                   _sweep_run_maker(None))  # fmt: skip
+    assert json.dumps(sweep.grid())  # the grid the store keeps is JSON
