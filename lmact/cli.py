@@ -737,7 +737,7 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
-def _sweep_run_maker(cache_dir: Path | None) -> Callable[[dict[str, Any]], tuple[Any, int]]:
+def run_maker(cache_dir: Path | None) -> Callable[[dict[str, Any]], tuple[Any, int]]:
     """Run options from a sweep file to a configuration and episode count, through the
     options and checks of `lmact run`."""
     parser = _OptionsParser(prog="lmact run", add_help=False)
@@ -776,7 +776,7 @@ def _command_sweep(args: argparse.Namespace) -> None:
     from lmact.store import RunStore
     from lmact.sweeps import load_sweep, play_sweep
 
-    sweep = load_sweep(args.file, _sweep_run_maker(args.cache_dir))
+    sweep = load_sweep(args.file, run_maker(args.cache_dir))
     process = _OptionsParser(prog="lmact run", add_help=False)
     _add_run_options(process)
     model_options = _model_options(process.parse_args(_option_words(sweep.runs[0].options)))
@@ -787,7 +787,7 @@ def _command_sweep(args: argparse.Namespace) -> None:
             if args.dry_run:
                 _print_sweep_estimate(sweep, runner)
                 return
-            store.save_sweep(sweep.name, sweep.grid(), _sweep_run_ids(sweep))
+            store.save_sweep(sweep.name, sweep.grid(), sweep.run_ids())
             total = len(sweep.runs)
             done: list[str] = []
 
@@ -802,18 +802,6 @@ def _command_sweep(args: argparse.Namespace) -> None:
         finally:
             runner.close()
     _print_sweep(sweep, outcomes)
-
-
-def _sweep_run_ids(sweep: Any) -> list[str]:
-    """The runs of a sweep and of the baselines they need."""
-    from lmact.regimes import regime_of
-
-    run_ids = []
-    for run in sweep.runs:
-        run_ids.append(run.config.run_id)
-        baselines = regime_of(run.config).baselines(run.config).values()
-        run_ids += [baseline.run_id for baseline in baselines]
-    return run_ids
 
 
 def _varying(sweep: Any) -> list[str]:

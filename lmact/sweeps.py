@@ -64,6 +64,15 @@ class Sweep:
     base: dict[str, Any]
     runs: list[SweepRun]
 
+    def run_ids(self) -> list[str]:
+        """The runs of the sweep and of the baselines they need."""
+        run_ids = []
+        for run in self.runs:
+            run_ids.append(run.config.run_id)
+            baselines = regime_of(run.config).baselines(run.config).values()
+            run_ids += [baseline.run_id for baseline in baselines]
+        return run_ids
+
     def grid(self) -> dict[str, Any]:
         """What the store keeps of the sweep: its runs' options and ids."""
         return {

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import StubModel, lmact
 
-from lmact.cli import _sweep_run_maker
+from lmact.cli import run_maker
 from lmact.demos import DemoStore
 from lmact.errors import LmactError
 from lmact.models.base import ModelRequest, ModelResponse
@@ -49,7 +49,7 @@ def test_the_grid_is_the_product_of_the_axes_less_exclusions_plus_extra_runs(
     points = [(run["model"], run["demos"]) for run in runs]
     assert points == [("random", 0), ("random", 1), ("random", 2), ("expert", 0),
                       ("expert", 1), ("expert", 4)]  # fmt: skip
-    sweep = load_sweep(write(tmp_path, SWEEP), _sweep_run_maker(None))
+    sweep = load_sweep(write(tmp_path, SWEEP), run_maker(None))
     assert len({run.config.run_id for run in sweep.runs}) == 6
 
 
@@ -124,7 +124,7 @@ def test_runs_of_one_model_share_its_connections_and_send_a_request_once(
         runner = Runner(store, DemoStore(tmp_path / "demos"), max_connections=2, progress=False)
         counting = Counting()
         runner.policies.register(counting)
-        sweep = load_sweep(write(tmp_path, text), _sweep_run_maker(None))
+        sweep = load_sweep(write(tmp_path, text), run_maker(None))
         assert len(sweep.runs) == 4
         outcomes = asyncio.run(play_sweep(runner, sweep, lambda outcome: None))
     assert all(o.error is None for o in outcomes)
@@ -149,7 +149,7 @@ def test_a_failing_run_leaves_the_others_going(tmp_path: Path) -> None:
     with RunStore(tmp_path / "s.sqlite") as store:
         runner = Runner(store, DemoStore(tmp_path / "demos"), progress=False)
         runner.policies.register(Refuses("test/refuses"))
-        sweep = load_sweep(write(tmp_path, text), _sweep_run_maker(None))
+        sweep = load_sweep(write(tmp_path, text), run_maker(None))
         outcomes = asyncio.run(play_sweep(runner, sweep, lambda outcome: None))
     by_model = {o.run.config.model: o for o in outcomes}
     assert by_model["random"].summary is not None
@@ -158,5 +158,13 @@ def test_a_failing_run_leaves_the_others_going(tmp_path: Path) -> None:
     )
     with pytest.raises(LmactError):
         load_sweep(write(tmp_path, text.replace("[axes]\n", "[axes]\nepisodes = [0]\n")),
-                   _sweep_run_maker(None))  # fmt: skip
+                   run_maker(None))  # fmt: skip
     assert json.dumps(sweep.grid())  # the grid the store keeps is JSON
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "tasks" / "sweeps").glob("*.toml"))
+)
+def test_the_shipped_sweeps_load(path: Path) -> None:
+    sweep = load_sweep(path, run_maker(None))
+    assert sweep.runs and len(sweep.run_ids()) >= len(sweep.runs)

@@ -1,0 +1,123 @@
+"""lmact from Python (a notebook, a script): run one configuration, run a sweep, read the
+results back as plain records.
+
+    from lmact import api
+    summary = api.run("tic_tac_toe", model="random", demos=2, episodes=5, store="r.sqlite")
+    api.run("bandit_hard", regime="icrl", model="ucb1", episodes=50, replicates=4,
+            store="r.sqlite")
+    results = api.results("r.sqlite")
+    results.runs[0]["mean_return"], len(results.episodes), results.steps[0]["completion"]
+    runs, episodes, steps = results.frames()  # pandas DataFrames, if pandas is installed
+
+Each function takes the options of `lmact run` (`regime`, `demos`, `variant`, …) as
+keyword arguments, checks them the same way, and stores everything in the run store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmact.demos import DemoStore
+from lmact.errors import LmactError
+from lmact.models.base import ModelOptions
+from lmact.records import flat_fields
+from lmact.report import report_rows
+from lmact.runner import Runner
+from lmact.store import DEFAULT_STORE, RunStore
+
+
+def _make_run(cache_dir: Path | None) -> Any:
+    from lmact.cli import run_maker  # the options and checks of `lmact run`
+
+    return run_maker(cache_dir)
+
+
+def run(
+    task: str,
+    *,
+    store: Path | str = DEFAULT_STORE,
+    cache_dir: Path | str | None = None,
+    model_options: ModelOptions | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Play one run and its baselines, as `lmact run --task TASK …` does; its summary as
+    `lmact run --json` prints it."""
+    cache = Path(cache_dir) if cache_dir is not None else None
+    config, episodes = _make_run(cache)({"task": task, **options})
+    with RunStore(store) as run_store:
+        runner = Runner(run_store, DemoStore(cache / "demos" if cache else None),
+                        model_options, progress=False)  # fmt: skip
+        try:
+            return runner.evaluate(config, episodes).to_dict()
+        finally:
+            runner.close()
+
+
+def sweep(
+    path: Path | str,
+    *,
+    store: Path | str = DEFAULT_STORE,
+    cache_dir: Path | str | None = None,
+    model_options: ModelOptions | None = None,
+) -> list[dict[str, Any]]:
+    """Play a sweep file as `lmact sweep` does; per run, its options and its summary (or
+    the error that stopped it)."""
+    from lmact.sweeps import load_sweep, play_sweep
+
+    cache = Path(cache_dir) if cache_dir is not None else None
+    plan = load_sweep(Path(path), _make_run(cache))
+    with RunStore(store) as run_store:
+        runner = Runner(run_store, DemoStore(cache / "demos" if cache else None),
+                        model_options, progress=False)  # fmt: skip
+        try:
+            run_store.save_sweep(plan.name, plan.grid(), plan.run_ids())
+            outcomes = asyncio.run(play_sweep(runner, plan, lambda outcome: None))
+        finally:
+            runner.close()
+    return [
+        {
+            "options": o.run.options,
+            "summary": o.summary.to_dict() if o.summary else None,
+            "error": o.error,
+        }
+        for o in outcomes
+    ]
+
+
+@dataclass(frozen=True)
+class Results:
+    """A store's results as plain records: a dict per run, per episode and per step."""
+
+    runs: list[dict[str, Any]]
+    episodes: list[dict[str, Any]]
+    steps: list[dict[str, Any]]
+
+    def frames(self) -> tuple[Any, Any, Any]:
+        """The three lists as pandas DataFrames (pandas must be installed)."""
+        try:
+            import pandas
+        except ImportError:
+            raise LmactError("frames() needs pandas: pip install pandas") from None
+        return tuple(pandas.DataFrame(rows) for rows in (self.runs, self.episodes, self.steps))
+
+
+def results(store: Path | str = DEFAULT_STORE, sweep: str | None = None) -> Results:
+    """Every run of a store (or of one sweep) with its scores, episodes and steps."""
+    if not Path(store).exists():
+        raise LmactError(f"no run store at {store}")
+    with RunStore(store) as run_store:
+        rows = report_rows(run_store)
+        if sweep is not None:
+            members = run_store.sweep_runs(sweep)
+            rows = [row for row in rows if row["run_id"] in members]
+        episodes, steps = [], []
+        for row in rows:
+            run_id = row["run_id"]
+            for record in run_store.finished_episodes(run_id).values():
+                episodes.append({"run_id": run_id, **flat_fields(record)})
+            steps += [{"run_id": run_id, **flat_fields(s)} for s in run_store.steps(run_id)]
+    runs = [{k: v for k, v in row.items() if not isinstance(v, list)} for row in rows]
+    return Results(runs, episodes, steps)
