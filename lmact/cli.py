@@ -788,20 +788,44 @@ def _command_sweep(args: argparse.Namespace) -> None:
                 _print_sweep_estimate(sweep, runner)
                 return
             store.save_sweep(sweep.name, sweep.grid(), sweep.run_ids())
-            total = len(sweep.runs)
-            done: list[str] = []
-
-            def on_done(outcome: Any) -> None:
-                done.append(outcome.run.config.run_id)
-                state = "failed: " + outcome.error if outcome.error else "done"
-                print(f"lmact: sweep {sweep.name}: {len(done)}/{total} runs finished "
-                      f"({outcome.run.config.model} {outcome.run.config.task}: {state})",
-                      file=sys.stderr)  # fmt: skip
-
-            outcomes = asyncio.run(play_sweep(runner, sweep, on_done))
+            on_done, close_progress = _sweep_progress(sweep, runner)
+            try:
+                outcomes = asyncio.run(play_sweep(runner, sweep, on_done))
+            finally:
+                close_progress()
         finally:
             runner.close()
     _print_sweep(sweep, outcomes)
+
+
+def _sweep_progress(sweep: Any, runner: Any) -> tuple[Callable[[Any], None], Callable[[], None]]:
+    """What a sweep shows as its runs end: a progress bar on a terminal (runs done, calls
+    new and cached, retries, spend so far), else a line per run on stderr."""
+    from tqdm import tqdm
+
+    total = len(sweep.runs)
+    bar = tqdm(total=total, desc=f"sweep {sweep.name}", unit="run", disable=not sys.stderr.isatty())
+    spent: list[float] = []
+
+    def on_done(outcome: Any) -> None:
+        bar.update(1)
+        cost = outcome.summary.cost_usd if outcome.summary is not None else None
+        spent.append(cost or 0.0)
+        totals = [caller.totals for caller in runner.policies.callers()]
+        bar.set_postfix(
+            left=total - bar.n,
+            calls=sum(t.calls_made for t in totals),
+            cached=sum(t.calls_cached for t in totals),
+            retries=sum(t.retries for t in totals),
+            spent=f"${sum(spent):.4f}",
+        )
+        if bar.disable:
+            state = "failed: " + outcome.error if outcome.error else "done"
+            run = outcome.run.config
+            print(f"lmact: sweep {sweep.name}: {bar.n}/{total} runs finished ({run.model} "
+                  f"{run.task}: {state})", file=sys.stderr)  # fmt: skip
+
+    return on_done, bar.close
 
 
 def _varying(sweep: Any) -> list[str]:

@@ -298,6 +298,10 @@ class Policies:
             self.register(resolve_model(name, self.options))
         return self._callers[name]
 
+    def callers(self) -> list[ModelCaller]:
+        """The callers made so far, one per model."""
+        return list(self._callers.values())
+
     def for_run(self, name: str) -> Policy:
         """A policy for one run; a name that does not resolve is a one-line error."""
         if name in SCRIPTED_POLICIES:
