@@ -139,17 +139,7 @@ def make_icrl_config(
     spec = get_task(task)
     if reset is None:
         reset = "fresh" if spec.environment == "classification" else "same"
-    for flag, value, accepted in (
-        ("--variant", variant, VARIANTS),
-        ("--history", history, HISTORIES),
-        ("--reset", reset, RESETS),
-    ):
-        if value not in accepted:
-            raise UnknownNameError(flag, value, accepted)
-    if history == "summary" and spec.environment != "bandit":
-        raise LmactError("--history summary summarizes bandit rounds; give a bandit task")
-    if eval_every is not None and spec.environment != "classification":
-        raise LmactError("--eval-every labels held-out examples; give a classification task")
+    _check_choices(spec, variant, history, reset, eval_every)
     check_counts(
         at_least_0={},
         positive={"--contexts": contexts, "--token-budget": token_budget,
@@ -178,6 +168,23 @@ def make_icrl_config(
         eval_every=eval_every,
         eval_size=eval_size,
     )
+
+
+def _check_choices(
+    spec: TaskSpec, variant: str, history: str, reset: str, eval_every: int | None
+) -> None:
+    """The named options, each one of its values and meaningful for the task."""
+    for flag, value, accepted in (
+        ("--variant", variant, VARIANTS),
+        ("--history", history, HISTORIES),
+        ("--reset", reset, RESETS),
+    ):
+        if value not in accepted:
+            raise UnknownNameError(flag, value, accepted)
+    if history == "summary" and spec.environment != "bandit":
+        raise LmactError("--history summary summarizes bandit rounds; give a bandit task")
+    if eval_every is not None and spec.environment != "classification":
+        raise LmactError("--eval-every labels held-out examples; give a classification task")
 
 
 def _fingerprint(folder: str | None) -> str:
