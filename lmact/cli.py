@@ -298,8 +298,10 @@ def _add_remote_options(run: argparse.ArgumentParser) -> None:
     remote = run.add_argument_group("networked models")
     remote.add_argument(
         "--base-url",
+        action="append",
         help="the API's base URL (openai-compatible: required here or in "
-        "$OPENAI_COMPATIBLE_BASE_URL; others: a gateway or proxy)",
+        "$OPENAI_COMPATIBLE_BASE_URL; others: a gateway or proxy). openai-compatible "
+        "takes it more than once: servers of the same model, asked in turn",
     )
     remote.add_argument(
         "--completions",
@@ -656,7 +658,8 @@ def _model_options(args: argparse.Namespace) -> ModelOptions:
         context_window=args.context_window,
         threads=args.threads,
         max_images=args.max_images,
-        base_url=args.base_url,
+        base_url=args.base_url[0] if args.base_url else None,
+        more_base_urls=tuple(args.base_url[1:]) if args.base_url else (),
         chat=not args.completions,
         timeout_s=args.timeout,
         max_retries=args.max_retries,
@@ -760,12 +763,16 @@ def _option_words(options: dict[str, Any]) -> list[str]:
     words = []
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            words += [flag] if value else []
-        elif isinstance(value, str | int | float):
-            words += [flag, str(value)]
-        else:
-            raise LmactError(f"option {name} takes one value, not {value!r}")
+        if isinstance(value, list) and name != "base_url":  # base_url: several servers
+            raise LmactError(f"option {name} takes one value (several go in [axes])")
+        values = value if isinstance(value, list) else [value]
+        for one in values:
+            if isinstance(one, bool):
+                words += [flag] if one else []
+            elif isinstance(one, str | int | float):
+                words += [flag, str(one)]
+            else:
+                raise LmactError(f"option {name} takes a value, not {one!r}")
     return words
 
 

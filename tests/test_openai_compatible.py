@@ -265,3 +265,50 @@ def test_a_run_against_llama_cpp_server(
     assert sum(e.usage.completion_tokens for e in result.episodes) > 0
     assert all("\n" not in s.completion for s in steps)  # the stop string was applied
     assert {s.stop_reason for s in steps} <= {"stop", "length"}
+
+
+def test_several_servers_share_the_requests_and_one_dying_loses_nothing(
+    run_store: RunStore, demo_store: DemoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_COMPATIBLE_BASE_URL", raising=False)
+    answered = {"first": 0, "second": 0}
+
+    def server(name: str, dies_after: int | None) -> Any:
+        def handle(request: RecordedRequest) -> Reply:
+            if dies_after is not None and answered[name] >= dies_after:
+                return Reply(drop=True)  # the server is gone: connections end unanswered
+            answered[name] += 1
+            return Reply(body=chat_completion("b2"))
+
+        return handle
+
+    with loopback(server("first", None)) as first, loopback(server("second", 3)) as second:
+        options = ModelOptions(
+            base_url=first.url + "/v1", more_base_urls=(second.url + "/v1",), timeout_s=10
+        )
+        runner = Runner(run_store, demo_store, options, max_connections=2, progress=False,
+                        retry_backoff_s=0.01)  # fmt: skip
+        try:
+            config = make_config("tic_tac_toe", model=NAME, demos=1)
+            result = runner.run(config, 4)
+        finally:
+            runner.close()
+    steps = run_store.steps(config.run_id)
+    assert len(result.episodes) == 4 and len(steps) == sum(e.steps for e in result.episodes)
+    assert answered["second"] == 3 and answered["first"] > 3  # spread, then the survivor
+    assert len(second.requests) > 3 and result.retries >= 1  # the dead one was tried again
+    # One answer stored per request, whichever server gave it.
+    assert result.calls_made == answered["first"] + answered["second"]
+    assert result.calls_made + result.calls_cached == len(steps)
+    client = runner.policies.caller(NAME).client
+    assert client.identity()["base_url"] == sorted([first.url + "/v1", second.url + "/v1"])
+
+
+def test_several_base_urls_only_for_openai_compatible(tmp_path: Path) -> None:
+    from helpers import lmact
+
+    done = lmact("run", "--task", "tic_tac_toe", "--model", "openai/gpt-4o", "--base-url",
+                 "http://127.0.0.1:9/v1", "--base-url", "http://127.0.0.1:10/v1",
+                 "--store", "s.sqlite", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "only openai-compatible/ models" in done.stderr

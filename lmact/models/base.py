@@ -262,6 +262,8 @@ class ModelOptions:
     threads: int | None = None
     max_images: int | None = None  # images one request may hold
     base_url: str | None = None
+    # openai-compatible: more servers of the same model, asked in turn with base_url.
+    more_base_urls: tuple[str, ...] = ()
     chat: bool = True  # OpenAI-compatible servers: chat endpoint, or plain completions
     timeout_s: float | None = None  # one attempt of one call (networked models: 120 s)
     max_retries: int = 6  # further attempts after a transient failure

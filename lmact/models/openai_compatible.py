@@ -10,7 +10,8 @@ known only if the user gives prices.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
 from lmact.errors import LmactError
@@ -22,8 +23,8 @@ from lmact.models.base import (
     TextPart,
 )
 from lmact.models.openai import OpenAIModel, import_openai
-from lmact.models.redaction import display_url, url_without_credentials
-from lmact.models.remote import RemoteModel
+from lmact.models.redaction import display_url, url_secrets, url_without_credentials
+from lmact.models.remote import RemoteModel, base_url_problem, close_at_loop_end
 
 # Sent when no key is set: most self-hosted servers check none, but the SDK wants one.
 PLACEHOLDER_KEY = "EMPTY"
@@ -34,11 +35,23 @@ class OpenAICompatibleModel(OpenAIModel):
 
     key_variables: ClassVar[tuple[str, ...]] = ("OPENAI_COMPATIBLE_API_KEY",)
     base_url_variables: ClassVar[tuple[str, ...]] = ("OPENAI_COMPATIBLE_BASE_URL",)
+    several_servers: ClassVar[bool] = True
 
     def __init__(self, name: str, options: ModelOptions) -> None:
         super().__init__(name, options)
         # A completion prompt is one text: no images in that mode.
         self.accepts_images = options.chat
+        for url in options.more_base_urls:
+            problem = base_url_problem(url)
+            if problem is not None:
+                raise LmactError(f"--base-url: the base URL {display_url(url)!r} {problem}")
+        # Several servers of one model: each attempt goes to the next in turn, so requests
+        # spread across them and a retry after a failure goes to another one.
+        self.base_urls = [self.base_url, *options.more_base_urls] if self.base_url else []
+        self._clients: dict[str, Any] = {}
+        self._clients_loop: asyncio.AbstractEventLoop | None = None
+        self._closers: list[AsyncIterator[None]] = []
+        self._turn = 0
 
     @property
     def mode(self) -> str:
@@ -51,8 +64,14 @@ class OpenAICompatibleModel(OpenAIModel):
     def identity(self) -> dict[str, Any]:
         # The same model name on another server, or through another endpoint, may answer
         # differently; the credentials in the URL do not change answers, and stay out.
-        base_url = url_without_credentials(self.base_url) if self.base_url else None
+        urls = sorted(url_without_credentials(url) for url in self.base_urls)
+        # One server as before (a string); several as the sorted list, whatever the order.
+        base_url = (urls[0] if len(urls) == 1 else urls) if urls else None
         return {"model": self.name, "base_url": base_url, "mode": self.mode}
+
+    def secrets(self) -> list[str]:
+        extra = [secret for url in self.base_urls[1:] for secret in url_secrets(url)]
+        return super().secrets() + extra
 
     def count_text_tokens(self, text: str) -> int:
         return RemoteModel.count_text_tokens(self, text)  # no tokenizer known: the estimate
@@ -66,14 +85,31 @@ class OpenAICompatibleModel(OpenAIModel):
         self.load_sdk()
         self.api_key()  # optional, but one that is set must be usable
 
-    def make_sdk_client(self) -> Any:
+    def make_sdk_client(self, base_url: str | None = None) -> Any:
         openai = import_openai()
         return openai.AsyncOpenAI(
             api_key=self.api_key() or PLACEHOLDER_KEY,
-            base_url=self.base_url,
+            base_url=base_url or self.base_url,
             max_retries=0,
             timeout=self.attempt_timeout_s,
         )
+
+    async def loop_client(self) -> Any:
+        """The running loop's SDK client of the server whose turn it is (one client per
+        server and loop, each closed when its loop ends)."""
+        if len(self.base_urls) <= 1:
+            return await super().loop_client()
+        loop = asyncio.get_running_loop()
+        if self._clients_loop is not loop:
+            self.check_ready()
+            self._clients = {url: self.make_sdk_client(url) for url in self.base_urls}
+            self._clients_loop = loop
+            self._closers = [close_at_loop_end(self, c) for c in self._clients.values()]
+            for closer in self._closers:
+                await anext(closer)
+        url = self.base_urls[self._turn % len(self.base_urls)]
+        self._turn += 1
+        return self._clients[url]
 
     def status_error(
         self, status: int, message: str, headers: Mapping[str, str] | None = None

@@ -151,6 +151,8 @@ class RemoteModel(ModelClient):
     key_variables: ClassVar[tuple[str, ...]] = ()
     # Environment variables holding a base URL that replaces the provider's default.
     base_url_variables: ClassVar[tuple[str, ...]] = ()
+    # Whether the model may be asked across several servers (ModelOptions.more_base_urls).
+    several_servers: ClassVar[bool] = False
 
     def __init__(self, name: str, options: ModelOptions) -> None:
         super().__init__(name, options)
@@ -166,6 +168,11 @@ class RemoteModel(ModelClient):
             update={key: value for key, value in given.items() if value is not None}
         )
         self.base_url = self._given_base_url()
+        if options.more_base_urls and not self.several_servers:
+            raise LmactError(
+                f"model {name}: --base-url is given more than once; only openai-compatible/ "
+                "models are asked across several servers"
+            )
         self._sdk_client: Any = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._closer: AsyncIterator[None] | None = None
@@ -282,7 +289,7 @@ class RemoteModel(ModelClient):
             self.check_ready()
             client = self.make_sdk_client()
             self._sdk_client, self._client_loop = client, loop
-            self._closer = _close_at_loop_end(self, client)
+            self._closer = close_at_loop_end(self, client)
             await anext(self._closer)
         return self._sdk_client
 
@@ -367,7 +374,7 @@ class RemoteModel(ModelClient):
         self._client_loop = None  # the next call, in any loop, opens a new client
 
 
-async def _close_at_loop_end(model: RemoteModel, client: Any) -> AsyncIterator[None]:
+async def close_at_loop_end(model: RemoteModel, client: Any) -> AsyncIterator[None]:
     """Suspended until the event loop shuts down its async generators, then closes `client`."""
     try:
         yield
