@@ -867,7 +867,8 @@ def _print_sweep(sweep: Any, outcomes: Sequence[Any]) -> None:
 def _print_sweep_estimate(sweep: Any, runner: Any) -> None:
     """A sweep's dry run: per model, its runs, calls, tokens and estimated cost."""
     totals: dict[str, dict[str, Any]] = {}
-    demonstrations = 0
+    # Runs of one task and format share its demonstrations: the most any of them needs.
+    demonstrations: dict[tuple[str, str], int] = {}
     from lmact.policies import SCRIPTED_POLICIES
 
     for run in sweep.runs:
@@ -877,7 +878,8 @@ def _print_sweep_estimate(sweep: Any, runner: Any) -> None:
         if run.config.model in SCRIPTED_POLICIES:
             continue  # plays from the environment: no call, no token
         estimate = runner.estimate(run.config, run.episodes)
-        demonstrations += estimate.demonstrations_needed
+        shared = (run.config.task, run.config.observation)
+        demonstrations[shared] = max(demonstrations.get(shared, 0), estimate.demonstrations_needed)
         row["calls"] += estimate.calls
         row["prompt"] += estimate.prompt_tokens
         row["prefix"] += estimate.prefix_tokens
@@ -885,7 +887,7 @@ def _print_sweep_estimate(sweep: Any, runner: Any) -> None:
             row["cost"] + estimate.cost_usd
         )  # fmt: skip
     print(f"dry run: sweep {sweep.name}, {len(sweep.runs)} runs (baselines besides), "
-          f"{demonstrations} demonstrations to load or generate")  # fmt: skip
+          f"{sum(demonstrations.values())} demonstrations to load or generate")  # fmt: skip
     print("| model | runs | calls | prompt tokens (cacheable) | estimated cost |")
     print("|---|---|---|---|---|")
     for model, row in sorted(totals.items()):
