@@ -812,15 +812,16 @@ def _sweep_progress(sweep: Any, runner: Any) -> tuple[Callable[[Any], None], Cal
 
     total = len(sweep.runs)
     bar = tqdm(total=total, desc=f"sweep {sweep.name}", unit="run", disable=not sys.stderr.isatty())
-    spent: list[float] = []
+    spent: list[float] = []  # one entry per finished run (a disabled bar counts nothing)
 
     def on_done(outcome: Any) -> None:
         bar.update(1)
         cost = outcome.summary.cost_usd if outcome.summary is not None else None
         spent.append(cost or 0.0)
+        done = len(spent)
         totals = [caller.totals for caller in runner.policies.callers()]
         bar.set_postfix(
-            left=total - bar.n,
+            left=total - done,
             calls=sum(t.calls_made for t in totals),
             cached=sum(t.calls_cached for t in totals),
             retries=sum(t.retries for t in totals),
@@ -829,7 +830,7 @@ def _sweep_progress(sweep: Any, runner: Any) -> tuple[Callable[[Any], None], Cal
         if bar.disable:
             state = "failed: " + outcome.error if outcome.error else "done"
             run = outcome.run.config
-            print(f"lmact: sweep {sweep.name}: {bar.n}/{total} runs finished ({run.model} "
+            print(f"lmact: sweep {sweep.name}: {done}/{total} runs finished ({run.model} "
                   f"{run.task}: {state})", file=sys.stderr)  # fmt: skip
 
     return on_done, bar.close

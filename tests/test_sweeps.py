@@ -78,7 +78,9 @@ def test_a_sweep_runs_stores_its_grid_and_reports_its_runs(tmp_path: Path) -> No
     common = ["--store", "s.sqlite", "--cache-dir", "cache"]
     done = lmact("sweep", str(sweep), *common, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "sweep grid: 6 runs" in done.stdout and done.stderr.count("runs finished") == 6
+    assert "sweep grid: 6 runs" in done.stdout
+    counts = [line.split(": ")[1].split(" runs")[0] for line in done.stderr.splitlines()]
+    assert counts == [f"{n}/6" for n in range(1, 7)]  # a line per run as it ends
     lines = [
         line for line in done.stdout.splitlines() if line.startswith("| ") and "run" not in line
     ]
