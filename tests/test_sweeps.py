@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,7 @@ def test_a_sweep_runs_stores_its_grid_and_reports_its_runs(tmp_path: Path) -> No
     done = lmact("sweep", str(sweep), *common, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "sweep grid: 6 runs" in done.stdout
-    counts = [line.split(": ")[1].split(" runs")[0] for line in done.stderr.splitlines()]
+    counts = re.findall(r"(\d+/\d+) runs finished", done.stderr)
     assert counts == [f"{n}/6" for n in range(1, 7)]  # a line per run as it ends
     lines = [
         line for line in done.stdout.splitlines() if line.startswith("| ") and "run" not in line
