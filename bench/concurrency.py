@@ -4,7 +4,7 @@
 loopback server that speaks the Chat Completions wire format and answers every request after
 a fixed latency (200 ms) with the first legal action listed in the prompt. Each run starts
 from an empty run store; within a run, a prompt seen before (episodes that open alike)
-comes from the call cache.
+comes from the call cache, or from the answer of the same request still in flight.
 
     python bench/concurrency.py [--episodes 32] [--latency 0.2] [--connections 32]
 """
@@ -74,8 +74,8 @@ def timed_run(base_url: str, episodes: int, connections: int, cache_dir: Path) -
         elapsed = time.perf_counter() - started
         runner.close()
     steps = sum(e.steps for e in result.episodes)
-    # Episodes that open alike send identical prompts: the call cache answers a repeat
-    # (sequentially; concurrent twins may both reach the server).
+    # Episodes that open alike send identical prompts: the call cache answers a repeat, and
+    # a twin sent while the first is in flight waits for its answer.
     assert result.calls_made + result.calls_cached == steps, "a step was lost"
     print(
         f"  {connections:>2} connection(s): {elapsed:6.2f} s for {steps} steps, "
