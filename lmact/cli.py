@@ -795,9 +795,9 @@ def _command_sweep(args: argparse.Namespace) -> None:
                 _print_sweep_estimate(sweep, runner)
                 return
             store.save_sweep(sweep.name, sweep.grid(), sweep.run_ids())
-            on_done, close_progress = _sweep_progress(sweep, runner)
+            on_done, on_tick, close_progress = _sweep_progress(sweep, runner)
             try:
-                outcomes = asyncio.run(play_sweep(runner, sweep, on_done))
+                outcomes = asyncio.run(play_sweep(runner, sweep, on_done, on_tick))
             finally:
                 close_progress()
         finally:
@@ -805,35 +805,42 @@ def _command_sweep(args: argparse.Namespace) -> None:
     _print_sweep(sweep, outcomes)
 
 
-def _sweep_progress(sweep: Any, runner: Any) -> tuple[Callable[[Any], None], Callable[[], None]]:
-    """What a sweep shows as its runs end: a progress bar on a terminal (runs done, calls
-    new and cached, retries, spend so far), else a line per run on stderr."""
+def _sweep_progress(
+    sweep: Any, runner: Any
+) -> tuple[Callable[[Any], None], Callable[[], None], Callable[[], None]]:
+    """What a sweep shows while it plays: on a terminal, a bar of runs done, with those
+    playing and waiting, calls new and cached, retries and spend so far; else a line per
+    run on stderr as it ends. Returns the run-ended and tick listeners and the closer."""
     from tqdm import tqdm
 
     total = len(sweep.runs)
     bar = tqdm(total=total, desc=f"sweep {sweep.name}", unit="run", disable=not sys.stderr.isatty())
     spent: list[float] = []  # one entry per finished run (a disabled bar counts nothing)
 
-    def on_done(outcome: Any) -> None:
-        bar.update(1)
-        cost = outcome.summary.cost_usd if outcome.summary is not None else None
-        spent.append(cost or 0.0)
-        done = len(spent)
+    def on_tick() -> None:
+        done, playing = len(spent), len(runner.playing)
         totals = [caller.totals for caller in runner.policies.callers()]
         bar.set_postfix(
-            left=total - done,
+            playing=playing,
+            waiting=max(total - done - playing, 0),
             calls=sum(t.calls_made for t in totals),
             cached=sum(t.calls_cached for t in totals),
             retries=sum(t.retries for t in totals),
             spent=f"${sum(spent):.4f}",
         )
+
+    def on_done(outcome: Any) -> None:
+        bar.update(1)
+        cost = outcome.summary.cost_usd if outcome.summary is not None else None
+        spent.append(cost or 0.0)
+        on_tick()
         if bar.disable:
             state = "failed: " + outcome.error if outcome.error else "done"
             run = outcome.run.config
-            print(f"lmact: sweep {sweep.name}: {done}/{total} runs finished ({run.model} "
+            print(f"lmact: sweep {sweep.name}: {len(spent)}/{total} runs finished ({run.model} "
                   f"{run.task}: {state})", file=sys.stderr)  # fmt: skip
 
-    return on_done, bar.close
+    return on_done, on_tick, bar.close
 
 
 def _varying(sweep: Any) -> list[str]:

@@ -117,6 +117,7 @@ class Runner:
         self.max_connections = max_connections
         self.progress = progress
         self.poll_s = poll_s  # how often episodes another process plays are looked at
+        self.playing: set[str] = set()  # the runs whose units are being played now
         self.policies = policies or Policies(
             store, model_options, max_connections, backoff_s=retry_backoff_s
         )
@@ -196,11 +197,13 @@ class Runner:
         prepared = self.plan(config, units=todo)
         failures = _EpisodeFailures()
         if todo:
+            self.playing.add(config.run_id)
             try:
                 await self._play_all(prepared, len(units), chains, failures)
             except* LmactError as group:
                 raise group.exceptions[0] from None
             finally:
+                self.playing.discard(config.run_id)
                 self.store.release_claims(config.run_id)
         failures.raise_if_any(len(todo))
         records = self.store.finished_episodes(config.run_id)

@@ -161,10 +161,15 @@ class SweepOutcome:
 
 
 async def play_sweep(
-    runner: Runner, sweep: Sweep, on_done: Callable[[SweepOutcome], None]
+    runner: Runner,
+    sweep: Sweep,
+    on_done: Callable[[SweepOutcome], None],
+    on_tick: Callable[[], None] | None = None,
+    tick_s: float = 0.5,
 ) -> list[SweepOutcome]:
     """Play every run of the sweep and each baseline it needs (once) in this event loop;
-    a run that fails leaves the others going. `on_done` hears of each run as it ends."""
+    a run that fails leaves the others going. `on_done` hears of each run as it ends;
+    `on_tick`, if given, is called every `tick_s` while the sweep plays (a live display)."""
     results: dict[str, asyncio.Task[RunResult]] = {}
 
     def started(config: RegimeConfig, episodes: int) -> asyncio.Task[RunResult]:
@@ -188,4 +193,13 @@ async def play_sweep(
         on_done(outcome)
         return outcome
 
-    return list(await asyncio.gather(*(one(run) for run in sweep.runs)))
+    async def ticking() -> None:
+        while on_tick is not None:
+            on_tick()
+            await asyncio.sleep(tick_s)
+
+    ticker = asyncio.ensure_future(ticking())
+    try:
+        return list(await asyncio.gather(*(one(run) for run in sweep.runs)))
+    finally:
+        ticker.cancel()

@@ -129,8 +129,16 @@ def test_runs_of_one_model_share_its_connections_and_send_a_request_once(
         runner.policies.register(counting)
         sweep = load_sweep(write(tmp_path, text), run_maker(None))
         assert len(sweep.runs) == 4
-        outcomes = asyncio.run(play_sweep(runner, sweep, lambda outcome: None))
+        seen: list[set[str]] = []  # what a live display is shown, tick by tick
+
+        def tick() -> None:
+            seen.append(set(runner.playing))
+
+        outcomes = asyncio.run(play_sweep(runner, sweep, lambda o: None, tick, tick_s=0.01))
+        assert not runner.playing
     assert all(o.error is None for o in outcomes)
+    assert max(len(playing) for playing in seen) >= 2  # shown playing side by side
+    assert set().union(*seen) <= set(sweep.run_ids())  # the sweep's runs and baselines
     assert counting.most == 2  # the runs went side by side, under one connection limit
     assert len(counting.prompts) == len(set(counting.prompts))  # no request paid twice
     # The step-limited run's requests are the first steps of the demos=1 run's: cached
