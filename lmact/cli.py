@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import io
 import json
 import math
@@ -485,36 +486,40 @@ def _command_run(args: argparse.Namespace) -> None:
         _print_summary(summary, args.store)
 
 
-# Options of `lmact run` and the regimes that read them, with their defaults.
-_REGIME_OPTIONS: dict[str, tuple[frozenset[str], object]] = {
-    "--demos": (frozenset({"imitation"}), None),
-    "--demo-draw": (frozenset({"imitation"}), "shared"),
-    "--demo-pool": (frozenset({"imitation"}), None),
-    "--token-budget": (frozenset({"imitation", "icrl"}), None),
-    "--max-steps": (frozenset({"imitation", "icrl"}), None),
-    **{
-        flag: (frozenset({"icrl"}), default)
-        for flag, default in (
-            ("--variant", "naive"),
-            ("--p-keep", 0.1),
-            ("--contexts", 8),
-            ("--replicates", 5),
-            ("--history", "raw"),
-            ("--reset", None),
-            ("--temperature", 0.0),
-            ("--eval-every", None),
-            ("--eval-size", 100),
-        )
-    },
+# Options of `lmact run` that only some regimes read, by the regimes that read them; each
+# is the keyword of the same name of those regimes' `make_*config`.
+_IMITATION, _ICRL = frozenset({"imitation"}), frozenset({"icrl"})
+_ICRL_OPTIONS = ("--variant", "--p-keep", "--contexts", "--replicates", "--history")
+_ICRL_OPTIONS += ("--reset", "--temperature", "--eval-every", "--eval-size")
+_REGIME_OPTIONS: dict[str, frozenset[str]] = {
+    "--demos": _IMITATION,
+    "--demo-draw": _IMITATION,
+    "--demo-pool": _IMITATION,
+    "--token-budget": _IMITATION | _ICRL,
+    "--max-steps": _IMITATION | _ICRL,
+    **dict.fromkeys(_ICRL_OPTIONS, _ICRL),
 }
 
 
-def _check_regime_options(args: argparse.Namespace) -> None:
-    """An option another regime reads, given to this one, is a one-line error."""
-    for flag, (regimes, default) in _REGIME_OPTIONS.items():
-        given = getattr(args, flag.removeprefix("--").replace("-", "_")) != default
-        if given and args.regime not in regimes:
+@functools.cache
+def _run_option_defaults() -> dict[str, object]:
+    """What `lmact run` takes when an option is not given, from its own parser."""
+    parser = _OptionsParser(prog="lmact run", add_help=False)
+    _add_run_options(parser)
+    return vars(parser.parse_args(["--task", "-"]))
+
+
+def _regime_options(args: argparse.Namespace) -> dict[str, object]:
+    """The options that `args.regime` reads, by keyword; an option that only another
+    regime reads, given to this one, is a one-line error."""
+    chosen = {}
+    for flag, regimes in _REGIME_OPTIONS.items():
+        name = flag.removeprefix("--").replace("-", "_")
+        if args.regime in regimes:
+            chosen[name] = getattr(args, name)
+        elif getattr(args, name) != _run_option_defaults()[name]:
             raise LmactError(f"{flag} does not apply to --regime {args.regime}")
+    return chosen
 
 
 def _derive_task(args: argparse.Namespace) -> None:
@@ -546,34 +551,8 @@ def _run_config(args: argparse.Namespace) -> RegimeConfig:
         "answer_match": args.answer_match,
         "prompts_dir": args.prompts,
     }
-    _check_regime_options(args)
-    if args.regime == "replay":
-        return make_replay_config(args.task, **prompted)
-    if args.regime == "icrl":
-        return make_icrl_config(
-            args.task,
-            **prompted,
-            variant=args.variant,
-            p_keep=args.p_keep,
-            contexts=args.contexts,
-            token_budget=args.token_budget,
-            history=args.history,
-            reset=args.reset,
-            temperature=args.temperature,
-            max_steps=args.max_steps,
-            replicates=args.replicates,
-            eval_every=args.eval_every,
-            eval_size=args.eval_size,
-        )
-    return make_config(
-        args.task,
-        **prompted,
-        demos=args.demos,
-        token_budget=args.token_budget,
-        max_steps=args.max_steps,
-        demo_draw=args.demo_draw,
-        demo_pool=args.demo_pool,
-    )
+    makers = {"imitation": make_config, "replay": make_replay_config, "icrl": make_icrl_config}
+    return makers[args.regime](args.task, **prompted, **_regime_options(args))  # type: ignore[operator]
 
 
 # Measures of in-context RL runs shown in the summary, when a run has them.
