@@ -132,16 +132,25 @@ def won(index: int, tokens: int = 10) -> PastEpisode:
     return PastEpisode(index, ((Observation(text="x"), "blue", 1.0),), 1.0, (), tokens)
 
 
+def remembered(plan: IcrlPlan, episodes: list[PastEpisode]) -> _Replicate:
+    """A replicate that has played `episodes`, in order."""
+    state = _Replicate()
+    for episode in episodes:
+        _remember(plan, state, 0, episode)
+    return state
+
+
 def test_the_stochastic_variant_keeps_each_positive_episode_at_the_keep_rate() -> None:
     plan = plan_for("stochastic", p_keep=0.1)
-    state = _Replicate([won(i) for i in range(2000)])
+    state = remembered(plan, [won(i) for i in range(2000)])
     kept = [len(select_context(plan, state, 0, 2000, step)) for step in range(20)]
     assert abs(np.mean(kept) / 2000 - 0.1) < 0.01
     assert len(set(map(tuple, [select_context(plan, state, 0, 2000, s) for s in (0, 1)]))) == 2
     assert select_context(plan, state, 0, 2000, 3) == select_context(plan, state, 0, 2000, 3)
     lost = PastEpisode(2000, ((Observation(text="x"), "red", 0.0),), 0.0, (), 10)
+    positive = plan_for("naive-positive")
     assert 2000 not in select_context(
-        plan_for("naive-positive"), _Replicate([*state.episodes, lost]), 0, 2001, 0
+        positive, remembered(positive, [*state.episodes, lost]), 0, 2001, 0
     )
 
 

@@ -207,6 +207,7 @@ class _Replicate:
     """What one replicate has played so far, and its approximate contexts."""
 
     episodes: list[PastEpisode] = field(default_factory=list)
+    successful: list[int] = field(default_factory=list)  # indices into `episodes`
     contexts: list[list[int]] = field(default_factory=list)  # indices into `episodes`
 
 
@@ -503,15 +504,19 @@ def _gold(plan: IcrlPlan, env: Environment) -> str:
 
 
 def _remember(plan: IcrlPlan, state: _Replicate, replicate: int, done: PastEpisode) -> None:
-    """Add a finished episode; in approximate contexts, it joins those with room."""
+    """Add a finished episode, judged successful or not once, against the episodes before
+    it; in approximate contexts, a successful one joins those with room."""
     earlier = [e.total for e in state.episodes]
     state.episodes.append(done)
+    success = succeeded(plan.task.environment, earlier, done.total)
+    if success:
+        state.successful.append(len(state.episodes) - 1)
     config = plan.config
     if config.variant != "approximate":
         return
     if not state.contexts:
         state.contexts = [[] for _ in range(config.contexts)]
-    if not succeeded(plan.task.environment, earlier, done.total):
+    if not success:
         return
     rng = np.random.default_rng([config.seed, replicate, done.index, _JOIN_STREAM])
     for context in state.contexts:
@@ -530,11 +535,8 @@ def select_context(plan: IcrlPlan, state: _Replicate, replicate: int, episode: i
             return []
         rng = np.random.default_rng([config.seed, replicate, episode, step, _CONTEXT_STREAM])
         return list(state.contexts[int(rng.integers(len(state.contexts)))])
-    candidates = list(range(len(episodes)))
-    if config.variant in ("naive-positive", "stochastic"):
-        totals = [e.total for e in episodes]
-        environment = plan.task.environment
-        candidates = [i for i in candidates if succeeded(environment, totals[:i], totals[i])]
+    positive_only = config.variant in ("naive-positive", "stochastic")
+    candidates = state.successful if positive_only else range(len(episodes))
     if config.variant == "stochastic":
         rng = np.random.default_rng([config.seed, replicate, episode, step, _CONTEXT_STREAM])
         candidates = [i for i in candidates if rng.random() < config.p_keep]
