@@ -109,7 +109,7 @@ def run_row(store: RunStore, run: RunRecord) -> dict[str, Any] | None:
         measures = regime.measures(
             config,
             list(finished.values()),
-            lambda unit: store.steps(run.run_id, unit),
+            store.finished_steps(run.run_id),
             {policy: episodes or [] for policy, episodes in baselines.items()},
         )
     except UnknownNameError:  # a task given by path in another process, or uninstalled

@@ -312,7 +312,7 @@ class Runner:
         measures = regime.measures(
             config,
             result.episodes,
-            lambda unit: self.store.steps(config.run_id, unit),
+            self.store.finished_steps(config.run_id),
             {policy: baseline.episodes for policy, baseline in baselines.items()},
         )
         return replace(summary, details={**summary.details, **measures})

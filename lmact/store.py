@@ -15,7 +15,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -524,6 +524,21 @@ class RunStore:
         with self._guard():
             rows = self._db.execute(query + " ORDER BY episode, step", params).fetchall()
         return [self._step_record(dict(zip(names, row, strict=True))) for row in rows]
+
+    def finished_steps(self, run_id: str) -> Callable[[int], list[StepRecord]]:
+        """A reader of a finished run's steps by episode: the run's steps are read in one
+        query, when first asked for (a measure that needs none reads none)."""
+        by_episode: dict[int, list[StepRecord]] | None = None
+
+        def steps_of(episode: int) -> list[StepRecord]:
+            nonlocal by_episode
+            if by_episode is None:
+                by_episode = {}
+                for step in self.steps(run_id):
+                    by_episode.setdefault(step.episode, []).append(step)
+            return by_episode.get(episode, [])
+
+        return steps_of
 
     def _step_record(self, values: dict[str, Any]) -> StepRecord:
         usage = Usage.from_columns(values)
