@@ -19,8 +19,8 @@ from typing import Any, Literal
 import numpy as np
 
 from lmact.demos import DEMO_SEED_BASE, MAX_DEMONSTRATIONS, Demonstration
-from lmact.envs.base import Environment, Observation, ParsedAnswer, StepOutcome
-from lmact.episode import EpisodeTally, StepRules, play_step
+from lmact.envs.base import Observation, ParsedAnswer, StepOutcome
+from lmact.episode import EpisodeTally, LiveSituation, StepRules, play_step
 from lmact.errors import LmactError
 from lmact.models.base import ModelRequest
 from lmact.policies import Policy
@@ -59,26 +59,15 @@ class ReplayPlan:
 
 
 @dataclass
-class _Demonstrated:
+class _Demonstrated(LiveSituation):
     """One step's demonstrated action: what the expert answers, what is executed, and what
     an answer must match to score (1 / the episode's length, so the return is a fraction)."""
 
-    env: Environment
-    rng: np.random.Generator
-    action_shown: str
-    weight: float
-
-    def legal_actions(self) -> list[str]:
-        return self.env.legal_actions()
+    action_shown: str = ""
+    weight: float = 0.0
 
     def expert_action(self) -> str:
         return self.action_shown
-
-    def random_action(self) -> str:
-        return self.env.random_action(self.rng)
-
-    def past_outcomes(self) -> list[tuple[str, float]]:
-        return []  # no earlier episodes in this regime
 
     def action(self, parsed: ParsedAnswer) -> str:
         return self.action_shown
@@ -182,7 +171,7 @@ async def replay_episode(
     try:
         env.reset(demonstration.seed)
         for step, (shown, action) in enumerate(demonstration.steps):
-            demonstrated = _Demonstrated(env, rng, action, 1.0 / length)
+            demonstrated = _Demonstrated(env, rng, action_shown=action, weight=1.0 / length)
             played = await play_step(
                 env,
                 policy,
