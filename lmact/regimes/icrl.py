@@ -209,6 +209,9 @@ class _Replicate:
     episodes: list[PastEpisode] = field(default_factory=list)
     successful: list[int] = field(default_factory=list)  # indices into `episodes`
     contexts: list[list[int]] = field(default_factory=list)  # indices into `episodes`
+    # The last context prefix built, by what it shows: the steps that show the same
+    # context (an episode's steps, an evaluation's examples) send the very same parts.
+    prefix: tuple[tuple[object, ...], tuple[Part, ...]] | None = None
 
 
 @dataclass
@@ -559,22 +562,36 @@ def _summary(plan: IcrlPlan, episodes: Sequence[PastEpisode], actions: Sequence[
     return "".join(lines) + "\n"
 
 
+def context_prefix(
+    plan: IcrlPlan, state: _Replicate, chosen: Sequence[int], legal: Sequence[str]
+) -> tuple[Part, ...]:
+    """The stable prefix of a step's prompt: the preamble and the chosen earlier episodes
+    (or their summary), built once for as long as the context stays the same."""
+    summary = plan.config.history == "summary"
+    key = (tuple(chosen), tuple(legal) if summary else ())
+    if state.prefix is not None and state.prefix[0] == key:
+        return state.prefix[1]
+    shown = [state.episodes[i] for i in chosen]
+    prefix: list[Part] = [TextPart(plan.template("preamble"))]
+    if summary:
+        prefix.append(TextPart(_summary(plan, shown, legal)))
+    else:
+        prefix += [part for e in shown for part in e.text]
+    state.prefix = (key, merge_text_parts(prefix))
+    return state.prefix[1]
+
+
 def icrl_request(
     plan: IcrlPlan,
-    shown: Sequence[PastEpisode],
+    stable: tuple[Part, ...],
     current: Sequence[tuple[Observation, str, float]],
     observation: Observation,
     legal: Sequence[str],
     seed: int,
 ) -> ModelRequest:
-    """A step's request: the preamble and the earlier episodes shown (or their summary) as
-    the stable prefix, then the current episode so far with its rewards."""
+    """A step's request: the context's stable prefix (see `context_prefix`), then the
+    current episode so far with its rewards."""
     config = plan.config
-    prefix: list[Part] = [TextPart(plan.template("preamble"))]
-    if config.history == "summary":
-        prefix.append(TextPart(_summary(plan, shown, legal)))
-    else:
-        prefix += [part for e in shown for part in e.text]
     now: list[Part] = [TextPart(plan.template("current_episode"))]
     for seen, action, reward in current:
         now += _step_text(plan, seen, action, reward)
@@ -582,7 +599,6 @@ def icrl_request(
     if config.show_legal_actions:
         now.append(TextPart(plan.template("legal_actions", actions=", ".join(legal))))
     now.append(TextPart(plan.template("instruction")))
-    stable = merge_text_parts(prefix)
     return ModelRequest(
         parts=stable + merge_text_parts(now),
         stable_prefix_parts=len(stable),
@@ -621,7 +637,6 @@ async def evaluate_held_out(
     episode = (offset - EVALUATION_OFFSET) * (config.eval_every or 1)
     state = _history(plan, replicate, episode, seed_of)
     chosen = select_context(plan, state, replicate, episode, 0)
-    shown = [state.episodes[i] for i in chosen]
     env, execution, situation, rules = _step_setup(plan, replicate, offset, [])
     tally = EpisodeTally()
     try:
@@ -629,7 +644,8 @@ async def evaluate_held_out(
             seed = DEMO_SEED_BASE + example  # the held-out split
 
             def build_request(observation: Observation, legal: Sequence[str]) -> ModelRequest:
-                return icrl_request(plan, shown, (), observation, legal, seed)  # noqa: B023
+                stable = context_prefix(plan, state, chosen, legal)
+                return icrl_request(plan, stable, (), observation, legal, seed)  # noqa: B023
 
             env.reset(seed)
             played = await play_step(env, policy, build_request, rules, situation=situation,
@@ -662,8 +678,8 @@ async def play_icrl_episode(
     chosen: list[int] = []
 
     def build_request(observation: Observation, legal: Sequence[str]) -> ModelRequest:
-        shown = [state.episodes[i] for i in chosen]
-        return icrl_request(plan, shown, current, observation, legal, seed)
+        stable = context_prefix(plan, state, chosen, legal)
+        return icrl_request(plan, stable, current, observation, legal, seed)
 
     gold: list[str] = []
     try:
