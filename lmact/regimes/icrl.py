@@ -208,6 +208,8 @@ class _Replicate:
 
     episodes: list[PastEpisode] = field(default_factory=list)
     successful: list[int] = field(default_factory=list)  # indices into `episodes`
+    # Every step of the episodes so far, as (action, reward): what bandit baselines read.
+    outcomes: list[tuple[str, float]] = field(default_factory=list)
     contexts: list[list[int]] = field(default_factory=list)  # indices into `episodes`
     # The last context prefix built, by what it shows: the steps that show the same
     # context (an episode's steps, an evaluation's examples) send the very same parts.
@@ -511,6 +513,7 @@ def _remember(plan: IcrlPlan, state: _Replicate, replicate: int, done: PastEpiso
     it; in approximate contexts, a successful one joins those with room."""
     earlier = [e.total for e in state.episodes]
     state.episodes.append(done)
+    state.outcomes += [(action, reward) for _, action, reward in done.steps]
     success = succeeded(plan.task.environment, earlier, done.total)
     if success:
         state.successful.append(len(state.episodes) - 1)
@@ -670,8 +673,8 @@ async def play_icrl_episode(
     replicate, episode = divmod(unit, REPLICATE_STRIDE)
     state = _history(plan, replicate, episode, seed_of)
     seed = seed_of(config, unit)
-    outcomes = [(a, r) for e in state.episodes for _, a, r in e.steps]
-    env, execution, situation, rules = _step_setup(plan, replicate, episode, outcomes)
+    # The replicate's own list: it grows only once this episode is over and remembered.
+    env, execution, situation, rules = _step_setup(plan, replicate, episode, state.outcomes)
     current: list[tuple[Observation, str, float]] = []
     tally = EpisodeTally()
     terminated, end_reason = False, STEP_LIMIT
