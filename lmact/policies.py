@@ -148,10 +148,11 @@ class BanditPolicy(Policy):
                 wins[action] += reward
         return ModelResponse(text=self.choose(arms, pulls, wins, situation.rng))
 
+    @abstractmethod
     def choose(
         self, arms: list[str], pulls: dict[str, int], wins: dict[str, float], rng: Generator
     ) -> str:
-        raise NotImplementedError
+        """The arm to pull, from each arm's pulls and summed rewards so far."""
 
 
 def _best(arms: list[str], value: Callable[[str], float]) -> str:
