@@ -24,7 +24,7 @@ from lmact.demos import DemoStore
 from lmact.errors import LmactError
 from lmact.models.base import ModelOptions
 from lmact.records import flat_fields
-from lmact.report import report_rows
+from lmact.report.tables import report_rows
 from lmact.runner import Runner
 from lmact.store import DEFAULT_STORE, RunStore
 

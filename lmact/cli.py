@@ -911,7 +911,7 @@ def _command_demos(args: argparse.Namespace) -> None:
 
 
 def _command_report(args: argparse.Namespace) -> None:
-    from lmact.report import CURVE_COLUMNS, curve_rows, format_table, report_rows
+    from lmact.report.tables import CURVE_COLUMNS, curve_rows, format_table, report_rows
     from lmact.store import RunStore
 
     if not args.store.exists():
@@ -922,7 +922,7 @@ def _command_report(args: argparse.Namespace) -> None:
             members = store.sweep_runs(args.sweep)
             rows = [row for row in rows if row["run_id"] in members]
     if args.plot is not None:
-        from lmact.plots import write_learning_curves
+        from lmact.report.plots import write_learning_curves
 
         for path in write_learning_curves(curve_rows(rows), args.plot):
             print(f"lmact: wrote {path}", file=sys.stderr)

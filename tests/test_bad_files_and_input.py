@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import lmact
 
-from lmact.report import COLUMNS, format_table
+from lmact.report.tables import COLUMNS, format_table
 from lmact.store import APPLICATION_ID, RunStore
 
 RANDOM_RUN = ["run", "--task", "tic_tac_toe", "--model", "random", "--episodes", "2"]

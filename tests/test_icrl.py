@@ -387,8 +387,8 @@ def test_the_learning_curve_plot_shows_each_runs_curve_and_band(
 ) -> None:
     from PIL import Image
 
-    from lmact.plots import learning_curve_figures, write_learning_curves
-    from lmact.report import curve_rows, report_rows
+    from lmact.report.plots import learning_curve_figures, write_learning_curves
+    from lmact.report.tables import curve_rows, report_rows
 
     runner.evaluate(make_icrl_config("bandit_hard", model="ucb1", replicates=4), 15)
     curves = curve_rows(report_rows(runner.store))

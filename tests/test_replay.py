@@ -15,7 +15,7 @@ from lmact.models.base import ModelRequest, ModelResponse, TextPart
 from lmact.prompting import ACTION_LABEL
 from lmact.regimes.imitation import make_config
 from lmact.regimes.replay import make_replay_config
-from lmact.report import format_table, report_rows
+from lmact.report.tables import format_table, report_rows
 from lmact.runner import Runner
 from lmact.store import RunStore
 from lmact.tasks import get_task
