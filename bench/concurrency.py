@@ -2,7 +2,8 @@
 
 32 test episodes of tic-tac-toe through `openai-compatible/` (the real OpenAI SDK) against a
 loopback server that speaks the Chat Completions wire format and answers every request after
-a fixed latency (200 ms) with the first legal action listed in the prompt. Each run starts
+a fixed latency (200 ms) with the first legal action listed in the prompt; the server runs
+in its own process (bench/fake_provider.py), as a provider would. Each run starts
 from an empty run store; within a run, a prompt seen before (episodes that open alike)
 comes from the call cache, or from the answer of the same request still in flight.
 
@@ -12,56 +13,25 @@ comes from the call cache, or from the answer of the same request still in fligh
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loopback import RecordedRequest, Reply, loopback
+from fake_provider import fake_provider
 
 from lmact.demos import DemoStore
 from lmact.models.base import ModelOptions
 from lmact.regimes.imitation import make_config
-from lmact.runner import Runner
+from lmact.runner import Runner, RunResult
 from lmact.store import RunStore
 
-LEGAL = re.compile(r"The legal actions in this state are: ([^\n]+)")
 
-
-def answer_after(latency_s: float) -> Callable[[RecordedRequest], Reply]:
-    def handle(request: RecordedRequest) -> Reply:
-        time.sleep(latency_s)
-        content = request.json["messages"][-1]["content"]
-        text = (
-            content
-            if isinstance(content, str)
-            else "".join(part.get("text", "") for part in content)
-        )
-        action = LEGAL.findall(text)[-1].split(", ")[0]
-        body = {
-            "id": "chatcmpl-bench",
-            "object": "chat.completion",
-            "created": 0,
-            "model": "bench",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": action},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 1, "total_tokens": 101},
-        }
-        return Reply(body=body)
-
-    return handle
-
-
-def timed_run(base_url: str, episodes: int, connections: int, cache_dir: Path) -> float:
+def timed_run(
+    base_url: str, episodes: int, connections: int, cache_dir: Path
+) -> tuple[float, RunResult]:
     config = make_config(
         "tic_tac_toe", model="openai-compatible/bench", demos=1, show_legal_actions=True
     )
@@ -81,7 +51,13 @@ def timed_run(base_url: str, episodes: int, connections: int, cache_dir: Path) -
         f"  {connections:>2} connection(s): {elapsed:6.2f} s for {steps} steps, "
         f"{result.calls_made} of them answered by the server"
     )
-    return elapsed
+    return elapsed, result
+
+
+def longest_episode_calls(result: RunResult) -> int:
+    """The most steps one episode took: its answers come one after another, so no schedule
+    finishes the run in fewer answer latencies."""
+    return max(e.steps for e in result.episodes)
 
 
 def main() -> None:
@@ -90,11 +66,16 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2, help="seconds per answer")
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as cache, loopback(answer_after(args.latency)) as server:
+    with tempfile.TemporaryDirectory() as cache, fake_provider(args.latency) as base_url:
         print(f"{args.episodes} tic-tac-toe episodes, {args.latency * 1000:.0f} ms per answer")
-        base_url = f"{server.url}/v1"
-        one = timed_run(base_url, args.episodes, 1, Path(cache))
-        many = timed_run(base_url, args.episodes, args.connections, Path(cache))
+        one, sequential = timed_run(base_url, args.episodes, 1, Path(cache))
+        many, concurrent = timed_run(base_url, args.episodes, args.connections, Path(cache))
+    assert concurrent.calls_made <= sequential.calls_made, "the concurrent run sent more"
+    # The bound: every answer paid once, one after another, against the longest episode's
+    # answers one after another.
+    bound = sequential.calls_made / longest_episode_calls(concurrent)
+    print(f"  at most {bound:.1f}x is possible: {sequential.calls_made} answers in sequence")
+    print(f"  against the longest episode's {longest_episode_calls(concurrent)}")
     print(f"concurrent run is {one / many:.1f}x faster ({one:.2f} s vs {many:.2f} s)")
 
 

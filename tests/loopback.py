@@ -61,6 +61,12 @@ def faults_then(*faults: Reply, then: Handler) -> Handler:
     return handle
 
 
+class _Server(ThreadingHTTPServer):
+    # The default listen backlog (5) drops the connections of a burst of concurrent
+    # clients, which then wait a second for the SYN to be sent again.
+    request_queue_size = 128
+
+
 class LoopbackServer:
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
@@ -70,6 +76,9 @@ class LoopbackServer:
 
         class _RequestHandler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; with Nagle's algorithm on, the body
+            # waits for the client's delayed ACK (40 ms a reply) as no real server's does.
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
@@ -103,7 +112,7 @@ class LoopbackServer:
 
             do_GET = do_POST = do_DELETE = do_PATCH = _handle
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _RequestHandler)
+        self._server = _Server(("127.0.0.1", 0), _RequestHandler)
         self._server.daemon_threads = True
         # A short poll interval: stopping the server waits for one poll.
         self._thread = threading.Thread(
