@@ -146,20 +146,48 @@ class Runner:
         """Resolve the policy and prepare the run (pack demonstrations …); fails before any
         model call. `record`: save the run (its configuration and facts) in the store.
         `units`: those about to be played, first first."""
-        policy = self.policies.for_run(config.model)
+        prepared = self._prepare(config, self.policies.for_run(config.model), units)
+        if record:
+            self._record(prepared)
+        return prepared
+
+    def _prepare(
+        self, config: RegimeConfig, policy: Policy, units: Sequence[int]
+    ) -> PreparedRun[Any, Any]:
         context = RunContext(
             self.demo_store, self._bar, lambda unit: self.store.steps(config.run_id, unit)
         )
-        prepared = regime_of(config).prepare(config, policy, context, units)
-        if record:
-            facts = prepared.facts
-            self.store.save_run(
-                config.run_id,
-                config.model_dump(),
-                facts.demonstrations,
-                facts.demonstrations_hash,
-                facts.prefix_tokens,
-            )
+        return regime_of(config).prepare(config, policy, context, units)
+
+    def _record(self, prepared: PreparedRun[Any, Any]) -> None:
+        config, facts = prepared.config, prepared.facts
+        self.store.save_run(
+            config.run_id,
+            config.model_dump(),
+            facts.demonstrations,
+            facts.demonstrations_hash,
+            facts.prefix_tokens,
+        )
+
+    async def _prepare_off_loop(
+        self, config: RegimeConfig, units: Sequence[int]
+    ) -> PreparedRun[Any, Any]:
+        """`plan`, with the slow part (starting the task's engine and the local model,
+        generating demonstrations) on a worker thread, so that the other runs of this event
+        loop (a sweep's) keep playing meanwhile. The policy is resolved here, on the loop's
+        thread: one caller per model, however many runs prepare at once."""
+        policy = self.policies.for_run(config.model)
+
+        def ready_and_prepared() -> PreparedRun[Any, Any]:
+            if units:  # a finished run is read back from the store: no engine needed
+                # Made once up front so that what the task itself needs (Stockfish, its
+                # data files) is missing with one clear error before any model work.
+                config.task_spec().make_environment().close()
+                policy.check_ready()
+            return self._prepare(config, policy, units)
+
+        prepared = await asyncio.to_thread(ready_and_prepared)
+        self._record(prepared)
         return prepared
 
     def _todo(self, config: RegimeConfig, episodes: int) -> tuple[list[int], list[list[int]]]:
@@ -189,12 +217,7 @@ class Runner:
             self.store.discard_run(config.run_id)
         units, chains = self._todo(config, episodes)
         todo = [unit for chain in chains for unit in chain]
-        if todo:  # a finished run is read back from the store: no key or engine needed
-            # Made once up front so that what the task itself needs (Stockfish, its data
-            # files) is missing with one clear error before any model work.
-            config.task_spec().make_environment().close()
-            self.policies.for_run(config.model).check_ready()
-        prepared = self.plan(config, units=todo)
+        prepared = await self._prepare_off_loop(config, todo)
         failures = _EpisodeFailures()
         if todo:
             self.playing.add(config.run_id)

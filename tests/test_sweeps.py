@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,39 @@ def test_a_failing_run_leaves_the_others_going(tmp_path: Path) -> None:
         load_sweep(write(tmp_path, text.replace("[axes]\n", "[axes]\nepisodes = [0]\n")),
                    run_maker(None))  # fmt: skip
     assert json.dumps(sweep.grid())  # the grid the store keeps is JSON
+
+
+def test_a_run_being_prepared_does_not_hold_up_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Preparation (generating demonstrations, starting an engine) is on a worker thread:
+    a run whose preparation takes long leaves the event loop to the sweep's other runs."""
+    from lmact.regimes.imitation import ImitationRegime
+
+    prepare = ImitationRegime.prepare
+    prepared_at: dict[str, float] = {}
+
+    def slow_for_grid_world(self, config, *args):  # type: ignore[no-untyped-def]
+        if config.task == "grid_world":
+            time.sleep(1.5)  # blocking, as generating demonstrations is
+        prepared_at[config.run_id] = time.monotonic()
+        return prepare(self, config, *args)
+
+    monkeypatch.setattr(ImitationRegime, "prepare", slow_for_grid_world)
+    text = 'name = "x"\n[base]\nmodel = "random"\nepisodes = 2\ndemos = 0\n'
+    text += '[axes]\ntask = ["grid_world", "tic_tac_toe"]\n'
+    done_at: dict[str, float] = {}
+    with RunStore(tmp_path / "s.sqlite") as store:
+        runner = Runner(store, DemoStore(tmp_path / "demos"), progress=False)
+        sweep = load_sweep(write(tmp_path, text), run_maker(None))
+        outcomes = asyncio.run(
+            play_sweep(
+                runner, sweep, lambda o: done_at.update({o.run.config.task: time.monotonic()})
+            )
+        )
+    assert all(o.error is None for o in outcomes)
+    (slow,) = [o.run.config.run_id for o in outcomes if o.run.config.task == "grid_world"]
+    assert done_at["tic_tac_toe"] < prepared_at[slow] < done_at["grid_world"]
 
 
 @pytest.mark.parametrize(

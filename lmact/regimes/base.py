@@ -98,7 +98,9 @@ class PreparedRun(Generic[Config, Plan]):
 
 @dataclass(frozen=True)
 class RunContext:
-    """What a regime may use to prepare a run."""
+    """What a regime may use to prepare a run. `Regime.prepare` runs on a worker thread
+    (the runner's event loop goes on meanwhile): it may read the demonstration store, but
+    `stored_steps` is for the units' play, on the loop's thread."""
 
     demo_store: DemoStore
     progress_bar: ProgressBar
