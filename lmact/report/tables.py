@@ -54,7 +54,9 @@ FORMATS = ("markdown", "csv", "json")
 FORMAT_ALIASES = {"md": "markdown"}
 # The file a table is written to under `lmact report --out DIR`, by format.
 SUFFIXES = {"markdown": "md", "csv": "csv", "json": "json"}
-CURVE_COLUMNS = ["run_id", "task", "model", "variant", "episode", "mean", "low", "high"]
+# A learning curve's point: the run it is of, then where it is.
+CURVE_RUN_COLUMNS = ["run_id", "task", "model", "variant", "history"]
+CURVE_COLUMNS = [*CURVE_RUN_COLUMNS, "episode", "mean", "low", "high"]
 
 
 def _baseline_episodes(
@@ -152,7 +154,7 @@ def _foreign_row(run: RunRecord, finished: dict[int, EpisodeRecord]) -> dict[str
 def curve_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The learning curves of the runs that have one: a row per run and episode index."""
     return [
-        {**{name: row.get(name) for name in CURVE_COLUMNS[:4]}, **point}
+        {**{name: row.get(name) for name in CURVE_RUN_COLUMNS}, **point}
         for row in rows
         for point in row.get("learning_curve") or []
     ]
@@ -196,8 +198,9 @@ def episode_records(store: RunStore, run_id: str) -> list[dict[str, Any]]:
 
 
 def with_episodes(store: RunStore, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each row with its run's episode records under `episodes` (what JSON reports hold)."""
-    return [{**row, "episodes": episode_records(store, row["run_id"])} for row in rows]
+    """Each row with its run's episode records under `episode_records` (what JSON reports
+    hold; `episodes` is already the row's count of scored episodes)."""
+    return [{**row, "episode_records": episode_records(store, row["run_id"])} for row in rows]
 
 
 def table_format(fmt: str) -> str:
