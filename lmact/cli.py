@@ -944,13 +944,25 @@ def _report_rows(args: argparse.Namespace, fmt: str) -> list[dict[str, Any]]:
 
     if not args.store.exists():
         raise LmactError(f"no run store at {args.store}; start with `lmact run`")
+    tasks, models = _names(args.task), _names(args.model)
     with RunStore(args.store) as store:
         members = store.sweep_runs(args.sweep) if args.sweep is not None else None
-        rows = select_rows(report_rows(store), tasks=_names(args.task),
-                           models=_names(args.model), run_ids=members)  # fmt: skip
+        rows = report_rows(store)
+        _check_names(rows, "task", tasks)
+        _check_names(rows, "model", models)
+        rows = select_rows(rows, tasks=tasks, models=models, run_ids=members)
         if fmt == "json" and not args.curves:
             rows = with_episodes(store, rows)
     return rows
+
+
+def _check_names(rows: list[dict[str, Any]], column: str, names: list[str] | None) -> None:
+    """A name no run has is a one-line error naming those there are (a typo, most often)."""
+    known = sorted({str(row[column]) for row in rows if row.get(column) is not None})
+    for name in names or []:
+        if name not in known:
+            listed = ", ".join(known) or "none"
+            raise LmactError(f"no run of {column} {name!r} in the store ({column}s: {listed})")
 
 
 def _command_report(args: argparse.Namespace) -> None:

@@ -146,6 +146,8 @@ def test_task_and_model_filters_take_repeats_and_comma_lists(
     assert {(r["task"], r["model"]) for r in chosen} == {
         (task, model) for task in ("tic_tac_toe", "grid_world") for model in (CYCLER, "expert")
     }
+    assert main(["report", "--store", str(store_path), "--model", f"{CYCLER},typo"]) == 2
+    assert "no run of model 'typo' in the store (models: expert, greedy" in capsys.readouterr().err
     assert len(chosen) == len(select_rows(rows, tasks=["tic_tac_toe", "grid_world"],
                                           models=[CYCLER, "expert"]))  # fmt: skip
     assert [r["task"] for r in chosen] == sorted((r["task"] for r in chosen), reverse=True)
