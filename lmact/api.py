@@ -24,7 +24,7 @@ from lmact.demos import DemoStore
 from lmact.errors import LmactError
 from lmact.models.base import ModelOptions
 from lmact.records import flat_fields
-from lmact.report.tables import report_rows
+from lmact.report.tables import episode_records, report_rows, select_rows
 from lmact.runner import Runner
 from lmact.store import DEFAULT_STORE, RunStore
 
@@ -111,13 +111,11 @@ def results(store: Path | str = DEFAULT_STORE, sweep: str | None = None) -> Resu
     with RunStore(store) as run_store:
         rows = report_rows(run_store)
         if sweep is not None:
-            members = run_store.sweep_runs(sweep)
-            rows = [row for row in rows if row["run_id"] in members]
+            rows = select_rows(rows, run_ids=run_store.sweep_runs(sweep))
         episodes, steps = [], []
         for row in rows:
             run_id = row["run_id"]
-            for record in run_store.finished_episodes(run_id).values():
-                episodes.append({"run_id": run_id, **flat_fields(record)})
+            episodes += episode_records(run_store, run_id)
             steps += [{"run_id": run_id, **flat_fields(s)} for s in run_store.steps(run_id)]
     runs = [{k: v for k, v in row.items() if not isinstance(v, list)} for row in rows]
     return Results(runs, episodes, steps)

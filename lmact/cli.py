@@ -425,10 +425,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser(
         "report",
-        help="a table of every run in the store",
-        description="Print a table of every run in the run store.",
+        help="a table of every run in the store, and plots",
+        description="Print a table of every run in the run store, grouped by task; "
+        "draw its plots with --plot or --out (see docs/reports.md).",
     )
-    report.add_argument("--format", default="markdown", help="markdown (default) or csv")
+    report.add_argument(
+        "--format",
+        default="markdown",
+        help="markdown (default; also md), csv or json (the rows and each run's episodes)",
+    )
+    for option, noun in (("--task", "task"), ("--model", "model")):
+        report.add_argument(
+            option,
+            action="append",
+            metavar="NAME[,NAME…]",
+            help=f"only the runs of this {noun}; repeat it or list names with commas",
+        )
     report.add_argument(
         "--curves",
         action="store_true",
@@ -442,8 +454,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--plot",
         type=Path,
         metavar="DIR",
-        help="also draw the learning curves, one PNG per task, into DIR "
+        help="also draw every plot the runs support (normalized score and answer rates "
+        "against demonstrations, learning curves, bandit measures) as PNG files into DIR "
         "(needs matplotlib: pip install 'lmact[report]')",
+    )
+    report.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="write the table (DIR/report.md, .csv or .json; DIR/curves.* with --curves) "
+        "and every plot (DIR/*.png) into DIR instead of printing the table",
     )
     report.add_argument(
         "--store", type=Path, default=DEFAULT_STORE, help="the run store (default: %(default)s)"
@@ -910,29 +930,90 @@ def _command_demos(args: argparse.Namespace) -> None:
     )
 
 
-def _command_report(args: argparse.Namespace) -> None:
-    from lmact.report.tables import CURVE_COLUMNS, curve_rows, format_table, report_rows
+def _names(values: list[str] | None) -> list[str] | None:
+    """A repeated option's names, each value possibly a comma list; None if not given."""
+    if values is None:
+        return None
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def _report_rows(args: argparse.Namespace, fmt: str) -> list[dict[str, Any]]:
+    """The rows `lmact report` shows: the selected runs (with their episodes for JSON)."""
+    from lmact.report.tables import report_rows, select_rows, with_episodes
     from lmact.store import RunStore
 
     if not args.store.exists():
         raise LmactError(f"no run store at {args.store}; start with `lmact run`")
+    tasks, models = _names(args.task), _names(args.model)
     with RunStore(args.store) as store:
+        members = store.sweep_runs(args.sweep) if args.sweep is not None else None
         rows = report_rows(store)
-        if args.sweep is not None:
-            members = store.sweep_runs(args.sweep)
-            rows = [row for row in rows if row["run_id"] in members]
-    if args.plot is not None:
-        from lmact.report.plots import write_learning_curves
+        _check_names(rows, "task", tasks)
+        _check_names(rows, "model", models)
+        rows = select_rows(rows, tasks=tasks, models=models, run_ids=members)
+        if fmt == "json" and not args.curves:
+            rows = with_episodes(store, rows)
+    return rows
 
-        for path in write_learning_curves(curve_rows(rows), args.plot):
-            print(f"lmact: wrote {path}", file=sys.stderr)
-    if args.curves:
-        curves = curve_rows(rows)
-        if not curves and args.format != "csv":
-            raise LmactError("the run store holds no in-context RL run (--regime icrl) yet")
-        print(format_table(curves, args.format, CURVE_COLUMNS), end="")
-    else:
-        print(format_table(rows, args.format), end="")
+
+def _check_names(rows: list[dict[str, Any]], column: str, names: list[str] | None) -> None:
+    """A name no run has is a one-line error naming those there are (a typo, most often)."""
+    known = sorted({str(row[column]) for row in rows if row.get(column) is not None})
+    for name in names or []:
+        if name not in known:
+            listed = ", ".join(known) or "none"
+            raise LmactError(f"no run of {column} {name!r} in the store ({column}s: {listed})")
+
+
+def _command_report(args: argparse.Namespace) -> None:
+    from lmact.report.tables import (
+        CURVE_COLUMNS,
+        SUFFIXES,
+        curve_rows,
+        format_table,
+        table_format,
+    )
+
+    fmt = table_format(args.format)
+    if args.out is not None or args.plot is not None:
+        from lmact.report.plots import check_matplotlib
+
+        check_matplotlib()  # without it, fail before anything is written
+    rows = _report_rows(args, fmt)
+    curves = curve_rows(rows)
+    if args.curves and not curves and fmt == "markdown":
+        raise LmactError("the run store holds no in-context RL run (--regime icrl) yet")
+    table = format_table(curves, fmt, CURVE_COLUMNS) if args.curves else format_table(rows, fmt)
+    written = []
+    if args.plot is not None:
+        written += _plot_files(rows, curves, args.plot, "--plot")
+    if args.out is not None:
+        written += _plot_files(rows, curves, args.out, "--out", required=False)
+        path = args.out / f"{'curves' if args.curves else 'report'}.{SUFFIXES[fmt]}"
+        try:
+            path.write_text(table, encoding="utf-8")
+        except OSError as error:
+            raise LmactError(f"--out {path}: {error.strerror}") from None
+        written.append(path)
+    for path in written:
+        print(f"lmact: wrote {path}", file=sys.stderr)
+    if args.out is None:
+        print(table, end="")
+
+
+def _plot_files(
+    rows: list[dict[str, Any]], curves: list[dict[str, Any]], folder: Path, option: str,
+    required: bool = True,
+) -> list[Path]:  # fmt: skip
+    """Every plot the rows support, written under `folder`; with `required`, having none
+    is an error (--plot asks for plots; --out for a report, plots where there are any)."""
+    from lmact.report.plots import write_report_plots
+
+    written = write_report_plots(rows, curves, folder, option)
+    if required and not written:
+        raise LmactError("the selected runs have nothing to plot: plots need imitation "
+                         "runs with normalized scores, or in-context RL runs")  # fmt: skip
+    return written
 
 
 def _command_tasks(args: argparse.Namespace) -> None:

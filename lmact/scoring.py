@@ -46,6 +46,18 @@ def normalized_score(value: float, random: float, expert: float) -> float | None
     return (value - random) / (expert - random)
 
 
+def normalized_interval(
+    interval: tuple[float, float], random: float, expert: float
+) -> tuple[float, float] | None:
+    """An interval of the mean return, normalized as the mean is (the baselines' means
+    taken as exact); None when the baselines do not differ. The map is affine, so a
+    percentile bootstrap interval maps onto that of the normalized mean."""
+    low, high = (normalized_score(bound, random, expert) for bound in interval)
+    if low is None or high is None:
+        return None
+    return min(low, high), max(low, high)  # an expert below random flips the order
+
+
 @dataclass(frozen=True)
 class AnswerRates:
     steps: int
@@ -157,7 +169,11 @@ class BanditMeasures:
     """Krishnamurthy et al.'s measures over the replicates of a bandit run."""
 
     regret: float  # mean over replicates of gap x pulls of worse arms
+    regret_low: float  # its 95% bootstrap interval across replicates
+    regret_high: float
     suffix_failure: float  # share of replicates never pulling the best arm in rounds T/2…T
+    suffix_failure_low: float  # its 95% bootstrap interval across replicates
+    suffix_failure_high: float
     k_min_frac: float  # K x the least-pulled arm's share, averaged over replicates
     greedy_frac: float  # share of rounds that pulled an arm of the best mean so far
     median_reward: float  # median over replicates of the mean reward
@@ -180,9 +196,15 @@ def bandit_measures(
         min_fracs.append(len(options) * min(chosen.count(arm) for arm in options) / rounds)
         greedy.append(_greedy_share(chosen, earned))
         medians.append(float(np.mean(earned)))
+    regret_interval = bootstrap_ci(regret)
+    failure_interval = bootstrap_ci([float(failed) for failed in failures])
     return BanditMeasures(
         regret=float(np.mean(regret)),
+        regret_low=regret_interval[0],
+        regret_high=regret_interval[1],
         suffix_failure=float(np.mean(failures)),
+        suffix_failure_low=failure_interval[0],
+        suffix_failure_high=failure_interval[1],
         k_min_frac=float(np.mean(min_fracs)),
         greedy_frac=float(np.mean(greedy)),
         median_reward=float(np.median(medians)),

@@ -445,7 +445,12 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         )  # fmt: skip
 
     def report_fields(self, config: IcrlConfig, run: RunRecord) -> dict[str, Any]:
-        return {"past_actions": config.past_actions, "answer_match": config.answer_match}
+        return {
+            "past_actions": config.past_actions,
+            "answer_match": config.answer_match,
+            "history": config.history,
+            "token_budget": config.token_budget,
+        }
 
     def describe(self, facts: RunFacts) -> str:
         return "its own earlier episodes in context"

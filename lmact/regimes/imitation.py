@@ -319,7 +319,12 @@ class ImitationRegime(Regime[ImitationConfig, EpisodePlan]):
         }
 
     def report_fields(self, config: ImitationConfig, run: RunRecord) -> dict[str, Any]:
-        return {"demos": run.demos_used, **self.option_fields(config)}
+        # `demos` is what was packed, also for a run chosen by token budget.
+        return {
+            "demos": run.demos_used,
+            "token_budget": config.token_budget,
+            **self.option_fields(config),
+        }
 
     def describe(self, facts: RunFacts) -> str:
         count = facts.demonstrations or 0

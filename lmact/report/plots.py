@@ -1,46 +1,286 @@
-"""Plots of a run store's results, as PNG files (matplotlib: `pip install 'lmact[report]'`).
+"""Plots of a run store's results, as matplotlib Figures and PNG files (matplotlib:
+`pip install 'lmact[report]'`).
 
-In-context RL learning curves: one figure per task, one line per model and variant, the
-mean return at each episode index across replicates with its 95% interval as a band.
+Every function takes plain rows (`lmact.report.tables.report_rows`, `curve_rows`) and
+returns Figures, so a caller can save them, embed them or read their series back:
+
+- `normalized_score_figure`: the LMAct figure; a panel per task, the normalized score of
+  imitation runs against the number of demonstrations, a line per model and observation
+  format with its 95% interval as a band, random (0) and expert (1) as reference lines;
+- `answer_rate_figure`: the illegal or the invalid answer rate, in the same layout;
+- `learning_curve_figures`: in-context RL learning curves, a figure per task;
+- `bandit_figure`: regret or suffix failures of in-context RL bandit runs, a bar per run
+  with its 95% interval across replicates.
+
+`report_figures` gives every figure some rows support, `write_figures` saves them. A
+model keeps its colour across panels and figures of one `report_figures` call.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmact.errors import LmactError
+from lmact.regimes.base import BASELINE_POLICIES
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+Row = dict[str, Any]
+# Matplotlib's "tab10", written out so colours are chosen before matplotlib is imported.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINE_STYLES = ("-", "--", ":", "-.")
+# Symlog: linear from 0 to 1, logarithmic above, so 0 demonstrations sits left of 1.
+DEMOS_LABEL = "demonstrations (log scale; 0 on a linear stretch left of 1)"
+# Options of imitation runs that tell two runs of a model and format apart; a line is
+# split by those whose values differ within a task.
+LINE_OPTIONS = ("answer_match", "past_actions", "demo_draw", "demo_pool", "chosen_by")
+RATE_TEXT = {
+    "illegal_rate": "illegal answers (not a legal action; counts invalid and empty ones)",
+    "invalid_rate": "invalid answers (not of the action form; counts empty ones)",
+    "empty_rate": "empty answers",
+}
+BANDIT_TEXT = {
+    "regret": "bandit regret (gap x pulls of worse arms), mean over replicates",
+    "suffix_failure": "bandit suffix failures (share of replicates never pulling the best "
+    "arm in the second half)",
+}
+_PANEL_COLUMNS = 3
 
 
-def _pyplot() -> Any:
+def check_matplotlib() -> type[Figure]:
+    """matplotlib's Figure, or the one-line error that names the extra."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only: no display is needed or used
-        from matplotlib import pyplot
+        from matplotlib.figure import Figure
     except ImportError:
         raise LmactError("plots need matplotlib: pip install 'lmact[report]'") from None
-    return pyplot
+    return Figure
 
 
-def learning_curve_figures(curves: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """A matplotlib Figure per task, from `lmact.report.curve_rows`."""
-    pyplot = _pyplot()
-    by_task: dict[str, dict[tuple[str, str], list[dict[str, Any]]]] = {}
-    for point in curves:
-        line = (str(point["model"]), str(point["variant"]))
-        by_task.setdefault(str(point["task"]), {}).setdefault(line, []).append(point)
+def _figure(**options: Any) -> Figure:
+    # Outside pyplot's registry: no display, and nothing a caller must close.
+    return check_matplotlib()(dpi=110, **options)
+
+
+def model_colours(rows: Iterable[Row]) -> dict[str, str]:
+    """A colour per model, by sorted name: the same rows give every figure the same."""
+    models = sorted({str(row["model"]) for row in rows if row.get("model") is not None})
+    return {model: PALETTE[index % len(PALETTE)] for index, model in enumerate(models)}
+
+
+def _panels(tasks: Sequence[str], title: str) -> tuple[Figure, dict[str, Axes]]:
+    """A figure with a panel per task, at most three a row."""
+    columns = min(len(tasks), _PANEL_COLUMNS)
+    lines = math.ceil(len(tasks) / columns)
+    figure = _figure(figsize=(4.8 * columns + 2.2, 3.6 * lines + 0.5), layout="constrained")
+    grid = figure.subplots(lines, columns, squeeze=False).flatten()
+    for unused in grid[len(tasks) :]:
+        figure.delaxes(unused)
+    figure.suptitle(title)
+    return figure, dict(zip(tasks, grid, strict=False))
+
+
+def _legend(figure: Figure) -> None:
+    """One legend for the figure, right of the panels (a label once, whichever panel)."""
+    labelled: dict[str, Any] = {}
+    for axes in figure.axes:
+        for handle, label in zip(*axes.get_legend_handles_labels(), strict=True):
+            labelled.setdefault(label, handle)
+    if labelled:
+        figure.legend(labelled.values(), labelled.keys(), loc="outside right upper",
+                      fontsize="small")  # fmt: skip
+
+
+def _demonstration_axis(axes: Axes, counts: Iterable[int]) -> None:
+    axes.set_xscale("symlog", linthresh=1, linscale=0.6)
+    ticks = sorted(set(counts))
+    axes.set_xticks(ticks, [str(count) for count in ticks])
+    axes.xaxis.set_minor_locator(_null_locator())
+    axes.set_xlabel(DEMOS_LABEL)
+    axes.grid(alpha=0.3)
+
+
+def _null_locator() -> Any:
+    from matplotlib.ticker import NullLocator
+
+    return NullLocator()
+
+
+def _line_option(row: Row, name: str) -> Any:
+    if name == "chosen_by":
+        return "token budget" if row.get("token_budget") is not None else "count"
+    return row.get(name)
+
+
+@dataclass(frozen=True)
+class DemoLine:
+    """One line against demonstrations: a model, an observation format and the values of
+    the options that differ between its task's runs (`extras`), its rows by demos."""
+
+    model: str
+    observation: str
+    extras: tuple[tuple[str, Any], ...]
+    rows: list[Row]
+
+    @property
+    def label(self) -> str:
+        extras = "".join(f", {name}={value}" for name, value in self.extras)
+        return f"{self.model} ({self.observation}{extras})"
+
+
+def imitation_lines(rows: Iterable[Row], value: str) -> dict[str, list[DemoLine]]:
+    """Per task, the lines of imitation rows with a `value` to draw, sorted by label. The
+    baseline policies are left out: they are the reference lines."""
+    drawn = [
+        row for row in rows
+        if row.get("regime") == "imitation" and row.get("model") not in BASELINE_POLICIES
+        and row.get("demos") is not None and row.get(value) is not None
+    ]  # fmt: skip
+    tasks: dict[str, list[DemoLine]] = {}
+    for task, group in sorted(_by(drawn, "task").items()):
+        varying = [n for n in LINE_OPTIONS if len({_line_option(r, n) for r in group}) > 1]
+        lines: dict[tuple[Any, ...], list[Row]] = {}
+        for row in group:
+            extras = tuple((name, _line_option(row, name)) for name in varying)
+            key = (str(row["model"]), str(row.get("observation")), extras)
+            lines.setdefault(key, []).append(row)
+        tasks[task] = sorted(
+            (
+                DemoLine(*key, sorted(points, key=lambda r: r["demos"]))
+                for key, points in lines.items()
+            ),
+            key=lambda line: line.label,
+        )
+    return tasks
+
+
+def _by(rows: Iterable[Row], column: str) -> dict[str, list[Row]]:
+    groups: dict[str, list[Row]] = {}
+    for row in rows:
+        groups.setdefault(str(row.get(column)), []).append(row)
+    return groups
+
+
+class _LineStyles:
+    """A marker per observation format and a line style per format and set of differing
+    options, each in order of first use, so a figure keeps them across its panels."""
+
+    def __init__(self) -> None:
+        self.markers: dict[str, str] = {}
+        self.styles: dict[tuple[Any, ...], str] = {}
+
+    def __call__(self, line: DemoLine) -> tuple[str, str]:
+        marker = self.markers.setdefault(
+            line.observation, MARKERS[len(self.markers) % len(MARKERS)]
+        )
+        style = self.styles.setdefault(
+            (line.observation, line.extras), LINE_STYLES[len(self.styles) % len(LINE_STYLES)]
+        )
+        return marker, style
+
+
+def _draw_demo_lines(
+    axes: Axes, lines: list[DemoLine], value: str, colours: dict[str, str],
+    styles: _LineStyles, band: tuple[str, str] | None,
+) -> None:  # fmt: skip
+    for line in lines:
+        marker, style = styles(line)
+        x = [row["demos"] for row in line.rows]
+        colour = colours.get(line.model, PALETTE[0])
+        axes.plot(x, [row[value] for row in line.rows], label=line.label, color=colour,
+                  marker=marker, linestyle=style)  # fmt: skip
+        banded = [r for r in line.rows if band and None not in (r[band[0]], r[band[1]])]
+        if band and banded:
+            axes.fill_between([row["demos"] for row in banded], [row[band[0]] for row in banded],
+                              [row[band[1]] for row in banded], color=colour, alpha=0.18,
+                              linewidth=0)  # fmt: skip
+
+
+def normalized_score_figure(
+    rows: Sequence[Row], colours: dict[str, str] | None = None
+) -> Figure | None:
+    """The LMAct figure: a panel per task, normalized score against demonstrations; None
+    when no imitation run has a normalized score."""
+    tasks = imitation_lines(rows, "normalized_score")
+    if not tasks:
+        return None
+    colours = colours or model_colours(rows)
+    styles = _LineStyles()
+    figure, panels = _panels(list(tasks), "Normalized score against demonstrations")
+    for task, axes in panels.items():
+        axes.axhline(1, color="black", linestyle="--", linewidth=1, label="expert (1)")
+        axes.axhline(0, color="grey", linestyle=":", linewidth=1, label="random (0)")
+        _draw_demo_lines(axes, tasks[task], "normalized_score", colours, styles,
+                         band=("normalized_low", "normalized_high"))  # fmt: skip
+        _demonstration_axis(axes, [row["demos"] for line in tasks[task] for row in line.rows])
+        axes.set_title(task)
+        axes.set_ylabel("normalized score (mean, 95% interval)")
+    _legend(figure)
+    return figure
+
+
+def answer_rate_figure(
+    rows: Sequence[Row], rate: str = "illegal_rate", colours: dict[str, str] | None = None
+) -> Figure | None:
+    """A panel per task: the share of steps with an answer of that kind (`illegal_rate`,
+    `invalid_rate`, `empty_rate`) against demonstrations; None without imitation runs."""
+    tasks = imitation_lines(rows, rate)
+    if not tasks:
+        return None
+    colours = colours or model_colours(rows)
+    styles = _LineStyles()
+    figure, panels = _panels(list(tasks), f"Share of steps with {RATE_TEXT[rate]}")
+    for task, axes in panels.items():
+        _draw_demo_lines(axes, tasks[task], rate, colours, styles, band=None)
+        _demonstration_axis(axes, [row["demos"] for line in tasks[task] for row in line.rows])
+        axes.set_ylim(-0.03, 1.03)  # a rate: the whole range, so panels compare at a glance
+        axes.yaxis.set_major_formatter(_percent())
+        axes.set_title(task)
+        axes.set_ylabel(f"{rate.removesuffix('_rate')} answers (share of steps)")
+    _legend(figure)
+    return figure
+
+
+def _percent() -> Any:
+    from matplotlib.ticker import PercentFormatter
+
+    return PercentFormatter(xmax=1.0)
+
+
+def _curve_label(point: Row) -> str:
+    history = point.get("history")
+    suffix = f", {history} history" if history not in (None, "raw") else ""
+    return f"{point['model']} ({point['variant']}{suffix})"
+
+
+def learning_curve_figures(
+    curves: Sequence[Row], colours: dict[str, str] | None = None
+) -> dict[str, Figure]:
+    """A Figure per task, from `lmact.report.curve_rows`: a line per run, the mean return
+    at each episode across replicates, its 95% interval as a band."""
+    colours = colours or model_colours(curves)
+    variants = sorted({str(point["variant"]) for point in curves})
     figures = {}
-    for task, lines in sorted(by_task.items()):
-        figure, axes = pyplot.subplots(figsize=(7, 4.2), dpi=110)
-        for (model, variant), points in sorted(lines.items()):
-            points = sorted(points, key=lambda p: p["episode"])
-            x = [p["episode"] + 1 for p in points]
-            (drawn,) = axes.plot(x, [p["mean"] for p in points], label=f"{model} ({variant})")
-            low, high = [p["low"] for p in points], [p["high"] for p in points]
-            axes.fill_between(x, low, high, color=drawn.get_color(), alpha=0.2, linewidth=0)
+    for task, points in sorted(_by(curves, "task").items()):
+        figure = _figure(figsize=(7, 4.2))
+        axes = figure.subplots()
+        for run in sorted(_by(points, "run_id").values(), key=lambda p: _curve_label(p[0])):
+            run = sorted(run, key=lambda p: p["episode"])
+            x = [p["episode"] + 1 for p in run]
+            colour = colours.get(str(run[0]["model"]), PALETTE[0])
+            style = LINE_STYLES[variants.index(str(run[0]["variant"])) % len(LINE_STYLES)]
+            axes.plot(x, [p["mean"] for p in run], label=_curve_label(run[0]), color=colour,
+                      linestyle=style)  # fmt: skip
+            axes.fill_between(x, [p["low"] for p in run], [p["high"] for p in run],
+                              color=colour, alpha=0.2, linewidth=0)  # fmt: skip
         axes.set_title(f"{task}: in-context RL learning curves")
         axes.set_xlabel("episode")
         axes.set_ylabel("return (mean over replicates, 95% interval)")
@@ -51,23 +291,104 @@ def learning_curve_figures(curves: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return figures
 
 
-def write_learning_curves(curves: Sequence[dict[str, Any]], folder: Path) -> list[Path]:
-    """One PNG per task under `folder`; returns the files written."""
-    if not curves:
-        raise LmactError("the run store holds no in-context RL run (--regime icrl) to plot")
+def bandit_figure(
+    rows: Sequence[Row], measure: str = "regret", colours: dict[str, str] | None = None
+) -> Figure | None:
+    """A panel per bandit task: a bar per in-context RL run (model, variant, history) with
+    `measure` (`regret` or `suffix_failure`) and its 95% interval across replicates; None
+    when no run has the measure."""
+    drawn = [r for r in rows if r.get("regime") == "icrl" and r.get(measure) is not None]
+    if not drawn:
+        return None
+    colours = colours or model_colours(rows)
+    tasks = dict(sorted(_by(drawn, "task").items()))
+    figure, panels = _panels(list(tasks), BANDIT_TEXT[measure].capitalize())
+    for task, axes in panels.items():
+        bars = sorted(tasks[task], key=_bar_label)
+        x = list(range(len(bars)))
+        heights = [row[measure] for row in bars]
+        axes.bar(x, heights, color=[colours.get(str(r["model"]), PALETTE[0]) for r in bars])
+        _interval_bars(axes, x, bars, measure)
+        axes.set_xticks(x, [_bar_label(row) for row in bars], rotation=30, ha="right",
+                        fontsize="small")  # fmt: skip
+        axes.set_title(task)
+        axes.set_xlabel("model (variant, history)")
+        axes.set_ylabel(f"{measure.replace('_', ' ')} (95% interval)")
+        axes.grid(alpha=0.3, axis="y")
+        if measure == "suffix_failure":
+            axes.set_ylim(0, 1.05)
+            axes.yaxis.set_major_formatter(_percent())
+    return figure
+
+
+def _bar_label(row: Row) -> str:
+    return f"{row['model']} ({row.get('variant')}, {row.get('history')})"
+
+
+def _interval_bars(axes: Axes, x: Sequence[int], bars: Sequence[Row], measure: str) -> None:
+    """Error bars at the runs with an interval (a store from before intervals has none)."""
+    low, high = f"{measure}_low", f"{measure}_high"
+    known = [(i, r) for i, r in zip(x, bars, strict=True) if None not in (r.get(low), r.get(high))]
+    if not known:
+        return
+    axes.errorbar(
+        [i for i, _ in known], [r[measure] for _, r in known],
+        yerr=[[max(0.0, r[measure] - r[low]) for _, r in known],
+              [max(0.0, r[high] - r[measure]) for _, r in known]],
+        fmt="none", ecolor="black", capsize=4, linewidth=1,
+    )  # fmt: skip
+
+
+def report_figures(rows: Sequence[Row], curves: Sequence[Row]) -> dict[str, Figure]:
+    """Every figure the rows (`report_rows`) and curves (`curve_rows`) support, by a
+    name that is also its file's stem; a model has one colour in all of them."""
+    colours = model_colours([*rows, *curves])
+    candidates = {
+        "normalized-score": normalized_score_figure(rows, colours),
+        "illegal-rate": answer_rate_figure(rows, "illegal_rate", colours),
+        "invalid-rate": answer_rate_figure(rows, "invalid_rate", colours),
+        "bandit-regret": bandit_figure(rows, "regret", colours),
+        "bandit-suffix-failure": bandit_figure(rows, "suffix_failure", colours),
+    }
+    figures = {name: figure for name, figure in candidates.items() if figure is not None}
+    for task, figure in learning_curve_figures(curves, colours).items():
+        figures[f"{_file_stem(task)}-learning-curves"] = figure
+    return figures
+
+
+def _file_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def write_figures(figures: dict[str, Figure], folder: Path, option: str = "--out") -> list[Path]:
+    """Each figure as `folder/NAME.png`; returns the files written. `option` is the
+    command-line option named in an error."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise LmactError(f"--plot {folder}: {error.strerror}") from None
+        raise LmactError(f"{option} {folder}: {error.strerror}") from None
     written = []
-    pyplot = _pyplot()
-    for task, figure in learning_curve_figures(curves).items():
-        path = folder / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', task)}-learning-curves.png"
+    for name, figure in figures.items():
+        path = folder / f"{_file_stem(name)}.png"
         try:
             figure.savefig(path)
         except OSError as error:
-            raise LmactError(f"--plot {path}: {error.strerror}") from None
-        finally:
-            pyplot.close(figure)
+            raise LmactError(f"{option} {path}: {error.strerror}") from None
         written.append(path)
     return written
+
+
+def write_report_plots(
+    rows: Sequence[Row], curves: Sequence[Row], folder: Path, option: str = "--out"
+) -> list[Path]:
+    """Every plot the rows support, as PNG files under `folder` (stable names)."""
+    return write_figures(report_figures(rows, curves), folder, option)
+
+
+def write_learning_curves(curves: Sequence[Row], folder: Path) -> list[Path]:
+    """One PNG per task under `folder`; returns the files written."""
+    if not curves:
+        raise LmactError("the run store holds no in-context RL run (--regime icrl) to plot")
+    figures = learning_curve_figures(curves)
+    named = {f"{task}-learning-curves": figure for task, figure in figures.items()}
+    return write_figures(named, folder, "--plot")

@@ -1,19 +1,20 @@
-"""Tables of every run in a run store, as markdown or CSV."""
+"""Tables of every run in a run store, as markdown, CSV or JSON, grouped by task."""
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
 from lmact.errors import LmactError, UnknownNameError
-from lmact.records import EpisodeRecord
+from lmact.records import EpisodeRecord, flat_fields
 from lmact.regimes import parse_config, regime_of
 from lmact.regimes.base import RegimeConfig
-from lmact.scoring import score_episodes
+from lmact.scoring import normalized_interval, score_episodes
 from lmact.store import RunRecord, RunStore
 
 COLUMNS = [
@@ -23,11 +24,14 @@ COLUMNS = [
     "observation",
     "model",
     "demos",
+    "token_budget",
     "episodes",
     "mean_return",
     "ci95_low",
     "ci95_high",
     "normalized_score",
+    "normalized_low",
+    "normalized_high",
     "illegal_rate",
     "invalid_rate",
     "empty_rate",
@@ -40,13 +44,19 @@ COLUMNS = [
     "demo_draw",
     "demo_pool",
     "variant",
+    "history",
     "final_return",
     "final_normalized",
     "regret",
     "suffix_failure",
 ]
-FORMATS = ("markdown", "csv")
-CURVE_COLUMNS = ["run_id", "task", "model", "variant", "episode", "mean", "low", "high"]
+FORMATS = ("markdown", "csv", "json")
+FORMAT_ALIASES = {"md": "markdown"}
+# The file a table is written to under `lmact report --out DIR`, by format.
+SUFFIXES = {"markdown": "md", "csv": "csv", "json": "json"}
+# A learning curve's point: the run it is of, then where it is.
+CURVE_RUN_COLUMNS = ["run_id", "task", "model", "variant", "history"]
+CURVE_COLUMNS = [*CURVE_RUN_COLUMNS, "episode", "mean", "low", "high"]
 
 
 def _baseline_episodes(
@@ -79,11 +89,16 @@ def _scores_row(
 ) -> dict[str, Any]:
     scores = score_episodes(list(finished.values()), baselines["random"], baselines["expert"])
     values = {**vars(scores), **scores.usage.as_dict()}
+    normalized = None
+    if scores.random_return is not None and scores.expert_return is not None:
+        normalized = normalized_interval(scores.ci95, scores.random_return, scores.expert_return)
     return {
         **dict.fromkeys(COLUMNS),
         "run_id": run.run_id,
         "ci95_low": scores.ci95[0],
         "ci95_high": scores.ci95[1],
+        "normalized_low": normalized[0] if normalized else None,
+        "normalized_high": normalized[1] if normalized else None,
         **{name: values[name] for name in COLUMNS if name in values},
     }
 
@@ -127,13 +142,19 @@ def _foreign_row(run: RunRecord, finished: dict[int, EpisodeRecord]) -> dict[str
         if isinstance(config.get(key), str | int)
     }
     baselines: dict[str, Any] = {"random": None, "expert": None}
-    return {**_scores_row(run, finished, baselines), **described, "demos": run.demos_used}
+    budget = config.get("token_budget")
+    return {
+        **_scores_row(run, finished, baselines),
+        **described,
+        "demos": run.demos_used,
+        "token_budget": budget if isinstance(budget, int) else None,
+    }
 
 
 def curve_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The learning curves of the runs that have one: a row per run and episode index."""
     return [
-        {**{name: row.get(name) for name in CURVE_COLUMNS[:4]}, **point}
+        {**{name: row.get(name) for name in CURVE_RUN_COLUMNS}, **point}
         for row in rows
         for point in row.get("learning_curve") or []
     ]
@@ -142,6 +163,52 @@ def curve_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def report_rows(store: RunStore) -> list[dict[str, Any]]:
     rows = (run_row(store, run) for run in store.runs())
     return [row for row in rows if row is not None]
+
+
+def select_rows(
+    rows: Iterable[dict[str, Any]],
+    *,
+    tasks: Iterable[str] | None = None,
+    models: Iterable[str] | None = None,
+    run_ids: Iterable[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The rows of the given tasks, models and runs (None: any), in their order."""
+    wanted = {
+        column: set(values)
+        for column, values in (("task", tasks), ("model", models), ("run_id", run_ids))
+        if values is not None
+    }
+    return [row for row in rows if all(row.get(c) in v for c, v in wanted.items())]
+
+
+def grouped_by_task(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The rows per task, tasks in order of first appearance, rows in their order."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(str(row.get("task") or ""), []).append(row)
+    return groups
+
+
+def episode_records(store: RunStore, run_id: str) -> list[dict[str, Any]]:
+    """A run's finished episodes as plain dicts: the store's columns, and the run's id."""
+    return [
+        {"run_id": run_id, **flat_fields(record)}
+        for record in store.finished_episodes(run_id).values()
+    ]
+
+
+def with_episodes(store: RunStore, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row with its run's episode records under `episode_records` (what JSON reports
+    hold; `episodes` is already the row's count of scored episodes)."""
+    return [{**row, "episode_records": episode_records(store, row["run_id"])} for row in rows]
+
+
+def table_format(fmt: str) -> str:
+    """The format's canonical name (`md` is `markdown`); an unknown one is an error."""
+    fmt = FORMAT_ALIASES.get(fmt, fmt)
+    if fmt not in FORMATS:
+        raise UnknownNameError("report format", fmt, (*FORMATS, *FORMAT_ALIASES))
+    return fmt
 
 
 def _cell(column: str, value: Any) -> str:
@@ -158,18 +225,34 @@ def _cell(column: str, value: Any) -> str:
 def format_table(
     rows: Sequence[dict[str, Any]], fmt: str = "markdown", columns: Sequence[str] = COLUMNS
 ) -> str:
-    if fmt not in FORMATS:
-        raise UnknownNameError("report format", fmt, FORMATS)
+    """The rows grouped by task: in markdown a table per task under a heading (no heading
+    when there is one task), in CSV the `columns`, in JSON every field of every row."""
+    fmt = table_format(fmt)
+    groups = grouped_by_task(rows)
+    ordered = [row for group in groups.values() for row in group]
+    if fmt == "json":
+        first = [c for c in columns if any(c in row for row in ordered)]
+        records = [{**{c: row.get(c) for c in first}, **row} for row in ordered]
+        return json.dumps(records, indent=1, default=str) + "\n"
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.DictWriter(
             buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore"
         )
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(ordered)
         return buffer.getvalue()
     if not rows:
         raise LmactError("the run store holds no finished episode yet; start with `lmact run`")
+    if len(groups) == 1:
+        return _markdown_table(ordered, columns)
+    return "\n".join(
+        f"### {_cell('task', task)}\n\n{_markdown_table(group, columns)}"
+        for task, group in groups.items()
+    )
+
+
+def _markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(c, row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
