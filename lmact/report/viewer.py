@@ -149,11 +149,32 @@ class _ReplayStopped(Exception):
 
 @dataclass(frozen=True)
 class _Asked:
-    """What the replaying policy was asked at one step."""
+    """What the replaying policy was asked at one step: of the request, only what the page
+    shows (a whole prompt repeats the episode so far, and kept at every step would grow as
+    the square of an episode's length); the prefix's parts are shared between steps."""
 
-    request: ModelRequest
+    prefix: tuple[Part, ...]  # the stable prefix: preamble and demonstrations, or context
     observation: Observation | None  # rendered from the step's environment, if it has one
+    # What the prompt holds after the observation (legal actions, the instruction); None if
+    # the observation is not at the prompt's end, where steps put it.
+    after_observation: str | None
     answered_action: str | None  # the action the stored answer names there, if valid
+
+
+def _after_observation(parts: Sequence[Part], observation: Observation) -> str | None:
+    """The text of `parts` after `observation`, if they end with it and that text."""
+    if observation.image_png is not None:
+        if len(parts) >= 2 and isinstance(parts[-1], TextPart):
+            image = parts[-2]
+            if isinstance(image, ImagePart) and image.png == observation.image_png:
+                return parts[-1].text
+        return None
+    last = parts[-1] if parts else None
+    if isinstance(last, TextPart) and observation.text:
+        at = last.text.rfind(observation.text)
+        if at >= 0:
+            return last.text[at + len(observation.text) :]
+    return None
 
 
 class StoredAnswers(Policy):
@@ -193,13 +214,15 @@ class StoredAnswers(Policy):
         if index >= len(self.stored):
             raise _ReplayStopped(f"the replay went on past the {len(self.stored)} stored steps")
         completion = self.stored[index].completion
-        observation, named = None, None
+        observation, after, named = None, None, None
         if isinstance(situation, LiveSituation):  # every regime's steps are live ones
             env = situation.env
             # Rendering and parsing read the state only: the step is played unchanged.
             observation = env.render(self.observation)
+            after = _after_observation(request.parts, observation)
             named = classify_answer(env, extract_answer(completion), self.exact_answers).action
-        self.asked.append(_Asked(request, observation, named))
+        prefix = request.parts[: request.stable_prefix_parts]
+        self.asked.append(_Asked(prefix, observation, after, named))
         return ModelResponse(text=completion, stop_reason=self.stored[index].stop_reason)
 
 
@@ -337,23 +360,7 @@ class ViewedStep:
 
     @property
     def after_observation(self) -> str | None:
-        """What the prompt holds after the current observation (legal actions, the
-        instruction); None if the observation is not at the prompt's end, where steps put it."""
-        if self.asked is None or self.asked.observation is None:
-            return None
-        parts, observation = self.asked.request.parts, self.asked.observation
-        if observation.image_png is not None:
-            if len(parts) >= 2 and isinstance(parts[-1], TextPart):
-                image = parts[-2]
-                if isinstance(image, ImagePart) and image.png == observation.image_png:
-                    return parts[-1].text
-            return None
-        last = parts[-1] if parts else None
-        if isinstance(last, TextPart) and observation.text:
-            at = last.text.rfind(observation.text)
-            if at >= 0:
-                return last.text[at + len(observation.text) :]
-        return None
+        return self.asked.after_observation if self.asked is not None else None
 
     def problems(self) -> list[str]:
         """What keeps this step's rebuild from being what the run saw, in words."""
@@ -509,10 +516,7 @@ class _Prefixes:
 
 
 def _prefix_of(step: ViewedStep) -> tuple[Part, ...] | None:
-    if step.asked is None:
-        return None
-    request = step.asked.request
-    return request.parts[: request.stable_prefix_parts] or None
+    return (step.asked.prefix or None) if step.asked is not None else None
 
 
 def _prefix_label(step: ViewedStep, run: RunRecord) -> str:
