@@ -57,6 +57,8 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "--max-wait": (0, math.inf),
     "--input-price": (0, math.inf),
     "--output-price": (0, math.inf),
+    "--episode": (0, _INT_LIMIT),
+    "--port": (0, 65535),
 }
 _POSITIVE = frozenset({"--timeout", "--max-wait", "--p-keep"})
 
@@ -469,11 +471,53 @@ def build_parser() -> argparse.ArgumentParser:
         "--store", type=Path, default=DEFAULT_STORE, help="the run store (default: %(default)s)"
     )
 
+    _add_view_command(commands)
     commands.add_parser("tasks", help="list the tasks", description="List the tasks.")
     commands.add_parser(
         "models", help="list the model names", description="List the model names lmact accepts."
     )
     return parser
+
+
+def _add_view_command(commands: argparse._SubParsersAction) -> None:
+    view = commands.add_parser(
+        "view",
+        help="a step-by-step page of a run's episodes",
+        description="Write a self-contained HTML page of a run's finished episodes, step by "
+        "step: each observation as the model saw it, the completion, the answer and its kind, "
+        "the action executed (marked when it replaced the answer), reward, tokens, latency, "
+        "and the demonstrations or in-context RL context. The episodes are replayed offline "
+        "to rebuild each prompt, which is checked against the stored prompt hash.",
+    )
+    view.add_argument(
+        "run_id",
+        nargs="?",
+        metavar="RUN_ID",
+        help="a run id, or its first characters (default: the latest run that is not a "
+        "baseline; `lmact report` lists them)",
+    )
+    view.add_argument(
+        "--episode",
+        type=int,
+        metavar="N",
+        help="the episode shown first, as stored (in-context RL: replicate r's episode e is "
+        "r*100000+e; default: the first)",
+    )
+    view.add_argument(
+        "--out",
+        metavar="FILE",
+        help="where to write the page, - for stdout (default: view-RUN_ID.html beside the "
+        "run store); the path written is printed",
+    )
+    view.add_argument(
+        "--serve",
+        action="store_true",
+        help="also serve the page on http://127.0.0.1:PORT/ until Ctrl-C",
+    )
+    view.add_argument(
+        "--port", type=int, default=0, help="the port of --serve (default: any free one)"
+    )
+    _add_storage_options(view)
 
 
 def _demo_store(args: argparse.Namespace) -> DemoStore:
@@ -1016,6 +1060,29 @@ def _plot_files(
     return written
 
 
+def _command_view(args: argparse.Namespace) -> None:
+    from lmact.report.viewer import render_viewer, resolve_run, serve_page, view_path
+    from lmact.store import RunStore
+
+    if not args.store.exists():
+        raise LmactError(f"no run store at {args.store}; start with `lmact run`")
+    with RunStore(args.store) as store:
+        run = resolve_run(store, args.run_id)
+        page = render_viewer(store, run.run_id, args.episode, demo_store=_demo_store(args))
+    if args.out == "-":
+        print(page, end="")
+    else:
+        out = Path(args.out) if args.out else view_path(args.store, run.run_id)
+        try:
+            out.write_text(page, encoding="utf-8")
+        except OSError as error:
+            raise LmactError(f"cannot write {out}: {error.strerror or error}") from None
+        print(out)
+    if args.serve:  # stdout is written when the command ends: the address goes to stderr
+        serve_page(page, args.port, lambda url: print(f"lmact: serving {url} (Ctrl-C stops)",
+                                                       file=sys.stderr, flush=True))  # fmt: skip
+
+
 def _command_tasks(args: argparse.Namespace) -> None:
     from lmact.tasks import task_specs
 
@@ -1040,6 +1107,7 @@ COMMANDS = {
     "sweep": _command_sweep,
     "demos": _command_demos,
     "report": _command_report,
+    "view": _command_view,
     "tasks": _command_tasks,
     "models": _command_models,
 }

@@ -1,0 +1,892 @@
+"""The episode viewer: one self-contained HTML page per run, step by step.
+
+For each step the page shows the observation as the model saw it (text, or the image), the
+model's raw completion, the extracted answer and its kind, the executed action (marked when
+it replaced the answer), the reward, tokens, latency and whether the call came from the
+cache; each episode's return and how it ended; a list of the run's episodes to move
+between; and, on demand, the demonstrations (or an in-context RL step's context).
+
+How the page knows what the model saw. The run store keeps each step's prompt hash, not its
+prompt or observation. Storing prompts would repeat the demonstrations at every step and
+change the store's layout, which must stay readable by and from earlier releases
+(`tests/test_store_migration.py`); recording observations from now on would show nothing
+of the runs already stored, and would still not prove what the prompt was. Instead the
+viewer replays every stored episode offline through the run's own regime (`Regime.prepare`
+and `Regime.play`, so `lmact.episode.play_step`), with a policy that answers each step with
+the completion stored for it and keeps the request it was given. Everything above the
+model is deterministic given the seed, so the replay rebuilds the very requests that were
+sent; each is checked against the stored prompt hash, and only a matching one is presented
+as what the model saw. Demonstrations and in-context RL contexts are the request's stable
+prefix, so they come with it.
+
+When a step cannot be rebuilt or its rebuild does not match (the task or its spec changed,
+an engine is missing, the environment is not deterministic, the demonstration cache
+changed), the page still shows the stored record and says what could not be verified and
+why, instead of failing.
+
+Every piece of text on the page is escaped, the page loads nothing (its Content-Security-
+Policy forbids it; images are `data:` URIs) and its one script runs by its hash; nothing a
+model wrote is evaluated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import html
+import http.server
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from lmact.demos import DemoStore
+from lmact.envs.base import AnswerKind, Observation, classify_answer
+from lmact.episode import LiveSituation
+from lmact.errors import LmactError
+from lmact.models.base import (
+    ImagePart,
+    ModelClient,
+    ModelRequest,
+    ModelResponse,
+    Part,
+    TextPart,
+    estimate_tokens,
+)
+from lmact.models.registry import resolve_model
+from lmact.policies import Policy, Situation
+from lmact.prompting import extract_answer
+from lmact.records import EpisodeRecord, StepRecord
+from lmact.regimes import parse_config, regime_of
+from lmact.regimes.base import Regime, RegimeConfig, RunContext
+from lmact.regimes.icrl import EVALUATION_OFFSET, REPLICATE_STRIDE
+from lmact.store import RunRecord, RunStore
+
+__all__ = [
+    "KIND_COLOURS",
+    "make_server",
+    "render_viewer",
+    "resolve_run",
+    "serve_page",
+    "view_path",
+]
+
+# The colour of each answer kind on the page (badges, step borders), as RGB.
+KIND_COLOURS: dict[AnswerKind, tuple[int, int, int]] = {
+    AnswerKind.VALID: (26, 127, 55),
+    AnswerKind.ILLEGAL: (188, 76, 0),
+    AnswerKind.INVALID: (207, 34, 46),
+    AnswerKind.EMPTY: (110, 119, 129),
+}
+_REPLACED_BECAUSE = {
+    AnswerKind.ILLEGAL: "the answer is not a legal action here",
+    AnswerKind.INVALID: "the answer is not of the action format",
+    AnswerKind.EMPTY: "there was no answer",
+}
+
+
+# --- Which run ----------------------------------------------------------------------------
+
+
+def resolve_run(store: RunStore, prefix: str | None = None) -> RunRecord:
+    """The run whose id is `prefix` or starts with it; with none, the latest run that is not
+    another stored run's baseline. A one-line LmactError when none or several match."""
+    runs = store.runs()
+    if not runs:
+        raise LmactError(f"the run store {store.path} holds no run yet; start with `lmact run`")
+    if prefix is None:
+        return _latest(runs)
+    wanted = prefix.strip().lower()
+    matching = [run for run in runs if run.run_id.startswith(wanted)]
+    exact = [run for run in matching if run.run_id == wanted]
+    if exact:
+        return exact[0]
+    if not matching:
+        raise LmactError(
+            f"no run id in {store.path} starts with {prefix!r} (`lmact report` lists the runs)"
+        )
+    if len(matching) > 1:
+        shown = ", ".join(run.run_id for run in matching[:4]) + (", …" if len(matching) > 4 else "")
+        raise LmactError(
+            f"run id prefix {prefix!r} is ambiguous: {len(matching)} runs in {store.path} "
+            f"start with it ({shown}); give more characters"
+        )
+    return matching[0]
+
+
+def _latest(runs: Sequence[RunRecord]) -> RunRecord:
+    """The last created run that is no other run's baseline: `lmact run` stores the random
+    and expert baselines after the run they score, and that run is the one to look at."""
+    baselines: set[str] = set()
+    for run in runs:
+        try:
+            config = parse_config(run.config)
+            ids = {baseline.run_id for baseline in regime_of(config).baselines(config).values()}
+        except (ValidationError, LmactError):
+            continue  # another release's run, or a task that is gone: no baselines known
+        baselines |= ids - {run.run_id}
+    candidates = [run for run in runs if run.run_id not in baselines]
+    return (candidates or list(runs))[-1]
+
+
+def view_path(store_path: Path, run_id: str) -> Path:
+    """Where `lmact view` writes a run's page by default: beside the run store."""
+    return store_path.parent / f"view-{run_id}.html"
+
+
+# --- Replaying the stored episodes --------------------------------------------------------
+
+
+class _ReplayStopped(Exception):
+    """The replay asked for a step the run did not store: it went another way."""
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """What the replaying policy was asked at one step: of the request, only what the page
+    shows (a whole prompt repeats the episode so far, and kept at every step would grow as
+    the square of an episode's length); the prefix's parts are shared between steps."""
+
+    prefix: tuple[Part, ...]  # the stable prefix: preamble and demonstrations, or context
+    observation: Observation | None  # rendered from the step's environment, if it has one
+    # What the prompt holds after the observation (legal actions, the instruction); None if
+    # the observation is not at the prompt's end, where steps put it.
+    after_observation: str | None
+    answered_action: str | None  # the action the stored answer names there, if valid
+
+
+def _after_observation(parts: Sequence[Part], observation: Observation) -> str | None:
+    """The text of `parts` after `observation`, if they end with it and that text."""
+    if observation.image_png is not None:
+        if len(parts) >= 2 and isinstance(parts[-1], TextPart):
+            image = parts[-2]
+            if isinstance(image, ImagePart) and image.png == observation.image_png:
+                return parts[-1].text
+        return None
+    last = parts[-1] if parts else None
+    if isinstance(last, TextPart) and observation.text:
+        at = last.text.rfind(observation.text)
+        if at >= 0:
+            return last.text[at + len(observation.text) :]
+    return None
+
+
+class StoredAnswers(Policy):
+    """Answers every step with the completion the run stored for it, and keeps each request.
+
+    It counts tokens as the run's model did where the prompt depends on counts (`counter`),
+    and otherwise with the documented estimate, as scripted policies do."""
+
+    name = "stored-answers"
+    accepts_images = True
+
+    def __init__(self, observation: str, exact_answers: bool, counter: ModelClient | None) -> None:
+        super().__init__()
+        self.observation = observation
+        self.exact_answers = exact_answers
+        self.counter = counter
+        self.stored: Sequence[StepRecord] = ()
+        self.asked: list[_Asked] = []
+
+    @property
+    def context_window(self) -> int | None:
+        return self.counter.context_window if self.counter is not None else None
+
+    @property
+    def max_images(self) -> int | None:
+        return self.counter.max_images if self.counter is not None else None
+
+    def count_tokens(self, parts: Sequence[Part]) -> int:
+        return self.counter.count_tokens(parts) if self.counter else estimate_tokens(parts)
+
+    def start(self, stored: Sequence[StepRecord]) -> None:
+        """Answer the steps of one stored episode from here on."""
+        self.stored, self.asked = stored, []
+
+    async def act(self, request: ModelRequest, situation: Situation) -> ModelResponse:
+        index = len(self.asked)
+        if index >= len(self.stored):
+            raise _ReplayStopped(f"the replay went on past the {len(self.stored)} stored steps")
+        completion = self.stored[index].completion
+        observation, after, named = None, None, None
+        if isinstance(situation, LiveSituation):  # every regime's steps are live ones
+            env = situation.env
+            # Rendering and parsing read the state only: the step is played unchanged.
+            observation = env.render(self.observation)
+            after = _after_observation(request.parts, observation)
+            named = classify_answer(env, extract_answer(completion), self.exact_answers).action
+        prefix = request.parts[: request.stable_prefix_parts]
+        self.asked.append(_Asked(prefix, observation, after, named))
+        return ModelResponse(text=completion, stop_reason=self.stored[index].stop_reason)
+
+
+@dataclass
+class _Replay:
+    """What replaying a run's episodes gave: per unit, its steps as asked and as replayed."""
+
+    steps: dict[int, list[tuple[_Asked, StepRecord]]] = field(default_factory=dict)
+    notes: dict[int, str] = field(default_factory=dict)  # why a unit's replay fell short
+    run_notes: list[str] = field(default_factory=list)
+
+
+def _token_counter(config: RegimeConfig) -> ModelClient | None:
+    """The run's model, to count tokens as the run did where the prompt depends on counts: a
+    token budget, or in-context RL's context cut to the model's window. Elsewhere counts only
+    check that a prompt fits, and no model is loaded. A scripted policy or a client made in
+    Python does not resolve: those runs counted with the estimate too."""
+    if getattr(config, "token_budget", None) is None and config.regime != "icrl":
+        return None
+    try:
+        return resolve_model(config.model)
+    except LmactError:
+        return None
+
+
+def _replay_order(
+    regime: Regime[Any, Any], config: RegimeConfig, units: Sequence[int]
+) -> list[int]:
+    """The units in the order the runner plays them: where a regime chains units (each
+    in-context RL episode's context holds the earlier ones), chain by chain, in order."""
+    finished, scored = set(units), sum(regime.is_scored(config, unit) for unit in units)
+    chains: list[list[int]] = []
+    with contextlib.suppress(LmactError):
+        episodes = 1
+        # The horizon that covers every finished unit: doubled until it does (or can't).
+        while True:
+            chains = regime.chains(config, episodes)
+            if finished <= {u for chain in chains for u in chain} or episodes >= scored:
+                break
+            episodes *= 2
+    order = [unit for chain in chains for unit in chain if unit in finished]
+    return order + sorted(finished - set(order))
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, LmactError | _ReplayStopped):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def _replay(
+    store: RunStore, run: RunRecord, config: RegimeConfig, demo_store: DemoStore
+) -> _Replay:
+    """Replay every finished unit of `run` offline with its stored completions."""
+    regime = regime_of(config)
+    units = sorted(store.finished_episodes(run.run_id))
+    stored = {unit: store.steps(run.run_id, unit) for unit in units}
+    counter = _token_counter(config)
+    exact = getattr(config, "answer_match", "lenient") == "exact"
+    policy = StoredAnswers(config.observation, exact, counter)
+    replay = _Replay()
+    order = _replay_order(regime, config, units)
+    try:
+        context = RunContext(demo_store, _no_progress, lambda unit: store.steps(run.run_id, unit))
+        prepared = regime.prepare(config, policy, context, order)
+        asyncio.run(_replay_units(regime, prepared, policy, order, stored, replay))
+    except Exception as error:  # whatever stops the rebuild, the stored record still shows
+        replay.run_notes.append(f"the episodes could not be rebuilt: {_reason(error)}")
+        return replay
+    finally:
+        if counter is not None:
+            counter.close()
+    shown, played = prepared.facts.demonstrations_hash, run.demos_hash
+    if shown is not None and played is not None and shown != played:
+        replay.run_notes.append(
+            f"the demonstration cache now holds other demonstrations (hash {shown}) than the "
+            f"run was played with ({played})"
+        )
+    return replay
+
+
+async def _replay_units(
+    regime: Regime[Any, Any],
+    prepared: Any,
+    policy: StoredAnswers,
+    order: Sequence[int],
+    stored: dict[int, list[StepRecord]],
+    replay: _Replay,
+) -> None:
+    for unit in order:
+        policy.start(stored[unit])
+        replayed: list[StepRecord] = []
+        try:
+            await regime.play(prepared, policy, unit, replayed.append)
+        except Exception as error:  # one unit's failure leaves the others to show
+            replay.notes[unit] = f"the replay stopped at step {len(replayed)}: {_reason(error)}"
+        else:
+            if len(replayed) < len(stored[unit]):
+                replay.notes[unit] = (
+                    f"the replay ended after {len(replayed)} of the {len(stored[unit])} "
+                    "stored steps"
+                )
+        replay.steps[unit] = list(zip(policy.asked, replayed, strict=False))
+
+
+@contextlib.contextmanager
+def _no_progress(total: int, description: str, unit: str) -> Iterator[Any]:
+    class _Bar:
+        def update(self, count: int = 1) -> None:
+            pass
+
+    yield _Bar()
+
+
+# --- What the page shows -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ViewedStep:
+    stored: StepRecord
+    asked: _Asked | None = None
+    replayed: StepRecord | None = None
+
+    @property
+    def verified(self) -> bool:
+        """The rebuilt prompt is the one sent: its hash is the stored one."""
+        return self.replayed is not None and self.replayed.prompt_hash == self.stored.prompt_hash
+
+    @property
+    def replaced(self) -> bool:
+        """The executed action is not the one the answer named."""
+        if self.asked is not None and self.replayed is not None:
+            return self.asked.answered_action != self.stored.action
+        return self.stored.kind != AnswerKind.VALID
+
+    @property
+    def after_observation(self) -> str | None:
+        return self.asked.after_observation if self.asked is not None else None
+
+    def problems(self) -> list[str]:
+        """What keeps this step's rebuild from being what the run saw, in words."""
+        stored, replayed = self.stored, self.replayed
+        if replayed is None:
+            return ["not rebuilt: the observation and the prompt are not known"]
+        found = []
+        if not self.verified:
+            found.append(
+                f"the rebuilt prompt differs from the one sent (hash {replayed.prompt_hash[:12]}, "
+                f"stored {stored.prompt_hash[:12]}): what is shown is the rebuild, not "
+                "necessarily what the model saw"
+            )
+        if replayed.action != stored.action or replayed.kind != stored.kind:
+            found.append(
+                f"the replay read the answer as {replayed.kind.value} and executed "
+                f"{replayed.action!r}; the run: {stored.kind.value}, {stored.action!r}"
+            )
+        if self.after_observation is None:
+            found.append("the observation shown is not where the prompt's current one stands")
+        return found
+
+
+@dataclass(frozen=True)
+class ViewedEpisode:
+    record: EpisodeRecord
+    label: str
+    steps: list[ViewedStep]
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class ViewedRun:
+    run: RunRecord
+    config: RegimeConfig | None
+    episodes: list[ViewedEpisode]
+    notes: list[str]
+
+
+def view_run(store: RunStore, run: RunRecord, demo_store: DemoStore | None = None) -> ViewedRun:
+    """Every finished episode of `run`, its steps rebuilt where they can be."""
+    finished = store.finished_episodes(run.run_id)
+    try:
+        config: RegimeConfig | None = parse_config(run.config)
+    except ValidationError:
+        config = None
+    if config is None:
+        replay = _Replay(run_notes=["this run's configuration is not one this lmact reads"])
+    else:
+        replay = _replay(store, run, config, demo_store or DemoStore())
+    episodes = []
+    for unit, record in finished.items():
+        rebuilt = replay.steps.get(unit, [])
+        steps = [
+            ViewedStep(stored, *(rebuilt[index] if index < len(rebuilt) else (None, None)))
+            for index, stored in enumerate(store.steps(run.run_id, unit))
+        ]
+        episodes.append(
+            ViewedEpisode(record, _unit_label(config, unit), steps, replay.notes.get(unit))
+        )
+    return ViewedRun(run, config, episodes, replay.run_notes)
+
+
+def _unit_label(config: RegimeConfig | None, unit: int) -> str:
+    """A unit as people name it: in-context RL numbers units by replicate."""
+    if config is None or config.regime != "icrl":
+        return f"episode {unit}"
+    replicate, index = divmod(unit, REPLICATE_STRIDE)
+    if index >= EVALUATION_OFFSET:
+        return f"replicate {replicate} · held-out evaluation {index - EVALUATION_OFFSET}"
+    return f"replicate {replicate} · episode {index}"
+
+
+def render_viewer(
+    store: RunStore,
+    run_id: str,
+    episode: int | None = None,
+    *,
+    demo_store: DemoStore | None = None,
+) -> str:
+    """The whole self-contained page of one run: all its finished episodes, `episode` (a
+    stored episode number; default the first) shown first. `run_id` may be a prefix."""
+    run = resolve_run(store, run_id)
+    finished = store.finished_episodes(run.run_id)
+    if episode is not None and episode not in finished:
+        raise LmactError(
+            f"run {run.run_id} has no finished episode {episode}; "
+            f"its finished episodes: {_some(sorted(finished))}"
+        )
+    view = view_run(store, run, demo_store)
+    chosen = episode if episode is not None else min(finished, default=None)
+    return page_html(view, chosen)
+
+
+def _some(numbers: Sequence[int]) -> str:
+    if not numbers:
+        return "none yet"
+    if len(numbers) <= 8:
+        return ", ".join(map(str, numbers))
+    return f"{', '.join(map(str, numbers[:6]))}, … {numbers[-1]} ({len(numbers)} in all)"
+
+
+# --- The page ------------------------------------------------------------------------------
+
+
+def _e(value: object) -> str:
+    """Any text, escaped for HTML text and attribute values alike."""
+    return html.escape(str(value), quote=True)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+class _Prefixes:
+    """The distinct stable prefixes of the run's prompts (demonstrations, contexts), each
+    written once as an inert <template>; their images once each, in a JSON table."""
+
+    def __init__(self) -> None:
+        self._index: dict[str, int] = {}
+        self._templates: list[str] = []
+        self.images: dict[str, str] = {}
+
+    def ref(self, parts: Sequence[Part]) -> int:
+        key = ModelRequest(parts=tuple(parts)).prompt_hash
+        if key not in self._index:
+            self._index[key] = len(self._templates)
+            self._templates.append(self._parts_html(parts))
+        return self._index[key]
+
+    def _parts_html(self, parts: Sequence[Part]) -> str:
+        shown = []
+        for part in parts:
+            if isinstance(part, TextPart):
+                shown.append(f'<pre class="prompt">{_e(part.text)}</pre>')
+            else:
+                self.images.setdefault(part.sha256, _data_uri(part.png))
+                shown.append(f'<img class="prompt-image" data-ref="{part.sha256}" alt="image">')
+        return "".join(shown)
+
+    def html(self) -> str:
+        templates = "".join(
+            f'<template id="prefix-{index}">{content}</template>'
+            for index, content in enumerate(self._templates)
+        )
+        # "<" escaped: no text inside the data block can end it.
+        table = json.dumps(self.images).replace("<", "\\u003c")
+        return f'{templates}<script type="application/json" id="prompt-images">{table}</script>'
+
+
+def _prefix_of(step: ViewedStep) -> tuple[Part, ...] | None:
+    return (step.asked.prefix or None) if step.asked is not None else None
+
+
+def _prefix_label(step: ViewedStep, run: RunRecord) -> str:
+    parts = _prefix_of(step) or ()
+    chars = sum(len(p.text) for p in parts if isinstance(p, TextPart))
+    images = sum(isinstance(p, ImagePart) for p in parts)
+    size = f"{chars:,} characters" + (f", {images} images" if images else "")
+    context = step.stored.context
+    if context is not None:
+        shown = ", ".join(str(index) for index in context) if context else "none"
+        return f"context of step {step.stored.step}: earlier episodes {shown} · {size}"
+    count = f"{_count(run.demos_used, 'demonstration')} · " if run.demos_used is not None else ""
+    return f"preamble and demonstrations · {count}{size}"
+
+
+def _prefix_details(ref: int, label: str) -> str:
+    return f'<details class="prefix" data-prefix="{ref}"><summary>{_e(label)}</summary></details>'
+
+
+def _step_head(step: ViewedStep) -> str:
+    stored, usage = step.stored, step.stored.usage
+    cached = f", {usage.cached_tokens} cached" if usage.cached_tokens else ""
+    reasoning = f", {usage.reasoning_tokens} reasoning" if usage.reasoning_tokens else ""
+    items = [
+        f'<span class="step-no">step {stored.step}</span>',
+        f'<span class="kind kind-{stored.kind.value}">{_e(stored.kind.value)}</span>',
+        f"<span>reward {stored.reward:g}</span>",
+        f"<span>tokens {usage.prompt_tokens} in / {usage.completion_tokens} out"
+        f"{cached}{reasoning}</span>",
+        f"<span>{stored.latency_s:.2f} s</span>",
+        '<span class="cache">from the cache</span>'
+        if stored.from_cache
+        else "<span>new call</span>",
+    ]
+    if stored.stop_reason != "stop":
+        items.append(f"<span>stopped by {_e(stored.stop_reason.value)}</span>")
+    if stored.cost_usd:
+        items.append(f"<span>${stored.cost_usd:.5f}</span>")
+    if step.verified:
+        items.append(
+            '<span class="check ok" title="its hash is the stored one">prompt verified</span>'
+        )
+    else:
+        items.append('<span class="check warn">not verified</span>')
+    return f'<div class="step-head">{"".join(items)}</div>'
+
+
+def _observation_html(step: ViewedStep) -> str:
+    observation = step.asked.observation if step.asked is not None else None
+    if observation is None:
+        shown = '<p class="missing">not available (see the note below)</p>'
+    elif observation.image_png is not None:
+        shown = (
+            f'<img class="obs-image" src="{_data_uri(observation.image_png)}" '
+            f'alt="observation at step {step.stored.step}">'
+        )
+    else:
+        shown = f'<pre class="obs">{_e(observation.text)}</pre>'
+    return f'<div class="observation"><h3>observation</h3>{shown}</div>'
+
+
+def _answer_html(step: ViewedStep) -> str:
+    stored = step.stored
+    completion = (
+        f'<pre class="completion">{_e(stored.completion)}</pre>'
+        if stored.completion
+        else '<p class="none">(no text)</p>'
+    )
+    answer = (
+        f"<code>{_e(stored.answer)}</code>"
+        if stored.answer
+        else '<span class="none">nothing</span>'
+    )
+    executed = f'<code class="action">{_e(stored.action)}</code>'
+    if step.replaced:
+        why = _REPLACED_BECAUSE.get(stored.kind, "the regime executes another action")
+        executed = (
+            f'<dd class="executed replaced">{executed} <strong class="replaced-mark">'
+            f"⟲ replaced the answer</strong> <span>({_e(why)})</span></dd>"
+        )
+    else:
+        executed = f'<dd class="executed">{executed}</dd>'
+    return (
+        f'<div class="answer"><h3>completion</h3>{completion}<dl>'
+        f"<dt>answer</dt><dd>{answer}</dd><dt>executed</dt>{executed}</dl></div>"
+    )
+
+
+def _step_html(
+    step: ViewedStep, episode: int, prefixes: _Prefixes, run: RunRecord, own_prefix: bool
+) -> str:
+    notes = "".join(f'<p class="note">⚠ {_e(problem)}</p>' for problem in step.problems())
+    after = step.after_observation
+    extras = ""
+    if after is not None and after.strip():
+        extras += (
+            '<details class="after"><summary>the prompt after the observation</summary>'
+            f'<pre class="prompt">{_e(after)}</pre></details>'
+        )
+    prefix = _prefix_of(step)
+    if own_prefix and prefix is not None:
+        extras += _prefix_details(prefixes.ref(prefix), _prefix_label(step, run))
+    return (
+        f'<li class="step kind-{step.stored.kind.value}" id="e{episode}-s{step.stored.step}">'
+        f'{_step_head(step)}<div class="step-body">{_observation_html(step)}'
+        f"{_answer_html(step)}</div>{notes}{extras}</li>"
+    )
+
+
+def _episode_facts(record: EpisodeRecord) -> str:
+    ending = "terminated" if record.terminated else "truncated"
+    usage = record.usage
+    cost = f" · ${record.cost_usd:.4f}" if record.cost_usd else ""
+    unreadable = f" · {record.unreadable} unreadable" if record.unreadable else ""
+    return (
+        f'<p class="facts">return <b>{record.total_return:g}</b> · {record.steps} steps · '
+        f"ended: <b>{_e(record.end_reason or ending)}</b> ({ending}) · seed {record.seed}</p>"
+        f'<p class="facts">valid {record.valid} · illegal {record.illegal} · invalid '
+        f"{record.invalid} · empty {record.empty}{unreadable} · tokens {usage.prompt_tokens} in / "
+        f"{usage.completion_tokens} out ({usage.cached_tokens} cached){cost}</p>"
+    )
+
+
+def _episode_html(episode: ViewedEpisode, run: RunRecord, prefixes: _Prefixes, shown: bool) -> str:
+    unit = episode.record.episode
+    prefixes_seen = {_prefix_of(step) for step in episode.steps}
+    shared = len(prefixes_seen) == 1 and None not in prefixes_seen
+    head = f"<h2>{_e(episode.label)}</h2>{_episode_facts(episode.record)}"
+    if episode.note:
+        head += f'<p class="note">⚠ {_e(episode.note)}</p>'
+    if shared:
+        first = episode.steps[0]
+        head += _prefix_details(prefixes.ref(_prefix_of(first) or ()), _prefix_label(first, run))
+    steps = "".join(_step_html(step, unit, prefixes, run, not shared) for step in episode.steps)
+    hidden = "" if shown else " hidden"
+    return (
+        f'<section class="episode" id="episode-{unit}" data-episode="{unit}"{hidden}>'
+        f'<header class="episode-head">{head}</header><ol class="steps">{steps}</ol></section>'
+    )
+
+
+def _nav_html(episodes: Sequence[ViewedEpisode], chosen: int | None) -> str:
+    items = []
+    for episode in episodes:
+        record = episode.record
+        unit = record.episode
+        current = ' class="current"' if unit == chosen else ""
+        flag = "" if all(s.verified for s in episode.steps) else ' <span class="flag">⚠</span>'
+        items.append(
+            f'<li><a href="#episode-{unit}" data-episode="{unit}"{current}>{_e(episode.label)}'
+            f'<span class="nav-facts">return {record.total_return:g} · '
+            f"{_e(record.end_reason or '')}</span>{flag}</a></li>"
+        )
+    return f"<nav><h2>episodes ({len(episodes)})</h2><ol>{''.join(items)}</ol></nav>"
+
+
+def _verification(view: ViewedRun) -> str:
+    steps = [step for episode in view.episodes for step in episode.steps]
+    verified = sum(step.verified for step in steps)
+    if steps and verified == len(steps):
+        text = (
+            f"All {len(steps)} steps were rebuilt offline and every prompt hashes to the one "
+            "stored: the observations and prompts shown are what the model was sent."
+        )
+        return f'<p class="verify ok">✓ {text}</p>'
+    text = (
+        f"{verified} of {len(steps)} steps were rebuilt with the very prompt the model was "
+        "sent; the others are marked, with the reason."
+    )
+    notes = "".join(f'<p class="note">⚠ {_e(note)}</p>' for note in view.notes)
+    return f'<p class="verify warn">{_e(text)}</p>{notes}'
+
+
+def _run_header(view: ViewedRun) -> str:
+    run, config = view.run, view.run.config
+    created = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(run.created))
+    line = " · ".join(
+        str(config.get(key, "?")) for key in ("task", "observation", "model", "regime")
+    )
+    demos = f" · {_count(run.demos_used, 'demonstration')}" if run.demos_used is not None else ""
+    rows = "".join(
+        f"<tr><th>{_e(key)}</th><td>{_e(json.dumps(value))}</td></tr>"
+        for key, value in sorted(config.items())
+    )
+    return (
+        f'<header class="run"><h1>run <code>{_e(run.run_id)}</code></h1>'
+        f"<p>{_e(line)}{_e(demos)} · created {created}</p>{_verification(view)}"
+        f"<details><summary>configuration</summary><table>{rows}</table></details></header>"
+    )
+
+
+_KIND_VARIABLES = " ".join(
+    f"--{kind.value}: rgb{colour};".replace(" ", "") for kind, colour in KIND_COLOURS.items()
+)
+_CSS = (
+    f":root {{ color-scheme: light; {_KIND_VARIABLES} }}"
+    + """
+* { box-sizing: border-box; }
+body { margin: 0; font: 14px/1.45 system-ui, sans-serif; color: #1f2328; background: #f6f8fa; }
+.layout { display: grid; grid-template-columns: 260px 1fr; min-height: 100vh; }
+nav { background: #fff; border-right: 1px solid #d0d7de; padding: 12px; position: sticky;
+  top: 0; height: 100vh; overflow-y: auto; }
+nav h2 { font-size: 14px; margin: 0 0 8px; }
+nav ol { list-style: none; margin: 0; padding: 0; }
+nav a { display: block; padding: 4px 6px; border-radius: 4px; color: #0969da;
+  text-decoration: none; }
+nav a.current { background: #ddf4ff; font-weight: 600; }
+.nav-facts { display: block; color: #57606a; font-size: 12px; font-weight: 400; }
+.flag { color: var(--illegal); }
+main { padding: 16px 24px; min-width: 0; }
+header.run h1 { font-size: 20px; margin: 0 0 4px; }
+.verify.ok { color: var(--valid); }
+.verify.warn, .note { color: var(--illegal); }
+.note { margin: 6px 0; }
+table { border-collapse: collapse; font-size: 12px; }
+th, td { text-align: left; padding: 2px 8px; border-bottom: 1px solid #eaeef2; }
+td { font-family: ui-monospace, monospace; }
+.episode-head h2 { margin: 16px 0 4px; font-size: 18px; }
+.facts { margin: 2px 0; color: #424a53; }
+ol.steps { list-style: none; padding: 0; margin: 12px 0; }
+.step { background: #fff; border: 1px solid #d0d7de; border-left: 6px solid var(--empty);
+  border-radius: 6px; margin: 0 0 12px; padding: 8px 12px; }
+.step.kind-valid { border-left-color: var(--valid); }
+.step.kind-illegal { border-left-color: var(--illegal); }
+.step.kind-invalid { border-left-color: var(--invalid); }
+.step-head { display: flex; flex-wrap: wrap; gap: 6px 14px; align-items: center;
+  color: #57606a; font-size: 13px; }
+.step-no { font-weight: 600; color: #1f2328; }
+.kind { color: #fff; border-radius: 10px; padding: 1px 9px; font-weight: 600; }
+.kind-valid .kind, .kind.kind-valid { background: var(--valid); }
+.kind.kind-illegal { background: var(--illegal); }
+.kind.kind-invalid { background: var(--invalid); }
+.kind.kind-empty { background: var(--empty); }
+.check.ok { color: var(--valid); }
+.check.warn { color: var(--illegal); font-weight: 600; }
+.step-body { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 16px;
+  margin-top: 6px; }
+h3 { font-size: 12px; text-transform: uppercase; letter-spacing: .04em; color: #57606a;
+  margin: 4px 0; }
+pre { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 13px;
+  white-space: pre-wrap; overflow-wrap: anywhere; margin: 0; padding: 6px 8px;
+  background: #f6f8fa; border-radius: 4px; }
+.obs-image, .prompt-image { image-rendering: pixelated; max-width: 100%; width: 288px;
+  border: 1px solid #d0d7de; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: 4px 10px; margin: 8px 0 0; }
+dt { color: #57606a; }
+dd { margin: 0; }
+code { font-family: ui-monospace, monospace; background: #eaeef2; padding: 0 4px;
+  border-radius: 3px; }
+.executed.replaced { background: #fff1e5; border: 2px solid var(--illegal); border-radius: 4px;
+  padding: 2px 6px; }
+.replaced-mark { color: var(--illegal); }
+.none, .missing { color: #8c959f; font-style: italic; margin: 0; }
+details { margin-top: 6px; }
+summary { cursor: pointer; color: #0969da; }
+details.prefix > pre, details.prefix > img, details.after > pre { margin-top: 4px; }
+"""
+)
+
+_SCRIPT = """
+(() => {
+  "use strict";
+  const table = document.getElementById("prompt-images");
+  const images = table ? JSON.parse(table.textContent) : {};
+  const sections = Array.from(document.querySelectorAll("section.episode"));
+  const links = Array.from(document.querySelectorAll("nav a[data-episode]"));
+  function show(episode) {
+    const target = sections.find((section) => section.dataset.episode === episode);
+    if (!target) return;
+    for (const section of sections) section.hidden = section !== target;
+    for (const link of links) link.classList.toggle("current", link.dataset.episode === episode);
+    target.scrollIntoView();
+  }
+  function fromHash() {
+    const match = /^#episode-(\\d+)$/.exec(window.location.hash);
+    if (match) show(match[1]);
+  }
+  function expand(details) {
+    if (!details.open || details.dataset.filled) return;
+    const template = document.getElementById("prefix-" + details.dataset.prefix);
+    if (!template) return;
+    const content = template.content.cloneNode(true);
+    for (const image of content.querySelectorAll("img[data-ref]")) {
+      image.src = images[image.dataset.ref] || "";
+    }
+    details.appendChild(content);
+    details.dataset.filled = "yes";
+  }
+  document.addEventListener("toggle", (event) => {
+    if (event.target instanceof HTMLDetailsElement && event.target.dataset.prefix) {
+      expand(event.target);
+    }
+  }, true);
+  window.addEventListener("hashchange", fromHash);
+  fromHash();
+})();
+"""
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+# Nothing may load from anywhere: images are inline data, the one style and the one script
+# run by their hashes (an injected one would not), no form or base URL.
+CONTENT_SECURITY_POLICY = (
+    f"default-src 'none'; img-src data:; style-src {_csp_hash(_CSS)}; "
+    f"script-src {_csp_hash(_SCRIPT)}; base-uri 'none'; form-action 'none'"
+)
+
+
+def page_html(view: ViewedRun, chosen: int | None) -> str:
+    """The page of a viewed run, episode `chosen` shown (and listed) first."""
+    prefixes = _Prefixes()
+    ordered = sorted(view.episodes, key=lambda episode: episode.record.episode != chosen)
+    sections = "".join(
+        _episode_html(episode, view.run, prefixes, episode.record.episode == chosen)
+        for episode in ordered
+    )
+    if not sections:
+        sections = '<p class="none">This run has no finished episode yet.</p>'
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{_e(CONTENT_SECURITY_POLICY)}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<link rel="icon" href="data:,"><title>lmact · run {_e(view.run.run_id)}</title>'
+        f'<style>{_CSS}</style></head><body><div class="layout">'
+        f"{_nav_html(view.episodes, chosen)}"
+        f"<main>{_run_header(view)}{sections}</main></div>{prefixes.html()}"
+        f"<script>{_SCRIPT}</script></body></html>"
+    )
+
+
+# --- Serving it ----------------------------------------------------------------------------
+
+
+def make_server(page: str, port: int = 0) -> http.server.ThreadingHTTPServer:
+    """An HTTP server on 127.0.0.1:`port` (0: any free port) that serves `page` at `/`."""
+    body = page.encode("utf-8")
+
+    class PageHandler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # the name http.server calls
+            if self.path.split("?")[0] not in ("/", "/index.html"):
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # a page view is not worth a line on the terminal
+
+    try:
+        return http.server.ThreadingHTTPServer(("127.0.0.1", port), PageHandler)
+    except OSError as error:
+        raise LmactError(f"cannot serve on 127.0.0.1:{port} ({error.strerror})") from None
+
+
+def serve_page(page: str, port: int, announce: Callable[[str], None]) -> None:
+    """Serve `page` on 127.0.0.1 until Ctrl-C (or SIGTERM); `announce` gets its URL."""
+    server = make_server(page, port)
+    try:
+        announce(f"http://127.0.0.1:{server.server_address[1]}/")
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass  # how serving is meant to end
+    finally:
+        server.server_close()
