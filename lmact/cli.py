@@ -917,37 +917,21 @@ def _print_sweep(sweep: Any, outcomes: Sequence[Any]) -> None:
 
 def _print_sweep_estimate(sweep: Any, runner: Any) -> None:
     """A sweep's dry run: per model, its runs, calls, tokens and estimated cost."""
-    totals: dict[str, dict[str, Any]] = {}
-    # Runs of one task and format share its demonstrations: the most any of them needs.
-    demonstrations: dict[tuple[str, str], int] = {}
-    from lmact.policies import SCRIPTED_POLICIES
+    from lmact.sweeps import estimate_sweep
 
-    for run in sweep.runs:
-        row = totals.setdefault(run.config.model, {"runs": 0, "calls": 0, "prompt": 0,
-                                                   "prefix": 0, "cost": 0.0})  # fmt: skip
-        row["runs"] += 1
-        if run.config.model in SCRIPTED_POLICIES:
-            continue  # plays from the environment: no call, no token
-        estimate = runner.estimate(run.config, run.episodes)
-        shared = (run.config.task, run.config.observation)
-        demonstrations[shared] = max(demonstrations.get(shared, 0), estimate.demonstrations_needed)
-        row["calls"] += estimate.calls
-        row["prompt"] += estimate.prompt_tokens
-        row["prefix"] += estimate.prefix_tokens
-        row["cost"] = None if row["cost"] is None or estimate.cost_usd is None else (
-            row["cost"] + estimate.cost_usd
-        )  # fmt: skip
+    estimate = estimate_sweep(runner, sweep)
     print(f"dry run: sweep {sweep.name}, {len(sweep.runs)} runs (baselines besides), "
-          f"{sum(demonstrations.values())} demonstrations to load or generate")  # fmt: skip
+          f"{estimate.demonstrations} demonstrations to load or generate")  # fmt: skip
     print("| model | runs | calls | prompt tokens (cacheable) | estimated cost |")
     print("|---|---|---|---|---|")
-    for model, row in sorted(totals.items()):
-        print(f"| {model} | {row['runs']} | {row['calls']} | {row['prompt']} ({row['prefix']}) "
-              f"| {_dollars(row['cost'])} |")  # fmt: skip
-    costs = [row["cost"] for row in totals.values()]
-    total = None if any(c is None for c in costs) else sum(costs)
-    print(f"| total | {len(sweep.runs)} | {sum(r['calls'] for r in totals.values())} | "
-          f"{sum(r['prompt'] for r in totals.values())} | {_dollars(total)} |")  # fmt: skip
+    for model, row in sorted(estimate.models.items()):
+        print(f"| {model} | {row.runs} | {row.calls} | {row.prompt_tokens} "
+              f"({row.prefix_tokens}) | {_dollars(row.cost_usd)} |")  # fmt: skip
+    rows = estimate.models.values()
+    costs = [row.cost_usd for row in rows]
+    total = None if any(c is None for c in costs) else sum(c or 0.0 for c in costs)
+    print(f"| total | {len(sweep.runs)} | {sum(r.calls for r in rows)} | "
+          f"{sum(r.prompt_tokens for r in rows)} | {_dollars(total)} |")  # fmt: skip
     print("no model was called")
 
 

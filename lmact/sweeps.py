@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lmact.errors import LmactError
+from lmact.policies import SCRIPTED_POLICIES
 from lmact.regimes import regime_of
 from lmact.regimes.base import RegimeConfig
 from lmact.runner import Runner, RunResult, RunSummary
@@ -203,3 +204,42 @@ async def play_sweep(
         return list(await asyncio.gather(*(one(run) for run in sweep.runs)))
     finally:
         ticker.cancel()
+
+
+@dataclass
+class ModelEstimate:
+    """One model's share of a sweep's dry run."""
+
+    runs: int = 0
+    calls: int = 0
+    prompt_tokens: int = 0
+    prefix_tokens: int = 0  # the cacheable part of `prompt_tokens`
+    cost_usd: float | None = 0.0  # None when any of its runs' prices is unknown
+
+
+@dataclass(frozen=True)
+class SweepEstimate:
+    models: dict[str, ModelEstimate]
+    demonstrations: int  # to load or generate, each task and format's once
+
+
+def estimate_sweep(runner: Runner, sweep: Sweep) -> SweepEstimate:
+    """What the sweep would do, without a model call: each run played by the expert in the
+    model's place (`Runner.estimate`); scripted runs call nothing."""
+    models: dict[str, ModelEstimate] = {}
+    # Runs of one task and format share its demonstrations: the most any of them needs.
+    demonstrations: dict[tuple[str, str], int] = {}
+    for run in sweep.runs:
+        row = models.setdefault(run.config.model, ModelEstimate())
+        row.runs += 1
+        if run.config.model in SCRIPTED_POLICIES:
+            continue  # plays from the environment: no call, no token
+        estimate = runner.estimate(run.config, run.episodes)
+        shared = (run.config.task, run.config.observation)
+        demonstrations[shared] = max(demonstrations.get(shared, 0), estimate.demonstrations_needed)
+        row.calls += estimate.calls
+        row.prompt_tokens += estimate.prompt_tokens
+        row.prefix_tokens += estimate.prefix_tokens
+        if row.cost_usd is not None:
+            row.cost_usd = None if estimate.cost_usd is None else row.cost_usd + estimate.cost_usd
+    return SweepEstimate(models, sum(demonstrations.values()))
