@@ -485,7 +485,7 @@ def _add_compare_command(commands: argparse._SubParsersAction) -> None:
         "compare",
         help="the paired difference of two runs on the test seeds both played",
         description="Compare two runs of one task on the test seeds both played: the mean "
-        "of A - B of their returns, its 95%% paired bootstrap interval (and, for contrast, "
+        "of A - B of their returns, its 95% paired bootstrap interval (and, for contrast, "
         "the interval without pairing), and the share of seeds where each is ahead "
         "(see docs/reports.md).",
     )
