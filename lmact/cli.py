@@ -471,12 +471,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--store", type=Path, default=DEFAULT_STORE, help="the run store (default: %(default)s)"
     )
 
+    _add_compare_command(commands)
     _add_view_command(commands)
     commands.add_parser("tasks", help="list the tasks", description="List the tasks.")
     commands.add_parser(
         "models", help="list the model names", description="List the model names lmact accepts."
     )
     return parser
+
+
+def _add_compare_command(commands: argparse._SubParsersAction) -> None:
+    compare = commands.add_parser(
+        "compare",
+        help="the paired difference of two runs on the test seeds both played",
+        description="Compare two runs of one task on the test seeds both played: the mean "
+        "of A - B of their returns, its 95% paired bootstrap interval (and, for contrast, "
+        "the interval without pairing), and the share of seeds where each is ahead "
+        "(see docs/reports.md).",
+    )
+    for name in ("RUN_A", "RUN_B"):
+        compare.add_argument(
+            name.lower(), metavar=name, help="a run id, or its first characters "
+            "(`lmact report` lists them)",
+        )  # fmt: skip
+    compare.add_argument("--format", default="markdown", help="markdown (default; also md) or json")
+    compare.add_argument(
+        "--store", type=Path, default=DEFAULT_STORE, help="the run store (default: %(default)s)"
+    )
 
 
 def _add_view_command(commands: argparse._SubParsersAction) -> None:
@@ -1012,6 +1033,8 @@ def _command_report(args: argparse.Namespace) -> None:
     if args.curves and not curves and fmt == "markdown":
         raise LmactError("the run store holds no in-context RL run (--regime icrl) yet")
     table = format_table(curves, fmt, CURVE_COLUMNS) if args.curves else format_table(rows, fmt)
+    if fmt == "markdown" and not args.curves:
+        table += _comparison_section(args.store, rows)
     written = []
     if args.plot is not None:
         written += _plot_files(rows, curves, args.plot, "--plot")
@@ -1029,6 +1052,17 @@ def _command_report(args: argparse.Namespace) -> None:
         print(table, end="")
 
 
+def _comparison_section(store_path: Path, rows: list[dict[str, Any]]) -> str:
+    """The report's paired comparisons of the rows' runs that share test seeds, after the
+    tables and a blank line; empty when no two runs do."""
+    from lmact.report.compare import comparison_rows, comparison_section
+    from lmact.store import RunStore
+
+    with RunStore(store_path) as store:
+        section = comparison_section(*comparison_rows(store, rows))
+    return f"\n{section}" if section else ""
+
+
 def _plot_files(
     rows: list[dict[str, Any]], curves: list[dict[str, Any]], folder: Path, option: str,
     required: bool = True,
@@ -1042,6 +1076,18 @@ def _plot_files(
         raise LmactError("the selected runs have nothing to plot: plots need imitation "
                          "runs with normalized scores, or in-context RL runs")  # fmt: skip
     return written
+
+
+def _command_compare(args: argparse.Namespace) -> None:
+    from lmact.report.compare import compare_runs, comparison_format, format_comparison
+    from lmact.store import RunStore
+
+    fmt = comparison_format(args.format)
+    if not args.store.exists():
+        raise LmactError(f"no run store at {args.store}; start with `lmact run`")
+    with RunStore(args.store) as store:
+        row = compare_runs(store, args.run_a, args.run_b)
+    print(format_comparison(row, fmt), end="")
 
 
 def _command_view(args: argparse.Namespace) -> None:
@@ -1091,6 +1137,7 @@ COMMANDS = {
     "sweep": _command_sweep,
     "demos": _command_demos,
     "report": _command_report,
+    "compare": _command_compare,
     "view": _command_view,
     "tasks": _command_tasks,
     "models": _command_models,

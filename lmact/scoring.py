@@ -1,5 +1,6 @@
 """Scores of a run: mean return with a bootstrap interval, the score normalized between the
-random and expert baselines on the same test seeds, and the rates of bad answers.
+random and expert baselines on the same test seeds, the rates of bad answers, and the
+paired comparison of two runs on the seeds both played.
 
 Answer kinds nest when counted, as in LMAct: an empty answer is also invalid, and an invalid
 one is also illegal. So `illegal_rate` is the share of steps whose answer was not a legal
@@ -10,15 +11,20 @@ share with no answer.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from lmact.errors import LmactError
 from lmact.records import EpisodeRecord, Usage
 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
+# Returns closer than this are a tie: the same play gives the same sum, but a sum of
+# float rewards taken in another order may differ in its last bits.
+TIE_TOLERANCE = 1e-9
 
 
 def mean_return(episodes: Sequence[EpisodeRecord]) -> float:
@@ -33,7 +39,15 @@ def bootstrap_ci(
     if data.size == 0:
         raise ValueError("no values to bootstrap")
     rng = np.random.default_rng(BOOTSTRAP_SEED)
-    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
+    return _percentile_interval(_resampled_means(data, rng, resamples), confidence)
+
+
+def _resampled_means(data: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
+    """The means of `resamples` resamples of `data`, each drawn with replacement."""
+    return data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
+
+
+def _percentile_interval(means: np.ndarray, confidence: float) -> tuple[float, float]:
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
@@ -222,3 +236,90 @@ def _greedy_share(chosen: Sequence[str], earned: Sequence[float]) -> float:
             greedy += means.get(arm, -1.0) >= max(means.values())
         totals.setdefault(arm, []).append(reward)
     return greedy / (len(chosen) - 1) if len(chosen) > 1 else 0.0
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Two runs, A and B, on the test episodes both played from the same start: the
+    difference of their returns A - B, episode by episode."""
+
+    paired: int  # episodes paired by seed
+    only_a: int  # A's episodes with no partner in B (not counted below)
+    only_b: int
+    mean_a: float  # mean return over the paired episodes
+    mean_b: float
+    mean_difference: float  # mean of A - B
+    ci95: tuple[float, float]  # the paired percentile bootstrap interval of mean_difference
+    # The interval of the same difference were the runs' episodes independent (each run
+    # resampled on its own): what two separate intervals would say, for contrast.
+    unpaired_ci95: tuple[float, float]
+    a_ahead: float  # share of the paired episodes where A's return is the higher
+    b_ahead: float
+    tied: float
+
+
+def pair_by_seed(
+    a: Sequence[EpisodeRecord], b: Sequence[EpisodeRecord]
+) -> list[tuple[EpisodeRecord, EpisodeRecord]]:
+    """The episodes of `a` and `b` that started from the same seed, in `a`'s episode order.
+
+    The k-th episode of a seed in `a` (in episode order) is paired with the k-th of that seed
+    in `b`. An imitation or replay run plays each seed once; so does an in-context RL run on
+    a bandit or with fresh resets. An in-context RL run that resets to the same start plays
+    its replicate's seed in every episode, so there the k-th is episode k of the replicate:
+    the same start at the same point of the learning."""
+    first, second = _by_seed_occurrence(a), _by_seed_occurrence(b)
+    return [(episode, second[key]) for key, episode in first.items() if key in second]
+
+
+def _by_seed_occurrence(
+    episodes: Sequence[EpisodeRecord],
+) -> dict[tuple[int, int], EpisodeRecord]:
+    seen: Counter[int] = Counter()
+    keyed = {}
+    for episode in sorted(episodes, key=lambda e: e.episode):
+        keyed[(episode.seed, seen[episode.seed])] = episode
+        seen[episode.seed] += 1
+    return keyed
+
+
+def paired_comparison(
+    a: Sequence[EpisodeRecord], b: Sequence[EpisodeRecord], names: tuple[str, str] = ("A", "B")
+) -> PairedComparison:
+    """A - B over the episodes both played from the same seed (`pair_by_seed`), with the
+    paired bootstrap interval of the mean difference (the conventions of `bootstrap_ci`).
+    Sharing no seed is a one-line LmactError naming the runs by `names`."""
+    pairs = pair_by_seed(a, b)
+    if not pairs:
+        raise LmactError(
+            f"runs {names[0]} and {names[1]} share no test seed, so they cannot be paired "
+            f"({names[0]} played seeds {_seed_span(a)}, {names[1]} {_seed_span(b)})"
+        )
+    returns_a = np.array([first.total_return for first, _ in pairs], dtype=float)
+    returns_b = np.array([second.total_return for _, second in pairs], dtype=float)
+    differences = returns_a - returns_b
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    unpaired = _resampled_means(returns_a, rng, BOOTSTRAP_RESAMPLES) - _resampled_means(
+        returns_b, rng, BOOTSTRAP_RESAMPLES
+    )
+    tied = np.abs(differences) <= TIE_TOLERANCE
+    return PairedComparison(
+        paired=len(pairs),
+        only_a=len(a) - len(pairs),
+        only_b=len(b) - len(pairs),
+        mean_a=float(returns_a.mean()),
+        mean_b=float(returns_b.mean()),
+        mean_difference=float(differences.mean()),
+        ci95=bootstrap_ci(differences),
+        unpaired_ci95=_percentile_interval(unpaired, 0.95),
+        a_ahead=float(np.mean((differences > 0) & ~tied)),
+        b_ahead=float(np.mean((differences < 0) & ~tied)),
+        tied=float(np.mean(tied)),
+    )
+
+
+def _seed_span(episodes: Sequence[EpisodeRecord]) -> str:
+    seeds = sorted({episode.seed for episode in episodes})
+    if not seeds:
+        return "none"
+    return str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]} to {seeds[-1]}"

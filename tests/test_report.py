@@ -124,7 +124,9 @@ def test_markdown_is_grouped_by_task_and_md_is_its_alias(
     store_path: Path, rows: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     markdown = _report(store_path, capsys, "--format", "md")
-    assert markdown == format_table(rows, "markdown")
+    # The tables, then the paired comparisons of runs sharing seeds (tests/test_compare.py).
+    markdown, comparisons, _ = markdown.partition("\n## Paired comparisons\n")
+    assert markdown == format_table(rows, "markdown") and comparisons
     sections = markdown.split("### ")[1:]
     assert [s.splitlines()[0] for s in sections] == ["tic_tac_toe", "grid_world", "bandit_hard"]
     header = "| " + " | ".join(COLUMNS) + " |"

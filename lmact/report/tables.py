@@ -245,14 +245,15 @@ def format_table(
     if not rows:
         raise LmactError("the run store holds no finished episode yet; start with `lmact run`")
     if len(groups) == 1:
-        return _markdown_table(ordered, columns)
+        return markdown_table(ordered, columns)
     return "\n".join(
-        f"### {_cell('task', task)}\n\n{_markdown_table(group, columns)}"
+        f"### {_cell('task', task)}\n\n{markdown_table(group, columns)}"
         for task, group in groups.items()
     )
 
 
-def _markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """One markdown table of the rows' `columns`, cells as the report writes them."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(c, row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
