@@ -19,8 +19,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -135,11 +135,70 @@ def _reusable_prefix_length(previous: Sequence[int], tokens: Sequence[int]) -> i
     return length - 1 if length == len(tokens) and length > 0 else length
 
 
+def shared_start(first: str, second: str) -> int:
+    """The length of the longest common start of two texts (by halving: C-speed slices)."""
+    low, high = 0, min(len(first), len(second))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if first[:middle] == second[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+class PrefixTurns:
+    """Turns at one KV cache, one call at a time. When a call ends, the waiting call whose
+    prompt starts most like the one just answered goes next (the earliest on a tie): the
+    cache then keeps the prefix they share. With a first-come order, the runs of a sweep
+    (or episodes of different demonstrations) would alternate and evict each other's
+    prefix at every call."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._last = ""
+        self._waiting: list[tuple[str, asyncio.Future[None]]] = []
+
+    @asynccontextmanager
+    async def turn(self, prompt: str) -> AsyncIterator[None]:
+        if self._busy or self._waiting:
+            granted = asyncio.get_running_loop().create_future()
+            self._waiting.append((prompt, granted))
+            try:
+                await granted
+            except asyncio.CancelledError:
+                if granted.done() and not granted.cancelled():
+                    self._pass_on()  # granted as it was cancelled: the turn goes on
+                else:
+                    self._waiting.remove((prompt, granted))
+                raise
+        else:
+            self._busy = True
+        try:
+            yield
+        finally:
+            self._last = prompt
+            self._pass_on()
+
+    def _pass_on(self) -> None:
+        if not self._waiting:
+            self._busy = False
+            return
+        chosen = max(
+            range(len(self._waiting)),
+            key=lambda k: (shared_start(self._waiting[k][0], self._last), -k),
+        )
+        _, granted = self._waiting.pop(chosen)
+        granted.set_result(None)  # stays busy: the turn is handed over
+
+
 class LocalModel(ModelClient):
     """An in-process llama.cpp model, in completion mode."""
 
     accepts_images = False
-    max_concurrency = 1  # one KV cache: concurrent calls would only evict each other's prefix
+    # Calls queue at the model (`PrefixTurns`), which answers one at a time in the order
+    # that keeps its KV cache warm; the caller lets this many wait there.
+    max_concurrency = 16
 
     def __init__(self, name: str, options: ModelOptions, reuse_prefix: bool = True) -> None:
         super().__init__(name, options)
@@ -158,6 +217,7 @@ class LocalModel(ModelClient):
         # False gives every call a fresh model state (for measuring what reuse saves).
         self.reuse_prefix = reuse_prefix
         self._model: _LoadedModel | None = None
+        self._turns = PrefixTurns()
 
     @property
     def model(self) -> _LoadedModel:
@@ -217,4 +277,5 @@ class LocalModel(ModelClient):
         return 0.0  # runs on this machine: no API charges
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
-        return await asyncio.to_thread(self._complete_now, request)
+        async with self._turns.turn(request.completion_text()):
+            return await asyncio.to_thread(self._complete_now, request)
