@@ -13,12 +13,17 @@ import base64
 import hashlib
 import html
 
-__all__ = ["content_security_policy", "data_uri", "document", "escape"]
+__all__ = ["content_security_policy", "counted", "data_uri", "document", "escape"]
 
 
 def escape(value: object) -> str:
     """Any text, escaped for HTML text and attribute values alike."""
     return html.escape(str(value), quote=True)
+
+
+def counted(number: int, noun: str) -> str:
+    """`number` and `noun`, plural unless one: "1 run", "3 runs"."""
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def data_uri(png: bytes) -> str:

@@ -63,7 +63,7 @@ from lmact.records import EpisodeRecord, StepRecord
 from lmact.regimes import parse_config, regime_of
 from lmact.regimes.base import Regime, RegimeConfig, RunContext
 from lmact.regimes.icrl import EVALUATION_OFFSET, REPLICATE_STRIDE
-from lmact.report.page import content_security_policy, data_uri, document, escape
+from lmact.report.page import content_security_policy, counted, data_uri, document, escape
 from lmact.store import RunRecord, RunStore
 
 __all__ = [
@@ -494,10 +494,6 @@ def _some(numbers: Sequence[int]) -> str:
 # --- The page ------------------------------------------------------------------------------
 
 
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" + ("" if number == 1 else "s")
-
-
 class _Prefixes:
     """The distinct stable prefixes of the run's prompts (demonstrations, contexts), each
     written once as an inert <template>; their images once each, in a JSON table."""
@@ -547,7 +543,7 @@ def _prefix_label(step: ViewedStep, run: RunRecord) -> str:
     if context is not None:
         shown = ", ".join(str(index) for index in context) if context else "none"
         return f"context of step {step.stored.step}: earlier episodes {shown} · {size}"
-    count = f"{_count(run.demos_used, 'demonstration')} · " if run.demos_used is not None else ""
+    count = f"{counted(run.demos_used, 'demonstration')} · " if run.demos_used is not None else ""
     return f"preamble and demonstrations · {count}{size}"
 
 
@@ -718,7 +714,7 @@ def _run_header(view: ViewedRun) -> str:
     line = " · ".join(
         str(config.get(key, "?")) for key in ("task", "observation", "model", "regime")
     )
-    demos = f" · {_count(run.demos_used, 'demonstration')}" if run.demos_used is not None else ""
+    demos = f" · {counted(run.demos_used, 'demonstration')}" if run.demos_used is not None else ""
     rows = "".join(
         f"<tr><th>{escape(key)}</th><td>{escape(json.dumps(value))}</td></tr>"
         for key, value in sorted(config.items())
