@@ -32,6 +32,9 @@ EXIT_USAGE = 2
 # The numeric options, checked in one place before any work: (least, most) allowed.
 # A float option must also be finite. Integers stay within what SQLite stores.
 _INT_LIMIT = 2**31 - 1
+# The episodes a run's viewer page in an HTML report shows: each is replayed to rebuild its
+# prompts, which for long runs (chess, in-context RL's hundreds of episodes) takes minutes.
+DEFAULT_VIEW_EPISODES = 20
 _BOUNDS: dict[str, tuple[float, float]] = {
     "--episodes": (1, MAX_EPISODES),
     "--demos": (0, MAX_DEMONSTRATIONS),
@@ -52,6 +55,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "--workers": (1, 1024),
     "--max-retries": (0, 1000),
     "--max-images": (1, _INT_LIMIT),
+    "--view-episodes": (0, MAX_EPISODES),
     "--reasoning-budget": (1, _INT_LIMIT),
     "--timeout": (0, math.inf),  # strictly above 0: see _POSITIVE
     "--max-wait": (0, math.inf),
@@ -434,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--format",
         default="markdown",
-        help="markdown (default; also md), csv or json (the rows and each run's episodes)",
+        help="markdown (default; also md), csv, json (the rows and each run's episodes) "
+        "or html (a page with the tables, plots and a viewer page per run; needs --out)",
     )
     for option, noun in (("--task", "task"), ("--model", "model")):
         report.add_argument(
@@ -465,11 +470,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="write the table (DIR/report.md, .csv or .json; DIR/curves.* with --curves) "
-        "and every plot (DIR/*.png) into DIR instead of printing the table",
+        "and every plot (DIR/*.png) into DIR instead of printing the table; with --format "
+        "html, DIR/index.html and a viewer page per run, DIR/runs/RUN_ID.html",
+    )
+    report.add_argument(
+        "--view-episodes",
+        type=int,
+        metavar="N",
+        help="--format html: a run's viewer page shows its first N episodes (default "
+        f"{DEFAULT_VIEW_EPISODES}; replaying them is what a page costs); 0: no viewer pages",
     )
     report.add_argument(
         "--store", type=Path, default=DEFAULT_STORE, help="the run store (default: %(default)s)"
     )
+    _add_storage_options(report, store=False)  # where viewer pages read demonstrations
 
     _add_compare_command(commands)
     _add_view_command(commands)
@@ -1014,16 +1028,28 @@ def _check_names(rows: list[dict[str, Any]], column: str, names: list[str] | Non
             raise LmactError(f"no run of {column} {name!r} in the store ({column}s: {listed})")
 
 
-def _command_report(args: argparse.Namespace) -> None:
-    from lmact.report.tables import (
-        CURVE_COLUMNS,
-        SUFFIXES,
-        curve_rows,
-        format_table,
-        table_format,
-    )
+def _report_format(name: str) -> str:
+    """`html`, or a table format's canonical name; an unknown one is an error naming all."""
+    from lmact.errors import UnknownNameError
+    from lmact.report.tables import FORMAT_ALIASES, FORMATS, table_format
 
-    fmt = table_format(args.format)
+    if name == "html":
+        return name
+    try:
+        return table_format(name)
+    except UnknownNameError:
+        raise UnknownNameError("report format", name, (*FORMATS, "html", *FORMAT_ALIASES)) from None
+
+
+def _command_report(args: argparse.Namespace) -> None:
+    from lmact.report.tables import CURVE_COLUMNS, SUFFIXES, curve_rows, format_table
+
+    fmt = _report_format(args.format)
+    if fmt == "html":
+        _html_report(args)
+        return
+    if args.view_episodes is not None:
+        raise LmactError("--view-episodes is an option of --format html")
     if args.out is not None or args.plot is not None:
         from lmact.report.plots import check_matplotlib
 
@@ -1061,6 +1087,69 @@ def _comparison_section(store_path: Path, rows: list[dict[str, Any]]) -> str:
     with RunStore(store_path) as store:
         section = comparison_section(*comparison_rows(store, rows))
     return f"\n{section}" if section else ""
+
+
+def _html_report(args: argparse.Namespace) -> None:
+    """`lmact report --format html --out DIR`: DIR/index.html, and DIR/runs/RUN_ID.html, the
+    viewer page of each run (its first --view-episodes episodes) that the index links to."""
+    from lmact.report.compare import comparison_rows
+    from lmact.report.html import render_report
+    from lmact.report.plots import check_matplotlib, report_figures
+    from lmact.report.tables import curve_rows
+    from lmact.store import RunStore
+
+    if args.out is None:
+        raise LmactError("--format html needs --out DIR: the page comes with a viewer page "
+                         "per run, written beside it")  # fmt: skip
+    if args.curves:
+        raise LmactError("--curves is for the table formats; the HTML report draws the "
+                         "learning curves")  # fmt: skip
+    check_matplotlib()  # without it, fail before anything is written
+    rows = _report_rows(args, "html")
+    if not rows:
+        raise LmactError("the selected runs have no finished episode yet; start with `lmact run`")
+    curves = curve_rows(rows)
+    written = _plot_files(rows, curves, args.plot, "--plot") if args.plot is not None else []
+    viewed = DEFAULT_VIEW_EPISODES if args.view_episodes is None else args.view_episodes
+    pages = _viewer_pages(args, [row["run_id"] for row in rows], viewed) if viewed else {}
+    index = args.out / "index.html"
+    with RunStore(args.store) as store:
+        compared, _ = comparison_rows(store, rows)
+    figures = report_figures(rows, curves)
+    report = render_report(
+        rows, figures, run_pages=pages, store=args.store, comparisons=compared or None
+    )
+    _write_page(index, report)
+    for path in written:
+        print(f"lmact: wrote {path}", file=sys.stderr)
+    if pages:
+        print(f"lmact: wrote {len(pages)} viewer pages under {args.out / 'runs'}", file=sys.stderr)
+    print(index)
+
+
+def _viewer_pages(args: argparse.Namespace, run_ids: list[str], episodes: int) -> dict[str, str]:
+    """Each run's viewer page (its first `episodes` episodes) written under --out; returns
+    where each is, relative to the report's index.html."""
+    from lmact.report.html import run_page_path
+    from lmact.report.viewer import render_viewer
+    from lmact.store import RunStore
+
+    pages = {}
+    demo_store = _demo_store(args)
+    with RunStore(args.store) as store:
+        for run_id in run_ids:
+            page = render_viewer(store, run_id, demo_store=demo_store, max_episodes=episodes)
+            pages[run_id] = run_page_path(run_id)
+            _write_page(args.out / pages[run_id], page)
+    return pages
+
+
+def _write_page(path: Path, page: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(page, encoding="utf-8")
+    except OSError as error:
+        raise LmactError(f"--out {path}: {error.strerror or error}") from None
 
 
 def _plot_files(

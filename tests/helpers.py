@@ -1,4 +1,5 @@
-"""Helpers shared by tests: demonstrations, the prompts of an expert-played episode, images."""
+"""Helpers shared by tests: demonstrations, the prompts of an expert-played episode, images,
+a run store with runs of every regime."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 from PIL import Image
 
-from lmact.demos import DEMO_SEED_BASE, play_expert_episode
+from lmact.demos import DEMO_SEED_BASE, DemoStore, play_expert_episode
 from lmact.models.base import (
     ModelClient,
     ModelOptions,
@@ -24,6 +25,11 @@ from lmact.models.base import (
 )
 from lmact.models.caller import ModelCaller
 from lmact.prompting import PromptBuilder, PromptSettings, Step
+from lmact.regimes.icrl import make_icrl_config
+from lmact.regimes.imitation import make_config
+from lmact.regimes.replay import make_replay_config
+from lmact.runner import Runner
+from lmact.store import RunStore
 from lmact.tasks import get_task
 
 
@@ -104,3 +110,50 @@ class StubModel(ModelClient):
 
     def count_tokens(self, parts: Sequence[Part]) -> int:
         return estimate_tokens(parts)
+
+
+CYCLER = "test/cycler"
+# Answers of every kind for both tasks: a tic-tac-toe move is invalid in grid_world, a
+# direction invalid in tic-tac-toe, "zz" invalid in both, "" empty.
+ANSWERS = ["b2", "left", "a1", "up", "zz", "c3", "", "right"]
+TIC_TAC_TOE_DEMOS = (0, 1, 2)
+
+
+class Cycler(StubModel):
+    """Answers from a fixed list by the request's shape, so more demonstrations give other
+    answers (and scores), as a model's would."""
+
+    def __init__(self) -> None:
+        super().__init__(CYCLER)
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        index = len(request.parts[-1].text) + 3 * len(request.parts)
+        return ModelResponse(text=ANSWERS[index % len(ANSWERS)], prompt_tokens=10,
+                             completion_tokens=1)  # fmt: skip
+
+
+def store_of_every_regime(folder: Path) -> Path:
+    """A run store `folder/runs.sqlite` with runs of every regime, in about two seconds:
+    Cycler's imitation runs of tic-tac-toe (0, 1, 2 demonstrations) and grid_world (two
+    formats, a token budget), a replay run, two in-context RL bandit baselines, and their
+    random and expert baselines. Its demonstrations are cached in `folder/demos` (what
+    `--cache-dir folder` reads)."""
+    path = folder / "runs.sqlite"
+    with RunStore(path) as store:
+        runner = Runner(store, DemoStore(folder / "demos"), progress=False)
+        runner.policies.register(Cycler())
+        try:
+            for count in TIC_TAC_TOE_DEMOS:
+                runner.evaluate(make_config("tic_tac_toe", model=CYCLER, demos=count), 4)
+            grid = {"max_steps": 12}
+            for observation, count in (("txt", 0), ("txt", 2), ("coords", 1)):
+                config = make_config("grid_world", model=CYCLER, observation=observation,
+                                     demos=count, **grid)  # fmt: skip
+                runner.evaluate(config, 3)
+            runner.evaluate(make_config("grid_world", model=CYCLER, token_budget=4000, **grid), 3)
+            runner.evaluate(make_replay_config("tic_tac_toe", model="random"), 3)
+            for model in ("ucb1", "greedy"):
+                runner.evaluate(make_icrl_config("bandit_hard", model=model, replicates=4), 20)
+        finally:
+            runner.close()
+    return path

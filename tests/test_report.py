@@ -12,14 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import StubModel
+from helpers import CYCLER, TIC_TAC_TOE_DEMOS, store_of_every_regime
 
 from lmact.cli import main
-from lmact.demos import DemoStore
-from lmact.models.base import ModelRequest, ModelResponse
-from lmact.regimes.icrl import make_icrl_config
-from lmact.regimes.imitation import make_config
-from lmact.regimes.replay import make_replay_config
 from lmact.report.plots import (
     DEMOS_LABEL,
     answer_rate_figure,
@@ -28,47 +23,8 @@ from lmact.report.plots import (
     report_figures,
 )
 from lmact.report.tables import COLUMNS, curve_rows, format_table, report_rows, select_rows
-from lmact.runner import Runner
 from lmact.scoring import normalized_interval
 from lmact.store import RunStore
-
-CYCLER = "test/cycler"
-# Answers of every kind for both tasks: a tic-tac-toe move is invalid in grid_world, a
-# direction invalid in tic-tac-toe, "zz" invalid in both, "" empty.
-ANSWERS = ["b2", "left", "a1", "up", "zz", "c3", "", "right"]
-TIC_TAC_TOE_DEMOS = (0, 1, 2)
-
-
-class Cycler(StubModel):
-    """Answers from a fixed list by the request's shape, so more demonstrations give other
-    answers (and scores), as a model's would."""
-
-    def __init__(self) -> None:
-        super().__init__(CYCLER)
-
-    async def complete(self, request: ModelRequest) -> ModelResponse:
-        index = len(request.parts[-1].text) + 3 * len(request.parts)
-        return ModelResponse(text=ANSWERS[index % len(ANSWERS)], prompt_tokens=10,
-                             completion_tokens=1)  # fmt: skip
-
-
-def _play_every_regime(store: RunStore, demos: DemoStore) -> None:
-    runner = Runner(store, demos, progress=False)
-    runner.policies.register(Cycler())
-    try:
-        for count in TIC_TAC_TOE_DEMOS:
-            runner.evaluate(make_config("tic_tac_toe", model=CYCLER, demos=count), 4)
-        grid = {"max_steps": 12}
-        for observation, count in (("txt", 0), ("txt", 2), ("coords", 1)):
-            config = make_config("grid_world", model=CYCLER, observation=observation,
-                                 demos=count, **grid)  # fmt: skip
-            runner.evaluate(config, 3)
-        runner.evaluate(make_config("grid_world", model=CYCLER, token_budget=4000, **grid), 3)
-        runner.evaluate(make_replay_config("tic_tac_toe", model="random"), 3)
-        for model in ("ucb1", "greedy"):
-            runner.evaluate(make_icrl_config("bandit_hard", model=model, replicates=4), 20)
-    finally:
-        runner.close()
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +32,7 @@ def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("report")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LMACT_CACHE_DIR", str(folder / "cache"))
-        with RunStore(folder / "runs.sqlite") as store:
-            _play_every_regime(store, DemoStore(folder / "demos"))
-    return folder / "runs.sqlite"
+        return store_of_every_regime(folder)
 
 
 @pytest.fixture(scope="module")
@@ -316,7 +270,7 @@ def test_a_missing_extra_and_an_unknown_format_are_one_line_errors(
     import sys
 
     assert main(["report", "--store", str(store_path), "--format", "xml"]) == 2
-    assert "markdown, csv, json, md" in capsys.readouterr().err
+    assert "markdown, csv, json, html, md" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if not installed
     assert main(["report", "--store", str(store_path), "--out", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err

@@ -211,15 +211,21 @@ def table_format(fmt: str) -> str:
     return fmt
 
 
-def _cell(column: str, value: Any) -> str:
+def format_value(column: str, value: Any) -> str:
+    """A value as every table shows it: empty for None, costs to 4 decimals, other floats
+    to 3, text on one line (a line break in a model name would split a row)."""
     if value is None:
         return ""
     if column == "cost_usd":
         return f"{value:.4f}"
     if isinstance(value, float):
         return f"{value:.3f}"
-    # A model name is the user's text: a | or a line break would split the row.
-    return " ".join(str(value).split()).replace("|", "\\|")
+    return " ".join(str(value).split())
+
+
+def _cell(column: str, value: Any) -> str:
+    # A model name is the user's text: a | would end the markdown cell.
+    return format_value(column, value).replace("|", "\\|")
 
 
 def format_table(

@@ -32,10 +32,7 @@ model wrote is evaluated.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
-import html
 import http.server
 import json
 import time
@@ -66,6 +63,7 @@ from lmact.records import EpisodeRecord, StepRecord
 from lmact.regimes import parse_config, regime_of
 from lmact.regimes.base import Regime, RegimeConfig, RunContext
 from lmact.regimes.icrl import EVALUATION_OFFSET, REPLICATE_STRIDE
+from lmact.report.page import content_security_policy, counted, data_uri, document, escape
 from lmact.store import RunRecord, RunStore
 
 __all__ = [
@@ -273,18 +271,32 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def _shown_units(
+    config: RegimeConfig | None, finished: Sequence[int], limit: int | None
+) -> list[int]:
+    """The finished units a page shows, in the order they are replayed: all of them, or the
+    first `limit` of that order. A chain's units are replayed first to last, so a page cut
+    short still holds each shown unit's earlier units (in-context RL reads its context from
+    them)."""
+    if config is None:
+        order = sorted(finished)
+    else:
+        order = _replay_order(regime_of(config), config, sorted(finished))
+    return order if limit is None else order[:limit]
+
+
 def _replay(
-    store: RunStore, run: RunRecord, config: RegimeConfig, demo_store: DemoStore
-) -> _Replay:
-    """Replay every finished unit of `run` offline with its stored completions."""
+    store: RunStore, run: RunRecord, config: RegimeConfig, demo_store: DemoStore,
+    order: Sequence[int],
+) -> _Replay:  # fmt: skip
+    """Replay the finished units `order` of `run`, in that order, offline with their
+    stored completions."""
     regime = regime_of(config)
-    units = sorted(store.finished_episodes(run.run_id))
-    stored = {unit: store.steps(run.run_id, unit) for unit in units}
+    stored = {unit: store.steps(run.run_id, unit) for unit in order}
     counter = _token_counter(config)
     exact = getattr(config, "answer_match", "lenient") == "exact"
     policy = StoredAnswers(config.observation, exact, counter)
     replay = _Replay()
-    order = _replay_order(regime, config, units)
     try:
         context = RunContext(demo_store, _no_progress, lambda unit: store.steps(run.run_id, unit))
         prepared = regime.prepare(config, policy, context, order)
@@ -398,21 +410,31 @@ class ViewedRun:
     config: RegimeConfig | None
     episodes: list[ViewedEpisode]
     notes: list[str]
+    finished: int  # the run's finished episodes: `episodes` may be the first of them only
 
 
-def view_run(store: RunStore, run: RunRecord, demo_store: DemoStore | None = None) -> ViewedRun:
-    """Every finished episode of `run`, its steps rebuilt where they can be."""
+def view_run(
+    store: RunStore,
+    run: RunRecord,
+    demo_store: DemoStore | None = None,
+    max_episodes: int | None = None,
+) -> ViewedRun:
+    """The finished episodes of `run` (all, or the first `max_episodes` in the order they
+    are played), their steps rebuilt where they can be."""
     finished = store.finished_episodes(run.run_id)
     try:
         config: RegimeConfig | None = parse_config(run.config)
     except ValidationError:
         config = None
+    order = _shown_units(config, list(finished), max_episodes)
     if config is None:
         replay = _Replay(run_notes=["this run's configuration is not one this lmact reads"])
     else:
-        replay = _replay(store, run, config, demo_store or DemoStore())
-    episodes = []
+        replay = _replay(store, run, config, demo_store or DemoStore(), order)
+    shown, episodes = set(order), []
     for unit, record in finished.items():
+        if unit not in shown:
+            continue
         rebuilt = replay.steps.get(unit, [])
         steps = [
             ViewedStep(stored, *(rebuilt[index] if index < len(rebuilt) else (None, None)))
@@ -421,7 +443,7 @@ def view_run(store: RunStore, run: RunRecord, demo_store: DemoStore | None = Non
         episodes.append(
             ViewedEpisode(record, _unit_label(config, unit), steps, replay.notes.get(unit))
         )
-    return ViewedRun(run, config, episodes, replay.run_notes)
+    return ViewedRun(run, config, episodes, replay.run_notes, len(finished))
 
 
 def _unit_label(config: RegimeConfig | None, unit: int) -> str:
@@ -440,9 +462,11 @@ def render_viewer(
     episode: int | None = None,
     *,
     demo_store: DemoStore | None = None,
+    max_episodes: int | None = None,
 ) -> str:
-    """The whole self-contained page of one run: all its finished episodes, `episode` (a
-    stored episode number; default the first) shown first. `run_id` may be a prefix."""
+    """The whole self-contained page of one run: all its finished episodes (or the first
+    `max_episodes` in the order they are played, which is what replaying costs), `episode`
+    (a stored episode number; default the first) shown first. `run_id` may be a prefix."""
     run = resolve_run(store, run_id)
     finished = store.finished_episodes(run.run_id)
     if episode is not None and episode not in finished:
@@ -450,8 +474,12 @@ def render_viewer(
             f"run {run.run_id} has no finished episode {episode}; "
             f"its finished episodes: {_some(sorted(finished))}"
         )
-    view = view_run(store, run, demo_store)
-    chosen = episode if episode is not None else min(finished, default=None)
+    view = view_run(store, run, demo_store, max_episodes)
+    shown = [viewed.record.episode for viewed in view.episodes]
+    if episode is not None and episode not in shown:
+        raise LmactError(f"episode {episode} of run {run.run_id} is not among the "
+                         f"{len(shown)} shown ({_some(sorted(shown))})")  # fmt: skip
+    chosen = episode if episode is not None else min(shown, default=None)
     return page_html(view, chosen)
 
 
@@ -464,19 +492,6 @@ def _some(numbers: Sequence[int]) -> str:
 
 
 # --- The page ------------------------------------------------------------------------------
-
-
-def _e(value: object) -> str:
-    """Any text, escaped for HTML text and attribute values alike."""
-    return html.escape(str(value), quote=True)
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" + ("" if number == 1 else "s")
-
-
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 class _Prefixes:
@@ -499,9 +514,9 @@ class _Prefixes:
         shown = []
         for part in parts:
             if isinstance(part, TextPart):
-                shown.append(f'<pre class="prompt">{_e(part.text)}</pre>')
+                shown.append(f'<pre class="prompt">{escape(part.text)}</pre>')
             else:
-                self.images.setdefault(part.sha256, _data_uri(part.png))
+                self.images.setdefault(part.sha256, data_uri(part.png))
                 shown.append(f'<img class="prompt-image" data-ref="{part.sha256}" alt="image">')
         return "".join(shown)
 
@@ -528,12 +543,14 @@ def _prefix_label(step: ViewedStep, run: RunRecord) -> str:
     if context is not None:
         shown = ", ".join(str(index) for index in context) if context else "none"
         return f"context of step {step.stored.step}: earlier episodes {shown} · {size}"
-    count = f"{_count(run.demos_used, 'demonstration')} · " if run.demos_used is not None else ""
+    count = f"{counted(run.demos_used, 'demonstration')} · " if run.demos_used is not None else ""
     return f"preamble and demonstrations · {count}{size}"
 
 
 def _prefix_details(ref: int, label: str) -> str:
-    return f'<details class="prefix" data-prefix="{ref}"><summary>{_e(label)}</summary></details>'
+    return (
+        f'<details class="prefix" data-prefix="{ref}"><summary>{escape(label)}</summary></details>'
+    )
 
 
 def _step_head(step: ViewedStep) -> str:
@@ -542,7 +559,7 @@ def _step_head(step: ViewedStep) -> str:
     reasoning = f", {usage.reasoning_tokens} reasoning" if usage.reasoning_tokens else ""
     items = [
         f'<span class="step-no">step {stored.step}</span>',
-        f'<span class="kind kind-{stored.kind.value}">{_e(stored.kind.value)}</span>',
+        f'<span class="kind kind-{stored.kind.value}">{escape(stored.kind.value)}</span>',
         f"<span>reward {stored.reward:g}</span>",
         f"<span>tokens {usage.prompt_tokens} in / {usage.completion_tokens} out"
         f"{cached}{reasoning}</span>",
@@ -552,7 +569,7 @@ def _step_head(step: ViewedStep) -> str:
         else "<span>new call</span>",
     ]
     if stored.stop_reason != "stop":
-        items.append(f"<span>stopped by {_e(stored.stop_reason.value)}</span>")
+        items.append(f"<span>stopped by {escape(stored.stop_reason.value)}</span>")
     if stored.cost_usd:
         items.append(f"<span>${stored.cost_usd:.5f}</span>")
     if step.verified:
@@ -570,32 +587,32 @@ def _observation_html(step: ViewedStep) -> str:
         shown = '<p class="missing">not available (see the note below)</p>'
     elif observation.image_png is not None:
         shown = (
-            f'<img class="obs-image" src="{_data_uri(observation.image_png)}" '
+            f'<img class="obs-image" src="{data_uri(observation.image_png)}" '
             f'alt="observation at step {step.stored.step}">'
         )
     else:
-        shown = f'<pre class="obs">{_e(observation.text)}</pre>'
+        shown = f'<pre class="obs">{escape(observation.text)}</pre>'
     return f'<div class="observation"><h3>observation</h3>{shown}</div>'
 
 
 def _answer_html(step: ViewedStep) -> str:
     stored = step.stored
     completion = (
-        f'<pre class="completion">{_e(stored.completion)}</pre>'
+        f'<pre class="completion">{escape(stored.completion)}</pre>'
         if stored.completion
         else '<p class="none">(no text)</p>'
     )
     answer = (
-        f"<code>{_e(stored.answer)}</code>"
+        f"<code>{escape(stored.answer)}</code>"
         if stored.answer
         else '<span class="none">nothing</span>'
     )
-    executed = f'<code class="action">{_e(stored.action)}</code>'
+    executed = f'<code class="action">{escape(stored.action)}</code>'
     if step.replaced:
         why = _REPLACED_BECAUSE.get(stored.kind, "the regime executes another action")
         executed = (
             f'<dd class="executed replaced">{executed} <strong class="replaced-mark">'
-            f"⟲ replaced the answer</strong> <span>({_e(why)})</span></dd>"
+            f"⟲ replaced the answer</strong> <span>({escape(why)})</span></dd>"
         )
     else:
         executed = f'<dd class="executed">{executed}</dd>'
@@ -608,13 +625,13 @@ def _answer_html(step: ViewedStep) -> str:
 def _step_html(
     step: ViewedStep, episode: int, prefixes: _Prefixes, run: RunRecord, own_prefix: bool
 ) -> str:
-    notes = "".join(f'<p class="note">⚠ {_e(problem)}</p>' for problem in step.problems())
+    notes = "".join(f'<p class="note">⚠ {escape(problem)}</p>' for problem in step.problems())
     after = step.after_observation
     extras = ""
     if after is not None and after.strip():
         extras += (
             '<details class="after"><summary>the prompt after the observation</summary>'
-            f'<pre class="prompt">{_e(after)}</pre></details>'
+            f'<pre class="prompt">{escape(after)}</pre></details>'
         )
     prefix = _prefix_of(step)
     if own_prefix and prefix is not None:
@@ -633,7 +650,7 @@ def _episode_facts(record: EpisodeRecord) -> str:
     unreadable = f" · {record.unreadable} unreadable" if record.unreadable else ""
     return (
         f'<p class="facts">return <b>{record.total_return:g}</b> · {record.steps} steps · '
-        f"ended: <b>{_e(record.end_reason or ending)}</b> ({ending}) · seed {record.seed}</p>"
+        f"ended: <b>{escape(record.end_reason or ending)}</b> ({ending}) · seed {record.seed}</p>"
         f'<p class="facts">valid {record.valid} · illegal {record.illegal} · invalid '
         f"{record.invalid} · empty {record.empty}{unreadable} · tokens {usage.prompt_tokens} in / "
         f"{usage.completion_tokens} out ({usage.cached_tokens} cached){cost}</p>"
@@ -644,9 +661,9 @@ def _episode_html(episode: ViewedEpisode, run: RunRecord, prefixes: _Prefixes, s
     unit = episode.record.episode
     prefixes_seen = {_prefix_of(step) for step in episode.steps}
     shared = len(prefixes_seen) == 1 and None not in prefixes_seen
-    head = f"<h2>{_e(episode.label)}</h2>{_episode_facts(episode.record)}"
+    head = f"<h2>{escape(episode.label)}</h2>{_episode_facts(episode.record)}"
     if episode.note:
-        head += f'<p class="note">⚠ {_e(episode.note)}</p>'
+        head += f'<p class="note">⚠ {escape(episode.note)}</p>'
     if shared:
         first = episode.steps[0]
         head += _prefix_details(prefixes.ref(_prefix_of(first) or ()), _prefix_label(first, run))
@@ -658,7 +675,7 @@ def _episode_html(episode: ViewedEpisode, run: RunRecord, prefixes: _Prefixes, s
     )
 
 
-def _nav_html(episodes: Sequence[ViewedEpisode], chosen: int | None) -> str:
+def _nav_html(episodes: Sequence[ViewedEpisode], chosen: int | None, finished: int) -> str:
     items = []
     for episode in episodes:
         record = episode.record
@@ -666,11 +683,12 @@ def _nav_html(episodes: Sequence[ViewedEpisode], chosen: int | None) -> str:
         current = ' class="current"' if unit == chosen else ""
         flag = "" if all(s.verified for s in episode.steps) else ' <span class="flag">⚠</span>'
         items.append(
-            f'<li><a href="#episode-{unit}" data-episode="{unit}"{current}>{_e(episode.label)}'
+            f'<li><a href="#episode-{unit}" data-episode="{unit}"{current}>{escape(episode.label)}'
             f'<span class="nav-facts">return {record.total_return:g} · '
-            f"{_e(record.end_reason or '')}</span>{flag}</a></li>"
+            f"{escape(record.end_reason or '')}</span>{flag}</a></li>"
         )
-    return f"<nav><h2>episodes ({len(episodes)})</h2><ol>{''.join(items)}</ol></nav>"
+    count = f"{len(episodes)} of {finished}" if finished > len(episodes) else str(len(episodes))
+    return f"<nav><h2>episodes ({count})</h2><ol>{''.join(items)}</ol></nav>"
 
 
 def _verification(view: ViewedRun) -> str:
@@ -686,8 +704,8 @@ def _verification(view: ViewedRun) -> str:
         f"{verified} of {len(steps)} steps were rebuilt with the very prompt the model was "
         "sent; the others are marked, with the reason."
     )
-    notes = "".join(f'<p class="note">⚠ {_e(note)}</p>' for note in view.notes)
-    return f'<p class="verify warn">{_e(text)}</p>{notes}'
+    notes = "".join(f'<p class="note">⚠ {escape(note)}</p>' for note in view.notes)
+    return f'<p class="verify warn">{escape(text)}</p>{notes}'
 
 
 def _run_header(view: ViewedRun) -> str:
@@ -696,14 +714,21 @@ def _run_header(view: ViewedRun) -> str:
     line = " · ".join(
         str(config.get(key, "?")) for key in ("task", "observation", "model", "regime")
     )
-    demos = f" · {_count(run.demos_used, 'demonstration')}" if run.demos_used is not None else ""
+    demos = f" · {counted(run.demos_used, 'demonstration')}" if run.demos_used is not None else ""
     rows = "".join(
-        f"<tr><th>{_e(key)}</th><td>{_e(json.dumps(value))}</td></tr>"
+        f"<tr><th>{escape(key)}</th><td>{escape(json.dumps(value))}</td></tr>"
         for key, value in sorted(config.items())
     )
+    shown = len(view.episodes)
+    cut = (
+        f'<p class="cut">This page shows the first {shown} of the run\'s {view.finished} '
+        f"finished episodes; <code>lmact view {escape(run.run_id)}</code> shows every one.</p>"
+        if view.finished > shown
+        else ""
+    )
     return (
-        f'<header class="run"><h1>run <code>{_e(run.run_id)}</code></h1>'
-        f"<p>{_e(line)}{_e(demos)} · created {created}</p>{_verification(view)}"
+        f'<header class="run"><h1>run <code>{escape(run.run_id)}</code></h1>'
+        f"<p>{escape(line)}{escape(demos)} · created {created}</p>{cut}{_verification(view)}"
         f"<details><summary>configuration</summary><table>{rows}</table></details></header>"
     )
 
@@ -730,7 +755,7 @@ main { padding: 16px 24px; min-width: 0; }
 header.run h1 { font-size: 20px; margin: 0 0 4px; }
 .verify.ok { color: var(--valid); }
 .verify.warn, .note { color: var(--illegal); }
-.note { margin: 6px 0; }
+.note, .cut { margin: 6px 0; }
 table { border-collapse: collapse; font-size: 12px; }
 th, td { text-align: left; padding: 2px 8px; border-bottom: 1px solid #eaeef2; }
 td { font-family: ui-monospace, monospace; }
@@ -816,16 +841,9 @@ _SCRIPT = """
 """
 
 
-def _csp_hash(text: str) -> str:
-    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
-
-
 # Nothing may load from anywhere: images are inline data, the one style and the one script
 # run by their hashes (an injected one would not), no form or base URL.
-CONTENT_SECURITY_POLICY = (
-    f"default-src 'none'; img-src data:; style-src {_csp_hash(_CSS)}; "
-    f"script-src {_csp_hash(_SCRIPT)}; base-uri 'none'; form-action 'none'"
-)
+CONTENT_SECURITY_POLICY = content_security_policy(_CSS, _SCRIPT)
 
 
 def page_html(view: ViewedRun, chosen: int | None) -> str:
@@ -838,16 +856,11 @@ def page_html(view: ViewedRun, chosen: int | None) -> str:
     )
     if not sections:
         sections = '<p class="none">This run has no finished episode yet.</p>'
-    return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{_e(CONTENT_SECURITY_POLICY)}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<link rel="icon" href="data:,"><title>lmact · run {_e(view.run.run_id)}</title>'
-        f'<style>{_CSS}</style></head><body><div class="layout">'
-        f"{_nav_html(view.episodes, chosen)}"
+    body = (
+        f'<div class="layout">{_nav_html(view.episodes, chosen, view.finished)}'
         f"<main>{_run_header(view)}{sections}</main></div>{prefixes.html()}"
-        f"<script>{_SCRIPT}</script></body></html>"
     )
+    return document(f"lmact · run {view.run.run_id}", _CSS, body, _SCRIPT)
 
 
 # --- Serving it ----------------------------------------------------------------------------
