@@ -141,5 +141,18 @@ def test_the_waiting_call_that_shares_the_longest_prefix_goes_next() -> None:
 
     asyncio.run(main())
     assert order == ["demos A, step 1", "demos A, step 2", "demos B, step 1", "demos B, step 2"]
+    order.clear()
+
+    async def next_step_comes_just_after() -> None:
+        first = asyncio.create_task(call("demos A, step 1", 0.02))
+        await asyncio.sleep(0.005)
+        other = asyncio.create_task(call("demos B, step 1"))
+        await first  # the episode then sends its next step at once, as the runner does
+        await asyncio.sleep(0.001)
+        await asyncio.gather(call("demos A, step 1, step 2"), other)
+
+    asyncio.run(next_step_comes_just_after())
+    # The turn lingered for the step that reuses the whole cache, though B waited first.
+    assert order == ["demos A, step 1", "demos A, step 1, step 2", "demos B, step 1"]
     assert shared_start("abcdef", "abcxyz") == 3 and shared_start("", "abc") == 0
     assert shared_start("abc", "abc") == 3

@@ -152,10 +152,17 @@ class PrefixTurns:
     prompt starts most like the one just answered goes next (the earliest on a tie): the
     cache then keeps the prefix they share. With a first-come order, the runs of a sweep
     (or episodes of different demonstrations) would alternate and evict each other's
-    prefix at every call."""
+    prefix at every call.
 
-    def __init__(self) -> None:
+    When no waiting call shares most of the last prompt, the turn is held a moment
+    (`linger_s`): the episode just answered sends its next step within about a
+    millisecond, and that step would reuse the whole cache."""
+
+    def __init__(self, linger_s: float = 0.02, most: float = 0.9) -> None:
+        self.linger_s = linger_s
+        self.most = most  # the share of the last prompt a waiting call must start with
         self._busy = False
+        self._lingering = False
         self._last = ""
         self._waiting: list[tuple[str, asyncio.Future[None]]] = []
 
@@ -180,15 +187,29 @@ class PrefixTurns:
             self._last = prompt
             self._pass_on()
 
+    def _best(self) -> tuple[int, int]:
+        """The index of the waiting call to go next, and how much of the last prompt it
+        starts with."""
+        shares = [shared_start(prompt, self._last) for prompt, _ in self._waiting]
+        best = max(range(len(shares)), key=lambda k: (shares[k], -k))
+        return best, shares[best]
+
     def _pass_on(self) -> None:
+        if self._waiting and not self._lingering:
+            _, share = self._best()
+            if share < self.most * len(self._last):
+                self._lingering = True
+                asyncio.get_running_loop().call_later(self.linger_s, self._hand_over)
+                return
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        self._lingering = False
         if not self._waiting:
             self._busy = False
             return
-        chosen = max(
-            range(len(self._waiting)),
-            key=lambda k: (shared_start(self._waiting[k][0], self._last), -k),
-        )
-        _, granted = self._waiting.pop(chosen)
+        best, _ = self._best()
+        _, granted = self._waiting.pop(best)
         granted.set_result(None)  # stays busy: the turn is handed over
 
 
