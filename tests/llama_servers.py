@@ -22,6 +22,9 @@ import pytest
 MODEL_ALIAS = "gemma-3-270m"
 # uvicorn's access log: one line per request answered, written as the answer goes out.
 ANSWERED = re.compile(r'"POST /v1/(?:chat/)?completions HTTP/1\.1" 200')
+# llama-cpp-python's verbose output as it starts on a prompt that shares a prefix with the
+# previous one (so from the second request on).
+BEGUN = "Llama.generate:"
 
 
 def free_port() -> int:
@@ -72,6 +75,12 @@ class LlamaServer:
     def answered(self) -> int:
         """Requests it has answered (200s to a completions endpoint), from its access log."""
         return len(ANSWERED.findall(self.log.read_text(errors="replace")))
+
+    def answering(self) -> bool:
+        """Whether it has begun on a prompt it has not answered yet (from its second on)."""
+        log = self.log.read_text(errors="replace")
+        answers = list(ANSWERED.finditer(log))
+        return BEGUN in log[answers[-1].end() :] if answers else False
 
     def kill(self) -> None:
         """SIGKILL: gone at once, as a crashed node is, connections cut mid-answer."""
