@@ -59,19 +59,28 @@ def run(
 def sweep(
     path: Path | str,
     *,
-    store: Path | str = DEFAULT_STORE,
+    store: Path | str | None = None,
     cache_dir: Path | str | None = None,
     model_options: ModelOptions | None = None,
 ) -> list[dict[str, Any]]:
     """Play a sweep file as `lmact sweep` does; per run, its options and its summary (or
-    the error that stopped it)."""
+    the error that stopped it). What the file's [base] sets for the process (its store,
+    cache, connections, base URLs …) applies unless given here."""
+    from lmact.cli import model_options_from, sweep_settings
     from lmact.sweeps import load_sweep, play_sweep
 
-    cache = Path(cache_dir) if cache_dir is not None else None
+    settings = sweep_settings(Path(path))
+    store = store or settings.store or DEFAULT_STORE
+    cache = Path(cache_dir) if cache_dir is not None else settings.cache_dir
     plan = load_sweep(Path(path), _make_run(cache))
     with RunStore(store) as run_store:
-        runner = Runner(run_store, DemoStore(cache / "demos" if cache else None),
-                        model_options, progress=False)  # fmt: skip
+        runner = Runner(
+            run_store,
+            DemoStore(cache / "demos" if cache else None, settings.workers),
+            model_options or model_options_from(settings),
+            settings.max_connections,
+            progress=False,
+        )
         try:
             run_store.save_sweep(plan.name, plan.grid(), plan.run_ids())
             outcomes = asyncio.run(play_sweep(runner, plan, lambda outcome: None))

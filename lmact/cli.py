@@ -403,9 +403,15 @@ def _add_sweep_command(commands: argparse._SubParsersAction) -> None:
         "--max-connections",
         type=int,
         metavar="N",
-        help="requests in flight at once per model (default: each provider's)",
+        help="requests in flight at once per model (default: the sweep file's "
+        "max_connections, else each provider's)",
     )
     _add_storage_options(sweep)
+    # Unset on the command line, these come from the sweep file's [base], if it sets them.
+    sweep.set_defaults(store=None)
+    for action in sweep._actions:
+        if action.dest == "store":
+            action.help = f"the run store (default: the sweep file's store, else {DEFAULT_STORE})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -567,7 +573,7 @@ def _command_run(args: argparse.Namespace) -> None:
     _derive_task(args)
     config = _run_config(args)
     episodes = args.episodes if args.episodes is not None else get_task(args.task).episodes
-    options = _model_options(args)
+    options = model_options_from(args)
     with RunStore(args.store) as store:
         runner = Runner(
             store, _demo_store(args), options, args.max_connections, progress=sys.stderr.isatty()
@@ -731,7 +737,7 @@ def check_numbers(args: argparse.Namespace) -> None:
             raise LmactError(f"{flag} must be at most {most:g}, not {value:g}")
 
 
-def _model_options(args: argparse.Namespace) -> ModelOptions:
+def model_options_from(args: argparse.Namespace) -> ModelOptions:
     return ModelOptions(
         context_window=args.context_window,
         threads=args.threads,
@@ -836,6 +842,23 @@ def run_maker(cache_dir: Path | None) -> Callable[[dict[str, Any]], tuple[Any, i
     return make_run
 
 
+def sweep_settings(path: Path) -> argparse.Namespace:
+    """The options of the process (store, cache, connections, base URLs, timeouts …) that a
+    sweep file's [base] sets, parsed as `lmact run` parses them; None where it sets none
+    of store, cache_dir, workers, max_connections."""
+    from lmact.sweeps import PROCESS_OPTIONS, read_sweep_file
+
+    _, base, _ = read_sweep_file(path)
+    parser = _OptionsParser(prog="lmact run", add_help=False)
+    _add_run_options(parser)
+    given = {name: value for name, value in base.items() if name in PROCESS_OPTIONS}
+    settings = parser.parse_args(["--task", "tic_tac_toe", *_option_words(given)])
+    for name in ("store", "cache_dir", "workers", "max_connections"):
+        if name not in given:
+            setattr(settings, name, None)
+    return settings
+
+
 def _option_words(options: dict[str, Any]) -> list[str]:
     """Options as a sweep file gives them, as the words of a command line."""
     words = []
@@ -861,10 +884,13 @@ def _command_sweep(args: argparse.Namespace) -> None:
     from lmact.store import RunStore
     from lmact.sweeps import load_sweep, play_sweep
 
+    settings = sweep_settings(args.file)
+    for name in ("store", "cache_dir", "workers", "max_connections"):  # the command line wins
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(settings, name))
+    args.store = args.store or DEFAULT_STORE
     sweep = load_sweep(args.file, run_maker(args.cache_dir))
-    process = _OptionsParser(prog="lmact run", add_help=False)
-    _add_run_options(process)
-    model_options = _model_options(process.parse_args(_option_words(sweep.runs[0].options)))
+    model_options = model_options_from(settings)
     with RunStore(args.store) as store:
         runner = Runner(store, _demo_store(args), model_options, args.max_connections,
                         progress=False)  # fmt: skip

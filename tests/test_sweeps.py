@@ -213,3 +213,26 @@ def test_a_run_being_prepared_does_not_hold_up_the_others(
 def test_the_shipped_sweeps_load(path: Path) -> None:
     sweep = load_sweep(path, run_maker(None))
     assert sweep.runs and len(sweep.run_ids()) >= len(sweep.runs)
+
+
+def test_process_options_in_the_sweep_file_are_used_unless_the_command_line_gives_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lmact import cli
+
+    seen: list[int | None] = []
+    init = Runner.__init__
+
+    def recorded(self, store, demo_store, model_options=None, max_connections=None, **kw):  # type: ignore[no-untyped-def]
+        seen.append(max_connections)
+        init(self, store, demo_store, model_options, max_connections, **kw)
+
+    monkeypatch.setattr(Runner, "__init__", recorded)
+    monkeypatch.chdir(tmp_path)
+    text = 'name = "x"\n[base]\ntask = "tic_tac_toe"\nepisodes = 1\nmodel = "random"\n'
+    text += 'store = "from-file.sqlite"\nmax_connections = 3\n'
+    path = write(tmp_path, text)
+    assert cli.main(["sweep", str(path)]) == 0
+    assert (tmp_path / "from-file.sqlite").exists() and seen == [3]
+    assert cli.main(["sweep", str(path), "--store", "given.sqlite", "--max-connections", "5"]) == 0
+    assert (tmp_path / "given.sqlite").exists() and seen == [3, 5]
