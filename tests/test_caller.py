@@ -19,7 +19,7 @@ from lmact.models.base import (
     TextPart,
     TransientModelError,
 )
-from lmact.models.caller import CallTally, ModelCaller
+from lmact.models.caller import CallTally, ModelCaller, PrefixTurns, shared_start
 from lmact.store import RunStore
 
 
@@ -205,3 +205,73 @@ class RunStoreless:
 
     def replace_call(self, key: str, model: str, response_json: str) -> None:
         self.rows[key] = response_json
+
+
+def test_the_waiting_call_that_shares_the_longest_prefix_goes_next() -> None:
+    """A call waiting at the local model that starts like the one just answered goes
+    before an earlier call of another prompt, so the KV cache keeps their prefix; a
+    waiter cancelled meanwhile loses its place, and a cancelled holder passes its turn."""
+    turns, order = PrefixTurns(), []
+
+    async def call(prompt: str, hold_s: float = 0.01) -> None:
+        async with turns.turn(prompt):
+            order.append(prompt)
+            await asyncio.sleep(hold_s)
+
+    async def main() -> None:
+        first = asyncio.create_task(call("demos A, step 1", 0.05))
+        await asyncio.sleep(0.01)  # the first holds the model; the others queue
+        others = [asyncio.create_task(call(p)) for p in ("demos B, step 1", "demos A, step 2")]
+        cancelled = asyncio.create_task(call("demos A, step 1 and more"))
+        await asyncio.sleep(0.01)
+        cancelled.cancel()
+        await asyncio.gather(first, *others)
+        await call("demos B, step 2")  # free again: no wait
+
+    asyncio.run(main())
+    assert order == ["demos A, step 1", "demos A, step 2", "demos B, step 1", "demos B, step 2"]
+    order.clear()
+
+    async def next_step_comes_just_after() -> None:
+        first = asyncio.create_task(call("demos A, step 1", 0.02))
+        await asyncio.sleep(0.005)
+        other = asyncio.create_task(call("demos B, step 1"))
+        await first  # the episode then sends its next step at once, as the runner does
+        await asyncio.sleep(0.001)
+        await asyncio.gather(call("demos A, step 1, step 2"), other)
+
+    asyncio.run(next_step_comes_just_after())
+    # The turn lingered for the step that reuses the whole cache, though B waited first.
+    assert order == ["demos A, step 1", "demos A, step 1, step 2", "demos B, step 1"]
+    assert shared_start("abcdef", "abcxyz") == 3 and shared_start("", "abc") == 0
+    assert shared_start("abc", "abc") == 3
+
+
+def test_a_caller_of_one_connection_answers_in_the_order_that_keeps_the_prefix() -> None:
+    class Ordered(StubModel):
+        def __init__(self) -> None:
+            super().__init__("test/ordered")
+            self.order: list[str] = []
+
+        async def complete(self, request: ModelRequest) -> ModelResponse:
+            self.order.append(request.parts[0].text)
+            await asyncio.sleep(0.02)
+            return ModelResponse(text="a1")
+
+    client = Ordered()
+    caller = ModelCaller(client, None, max_connections=1)
+
+    async def calls() -> None:
+        first = asyncio.create_task(caller.call(request("run A: demos …, step 1")))
+        await asyncio.sleep(0.005)
+        others = [
+            caller.call(request(f"run {p}")) for p in ("B: demos …, step 1", "A: demos …, step 2")
+        ]
+        await asyncio.gather(first, *others)
+
+    asyncio.run(calls())
+    assert client.order == [
+        "run A: demos …, step 1",
+        "run A: demos …, step 2",
+        "run B: demos …, step 1",
+    ]

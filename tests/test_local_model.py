@@ -11,7 +11,7 @@ from helpers import episode_requests
 
 from lmact.demos import DemoStore
 from lmact.models.base import ModelOptions, TextPart
-from lmact.models.local import LocalModel, PrefixTurns, shared_start
+from lmact.models.local import LocalModel
 from lmact.models.registry import resolve_model
 from lmact.prompting import PromptSettings
 from lmact.regimes.icrl import make_icrl_config
@@ -117,42 +117,3 @@ def test_in_context_rl_with_the_local_model(
     assert steps == steps_again
     assert steps[-1][3] == tuple(range(episodes - 1))  # naive: every earlier episode
 
-
-def test_the_waiting_call_that_shares_the_longest_prefix_goes_next() -> None:
-    """A call waiting at the local model that starts like the one just answered goes
-    before an earlier call of another prompt, so the KV cache keeps their prefix; a
-    waiter cancelled meanwhile loses its place, and a cancelled holder passes its turn."""
-    turns, order = PrefixTurns(), []
-
-    async def call(prompt: str, hold_s: float = 0.01) -> None:
-        async with turns.turn(prompt):
-            order.append(prompt)
-            await asyncio.sleep(hold_s)
-
-    async def main() -> None:
-        first = asyncio.create_task(call("demos A, step 1", 0.05))
-        await asyncio.sleep(0.01)  # the first holds the model; the others queue
-        others = [asyncio.create_task(call(p)) for p in ("demos B, step 1", "demos A, step 2")]
-        cancelled = asyncio.create_task(call("demos A, step 1 and more"))
-        await asyncio.sleep(0.01)
-        cancelled.cancel()
-        await asyncio.gather(first, *others)
-        await call("demos B, step 2")  # free again: no wait
-
-    asyncio.run(main())
-    assert order == ["demos A, step 1", "demos A, step 2", "demos B, step 1", "demos B, step 2"]
-    order.clear()
-
-    async def next_step_comes_just_after() -> None:
-        first = asyncio.create_task(call("demos A, step 1", 0.02))
-        await asyncio.sleep(0.005)
-        other = asyncio.create_task(call("demos B, step 1"))
-        await first  # the episode then sends its next step at once, as the runner does
-        await asyncio.sleep(0.001)
-        await asyncio.gather(call("demos A, step 1, step 2"), other)
-
-    asyncio.run(next_step_comes_just_after())
-    # The turn lingered for the step that reuses the whole cache, though B waited first.
-    assert order == ["demos A, step 1", "demos A, step 1, step 2", "demos B, step 1"]
-    assert shared_start("abcdef", "abcxyz") == 3 and shared_start("", "abc") == 0
-    assert shared_start("abc", "abc") == 3

@@ -16,10 +16,10 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from tenacity import (
     AsyncRetrying,
@@ -35,6 +35,7 @@ from lmact.models.base import (
     ModelClient,
     ModelRequest,
     ModelResponse,
+    TextPart,
     TransientModelError,
     UnreadableAnswerError,
     check_response,
@@ -89,6 +90,90 @@ def usable_wait(value: object) -> float | None:
     return float(value) if math.isfinite(value) and value >= 0 else None
 
 
+def _prompt_text(request: ModelRequest) -> str:
+    """The request's text, images left out: what two prompts share, for `PrefixTurns`."""
+    text = "".join(part.text for part in request.parts if isinstance(part, TextPart))
+    return request.system + text
+
+
+def shared_start(first: str, second: str) -> int:
+    """The length of the longest common start of two texts (by halving: C-speed slices)."""
+    low, high = 0, min(len(first), len(second))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if first[:middle] == second[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+class PrefixTurns:
+    """Turns at a model of one connection (one KV cache), one call at a time. When a call
+    ends, the waiting call whose prompt starts most like the one just answered goes next
+    (the earliest on a tie): the cache then keeps the prefix they share. In first-come
+    order, the runs of a sweep would alternate and evict each other's prefix at every
+    call.
+
+    When no waiting call shares most of the last prompt, the turn is held a moment
+    (`linger_s`): the episode just answered sends its next step within about a
+    millisecond, and that step would reuse the whole cache."""
+
+    def __init__(self, linger_s: float = 0.02, most: float = 0.9) -> None:
+        self.linger_s = linger_s
+        self.most = most  # the share of the last prompt a waiting call must start with
+        self._busy = False
+        self._lingering = False
+        self._last = ""
+        self._waiting: list[tuple[str, asyncio.Future[None]]] = []
+
+    @asynccontextmanager
+    async def turn(self, prompt: str) -> AsyncIterator[None]:
+        if self._busy or self._waiting:
+            granted = asyncio.get_running_loop().create_future()
+            self._waiting.append((prompt, granted))
+            try:
+                await granted
+            except asyncio.CancelledError:
+                if granted.done() and not granted.cancelled():
+                    self._pass_on()  # granted as it was cancelled: the turn goes on
+                else:
+                    self._waiting.remove((prompt, granted))
+                raise
+        else:
+            self._busy = True
+        try:
+            yield
+        finally:
+            self._last = prompt
+            self._pass_on()
+
+    def _best(self) -> tuple[int, int]:
+        """The index of the waiting call to go next, and how much of the last prompt it
+        starts with."""
+        shares = [shared_start(prompt, self._last) for prompt, _ in self._waiting]
+        best = max(range(len(shares)), key=lambda k: (shares[k], -k))
+        return best, shares[best]
+
+    def _pass_on(self) -> None:
+        if self._waiting and not self._lingering:
+            _, share = self._best()
+            if share < self.most * len(self._last):
+                self._lingering = True
+                asyncio.get_running_loop().call_later(self.linger_s, self._hand_over)
+                return
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        self._lingering = False
+        if not self._waiting:
+            self._busy = False
+            return
+        best, _ = self._best()
+        _, granted = self._waiting.pop(best)
+        granted.set_result(None)  # stays busy: the turn is handed over
+
+
 class ModelCaller:
     """Calls a client through the cache, retrying transient failures. One caller per model
     per process, shared by every run the process plays, so that the connection limit and a
@@ -121,7 +206,7 @@ class ModelCaller:
         self.cache = cache if client.cacheable else None
         self.max_connections = max_connections or client.max_concurrency
         # asyncio primitives belong to one event loop: one semaphore per loop that calls.
-        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore | PrefixTurns] | None = None
         self.max_retries = client.options.max_retries if max_retries is None else max_retries
         self.timeout_s = client.attempt_timeout_s if timeout_s is None else timeout_s
         given_wait = client.options.max_wait_s if max_wait_s is None else max_wait_s
@@ -161,11 +246,18 @@ class ModelCaller:
         finally:
             self._pause_listeners.remove(listener)
 
-    def _connection_slots(self) -> asyncio.Semaphore:
+    def _connection_slot(self, request: ModelRequest) -> AbstractAsyncContextManager[Any]:
+        """A connection for `request`: with one, the turn that keeps the model's prefix
+        cache (`PrefixTurns`); with several, the first free (the provider keeps its own)."""
         loop = asyncio.get_running_loop()
         if self._slots is None or self._slots[0] is not loop:
-            self._slots = (loop, asyncio.Semaphore(self.max_connections))
-        return self._slots[1]
+            one = self.max_connections == 1
+            slots = PrefixTurns() if one else asyncio.Semaphore(self.max_connections)
+            self._slots = (loop, slots)
+        slots = self._slots[1]
+        if isinstance(slots, PrefixTurns):
+            return slots.turn(_prompt_text(request))
+        return slots
 
     def _wait(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
@@ -190,7 +282,7 @@ class ModelCaller:
         pause = self._paused_until - time.monotonic()
         if pause > 0:
             await asyncio.sleep(pause)
-        async with self._connection_slots():
+        async with self._connection_slot(request):
             if self.timeout_s is None:
                 return await self._answer(request)
             try:

@@ -19,8 +19,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -135,91 +135,13 @@ def _reusable_prefix_length(previous: Sequence[int], tokens: Sequence[int]) -> i
     return length - 1 if length == len(tokens) and length > 0 else length
 
 
-def shared_start(first: str, second: str) -> int:
-    """The length of the longest common start of two texts (by halving: C-speed slices)."""
-    low, high = 0, min(len(first), len(second))
-    while low < high:
-        middle = (low + high + 1) // 2
-        if first[:middle] == second[:middle]:
-            low = middle
-        else:
-            high = middle - 1
-    return low
-
-
-class PrefixTurns:
-    """Turns at one KV cache, one call at a time. When a call ends, the waiting call whose
-    prompt starts most like the one just answered goes next (the earliest on a tie): the
-    cache then keeps the prefix they share. With a first-come order, the runs of a sweep
-    (or episodes of different demonstrations) would alternate and evict each other's
-    prefix at every call.
-
-    When no waiting call shares most of the last prompt, the turn is held a moment
-    (`linger_s`): the episode just answered sends its next step within about a
-    millisecond, and that step would reuse the whole cache."""
-
-    def __init__(self, linger_s: float = 0.02, most: float = 0.9) -> None:
-        self.linger_s = linger_s
-        self.most = most  # the share of the last prompt a waiting call must start with
-        self._busy = False
-        self._lingering = False
-        self._last = ""
-        self._waiting: list[tuple[str, asyncio.Future[None]]] = []
-
-    @asynccontextmanager
-    async def turn(self, prompt: str) -> AsyncIterator[None]:
-        if self._busy or self._waiting:
-            granted = asyncio.get_running_loop().create_future()
-            self._waiting.append((prompt, granted))
-            try:
-                await granted
-            except asyncio.CancelledError:
-                if granted.done() and not granted.cancelled():
-                    self._pass_on()  # granted as it was cancelled: the turn goes on
-                else:
-                    self._waiting.remove((prompt, granted))
-                raise
-        else:
-            self._busy = True
-        try:
-            yield
-        finally:
-            self._last = prompt
-            self._pass_on()
-
-    def _best(self) -> tuple[int, int]:
-        """The index of the waiting call to go next, and how much of the last prompt it
-        starts with."""
-        shares = [shared_start(prompt, self._last) for prompt, _ in self._waiting]
-        best = max(range(len(shares)), key=lambda k: (shares[k], -k))
-        return best, shares[best]
-
-    def _pass_on(self) -> None:
-        if self._waiting and not self._lingering:
-            _, share = self._best()
-            if share < self.most * len(self._last):
-                self._lingering = True
-                asyncio.get_running_loop().call_later(self.linger_s, self._hand_over)
-                return
-        self._hand_over()
-
-    def _hand_over(self) -> None:
-        self._lingering = False
-        if not self._waiting:
-            self._busy = False
-            return
-        best, _ = self._best()
-        _, granted = self._waiting.pop(best)
-        granted.set_result(None)  # stays busy: the turn is handed over
-
-
 class LocalModel(ModelClient):
     """An in-process llama.cpp model, in completion mode."""
 
     accepts_images = False
-    # Calls queue at the model (`PrefixTurns`), which answers one at a time in the order
-    # that keeps its KV cache warm; the caller lets this many wait there.
-    max_concurrency = 16
+    # One KV cache: one call at a time, in the order that keeps its prefix (the caller's
+    # `PrefixTurns`); concurrent calls would only evict each other's prefix.
+    max_concurrency = 1
 
     def __init__(self, name: str, options: ModelOptions, reuse_prefix: bool = True) -> None:
         super().__init__(name, options)
@@ -238,7 +160,6 @@ class LocalModel(ModelClient):
         # False gives every call a fresh model state (for measuring what reuse saves).
         self.reuse_prefix = reuse_prefix
         self._model: _LoadedModel | None = None
-        self._turns = PrefixTurns()
 
     @property
     def model(self) -> _LoadedModel:
@@ -298,5 +219,4 @@ class LocalModel(ModelClient):
         return 0.0  # runs on this machine: no API charges
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
-        async with self._turns.turn(request.completion_text()):
-            return await asyncio.to_thread(self._complete_now, request)
+        return await asyncio.to_thread(self._complete_now, request)
