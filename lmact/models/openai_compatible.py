@@ -11,6 +11,8 @@ known only if the user gives prices.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
@@ -28,6 +30,13 @@ from lmact.models.remote import RemoteModel, base_url_problem, close_at_loop_end
 
 # Sent when no key is set: most self-hosted servers check none, but the SDK wants one.
 PLACEHOLDER_KEY = "EMPTY"
+# A server of several that could not be reached is passed over this long (unless all are
+# down), so that the calls after a server dies do not each try it first and back off.
+SERVER_DOWN_S = 30.0
+# The server the current call (its task) was sent to, to mark it down if unreachable.
+_chosen_server: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "chosen_server", default=None
+)
 
 
 class OpenAICompatibleModel(OpenAIModel):
@@ -52,6 +61,7 @@ class OpenAICompatibleModel(OpenAIModel):
         self._clients_loop: asyncio.AbstractEventLoop | None = None
         self._closers: list[AsyncIterator[None]] = []
         self._turn = 0
+        self._down_until: dict[str, float] = {}  # time.monotonic(), by base URL
 
     @property
     def mode(self) -> str:
@@ -107,9 +117,28 @@ class OpenAICompatibleModel(OpenAIModel):
             self._closers = [close_at_loop_end(self, c) for c in self._clients.values()]
             for closer in self._closers:
                 await anext(closer)
-        url = self.base_urls[self._turn % len(self.base_urls)]
-        self._turn += 1
+        url = self._next_server()
+        _chosen_server.set(url)
         return self._clients[url]
+
+    def _next_server(self) -> str:
+        """The next server in turn that is not marked down (if all are, the next)."""
+        now, count = time.monotonic(), len(self.base_urls)
+        for offset in range(count):
+            url = self.base_urls[(self._turn + offset) % count]
+            if self._down_until.get(url, 0.0) <= now:
+                self._turn += offset + 1
+                return url
+        url = self.base_urls[self._turn % count]
+        self._turn += 1
+        return url
+
+    def translate_error(self, error: Exception) -> Exception | None:
+        if isinstance(error, import_openai().APIConnectionError):  # timeouts are one too
+            server = _chosen_server.get()
+            if server is not None:
+                self._down_until[server] = time.monotonic() + SERVER_DOWN_S
+        return super().translate_error(error)
 
     def status_error(
         self, status: int, message: str, headers: Mapping[str, str] | None = None
