@@ -435,6 +435,19 @@ def build_parser() -> argparse.ArgumentParser:
     demos_command.add_argument("--observation", help="observation format (default: the task's)")
     _add_storage_options(demos_command, store=False)
 
+    _add_report_command(commands)
+
+    _add_compare_command(commands)
+    _add_view_command(commands)
+    commands.add_parser("tasks", help="list the tasks", description="List the tasks.")
+    commands.add_parser(
+        "models", help="list the model names", description="List the model names lmact accepts."
+    )
+    return parser
+
+
+def _add_report_command(commands: argparse._SubParsersAction) -> None:
+    """`lmact report`: tables, plots and the HTML report."""
     report = commands.add_parser(
         "report",
         help="a table of every run in the store, and plots",
@@ -490,14 +503,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--store", type=Path, default=DEFAULT_STORE, help="the run store (default: %(default)s)"
     )
     _add_storage_options(report, store=False)  # where viewer pages read demonstrations
-
-    _add_compare_command(commands)
-    _add_view_command(commands)
-    commands.add_parser("tasks", help="list the tasks", description="List the tasks.")
-    commands.add_parser(
-        "models", help="list the model names", description="List the model names lmact accepts."
-    )
-    return parser
 
 
 def _add_compare_command(commands: argparse._SubParsersAction) -> None:
