@@ -22,6 +22,7 @@ from lmact.envs.base import DEMO_SEED_BASE
 from lmact.errors import LmactError
 from lmact.models.base import DEFAULT_MAX_WAIT_S, ModelOptions
 from lmact.models.registry import DEFAULT_MODEL, accepted_model_names
+from lmact.report.page import counted
 from lmact.store import DEFAULT_STORE, MAX_EPISODES
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "--max-retries": (0, 1000),
     "--max-images": (1, _INT_LIMIT),
     "--view-episodes": (0, MAX_EPISODES),
+    "--view-max-mb": (0, math.inf),  # strictly above 0: see _POSITIVE
     "--reasoning-budget": (1, _INT_LIMIT),
     "--timeout": (0, math.inf),  # strictly above 0: see _POSITIVE
     "--max-wait": (0, math.inf),
@@ -64,7 +66,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "--episode": (0, _INT_LIMIT),
     "--port": (0, 65535),
 }
-_POSITIVE = frozenset({"--timeout", "--max-wait", "--p-keep"})
+_POSITIVE = frozenset({"--timeout", "--max-wait", "--p-keep", "--view-max-mb"})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -500,6 +502,13 @@ def _add_report_command(commands: argparse._SubParsersAction) -> None:
         f"{DEFAULT_VIEW_EPISODES}; replaying them is what a page costs); 0: no viewer pages",
     )
     report.add_argument(
+        "--view-max-mb",
+        type=float,
+        metavar="MB",
+        help="--format html: leave out (and name) the viewer pages larger than this; image "
+        "observations make big pages (default: no limit)",
+    )
+    report.add_argument(
         "--store", type=Path, default=DEFAULT_STORE, help="the run store (default: %(default)s)"
     )
     _add_storage_options(report, store=False)  # where viewer pages read demonstrations
@@ -718,7 +727,7 @@ def _print_summary(summary: RunSummary, store: Path) -> None:
     regime = "" if summary.regime == "imitation" else f"{summary.regime} · "
     print(
         f"{summary.task} · {summary.observation} · {summary.model} · {regime}"
-        f"{summary.description} · {_count(summary.episodes, 'episode')}"
+        f"{summary.description} · {counted(summary.episodes, 'episode')}"
     )
     if summary.details.get("stopped_by"):
         print(f"(no further demonstration fit: {summary.details['stopped_by']})")
@@ -823,10 +832,6 @@ def _dollars(value: float | None) -> str:
     if value is None:
         return "unknown (no prices for this model; give --input-price and --output-price)"
     return f"${value:.4f}"
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def run_maker(cache_dir: Path | None) -> Callable[[dict[str, Any]], tuple[Any, int]]:
@@ -1019,7 +1024,7 @@ def _command_demos(args: argparse.Namespace) -> None:
         demonstrations = store.load(task, observation, 0, args.episodes, bar.update)
     returns = [d.total_return for d in demonstrations]
     print(
-        f"{_count(len(demonstrations), 'demonstration')} of {task.name}/{observation} in "
+        f"{counted(len(demonstrations), 'demonstration')} of {task.name}/{observation} in "
         f"{store.directory(task, observation)} (mean return {sum(returns) / len(returns):.3f})"
     )
 
@@ -1079,8 +1084,9 @@ def _command_report(args: argparse.Namespace) -> None:
     if fmt == "html":
         _html_report(args)
         return
-    if args.view_episodes is not None:
-        raise LmactError("--view-episodes is an option of --format html")
+    for flag in ("view_episodes", "view_max_mb"):
+        if getattr(args, flag) is not None:
+            raise LmactError(f"--{flag.replace('_', '-')} is an option of --format html")
     if args.out is not None or args.plot is not None:
         from lmact.report.plots import check_matplotlib
 
@@ -1142,14 +1148,16 @@ def _html_report(args: argparse.Namespace) -> None:
     curves = curve_rows(rows)
     written = _plot_files(rows, curves, args.plot, "--plot") if args.plot is not None else []
     viewed = DEFAULT_VIEW_EPISODES if args.view_episodes is None else args.view_episodes
-    pages = _viewer_pages(args, [row["run_id"] for row in rows], viewed) if viewed else {}
+    pages, left_out = _viewer_pages(args, [row["run_id"] for row in rows], viewed)
     index = args.out / "index.html"
     with RunStore(args.store) as store:
         compared, _ = comparison_rows(store, rows)
-    figures = report_figures(rows, curves)
-    report = render_report(
-        rows, figures, run_pages=pages, store=args.store, comparisons=compared or None
-    )
+    notes = [
+        f"Viewer pages of {counted(len(left_out), 'run')} left out, each over "
+        f"{args.view_max_mb:g} MB: {', '.join(left_out)}; `lmact view RUN_ID` writes one."
+    ] if left_out else []  # fmt: skip
+    report = render_report(rows, report_figures(rows, curves), run_pages=pages,
+                           store=args.store, comparisons=compared or None, notes=notes)  # fmt: skip
     _write_page(index, report)
     for path in written:
         print(f"lmact: wrote {path}", file=sys.stderr)
@@ -1158,21 +1166,30 @@ def _html_report(args: argparse.Namespace) -> None:
     print(index)
 
 
-def _viewer_pages(args: argparse.Namespace, run_ids: list[str], episodes: int) -> dict[str, str]:
-    """Each run's viewer page (its first `episodes` episodes) written under --out; returns
-    where each is, relative to the report's index.html."""
+def _viewer_pages(
+    args: argparse.Namespace, run_ids: list[str], episodes: int
+) -> tuple[dict[str, str], list[str]]:
+    """Each run's viewer page (its first `episodes` episodes) written under --out: where
+    each is, relative to the report's index.html, and the runs whose page was left out,
+    being over --view-max-mb."""
     from lmact.report.html import run_page_path
     from lmact.report.viewer import render_viewer
     from lmact.store import RunStore
 
-    pages = {}
+    pages, left_out = {}, []
+    if not episodes:
+        return pages, left_out
     demo_store = _demo_store(args)
+    limit = None if args.view_max_mb is None else args.view_max_mb * 1_000_000
     with RunStore(args.store) as store:
         for run_id in run_ids:
             page = render_viewer(store, run_id, demo_store=demo_store, max_episodes=episodes)
+            if limit is not None and len(page.encode("utf-8")) > limit:
+                left_out.append(run_id)
+                continue
             pages[run_id] = run_page_path(run_id)
             _write_page(args.out / pages[run_id], page)
-    return pages
+    return pages, left_out
 
 
 def _write_page(path: Path, page: str) -> None:

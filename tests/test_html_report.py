@@ -205,3 +205,18 @@ def test_the_report_pairs_the_runs_that_share_test_seeds(
         table = browser.page.locator("#comparisons table")
         assert table.locator("tbody tr").count() == len(compared)
         assert browser.console_errors == []
+
+
+def test_viewer_pages_over_the_size_limit_are_left_out_and_named(
+    store_folder: Path, rows: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    out = tmp_path / "capped"
+    code = main(["report", "--store", str(store_folder / "runs.sqlite"), "--format", "html",
+                 "--out", str(out), "--cache-dir", str(store_folder), "--view-episodes", "1",
+                 "--view-max-mb", "0.00001"])  # fmt: skip
+    assert code == 0
+    assert not (out / "runs").exists()  # every page is over 10 bytes
+    with opened(out / "index.html") as browser:
+        note = browser.page.locator("header .note").inner_text()
+        assert all(row["run_id"] in note for row in rows) and "lmact view RUN_ID" in note
+        assert browser.page.locator("td a").count() == 0  # nothing links to a missing page

@@ -179,11 +179,13 @@ def render_report(
     run_pages: Mapping[str, str] | None = None,
     store: str | Path | None = None,
     comparisons: Sequence[Row] | None = None,
+    notes: Sequence[str] = (),
 ) -> str:
     """The report page: a summary of `rows` (from `tables.report_rows`), a table of runs
     per task, `figures` (from `plots.report_figures`, by name) inline with a caption each,
     each run id linked to `run_pages[run_id]` (a URL relative to the page) where given, and
-    `comparisons` (rows of paired comparisons) as a table of its own when given."""
+    `comparisons` (rows of paired comparisons) as a table of its own when given; `notes`,
+    lines of plain text, under the summary."""
     links = dict(run_pages or {})
     contents = [("runs", "Runs")]
     if figures:
@@ -192,11 +194,16 @@ def render_report(
         contents.append(("comparisons", "Paired comparisons"))
     toc = " · ".join(f'<a href="#{anchor}">{text}</a>' for anchor, text in contents)
     body = (
-        f"<header><h1>lmact report</h1>{_summary(rows, store)}<nav>{toc}</nav></header>"
+        f"<header><h1>lmact report</h1>{_summary(rows, store)}{_notes(notes)}"
+        f"<nav>{toc}</nav></header>"
         f"<main>{_runs_section(rows, links)}{_figures_section(figures)}"
         f"{_comparisons_section(comparisons)}</main>"
     )
     return document("lmact report", _CSS, body)
+
+
+def _notes(notes: Sequence[str]) -> str:
+    return "".join(f'<p class="hint note">{escape(note)}</p>' for note in notes)
 
 
 _CSS = """
