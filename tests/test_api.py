@@ -38,3 +38,14 @@ def test_run_sweep_and_results_as_the_readme_shows(tmp_path: Path) -> None:
     assert {run["task"] for run in pair.runs} == {"grid_world"}
     with pytest.raises(LmactError, match="unrecognized arguments"):
         api.run("tic_tac_toe", colour="blue", store=store)
+
+
+def test_episode_records_say_which_episodes_the_score_counts(tmp_path: Path) -> None:
+    store = tmp_path / "r.sqlite"
+    summary = api.run("classification", regime="icrl", model="random", episodes=10,
+                      replicates=1, eval_every=5, eval_size=2, store=store,
+                      cache_dir=tmp_path)  # fmt: skip
+    episodes = [e for e in api.results(store).episodes if e["run_id"] == summary["run_id"]]
+    scored = [e for e in episodes if e["scored"]]
+    assert len(scored) == summary["episodes"] == 10 < len(episodes)  # evaluations besides
+    assert {e["episode"] for e in scored} == set(range(10))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -190,11 +190,26 @@ def grouped_by_task(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, 
 
 
 def episode_records(store: RunStore, run_id: str) -> list[dict[str, Any]]:
-    """A run's finished episodes as plain dicts: the store's columns, and the run's id."""
+    """A run's finished episodes as plain dicts: the store's columns, the run's id, and
+    `scored`: False for the episodes its score leaves out (in-context RL's held-out
+    evaluations)."""
+    scored = _scored_units(store, run_id)
     return [
-        {"run_id": run_id, **flat_fields(record)}
+        {"run_id": run_id, **flat_fields(record), "scored": scored(record.episode)}
         for record in store.finished_episodes(run_id).values()
     ]
+
+
+def _scored_units(store: RunStore, run_id: str) -> Callable[[int], bool]:
+    run = next((run for run in store.runs() if run.run_id == run_id), None)
+    try:
+        config = parse_config(run.config) if run is not None else None
+    except (TypeError, ValidationError):
+        config = None  # a run this release cannot read: every episode counts
+    if config is None:
+        return lambda unit: True
+    regime = regime_of(config)
+    return lambda unit: regime.is_scored(config, unit)
 
 
 def with_episodes(store: RunStore, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
