@@ -89,14 +89,15 @@ def _panels(tasks: Sequence[str], title: str) -> tuple[Figure, dict[str, Axes]]:
 
 
 def _legend(figure: Figure) -> None:
-    """One legend for the figure, right of the panels (a label once, whichever panel)."""
+    """One legend for the figure, below the panels (a label once, whichever panel): to the
+    right, a long title runs into it."""
     labelled: dict[str, Any] = {}
     for axes in figure.axes:
         for handle, label in zip(*axes.get_legend_handles_labels(), strict=True):
             labelled.setdefault(label, handle)
     if labelled:
-        figure.legend(labelled.values(), labelled.keys(), loc="outside right upper",
-                      fontsize="small")  # fmt: skip
+        figure.legend(labelled.values(), labelled.keys(), loc="outside lower center",
+                      ncols=min(3, len(labelled)), fontsize="small")  # fmt: skip
 
 
 def _demonstration_axis(axes: Axes, counts: Iterable[int]) -> None:
