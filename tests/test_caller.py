@@ -211,7 +211,7 @@ def test_the_waiting_call_that_shares_the_longest_prefix_goes_next() -> None:
     """A call waiting at the local model that starts like the one just answered goes
     before an earlier call of another prompt, so the KV cache keeps their prefix; a
     waiter cancelled meanwhile loses its place, and a cancelled holder passes its turn."""
-    turns, order = PrefixTurns(), []
+    turns, order = PrefixTurns(linger_s=0.02), []
 
     async def call(prompt: str, hold_s: float = 0.01) -> None:
         async with turns.turn(prompt):

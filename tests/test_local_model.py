@@ -116,4 +116,3 @@ def test_in_context_rl_with_the_local_model(
     assert again.calls_made == 0 and again.calls_cached == len(steps) == len(steps_again)
     assert steps == steps_again
     assert steps[-1][3] == tuple(range(episodes - 1))  # naive: every earlier episode
-

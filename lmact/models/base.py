@@ -311,6 +311,9 @@ class ModelClient(ABC):
     cacheable: bool = True
     # Requests in flight at once; the caller's semaphore enforces it.
     max_concurrency: int = 1
+    # Keeps the KV cache of the last prompt between calls (the embedded model): worth a
+    # moment's wait, at one connection, for the call that would reuse all of it.
+    keeps_last_prefix: bool = False
 
     def __init__(self, name: str, options: ModelOptions) -> None:
         self.name = name

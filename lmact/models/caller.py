@@ -41,6 +41,9 @@ from lmact.models.base import (
     check_response,
 )
 
+# How long a model that keeps its last prompt's KV cache waits, when no waiting call shares
+# most of that prompt, for the answered episode's next step (it comes within a millisecond).
+LINGER_S = 0.02
 # Upper bound of a backoff wait when the server gives no Retry-After.
 MAX_BACKOFF_S = 60.0
 
@@ -115,11 +118,11 @@ class PrefixTurns:
     order, the runs of a sweep would alternate and evict each other's prefix at every
     call.
 
-    When no waiting call shares most of the last prompt, the turn is held a moment
-    (`linger_s`): the episode just answered sends its next step within about a
-    millisecond, and that step would reuse the whole cache."""
+    When no waiting call shares most of the last prompt, the turn may be held a moment
+    (`linger_s`, for a model that keeps the last prompt's cache): the episode just answered
+    sends its next step within about a millisecond, and that step would reuse all of it."""
 
-    def __init__(self, linger_s: float = 0.02, most: float = 0.9) -> None:
+    def __init__(self, linger_s: float = 0.0, most: float = 0.9) -> None:
         self.linger_s = linger_s
         self.most = most  # the share of the last prompt a waiting call must start with
         self._busy = False
@@ -156,7 +159,7 @@ class PrefixTurns:
         return best, shares[best]
 
     def _pass_on(self) -> None:
-        if self._waiting and not self._lingering:
+        if self._waiting and self.linger_s > 0 and not self._lingering:
             _, share = self._best()
             if share < self.most * len(self._last):
                 self._lingering = True
@@ -252,7 +255,8 @@ class ModelCaller:
         loop = asyncio.get_running_loop()
         if self._slots is None or self._slots[0] is not loop:
             one = self.max_connections == 1
-            slots = PrefixTurns() if one else asyncio.Semaphore(self.max_connections)
+            linger_s = LINGER_S if self.client.keeps_last_prefix else 0.0
+            slots = PrefixTurns(linger_s) if one else asyncio.Semaphore(self.max_connections)
             self._slots = (loop, slots)
         slots = self._slots[1]
         if isinstance(slots, PrefixTurns):

@@ -142,6 +142,7 @@ class LocalModel(ModelClient):
     # One KV cache: one call at a time, in the order that keeps its prefix (the caller's
     # `PrefixTurns`); concurrent calls would only evict each other's prefix.
     max_concurrency = 1
+    keeps_last_prefix = True
 
     def __init__(self, name: str, options: ModelOptions, reuse_prefix: bool = True) -> None:
         super().__init__(name, options)
