@@ -88,3 +88,23 @@ def test_the_committed_markdown_table_agrees_with_the_csv(task: str) -> None:
     for run_id, row in committed_rows().items():
         if row["task"] == task:
             assert f"| {run_id} |" in markdown
+
+
+def test_the_committed_html_report_opens_offline_and_shows_the_figure() -> None:
+    from browser import opened, pixel_colours
+
+    with opened(RESULTS / "index.html") as browser:
+        page = browser.page
+        figure = page.locator('figure[data-figure="normalized-score"] img')
+        assert figure.evaluate("image => image.complete && image.naturalWidth > 0")
+        figure.scroll_into_view_if_needed()
+        box = figure.bounding_box()
+        assert box is not None
+        region = (int(box["x"]), int(box["y"]), int(box["x"] + box["width"]),
+                  int(box["y"] + min(box["height"], 800)))  # fmt: skip
+        assert len(pixel_colours(page.screenshot(), region)) > 20  # drawn, not blank
+        links = page.locator("td a[href^='runs/']")
+        assert links.count() > 0
+        for href in links.evaluate_all("links => links.map(link => link.getAttribute('href'))"):
+            assert (RESULTS / href).is_file(), href  # every link has its committed page
+        assert browser.console_errors == [] and browser.outside_requests == []
