@@ -478,6 +478,12 @@ def _add_report_command(commands: argparse._SubParsersAction) -> None:
     report.add_argument(
         "--sweep", metavar="NAME", help="only the runs of this sweep (see `lmact sweep`)"
     )
+    _add_report_outputs(report)
+    _add_storage_options(report)  # the cache: where viewer pages read demonstrations
+
+
+def _add_report_outputs(report: argparse.ArgumentParser) -> None:
+    """Where `lmact report` writes: plots, files, the HTML report's viewer pages."""
     report.add_argument(
         "--plot",
         type=Path,
@@ -508,10 +514,6 @@ def _add_report_command(commands: argparse._SubParsersAction) -> None:
         help="--format html: leave out (and name) the viewer pages larger than this; image "
         "observations make big pages (default: no limit)",
     )
-    report.add_argument(
-        "--store", type=Path, default=DEFAULT_STORE, help="the run store (default: %(default)s)"
-    )
-    _add_storage_options(report, store=False)  # where viewer pages read demonstrations
 
 
 def _add_compare_command(commands: argparse._SubParsersAction) -> None:
