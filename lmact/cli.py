@@ -623,11 +623,17 @@ _REGIME_OPTIONS: dict[str, frozenset[str]] = {
 
 
 @functools.cache
-def _run_option_defaults() -> dict[str, object]:
-    """What `lmact run` takes when an option is not given, from its own parser."""
+def _run_options_parser() -> argparse.ArgumentParser:
+    """The options of `lmact run`, for run options given otherwise (a sweep file's)."""
     parser = _OptionsParser(prog="lmact run", add_help=False)
     _add_run_options(parser)
-    return vars(parser.parse_args(["--task", "-"]))
+    return parser
+
+
+@functools.cache
+def _run_option_defaults() -> dict[str, object]:
+    """What `lmact run` takes when an option is not given, from its own parser."""
+    return vars(_run_options_parser().parse_args(["--task", "-"]))
 
 
 def _regime_options(args: argparse.Namespace) -> dict[str, object]:
@@ -839,8 +845,7 @@ def _dollars(value: float | None) -> str:
 def run_maker(cache_dir: Path | None) -> Callable[[dict[str, Any]], tuple[Any, int]]:
     """Run options from a sweep file to a configuration and episode count, through the
     options and checks of `lmact run`."""
-    parser = _OptionsParser(prog="lmact run", add_help=False)
-    _add_run_options(parser)
+    parser = _run_options_parser()
 
     def make_run(options: dict[str, Any]) -> tuple[Any, int]:
         from lmact.tasks import get_task
@@ -854,6 +859,10 @@ def run_maker(cache_dir: Path | None) -> Callable[[dict[str, Any]], tuple[Any, i
     return make_run
 
 
+# Options of `lmact sweep` that a sweep file's [base] may set too.
+SWEEP_SETTINGS = ("store", "cache_dir", "workers", "max_connections")
+
+
 def sweep_settings(path: Path) -> argparse.Namespace:
     """The options of the process (store, cache, connections, base URLs, timeouts …) that a
     sweep file's [base] sets, parsed as `lmact run` parses them; None where it sets none
@@ -861,11 +870,9 @@ def sweep_settings(path: Path) -> argparse.Namespace:
     from lmact.sweeps import PROCESS_OPTIONS, read_sweep_file
 
     _, base, _ = read_sweep_file(path)
-    parser = _OptionsParser(prog="lmact run", add_help=False)
-    _add_run_options(parser)
     given = {name: value for name, value in base.items() if name in PROCESS_OPTIONS}
-    settings = parser.parse_args(["--task", "tic_tac_toe", *_option_words(given)])
-    for name in ("store", "cache_dir", "workers", "max_connections"):
+    settings = _run_options_parser().parse_args(["--task", "-", *_option_words(given)])
+    for name in SWEEP_SETTINGS:
         if name not in given:
             setattr(settings, name, None)
     return settings
@@ -897,7 +904,7 @@ def _command_sweep(args: argparse.Namespace) -> None:
     from lmact.sweeps import load_sweep, play_sweep
 
     settings = sweep_settings(args.file)
-    for name in ("store", "cache_dir", "workers", "max_connections"):  # the command line wins
+    for name in SWEEP_SETTINGS:  # the command line wins
         if getattr(args, name) is None:
             setattr(args, name, getattr(settings, name))
     args.store = args.store or DEFAULT_STORE
