@@ -220,12 +220,10 @@ class ModelCaller:
         self._pause_listeners: list[PauseListener] = [on_pause] if on_pause else []
         self._paused_until = 0.0  # time.monotonic()
         self.totals = CallTally()
-        self.cache_entries_replaced = 0
+        self.cache_entries_replaced = 0  # cached answers that failed to load, fetched anew
         # Requests on their way to the model, by cache key: a second identical request
         # waits for the first one's answer instead of paying for its own.
-        self._in_flight: dict[
-            str, asyncio.Future[ModelResponse]
-        ] = {}  # cached answers that failed to load, fetched anew
+        self._in_flight: dict[str, asyncio.Future[ModelResponse]] = {}
 
     def paused_until_wall(self) -> float | None:
         """Until when (a `time.time()`) a server's wait pauses calls; None if not paused."""
