@@ -48,8 +48,7 @@ def run(
     cache = Path(cache_dir) if cache_dir is not None else None
     config, episodes = _make_run(cache)({"task": task, **options})
     with RunStore(store) as run_store:
-        runner = Runner(run_store, DemoStore(cache / "demos" if cache else None),
-                        model_options, progress=False)  # fmt: skip
+        runner = Runner(run_store, DemoStore.in_cache(cache), model_options, progress=False)
         try:
             return runner.evaluate(config, episodes).to_dict()
         finally:
@@ -76,7 +75,7 @@ def sweep(
     with RunStore(store) as run_store:
         runner = Runner(
             run_store,
-            DemoStore(cache / "demos" if cache else None, settings.workers),
+            DemoStore.in_cache(cache, settings.workers),
             model_options or model_options_from(settings),
             settings.max_connections,
             progress=False,

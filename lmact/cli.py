@@ -578,7 +578,7 @@ def _add_view_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _demo_store(args: argparse.Namespace) -> DemoStore:
-    return DemoStore(args.cache_dir / "demos" if args.cache_dir else None, args.workers)
+    return DemoStore.in_cache(args.cache_dir, args.workers)
 
 
 def _command_run(args: argparse.Namespace) -> None:

@@ -251,6 +251,11 @@ class DemoStore:
             raise LmactError(f"workers must be at least 1, got {self.workers}")
         self.pool_after_s = pool_after_s
 
+    @classmethod
+    def in_cache(cls, cache_dir: Path | None, workers: int | None = None) -> DemoStore:
+        """The demonstrations of a cache folder (`--cache-dir`; None: the default cache)."""
+        return cls(Path(cache_dir) / "demos" if cache_dir is not None else None, workers)
+
     def directory(self, task: TaskSpec, observation: str) -> Path:
         """The folder of `task`'s demonstrations in `observation`.
 
