@@ -383,11 +383,16 @@ class RunStore:
 
     def runs(self) -> list[RunRecord]:
         with self._guard():
-            rows = self._db.execute(
-                "SELECT run_id, config, created, demos_used, demos_hash, prefix_tokens "
-                "FROM runs ORDER BY created"
-            ).fetchall()
+            rows = self._db.execute(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY created").fetchall()
         return [_run_record(row) for row in rows]
+
+    def run(self, run_id: str) -> RunRecord | None:
+        """One run by its id; None if the store has none of that id."""
+        with self._guard():
+            row = self._db.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+        return _run_record(row) if row is not None else None
 
     # Sweeps.
 
@@ -626,6 +631,9 @@ def claim_alive(owner: str, heartbeat: float | None, lease_s: float = CLAIM_LEAS
     except PermissionError:
         pass  # another user's process: it exists
     return not started or _start_time(pid) in ("", started)
+
+
+_RUN_COLUMNS = "run_id, config, created, demos_used, demos_hash, prefix_tokens"
 
 
 def _run_record(row: tuple) -> RunRecord:

@@ -13,13 +13,10 @@ from collections.abc import Sequence
 from itertools import combinations
 from typing import Any
 
-from pydantic import ValidationError
-
 from lmact.errors import LmactError, UnknownNameError
 from lmact.records import EpisodeRecord
-from lmact.regimes import parse_config, regime_of
 from lmact.regimes.base import BASELINE_POLICIES
-from lmact.report.tables import grouped_by_task, markdown_table, run_row
+from lmact.report.tables import grouped_by_task, markdown_table, run_row, scored_episodes
 from lmact.report.viewer import resolve_run
 from lmact.scoring import PairedComparison, pair_by_seed, paired_comparison
 from lmact.store import RunRecord, RunStore
@@ -42,19 +39,6 @@ FORMATS = ("markdown", "json")
 FORMAT_ALIASES = {"md": "markdown"}
 
 
-def scored_episodes(store: RunStore, run: RunRecord) -> list[EpisodeRecord]:
-    """The run's finished episodes that its score counts, by its regime's rule (an
-    in-context RL run's held-out evaluations are not scored); every finished episode of
-    a run whose configuration this release cannot read, as its table row counts them."""
-    finished = store.finished_episodes(run.run_id)
-    try:
-        config = parse_config(run.config)
-    except (TypeError, ValidationError):
-        return list(finished.values())
-    regime = regime_of(config)
-    return [episode for unit, episode in finished.items() if regime.is_scored(config, unit)]
-
-
 def compare_runs(store: RunStore, first: str, second: str) -> dict[str, Any]:
     """The comparison of two runs given by id or id prefix, A = `first`: a plain row."""
     run_a, run_b = resolve_run(store, first), resolve_run(store, second)
@@ -68,7 +52,9 @@ def compare_runs(store: RunStore, first: str, second: str) -> dict[str, Any]:
             f"{task_b}): the same seed is not the same episode there"
         )
     comparison = paired_comparison(
-        scored_episodes(store, run_a), scored_episodes(store, run_b), (run_a.run_id, run_b.run_id)
+        list(scored_episodes(store, run_a).values()),
+        list(scored_episodes(store, run_b).values()),
+        (run_a.run_id, run_b.run_id),
     )
     return comparison_row(row_a, row_b, comparison)
 
@@ -129,7 +115,7 @@ def comparison_rows(
     def episodes_of(row: dict[str, Any]) -> list[EpisodeRecord]:
         run_id = row["run_id"]
         if run_id not in episodes:
-            episodes[run_id] = scored_episodes(store, runs[run_id])
+            episodes[run_id] = list(scored_episodes(store, runs[run_id]).values())
         return episodes[run_id]
 
     compared: list[dict[str, Any]] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -109,12 +109,11 @@ def run_row(store: RunStore, run: RunRecord) -> dict[str, Any] | None:
     finished = store.finished_episodes(run.run_id)
     if not finished:
         return None
-    try:
-        config = parse_config(run.config)
-    except (TypeError, ValidationError):
+    config = _readable_config(run)
+    if config is None:
         return _foreign_row(run, finished)  # an unknown regime's run, or a newer release's
     regime = regime_of(config)
-    finished = {unit: e for unit, e in finished.items() if regime.is_scored(config, unit)}
+    finished = _scored_by(config, finished)
     if not finished:
         return None
     baselines = _baselines(store, config, finished)
@@ -193,23 +192,39 @@ def episode_records(store: RunStore, run_id: str) -> list[dict[str, Any]]:
     """A run's finished episodes as plain dicts: the store's columns, the run's id, and
     `scored`: False for the episodes its score leaves out (in-context RL's held-out
     evaluations)."""
-    scored = _scored_units(store, run_id)
+    run = store.run(run_id)
+    finished = store.finished_episodes(run_id)
+    scored = _scored_by(_readable_config(run), finished) if run is not None else finished
     return [
-        {"run_id": run_id, **flat_fields(record), "scored": scored(record.episode)}
-        for record in store.finished_episodes(run_id).values()
+        {"run_id": run_id, **flat_fields(record), "scored": unit in scored}
+        for unit, record in finished.items()
     ]
 
 
-def _scored_units(store: RunStore, run_id: str) -> Callable[[int], bool]:
-    run = next((run for run in store.runs() if run.run_id == run_id), None)
+def scored_episodes(store: RunStore, run: RunRecord) -> dict[int, EpisodeRecord]:
+    """The run's finished episodes that its score counts, by unit: by its regime's rule
+    (in-context RL's held-out evaluations are not scored); every finished episode of a run
+    whose configuration this release cannot read, as its table row counts them."""
+    return _scored_by(_readable_config(run), store.finished_episodes(run.run_id))
+
+
+def _readable_config(run: RunRecord) -> RegimeConfig | None:
+    """The run's configuration; None for one this release cannot read (an unknown regime,
+    a newer release's)."""
     try:
-        config = parse_config(run.config) if run is not None else None
+        return parse_config(run.config)
     except (TypeError, ValidationError):
-        config = None  # a run this release cannot read: every episode counts
+        return None
+
+
+def _scored_by(
+    config: RegimeConfig | None, finished: dict[int, EpisodeRecord]
+) -> dict[int, EpisodeRecord]:
+    """Of `finished`, the episodes the run's score counts (all, if unreadable)."""
     if config is None:
-        return lambda unit: True
+        return finished
     regime = regime_of(config)
-    return lambda unit: regime.is_scored(config, unit)
+    return {unit: e for unit, e in finished.items() if regime.is_scored(config, unit)}
 
 
 def with_episodes(store: RunStore, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
