@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmact.errors import LmactError
 from lmact.regimes.base import BASELINE_POLICIES
+from lmact.report.tables import grouped_by
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -146,7 +147,7 @@ def imitation_lines(rows: Iterable[Row], value: str) -> dict[str, list[DemoLine]
         and row.get("demos") is not None and row.get(value) is not None
     ]  # fmt: skip
     tasks: dict[str, list[DemoLine]] = {}
-    for task, group in sorted(_by(drawn, "task").items()):
+    for task, group in sorted(grouped_by(drawn, "task").items()):
         varying = [n for n in LINE_OPTIONS if len({_line_option(r, n) for r in group}) > 1]
         lines: dict[tuple[Any, ...], list[Row]] = {}
         for row in group:
@@ -161,13 +162,6 @@ def imitation_lines(rows: Iterable[Row], value: str) -> dict[str, list[DemoLine]
             key=lambda line: line.label,
         )
     return tasks
-
-
-def _by(rows: Iterable[Row], column: str) -> dict[str, list[Row]]:
-    groups: dict[str, list[Row]] = {}
-    for row in rows:
-        groups.setdefault(str(row.get(column)), []).append(row)
-    return groups
 
 
 class _LineStyles:
@@ -270,10 +264,10 @@ def learning_curve_figures(
     colours = colours or model_colours(curves)
     variants = sorted({str(point["variant"]) for point in curves})
     figures = {}
-    for task, points in sorted(_by(curves, "task").items()):
+    for task, points in sorted(grouped_by(curves, "task").items()):
         figure = _figure(figsize=(7, 4.2))
         axes = figure.subplots()
-        for run in sorted(_by(points, "run_id").values(), key=lambda p: _curve_label(p[0])):
+        for run in sorted(grouped_by(points, "run_id").values(), key=lambda p: _curve_label(p[0])):
             run = sorted(run, key=lambda p: p["episode"])
             x = [p["episode"] + 1 for p in run]
             colour = colours.get(str(run[0]["model"]), PALETTE[0])
@@ -302,7 +296,7 @@ def bandit_figure(
     if not drawn:
         return None
     colours = colours or model_colours(rows)
-    tasks = dict(sorted(_by(drawn, "task").items()))
+    tasks = dict(sorted(grouped_by(drawn, "task").items()))
     figure, panels = _panels(list(tasks), BANDIT_TEXT[measure].capitalize())
     for task, axes in panels.items():
         bars = sorted(tasks[task], key=_bar_label)

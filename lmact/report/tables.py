@@ -180,12 +180,18 @@ def select_rows(
     return [row for row in rows if all(row.get(c) in v for c, v in wanted.items())]
 
 
-def grouped_by_task(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """The rows per task, tasks in order of first appearance, rows in their order."""
+def grouped_by(rows: Iterable[dict[str, Any]], column: str) -> dict[str, list[dict[str, Any]]]:
+    """The rows per value of `column`, values in order of first appearance, rows in their
+    order."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault(str(row.get("task") or ""), []).append(row)
+        groups.setdefault(str(row.get(column) or ""), []).append(row)
     return groups
+
+
+def grouped_by_task(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The rows per task, tasks in order of first appearance, rows in their order."""
+    return grouped_by(rows, "task")
 
 
 def episode_records(store: RunStore, run_id: str) -> list[dict[str, Any]]:
