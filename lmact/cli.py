@@ -1237,7 +1237,8 @@ def _command_compare(args: argparse.Namespace) -> None:
 
 
 def _command_view(args: argparse.Namespace) -> None:
-    from lmact.report.viewer import render_viewer, resolve_run, serve_page, view_path
+    from lmact.report.tables import resolve_run
+    from lmact.report.viewer import render_viewer, serve_page, view_path
     from lmact.store import RunStore
 
     if not args.store.exists():

@@ -26,12 +26,12 @@ from lmact.models.base import ModelRequest, ModelResponse, TextPart
 from lmact.regimes.base import RegimeConfig
 from lmact.regimes.icrl import REPLICATE_STRIDE, make_icrl_config
 from lmact.regimes.imitation import make_config
+from lmact.report.tables import resolve_run
 from lmact.report.viewer import (
     CONTENT_SECURITY_POLICY,
     KIND_COLOURS,
     make_server,
     render_viewer,
-    resolve_run,
 )
 from lmact.runner import Runner
 from lmact.store import RunStore

@@ -16,8 +16,13 @@ from typing import Any
 from lmact.errors import LmactError, UnknownNameError
 from lmact.records import EpisodeRecord
 from lmact.regimes.base import BASELINE_POLICIES
-from lmact.report.tables import grouped_by_task, markdown_table, run_row, scored_episodes
-from lmact.report.viewer import resolve_run
+from lmact.report.tables import (
+    grouped_by_task,
+    markdown_table,
+    resolve_run,
+    run_row,
+    scored_episodes,
+)
 from lmact.scoring import PairedComparison, pair_by_seed, paired_comparison
 from lmact.store import RunRecord, RunStore
 

@@ -64,13 +64,13 @@ from lmact.regimes import parse_config, regime_of
 from lmact.regimes.base import Regime, RegimeConfig, RunContext
 from lmact.regimes.icrl import EVALUATION_OFFSET, REPLICATE_STRIDE
 from lmact.report.page import content_security_policy, counted, data_uri, document, escape
+from lmact.report.tables import resolve_run
 from lmact.store import RunRecord, RunStore
 
 __all__ = [
     "KIND_COLOURS",
     "make_server",
     "render_viewer",
-    "resolve_run",
     "serve_page",
     "view_path",
 ]
@@ -90,47 +90,6 @@ _REPLACED_BECAUSE = {
 
 
 # --- Which run ----------------------------------------------------------------------------
-
-
-def resolve_run(store: RunStore, prefix: str | None = None) -> RunRecord:
-    """The run whose id is `prefix` or starts with it; with none, the latest run that is not
-    another stored run's baseline. A one-line LmactError when none or several match."""
-    runs = store.runs()
-    if not runs:
-        raise LmactError(f"the run store {store.path} holds no run yet; start with `lmact run`")
-    if prefix is None:
-        return _latest(runs)
-    wanted = prefix.strip().lower()
-    matching = [run for run in runs if run.run_id.startswith(wanted)]
-    exact = [run for run in matching if run.run_id == wanted]
-    if exact:
-        return exact[0]
-    if not matching:
-        raise LmactError(
-            f"no run id in {store.path} starts with {prefix!r} (`lmact report` lists the runs)"
-        )
-    if len(matching) > 1:
-        shown = ", ".join(run.run_id for run in matching[:4]) + (", …" if len(matching) > 4 else "")
-        raise LmactError(
-            f"run id prefix {prefix!r} is ambiguous: {len(matching)} runs in {store.path} "
-            f"start with it ({shown}); give more characters"
-        )
-    return matching[0]
-
-
-def _latest(runs: Sequence[RunRecord]) -> RunRecord:
-    """The last created run that is no other run's baseline: `lmact run` stores the random
-    and expert baselines after the run they score, and that run is the one to look at."""
-    baselines: set[str] = set()
-    for run in runs:
-        try:
-            config = parse_config(run.config)
-            ids = {baseline.run_id for baseline in regime_of(config).baselines(config).values()}
-        except (ValidationError, LmactError):
-            continue  # another release's run, or a task that is gone: no baselines known
-        baselines |= ids - {run.run_id}
-    candidates = [run for run in runs if run.run_id not in baselines]
-    return (candidates or list(runs))[-1]
 
 
 def view_path(store_path: Path, run_id: str) -> Path:
