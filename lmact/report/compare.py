@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from itertools import combinations
 from typing import Any
 
-from lmact.errors import LmactError, UnknownNameError
+from lmact.errors import LmactError
 from lmact.records import EpisodeRecord
 from lmact.regimes.base import BASELINE_POLICIES
 from lmact.report.tables import (
@@ -22,6 +22,7 @@ from lmact.report.tables import (
     resolve_run,
     run_row,
     scored_episodes,
+    table_format,
 )
 from lmact.scoring import PairedComparison, pair_by_seed, paired_comparison
 from lmact.store import RunRecord, RunStore
@@ -41,7 +42,6 @@ COMPARISON_COLUMNS = [
     "tied",
 ]  # fmt: skip
 FORMATS = ("markdown", "json")
-FORMAT_ALIASES = {"md": "markdown"}
 
 
 def compare_runs(store: RunStore, first: str, second: str) -> dict[str, Any]:
@@ -178,10 +178,7 @@ def comparison_section(compared: Sequence[dict[str, Any]], left_off: int = 0) ->
 
 def comparison_format(fmt: str) -> str:
     """The format's canonical name (`md` is `markdown`); an unknown one is an error."""
-    fmt = FORMAT_ALIASES.get(fmt, fmt)
-    if fmt not in FORMATS:
-        raise UnknownNameError("compare format", fmt, (*FORMATS, *FORMAT_ALIASES))
-    return fmt
+    return table_format(fmt, FORMATS, "compare")
 
 
 def format_comparison(row: dict[str, Any], fmt: str = "markdown") -> str:

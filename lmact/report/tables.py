@@ -109,7 +109,7 @@ def run_row(store: RunStore, run: RunRecord) -> dict[str, Any] | None:
     finished = store.finished_episodes(run.run_id)
     if not finished:
         return None
-    config = _readable_config(run)
+    config = readable_config(run)
     if config is None:
         return _foreign_row(run, finished)  # an unknown regime's run, or a newer release's
     regime = regime_of(config)
@@ -200,7 +200,7 @@ def episode_records(store: RunStore, run_id: str) -> list[dict[str, Any]]:
     evaluations)."""
     run = store.run(run_id)
     finished = store.finished_episodes(run_id)
-    scored = _scored_by(_readable_config(run), finished) if run is not None else finished
+    scored = _scored_by(readable_config(run), finished) if run is not None else finished
     return [
         {"run_id": run_id, **flat_fields(record), "scored": unit in scored}
         for unit, record in finished.items()
@@ -211,10 +211,10 @@ def scored_episodes(store: RunStore, run: RunRecord) -> dict[int, EpisodeRecord]
     """The run's finished episodes that its score counts, by unit: by its regime's rule
     (in-context RL's held-out evaluations are not scored); every finished episode of a run
     whose configuration this release cannot read, as its table row counts them."""
-    return _scored_by(_readable_config(run), store.finished_episodes(run.run_id))
+    return _scored_by(readable_config(run), store.finished_episodes(run.run_id))
 
 
-def _readable_config(run: RunRecord) -> RegimeConfig | None:
+def readable_config(run: RunRecord) -> RegimeConfig | None:
     """The run's configuration; None for one this release cannot read (an unknown regime,
     a newer release's)."""
     try:
@@ -239,11 +239,12 @@ def with_episodes(store: RunStore, rows: Iterable[dict[str, Any]]) -> list[dict[
     return [{**row, "episode_records": episode_records(store, row["run_id"])} for row in rows]
 
 
-def table_format(fmt: str) -> str:
-    """The format's canonical name (`md` is `markdown`); an unknown one is an error."""
+def table_format(fmt: str, formats: Sequence[str] = FORMATS, what: str = "report") -> str:
+    """The format's canonical name (`md` is `markdown`) among `formats`; an unknown one is
+    an error naming `what` it is the format of."""
     fmt = FORMAT_ALIASES.get(fmt, fmt)
-    if fmt not in FORMATS:
-        raise UnknownNameError("report format", fmt, (*FORMATS, *FORMAT_ALIASES))
+    if fmt not in formats:
+        raise UnknownNameError(f"{what} format", fmt, (*formats, *FORMAT_ALIASES))
     return fmt
 
 

@@ -41,8 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from lmact.demos import DemoStore
 from lmact.envs.base import AnswerKind, Observation, classify_answer
 from lmact.episode import LiveSituation
@@ -60,11 +58,11 @@ from lmact.models.registry import resolve_model
 from lmact.policies import Policy, Situation
 from lmact.prompting import extract_answer
 from lmact.records import EpisodeRecord, StepRecord
-from lmact.regimes import parse_config, regime_of
+from lmact.regimes import regime_of
 from lmact.regimes.base import Regime, RegimeConfig, RunContext
 from lmact.regimes.icrl import EVALUATION_OFFSET, REPLICATE_STRIDE
 from lmact.report.page import content_security_policy, counted, data_uri, document, escape
-from lmact.report.tables import resolve_run
+from lmact.report.tables import readable_config, resolve_run
 from lmact.store import RunRecord, RunStore
 
 __all__ = [
@@ -381,10 +379,7 @@ def view_run(
     """The finished episodes of `run` (all, or the first `max_episodes` in the order they
     are played), their steps rebuilt where they can be."""
     finished = store.finished_episodes(run.run_id)
-    try:
-        config: RegimeConfig | None = parse_config(run.config)
-    except ValidationError:
-        config = None
+    config = readable_config(run)
     order = _shown_units(config, list(finished), max_episodes)
     if config is None:
         replay = _Replay(run_notes=["this run's configuration is not one this lmact reads"])
