@@ -243,19 +243,19 @@ def _shown_units(
 
 
 def _replay(
-    store: RunStore, run: RunRecord, config: RegimeConfig, demo_store: DemoStore,
-    order: Sequence[int],
+    steps_of: Callable[[int], list[StepRecord]], run: RunRecord, config: RegimeConfig,
+    demo_store: DemoStore, order: Sequence[int],
 ) -> _Replay:  # fmt: skip
     """Replay the finished units `order` of `run`, in that order, offline with their
-    stored completions."""
+    stored completions (`steps_of`: the run's stored steps of a unit)."""
     regime = regime_of(config)
-    stored = {unit: store.steps(run.run_id, unit) for unit in order}
+    stored = {unit: steps_of(unit) for unit in order}
     counter = _token_counter(config)
     exact = getattr(config, "answer_match", "lenient") == "exact"
     policy = StoredAnswers(config.observation, exact, counter)
     replay = _Replay()
     try:
-        context = RunContext(demo_store, _no_progress, lambda unit: store.steps(run.run_id, unit))
+        context = RunContext(demo_store, _no_progress, steps_of)
         prepared = regime.prepare(config, policy, context, order)
         asyncio.run(_replay_units(regime, prepared, policy, order, stored, replay))
     except Exception as error:  # whatever stops the rebuild, the stored record still shows
@@ -379,12 +379,13 @@ def view_run(
     """The finished episodes of `run` (all, or the first `max_episodes` in the order they
     are played), their steps rebuilt where they can be."""
     finished = store.finished_episodes(run.run_id)
+    steps_of = store.finished_steps(run.run_id)  # one query, shared by all that reads steps
     config = readable_config(run)
     order = _shown_units(config, list(finished), max_episodes)
     if config is None:
         replay = _Replay(run_notes=["this run's configuration is not one this lmact reads"])
     else:
-        replay = _replay(store, run, config, demo_store or DemoStore(), order)
+        replay = _replay(steps_of, run, config, demo_store or DemoStore(), order)
     shown, episodes = set(order), []
     for unit, record in finished.items():
         if unit not in shown:
@@ -392,7 +393,7 @@ def view_run(
         rebuilt = replay.steps.get(unit, [])
         steps = [
             ViewedStep(stored, *(rebuilt[index] if index < len(rebuilt) else (None, None)))
-            for index, stored in enumerate(store.steps(run.run_id, unit))
+            for index, stored in enumerate(steps_of(unit))
         ]
         episodes.append(
             ViewedEpisode(record, _unit_label(config, unit), steps, replay.notes.get(unit))
