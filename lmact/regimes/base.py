@@ -135,6 +135,10 @@ class Regime(ABC, Generic[Config, Plan]):
         evaluation that only a measure reads)."""
         return True
 
+    def unit_label(self, config: Config, unit: int) -> str:
+        """A unit as people name it, for pages that show one."""
+        return f"episode {unit}"
+
     @abstractmethod
     def unit_seed(self, config: Config, unit: int) -> int:
         """The seed unit `unit` starts from (stored with it); LmactError if out of range."""

@@ -310,6 +310,12 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
     def is_scored(self, config: IcrlConfig, unit: int) -> bool:
         return unit % REPLICATE_STRIDE < EVALUATION_OFFSET
 
+    def unit_label(self, config: IcrlConfig, unit: int) -> str:
+        replicate, index = divmod(unit, REPLICATE_STRIDE)
+        if index >= EVALUATION_OFFSET:
+            return f"replicate {replicate} · held-out evaluation {index - EVALUATION_OFFSET}"
+        return f"replicate {replicate} · episode {index}"
+
     def unit_seed(self, config: IcrlConfig, unit: int) -> int:
         """An episode's start; for an evaluation, the first held-out example's seed."""
         replicate, episode = divmod(unit, REPLICATE_STRIDE)

@@ -60,7 +60,6 @@ from lmact.prompting import extract_answer
 from lmact.records import EpisodeRecord, StepRecord
 from lmact.regimes import regime_of
 from lmact.regimes.base import Regime, RegimeConfig, RunContext
-from lmact.regimes.icrl import EVALUATION_OFFSET, REPLICATE_STRIDE
 from lmact.report.page import content_security_policy, counted, data_uri, document, escape
 from lmact.report.tables import readable_config, resolve_run
 from lmact.store import RunRecord, RunStore
@@ -402,13 +401,8 @@ def view_run(
 
 
 def _unit_label(config: RegimeConfig | None, unit: int) -> str:
-    """A unit as people name it: in-context RL numbers units by replicate."""
-    if config is None or config.regime != "icrl":
-        return f"episode {unit}"
-    replicate, index = divmod(unit, REPLICATE_STRIDE)
-    if index >= EVALUATION_OFFSET:
-        return f"replicate {replicate} · held-out evaluation {index - EVALUATION_OFFSET}"
-    return f"replicate {replicate} · episode {index}"
+    """A unit as people name it (in-context RL numbers units by replicate)."""
+    return f"episode {unit}" if config is None else regime_of(config).unit_label(config, unit)
 
 
 def render_viewer(
