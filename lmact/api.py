@@ -66,12 +66,13 @@ def sweep(
     the error that stopped it). What the file's [base] sets for the process (its store,
     cache, connections, base URLs …) applies unless given here."""
     from lmact.cli import model_options_from, sweep_settings
-    from lmact.sweeps import load_sweep, play_sweep
+    from lmact.sweeps import load_sweep, play_sweep, read_sweep_file
 
-    settings = sweep_settings(Path(path))
+    read = read_sweep_file(Path(path))  # once: the file may be a pipe
+    settings = sweep_settings(read)
     store = store or settings.store or DEFAULT_STORE
     cache = Path(cache_dir) if cache_dir is not None else settings.cache_dir
-    plan = load_sweep(Path(path), _make_run(cache))
+    plan = load_sweep(read, _make_run(cache))
     with RunStore(store) as run_store:
         runner = Runner(
             run_store,

@@ -28,6 +28,7 @@ from lmact.store import DEFAULT_STORE, MAX_EPISODES
 if TYPE_CHECKING:
     from lmact.regimes.base import RegimeConfig
     from lmact.runner import RunEstimate, RunSummary
+    from lmact.sweeps import SweepFile
 
 EXIT_USAGE = 2
 # The numeric options, checked in one place before any work: (least, most) allowed.
@@ -380,7 +381,11 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
 
 
 class _OptionsParser(argparse.ArgumentParser):
-    """The options of `lmact run`, read from a sweep file: errors are LmactErrors."""
+    """The options of `lmact run`, read from a sweep file: errors are LmactErrors, and
+    names are exact (a shortened one would apply a different option, or none)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs, allow_abbrev=False)
 
     def error(self, message: str) -> NoReturn:
         raise LmactError(message)
@@ -636,6 +641,11 @@ def _run_option_defaults() -> dict[str, object]:
     return vars(_run_options_parser().parse_args(["--task", "-"]))
 
 
+def run_option_names() -> frozenset[str]:
+    """The names of the options of `lmact run`, as a sweep file or the API gives them."""
+    return frozenset(_run_option_defaults())
+
+
 def _regime_options(args: argparse.Namespace) -> dict[str, object]:
     """The options that `args.regime` reads, by keyword; an option that only another
     regime reads, given to this one, is a one-line error."""
@@ -863,13 +873,14 @@ def run_maker(cache_dir: Path | None) -> Callable[[dict[str, Any]], tuple[Any, i
 SWEEP_SETTINGS = ("store", "cache_dir", "workers", "max_connections")
 
 
-def sweep_settings(path: Path) -> argparse.Namespace:
+def sweep_settings(source: Path | SweepFile) -> argparse.Namespace:
     """The options of the process (store, cache, connections, base URLs, timeouts …) that a
     sweep file's [base] sets, parsed as `lmact run` parses them; None where it sets none
-    of store, cache_dir, workers, max_connections."""
-    from lmact.sweeps import PROCESS_OPTIONS, read_sweep_file
+    of store, cache_dir, workers, max_connections. `source` is the file, or what
+    `read_sweep_file` read of it (a pipe can be read only once)."""
+    from lmact.sweeps import PROCESS_OPTIONS, SweepFile, read_sweep_file
 
-    _, base, _ = read_sweep_file(path)
+    _, base, _ = source if isinstance(source, SweepFile) else read_sweep_file(source)
     given = {name: value for name, value in base.items() if name in PROCESS_OPTIONS}
     settings = _run_options_parser().parse_args(["--task", "-", *_option_words(given)])
     for name in SWEEP_SETTINGS:
@@ -890,7 +901,7 @@ def _option_words(options: dict[str, Any]) -> list[str]:
             if isinstance(one, bool):
                 words += [flag] if one else []
             elif isinstance(one, str | int | float):
-                words += [flag, str(one)]
+                words.append(f"{flag}={one}")  # one word: a value such as "-x" is no flag
             else:
                 raise LmactError(f"option {name} takes a value, not {one!r}")
     return words
@@ -901,14 +912,15 @@ def _command_sweep(args: argparse.Namespace) -> None:
 
     from lmact.runner import Runner
     from lmact.store import RunStore
-    from lmact.sweeps import load_sweep, play_sweep
+    from lmact.sweeps import load_sweep, play_sweep, read_sweep_file
 
-    settings = sweep_settings(args.file)
+    read = read_sweep_file(args.file)  # once: the file may be a pipe
+    settings = sweep_settings(read)
     for name in SWEEP_SETTINGS:  # the command line wins
         if getattr(args, name) is None:
             setattr(args, name, getattr(settings, name))
     args.store = args.store or DEFAULT_STORE
-    sweep = load_sweep(args.file, run_maker(args.cache_dir))
+    sweep = load_sweep(read, run_maker(args.cache_dir))
     model_options = model_options_from(settings)
     with RunStore(args.store) as store:
         runner = Runner(store, _demo_store(args), model_options, args.max_connections,

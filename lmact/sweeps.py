@@ -16,7 +16,8 @@ optional explicit extra runs and exclusions:
     model = "random"
     demos = 4
 
-Keys are the long options of `lmact run` (`token_budget` or `token-budget`). Every run of
+Keys are the exact long options of `lmact run` (`token_budget` or `token-budget`), each
+used or refused (docs/sweeps.md); a grid is counted before it is expanded. Every run of
 the grid, and each baseline it needs once however many runs share it, is played in one
 event loop, with one caller per model: a provider's connection limit and its pause hold
 across the whole sweep, and runs of different models proceed side by side.
@@ -25,13 +26,15 @@ across the whole sweep, and runs of different models proceed side by side.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import itertools
 import json
+import math
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lmact.errors import LmactError
 from lmact.policies import SCRIPTED_POLICIES
@@ -50,6 +53,23 @@ PROCESS_OPTIONS = frozenset(
         "reasoning_budget", "input_price", "output_price",
     }
 )  # fmt: skip
+# Options of `lmact run` that its command reads, not a run: a sweep file would set them
+# to no effect, so it may not.
+COMMAND_OPTIONS = frozenset({"dry_run", "json", "restart"})
+# The most runs a sweep file may make (the product of its axes' lengths, before any
+# exclusion, plus its [[runs]]): a grid is counted before it is expanded, so a short file
+# cannot ask for a billion runs. See docs/sweeps.md.
+MAX_GRID_RUNS = 10_000
+# The most a sweep file may weigh: read past this (/dev/zero, a wrong file) it is refused.
+MAX_FILE_BYTES = 4 * 2**20
+
+
+class SweepFile(NamedTuple):
+    """A sweep file, read once and checked: its name, base options and each run's options."""
+
+    name: str
+    base: dict[str, Any]
+    runs: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -82,26 +102,46 @@ class Sweep:
         }
 
 
-def _key(name: object, where: str) -> str:
-    if not isinstance(name, str):
-        raise LmactError(f"sweep {where}: option names are text, not {name!r}")
-    return name.replace("-", "_")
-
-
-def _table(value: object, where: str) -> dict[str, Any]:
+def _table(value: object, where: str, path: Path) -> dict[str, Any]:
+    """A table's options by name, `token-budget` as `token_budget`; one given twice is refused."""
     if not isinstance(value, dict):
-        raise LmactError(f"sweep {where} must be a table")
-    return {_key(k, where): v for k, v in value.items()}
+        raise LmactError(f"sweep file {path}: {where} must be a table")
+    table: dict[str, Any] = {}
+    for key, option in value.items():
+        name = key.replace("-", "_")
+        if name in table:
+            raise LmactError(f"sweep file {path}: {where} {key} is given twice")
+        table[name] = option
+    return table
 
 
-def read_sweep_file(path: Path) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
-    """The sweep's name, base options and the options of each of its runs, checked."""
+def _list(value: object, where: str, path: Path) -> list[Any]:
+    if not isinstance(value, list):
+        raise LmactError(f"sweep file {path}: {where} must be an array of tables")
+    return value
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The file's TOML, its bytes read once: /dev/stdin or a pipe can be read only once."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise LmactError(f"sweep file {path} is larger than {MAX_FILE_BYTES:,} bytes")
+        return tomllib.loads(data.decode("utf-8"))
     except (OSError, UnicodeDecodeError) as error:
         raise LmactError(f"sweep file {path} cannot be read ({error})") from None
     except tomllib.TOMLDecodeError as error:
         raise LmactError(f"sweep file {path} is not valid TOML: {error}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise LmactError(f"sweep file {path} is nested too deeply") from None
+
+
+def read_sweep_file(path: Path, options: Collection[str] | None = None) -> SweepFile:
+    """The sweep's name, base options and the options of each of its runs, checked: every
+    key names an option (of `options`, by default those of `lmact run`) that is used, and
+    the grid holds at most MAX_GRID_RUNS runs, counted before it is expanded."""
+    data = _read_toml(path)
     unknown = sorted(set(data) - _TOP_LEVEL)
     if unknown:
         raise LmactError(f"sweep file {path}: unknown key {unknown[0]!r}; accepted: "
@@ -109,36 +149,115 @@ def read_sweep_file(path: Path) -> tuple[str, dict[str, Any], list[dict[str, Any
     name = data.get("name")
     if not isinstance(name, str) or not name.strip():
         raise LmactError(f'sweep file {path}: give the sweep a name (name = "...")')
-    base = _table(data.get("base", {}), "[base]")
-    axes = _table(data.get("axes", {}), "[axes]")
-    for axis, values in axes.items():
-        if not isinstance(values, list) or not values:
-            raise LmactError(f"sweep [axes] {axis} must be a non-empty list of values")
-        if axis in PROCESS_OPTIONS:
-            raise LmactError(f"sweep [axes] {axis} is an option of the process: set it in [base]")
-    points = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
-    extra = [_table(run, "[[runs]]") for run in _list(data.get("runs", []), "[[runs]]")]
-    excluded = [_table(run, "[[exclude]]") for run in _list(data.get("exclude", []), "[[exclude]]")]
-    for options in extra:
-        if set(options) & PROCESS_OPTIONS:
-            raise LmactError("sweep [[runs]] may not set options of the process; use [base]")
+    base = _table(data.get("base", {}), "[base]", path)
+    axes = _table(data.get("axes", {}), "[axes]", path)
+    extra = [_table(r, "[[runs]]", path) for r in _list(data.get("runs", []), "[[runs]]", path)]
+    excluded = [
+        _table(e, "[[exclude]]", path) for e in _list(data.get("exclude", []), "[[exclude]]", path)
+    ]
+    _check_options(path, base, axes, extra, _run_option_names() if options is None else options)
+    _check_exclusions(path, axes, excluded)
+    count = math.prod(len(values) for values in axes.values()) + len(extra)
+    if count > MAX_GRID_RUNS:
+        raise LmactError(f"sweep file {path} makes {count:,} runs (its axes' product plus "
+                         f"its [[runs]]); a sweep may make at most {MAX_GRID_RUNS:,}")  # fmt: skip
+    points = _grid_points(axes)
     kept = [p for p in points if not any(_matches(p, e) for e in excluded)] + extra
-    return name.strip(), base, [{**base, **point} for point in kept]
+    return SweepFile(name.strip(), base, [{**base, **point} for point in kept])
 
 
-def _list(value: object, where: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise LmactError(f"sweep {where} must be an array of tables")
-    return value
+def _run_option_names() -> frozenset[str]:
+    from lmact.cli import run_option_names  # the options of `lmact run` are its parser's
+
+    return run_option_names()
+
+
+def _grid_points(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every point of the grid: one value of each axis."""
+    return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
 
 
 def _matches(point: dict[str, Any], exclusion: dict[str, Any]) -> bool:
     return all(point.get(key) == value for key, value in exclusion.items())
 
 
-def load_sweep(path: Path, make_run: RunMaker) -> Sweep:
-    """A sweep file's runs, each made into a configuration (errors name the run)."""
-    name, base, options = read_sweep_file(path)
+def _check_key(path: Path, where: str, key: str, known: Collection[str]) -> None:
+    """`key` names an option a run takes from `where`, or is refused in one line."""
+    if key in PROCESS_OPTIONS and where != "[base]":
+        raise LmactError(f"sweep file {path}: {where} {key} is an option of the process: "
+                         "set it in [base]")  # fmt: skip
+    if key in COMMAND_OPTIONS:
+        hint = " (give `lmact sweep --dry-run`)" if key == "dry_run" else ""
+        raise LmactError(f"sweep file {path}: {where} {key} is an option of the command, "
+                         f"not of a run: a sweep file does not take it{hint}")  # fmt: skip
+    if key not in known:
+        raise LmactError(f"sweep file {path}: {where} {key}: unrecognized option (not one "
+                         f"of `lmact run`){_close(key, set(known) - COMMAND_OPTIONS)}")  # fmt: skip
+
+
+def _check_value(path: Path, where: str, key: str, value: object) -> None:
+    if isinstance(value, list) and (where != "[base]" or key != "base_url"):
+        several = " (several go in [axes])" if where != "[axes]" else ""
+        raise LmactError(f"sweep file {path}: {where} {key} takes one value{several}")
+    for one in value if isinstance(value, list) else [value]:  # base_url: several servers
+        if not isinstance(one, str | int | float):  # bool is an int
+            raise LmactError(f"sweep file {path}: {where} {key} takes text, a number or "
+                             f"true/false, not {one!r}")  # fmt: skip
+
+
+def _check_options(
+    path: Path,
+    base: dict[str, Any],
+    axes: dict[str, Any],
+    extra: list[dict[str, Any]],
+    known: Collection[str],
+) -> None:
+    """Every option of [base], [axes] and [[runs]] known, in its place, of a kind of value
+    a run takes, and used by some run (a [base] value every run sets otherwise is not)."""
+    for where, table in [("[base]", base), ("[axes]", axes)] + [("[[runs]]", r) for r in extra]:
+        for key, value in table.items():
+            _check_key(path, where, key, known)
+            if where != "[axes]":
+                _check_value(path, where, key, value)
+            elif not isinstance(value, list) or not value:
+                raise LmactError(f"sweep file {path}: [axes] {key} must be a non-empty list "
+                                 "of values")  # fmt: skip
+            else:
+                for one in value:
+                    _check_value(path, where, key, one)
+    for key in base.keys() & axes.keys():
+        if all(key in run for run in extra):
+            raise LmactError(f"sweep file {path}: [base] {key} is used by no run (every run "
+                             f"takes it from [axes] or [[runs]]): set it in one place")  # fmt: skip
+
+
+def _check_exclusions(path: Path, axes: dict[str, Any], excluded: list[dict[str, Any]]) -> None:
+    """Every [[exclude]] names axes and values on them: one that matched nothing would
+    leave in the runs it was written to leave out."""
+    for exclusion in excluded:
+        if not exclusion:
+            raise LmactError(f"sweep file {path}: an [[exclude]] with no option would exclude "
+                             "every grid point")  # fmt: skip
+        for key, value in exclusion.items():
+            if key not in axes:
+                named = ", ".join(axes) or "none"
+                raise LmactError(f"sweep file {path}: [[exclude]] {key} is not an axis "
+                                 f"(axes: {named}){_close(key, axes)}")  # fmt: skip
+            if value not in axes[key]:
+                raise LmactError(f"sweep file {path}: [[exclude]] {key} = {value!r} is not a "
+                                 f"value of [axes] {key} {axes[key]!r}")  # fmt: skip
+
+
+def _close(name: str, names: Collection[str]) -> str:
+    """A hint at the name meant, when one is close to `name`."""
+    close = difflib.get_close_matches(name, sorted(names), n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def load_sweep(source: Path | SweepFile, make_run: RunMaker) -> Sweep:
+    """A sweep file's runs (the file, or what `read_sweep_file` read of it), each made into
+    a configuration (errors name the run)."""
+    name, base, options = source if isinstance(source, SweepFile) else read_sweep_file(source)
     runs, seen = [], set()
     for number, run_options in enumerate(options, 1):
         try:
