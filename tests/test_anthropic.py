@@ -330,9 +330,11 @@ def test_a_long_error_page_is_cut_to_one_redacted_line() -> None:
     with loopback(page) as server, pytest.raises(ModelCallError) as raised:
         call(model_at(server.url), simple_request())
     text = str(raised.value)
+    # Where the cut falls depends on how much text the SDK puts before the page, which this
+    # test does not control: it asserts what holds wherever it falls.
     assert "HTTP 404" in text and "<html> <body>xxx" in text
     assert "\n" not in text and len(text) < 400
-    assert SECRET[:8] not in text and "Bearer [redacted …" in text
+    assert not any(SECRET[i : i + 8] in text for i in range(len(SECRET) - 7))
 
 
 def test_a_spend_limit_is_fatal_though_it_is_a_429() -> None:

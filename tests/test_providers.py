@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from lmact.models.base import ModelOptions, ModelResponse
+from lmact.models.redaction import REDACTED
 from lmact.models.registry import resolve_model
 from lmact.models.remote import MAX_DETAIL_CHARS, RemoteModel
 
@@ -73,7 +74,9 @@ def test_error_details_lose_the_key_before_they_are_cut(
     page = "<html>\n" + "x" * 280 + f" Bearer {secret}\n</html>"  # the key straddles the cut
     detail = client.detail(page)
     assert secret[:8] not in detail and "\n" not in detail
-    assert detail.endswith(" …") and len(detail) == MAX_DETAIL_CHARS + 2
+    # The cut falls inside the marker, which is kept whole rather than left as "[redac".
+    assert detail.endswith(f"Bearer {REDACTED} …")
+    assert MAX_DETAIL_CHARS < len(detail) <= MAX_DETAIL_CHARS + len(REDACTED) + 2
     error = client.status_error(502, page)
     assert secret[:8] not in str(error) and "HTTP 502" in str(error)
 

@@ -37,7 +37,7 @@ from lmact.models.base import (
     UnreadableAnswerError,
 )
 from lmact.models.catalog import ModelFacts, model_facts
-from lmact.models.redaction import display_url, redact_secrets, url_secrets
+from lmact.models.redaction import REDACTED, display_url, redact_secrets, url_secrets
 
 # HTTP statuses worth another attempt: timeout, conflict, rate limit, server errors,
 # Anthropic's "overloaded" (529).
@@ -345,7 +345,15 @@ class RemoteModel(ModelClient):
         """A server's words, fit for an error message: the key taken out first (so that no
         fragment of it survives the cut), on one line, at most MAX_DETAIL_CHARS long."""
         text = " ".join(self.redact(text).split())
-        return text if len(text) <= MAX_DETAIL_CHARS else text[:MAX_DETAIL_CHARS] + " …"
+        if len(text) <= MAX_DETAIL_CHARS:
+            return text
+        cut = MAX_DETAIL_CHARS
+        # A cut inside a "[redacted]" marker would leave "[redac", which reads like a fragment
+        # of something: keep the marker whole.
+        marker_start = text.rfind(REDACTED[0], max(cut - len(REDACTED) + 1, 0), cut)
+        if marker_start >= 0 and text.startswith(REDACTED, marker_start):
+            cut = marker_start + len(REDACTED)
+        return text[:cut] + " …"
 
     def timeout_error(self) -> TransientModelError:
         return TransientModelError(f"{self.name}: no answer within {self.attempt_timeout_s:g} s")
