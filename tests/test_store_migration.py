@@ -28,6 +28,7 @@ def fixture_script() -> ModuleType:
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -69,3 +70,34 @@ def test_an_old_store_reports_and_resumes_without_a_new_call(tmp_path: Path) -> 
         assert json.loads(again.stdout)["calls_made"] == 0
     with sqlite3.connect(store) as db:
         assert db.execute("SELECT COUNT(*) FROM episodes WHERE status != 'done'").fetchone() == (0,)
+
+
+def test_a_store_of_every_regime_reports_and_resumes_without_a_new_call(tmp_path: Path) -> None:
+    """store-0.2.sqlite: imitation, replay and in-context RL runs as the store wrote them
+    before it stopped knowing regimes, and an in-context RL run killed mid-replicate."""
+    store = tmp_path / "store.sqlite"
+    shutil.copyfile(ROOT / "tests" / "fixtures" / "store-0.2.sqlite", store)
+    with sqlite3.connect(store) as db:
+        runs = db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    db.close()
+    report = lmact(["report", "--format", "csv"], store, tmp_path / "cache")
+    assert report.returncode == 0, report.stderr
+    assert len(report.stdout.strip().splitlines()) == 1 + runs
+
+    fixture = fixture_script().FIXTURES["0.2"]
+    resumed = lmact([*fixture.unfinished, "--json"], store, tmp_path / "cache")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["calls_made"] == 0 and summary["calls_cached"] >= 1
+    for finished in fixture.finished:
+        again = lmact([*finished, "--json"], store, tmp_path / "cache")
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["calls_made"] == 0
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT COUNT(*) FROM episodes WHERE status != 'done'").fetchone() == (0,)
+        # The killed replicate is whole again: 2 replicates of 4 episodes.
+        run_episodes = db.execute(
+            "SELECT COUNT(*) FROM episodes e JOIN runs r USING (run_id) "
+            f"WHERE {fixture.unfinished_run}"
+        ).fetchone()
+        assert run_episodes == (8,)
