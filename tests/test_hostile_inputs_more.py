@@ -1,0 +1,124 @@
+"""Hostile input, continued: clients of the served viewer that vanish or name another host,
+datasets nested past the parser's recursion limit or saved by Excel with a byte-order mark,
+and worker processes whose native libraries complain at exit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lmact.demos import DemoStore
+from lmact.regimes.imitation import make_config
+from lmact.report.viewer import make_server
+from lmact.runner import Runner
+from lmact.store import RunStore
+
+# --- the served viewer -----------------------------------------------------------------------
+
+
+class Served:
+    """`lmact view --serve` in a subprocess, its port and the run it serves."""
+
+    def __init__(self, process: subprocess.Popen[str], port: int, run_id: str) -> None:
+        self.process, self.port, self.run_id = process, port, run_id
+
+    def get(self, host: str | None) -> tuple[int, bytes]:
+        """The status and body of GET / sent with `host` as its Host header (None: none)."""
+        header = f"Host: {host}\r\n" if host is not None else ""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as client:
+            client.sendall(f"GET / HTTP/1.0\r\n{header}\r\n".encode())
+            reply = b""
+            while chunk := client.recv(65536):
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        return int(head.split()[1]), body
+
+    def stop(self) -> str:
+        """Stop it as Ctrl-C does; what it wrote on stderr after announcing its address."""
+        self.process.send_signal(signal.SIGINT)
+        _, stderr = self.process.communicate(timeout=60)
+        return stderr
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    store_path = tmp_path / "runs.sqlite"
+    config = make_config("tic_tac_toe", model="random", demos=1)
+    with RunStore(store_path) as store:
+        runner = Runner(store, DemoStore(), progress=False)
+        try:
+            runner.run(config, 1)
+        finally:
+            runner.close()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lmact.cli", "view", "--serve", "--store", str(store_path)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        announced = process.stderr.readline() if process.stderr else ""
+        assert "serving http://127.0.0.1:" in announced, announced
+        port = int(announced.split("127.0.0.1:")[1].split("/")[0])
+        yield Served(process, port, config.run_id)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def test_a_client_that_hangs_up_costs_no_traceback(served: Served) -> None:
+    # The server is stopped while the client connects, asks and resets the connection, so
+    # it meets a connection already gone whatever the scheduling: a reload or a closed tab.
+    os.kill(served.process.pid, signal.SIGSTOP)
+    try:
+        client = socket.create_connection(("127.0.0.1", served.port), timeout=30)
+        client.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{served.port}\r\n\r\n".encode())
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # linger 0: a reset, not an orderly close
+    finally:
+        os.kill(served.process.pid, signal.SIGCONT)
+    for _ in range(3):  # the server goes on answering
+        status, body = served.get(f"127.0.0.1:{served.port}")
+        assert status == 200 and served.run_id.encode() in body
+    assert served.stop() == ""  # not a traceback, not a line
+
+
+def test_only_loopback_host_names_are_answered(served: Served) -> None:
+    port = served.port
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "localhost",
+                 f"LocalHost:{port}"):  # fmt: skip
+        status, body = served.get(host)
+        assert status == 200 and served.run_id.encode() in body, host
+    # A DNS-rebinding page sends its own name; HTTP/1.0 may send none.
+    for host in ("evil.example", f"evil.example:{port}", f"localhost.evil.example:{port}",
+                 f"127.0.0.1.evil.example:{port}", f"localhost:{port + 1}", None):  # fmt: skip
+        status, body = served.get(host)
+        assert status == 403, host
+        assert served.run_id.encode() not in body and b"tic_tac_toe" not in body, host
+    assert served.stop() == ""
+
+
+def test_other_serving_errors_are_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:
+    server = make_server("<p>page</p>", 0)
+    try:
+        for error in (BrokenPipeError(32, "gone"), ConnectionResetError(104, "reset"),
+                      ValueError("a bug in the handler")):  # fmt: skip
+            try:
+                raise error
+            except Exception:
+                server.handle_error(None, ("127.0.0.1", 4242))
+    finally:
+        server.server_close()
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert "127.0.0.1" in stderr and "a bug in the handler" in stderr
