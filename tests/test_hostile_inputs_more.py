@@ -4,6 +4,7 @@ and worker processes whose native libraries complain at exit."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,8 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import lmact
 
 from lmact.demos import DemoStore
+from lmact.envs.classification import load_examples
 from lmact.regimes.imitation import make_config
 from lmact.report.viewer import make_server
 from lmact.runner import Runner
@@ -122,3 +125,68 @@ def test_other_serving_errors_are_one_line_each(capsys: pytest.CaptureFixture[st
     stderr = capsys.readouterr().err
     assert stderr.count("\n") == 1 and "Traceback" not in stderr
     assert "127.0.0.1" in stderr and "a bug in the handler" in stderr
+
+
+# --- datasets ----------------------------------------------------------------------------------
+
+
+def dataset_run(data: Path, model: str = "random") -> subprocess.CompletedProcess[str]:
+    return lmact(
+        "run", "--regime", "icrl", "--task", "classification", "--dataset", str(data),
+        "--model", model, "--episodes", "2", "--replicates", "1", "--json",
+        "--store", "s.sqlite", "--cache-dir", "cache", cwd=data.parent,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "nested", ["[" * 100_000, '{"a":' * 100_000, "[" * 100_000 + "]" * 100_000]
+)
+def test_a_line_nested_too_deep_is_one_line_naming_it(tmp_path: Path, nested: str) -> None:
+    data = tmp_path / "deep.jsonl"
+    data.write_text(json.dumps({"text": "book a table", "label": "restaurant"}) + "\n" + nested)
+    result = dataset_run(data)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr[:2000]
+    assert "deep.jsonl line 2 is not JSON" in result.stderr
+    assert not (tmp_path / "s.sqlite").exists()  # refused before any work
+
+
+def test_each_jsonl_line_must_be_an_object(tmp_path: Path) -> None:
+    data = tmp_path / "lists.jsonl"
+    data.write_text('{"text": "wake me", "label": "alarm"}\n\n["wake me", "alarm"]\n')
+    with pytest.raises(ValueError, match=r"lists.jsonl line 3 is not a JSON object"):
+        load_examples(data, "text", "label")
+
+
+def test_a_byte_order_mark_is_no_part_of_the_first_name(tmp_path: Path) -> None:
+    rows = [("book a table", "restaurant"), ("wake me at six", "alarm")]
+    excel = tmp_path / "excel.csv"  # Excel's "CSV UTF-8": a BOM, CRLF line ends
+    excel.write_bytes(
+        ("\ufefftext,label\r\n" + "".join(f"{t},{label}\r\n" for t, label in rows)).encode()
+    )
+    jsonl = tmp_path / "bom.jsonl"
+    lines = "".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in rows)
+    jsonl.write_bytes(("\ufeff" + lines).encode())
+    for path in (excel, jsonl):
+        assert load_examples(path, "text", "label") == tuple(rows), path
+    done = dataset_run(excel, model="expert")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["mean_return"] == 1.0
+
+
+def test_lines_end_at_newlines_only(tmp_path: Path) -> None:
+    # json.dumps(ensure_ascii=False) writes U+2028 and U+0085 as they are, and a quoted CSV
+    # field may hold a newline; neither ends a row.
+    jsonl = tmp_path / "separators.jsonl"
+    jsonl.write_text(
+        json.dumps({"text": "one\u2028two\x85three", "label": "x"}, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
+    assert load_examples(jsonl, "text", "label") == (("one two three", "x"),)
+    csv_file = tmp_path / "quoted.csv"
+    csv_file.write_text('text,label\n"one\ntwo\u2028three",x\nfour\x85five,y\n', encoding="utf-8")
+    assert load_examples(csv_file, "text", "label") == (
+        ("one two three", "x"),
+        ("four five", "y"),
+    )

@@ -10,6 +10,7 @@ demonstration seeds from the `held_out` file, so no demonstration is a test inpu
 from __future__ import annotations
 
 import csv
+import io
 import json
 from functools import cache
 from pathlib import Path
@@ -29,28 +30,39 @@ from lmact.envs.base import (
 MAX_EXAMPLES = 1_000_000
 
 
+def _rows(path: Path, content: str) -> list[dict[str, object]]:
+    """The rows of a CSV file (by its header) or a JSONL file (one object a line). Lines end
+    at a newline only: str.splitlines would also cut at U+2028, U+0085 … which a JSON string
+    written with ensure_ascii=False, or a quoted CSV field, may hold."""
+    if path.suffix == ".csv":
+        try:
+            return list(csv.DictReader(io.StringIO(content, newline="")))
+        except csv.Error as error:  # e.g. a field over the csv module's size limit
+            raise ValueError(f"dataset {path} is not CSV ({error})") from None
+    rows = []
+    for number, line in enumerate(content.split("\n"), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except (ValueError, RecursionError):  # RecursionError: a line nested too deep
+                raise ValueError(f"dataset {path} line {number} is not JSON") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"dataset {path} line {number} is not a JSON object")
+            rows.append(row)
+    return rows
+
+
 @cache
 def load_examples(path: Path, text_field: str, label_field: str) -> tuple[tuple[str, str], ...]:
     """The (text, label) pairs of a JSONL or CSV file; ValueError naming the first problem."""
-    rows: list[object]
-    try:
-        content = path.read_text(encoding="utf-8")
+    try:  # utf-8-sig: Excel's "CSV UTF-8" (and some editors) start the file with a BOM
+        content = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"dataset {path} cannot be read ({error})") from None
-    if path.suffix == ".csv":
-        rows = list(csv.DictReader(content.splitlines()))
-    else:
-        rows = []
-        for number, line in enumerate(content.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError:
-                    raise ValueError(f"dataset {path} line {number} is not JSON") from None
+    rows = _rows(path, content)
     examples = []
     for number, row in enumerate(rows, 1):
-        text = row.get(text_field) if isinstance(row, dict) else None
-        label = row.get(label_field) if isinstance(row, dict) else None
+        text, label = row.get(text_field), row.get(label_field)
         if (
             not isinstance(text, str)
             or not text.strip()
