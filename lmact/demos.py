@@ -15,6 +15,7 @@ last one, without its newline) is regenerated silently.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import fcntl
@@ -438,6 +439,17 @@ def _start_worker(task: TaskSpec, parent: int) -> None:
         _worker = (task, task.make_environment())
     except Exception as error:
         _worker = error
+    # A spawned worker ends by sys.exit, so atexit runs: the environment is released before
+    # the interpreter's teardown, where a live emulator would be reported as leaked (ale-py's
+    # nanobind prints some 18 lines per worker on the user's terminal).
+    atexit.register(_close_worker)
+
+
+def _close_worker() -> None:
+    global _worker
+    if isinstance(_worker, tuple):
+        _worker[1].close()
+    _worker = None
 
 
 def _worker_episode(job: tuple[str, int]) -> Demonstration:

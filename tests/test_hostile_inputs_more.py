@@ -17,12 +17,14 @@ from pathlib import Path
 import pytest
 from helpers import lmact
 
+from lmact import demos
 from lmact.demos import DemoStore
 from lmact.envs.classification import load_examples
 from lmact.regimes.imitation import make_config
 from lmact.report.viewer import make_server
 from lmact.runner import Runner
 from lmact.store import RunStore
+from lmact.tasks import get_task
 
 # --- the served viewer -----------------------------------------------------------------------
 
@@ -190,3 +192,29 @@ def test_lines_end_at_newlines_only(tmp_path: Path) -> None:
         ("one two three", "x"),
         ("four five", "y"),
     )
+
+
+# --- native libraries in worker processes ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demonstration_workers_release_their_emulators(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("ale_py")
+    pools: list[int] = []
+
+    class CountingPool(demos.ProcessPoolExecutor):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pools.append(int(kwargs["max_workers"]))  # type: ignore[call-overload]
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(demos, "ProcessPoolExecutor", CountingPool)
+    task = get_task("phoenix").model_copy(update={"max_steps": 2})  # a short expert episode
+    # Every expert counts as slow, so episodes 2 and 3 are played by two spawned workers,
+    # whose stderr is this process's (captured at the descriptor).
+    store = DemoStore(tmp_path / "demos", workers=2, pool_after_s=0.0)
+    assert len(store.load(task, "rgb", 0, 3)) == 3
+    assert pools == [2]
+    stderr = capfd.readouterr().err
+    assert "nanobind" not in stderr and "leaked" not in stderr, stderr

@@ -162,6 +162,8 @@ class Phoenix(Environment):
         return self._frames[-1].copy()
 
     def reset(self, seed: int) -> None:
+        if self._gym_env is None:
+            raise RuntimeError("the environment is closed")
         # Spawned like the other environments' (initial state, expert) streams.
         start_rng, self._expert_rng = np.random.default_rng(np.random.SeedSequence(seed)).spawn(2)
         observation, _ = self._gym_env.reset(seed=seed)
@@ -279,4 +281,9 @@ class Phoenix(Environment):
         )
 
     def close(self) -> None:
-        self._gym_env.close()
+        """Release the emulator: gymnasium's close() keeps the ALE alive, and one still alive at
+        interpreter exit is reported as leaked by ale-py's bindings, on stderr."""
+        if self._gym_env is not None:
+            self._gym_env.close()
+        self._gym_env = self._ale = None
+        self._started = False
