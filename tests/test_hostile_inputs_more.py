@@ -197,7 +197,6 @@ def test_lines_end_at_newlines_only(tmp_path: Path) -> None:
 # --- native libraries in worker processes ------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_demonstration_workers_release_their_emulators(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
