@@ -6,14 +6,22 @@ import hashlib
 import json
 import os
 import tomllib
+from collections.abc import Collection
 from functools import cache
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from lmact.envs import ENVIRONMENT_CLASSES, environment_class
+from lmact.envs import (
+    entry_point_origin,
+    environment_class,
+    environment_families,
+    plugin_entry_points,
+)
 from lmact.envs.base import Environment
+from lmact.envs.check import Property, check_environment
 from lmact.errors import LmactError, UnknownNameError
 from lmact.resources import data_dir
 
@@ -36,16 +44,19 @@ class TaskSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check_names(self) -> TaskSpec:
-        if self.environment not in ENVIRONMENT_CLASSES:
+        families = environment_families()
+        if self.environment not in families:
             raise ValueError(
-                f"unknown environment {self.environment!r}; "
-                f"accepted: {', '.join(sorted(ENVIRONMENT_CLASSES))}"
+                f"unknown environment {self.environment!r}; accepted: {', '.join(families)}"
             )
         if self.default_observation not in self.observations:
             raise ValueError(
                 f"default_observation {self.default_observation!r} not in observations"
             )
-        formats = environment_class(self.environment).observation_formats
+        try:
+            formats = environment_class(self.environment).observation_formats
+        except LmactError as error:  # a broken plug-in: reported with the spec's path
+            raise ValueError(str(error)) from None
         unknown = [o for o in self.observations if o not in formats]
         if unknown:
             raise ValueError(
@@ -78,20 +89,27 @@ class TaskSpec(BaseModel):
 
 # Folders of task specs beside the shipped ones, separated like PATH.
 TASKS_PATH_VARIABLE = "LMACT_TASKS_PATH"
+# Each entry point of this group names a package whose folder holds task specs (`*.toml`).
+TASKS_ENTRY_POINT_GROUP = "lmact.tasks"
 # Specs given by path (`--task path/to/variant.toml`) in this process, by task name.
 _specs_from_files: dict[str, TaskSpec] = {}
 
 
-def _load_spec(path: Path) -> TaskSpec:
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
         raise LmactError(f"task spec {path}: cannot be read ({reason})") from None
     try:
-        spec = TaskSpec(**tomllib.loads(text))
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise LmactError(f"task spec {path}: {error}") from None
+
+
+def _load_spec(path: Path) -> TaskSpec:
+    try:
+        spec = TaskSpec(**_read_toml(path))
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in error.errors()
@@ -102,14 +120,40 @@ def _load_spec(path: Path) -> TaskSpec:
     return spec
 
 
+def _plugin_task_folders() -> list[Path]:
+    """The folders of the packages that the `lmact.tasks` entry points name, by entry name."""
+    folders: list[Path] = []
+    for entry_point in sorted(plugin_entry_points(TASKS_ENTRY_POINT_GROUP), key=lambda e: e.name):
+        where = f"task plug-in {entry_point_origin(entry_point)}"
+        if entry_point.attr:
+            raise LmactError(f"{where} must name a package (its folder holds the specs)")
+        try:
+            package = import_module(entry_point.module)
+        except Exception as error:  # any failure of third-party code is one line
+            message = f"{where} cannot be loaded: {type(error).__name__}: {error}"
+            raise LmactError(message.splitlines()[0]) from None
+        # A namespace package may have several folders; a module has none.
+        paths = [Path(p) for p in getattr(package, "__path__", [])]
+        if not paths or not all(p.is_dir() for p in paths):
+            raise LmactError(f"{where} is not a package in a folder on disk")
+        folders.extend(paths)
+    return folders
+
+
 def task_folders() -> list[Path]:
-    """Where task specs are looked for: the shipped folder, then $LMACT_TASKS_PATH's."""
+    """Where task specs are looked for: the shipped folder, the plug-ins' folders (entry-point
+    group `lmact.tasks`), then $LMACT_TASKS_PATH's."""
     extra = os.environ.get(TASKS_PATH_VARIABLE, "")
-    return [data_dir("tasks"), *(Path(p) for p in extra.split(os.pathsep) if p.strip())]
+    return [
+        data_dir("tasks"),
+        *_plugin_task_folders(),
+        *(Path(p) for p in extra.split(os.pathsep) if p.strip()),
+    ]
 
 
 def task_specs() -> dict[str, TaskSpec]:
-    """Every task spec, by name: shipped, on $LMACT_TASKS_PATH, and given by path."""
+    """Every task spec, by name: shipped, from plug-ins, on $LMACT_TASKS_PATH, and given by
+    path."""
     return {**_specs_in(tuple(task_folders())), **_specs_from_files}
 
 
@@ -148,6 +192,11 @@ def load_task_file(path: Path) -> TaskSpec:
         )
     _specs_from_files[spec.name] = spec
     return spec
+
+
+def check_task(spec: TaskSpec, skip: Collection[Property] = ()) -> None:
+    """`check_environment` over a task's environment family, `[options]` and step limit."""
+    check_environment(spec.environment, spec.options, max_steps=spec.max_steps, skip=skip)
 
 
 def unsemantic_task(base: TaskSpec) -> TaskSpec:

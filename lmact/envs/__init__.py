@@ -1,15 +1,27 @@
-"""Environment families, by the name a task spec's `environment` field uses."""
+"""Environment families, by the name a task spec's `environment` field uses.
+
+Built-in families are listed below. A third-party package adds one by registering its
+Environment subclass under the entry-point group `lmact.envs`, with the family name as the
+entry-point name. A name claimed twice (a plug-in using a built-in's name, or two plug-ins
+the same name) is refused when it is used, naming both, rather than one of them winning
+silently; every other name still works.
+"""
 
 from __future__ import annotations
 
+import re
+from functools import cache
 from importlib import import_module
+from importlib.metadata import EntryPoint, distributions
 from typing import Any
 
 from lmact.envs.base import Environment
-from lmact.errors import UnknownNameError
+from lmact.errors import LmactError, UnknownNameError
+
+ENTRY_POINT_GROUP = "lmact.envs"
 
 # Imported lazily so that a task's heavy dependencies load only when the task is used.
-ENVIRONMENT_CLASSES: dict[str, str] = {
+BUILTIN_ENVIRONMENTS: dict[str, str] = {
     "tic_tac_toe": "lmact.envs.tic_tac_toe:TicTacToe",
     "grid_world": "lmact.envs.grid_world:GridWorld",
     "chess": "lmact.envs.chess:Chess",
@@ -21,12 +33,77 @@ ENVIRONMENT_CLASSES: dict[str, str] = {
 }
 
 
+@cache
+def plugin_entry_points(group: str) -> tuple[EntryPoint, ...]:
+    """The installed entry points of `group`, read once a process (a scan costs milliseconds
+    and `environment_class` is called often).
+
+    Unlike `importlib.metadata.entry_points`, which keeps one entry point of a name, this keeps
+    every distribution's, so that a name two packages claim is seen (a distribution found twice
+    on the path counts once, as there).
+    """
+    found: list[EntryPoint] = []
+    seen: set[str] = set()
+    for dist in distributions():
+        name = re.sub(r"[-_.]+", "-", dist.name or "").lower()
+        if name and name in seen:
+            continue
+        seen.add(name)
+        found.extend(e for e in dist.entry_points if e.group == group)
+    return tuple(found)
+
+
+def entry_point_origin(entry_point: EntryPoint) -> str:
+    """`name = "module:Class"` and the distribution that declares it, for error messages."""
+    package = f" (package {entry_point.dist.name})" if entry_point.dist is not None else ""
+    return f"{entry_point.name} = {entry_point.value!r}{package}"
+
+
+def _claims() -> dict[str, list[str]]:
+    """Family name -> who claims it (the built-in first), as error messages name them."""
+    claims = {name: [f"built-in {target!r}"] for name, target in BUILTIN_ENVIRONMENTS.items()}
+    for entry_point in plugin_entry_points(ENTRY_POINT_GROUP):
+        claims.setdefault(entry_point.name, []).append(entry_point_origin(entry_point))
+    return claims
+
+
+def environment_families() -> list[str]:
+    """Every environment family name, built-in and plug-in, sorted."""
+    return sorted(_claims())
+
+
 def environment_class(name: str) -> type[Environment]:
+    """The Environment subclass of family `name`; a one-line LmactError for a name that is
+    unknown, claimed twice, or whose plug-in cannot be loaded."""
+    claims = _claims()
+    if name not in claims:
+        raise UnknownNameError("environment", name, sorted(claims))
+    if len(claims[name]) > 1:
+        raise LmactError(
+            f"environment {name!r} is claimed more than once: {'; '.join(claims[name])}; "
+            f"rename or uninstall the plug-in's `{ENTRY_POINT_GROUP}` entry point"
+        )
+    if name in BUILTIN_ENVIRONMENTS:
+        module_name, class_name = BUILTIN_ENVIRONMENTS[name].split(":")
+        return getattr(import_module(module_name), class_name)
+    (entry_point,) = (e for e in plugin_entry_points(ENTRY_POINT_GROUP) if e.name == name)
+    return _load_plugin(entry_point)
+
+
+def _load_plugin(entry_point: EntryPoint) -> type[Environment]:
+    where = f"environment plug-in {entry_point_origin(entry_point)}"
     try:
-        module_name, class_name = ENVIRONMENT_CLASSES[name].split(":")
-    except KeyError:
-        raise UnknownNameError("environment", name, sorted(ENVIRONMENT_CLASSES)) from None
-    return getattr(import_module(module_name), class_name)
+        loaded = entry_point.load()
+    except Exception as error:  # any failure of third-party code is one line
+        raise LmactError(
+            f"{where} cannot be loaded: {type(error).__name__}: {error}".splitlines()[0]
+        ) from None
+    if not (isinstance(loaded, type) and issubclass(loaded, Environment)):
+        raise LmactError(f"{where} is not a subclass of lmact.envs.base.Environment")
+    formats = getattr(loaded, "observation_formats", None)
+    if not isinstance(formats, tuple) or not formats:
+        raise LmactError(f"{where} declares no observation_formats (a tuple of format names)")
+    return loaded
 
 
 def make_environment(name: str, options: dict[str, Any] | None = None) -> Environment:
