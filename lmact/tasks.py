@@ -107,16 +107,57 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise LmactError(f"task spec {path}: {error}") from None
 
 
+def _include_path(path: Path, include: object) -> Path:
+    """The spec file that `include = ...` in `path` names: a path ending in .toml, relative to
+    `path`'s folder, or else the name of a task in the task folders (shipped ones included)."""
+    if not isinstance(include, str) or not include.strip():
+        raise LmactError(
+            f"task spec {path}: include must be a spec file (x.toml) or a task name, "
+            f"got {include!r}"
+        )
+    if _is_path(include):
+        target = path.parent / include
+        if not target.is_file():
+            raise LmactError(f"task spec {path}: include {include!r}: no such file {target}")
+        return target
+    for folder in task_folders():
+        if (folder / f"{include}.toml").is_file():
+            return folder / f"{include}.toml"
+    raise LmactError(
+        f"task spec {path}: include {include!r}: no task of that name in the task folders"
+    )
+
+
+def _resolved_fields(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A spec file's fields with its `include` resolved (recursively): the included spec's
+    fields overridden by the file's own, the `[options]` tables merged key by key."""
+    chain = (*chain, path.resolve())
+    fields = _read_toml(path)
+    if "include" not in fields:
+        return fields
+    base_path = _include_path(path, fields.pop("include"))
+    if base_path.resolve() in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, base_path.resolve()))
+        raise LmactError(f"task spec {path}: include cycle {cycle}")
+    base = _resolved_fields(base_path, chain)
+    merged = {**base, **fields}
+    if isinstance(base.get("options"), dict) and isinstance(fields.get("options"), dict):
+        merged["options"] = {**base["options"], **fields["options"]}
+    return merged
+
+
 def _load_spec(path: Path) -> TaskSpec:
+    fields = _resolved_fields(path)
     try:
-        spec = TaskSpec(**_read_toml(path))
+        spec = TaskSpec(**fields)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in error.errors()
         )
         raise LmactError(f"task spec {path}: {problems}") from None
     if spec.name != path.stem:
-        raise LmactError(f"task spec {path}: name {spec.name!r} differs from the file name")
+        hint = "; a variant names itself (name = ...)" if "include" in _read_toml(path) else ""
+        raise LmactError(f"task spec {path}: name {spec.name!r} differs from the file name{hint}")
     return spec
 
 
