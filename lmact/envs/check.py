@@ -57,7 +57,7 @@ class ConformanceError(LmactError):
         self.environment = environment
         self.failed = failed
         self.detail = detail
-        super().__init__(f"environment {environment}: {failed.value}: no; {detail}")
+        super().__init__(f"environment {environment} fails the check that {failed.value}: {detail}")
 
 
 @dataclass(frozen=True)
