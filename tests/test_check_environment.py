@@ -170,6 +170,13 @@ def test_the_correct_environment_they_break_passes() -> None:
     check_environment(GridWorld, {"size": 5, "cell_pixels": 8}, max_steps=30)
 
 
-def test_a_skipped_property_is_not_checked() -> None:
-    skip = [Property.EXPERT_DETERMINISM]
-    check_environment(ExpertChangesItsMind, {"size": 5, "cell_pixels": 8}, skip=skip)
+@pytest.mark.parametrize(
+    ("broken", "skip"),
+    [
+        (ExpertChangesItsMind, [Property.EXPERT_DETERMINISM]),
+        # Its expert, walking from where the player stands, differs with the steps.
+        (StepsDiffer, [Property.STEP_DETERMINISM, Property.EXPERT_DETERMINISM]),
+    ],
+)
+def test_a_skipped_property_is_not_checked(broken: type[GridWorld], skip: list[Property]) -> None:
+    check_environment(broken, {"size": 5, "cell_pixels": 8}, max_steps=30, skip=skip)
