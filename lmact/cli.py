@@ -24,6 +24,7 @@ from lmact.models.base import DEFAULT_MAX_WAIT_S, ModelOptions
 from lmact.models.registry import DEFAULT_MODEL, accepted_model_names
 from lmact.report.page import counted
 from lmact.store import DEFAULT_STORE, MAX_EPISODES
+from lmact.text import visible
 
 if TYPE_CHECKING:
     from lmact.regimes.base import RegimeConfig
@@ -743,14 +744,15 @@ def _print_summary(summary: RunSummary, store: Path) -> None:
         ),
     ]
     regime = "" if summary.regime == "imitation" else f"{summary.regime} · "
-    print(
+    heading = (
         f"{summary.task} · {summary.observation} · {summary.model} · {regime}"
         f"{summary.description} · {counted(summary.episodes, 'episode')}"
     )
+    print(visible(heading))  # names are anyone's text: an escape sequence would reach the terminal
     if summary.details.get("stopped_by"):
-        print(f"(no further demonstration fit: {summary.details['stopped_by']})")
+        print(visible(f"(no further demonstration fit: {summary.details['stopped_by']})"))
     _print_table(rows)
-    print(f"run {summary.run_id} in {store}")
+    print(visible(f"run {summary.run_id} in {store}"))
 
 
 def check_numbers(args: argparse.Namespace) -> None:
@@ -843,7 +845,7 @@ def _print_estimate(estimate: RunEstimate, as_json: bool) -> None:
 def _print_table(rows: Sequence[tuple[str, str]]) -> None:
     print("| metric | value |\n|---|---|")
     for name, value in rows:
-        print(f"| {name} | {value} |")
+        print(visible(f"| {name} | {value} |"))
 
 
 def _dollars(value: float | None) -> str:
@@ -949,7 +951,8 @@ def _sweep_progress(
     from tqdm import tqdm
 
     total = len(sweep.runs)
-    bar = tqdm(total=total, desc=f"sweep {sweep.name}", unit="run", disable=not sys.stderr.isatty())
+    bar = tqdm(total=total, desc=visible(f"sweep {sweep.name}"), unit="run",
+               disable=not sys.stderr.isatty())  # fmt: skip
     spent: list[float] = []  # one entry per finished run (a disabled bar counts nothing)
 
     def on_tick() -> None:
@@ -972,8 +975,8 @@ def _sweep_progress(
         if bar.disable:
             state = "failed: " + outcome.error if outcome.error else "done"
             run = outcome.run.config
-            print(f"lmact: sweep {sweep.name}: {len(spent)}/{total} runs finished ({run.model} "
-                  f"{run.task}: {state})", file=sys.stderr)  # fmt: skip
+            print(visible(f"lmact: sweep {sweep.name}: {len(spent)}/{total} runs finished "
+                          f"({run.model} {run.task}: {state})"), file=sys.stderr)  # fmt: skip
 
     return on_done, on_tick, bar.close
 
@@ -986,7 +989,7 @@ def _varying(sweep: Any) -> list[str]:
 
 def _print_sweep(sweep: Any, outcomes: Sequence[Any]) -> None:
     varying = _varying(sweep)
-    print(f"sweep {sweep.name}: {len(outcomes)} runs")
+    print(visible(f"sweep {sweep.name}: {len(outcomes)} runs"))
     print("| " + " | ".join([*varying, "mean return", "normalized", "run"]) + " |")
     print("|" + "---|" * (len(varying) + 3))
     failed = 0
@@ -999,12 +1002,13 @@ def _print_sweep(sweep: Any, outcomes: Sequence[Any]) -> None:
             score = outcome.summary.normalized_score
             shown = "n/a" if score is None else f"{score:.3f}"
             cells += [f"{outcome.summary.mean_return:.3f}", shown, outcome.summary.run_id]
-        print("| " + " | ".join(" ".join(c.split()).replace("|", "\\|") for c in cells) + " |")
+        shown = (visible(" ".join(c.split())).replace("|", "\\|") for c in cells)
+        print("| " + " | ".join(shown) + " |")
     if failed:
-        raise LmactError(
+        raise LmactError(visible(
             f"{failed} of {len(outcomes)} runs of sweep {sweep.name} did not finish; the "
             "others are stored and every successful call is cached: rerun to resume"
-        )
+        ))  # fmt: skip
 
 
 def _print_sweep_estimate(sweep: Any, runner: Any) -> None:
@@ -1081,7 +1085,7 @@ def _check_names(rows: list[dict[str, Any]], column: str, names: list[str] | Non
     known = sorted({str(row[column]) for row in rows if row.get(column) is not None})
     for name in names or []:
         if name not in known:
-            listed = ", ".join(known) or "none"
+            listed = visible(", ".join(known)) or "none"  # the store's names: anyone's text
             raise LmactError(f"no run of {column} {name!r} in the store ({column}s: {listed})")
 
 
@@ -1259,7 +1263,9 @@ def _command_view(args: argparse.Namespace) -> None:
         run = resolve_run(store, args.run_id)
         page = render_viewer(store, run.run_id, args.episode, demo_store=_demo_store(args))
     if args.out == "-":
-        print(page, end="")
+        # The page's text is a model's: raw, its escape sequences would reach a terminal
+        # (a browser shows the written escapes alike; the page's script holds only JSON).
+        print(visible(page, keep="\n\t"), end="")
     else:
         out = Path(args.out) if args.out else view_path(args.store, run.run_id)
         try:
@@ -1310,6 +1316,8 @@ def _interrupt(signum: int, frame: object) -> None:
 def _write_output(text: str) -> str | None:
     """Write a command's output to stdout; the reason if it cannot be written (a full
     disk, a closed pipe: `| head` is no error, so its reason is empty)."""
+    if sys.stdout.isatty():  # what no command made visible yet (a CSV cell, say) stays harmless
+        text = visible(text, keep="\n\t")
     try:
         sys.stdout.write(text)
         sys.stdout.flush()

@@ -25,6 +25,7 @@ from lmact.regimes import regime_of
 from lmact.regimes.base import PreparedRun, Regime, RegimeConfig, RunContext
 from lmact.scoring import EpisodeScores, score_episodes
 from lmact.store import Claim, ClaimLostError, RunStore
+from lmact.text import visible
 
 # A server's pause at least this long is announced on stderr when there is no progress bar.
 PAUSE_NOTICE_S = 5.0
@@ -251,7 +252,8 @@ class Runner:
         """Play `chains` with at most `concurrency` chains at once, each in order."""
         config, policy = prepared.config, prepared.policy
         concurrency = self.max_connections or policy.max_concurrency
-        description = f"{config.model} {config.task}/{config.observation}"
+        # Names are anyone's text: an escape sequence in one would reach the terminal.
+        description = visible(f"{config.model} {config.task}/{config.observation}")
         pending = deque(deque(chain) for chain in chains)
         with self._bar(total, description, "episode") as bar:
             schedule = _Schedule(self, prepared, regime_of(config), pending, [], failures, bar)
@@ -274,7 +276,8 @@ class Runner:
             schedule.show()
             if not self.progress and until - time.time() >= PAUSE_NOTICE_S:
                 when = time.strftime("%H:%M:%S", time.localtime(until))
-                print(f"lmact: {policy.name}: {reason}: paused until {when}", file=sys.stderr)
+                notice = visible(f"{policy.name}: {reason}")  # a server's words among them
+                print(f"lmact: {notice}: paused until {when}", file=sys.stderr)
 
         with caller.pauses_told_to(on_pause):
             yield

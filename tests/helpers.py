@@ -4,7 +4,9 @@ a run store with runs of every regime."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -157,3 +159,30 @@ def store_of_every_regime(folder: Path) -> Path:
         finally:
             runner.close()
     return path
+
+
+def copy_run(path: Path, run_id: str, copies: int, tag: str = "c", **config: str) -> list[str]:
+    """`copies` copies of run `run_id` in the store at `path`, its episodes and steps with
+    them, by SQL (10,000 runs in a second): run ids `RUN_ID-TAG00001` …, and where `config`
+    gives a value (say model="test/m-{}"), that field of each copy's configuration, `{}`
+    its number. Returns the copies' run ids."""
+    if copies < 1:
+        return []
+    config_sql, formats = "r.config", []
+    for name in config:
+        config_sql = f"json_set({config_sql}, '$.{name}', printf(?, n.i))"
+        formats.append(config[name].replace("%", "%%").replace("{}", "%05d"))
+    with contextlib.closing(sqlite3.connect(path)) as db, db:  # committed, then closed
+        for table in ("runs", "episodes", "steps"):
+            columns = [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+            values = {"run_id": "r.run_id || printf('-%s%05d', ?, n.i)"}
+            if table == "runs":
+                values |= {"config": config_sql, "created": "r.created + n.i * 1e-6"}
+            selected = ", ".join(values.get(c, f"r.{c}") for c in columns)
+            db.execute(
+                f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+                f"INSERT INTO {table} ({', '.join(columns)}) SELECT {selected} "
+                f"FROM {table} AS r, n WHERE r.run_id = ?",
+                (copies, *([tag, *formats] if table == "runs" else [tag]), run_id),
+            )
+    return [f"{run_id}-{tag}{i:05d}" for i in range(1, copies + 1)]

@@ -26,6 +26,7 @@ from lmact.report.tables import (
 )
 from lmact.scoring import PairedComparison, pair_by_seed, paired_comparison
 from lmact.store import RunRecord, RunStore
+from lmact.text import visible
 
 # What must be the same for the report to pair two runs: the same seed is then the same
 # episode, played under the same rules and seen in the same form.
@@ -52,10 +53,10 @@ def compare_runs(store: RunStore, first: str, second: str) -> dict[str, Any]:
     row_a, row_b = _table_row(store, run_a), _table_row(store, run_b)
     task_a, task_b = row_a.get("task"), row_b.get("task")
     if task_a is not None and task_b is not None and task_a != task_b:
-        raise LmactError(
+        raise LmactError(visible(
             f"runs {run_a.run_id} and {run_b.run_id} are of different tasks ({task_a}, "
             f"{task_b}): the same seed is not the same episode there"
-        )
+        ))  # fmt: skip
     comparison = paired_comparison(
         list(scored_episodes(store, run_a).values()),
         list(scored_episodes(store, run_b).values()),
@@ -199,7 +200,7 @@ def format_comparison(row: dict[str, Any], fmt: str = "markdown") -> str:
 def _run_line(row: dict[str, Any], side: str) -> str:
     shared = [str(row[name]) for name in PAIRED_BY if row.get(name) is not None]
     parts = [row[f"run_{side}"], str(row[f"model_{side}"]), *shared, row[f"setting_{side}"]]
-    return " · ".join(part for part in parts if part)
+    return visible(" · ".join(part for part in parts if part))  # names reach the terminal
 
 
 def _measures(row: dict[str, Any]) -> list[tuple[str, str]]:

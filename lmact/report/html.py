@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmact.report.page import counted, data_uri, document, escape
 from lmact.report.tables import COLUMNS, format_value, grouped_by_task
+from lmact.text import visible
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -110,17 +111,23 @@ def _names(rows: Sequence[Row], column: str) -> list[str]:
     return sorted({str(row[column]) for row in rows if row.get(column) is not None})
 
 
+def _shown_name(name: str) -> str:
+    """A name as the page shows it: escaped, its control characters and bidirectional
+    overrides written out (one would reverse the text after it), as in the tables."""
+    return escape(visible(name))
+
+
 def _summary(rows: Sequence[Row], store: str | Path | None) -> str:
     tasks = list(grouped_by_task(rows))  # in the order of their tables, each a link to it
     models, regimes = _names(rows, "model"), _names(rows, "regime")
     linked = ", ".join(
-        f'<a href="#task-{index}">{escape(task)}</a>' for index, task in enumerate(tasks, 1)
+        f'<a href="#task-{index}">{_shown_name(task)}</a>' for index, task in enumerate(tasks, 1)
     )
     listed = [
         f"<b>{counted(len(rows), 'run')}</b>",
         f"{counted(len(tasks), 'task')} ({linked})",
-        f"{counted(len(models), 'model')} ({escape(', '.join(models))})",
-        f"{counted(len(regimes), 'regime')} ({escape(', '.join(regimes))})",
+        f"{counted(len(models), 'model')} ({_shown_name(', '.join(models))})",
+        f"{counted(len(regimes), 'regime')} ({_shown_name(', '.join(regimes))})",
     ]
     source = f" from the run store <code>{escape(store)}</code>" if store is not None else ""
     return f'<p class="summary">{" · ".join(listed)}{source}.</p>'
@@ -135,7 +142,8 @@ def _runs_section(rows: Sequence[Row], links: Mapping[str, str]) -> str:
         table = _table(group, _shown_columns(group, COLUMNS), links)
         parts.append(
             f'<section class="task" id="task-{index}" data-task="{escape(task)}">'
-            f"<h3>{escape(task)} <small>{counted(len(group), 'run')}</small></h3>{table}</section>"
+            f"<h3>{_shown_name(task)} <small>{counted(len(group), 'run')}</small></h3>"
+            f"{table}</section>"
         )
     viewer = " A run id links to its episodes, step by step, in the viewer." if links else ""
     return (

@@ -16,6 +16,7 @@ from lmact.regimes import parse_config, regime_of
 from lmact.regimes.base import RegimeConfig
 from lmact.scoring import normalized_interval, score_episodes
 from lmact.store import RunRecord, RunStore
+from lmact.text import visible
 
 COLUMNS = [
     "run_id",
@@ -250,14 +251,15 @@ def table_format(fmt: str, formats: Sequence[str] = FORMATS, what: str = "report
 
 def format_value(column: str, value: Any) -> str:
     """A value as every table shows it: empty for None, costs to 4 decimals, other floats
-    to 3, text on one line (a line break in a model name would split a row)."""
+    to 3, text on one line (a line break in a model name would split a row) and its
+    control characters visible (an escape sequence in a name would reach the terminal)."""
     if value is None:
         return ""
     if column == "cost_usd":
         return f"{value:.4f}"
     if isinstance(value, float):
         return f"{value:.3f}"
-    return " ".join(str(value).split())
+    return visible(" ".join(str(value).split()))
 
 
 def _cell(column: str, value: Any) -> str:
