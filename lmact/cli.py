@@ -1143,17 +1143,25 @@ def _command_report(args: argparse.Namespace) -> None:
 def _comparison_section(store_path: Path, rows: list[dict[str, Any]]) -> str:
     """The report's paired comparisons of the rows' runs that share test seeds, after the
     tables and a blank line; empty when no two runs do."""
-    from lmact.report.compare import comparison_rows, comparison_section
+    from lmact.report.compare import comparison_section, find_comparisons
     from lmact.store import RunStore
 
     with RunStore(store_path) as store:
-        section = comparison_section(*comparison_rows(store, rows))
+        found = find_comparisons(store, rows)
+    section = comparison_section(found.rows, found.left_off, found.counted)
     return f"\n{section}" if section else ""
+
+
+# The viewer pages an HTML report writes, at most (of its first runs): each page replays its
+# episodes, tens of milliseconds for tic-tac-toe, seconds for chess; a sweep of thousands of
+# runs would take hours.
+MAX_VIEWER_PAGES = 100
 
 
 def _html_report(args: argparse.Namespace) -> None:
     """`lmact report --format html --out DIR`: DIR/index.html, and DIR/runs/RUN_ID.html, the
-    viewer page of each run (its first --view-episodes episodes) that the index links to."""
+    viewer page of each run (its first --view-episodes episodes; of the first
+    MAX_VIEWER_PAGES runs) that the index links to."""
     from lmact.report.compare import comparison_rows
     from lmact.report.html import render_report
     from lmact.report.plots import check_matplotlib, report_figures
@@ -1173,7 +1181,8 @@ def _html_report(args: argparse.Namespace) -> None:
     curves = curve_rows(rows)
     written = _plot_files(rows, curves, args.plot, "--plot") if args.plot is not None else []
     viewed = DEFAULT_VIEW_EPISODES if args.view_episodes is None else args.view_episodes
-    pages, left_out = _viewer_pages(args, [row["run_id"] for row in rows], viewed)
+    viewed_runs = [row["run_id"] for row in rows[:MAX_VIEWER_PAGES]]
+    pages, left_out = _viewer_pages(args, viewed_runs, viewed)
     index = args.out / "index.html"
     with RunStore(args.store) as store:
         compared, _ = comparison_rows(store, rows)
@@ -1181,6 +1190,9 @@ def _html_report(args: argparse.Namespace) -> None:
         f"Viewer pages of {counted(len(left_out), 'run')} left out, each over "
         f"{args.view_max_mb:g} MB: {', '.join(left_out)}; `lmact view RUN_ID` writes one."
     ] if left_out else []  # fmt: skip
+    if viewed and len(rows) > MAX_VIEWER_PAGES:
+        notes.append(f"Viewer pages of the first {MAX_VIEWER_PAGES} of {len(rows)} runs only; "
+                     "`lmact view RUN_ID` writes any other.")  # fmt: skip
     report = render_report(rows, report_figures(rows, curves), run_pages=pages,
                            store=args.store, comparisons=compared or None, notes=notes)  # fmt: skip
     _write_page(index, report)

@@ -4,8 +4,15 @@ a spreadsheet would run as formulas, and names and completions holding terminal 
 
 from __future__ import annotations
 
+import itertools
+import json
+import random
 import shutil
+import subprocess
+import sys
+import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import CYCLER, Cycler, StubModel, copy_run
@@ -14,6 +21,16 @@ from lmact.cli import main
 from lmact.demos import DemoStore
 from lmact.models.base import ModelRequest, ModelResponse
 from lmact.regimes.imitation import make_config
+from lmact.report import compare
+from lmact.report.compare import (
+    MAX_KIND_PAIRS,
+    PAIRED_BY,
+    SETTINGS,
+    comparison_rows,
+    find_comparisons,
+    find_pairs,
+)
+from lmact.report.tables import report_rows
 from lmact.runner import Runner
 from lmact.store import RunStore
 from lmact.text import visible
@@ -69,6 +86,148 @@ def named(base: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> P
     copy_run(path, run_id, 1, tag="esctask", task="red\x1b[31m")
     copy_run(path, run_id, 1, tag="escmodel", model="test/\u202eevil")
     return path
+
+
+# --- Thousands of runs: the paired comparisons look at kinds of runs, not pairs ------------
+
+
+def _brute_force(
+    played: list[dict[str, Any]], seeds: list[frozenset[int]], limit: int
+) -> tuple[list[tuple[int, int]], int]:
+    """Every pair, as the report paired them before: sorted by the options that differ (a
+    stable sort: table order breaks ties), those sharing a seed, the first `limit`."""
+    pairs = [
+        (a, b)
+        for a, b in itertools.combinations(range(len(played)), 2)
+        if all(played[a].get(name) == played[b].get(name) for name in PAIRED_BY)
+    ]
+    pairs.sort(key=lambda p: sum(played[p[0]].get(n) != played[p[1]].get(n)
+                                 for n in ("model", *SETTINGS)))  # fmt: skip
+    sharing = [(a, b) for a, b in pairs if seeds[a] & seeds[b]]
+    return sharing[:limit], len(sharing) - len(sharing[:limit])
+
+
+def test_the_pairs_found_by_kind_are_those_of_every_pair_in_the_same_order() -> None:
+    draw = random.Random(19)
+    for _ in range(400):
+        runs = draw.randint(0, 24)
+        played = [
+            {"task": "t", "regime": draw.choice(["imitation", "icrl"]),
+             "observation": draw.choice(["txt", "png"]), "model": draw.choice("xyz"),
+             "demos": draw.choice([0, 1, 2]), "history": draw.choice([None, "raw"])}
+            for _ in range(runs)
+        ]  # fmt: skip
+        seeds = [frozenset(draw.sample(range(6), draw.randint(0, 3))) for _ in range(runs)]
+        limit = draw.randint(1, 15)
+        found = find_pairs(played, seeds, limit)
+        assert (found.shown, found.left_off) == _brute_force(played, seeds, limit)
+        assert found.counted
+
+
+def _runs(count: int, **varying: Any) -> list[dict[str, Any]]:
+    return [
+        {"run_id": f"r{i}", "task": "t", "regime": "imitation", "observation": "txt",
+         "model": "m", "demos": 1, **{name: value(i) for name, value in varying.items()}}
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def test_ten_thousand_runs_alike_are_one_kind_and_their_pairs_are_counted_not_built() -> None:
+    found = find_pairs(_runs(MANY), [frozenset(range(4))] * MANY, limit=12)
+    assert found.shown == [(0, j) for j in range(1, 13)]
+    assert found.left_off == MANY * (MANY - 1) // 2 - 12 and found.counted
+    assert found.examined == 1  # one kind, paired with itself; one set of seeds
+
+
+def test_ten_thousand_models_on_the_same_seeds_are_looked_at_within_the_budget() -> None:
+    found = find_pairs(_runs(MANY, model=str), [frozenset(range(4))] * MANY, limit=12)
+    assert found.shown == [(0, j) for j in range(1, 13)]  # one option (the model) differs
+    assert found.left_off == MANY * (MANY - 1) // 2 - 12 and found.counted
+    assert found.examined <= MAX_KIND_PAIRS + 1
+
+
+def test_ten_thousand_runs_on_disjoint_seeds_stop_counting_at_the_budget() -> None:
+    seeds = [frozenset({i}) for i in range(MANY)]
+    found = find_pairs(_runs(MANY, model=str), seeds, limit=12, budget=1000)
+    assert found.shown == [] and found.left_off == 0
+    assert not found.counted and found.examined <= 2000
+    section = compare.comparison_section([{"task": "t"}], 5, counted=False)
+    assert "More pairs (at least 5) left out" in section
+
+
+@pytest.fixture(scope="module")
+def many_runs(base: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The base store with 1,999 copies of its run: 2,000 runs of one task."""
+    path, run_id = _copy_of(base, tmp_path_factory.mktemp("many"))
+    copy_run(path, run_id, 1999)
+    return path
+
+
+def test_the_comparisons_of_two_thousand_runs_hold_little_memory(
+    many_runs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with RunStore(many_runs) as store:
+        rows = report_rows(store)
+        compared: list[str] = []
+        paired_comparison = compare.paired_comparison
+
+        def counted(*args: Any) -> Any:
+            compared.append("one")
+            return paired_comparison(*args)
+
+        monkeypatch.setattr(compare, "paired_comparison", counted)
+        tracemalloc.start()
+        try:
+            shown, left_off = comparison_rows(store, rows)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        # Every pair built (1,999,000), as before, held over 100 MB.
+        assert peak < 20_000_000
+        assert len(shown) == len(compared) == 12 and left_off == 2000 * 1999 // 2 - 12
+        monkeypatch.undo()
+        found = find_comparisons(store, rows)
+    assert found.rows == shown and found.counted and found.examined == 1
+
+
+_MEASURED = (
+    "import resource, sys\n"
+    "from lmact.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
+def _measured_report(store: Path, *args: str) -> tuple[str, int]:
+    """`lmact report` in a process of its own: its output and its peak memory in bytes."""
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURED, "report", "--store", str(store), *args],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout, int(done.stderr.splitlines()[-1]) * 1024  # Linux counts KiB
+
+
+@pytest.mark.slow
+def test_a_report_of_ten_thousand_runs_in_every_format_holds_modest_memory(
+    base: tuple[Path, str], tmp_path: Path
+) -> None:
+    store, run_id = _copy_of(base, tmp_path)
+    copy_run(store, run_id, MANY - 1)
+    peaks = {}
+    markdown, peaks["md"] = _measured_report(store)
+    pairs = MANY * (MANY - 1) // 2
+    assert f"\n{pairs - 12} more pairs left out;" in markdown
+    table, peaks["csv"] = _measured_report(store, "--format", "csv")
+    assert len(table.splitlines()) == MANY + 3  # a header, the runs and their 2 baselines
+    records, peaks["json"] = _measured_report(store, "--format", "json")
+    assert len(json.loads(records)) == MANY + 2
+    html = ["--format", "html", "--out", str(tmp_path / "html"), "--cache-dir", str(base[0].parent)]
+    _, peaks["html"] = _measured_report(store, *html)
+    assert len(list((tmp_path / "html" / "runs").iterdir())) == 100  # MAX_VIEWER_PAGES
+    # Every pair built, as before, took 3.5 GB and more; a row per run is a few kB.
+    assert max(peaks.values()) < 800_000_000, peaks
 
 
 # --- Terminal escapes --------------------------------------------------------------------------

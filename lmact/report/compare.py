@@ -8,9 +8,12 @@ than another, so its interval is sharper than the two runs' separate intervals s
 
 from __future__ import annotations
 
+import bisect
+import heapq
+import itertools
 import json
-from collections.abc import Sequence
-from itertools import combinations
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from lmact.errors import LmactError
@@ -24,7 +27,7 @@ from lmact.report.tables import (
     scored_episodes,
     table_format,
 )
-from lmact.scoring import PairedComparison, pair_by_seed, paired_comparison
+from lmact.scoring import PairedComparison, paired_comparison
 from lmact.store import RunRecord, RunStore
 from lmact.text import visible
 
@@ -37,6 +40,10 @@ SETTINGS = ("regime", "observation", "demos", "token_budget", "answer_match", "p
 # A sweep's table of k runs per task holds k(k-1)/2 pairs: the report shows the first few,
 # those that differ in the fewest options first (they isolate one cause).
 MAX_PAIRS_PER_TASK = 12
+# The pairs of kinds of runs (`_Kind`) one task's search looks at, at most, and as many
+# pairs of sets of seeds to count the pairs left out: that much work bounds the report's,
+# whatever the number of runs.
+MAX_KIND_PAIRS = 50_000
 COMPARISON_COLUMNS = [
     "task", "regime", "observation", "run_a", "model_a", "setting_a", "run_b", "model_b",
     "setting_b", "paired", "mean_difference", "ci95_low", "ci95_high", "a_ahead", "b_ahead",
@@ -109,58 +116,184 @@ def _setting(row: dict[str, Any], names: Sequence[str]) -> str:
 def comparison_rows(
     store: RunStore, rows: Sequence[dict[str, Any]], limit: int = MAX_PAIRS_PER_TASK
 ) -> tuple[list[dict[str, Any]], int]:
-    """The comparisons of a report's rows, and how many pairs were left out past `limit`.
+    """The comparisons of a report's rows, and how many pairs were left out past `limit`
+    (see `find_comparisons`, which also says whether that count is whole)."""
+    found = find_comparisons(store, rows, limit)
+    return found.rows, found.left_off
 
-    Per task, each run that is not a random or expert baseline against each later one of the
-    same task, regime and observation that played some of the same test seeds (the baselines
-    are already every run's normalized score); pairs that differ in the fewest options first,
-    then in the table's order."""
+
+@dataclass(frozen=True)
+class Comparisons:
+    """A report's comparisons: `rows`, and `left_off` more pairs that share seeds; when not
+    `counted`, at least that many (there were too many kinds of runs to count them all).
+    `examined`: how many pairs of kinds of runs were looked at, in all tasks."""
+
+    rows: list[dict[str, Any]]
+    left_off: int
+    counted: bool
+    examined: int
+
+
+def find_comparisons(
+    store: RunStore, rows: Sequence[dict[str, Any]], limit: int = MAX_PAIRS_PER_TASK
+) -> Comparisons:
+    """Per task, each run that is not a random or expert baseline against each later one of
+    the same task, regime and observation that played some of the same test seeds (the
+    baselines are already every run's normalized score); pairs that differ in the fewest
+    options first, then in the table's order; `limit` pairs a task at most.
+
+    The work grows with the runs, not with their pairs: runs alike in every option and seed
+    are one kind, and only pairs of kinds are looked at (`find_pairs`)."""
     runs = {run.run_id: run for run in store.runs()}
-    episodes: dict[str, list[EpisodeRecord]] = {}
 
     def episodes_of(row: dict[str, Any]) -> list[EpisodeRecord]:
-        run_id = row["run_id"]
-        if run_id not in episodes:
-            episodes[run_id] = list(scored_episodes(store, runs[run_id]).values())
-        return episodes[run_id]
+        return list(scored_episodes(store, runs[row["run_id"]]).values())
 
+    seed_sets: dict[frozenset[int], frozenset[int]] = {}  # one object per set of seeds
     compared: list[dict[str, Any]] = []
-    left_off = 0
+    left_off, counted, examined = 0, True, 0
     for group in grouped_by_task(rows).values():
-        kept = 0
-        for row_a, row_b in _candidate_pairs(group):
-            first, second = episodes_of(row_a), episodes_of(row_b)
-            if not pair_by_seed(first, second):
-                continue
-            if kept == limit:
-                left_off += 1
-                continue
-            compared.append(comparison_row(row_a, row_b, paired_comparison(first, second)))
-            kept += 1
-    return compared, left_off
+        played = [row for row in group if row.get("model") not in BASELINE_POLICIES]
+        seeds = [frozenset(e.seed for e in episodes_of(row)) for row in played]
+        search = find_pairs(played, [seed_sets.setdefault(s, s) for s in seeds], limit)
+        for first, second in search.shown:
+            row_a, row_b = played[first], played[second]
+            comparison = paired_comparison(episodes_of(row_a), episodes_of(row_b))
+            compared.append(comparison_row(row_a, row_b, comparison))
+        left_off += search.left_off
+        counted = counted and search.counted
+        examined += search.examined
+    return Comparisons(compared, left_off, counted, examined)
 
 
-def _candidate_pairs(
-    group: Sequence[dict[str, Any]],
-) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """The pairs of one task's non-baseline rows that agree on PAIRED_BY, those that differ
-    in the fewest options (the model counted) first; the sort is stable, so table order
-    breaks ties."""
-    played = [row for row in group if row.get("model") not in BASELINE_POLICIES]
-    pairs = [
-        (a, b)
-        for a, b in combinations(played, 2)
-        if all(a.get(name) == b.get(name) for name in PAIRED_BY)
-    ]
+@dataclass(frozen=True)
+class PairSearch:
+    """What `find_pairs` found in one task's runs: the pairs to show (places in its runs),
+    how many more pairs share seeds (at least, when not `counted`), and how many pairs of
+    kinds of runs it looked at."""
 
-    def differences(pair: tuple[dict[str, Any], dict[str, Any]]) -> int:
-        return sum(pair[0].get(name) != pair[1].get(name) for name in ("model", *SETTINGS))
-
-    return sorted(pairs, key=differences)
+    shown: list[tuple[int, int]]
+    left_off: int
+    counted: bool
+    examined: int
 
 
-def comparison_section(compared: Sequence[dict[str, Any]], left_off: int = 0) -> str:
-    """The markdown section `lmact report` appends after its tables; empty without a pair."""
+@dataclass
+class _Kind:
+    """Runs that no comparison tells apart: the same PAIRED_BY values, model and settings
+    and the same seeds; `members` are their places in the task's runs, in order."""
+
+    paired_by: tuple[Any, ...]
+    settings: tuple[Any, ...]
+    seeds: frozenset[int]
+    members: list[int] = field(default_factory=list)
+
+
+def find_pairs(
+    played: Sequence[dict[str, Any]],
+    seeds: Sequence[frozenset[int]],
+    limit: int = MAX_PAIRS_PER_TASK,
+    budget: int = MAX_KIND_PAIRS,
+) -> PairSearch:
+    """Of one task's runs `played` (seeds[i]: the test seeds run i played), the first
+    `limit` pairs that agree on PAIRED_BY and share a seed, those that differ in the
+    fewest options (the model counted) first, then in table order, as (i, j), i < j.
+
+    A sweep of 10,000 runs has 50 million pairs; this never builds them. Runs of one kind
+    (`_Kind`) pair alike, so pairs of kinds are looked at, `budget` at most: past it, the
+    pairs shown are the closest among those looked at, and the count is a lower bound."""
+    kinds: dict[tuple[Any, ...], _Kind] = {}
+    for place, (row, played_seeds) in enumerate(zip(played, seeds, strict=True)):
+        paired_by = tuple(_hashable(row.get(name)) for name in PAIRED_BY)
+        settings = tuple(_hashable(row.get(name)) for name in ("model", *SETTINGS))
+        kind = kinds.setdefault((paired_by, settings, played_seeds),
+                                _Kind(paired_by, settings, played_seeds))  # fmt: skip
+        kind.members.append(place)
+    found, kind_looks = _kind_pairs(list(kinds.values()), budget)
+    total, counted, set_looks = _pair_count(list(kinds.values()), budget)
+    shown: list[tuple[int, int]] = []
+    by_difference = itertools.groupby(sorted(found, key=lambda kp: kp[0]), key=lambda kp: kp[0])
+    for _, same in by_difference:
+        if len(shown) == limit:
+            break
+        # Each pair of kinds gives its pairs in table order; merged, the level's are too.
+        pairs = heapq.merge(*(_run_pairs(a, b) for _, a, b in same))
+        shown += itertools.islice(pairs, limit - len(shown))
+    return PairSearch(shown, max(total - len(shown), 0), counted, kind_looks + set_looks)
+
+
+def _kind_pairs(kinds: Sequence[_Kind], budget: int) -> tuple[list[tuple[int, _Kind, _Kind]], int]:
+    """The pairs of kinds (a run of each) that agree on PAIRED_BY and share a seed, each
+    with its number of differing options; at most `budget` pairs of kinds looked at."""
+    found = []
+    examined = 0
+    for paired in _by_paired_by(kinds):
+        for index, a in enumerate(paired):
+            for b in paired[index:]:
+                if examined == budget:
+                    return found, examined
+                examined += 1
+                if (a is b and len(a.members) > 1 and a.seeds) or (
+                    a is not b and not a.seeds.isdisjoint(b.seeds)
+                ):
+                    differing = sum(x != y for x, y in zip(a.settings, b.settings, strict=True))
+                    found.append((differing, a, b))
+    return found, examined
+
+
+def _pair_count(kinds: Sequence[_Kind], budget: int) -> tuple[int, bool, int]:
+    """How many pairs of runs agree on PAIRED_BY and share a seed, whether all were counted
+    (at most `budget` pairs of sets of seeds looked at), and how many were. Counted by set
+    of seeds, not by kind: a sweep's runs mostly play the same seeds."""
+    total, examined = 0, 0
+    for paired in _by_paired_by(kinds):
+        runs_of: dict[frozenset[int], int] = {}
+        for kind in paired:
+            runs_of[kind.seeds] = runs_of.get(kind.seeds, 0) + len(kind.members)
+        sets = [(s, n) for s, n in runs_of.items() if s]
+        for index, (a, runs_a) in enumerate(sets):
+            total += runs_a * (runs_a - 1) // 2
+            for b, runs_b in sets[index + 1 :]:
+                if examined == budget:
+                    return total, False, examined
+                examined += 1
+                total += 0 if a.isdisjoint(b) else runs_a * runs_b
+    return total, True, examined
+
+
+def _by_paired_by(kinds: Sequence[_Kind]) -> list[list[_Kind]]:
+    """The kinds grouped by their PAIRED_BY values (only those pair), each in order."""
+    groups: dict[tuple[Any, ...], list[_Kind]] = {}
+    for kind in kinds:
+        groups.setdefault(kind.paired_by, []).append(kind)
+    return list(groups.values())
+
+
+def _run_pairs(a: _Kind, b: _Kind) -> Iterator[tuple[int, int]]:
+    """The pairs (i, j), i < j, of a run of kind `a` and one of `b`, in order, lazily."""
+    if a is b:
+        yield from itertools.combinations(a.members, 2)
+        return
+    tagged = heapq.merge(((i, b.members) for i in a.members), ((j, a.members) for j in b.members))
+    for first, others in tagged:
+        for later in range(bisect.bisect_right(others, first), len(others)):
+            yield first, others[later]
+
+
+def _hashable(value: Any) -> Any:
+    """A row's value as a key: as it is, or its repr when it cannot be one."""
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
+
+
+def comparison_section(
+    compared: Sequence[dict[str, Any]], left_off: int = 0, counted: bool = True
+) -> str:
+    """The markdown section `lmact report` appends after its tables; empty without a pair.
+    `left_off`: how many more pairs share seeds (when not `counted`, at least that many)."""
     if not compared:
         return ""
     lines = [
@@ -172,8 +305,9 @@ def comparison_section(compared: Sequence[dict[str, Any]], left_off: int = 0) ->
         "",
         markdown_table(compared, COMPARISON_COLUMNS).rstrip("\n"),
     ]
-    if left_off:
-        lines += ["", f"{left_off} more pairs left out; `lmact compare` gives any of them."]
+    if left_off or not counted:
+        more = f"{left_off} more pairs" if counted else f"More pairs (at least {left_off})"
+        lines += ["", f"{more} left out; `lmact compare` gives any of them."]
     return "\n".join(lines) + "\n"
 
 

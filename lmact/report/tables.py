@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from collections.abc import Iterable, Sequence
@@ -60,29 +61,43 @@ CURVE_RUN_COLUMNS = ["run_id", "task", "model", "variant", "history"]
 CURVE_COLUMNS = [*CURVE_RUN_COLUMNS, "episode", "mean", "low", "high"]
 
 
-def _baseline_episodes(
-    store: RunStore, baseline: RegimeConfig, units: Sequence[int]
+class Baselines:
+    """The random and expert episodes that normalize runs' scores, each baseline read once
+    (of the last few hundred): a sweep's runs share a few baselines, and reading them again
+    for every run was most of the time of a report of thousands of runs."""
+
+    def __init__(self, store: RunStore) -> None:
+        self._configs = functools.lru_cache(maxsize=1024)(self._configs_of)
+        self._episodes = functools.lru_cache(maxsize=256)(store.finished_episodes)
+
+    @staticmethod
+    def _configs_of(config: RegimeConfig) -> dict[str, RegimeConfig] | None:
+        try:
+            return regime_of(config).baselines(config)
+        except LmactError:  # a task no longer installed, or named like a path that is gone
+            return None
+
+    def of(
+        self, config: RegimeConfig, finished: dict[int, EpisodeRecord]
+    ) -> dict[str, list[EpisodeRecord] | None]:
+        """The stored random and expert episodes over exactly the run's units, where
+        stored: a score is normalized only against baselines of the same seeds."""
+        configs = self._configs(config)
+        if configs is None:
+            return {"random": None, "expert": None}
+        return {
+            policy: _same_units(self._episodes(baseline.run_id), list(finished))
+            for policy, baseline in configs.items()
+        }
+
+
+def _same_units(
+    finished: dict[int, EpisodeRecord], units: Sequence[int]
 ) -> list[EpisodeRecord] | None:
     """The baseline's episodes of exactly `units` (the same seeds), if all are stored."""
-    finished = store.finished_episodes(baseline.run_id)
     if not all(unit in finished for unit in units):
         return None
     return [finished[unit] for unit in units]
-
-
-def _baselines(
-    store: RunStore, config: RegimeConfig, finished: dict[int, EpisodeRecord]
-) -> dict[str, list[EpisodeRecord] | None]:
-    """The stored random and expert episodes over exactly the run's units, where stored:
-    a score is normalized only against baselines of the same seeds."""
-    try:
-        configs = regime_of(config).baselines(config)
-    except UnknownNameError:  # a task no longer installed
-        return {"random": None, "expert": None}
-    return {
-        policy: _baseline_episodes(store, baseline, list(finished))
-        for policy, baseline in configs.items()
-    }
 
 
 def _scores_row(
@@ -104,9 +119,12 @@ def _scores_row(
     }
 
 
-def run_row(store: RunStore, run: RunRecord) -> dict[str, Any] | None:
+def run_row(
+    store: RunStore, run: RunRecord, baselines_of: Baselines | None = None
+) -> dict[str, Any] | None:
     """One table row; None for a run without a finished episode. A regime's rows fill the
-    columns that mean something for it and leave the others empty."""
+    columns that mean something for it and leave the others empty. `baselines_of`: the
+    baselines read so far, when rows of many runs are made."""
     finished = store.finished_episodes(run.run_id)
     if not finished:
         return None
@@ -117,7 +135,7 @@ def run_row(store: RunStore, run: RunRecord) -> dict[str, Any] | None:
     finished = _scored_by(config, finished)
     if not finished:
         return None
-    baselines = _baselines(store, config, finished)
+    baselines = (baselines_of or Baselines(store)).of(config, finished)
     row = _scores_row(run, finished, baselines)
     described = {name: getattr(config, name) for name in ("regime", "task", "observation", "model")}
     try:
@@ -127,7 +145,7 @@ def run_row(store: RunStore, run: RunRecord) -> dict[str, Any] | None:
             store.finished_steps(run.run_id),
             {policy: episodes or [] for policy, episodes in baselines.items()},
         )
-    except UnknownNameError:  # a task given by path in another process, or uninstalled
+    except LmactError:  # a task given by path in another process, or uninstalled, or changed
         measures = {}
     return {**row, **described, **regime.report_fields(config, run), **measures}
 
@@ -161,7 +179,8 @@ def curve_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def report_rows(store: RunStore) -> list[dict[str, Any]]:
-    rows = (run_row(store, run) for run in store.runs())
+    baselines = Baselines(store)
+    rows = (run_row(store, run, baselines) for run in store.runs())
     return [row for row in rows if row is not None]
 
 
@@ -277,8 +296,14 @@ def format_table(
     ordered = [row for group in groups.values() for row in group]
     if fmt == "json":
         first = [c for c in columns if any(c in row for row in ordered)]
-        records = [{**{c: row.get(c) for c in first}, **row} for row in ordered]
-        return json.dumps(records, indent=1, default=str) + "\n"
+        # A row at a time, as json.dumps(rows, indent=1) writes them: the whole list at once
+        # held each of its many small pieces of text, ten times the report's size.
+        records = (
+            " " + json.dumps({**{c: row.get(c) for c in first}, **row}, indent=1, default=str)
+            .replace("\n", "\n ")
+            for row in ordered
+        )  # fmt: skip
+        return "[\n" + ",\n".join(records) + "\n]\n" if ordered else "[]\n"
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.DictWriter(
