@@ -30,7 +30,8 @@ from lmact.report.compare import (
     find_comparisons,
     find_pairs,
 )
-from lmact.report.tables import report_rows
+from lmact.report.plots import bandit_figure, learning_curve_figures, report_figures
+from lmact.report.tables import curve_rows, report_rows
 from lmact.runner import Runner
 from lmact.store import RunStore
 from lmact.text import visible
@@ -83,6 +84,8 @@ def named(base: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> P
     given by a path, or of a dataset, may be named anything), a task with a comma and one
     that is a formula, and a model and a task holding terminal escapes."""
     path, run_id = _copy_of(base, tmp_path_factory.mktemp("named"))
+    copy_run(path, run_id, 1, tag="math", model=f"test/{MATH}")
+    copy_run(path, run_id, 1, tag="mathtask", task=MATH)
     copy_run(path, run_id, 1, tag="esctask", task="red\x1b[31m")
     copy_run(path, run_id, 1, tag="escmodel", model="test/\u202eevil")
     return path
@@ -228,6 +231,45 @@ def test_a_report_of_ten_thousand_runs_in_every_format_holds_modest_memory(
     assert len(list((tmp_path / "html" / "runs").iterdir())) == 100  # MAX_VIEWER_PAGES
     # Every pair built, as before, took 3.5 GB and more; a row per run is a few kB.
     assert max(peaks.values()) < 800_000_000, peaks
+
+
+# --- Names drawn as they are written: a `$` is no mathtext ---------------------------------
+
+
+def _texts(figure: Any) -> list[str]:
+    from matplotlib.text import Text
+
+    figure.canvas.draw()  # mathtext would fail here
+    return [text.get_text() for text in figure.findobj(Text)]
+
+
+def test_a_name_with_dollars_goes_through_every_report_format(
+    named: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert MATH in _report(capsys, named, "--format", "md")
+    assert MATH in _report(capsys, named, "--format", "csv")
+    assert json.dumps(MATH) in _report(capsys, named, "--format", "json")
+    written = _report(capsys, named, "--plot", str(tmp_path / "plots"))
+    assert list((tmp_path / "plots").glob("*.png")) and written
+    page = _report(capsys, named, "--format", "html", "--out", str(tmp_path / "html"),
+                   "--view-episodes", "0")  # fmt: skip
+    assert MATH in (tmp_path / "html" / "index.html").read_text() and page
+
+
+def test_the_figures_draw_a_name_with_dollars_as_written(named: Path) -> None:
+    with RunStore(named) as store:
+        rows = report_rows(store)
+    figures = report_figures(rows, curve_rows(rows))
+    texts = [text for figure in figures.values() for text in _texts(figure)]
+    assert f"test/{MATH} (txt)" in texts  # a legend label: the model
+    assert MATH in texts  # a panel's title: the task
+    icrl = [{"regime": "icrl", "task": MATH, "model": f"test/{MATH}", "variant": "naive",
+             "history": "raw", "regret": 1.0, "run_id": "r"}]  # fmt: skip
+    bars = _texts(bandit_figure(icrl))
+    assert f"test/{MATH} (naive, raw)" in bars and MATH in bars  # a tick label, the title
+    curve = [{**icrl[0], "episode": e, "mean": 0.5, "low": 0.0, "high": 1.0} for e in range(3)]
+    (figure,) = learning_curve_figures(curve).values()
+    assert f"{MATH}: in-context RL learning curves" in _texts(figure)
 
 
 # --- Terminal escapes --------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from lmact.errors import LmactError
 from lmact.regimes.base import BASELINE_POLICIES
 from lmact.report.tables import grouped_by
+from lmact.text import visible
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -69,6 +70,19 @@ def check_matplotlib() -> type[Figure]:
 def _figure(**options: Any) -> Figure:
     # Outside pyplot's registry: no display, and nothing a caller must close.
     return check_matplotlib()(dpi=110, **options)
+
+
+def _plain_text(figure: Figure) -> Figure:
+    """Every text of the figure drawn as it is written: task and model names are the user's
+    text, and a `$` in one would start mathtext (or TeX), which fails on most names. Their
+    control characters are written out, as in the tables (no font has glyphs for them)."""
+    from matplotlib.text import Text
+
+    for text in figure.findobj(Text):
+        text.set_usetex(False)
+        text.set_parse_math(False)
+        text.set_text(visible(text.get_text(), keep="\n"))
+    return figure
 
 
 def model_colours(rows: Iterable[Row]) -> dict[str, str]:
@@ -219,7 +233,7 @@ def normalized_score_figure(
         axes.set_title(task)
         axes.set_ylabel("normalized score (mean, 95% interval)")
     _legend(figure)
-    return figure
+    return _plain_text(figure)
 
 
 def answer_rate_figure(
@@ -241,7 +255,7 @@ def answer_rate_figure(
         axes.set_title(task)
         axes.set_ylabel(f"{rate.removesuffix('_rate')} answers (share of steps)")
     _legend(figure)
-    return figure
+    return _plain_text(figure)
 
 
 def _percent() -> Any:
@@ -281,7 +295,7 @@ def learning_curve_figures(
         axes.set_ylabel("return (mean over replicates, 95% interval)")
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
-        figure.tight_layout()
+        _plain_text(figure).tight_layout()  # measures the texts: they must be plain by then
         figures[task] = figure
     return figures
 
@@ -313,11 +327,12 @@ def bandit_figure(
         if measure == "suffix_failure":
             axes.set_ylim(0, 1.05)
             axes.yaxis.set_major_formatter(_percent())
-    return figure
+    return _plain_text(figure)
 
 
 def _bar_label(row: Row) -> str:
-    return f"{row['model']} ({row.get('variant')}, {row.get('history')})"
+    # Visible here too: a tick's text is set again from its label when the figure is drawn.
+    return visible(f"{row['model']} ({row.get('variant')}, {row.get('history')})")
 
 
 def _interval_bars(axes: Axes, x: Sequence[int], bars: Sequence[Row], measure: str) -> None:
