@@ -1054,11 +1054,23 @@ def _command_demos(args: argparse.Namespace) -> None:
     )
 
 
-def _names(values: list[str] | None) -> list[str] | None:
-    """A repeated option's names, each value possibly a comma list; None if not given."""
+def _names(values: list[str] | None, rows: list[dict[str, Any]], column: str) -> list[str] | None:
+    """A repeated option's names, each value possibly a comma list; None if not given. A
+    value that is exactly the `column` of some row is that one name, commas and all (a task
+    of a dataset, or given by its path, may have one)."""
     if values is None:
         return None
-    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+    known = _known(rows, column)
+    return [
+        name
+        for value in values
+        for name in ([value] if value in known else [n.strip() for n in value.split(",")])
+        if name
+    ]
+
+
+def _known(rows: list[dict[str, Any]], column: str) -> set[str]:
+    return {str(row[column]) for row in rows if row.get(column) is not None}
 
 
 def _report_rows(args: argparse.Namespace, fmt: str) -> list[dict[str, Any]]:
@@ -1068,10 +1080,10 @@ def _report_rows(args: argparse.Namespace, fmt: str) -> list[dict[str, Any]]:
 
     if not args.store.exists():
         raise LmactError(f"no run store at {args.store}; start with `lmact run`")
-    tasks, models = _names(args.task), _names(args.model)
     with RunStore(args.store) as store:
         members = store.sweep_runs(args.sweep) if args.sweep is not None else None
         rows = report_rows(store)
+        tasks, models = _names(args.task, rows, "task"), _names(args.model, rows, "model")
         _check_names(rows, "task", tasks)
         _check_names(rows, "model", models)
         rows = select_rows(rows, tasks=tasks, models=models, run_ids=members)
@@ -1082,7 +1094,7 @@ def _report_rows(args: argparse.Namespace, fmt: str) -> list[dict[str, Any]]:
 
 def _check_names(rows: list[dict[str, Any]], column: str, names: list[str] | None) -> None:
     """A name no run has is a one-line error naming those there are (a typo, most often)."""
-    known = sorted({str(row[column]) for row in rows if row.get(column) is not None})
+    known = sorted(_known(rows, column))
     for name in names or []:
         if name not in known:
             listed = visible(", ".join(known)) or "none"  # the store's names: anyone's text

@@ -4,6 +4,8 @@ a spreadsheet would run as formulas, and names and completions holding terminal 
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 import random
@@ -86,6 +88,8 @@ def named(base: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> P
     path, run_id = _copy_of(base, tmp_path_factory.mktemp("named"))
     copy_run(path, run_id, 1, tag="math", model=f"test/{MATH}")
     copy_run(path, run_id, 1, tag="mathtask", task=MATH)
+    copy_run(path, run_id, 1, tag="comma", task="odd,name")
+    copy_run(path, run_id, 1, tag="other", model="test/other")
     copy_run(path, run_id, 1, tag="esctask", task="red\x1b[31m")
     copy_run(path, run_id, 1, tag="escmodel", model="test/\u202eevil")
     return path
@@ -270,6 +274,27 @@ def test_the_figures_draw_a_name_with_dollars_as_written(named: Path) -> None:
     curve = [{**icrl[0], "episode": e, "mean": 0.5, "low": 0.0, "high": 1.0} for e in range(3)]
     (figure,) = learning_curve_figures(curve).values()
     assert f"{MATH}: in-context RL learning curves" in _texts(figure)
+
+
+# --- A name with a comma -------------------------------------------------------------------
+
+
+def _tasks_and_models(table: str) -> list[tuple[str, str]]:
+    return [(row["task"], row["model"]) for row in csv.DictReader(io.StringIO(table))]
+
+
+def test_a_task_named_with_a_comma_is_selected_whole_and_comma_lists_still_work(
+    named: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    alone = _report(capsys, named, "--format", "csv", "--task", "odd,name")
+    assert _tasks_and_models(alone) == [("odd,name", CYCLER)]
+    both = _report(capsys, named, "--format", "csv", "--task", "odd,name", "--task", MATH)
+    assert sorted(_tasks_and_models(both)) == sorted([("odd,name", CYCLER), (MATH, CYCLER)])
+    listed = _report(capsys, named, "--format", "csv", "--model", f"test/other, {CYCLER}",
+                     "--task", "tic_tac_toe")  # fmt: skip
+    assert sorted(m for _, m in _tasks_and_models(listed)) == [CYCLER, "test/other"]
+    assert main(["report", "--store", str(named), "--task", "odd"]) == 2
+    assert "no run of task 'odd'" in capsys.readouterr().err
 
 
 # --- Terminal escapes --------------------------------------------------------------------------
