@@ -33,7 +33,7 @@ from lmact.report.compare import (
     find_pairs,
 )
 from lmact.report.plots import bandit_figure, learning_curve_figures, report_figures
-from lmact.report.tables import curve_rows, report_rows
+from lmact.report.tables import csv_cell, curve_rows, format_table, report_rows
 from lmact.runner import Runner
 from lmact.store import RunStore
 from lmact.text import visible
@@ -90,6 +90,7 @@ def named(base: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> P
     copy_run(path, run_id, 1, tag="mathtask", task=MATH)
     copy_run(path, run_id, 1, tag="comma", task="odd,name")
     copy_run(path, run_id, 1, tag="other", model="test/other")
+    copy_run(path, run_id, 1, tag="formula", task=FORMULA, model="@SUM(1+1)")
     copy_run(path, run_id, 1, tag="esctask", task="red\x1b[31m")
     copy_run(path, run_id, 1, tag="escmodel", model="test/\u202eevil")
     return path
@@ -295,6 +296,28 @@ def test_a_task_named_with_a_comma_is_selected_whole_and_comma_lists_still_work(
     assert sorted(m for _, m in _tasks_and_models(listed)) == [CYCLER, "test/other"]
     assert main(["report", "--store", str(named), "--task", "odd"]) == 2
     assert "no run of task 'odd'" in capsys.readouterr().err
+
+
+# --- Formulas in CSV -------------------------------------------------------------------------
+
+
+def test_csv_text_cells_that_start_as_formulas_are_quoted_and_numbers_stay_numbers(
+    named: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = list(csv.DictReader(io.StringIO(_report(capsys, named, "--format", "csv"))))
+    (row,) = [row for row in rows if row["model"].endswith("SUM(1+1)")]
+    assert row["task"] == "'" + FORMULA and row["model"] == "'@SUM(1+1)"
+    table = format_table(
+        [{"run_id": "r", "task": text, "model": "m", "mean_return": -0.25, "cost_usd": -1.5}
+         for text in ("=1+1", "+1", "-1", "@A1", "\tx", "\rx", "plain", "a=b")],
+        "csv",
+    )  # fmt: skip
+    cells = list(csv.DictReader(io.StringIO(table)))
+    assert [cell["task"] for cell in cells] == ["'=1+1", "'+1", "'-1", "'@A1", "'\tx",
+                                                "'\\x0dx", "plain", "a=b"]  # fmt: skip
+    assert {cell["mean_return"] for cell in cells} == {"-0.25"}
+    assert {cell["cost_usd"] for cell in cells} == {"-1.5"}
+    assert csv_cell(-0.25) == -0.25 and csv_cell(None) is None
 
 
 # --- Terminal escapes --------------------------------------------------------------------------

@@ -56,6 +56,8 @@ FORMATS = ("markdown", "csv", "json")
 FORMAT_ALIASES = {"md": "markdown"}
 # The file a table is written to under `lmact report --out DIR`, by format.
 SUFFIXES = {"markdown": "md", "csv": "csv", "json": "json"}
+# What a spreadsheet reads as the start of a formula, at the start of a CSV text cell.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # A learning curve's point: the run it is of, then where it is.
 CURVE_RUN_COLUMNS = ["run_id", "task", "model", "variant", "history"]
 CURVE_COLUMNS = [*CURVE_RUN_COLUMNS, "episode", "mean", "low", "high"]
@@ -310,7 +312,7 @@ def format_table(
             buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore"
         )
         writer.writeheader()
-        writer.writerows(ordered)
+        writer.writerows({c: csv_cell(row.get(c)) for c in columns} for row in ordered)
         return buffer.getvalue()
     if not rows:
         raise LmactError("the run store holds no finished episode yet; start with `lmact run`")
@@ -320,6 +322,18 @@ def format_table(
         f"### {_cell('task', task)}\n\n{markdown_table(group, columns)}"
         for task, group in groups.items()
     )
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell that a spreadsheet will not run: text that begins as a formula does
+    (`=`, `+`, `-`, `@`, a tab, a carriage return) gets a leading `'`, as OWASP advises;
+    numbers stay numbers. A carriage return in text is written `\\x0d`: the csv module
+    leaves it unquoted, and readers end the row there."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith(_FORMULA_STARTS):
+        value = "'" + value
+    return value.replace("\r", visible("\r"))
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
