@@ -3,6 +3,8 @@
 An environment is small, in the manner of gymnasium's `Env`: `reset(seed)`, `step(action)`,
 `legal_actions()`, one `render(fmt)` per observation format, a strict `parse_action`, and an
 `expert_action()`. Everything an environment does is deterministic given the seed of `reset`.
+It is played through an `EpisodeGuard`, which checks the order of resets and steps and the
+step limit once for every family, so an environment may assume that order.
 """
 
 from __future__ import annotations
@@ -131,7 +133,8 @@ class Environment(ABC):
     observation_formats: ClassVar[tuple[str, ...]]
     image_formats: ClassVar[frozenset[str]] = frozenset()
     rendering_version: ClassVar[int] = 1
-    # Set by a subclass's reset(); state accessors call _require_started() first.
+    # Set by a subclass's reset() whose own state accessors call _require_started() first
+    # (the interface methods need no such check: an EpisodeGuard makes it for every family).
     _started: bool = False
     # Why it ended, set by a subclass with _done when the reason is more than "ended".
     _ended_by: str = "ended"
@@ -181,21 +184,121 @@ class Environment(ABC):
     @property
     def done(self) -> bool:
         """Whether the episode has ended (no action is legal any more)."""
-        self._require_started()
         return self._done
 
     def end_reason(self) -> str | None:
         """Why the episode ended, in a word or two ("win", "checkmate", "solved"); None while
         it goes on. Stored with every finished episode."""
-        self._require_started()
         return self._ended_by if self._done else None
 
     def _require_started(self) -> None:
+        """For a family's own state accessors (`board`, `physics` …), which `EpisodeGuard`
+        does not see: the methods above are checked by the guard."""
         if not self._started:
             raise RuntimeError("call reset(seed) before using the environment")
 
     def close(self) -> None:  # noqa: B027 - most environments hold no resources
         """Release resources (engines, emulators); the default holds none."""
+
+
+class EpisodeOrderError(RuntimeError):
+    """An environment used out of order: read or stepped before reset(seed) (or after
+    close()), or stepped after its episode ended or reached its step limit."""
+
+
+class EpisodeGuard(Environment):
+    """An environment whose use is checked, once for every family, as gymnasium's
+    `OrderEnforcing` and `TimeLimit` wrappers check it: nothing but reset(seed) before the
+    first reset (or after close); no step, and no expert action, once the episode has ended
+    (`done`) or, with `max_steps`, been cut by the step limit (`truncated`). Everything
+    that plays an episode goes through one (`lmact.episode`, the demonstrations), so an
+    environment may assume it is used in that order.
+    """
+
+    def __init__(self, env: Environment, max_steps: int | None = None) -> None:
+        self.env = env
+        self.max_steps = max_steps
+        self.steps = 0  # since the last reset
+        # The wrapped family's declarations, for code that reads them off an instance.
+        self.observation_formats = env.observation_formats
+        self.image_formats = env.image_formats
+        self.rendering_version = env.rendering_version
+        self._started = False
+        self._ended = False  # the episode ended by its own rules (not by the step limit)
+
+    @property
+    def unwrapped(self) -> Environment:
+        """The environment itself, for its family's own accessors (`board`, `physics` …)."""
+        return self.env
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the step limit cut the episode (it had not ended by its own rules)."""
+        return not self._ended and self.max_steps is not None and self.steps >= self.max_steps
+
+    @property
+    def over(self) -> bool:
+        """Whether the episode ended or was cut: no step is taken any more until a reset."""
+        return self._ended or self.truncated
+
+    def reset(self, seed: int) -> None:
+        self.env.reset(seed)
+        self._started, self.steps = True, 0
+        self._ended = self.env.done  # a position may be over from the start
+
+    def step(self, action: str) -> StepOutcome:
+        self._check("step", acting=True)
+        outcome = self.env.step(action)
+        self.steps += 1
+        self._ended = outcome.done
+        return outcome
+
+    def legal_actions(self) -> list[str]:
+        self._check("legal_actions")
+        return self.env.legal_actions()
+
+    def render(self, fmt: str) -> Observation:
+        self._check("render")
+        return self.env.render(fmt)
+
+    def parse_action(self, answer: str) -> str:
+        self._check("parse_action")
+        return self.env.parse_action(answer)
+
+    def expert_action(self) -> str:
+        self._check("expert_action", acting=True)
+        return self.env.expert_action()
+
+    def random_action(self, rng: np.random.Generator) -> str:
+        self._check("random_action")
+        return self.env.random_action(rng)
+
+    def legal_actions_description(self) -> str | None:
+        self._check("legal_actions_description")
+        return self.env.legal_actions_description()
+
+    @property
+    def done(self) -> bool:
+        self._check("done")
+        return self.env.done
+
+    def end_reason(self) -> str | None:
+        self._check("end_reason")
+        return self.env.end_reason()
+
+    def close(self) -> None:
+        self._started = False
+        self.env.close()
+
+    def _check(self, use: str, acting: bool = False) -> None:
+        """Refuse `use` before a reset, and an action (`acting`) once the episode is over."""
+        if not self._started:
+            raise EpisodeOrderError(f"{use} before reset(seed): call reset(seed) first")
+        if acting and self.over:
+            why = "ended" if self._ended else f"reached its step limit ({self.max_steps})"
+            raise EpisodeOrderError(
+                f"{use} after the episode {why}: call reset(seed) to start another"
+            )
 
 
 class AnswerKind(enum.StrEnum):
