@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from lmact.envs import environment_class
-from lmact.envs.base import DEMO_SEED_BASE, Environment, Observation
+from lmact.envs.base import DEMO_SEED_BASE, Environment, EpisodeGuard, Observation
 from lmact.errors import LmactError
 from lmact.prompting import Step
 from lmact.tasks import TaskSpec
@@ -72,18 +72,18 @@ class Demonstration:
 def play_expert_episode(
     task: TaskSpec, env: Environment, observation: str, seed: int
 ) -> Demonstration:
-    """One expert episode from `seed`, rendered in `observation`, at most task.max_steps."""
-    env.reset(seed)
+    """One expert episode from `seed`, rendered in `observation`, at most task.max_steps
+    (the caller closes `env`: a worker plays many episodes on one)."""
+    guarded = EpisodeGuard(env, task.max_steps)
+    guarded.reset(seed)
     steps: list[Step] = []
     total = 0.0
-    for _ in range(task.max_steps):
-        rendered = env.render(observation)
-        action = env.expert_action()
-        outcome = env.step(action)
+    while not guarded.over:
+        rendered = guarded.render(observation)
+        action = guarded.expert_action()
+        outcome = guarded.step(action)
         steps.append((rendered, action))
         total += outcome.reward
-        if outcome.done:
-            break
     return Demonstration(seed, tuple(steps), total)
 
 

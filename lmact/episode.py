@@ -1,23 +1,30 @@
-"""One step of any episode, and the tally of an episode's steps, shared by every regime.
+"""One step, and the one episode loop, shared by every regime.
 
 A step: render the observation, build the request (the regime says how), ask the policy,
 extract the answer, classify it, decide the action to execute (the regime says how: in
 imitation, a valid answer, or else a random legal action), step the environment, record.
 Nothing a model writes is evaluated: the environment's parser decides what an answer is.
+
+An episode (`play_episode`): reset(seed), steps until the episode ends or the step limit
+cuts it, the tally of its steps into its record, and the environment closed, whatever
+happens. The environment is played through an `EpisodeGuard`, which enforces the order of
+reset and steps and the step limit. What differs between regimes are the `EpisodeHooks`.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from lmact.envs.base import (
     AnswerKind,
     Environment,
+    EpisodeGuard,
     Observation,
     ParsedAnswer,
     StepOutcome,
@@ -26,10 +33,11 @@ from lmact.envs.base import (
 from lmact.models.base import UNREADABLE, ModelRequest
 from lmact.policies import Policy, Situation
 from lmact.prompting import Step, extract_answer
-from lmact.records import EpisodeRecord, StepRecord, StopReason, Usage
+from lmact.records import STEP_LIMIT, EpisodeRecord, StepRecord, StopReason, Usage
 
 # Builds a step's request from its observation and what stands for the legal actions.
 RequestBuilder = Callable[[Observation, Sequence[str]], ModelRequest]
+Seen = TypeVar("Seen")
 
 
 @dataclass(frozen=True)
@@ -166,3 +174,90 @@ class EpisodeTally:
             unreadable=self.unreadable,
             end_reason=end_reason,
         )
+
+
+class EpisodeHooks(ABC):
+    """What a regime says about one episode; `play_episode` does the rest.
+
+    `situation` (what scripted policies see) and `execution` (what a step executes and how
+    it scores) are read at every step, so a hook may change them between steps.
+    """
+
+    rules: StepRules
+    situation: Situation
+    execution: StepExecution
+
+    @abstractmethod
+    def request(self, observation: Observation, legal: Sequence[str]) -> ModelRequest:
+        """The step's request, from its observation and what stands for the legal actions."""
+
+    def before_step(self, step: int) -> None:  # noqa: B027 - most regimes need nothing
+        """Called before step `step` is asked for (in-context RL chooses its context here)."""
+
+    def after_step(self, played: PlayedStep) -> StepRecord:
+        """The step's record as stored and reported; the regime's bookkeeping goes here."""
+        return played.record
+
+    def finish(self, record: EpisodeRecord) -> EpisodeRecord:
+        """The episode's record once its environment is closed."""
+        return record
+
+
+async def play_episode(
+    env: Environment,
+    policy: Policy,
+    make_hooks: Callable[[Environment], EpisodeHooks],
+    *,
+    episode: int,
+    seed: int,
+    max_steps: int | None,
+    on_step: Callable[[StepRecord], None],
+) -> EpisodeRecord:
+    """Play `env` from `seed` with `policy` until the episode ends or `max_steps` steps
+    (None: no limit) cut it, reporting every step; `env` is closed at the end, whatever
+    happens. The hooks are made for the guarded environment, which is what they (and the
+    scripted policies) must read."""
+    guarded = EpisodeGuard(env, max_steps)
+    try:
+        hooks = make_hooks(guarded)
+        tally = EpisodeTally()
+        guarded.reset(seed)
+        step = 0
+        while not guarded.over:
+            hooks.before_step(step)
+            played = await play_step(
+                guarded,
+                policy,
+                hooks.request,
+                hooks.rules,
+                situation=hooks.situation,
+                execution=hooks.execution,
+                episode=episode,
+                step=step,
+            )
+            record = hooks.after_step(played)
+            tally.add(record)
+            on_step(record)
+            step += 1
+        terminated = not guarded.truncated
+        end_reason = (guarded.end_reason() or "ended") if terminated else STEP_LIMIT
+    finally:
+        guarded.close()
+    return hooks.finish(tally.record(episode, seed, terminated, end_reason))
+
+
+def follow_actions(
+    env: Environment, seed: int, actions: Sequence[str], read: Callable[[Environment], Seen]
+) -> list[Seen]:
+    """What `read` finds before each of `actions`, played again from `seed` (an earlier
+    episode rebuilt from its stored actions, no policy asked); `env` is closed at the end."""
+    guarded = EpisodeGuard(env)
+    seen: list[Seen] = []
+    try:
+        guarded.reset(seed)
+        for action in actions:
+            seen.append(read(guarded))
+            guarded.step(action)
+    finally:
+        guarded.close()
+    return seen

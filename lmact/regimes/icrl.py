@@ -22,9 +22,8 @@ the replicate's earlier returns.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -33,20 +32,23 @@ from pydantic import Field
 
 from lmact.demos import DEMO_SEED_BASE
 from lmact.envs.bandit import ROUND_STRIDE
-from lmact.envs.base import Environment, Observation
-from lmact.episode import EpisodeTally, FollowTheAnswer, LiveSituation, StepRules, play_step
+from lmact.envs.base import Environment
+from lmact.episode import FollowTheAnswer, LiveSituation, StepRules, follow_actions, play_episode
 from lmact.errors import LmactError, UnknownNameError
-from lmact.models.base import ModelRequest, Part, TextPart, merge_text_parts
 from lmact.policies import Policy
-from lmact.prompting import (
-    ACTION_LABEL,
-    check_templates,
-    observation_parts,
-    template,
-    templates_fingerprint,
-)
-from lmact.records import STEP_LIMIT, EpisodeRecord, StepRecord
+from lmact.prompting import check_templates, template, templates_fingerprint
+from lmact.records import EpisodeRecord, StepRecord
 from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts
+from lmact.regimes.icrl_context import (
+    HeldOutEvaluation,
+    ReplicateEpisode,
+    _gold,
+    _remember,
+    _Replicate,
+    past_episode,
+    select_context,
+)
+from lmact.regimes.icrl_context import PastEpisode as PastEpisode  # where it was defined before
 from lmact.regimes.prompted import PromptedConfig, check_counts, check_sees, prompted_fields
 from lmact.resources import data_dir
 from lmact.scoring import (
@@ -69,12 +71,9 @@ REPLICATE_STRIDE = MAX_EPISODES  # units of one replicate: r * stride + e
 EVALUATION_OFFSET = REPLICATE_STRIDE // 2
 DEFAULT_EVAL_SIZE = 100
 DEFAULT_REPLICATES = 5
-# Environments whose return is a score rather than success: an episode succeeded when its
-# return beats the median of the replicate's earlier ones.
-SCORE_VALUED = frozenset({"phoenix", "cheetah"})
 # Share of a known context window the context may fill, as in the reference code.
 WINDOW_SHARE = 0.95
-_FALLBACK_STREAM, _POLICY_STREAM, _CONTEXT_STREAM, _JOIN_STREAM = 1, 2, 5, 6
+_FALLBACK_STREAM, _POLICY_STREAM = 1, 2  # of the run's seed (see icrl_context for more)
 # The in-context RL templates and the placeholders each is filled with.
 TEMPLATE_FIELDS: dict[str, frozenset[str]] = {
     "preamble": frozenset(),
@@ -193,29 +192,6 @@ def _fingerprint(folder: str | None) -> str:
     return templates_fingerprint(path)
 
 
-@dataclass(frozen=True)
-class PastEpisode:
-    index: int  # the episode's place in its replicate
-    steps: tuple[tuple[Observation, str, float], ...]  # observation, action, reward
-    total: float
-    text: tuple[Part, ...]  # as the context shows it
-    tokens: int
-
-
-@dataclass
-class _Replicate:
-    """What one replicate has played so far, and its approximate contexts."""
-
-    episodes: list[PastEpisode] = field(default_factory=list)
-    successful: list[int] = field(default_factory=list)  # indices into `episodes`
-    # Every step of the episodes so far, as (action, reward): what bandit baselines read.
-    outcomes: list[tuple[str, float]] = field(default_factory=list)
-    contexts: list[list[int]] = field(default_factory=list)  # indices into `episodes`
-    # The last context prefix built, by what it shows: the steps that show the same
-    # context (an episode's steps, an evaluation's examples) send the very same parts.
-    prefix: tuple[tuple[object, ...], tuple[Part, ...]] | None = None
-
-
 @dataclass
 class IcrlPlan:
     config: IcrlConfig
@@ -227,51 +203,6 @@ class IcrlPlan:
 
     def template(self, name: str, **values: object) -> str:
         return template(name, icrl_prompts(self.config.prompts_dir)).substitute(values)
-
-
-def _step_text(
-    plan: IcrlPlan, observation: Observation, action: str | None, reward: float | None
-) -> list[Part]:
-    """A step as the context shows it: its observation, then the action and its reward."""
-    parts = observation_parts(observation)
-    if action is not None:
-        parts.append(TextPart(f"{ACTION_LABEL} {action}\n"))
-    if reward is not None:
-        parts.append(TextPart(plan.template("reward", reward=f"{reward:g}")))
-    return parts
-
-
-def past_episode(
-    plan: IcrlPlan,
-    index: int,
-    steps: Sequence[tuple[Observation, str, float]],
-    gold: Sequence[str] = (),
-) -> PastEpisode:
-    """An earlier episode and its text; the supervised variant shows the expert's actions
-    (`gold`, one per step) instead of those played, and no rewards."""
-    total = sum(reward for _, _, reward in steps)
-    supervised = plan.config.variant == "supervised"
-    parts: list[Part] = [
-        TextPart("" if supervised else plan.template("past_episode", number=index + 1))
-    ]
-    for step, (observation, action, reward) in enumerate(steps):
-        if supervised:
-            parts += _step_text(plan, observation, gold[step], None)
-        else:
-            parts += _step_text(plan, observation, action, reward)
-    if not supervised:
-        parts.append(
-            TextPart(plan.template("past_episode_total", number=index + 1, total=f"{total:g}"))
-        )
-    parts.append(TextPart("\n"))
-    return PastEpisode(index, tuple(steps), total, tuple(parts), plan.policy.count_tokens(parts))
-
-
-def succeeded(environment: str, earlier: Sequence[float], total: float) -> bool:
-    """Whether an episode counts as positive for the positive-only variants."""
-    if environment in SCORE_VALUED:
-        return bool(earlier) and total > statistics.median(earlier)
-    return total > 0
 
 
 class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
@@ -499,142 +430,33 @@ def _history(plan: IcrlPlan, replicate: int, episode: int, seed_of: Callable[[Ic
     state = plan.replicates.setdefault(replicate, _Replicate())
     for index in range(len(state.episodes), episode):
         unit = replicate * REPLICATE_STRIDE + index
-        steps = plan.stored_steps(unit)
-        env = plan.task.make_environment()
-        try:
-            env.reset(seed_of(plan.config, unit))
-            replayed, gold = [], []
-            for step in steps:
-                replayed.append((env.render(plan.config.observation), step.action, step.reward))
-                gold.append(_gold(plan, env))
-                env.step(step.action)
-        finally:
-            env.close()
+        steps, seed = plan.stored_steps(unit), seed_of(plan.config, unit)
+        seen = follow_actions(
+            plan.task.make_environment(),
+            seed,
+            [step.action for step in steps],
+            lambda env: (env.render(plan.config.observation), _gold(plan, env)),
+        )
+        replayed = [(shown, s.action, s.reward) for (shown, _), s in zip(seen, steps, strict=True)]
+        gold = [expert for _, expert in seen]
         _remember(plan, state, replicate, past_episode(plan, index, replayed, gold))
     return state
 
 
-def _gold(plan: IcrlPlan, env: Environment) -> str:
-    """The expert's action now, if the supervised variant shows it (else not asked for)."""
-    return env.expert_action() if plan.config.variant == "supervised" else ""
-
-
-def _remember(plan: IcrlPlan, state: _Replicate, replicate: int, done: PastEpisode) -> None:
-    """Add a finished episode, judged successful or not once, against the episodes before
-    it; in approximate contexts, a successful one joins those with room."""
-    earlier = [e.total for e in state.episodes]
-    state.episodes.append(done)
-    state.outcomes += [(action, reward) for _, action, reward in done.steps]
-    success = succeeded(plan.task.environment, earlier, done.total)
-    if success:
-        state.successful.append(len(state.episodes) - 1)
-    config = plan.config
-    if config.variant != "approximate":
-        return
-    if not state.contexts:
-        state.contexts = [[] for _ in range(config.contexts)]
-    if not success:
-        return
-    rng = np.random.default_rng([config.seed, replicate, done.index, _JOIN_STREAM])
-    for context in state.contexts:
-        used = sum(state.episodes[i].tokens for i in context)
-        room = plan.budget is None or used + done.tokens <= plan.budget
-        if rng.random() < config.p_keep and room:
-            context.append(len(state.episodes) - 1)
-
-
-def select_context(plan: IcrlPlan, state: _Replicate, replicate: int, episode: int, step: int
-                   ) -> list[int]:  # fmt: skip
-    """The earlier episodes (indices, in time order) this step's context holds."""
-    config, episodes = plan.config, state.episodes
-    if config.variant == "approximate":
-        if not state.contexts:
-            return []
-        rng = np.random.default_rng([config.seed, replicate, episode, step, _CONTEXT_STREAM])
-        return list(state.contexts[int(rng.integers(len(state.contexts)))])
-    positive_only = config.variant in ("naive-positive", "stochastic")
-    candidates = state.successful if positive_only else range(len(episodes))
-    if config.variant == "stochastic":
-        rng = np.random.default_rng([config.seed, replicate, episode, step, _CONTEXT_STREAM])
-        candidates = [i for i in candidates if rng.random() < config.p_keep]
-    chosen: list[int] = []
-    used = 0
-    for index in reversed(candidates):  # the most recent that fit
-        if plan.budget is not None and used + episodes[index].tokens > plan.budget:
-            break
-        chosen.append(index)
-        used += episodes[index].tokens
-    return sorted(chosen)
-
-
-def _summary(plan: IcrlPlan, episodes: Sequence[PastEpisode], actions: Sequence[str]) -> str:
-    lines = [plan.template("summary")]
-    for action in actions:
-        rewards = [r for e in episodes for _, a, r in e.steps if a == action]
-        mean = f"{sum(rewards) / len(rewards):.2f}" if rewards else "n/a"
-        lines.append(plan.template("summary_line", action=action, count=len(rewards), mean=mean))
-    return "".join(lines) + "\n"
-
-
-def context_prefix(
-    plan: IcrlPlan, state: _Replicate, chosen: Sequence[int], legal: Sequence[str]
-) -> tuple[Part, ...]:
-    """The stable prefix of a step's prompt: the preamble and the chosen earlier episodes
-    (or their summary), built once for as long as the context stays the same."""
-    summary = plan.config.history == "summary"
-    key = (tuple(chosen), tuple(legal) if summary else ())
-    if state.prefix is not None and state.prefix[0] == key:
-        return state.prefix[1]
-    shown = [state.episodes[i] for i in chosen]
-    prefix: list[Part] = [TextPart(plan.template("preamble"))]
-    if summary:
-        prefix.append(TextPart(_summary(plan, shown, legal)))
-    else:
-        prefix += [part for e in shown for part in e.text]
-    state.prefix = (key, merge_text_parts(prefix))
-    return state.prefix[1]
-
-
-def icrl_request(
-    plan: IcrlPlan,
-    stable: tuple[Part, ...],
-    current: Sequence[tuple[Observation, str, float]],
-    observation: Observation,
-    legal: Sequence[str],
-    seed: int,
-) -> ModelRequest:
-    """A step's request: the context's stable prefix (see `context_prefix`), then the
-    current episode so far with its rewards."""
-    config = plan.config
-    now: list[Part] = [TextPart(plan.template("current_episode"))]
-    for seen, action, reward in current:
-        now += _step_text(plan, seen, action, reward)
-    now += _step_text(plan, observation, None, None)
-    if config.show_legal_actions:
-        now.append(TextPart(plan.template("legal_actions", actions=", ".join(legal))))
-    now.append(TextPart(plan.template("instruction")))
-    return ModelRequest(
-        parts=stable + merge_text_parts(now),
-        stable_prefix_parts=len(stable),
-        answer_prefix=ACTION_LABEL,
-        stop=("\n",),
-        max_tokens=config.max_tokens,
-        temperature=config.temperature,
-        seed=seed,
-    )
-
-
-def _step_setup(
-    plan: IcrlPlan, replicate: int, index: int, outcomes: list[tuple[str, float]]
-) -> tuple[Environment, FollowTheAnswer, LiveSituation, StepRules]:
-    """A unit's environment, the streams of its seed it draws from (the fallback for
-    answers that are not valid, the scripted policies'), and its answer rules."""
-    config = plan.config
-    env = plan.task.make_environment()
-    streams = [config.seed, replicate, index]
+def _live(
+    plan: IcrlPlan, env: Environment, replicate: int, index: int, outcomes: list[tuple[str, float]]
+) -> tuple[LiveSituation, FollowTheAnswer]:
+    """What a unit's scripted policies see and how its steps are executed, each drawing from
+    its stream of the unit's seed (the scripted policies', the fallback for answers that are
+    not valid)."""
+    streams = [plan.config.seed, replicate, index]
     execution = FollowTheAnswer(env, np.random.default_rng([*streams, _FALLBACK_STREAM]))
     situation = LiveSituation(env, np.random.default_rng([*streams, _POLICY_STREAM]), outcomes)
-    return env, execution, situation, StepRules(config.observation, config.answer_match == "exact")
+    return situation, execution
+
+
+def _rules(config: IcrlConfig) -> StepRules:
+    return StepRules(config.observation, config.answer_match == "exact")
 
 
 async def evaluate_held_out(
@@ -651,25 +473,22 @@ async def evaluate_held_out(
     episode = (offset - EVALUATION_OFFSET) * (config.eval_every or 1)
     state = _history(plan, replicate, episode, seed_of)
     chosen = select_context(plan, state, replicate, episode, 0)
-    env, execution, situation, rules = _step_setup(plan, replicate, offset, [])
-    tally = EpisodeTally()
-    try:
-        for example in range(config.eval_size):
-            seed = DEMO_SEED_BASE + example  # the held-out split
 
-            def build_request(observation: Observation, legal: Sequence[str]) -> ModelRequest:
-                stable = context_prefix(plan, state, chosen, legal)
-                return icrl_request(plan, stable, (), observation, legal, seed)  # noqa: B023
+    def hooks(env: Environment) -> HeldOutEvaluation:
+        situation, execution = _live(plan, env, replicate, offset, [])
+        return HeldOutEvaluation(
+            plan, state, chosen, config.eval_size, _rules(config), situation, execution
+        )
 
-            env.reset(seed)
-            played = await play_step(env, policy, build_request, rules, situation=situation,
-                                     execution=execution, episode=unit, step=example)  # fmt: skip
-            record = replace(played.record, context=tuple(chosen))
-            tally.add(record)
-            on_step(record)
-    finally:
-        env.close()
-    return tally.record(unit, DEMO_SEED_BASE, True, "evaluated")
+    return await play_episode(
+        plan.task.make_environment(),
+        policy,
+        hooks,
+        episode=unit,
+        seed=DEMO_SEED_BASE,
+        max_steps=1,  # per example: each is an episode of its own
+        on_step=on_step,
+    )
 
 
 async def play_icrl_episode(
@@ -684,34 +503,20 @@ async def play_icrl_episode(
     replicate, episode = divmod(unit, REPLICATE_STRIDE)
     state = _history(plan, replicate, episode, seed_of)
     seed = seed_of(config, unit)
-    # The replicate's own list: it grows only once this episode is over and remembered.
-    env, execution, situation, rules = _step_setup(plan, replicate, episode, state.outcomes)
-    current: list[tuple[Observation, str, float]] = []
-    tally = EpisodeTally()
-    terminated, end_reason = False, STEP_LIMIT
-    chosen: list[int] = []
 
-    def build_request(observation: Observation, legal: Sequence[str]) -> ModelRequest:
-        stable = context_prefix(plan, state, chosen, legal)
-        return icrl_request(plan, stable, current, observation, legal, seed)
+    def hooks(env: Environment) -> ReplicateEpisode:
+        # The replicate's own list: it grows only once this episode is over and remembered.
+        situation, execution = _live(plan, env, replicate, episode, state.outcomes)
+        return ReplicateEpisode(
+            plan, state, replicate, episode, seed, _rules(config), situation, execution
+        )
 
-    gold: list[str] = []
-    try:
-        env.reset(seed)
-        for step in range(config.max_steps):
-            chosen = select_context(plan, state, replicate, episode, step)
-            gold.append(_gold(plan, env))
-            played = await play_step(env, policy, build_request, rules, situation=situation,
-                                     execution=execution, episode=unit, step=step)  # fmt: skip
-            record = replace(played.record, context=tuple(chosen))
-            tally.add(record)
-            on_step(record)
-            observation, action = played.step
-            current.append((observation, action, record.reward))
-            if played.outcome.done:
-                terminated, end_reason = True, env.end_reason() or "ended"
-                break
-    finally:
-        env.close()
-    _remember(plan, state, replicate, past_episode(plan, episode, current, gold))
-    return tally.record(unit, seed, terminated, end_reason)
+    return await play_episode(
+        plan.task.make_environment(),
+        policy,
+        hooks,
+        episode=unit,
+        seed=seed,
+        max_steps=config.max_steps,
+        on_step=on_step,
+    )

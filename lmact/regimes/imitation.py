@@ -7,20 +7,27 @@ range (`lmact.demos.DEMO_SEED_BASE` and up), so no test episode shares a seed wi
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from lmact.demos import DEMO_SEED_BASE, MAX_DEMONSTRATIONS, Demonstration, demonstrations_hash
-from lmact.envs.base import Observation
-from lmact.episode import EpisodeTally, FollowTheAnswer, LiveSituation, StepRules, play_step
+from lmact.envs.base import Environment, Observation
+from lmact.episode import (
+    EpisodeHooks,
+    FollowTheAnswer,
+    LiveSituation,
+    PlayedStep,
+    StepRules,
+    play_episode,
+)
 from lmact.errors import LmactError, UnknownNameError
 from lmact.models.base import ModelRequest, Part
 from lmact.policies import Policy
 from lmact.prompting import Packing, PromptBuilder, Step, pack_demonstrations
-from lmact.records import STEP_LIMIT, EpisodeRecord, StepRecord
+from lmact.records import EpisodeRecord, StepRecord
 from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts
 from lmact.regimes.prompted import (
     PromptedConfig,
@@ -294,7 +301,7 @@ class ImitationRegime(Regime[ImitationConfig, EpisodePlan]):
         unit: int,
         on_step: Callable[[StepRecord], None],
     ) -> EpisodeRecord:
-        return await play_episode(prepared.plan, policy, unit, on_step)
+        return await play_test_episode(prepared.plan, policy, unit, on_step)
 
     def baseline(self, config: ImitationConfig, policy: str) -> ImitationConfig:
         return config.baseline(policy)
@@ -332,7 +339,35 @@ class ImitationRegime(Regime[ImitationConfig, EpisodePlan]):
         return f"{count} {noun} ({facts.prefix_tokens} prompt tokens)"
 
 
-async def play_episode(
+@dataclass
+class _TestEpisode(EpisodeHooks):
+    """A test episode: its demonstrations and its trajectory so far in every prompt."""
+
+    plan: EpisodePlan
+    episode: int
+    rules: StepRules
+    situation: LiveSituation
+    execution: FollowTheAnswer
+    trajectory: list[Step] = field(default_factory=list)
+
+    def request(self, observation: Observation, legal: Sequence[str]) -> ModelRequest:
+        plan, config = self.plan, self.plan.config
+        return plan.builder.request(
+            plan.prefix(self.episode),
+            self.trajectory,
+            observation,
+            legal,
+            with_demonstrations=plan.with_demonstrations(self.episode),
+            max_tokens=config.max_tokens,
+            seed=config.seed,
+        )
+
+    def after_step(self, played: PlayedStep) -> StepRecord:
+        self.trajectory.append(played.step)
+        return played.record
+
+
+async def play_test_episode(
     plan: EpisodePlan,
     policy: Policy,
     episode: int,
@@ -341,44 +376,19 @@ async def play_episode(
     """Play test episode `episode` to its end or the step limit, reporting every step."""
     config = plan.config
     seed = config.test_seed(episode)
-    env = plan.task.make_environment()
-    execution = FollowTheAnswer(env, np.random.default_rng([seed, _FALLBACK_STREAM]))
-    situation = LiveSituation(env, np.random.default_rng([seed, _POLICY_STREAM]))
     rules = StepRules(config.observation, exact_answers=config.answer_match == "exact")
-    trajectory: list[Step] = []
-    tally = EpisodeTally()
-    end_reason, terminated = STEP_LIMIT, False
 
-    def build_request(observation: Observation, legal: Sequence[str]) -> ModelRequest:
-        return plan.builder.request(
-            plan.prefix(episode),
-            trajectory,
-            observation,
-            legal,
-            with_demonstrations=plan.with_demonstrations(episode),
-            max_tokens=config.max_tokens,
-            seed=config.seed,
-        )
+    def hooks(env: Environment) -> _TestEpisode:
+        situation = LiveSituation(env, np.random.default_rng([seed, _POLICY_STREAM]))
+        execution = FollowTheAnswer(env, np.random.default_rng([seed, _FALLBACK_STREAM]))
+        return _TestEpisode(plan, episode, rules, situation, execution)
 
-    try:
-        env.reset(seed)
-        for step in range(config.max_steps):
-            played = await play_step(
-                env,
-                policy,
-                build_request,
-                rules,
-                situation=situation,
-                execution=execution,
-                episode=episode,
-                step=step,
-            )
-            tally.add(played.record)
-            on_step(played.record)
-            trajectory.append(played.step)
-            if played.outcome.done:
-                terminated, end_reason = True, env.end_reason() or "ended"
-                break
-    finally:
-        env.close()
-    return tally.record(episode, seed, terminated, end_reason)
+    return await play_episode(
+        plan.task.make_environment(),
+        policy,
+        hooks,
+        episode=episode,
+        seed=seed,
+        max_steps=config.max_steps,
+        on_step=on_step,
+    )

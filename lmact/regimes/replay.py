@@ -13,19 +13,19 @@ seeds). The expert here is the demonstrator and scores exactly 1; random scores 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, NoReturn
 
 import numpy as np
 
 from lmact.demos import DEMO_SEED_BASE, MAX_DEMONSTRATIONS, Demonstration
-from lmact.envs.base import Observation, ParsedAnswer, StepOutcome
-from lmact.episode import EpisodeTally, LiveSituation, StepRules, play_step
+from lmact.envs.base import Environment, Observation, ParsedAnswer, StepOutcome
+from lmact.episode import EpisodeHooks, LiveSituation, PlayedStep, StepRules, play_episode
 from lmact.errors import LmactError
-from lmact.models.base import ModelRequest
+from lmact.models.base import ModelRequest, Part
 from lmact.policies import Policy
 from lmact.prompting import PromptBuilder, Step
-from lmact.records import STEP_LIMIT, EpisodeRecord, StepRecord
+from lmact.records import EpisodeRecord, StepRecord
 from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts
 from lmact.regimes.prompted import (
     PromptedConfig,
@@ -139,63 +139,82 @@ class ReplayRegime(Regime[ReplayConfig, ReplayPlan]):
         return "replays the demonstration it shows"
 
 
+@dataclass
+class _Replayed(EpisodeHooks):
+    """A demonstration replayed: the policy answers each of its steps, which are executed
+    whatever the answer; the episode's return is the fraction of steps matched."""
+
+    config: ReplayConfig
+    builder: PromptBuilder
+    demonstration: Demonstration
+    prefix: tuple[Part, ...]
+    rules: StepRules
+    situation: _Demonstrated
+    execution: _Demonstrated  # the same object: it executes the demonstrated action
+    trajectory: list[Step] = field(default_factory=list)
+    matched: int = 0
+
+    def request(self, observation: Observation, legal: Sequence[str]) -> ModelRequest:
+        return self.builder.request(
+            self.prefix,
+            self.trajectory,
+            observation,
+            legal,
+            with_demonstrations=True,
+            max_tokens=self.config.max_tokens,
+            seed=self.config.seed,
+        )
+
+    def before_step(self, step: int) -> None:
+        self.situation.action_shown = self.demonstration.steps[step][1]
+
+    def after_step(self, played: PlayedStep) -> StepRecord:
+        step, steps = played.record.step, self.demonstration.steps
+        if played.step[0] != steps[step][0]:
+            self._no_longer_replays(f"step {step} renders otherwise")
+        if played.outcome.done and step + 1 < len(steps):
+            self._no_longer_replays(f"it ends at step {step}")
+        self.matched += played.record.reward > 0
+        self.trajectory.append(played.step)
+        return played.record
+
+    def _no_longer_replays(self, how: str) -> NoReturn:
+        raise LmactError(
+            f"demonstration {self.demonstration.seed - DEMO_SEED_BASE} of {self.config.task} "
+            f"no longer replays: {how} (the environment changed since it was recorded)"
+        )
+
+    def finish(self, record: EpisodeRecord) -> EpisodeRecord:
+        # The exact fraction, not a sum of 1/length: the demonstrator scores exactly 1.0.
+        length = len(self.demonstration.steps)
+        return replace(record, total_return=self.matched / length if length else 0.0)
+
+
 async def replay_episode(
     prepared: PreparedRun[ReplayConfig, ReplayPlan],
     policy: Policy,
     episode: int,
     on_step: Callable[[StepRecord], None],
 ) -> EpisodeRecord:
-    """Replay the demonstration of `episode`, asking the policy at every step."""
+    """Replay the demonstration of `episode`, asking the policy at every step; its length
+    is the episode's step limit."""
     config, plan = prepared.config, prepared.plan
     demonstration = plan.demonstrations[episode]
     prefix = plan.builder.prefix([demonstration.steps])
     rules = StepRules(config.observation, exact_answers=config.answer_match == "exact")
     rng = np.random.default_rng([demonstration.seed, _POLICY_STREAM])
     length = len(demonstration.steps)
-    trajectory: list[Step] = []
-    tally = EpisodeTally()
-    matched, terminated, end_reason = 0, False, STEP_LIMIT
 
-    def build_request(observation: Observation, legal: Sequence[str]) -> ModelRequest:
-        return plan.builder.request(
-            prefix,
-            trajectory,
-            observation,
-            legal,
-            with_demonstrations=True,
-            max_tokens=config.max_tokens,
-            seed=config.seed,
-        )
+    def hooks(env: Environment) -> _Replayed:
+        shown = _Demonstrated(env, rng, weight=1.0 / length if length else 0.0)
+        return _Replayed(config, plan.builder, demonstration, prefix, rules, shown, shown)
 
-    env = config.task_spec().make_environment()
-    try:
-        env.reset(demonstration.seed)
-        for step, (shown, action) in enumerate(demonstration.steps):
-            demonstrated = _Demonstrated(env, rng, action_shown=action, weight=1.0 / length)
-            played = await play_step(
-                env,
-                policy,
-                build_request,
-                rules,
-                situation=demonstrated,
-                execution=demonstrated,
-                episode=episode,
-                step=step,
-            )
-            if played.step[0] != shown:
-                raise LmactError(
-                    f"demonstration {demonstration.seed - DEMO_SEED_BASE} of {config.task} no "
-                    f"longer replays: step {step} renders otherwise (the environment changed since "
-                    "it was recorded)"
-                )
-            matched += played.record.reward > 0
-            tally.add(played.record)
-            on_step(played.record)
-            trajectory.append(played.step)
-            if played.outcome.done:
-                terminated, end_reason = True, env.end_reason() or "ended"
-    finally:
-        env.close()
-    record = tally.record(episode, demonstration.seed, terminated, end_reason)
-    # The exact fraction, not a sum of 1/length: the demonstrator scores exactly 1.0.
-    return replace(record, total_return=matched / length if length else 0.0)
+    return await play_episode(
+        config.task_spec().make_environment(),
+        policy,
+        hooks,
+        episode=episode,
+        seed=demonstration.seed,
+        max_steps=length,
+        on_step=on_step,
+    )
