@@ -52,25 +52,20 @@ class Bandit(Environment):
         self.buttons = [COLOURS[int(i)] for i in chosen]
         self.best = self.buttons[int(draw.integers(self.arms))]
         self._rng = np.random.default_rng([seed, 0x9E3779B9])
-        self._started, self._done = True, False
+        self._done = False
 
     def success_probability(self, button: str) -> float:
         return 0.5 + self.gap / 2 if button == self.best else 0.5 - self.gap / 2
 
     def step(self, action: str) -> StepOutcome:
-        self._require_started()
-        if self._done:
-            raise RuntimeError("the round is over; reset for the next one")
         reward = float(self._rng.random() < self.success_probability(action))
         self._done, self._ended_by = True, "pressed"
         return StepOutcome(reward=reward, done=True)
 
     def legal_actions(self) -> list[str]:
-        self._require_started()
         return [] if self._done else list(self.buttons)
 
     def render(self, fmt: str) -> Observation:
-        self._require_started()
         if fmt != "txt":
             raise ValueError(f"unknown observation format {fmt!r}")
         return Observation(text=f"Buttons: {', '.join(self.buttons)}.")
@@ -87,5 +82,4 @@ class Bandit(Environment):
 
     def expert_action(self) -> str:
         """The best arm: what an agent that knew the instance would press."""
-        self._require_started()
         return self.best

@@ -354,9 +354,6 @@ class Chess(Environment):
         self._done = board.outcome(claim_draw=True) is not None
 
     def step(self, action: str) -> StepOutcome:
-        self._require_started()
-        if self._done:
-            raise ValueError("the game is over; call reset() to start another")
         try:
             move = self._parse_move(action)
         except (InvalidActionError, IllegalActionError) as error:
@@ -380,7 +377,6 @@ class Chess(Environment):
         return StepOutcome(reward=1.0 if outcome.winner == self._agent_color else -1.0, done=True)
 
     def legal_actions(self) -> list[str]:
-        self._require_started()
         if self._done:
             return []
         return sorted(self._spell(move) for move in self._board.legal_moves)
@@ -391,7 +387,6 @@ class Chess(Environment):
     # --- answers -----------------------------------------------------------------------------
 
     def parse_action(self, answer: str) -> str:
-        self._require_started()
         return self._spell(self._parse_move(answer))
 
     def _parse_move(self, answer: str) -> chess.Move:
@@ -440,9 +435,6 @@ class Chess(Environment):
 
     def expert_action(self) -> str:
         """Stockfish at full strength, 50 ms a move (or `expert_nodes` nodes)."""
-        self._require_started()
-        if self._done:
-            raise ValueError("the game is over; there is no expert action")
         limit = (
             chess.engine.Limit(nodes=self.expert_nodes)
             if self.expert_nodes
@@ -457,7 +449,6 @@ class Chess(Environment):
     # --- renderings --------------------------------------------------------------------------
 
     def render(self, fmt: str) -> Observation:
-        self._require_started()
         if fmt == "fen":
             return Observation(text=self._board.fen(en_passant="fen"))
         if fmt == "pgn":

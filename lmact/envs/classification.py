@@ -105,19 +105,16 @@ class Classification(Environment):
     def reset(self, seed: int) -> None:
         text, label = pool_entry(seed, self.stream, self.held_out)
         self.text, self.gold = text, self.names[label]
-        self._started, self._done = True, False
+        self._done = False
 
     def step(self, action: str) -> StepOutcome:
-        self._require_started()
         self._done, self._ended_by = True, "right" if action == self.gold else "wrong"
         return StepOutcome(reward=float(action == self.gold), done=True)
 
     def legal_actions(self) -> list[str]:
-        self._require_started()
         return [] if self._done else list(self.labels)
 
     def render(self, fmt: str) -> Observation:
-        self._require_started()
         if fmt != "txt":
             raise ValueError(f"unknown observation format {fmt!r}")
         return Observation(text=f"Text: {self.text}\nLabels: {', '.join(self.labels)}")
@@ -133,5 +130,4 @@ class Classification(Environment):
 
     def expert_action(self) -> str:
         """The gold label."""
-        self._require_started()
         return self.gold

@@ -203,7 +203,6 @@ class Crossword(Environment):
     # --- answers and the expert ----------------------------------------------------------------
 
     def parse_action(self, answer: str) -> str:
-        self._require_started()
         clue_id, word = split_action(answer)
         if self._done:
             raise IllegalActionError("the episode is over; no action is legal")

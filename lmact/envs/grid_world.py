@@ -193,7 +193,6 @@ class GridWorld(Environment):
     # --- renderings ---------------------------------------------------------------------------
 
     def render(self, fmt: str) -> Observation:
-        self._require_started()
         if fmt == "txt":
             return Observation(text=self._render_text())
         if fmt == "coords":

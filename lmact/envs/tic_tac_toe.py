@@ -164,9 +164,6 @@ class TicTacToe(Environment):
         self._done = winner(self._board) is not None or EMPTY not in self._board
 
     def step(self, action: str) -> StepOutcome:
-        self._require_started()
-        if self._done:
-            raise ValueError("the episode is over; call reset() to start another")
         if action not in self.legal_actions():
             raise ValueError(f"illegal action {action!r}; legal: {', '.join(self.legal_actions())}")
         self._board = _with_mark(self._board, _CELL_INDEX[action], self._agent_mark)
@@ -190,7 +187,6 @@ class TicTacToe(Environment):
         return StepOutcome(reward=reward, done=True)
 
     def legal_actions(self) -> list[str]:
-        self._require_started()
         if self._done:
             return []
         return [CELL_NAMES[index] for index in empty_cells(self._board)]
@@ -222,7 +218,6 @@ class TicTacToe(Environment):
     # --- renderings ---------------------------------------------------------------------------
 
     def render(self, fmt: str) -> Observation:
-        self._require_started()
         if fmt == "txt":
             return Observation(text=self._render_text())
         if fmt == "png":
