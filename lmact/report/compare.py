@@ -216,9 +216,13 @@ def find_pairs(
     for _, same in by_difference:
         if len(shown) == limit:
             break
-        # Each pair of kinds gives its pairs in table order; merged, the level's are too.
-        pairs = heapq.merge(*(_run_pairs(a, b) for _, a, b in same))
-        shown += itertools.islice(pairs, limit - len(shown))
+        # Each pair of kinds gives its pairs in table order; merged, the level's are too. A
+        # pair of kinds whose first pair is not among the level's `wanted` first pairs has
+        # no pair among the level's first `wanted`: only those are merged.
+        wanted = limit - len(shown)
+        firsts = heapq.nsmallest(wanted, same, key=lambda kp: _first_pair(kp[1], kp[2]))
+        pairs = heapq.merge(*(_run_pairs(a, b) for _, a, b in firsts))
+        shown += itertools.islice(pairs, wanted)
     return PairSearch(shown, max(total - len(shown), 0), counted, kind_looks + set_looks)
 
 
@@ -267,6 +271,13 @@ def _by_paired_by(kinds: Sequence[_Kind]) -> list[list[_Kind]]:
     for kind in kinds:
         groups.setdefault(kind.paired_by, []).append(kind)
     return list(groups.values())
+
+
+def _first_pair(a: _Kind, b: _Kind) -> tuple[int, int]:
+    """The first of `_run_pairs(a, b)`."""
+    if a is b:
+        return a.members[0], a.members[1]
+    return min(a.members[0], b.members[0]), max(a.members[0], b.members[0])
 
 
 def _run_pairs(a: _Kind, b: _Kind) -> Iterator[tuple[int, int]]:
