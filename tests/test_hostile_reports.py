@@ -32,7 +32,14 @@ from lmact.report.compare import (
     find_comparisons,
     find_pairs,
 )
-from lmact.report.plots import bandit_figure, learning_curve_figures, report_figures
+from lmact.report.plots import (
+    MAX_LEGEND,
+    MAX_PANELS,
+    MAX_SERIES,
+    bandit_figure,
+    learning_curve_figures,
+    report_figures,
+)
 from lmact.report.tables import csv_cell, curve_rows, format_table, report_rows
 from lmact.runner import Runner
 from lmact.store import RunStore
@@ -281,6 +288,30 @@ def test_the_figures_draw_a_name_with_dollars_as_written(named: Path) -> None:
     curve = [{**icrl[0], "episode": e, "mean": 0.5, "low": 0.0, "high": 1.0} for e in range(3)]
     (figure,) = learning_curve_figures(curve).values()
     assert f"{MATH}: in-context RL learning curves" in _texts(figure)
+
+
+def test_a_figure_of_a_thousand_models_draws_a_bounded_number_of_lines_and_says_so() -> None:
+    rows = [{"run_id": f"r{i}", "task": f"t{i % 30}", "regime": "imitation", "observation": "txt",
+             "model": f"m{i:04d}", "demos": 1, "normalized_score": 0.5, "normalized_low": 0.0,
+             "normalized_high": 1.0, "illegal_rate": 0.1, "invalid_rate": 0.0, "regret": 1.0,
+             "variant": "naive", "history": "raw"} for i in range(3000)]  # fmt: skip
+    figure = report_figures(rows, [])["normalized-score"]
+    assert len(figure.axes) == MAX_PANELS  # of 30 tasks
+    assert f"(the first {MAX_PANELS} of 30 tasks)" in figure.get_suptitle()
+    for axes in figure.axes:  # two reference lines, a line per model, the note
+        assert len(axes.lines) == MAX_SERIES + 3
+    legend = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert len(legend) == MAX_LEGEND and legend[-1].startswith("… ")
+    assert "t0: 60 more lines not drawn (the table has every run)" in _texts(figure)
+    bars = bandit_figure([{**row, "regime": "icrl"} for row in rows if row["task"] == "t0"])
+    assert len(bars.axes[0].patches) == MAX_SERIES
+    assert bars.axes[0].get_xlabel().endswith("the first 40 of 100 runs")
+    curves = [{"run_id": f"r{i}", "task": "t", "model": f"m{i:02d}", "variant": "naive",
+               "history": "raw", "episode": 0, "mean": 0.5, "low": 0.0, "high": 1.0}
+              for i in range(50)]  # fmt: skip
+    (curve,) = learning_curve_figures(curves).values()
+    assert len(curve.axes[0].lines) == MAX_SERIES + 1
+    assert "t: 10 more runs not drawn (the table has every run)" in _texts(curve)
 
 
 # --- A name with a comma -------------------------------------------------------------------

@@ -56,6 +56,12 @@ BANDIT_TEXT = {
     "arm in the second half)",
 }
 _PANEL_COLUMNS = 3
+# What one figure draws at most: past that it is no longer read, and each artist costs time
+# (10,000 runs' lines and their legend took minutes and a gigabyte). Lines or bars a panel,
+# panels a figure, entries a legend; the figure says what it left out, the tables hold all.
+MAX_SERIES = 40
+MAX_PANELS = 24
+MAX_LEGEND = 48
 
 
 def check_matplotlib() -> type[Figure]:
@@ -92,7 +98,10 @@ def model_colours(rows: Iterable[Row]) -> dict[str, str]:
 
 
 def _panels(tasks: Sequence[str], title: str) -> tuple[Figure, dict[str, Axes]]:
-    """A figure with a panel per task, at most three a row."""
+    """A figure with a panel per task (the first MAX_PANELS), at most three a row."""
+    if len(tasks) > MAX_PANELS:
+        title += f" (the first {MAX_PANELS} of {len(tasks)} tasks)"
+        tasks = tasks[:MAX_PANELS]
     columns = min(len(tasks), _PANEL_COLUMNS)
     lines = math.ceil(len(tasks) / columns)
     figure = _figure(figsize=(4.8 * columns + 2.2, 3.6 * lines + 0.5), layout="constrained")
@@ -110,9 +119,33 @@ def _legend(figure: Figure) -> None:
     for axes in figure.axes:
         for handle, label in zip(*axes.get_legend_handles_labels(), strict=True):
             labelled.setdefault(label, handle)
+    if len(labelled) > MAX_LEGEND:
+        left_out = len(labelled) - MAX_LEGEND + 1
+        labelled = dict(list(labelled.items())[: MAX_LEGEND - 1])
+        labelled[f"… {left_out} more"] = _no_mark()
     if labelled:
+        columns = min(3, len(labelled))
+        # A tall legend would squeeze the panels flat: the figure grows by its lines past 3.
+        width, height = figure.get_size_inches()
+        extra = max(0, math.ceil(len(labelled) / columns) - 3) * 0.2
+        figure.set_size_inches(width, height + extra)
         figure.legend(labelled.values(), labelled.keys(), loc="outside lower center",
-                      ncols=min(3, len(labelled)), fontsize="small")  # fmt: skip
+                      ncols=columns, fontsize="small")  # fmt: skip
+
+
+def _no_mark() -> Any:
+    """A legend entry's handle that draws nothing: for an entry that is a note."""
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], linestyle="none")
+
+
+def _left_out(axes: Axes, task: str, count: int, what: str) -> None:
+    """A legend entry: `count` more `what` (lines, runs) of the panel of `task` not drawn."""
+    if count > 0:
+        note = _no_mark()
+        note.set_label(f"{task}: {count} more {what} not drawn (the table has every run)")
+        axes.add_line(note)
 
 
 def _demonstration_axis(axes: Axes, counts: Iterable[int]) -> None:
@@ -227,9 +260,11 @@ def normalized_score_figure(
     for task, axes in panels.items():
         axes.axhline(1, color="black", linestyle="--", linewidth=1, label="expert (1)")
         axes.axhline(0, color="grey", linestyle=":", linewidth=1, label="random (0)")
-        _draw_demo_lines(axes, tasks[task], "normalized_score", colours, styles,
+        lines = tasks[task][:MAX_SERIES]
+        _draw_demo_lines(axes, lines, "normalized_score", colours, styles,
                          band=("normalized_low", "normalized_high"))  # fmt: skip
-        _demonstration_axis(axes, [row["demos"] for line in tasks[task] for row in line.rows])
+        _left_out(axes, task, len(tasks[task]) - len(lines), "lines")
+        _demonstration_axis(axes, [row["demos"] for line in lines for row in line.rows])
         axes.set_title(task)
         axes.set_ylabel("normalized score (mean, 95% interval)")
     _legend(figure)
@@ -248,8 +283,10 @@ def answer_rate_figure(
     styles = _LineStyles()
     figure, panels = _panels(list(tasks), f"Share of steps with {RATE_TEXT[rate]}")
     for task, axes in panels.items():
-        _draw_demo_lines(axes, tasks[task], rate, colours, styles, band=None)
-        _demonstration_axis(axes, [row["demos"] for line in tasks[task] for row in line.rows])
+        lines = tasks[task][:MAX_SERIES]
+        _draw_demo_lines(axes, lines, rate, colours, styles, band=None)
+        _left_out(axes, task, len(tasks[task]) - len(lines), "lines")
+        _demonstration_axis(axes, [row["demos"] for line in lines for row in line.rows])
         axes.set_ylim(-0.03, 1.03)  # a rate: the whole range, so panels compare at a glance
         axes.yaxis.set_major_formatter(_percent())
         axes.set_title(task)
@@ -281,7 +318,8 @@ def learning_curve_figures(
     for task, points in sorted(grouped_by(curves, "task").items()):
         figure = _figure(figsize=(7, 4.2))
         axes = figure.subplots()
-        for run in sorted(grouped_by(points, "run_id").values(), key=lambda p: _curve_label(p[0])):
+        runs = sorted(grouped_by(points, "run_id").values(), key=lambda p: _curve_label(p[0]))
+        for run in runs[:MAX_SERIES]:
             run = sorted(run, key=lambda p: p["episode"])
             x = [p["episode"] + 1 for p in run]
             colour = colours.get(str(run[0]["model"]), PALETTE[0])
@@ -290,14 +328,30 @@ def learning_curve_figures(
                       linestyle=style)  # fmt: skip
             axes.fill_between(x, [p["low"] for p in run], [p["high"] for p in run],
                               color=colour, alpha=0.2, linewidth=0)  # fmt: skip
+        _left_out(axes, task, len(runs) - MAX_SERIES, "runs")
         axes.set_title(f"{task}: in-context RL learning curves")
         axes.set_xlabel("episode")
         axes.set_ylabel("return (mean over replicates, 95% interval)")
         axes.grid(alpha=0.3)
-        axes.legend(fontsize="small")
+        _curve_legend(figure, axes)
         _plain_text(figure).tight_layout()  # measures the texts: they must be plain by then
         figures[task] = figure
     return figures
+
+
+def _curve_legend(figure: Figure, axes: Axes) -> None:
+    """The legend in the panel while it is short; past 10 entries beside it, the figure made
+    wider and taller to hold it (inside, it would hide the curves and break the layout)."""
+    entries = len(axes.get_legend_handles_labels()[1])
+    if entries <= 10:
+        axes.legend(fontsize="small")
+        return
+    columns = math.ceil(entries / 20)
+    width, height = figure.get_size_inches()
+    figure.set_size_inches(
+        width + 2.8 * columns, max(height, 0.2 * math.ceil(entries / columns) + 1)
+    )
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1), ncols=columns)
 
 
 def bandit_figure(
@@ -313,7 +367,7 @@ def bandit_figure(
     tasks = dict(sorted(grouped_by(drawn, "task").items()))
     figure, panels = _panels(list(tasks), BANDIT_TEXT[measure].capitalize())
     for task, axes in panels.items():
-        bars = sorted(tasks[task], key=_bar_label)
+        bars = sorted(tasks[task], key=_bar_label)[:MAX_SERIES]
         x = list(range(len(bars)))
         heights = [row[measure] for row in bars]
         axes.bar(x, heights, color=[colours.get(str(r["model"]), PALETTE[0]) for r in bars])
@@ -321,7 +375,9 @@ def bandit_figure(
         axes.set_xticks(x, [_bar_label(row) for row in bars], rotation=30, ha="right",
                         fontsize="small")  # fmt: skip
         axes.set_title(task)
-        axes.set_xlabel("model (variant, history)")
+        runs = len(tasks[task])
+        shown = f"; the first {len(bars)} of {runs} runs" if runs > len(bars) else ""
+        axes.set_xlabel(f"model (variant, history){shown}")
         axes.set_ylabel(f"{measure.replace('_', ' ')} (95% interval)")
         axes.grid(alpha=0.3, axis="y")
         if measure == "suffix_failure":
