@@ -389,6 +389,23 @@ def test_names_with_escapes_are_shown_escaped_in_the_markdown_report_and_compare
     assert not _raw(refused) and "red\\x1b[31m" in refused
 
 
+def test_output_to_a_terminal_is_escaped_and_to_a_file_kept_as_stored(
+    named: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = _report(capsys, named, "--format", "csv")
+    assert "red\x1b[31m" in table  # CSV is data: a file or a pipe gets the name as stored
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    assert main(["report", "--store", str(named), "--format", "csv"]) == 0
+    shown = terminal.getvalue()
+    assert not _raw(shown) and "red\\x1b[31m" in shown and "\n" in shown
+
+
 class Escaper(StubModel):
     """Answers with terminal escapes, a NUL and a bidirectional override around a move."""
 
