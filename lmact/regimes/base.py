@@ -23,6 +23,7 @@ from lmact.demos import DemoStore
 from lmact.errors import LmactError
 from lmact.policies import Policy
 from lmact.records import EpisodeRecord, StepRecord
+from lmact.regimes.headline import Headline
 from lmact.store import MAX_EPISODES, RunRecord
 from lmact.tasks import TaskSpec, get_task
 
@@ -122,6 +123,8 @@ class Regime(ABC, Generic[Config, Plan]):
 
     name: ClassVar[str]
     config_type: ClassVar[type[RegimeConfig]]
+    # What a report's first table shows of this regime's runs (None: the mean return).
+    headline: ClassVar[Headline | None] = None
 
     @abstractmethod
     def prepare(

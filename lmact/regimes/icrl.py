@@ -39,6 +39,7 @@ from lmact.policies import Policy
 from lmact.prompting import check_templates, template, templates_fingerprint
 from lmact.records import EpisodeRecord, StepRecord
 from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts
+from lmact.regimes.headline import Headline
 from lmact.regimes.icrl_context import (
     HeldOutEvaluation,
     ReplicateEpisode,
@@ -208,6 +209,14 @@ class IcrlPlan:
 class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
     name = "icrl"
     config_type = IcrlConfig
+    headline = Headline(
+        "final measures",
+        "final_normalized",
+        measures=(
+            "final_return", "final_normalized", "regret", "suffix_failure", "k_min_frac",
+            "greedy_frac", "median_reward", "held_out_accuracy",
+        ),
+    )  # fmt: skip
 
     def prepare(
         self, config: IcrlConfig, policy: Policy, context: RunContext, units: Sequence[int]

@@ -29,6 +29,7 @@ from lmact.policies import Policy
 from lmact.prompting import Packing, PromptBuilder, Step, pack_demonstrations
 from lmact.records import EpisodeRecord, StepRecord
 from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts
+from lmact.regimes.headline import Headline
 from lmact.regimes.prompted import (
     PromptedConfig,
     check_counts,
@@ -249,6 +250,13 @@ class ImitationRegime(Regime[ImitationConfig, EpisodePlan]):
 
     name = "imitation"
     config_type = ImitationConfig
+    headline = Headline(
+        "normalized score [95% CI] by demonstrations",
+        "normalized_score",
+        interval="normalized",
+        across="demos",
+        across_label="demos",
+    )
 
     def prepare(
         self, config: ImitationConfig, policy: Policy, context: RunContext, units: Sequence[int]

@@ -27,6 +27,7 @@ from lmact.policies import Policy
 from lmact.prompting import PromptBuilder, Step
 from lmact.records import EpisodeRecord, StepRecord
 from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts
+from lmact.regimes.headline import Headline
 from lmact.regimes.prompted import (
     PromptedConfig,
     check_sees,
@@ -79,6 +80,9 @@ class _Demonstrated(LiveSituation):
 class ReplayRegime(Regime[ReplayConfig, ReplayPlan]):
     name = "replay"
     config_type = ReplayConfig
+    headline = Headline(
+        "share of demonstrated actions matched [95% CI]", "mean_return", interval="ci95"
+    )
 
     def prepare(
         self, config: ReplayConfig, policy: Policy, context: RunContext, units: Sequence[int]
