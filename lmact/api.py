@@ -23,7 +23,7 @@ from typing import Any
 from lmact.demos import DemoStore
 from lmact.errors import LmactError
 from lmact.models.base import ModelOptions
-from lmact.records import flat_fields
+from lmact.records import StepRecord, flat_fields
 from lmact.report.tables import episode_records, report_rows, select_rows
 from lmact.runner import Runner
 from lmact.store import DEFAULT_STORE, RunStore
@@ -113,6 +113,14 @@ class Results:
         return tuple(pandas.DataFrame(rows) for rows in (self.runs, self.episodes, self.steps))
 
 
+def _step_dict(run_id: str, step: StepRecord) -> dict[str, Any]:
+    """A step as a plain record: its columns (its unit as `chain`, `unit_kind` and
+    `episode`), its regime's `facts`, and each fact also beside the columns, as records
+    held them before facts were kept apart (in-context RL's `context`)."""
+    columns = {"run_id": run_id, **flat_fields(step)}
+    return {**columns, **{k: v for k, v in step.facts.items() if k not in columns}}
+
+
 def results(store: Path | str = DEFAULT_STORE, sweep: str | None = None) -> Results:
     """Every run of a store (or of one sweep) with its scores, episodes and steps."""
     if not Path(store).exists():
@@ -125,6 +133,6 @@ def results(store: Path | str = DEFAULT_STORE, sweep: str | None = None) -> Resu
         for row in rows:
             run_id = row["run_id"]
             episodes += episode_records(run_store, run_id)
-            steps += [{"run_id": run_id, **flat_fields(s)} for s in run_store.steps(run_id)]
+            steps += [_step_dict(run_id, s) for s in run_store.steps(run_id)]
     runs = [{k: v for k, v in row.items() if not isinstance(v, list)} for row in rows]
     return Results(runs, episodes, steps)

@@ -563,8 +563,8 @@ def _add_view_command(commands: argparse._SubParsersAction) -> None:
         "--episode",
         type=int,
         metavar="N",
-        help="the episode shown first, as stored (in-context RL: replicate r's episode e is "
-        "r*100000+e; default: the first)",
+        help="the episode shown first: episode N (in-context RL: of replicate 0; the page "
+        "links every other; default: the first)",
     )
     view.add_argument(
         "--out",

@@ -1,13 +1,17 @@
 """Values that cross layers and get stored, the same for every regime: token usage (a value
-that adds), the record of one step and of one episode, and the enums of what is stored.
+that adds), the key of a unit of work, the record of one step and of one episode, and the
+enums of what is stored.
 
 The store flattens them into its columns and reads them back; everything between the model
-call and the report passes these values whole instead of copying their fields.
+call and the report passes these values whole instead of copying their fields. What only
+one regime records of a step or an episode is its `facts`, a JSON object the store keeps
+without reading it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import functools
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
@@ -21,6 +25,8 @@ __all__ = [
     "EpisodeRecord",
     "StepRecord",
     "StopReason",
+    "UnitKey",
+    "UnitKind",
     "Usage",
 ]
 
@@ -69,9 +75,42 @@ class Ending(StrEnum):
     TRUNCATED = "truncated"
 
 
+class UnitKind(StrEnum):
+    """What a unit of a run is: an episode its score counts, or an evaluation it does not
+    (in-context RL's held-out evaluations, which only a measure reads)."""
+
+    EPISODE = "episode"
+    EVALUATION = "evaluation"
+
+
+@functools.total_ordering
+@dataclass(frozen=True)
+class UnitKey:
+    """One unit of a run, as the runner schedules it and the store keys it.
+
+    `chain`: the chain the unit belongs to where a regime's units learn from earlier ones
+    (an in-context RL replicate); 0 where every unit stands alone (imitation, replay).
+    `index`: its number in that chain among the units of its kind: a run of N episodes
+    has episodes 0 … N-1 in every chain.
+    Ordered chain by chain, episodes before evaluations, as the store lists them.
+    """
+
+    chain: int
+    index: int
+    kind: UnitKind = UnitKind.EPISODE
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, UnitKey):
+            return NotImplemented
+        return self._order() < other._order()
+
+    def _order(self) -> tuple[int, str, int]:
+        return self.chain, self.kind.value, self.index
+
+
 @dataclass(frozen=True)
 class StepRecord:
-    episode: int
+    episode: int  # the index of its unit (`UnitKey.index`)
     step: int
     prompt_hash: str
     completion: str  # the model's raw text
@@ -84,13 +123,23 @@ class StepRecord:
     latency_s: float
     from_cache: bool
     cost_usd: float | None = None
-    # In-context RL: the earlier episodes of the replicate its context held (by index).
-    context: tuple[int, ...] | None = None
+    chain: int = 0  # of its unit (`UnitKey.chain`)
+    unit_kind: UnitKind = UnitKind.EPISODE
+    # The regime's own facts of the step (a JSON object; in-context RL: the context shown).
+    facts: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    @property
+    def unit(self) -> UnitKey:
+        return UnitKey(self.chain, self.episode, self.unit_kind)
+
+    def of_unit(self, unit: UnitKey) -> StepRecord:
+        """This step as a step of `unit`."""
+        return replace(self, chain=unit.chain, episode=unit.index, unit_kind=unit.kind)
 
 
 @dataclass(frozen=True)
 class EpisodeRecord:
-    episode: int
+    episode: int  # the index of its unit (`UnitKey.index`)
     seed: int
     total_return: float
     steps: int
@@ -103,10 +152,21 @@ class EpisodeRecord:
     cost_usd: float | None = None  # None if any step's cost is unknown
     unreadable: int = 0  # steps whose answer never came back readable (counted as empty)
     end_reason: str | None = None  # the task's reason, or STEP_LIMIT; None before 0.2
+    chain: int = 0  # of its unit (`UnitKey.chain`)
+    unit_kind: UnitKind = UnitKind.EPISODE
+    facts: dict[str, Any] = field(default_factory=dict, hash=False)  # the regime's own
 
     @property
     def ending(self) -> Ending:
         return Ending.TERMINATED if self.terminated else Ending.TRUNCATED
+
+    @property
+    def unit(self) -> UnitKey:
+        return UnitKey(self.chain, self.episode, self.unit_kind)
+
+    def of_unit(self, unit: UnitKey) -> EpisodeRecord:
+        """This episode as the record of `unit`."""
+        return replace(self, chain=unit.chain, episode=unit.index, unit_kind=unit.kind)
 
 
 def flat_fields(record: StepRecord | EpisodeRecord) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import asyncio
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -20,7 +20,7 @@ from lmact.demos import DemoStore
 from lmact.errors import LmactError
 from lmact.models.base import ModelAuthError, ModelOptions, ModelResponse
 from lmact.policies import DryRunPolicy, Policies, Policy
-from lmact.records import EpisodeRecord, StepRecord
+from lmact.records import EpisodeRecord, StepRecord, UnitKey
 from lmact.regimes import regime_of
 from lmact.regimes.base import PreparedRun, Regime, RegimeConfig, RunContext
 from lmact.scoring import EpisodeScores, score_episodes
@@ -82,9 +82,10 @@ class _EpisodeFailures:
     """Episodes that failed, kept so that the others can finish before the run reports them."""
 
     def __init__(self) -> None:
-        self.errors: dict[int, BaseException] = {}
+        self.errors: dict[UnitKey, BaseException] = {}
 
-    def raise_if_any(self, episodes: int) -> None:
+    def raise_if_any(self, episodes: int, label: Callable[[UnitKey], str]) -> None:
+        """Raise the first failure (`label` names its unit), with the count of them."""
         if not self.errors:
             return
         first = min(self.errors)
@@ -92,7 +93,7 @@ class _EpisodeFailures:
         if not isinstance(error, LmactError):
             raise error  # a bug: keep its traceback
         raise LmactError(
-            f"{len(self.errors)} of {episodes} episodes failed (episode {first}: {error}); "
+            f"{len(self.errors)} of {episodes} episodes failed ({label(first)}: {error}); "
             "the others are stored and every successful model call is cached: rerun the "
             "same command to resume"
         )
@@ -142,7 +143,10 @@ class Runner:
             bar.close()
 
     def plan(
-        self, config: RegimeConfig, record: bool = True, units: Sequence[int] = (0,)
+        self,
+        config: RegimeConfig,
+        record: bool = True,
+        units: Sequence[UnitKey] = (UnitKey(0, 0),),
     ) -> PreparedRun[Any, Any]:
         """Resolve the policy and prepare the run (pack demonstrations …); fails before any
         model call. `record`: save the run (its configuration and facts) in the store.
@@ -153,7 +157,7 @@ class Runner:
         return prepared
 
     def _prepare(
-        self, config: RegimeConfig, policy: Policy, units: Sequence[int]
+        self, config: RegimeConfig, policy: Policy, units: Sequence[UnitKey]
     ) -> PreparedRun[Any, Any]:
         context = RunContext(
             self.demo_store, self._bar, lambda unit: self.store.steps(config.run_id, unit)
@@ -162,16 +166,10 @@ class Runner:
 
     def _record(self, prepared: PreparedRun[Any, Any]) -> None:
         config, facts = prepared.config, prepared.facts
-        self.store.save_run(
-            config.run_id,
-            config.model_dump(),
-            facts.demonstrations,
-            facts.demonstrations_hash,
-            facts.prefix_tokens,
-        )
+        self.store.save_run(config.run_id, config.model_dump(), facts.stored, facts.pinned)
 
     async def _prepare_off_loop(
-        self, config: RegimeConfig, units: Sequence[int]
+        self, config: RegimeConfig, units: Sequence[UnitKey]
     ) -> PreparedRun[Any, Any]:
         """`plan`, with the slow part (starting the task's engine and the local model,
         generating demonstrations) on a worker thread, so that the other runs of this event
@@ -191,7 +189,9 @@ class Runner:
         self._record(prepared)
         return prepared
 
-    def _todo(self, config: RegimeConfig, episodes: int) -> tuple[list[int], list[list[int]]]:
+    def _todo(
+        self, config: RegimeConfig, episodes: int
+    ) -> tuple[list[UnitKey], list[list[UnitKey]]]:
         """All units of the run, in order, and the chains of those not finished yet."""
         chains = regime_of(config).chains(config, episodes)
         finished = self.store.finished_episodes(config.run_id)
@@ -229,9 +229,10 @@ class Runner:
             finally:
                 self.playing.discard(config.run_id)
                 self.store.release_claims(config.run_id)
-        failures.raise_if_any(len(todo))
+        regime = regime_of(config)
+        failures.raise_if_any(len(todo), lambda unit: regime.unit_label(config, unit))
         records = self.store.finished_episodes(config.run_id)
-        scored = [unit for unit in units if regime_of(config).is_scored(config, unit)]
+        scored = [unit for unit in units if regime.is_scored(config, unit)]
         tally = prepared.policy.tally
         return RunResult(
             config=config,
@@ -246,7 +247,7 @@ class Runner:
         self,
         prepared: PreparedRun[Any, Any],
         total: int,
-        chains: list[list[int]],
+        chains: list[list[UnitKey]],
         failures: _EpisodeFailures,
     ) -> None:
         """Play `chains` with at most `concurrency` chains at once, each in order."""
@@ -353,8 +354,8 @@ class _Schedule:
     runner: Runner
     prepared: PreparedRun[Any, Any]
     regime: Regime[Any, Any]
-    pending: deque[deque[int]]
-    waiting: list[deque[int]]  # chains whose next unit another process is playing
+    pending: deque[deque[UnitKey]]
+    waiting: list[deque[UnitKey]]  # chains whose next unit another process is playing
     failures: _EpisodeFailures
     bar: tqdm
 
@@ -367,7 +368,7 @@ class _Schedule:
                 continue
             await self.play_chain(self.pending.popleft())
 
-    async def play_chain(self, chain: deque[int]) -> None:
+    async def play_chain(self, chain: deque[UnitKey]) -> None:
         store, config = self.runner.store, self.prepared.config
         while chain:
             unit = chain[0]
@@ -385,17 +386,18 @@ class _Schedule:
                 return  # the units after it in its chain build on it
             chain.popleft()
 
-    async def play(self, unit: int) -> bool:
-        """Play `unit`; False if another process took it over meanwhile."""
+    async def play(self, unit: UnitKey) -> bool:
+        """Play `unit`; False if another process took it over meanwhile. Its records are
+        stored as the unit's, whatever the regime's play named them."""
         run_id, policy = self.prepared.config.run_id, self.prepared.policy
 
         def on_step(step: StepRecord) -> None:
-            self.runner.store.record_step(run_id, step)
+            self.runner.store.record_step(run_id, step.of_unit(unit))
             self.show()
 
         try:
             record = await self.regime.play(self.prepared, policy, unit, on_step)
-            self.runner.store.finish_episode(run_id, record)
+            self.runner.store.finish_episode(run_id, record.of_unit(unit))
         except ModelAuthError:
             raise  # every other call would be refused too
         except ClaimLostError:

@@ -277,7 +277,7 @@ def _by_seed_occurrence(
 ) -> dict[tuple[int, int], EpisodeRecord]:
     seen: Counter[int] = Counter()
     keyed = {}
-    for episode in sorted(episodes, key=lambda e: e.episode):
+    for episode in sorted(episodes, key=lambda e: e.unit):
         keyed[(episode.seed, seen[episode.seed])] = episode
         seen[episode.seed] += 1
     return keyed

@@ -17,7 +17,7 @@ import pytest
 from helpers import lmact
 
 from lmact.report.tables import COLUMNS, format_table
-from lmact.store import APPLICATION_ID, RunStore
+from lmact.store import APPLICATION_ID, SCHEMA_VERSION, RunStore
 
 RANDOM_RUN = ["run", "--task", "tic_tac_toe", "--model", "random", "--episodes", "2"]
 
@@ -76,7 +76,7 @@ def test_lmacts_own_stores_are_marked_and_older_ones_adopted(tmp_path: Path) -> 
     RunStore(store).close()
     with sqlite3.connect(store) as db:
         assert db.execute("PRAGMA application_id").fetchone() == (APPLICATION_ID,)
-        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     old = tmp_path / "old.sqlite"
     with sqlite3.connect(old) as db:  # a store of a release before the marks
         db.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, config TEXT, created REAL)")

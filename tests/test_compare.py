@@ -193,7 +193,7 @@ def test_in_context_rl_runs_resetting_to_one_start_pair_episode_by_episode(
     assert code == 0, err
     with RunStore(store_path) as store:
         returns = [
-            {e.episode: e.total_return for e in store.finished_episodes(run_id).values()}
+            {e.unit: e.total_return for e in store.finished_episodes(run_id).values()}
             for run_id in (first, second)
         ]
     assert returns[0].keys() == returns[1].keys()  # the same seed at the same episode

@@ -112,7 +112,7 @@ def test_every_run_has_a_viewer_page_holding_its_first_episodes(
     assert f"episodes ({VIEW_EPISODES} of {bandit['episodes']})" in html
     assert f"the first {VIEW_EPISODES} of the run's {bandit['episodes']}" in html
     # The first episodes as they are played: replicate 0's, whose contexts they hold.
-    assert 'id="episode-0"' in html and 'id="episode-100000"' not in html
+    assert 'id="episode-0"' in html and 'id="episode-c1-0"' not in html
 
 
 def test_view_episodes_0_writes_the_page_alone_and_prints_its_path(

@@ -18,6 +18,7 @@ from lmact.demos import DEMO_SEED_BASE, DemoStore
 from lmact.envs.base import Observation
 from lmact.models.base import ModelCallError, ModelRequest, ModelResponse, TextPart
 from lmact.policies import Policies
+from lmact.records import UnitKey
 from lmact.regimes.icrl import (
     REPLICATE_STRIDE,
     IcrlPlan,
@@ -28,6 +29,7 @@ from lmact.regimes.icrl import (
     make_icrl_config,
     select_context,
 )
+from lmact.regimes.icrl_facts import shown_context
 from lmact.runner import Runner
 from lmact.store import RunStore
 from lmact.tasks import get_task, unsemantic_task
@@ -88,7 +90,7 @@ def test_rewards_reach_the_context_a_reader_learns_and_an_ignorer_does_not(
             curves[ignores] = by_replicate(runner.run(config, 40).episodes)
             steps = store.steps(config.run_id)
             # Step e of a replicate held its e earlier rounds (naive, unlimited budget).
-            assert [s.context for s in steps[:3]] == [(), (0,), (0, 1)]
+            assert [shown_context(s) for s in steps[:3]] == [(), (0,), (0, 1)]
     assert rise(curves[False]) > 0.15
     assert abs(rise(curves[True])) < 0.15
     assert np.mean(curves[False]) > np.mean(curves[True])
@@ -111,12 +113,12 @@ def test_a_run_replays_exactly_and_resumes_without_repeating_a_call(
         result = reader_runner(store, demo_store, resumed).run(config, 10)
         assert resumed.calls == 20 - len(done)
         assert result.calls_cached == 0
-        first = [(s.episode, s.action, s.reward, s.context) for s in store.steps(config.run_id)]
+        first = [(s.unit, s.action, s.reward, s.facts) for s in store.steps(config.run_id)]
     with RunStore(tmp_path / "b.sqlite") as store:
         reader_runner(store, demo_store, RewardReader()).run(config, 10)
-        again = [(s.episode, s.action, s.reward, s.context) for s in store.steps(config.run_id)]
+        again = [(s.unit, s.action, s.reward, s.facts) for s in store.steps(config.run_id)]
     assert first == again
-    assert {e for e, *_ in first} == {r * REPLICATE_STRIDE + e for r in (0, 1) for e in range(10)}
+    assert {u for u, *_ in first} == {UnitKey(r, e) for r in (0, 1) for e in range(10)}
 
 
 def plan_for(variant: str, p_keep: float = 0.1, contexts: int = 8, budget: int | None = None

@@ -15,6 +15,7 @@ from lmact.models.local import LocalModel
 from lmact.models.registry import resolve_model
 from lmact.prompting import PromptSettings
 from lmact.regimes.icrl import make_icrl_config
+from lmact.regimes.icrl_facts import shown_context
 from lmact.regimes.imitation import make_config
 from lmact.runner import Runner
 from lmact.store import RunStore
@@ -110,7 +111,8 @@ def test_in_context_rl_with_the_local_model(
             finally:
                 runner.close()
             steps = store.steps(config.run_id)
-            runs.append((result, [(s.completion, s.action, s.reward, s.context) for s in steps]))
+            played = [(s.completion, s.action, s.reward, shown_context(s)) for s in steps]
+            runs.append((result, played))
     (first, steps), (again, steps_again) = runs
     assert len(first.episodes) == episodes and first.calls_made > 0
     assert again.calls_made == 0 and again.calls_cached == len(steps) == len(steps_again)

@@ -13,6 +13,7 @@ from helpers import StubModel, lmact
 from lmact.demos import DEMO_SEED_BASE, DemoStore
 from lmact.models.base import ModelRequest, ModelResponse, TextPart
 from lmact.prompting import ACTION_LABEL
+from lmact.records import UnitKey
 from lmact.regimes.imitation import make_config
 from lmact.regimes.replay import make_replay_config
 from lmact.report.tables import format_table, report_rows
@@ -68,7 +69,9 @@ def test_a_model_that_copies_its_context_scores_one_and_a_misreader_less(
         assert summary.mean_return == 1.0 and summary.illegal_rate == 0.0
         # Each episode replays its own demonstration: episode i's is demonstration i.
         episodes = store.finished_episodes(config.run_id)
-        assert [episodes[e].seed for e in range(4)] == [DEMO_SEED_BASE + e for e in range(4)]
+        assert [episodes[UnitKey(0, e)].seed for e in range(4)] == [
+            DEMO_SEED_BASE + e for e in range(4)
+        ]
         prefixes = {request.parts[0] for request in copier.prompts}
         assert len(prefixes) == 4
         misreader = CopiesTheDemonstration(off_by=1)
@@ -84,10 +87,10 @@ def test_every_step_is_the_demonstration_whatever_the_answer(
     runner.run(config, 3)
     shown = demo_store.load(get_task("tic_tac_toe"), "txt", 3, 3)
     for episode, demonstration in enumerate(shown):
-        steps = runner.store.steps(config.run_id, episode)
+        steps = runner.store.steps(config.run_id, UnitKey(0, episode))
         assert [s.action for s in steps] == [a for _, a in demonstration.steps]
         matched = sum(s.answer == s.action for s in steps)
-        record = runner.store.finished_episodes(config.run_id)[episode]
+        record = runner.store.finished_episodes(config.run_id)[UnitKey(0, episode)]
         assert record.total_return == matched / len(steps)
 
 

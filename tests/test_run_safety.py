@@ -46,7 +46,8 @@ def test_a_run_does_not_resume_over_other_demonstrations(tmp_path: Path) -> None
     assert "--restart" in refused.stderr and len(refused.stderr.splitlines()) == 1
     with sqlite3.connect(tmp_path / "results" / "lmact.sqlite") as db:
         (hash_kept,) = db.execute(
-            "SELECT demos_hash FROM runs WHERE run_id = ?", (json.loads(first.stdout)["run_id"],)
+            "SELECT json_extract(facts, '$.demos_hash') FROM runs WHERE run_id = ?",
+            (json.loads(first.stdout)["run_id"],),
         ).fetchone()
     assert hash_kept == json.loads(first.stdout)["demos_hash"]  # not overwritten
 

@@ -204,13 +204,13 @@ def test_a_failing_episode_does_not_lose_the_others(
     # client's third episode need not be episode 2.)
     failed = int(re.search(r"episode (\d)", str(error.value)).group(1))  # type: ignore[union-attr]
     finished = run_store.finished_episodes(config.run_id)
-    assert sorted(finished) == [e for e in range(5) if e != failed]
+    assert sorted(unit.index for unit in finished) == [e for e in range(5) if e != failed]
     calls_before = failing.calls
     # The rerun plays only the failed episode; the others' calls are not repeated.
     healthy = ScriptedAnswers(["a1", "b2", "c3"])
     result = runner_with(healthy, run_store, demo_store).run(config, 5)
     assert [e.episode for e in result.episodes] == [0, 1, 2, 3, 4]
-    assert [result.episodes[e] for e in finished] == list(finished.values())
+    assert [result.episodes[unit.index] for unit in finished] == list(finished.values())
     assert result.calls_made == healthy.calls >= 1
     assert result.calls_made + result.calls_cached == result.episodes[failed].steps
     assert calls_before > 0

@@ -115,9 +115,9 @@ def test_a_sweep_across_two_llama_cpp_servers_loses_nothing_when_one_is_killed(
     cached = sum(s.from_cache for s in steps)
 
     # Every episode finished, each of its steps stored once, none missing.
-    assert sorted(episodes) == list(range(EPISODES))
-    for index, episode in episodes.items():
-        assert [s.step for s in steps if s.episode == index] == list(range(episode.steps))
+    assert sorted(unit.index for unit in episodes) == list(range(EPISODES))
+    for unit, episode in episodes.items():
+        assert [s.step for s in steps if s.unit == unit] == list(range(episode.steps))
     assert made + cached == len(steps) == sum(e.steps for e in episodes.values())
     # One answer per request: each request a server answered is one stored call, and the
     # servers together answered exactly as many requests as were made.

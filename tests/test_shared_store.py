@@ -20,7 +20,7 @@ import pytest
 from loopback import RecordedRequest, Reply, chat_completion, loopback
 
 from lmact.demos import DemoStore
-from lmact.records import AnswerKind, EpisodeRecord, StepRecord, StopReason, Usage
+from lmact.records import AnswerKind, EpisodeRecord, StepRecord, StopReason, UnitKey, Usage
 from lmact.regimes.imitation import make_config
 from lmact.runner import Runner
 from lmact.store import Claim, ClaimLostError, RunStore, process_identity
@@ -159,15 +159,15 @@ def test_a_claim_holds_while_its_process_lives(
     path = tmp_path / "claims.sqlite"
     with RunStore(path) as mine, RunStore(path) as theirs:
         theirs.owner = identity_of(sleeper)
-        assert theirs.claim_episode("r", 0, 0) == (Claim.OURS, None)
-        assert mine.claim_episode("r", 0, 0) == (Claim.BUSY, theirs.owner)
+        assert theirs.claim_episode("r", UnitKey(0, 0), 0) == (Claim.OURS, None)
+        assert mine.claim_episode("r", UnitKey(0, 0), 0) == (Claim.BUSY, theirs.owner)
         theirs.record_step("r", a_step(0))
         with pytest.raises(ClaimLostError):
             mine.record_step("r", a_step(0))
         sleeper.kill()
         sleeper.wait()
         # Its process is gone: the episode is taken over and its steps are dropped.
-        assert mine.claim_episode("r", 0, 0) == (Claim.OURS, None)
+        assert mine.claim_episode("r", UnitKey(0, 0), 0) == (Claim.OURS, None)
         assert mine.steps("r") == []
         with pytest.raises(ClaimLostError):
             theirs.record_step("r", a_step(0))
@@ -177,22 +177,22 @@ def test_a_reused_pid_does_not_hold_a_claim(tmp_path: Path) -> None:
     with RunStore(tmp_path / "claims.sqlite") as mine, RunStore(mine.path) as theirs:
         host, pid, start = mine.owner.split(":")
         theirs.owner = f"{host}:{pid}:{int(start) - 1}"  # this pid, an earlier process
-        assert theirs.claim_episode("r", 0, 0)[0] is Claim.OURS
-        assert mine.claim_episode("r", 0, 0)[0] is Claim.OURS
+        assert theirs.claim_episode("r", UnitKey(0, 0), 0)[0] is Claim.OURS
+        assert mine.claim_episode("r", UnitKey(0, 0), 0)[0] is Claim.OURS
 
 
 def test_a_finished_episode_is_never_reopened(tmp_path: Path) -> None:
     with RunStore(tmp_path / "claims.sqlite") as store:
-        store.claim_episode("r", 0, 0)
+        store.claim_episode("r", UnitKey(0, 0), 0)
         store.record_step("r", a_step(0, reward=1.0))
         store.finish_episode("r", make_record(steps=1, total=1.0))
-        assert store.claim_episode("r", 0, 0) == (Claim.DONE, None)
-        assert len(store.steps("r")) == 1 and list(store.finished_episodes("r")) == [0]
+        assert store.claim_episode("r", UnitKey(0, 0), 0) == (Claim.DONE, None)
+        assert len(store.steps("r")) == 1 and list(store.finished_episodes("r")) == [UnitKey(0, 0)]
 
 
 def test_totals_that_disagree_with_the_steps_are_refused(tmp_path: Path) -> None:
     with RunStore(tmp_path / "claims.sqlite") as store:
-        store.claim_episode("r", 0, 0)
+        store.claim_episode("r", UnitKey(0, 0), 0)
         store.record_step("r", a_step(0, reward=1.0))
         with pytest.raises(Exception, match="disagree with its totals"):
             store.finish_episode("r", make_record(steps=1, total=2.0))
@@ -205,10 +205,10 @@ def make_record(steps: int, total: float) -> EpisodeRecord:
 
 def test_released_claims_are_free_at_once(tmp_path: Path) -> None:
     with RunStore(tmp_path / "claims.sqlite") as store:
-        store.claim_episode("r", 0, 0)
+        store.claim_episode("r", UnitKey(0, 0), 0)
     with RunStore(tmp_path / "claims.sqlite") as other:
         other.owner = "elsewhere:1:1"  # a process on another host, whose lease is fresh
-        assert other.claim_episode("r", 0, 0)[0] is Claim.OURS
+        assert other.claim_episode("r", UnitKey(0, 0), 0)[0] is Claim.OURS
 
 
 def test_a_run_waits_for_an_episode_another_process_plays(
@@ -225,7 +225,7 @@ def test_a_run_waits_for_an_episode_another_process_plays(
 
     with RunStore(path) as theirs:
         theirs.owner = identity_of(sleeper)
-        theirs.claim_episode(config.run_id, 2, config.test_seed(2))
+        theirs.claim_episode(config.run_id, UnitKey(0, 2), config.test_seed(2))
         thread = threading.Thread(target=play_the_run)
         thread.start()
         deadline = time.monotonic() + 30
@@ -233,7 +233,7 @@ def test_a_run_waits_for_an_episode_another_process_plays(
             assert time.monotonic() < deadline
             time.sleep(0.02)
         time.sleep(0.3)
-        assert thread.is_alive() and 2 not in theirs.finished_episodes(config.run_id)
+        assert thread.is_alive() and UnitKey(0, 2) not in theirs.finished_episodes(config.run_id)
         os.kill(sleeper.pid, signal.SIGKILL)  # the other process dies mid-episode
         sleeper.wait()
         thread.join(timeout=30)

@@ -1,29 +1,167 @@
-"""The run store's schema: a store written before columns were added still opens."""
+"""The run store's records: units by their structured key, a regime's facts kept as JSON
+objects, the pinned facts that a resumed run must keep, and the model-call cache."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
-from lmact.store import _SCHEMA, RunStore
+import pytest
+
+from lmact.api import results
+from lmact.demos import DemoStore
+from lmact.errors import LmactError
+from lmact.records import (
+    AnswerKind,
+    EpisodeRecord,
+    StepRecord,
+    StopReason,
+    UnitKey,
+    UnitKind,
+    Usage,
+)
+from lmact.regimes.icrl import IcrlRegime, make_icrl_config
+from lmact.regimes.icrl_facts import shown_context
+from lmact.runner import Runner
+from lmact.store import RunStore, StoreError
+
+EVALUATION = UnitKind.EVALUATION
 
 
-def test_an_older_store_gains_the_new_columns(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite"
-    with sqlite3.connect(path) as db:
-        db.executescript(_SCHEMA)  # the first release's tables, without the added columns
-        db.execute(
-            "INSERT INTO episodes (run_id, episode, seed, status, total_return, steps, "
-            "terminated, valid, illegal, invalid, empty, prompt_tokens, completion_tokens, "
-            "cached_tokens) VALUES ('r', 0, 0, 'done', 1.0, 3, 1, 3, 0, 0, 0, 30, 3, 0)"
-        )
+def a_step(unit: UnitKey, reward: float = 1.0, facts: dict | None = None) -> StepRecord:
+    return StepRecord(
+        0, 0, "hash", "a1", "a1", AnswerKind.VALID, "a1", reward, StopReason.STOP,
+        Usage(1, 1), 0.0, False, facts=facts or {},
+    ).of_unit(unit)  # fmt: skip
+
+
+def an_episode(unit: UnitKey, reward: float = 1.0) -> EpisodeRecord:
+    return EpisodeRecord(0, 7, reward, 1, True, 1, 0, 0, 0, Usage(1, 1)).of_unit(unit)
+
+
+def play(store: RunStore, unit: UnitKey, facts: dict | None = None) -> None:
+    assert store.claim_episode("r", unit, 7)[0].value == "ours"
+    store.record_step("r", a_step(unit, facts=facts))
+    store.finish_episode("r", an_episode(unit))
+
+
+def test_units_of_one_index_in_other_chains_or_kinds_are_other_units(tmp_path: Path) -> None:
+    units = [UnitKey(0, 3), UnitKey(1, 3), UnitKey(1, 3, EVALUATION), UnitKey(0, 0)]
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        for number, unit in enumerate(units):
+            play(store, unit, facts={"number": number})
+        finished = store.finished_episodes("r")
+        # Listed chain by chain, a chain's episodes before its evaluations.
+        assert list(finished) == [UnitKey(0, 0), UnitKey(0, 3), UnitKey(1, 3), units[2]]
+        assert all(record.unit == unit for unit, record in finished.items())
+        for number, unit in enumerate(units):
+            (step,) = store.steps("r", unit)
+            assert step.unit == unit and step.facts == {"number": number}
+        assert [s.unit for s in store.steps("r")] == list(finished)
+
+
+def test_unit_keys_sort_chain_by_chain_episodes_before_evaluations() -> None:
+    keys = [UnitKey(1, 0), UnitKey(0, 1, EVALUATION), UnitKey(0, 2), UnitKey(0, 0)]
+    assert sorted(keys) == [UnitKey(0, 0), UnitKey(0, 2), UnitKey(0, 1, EVALUATION), UnitKey(1, 0)]
+
+
+def test_a_regimes_facts_come_back_as_written_and_must_be_an_object(tmp_path: Path) -> None:
+    facts = {"context": [0, 2], "nested": {"a": [1.5, None, "x"]}}
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        store.save_run("r", {"regime": "x"}, {"demos": 2, "note": "ü"})
+        play(store, UnitKey(0, 0), facts=facts)
+        assert store.steps("r")[0].facts == facts
+        assert store.run("r").facts == {"demos": 2, "note": "ü"}  # type: ignore[union-attr]
+        with pytest.raises(TypeError):
+            store.save_run("r", {"regime": "x"}, ["not", "an", "object"])  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            store.record_step("r", a_step(UnitKey(0, 1), facts={"when": object()}))
+
+
+def test_pinned_facts_refuse_a_resume_under_others_and_free_facts_follow(
+    tmp_path: Path,
+) -> None:
+    pinned = {"demos_hash": "demonstrations"}
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        store.save_run("r", {}, {"demos_hash": "a", "prefix_tokens": 5}, pinned)
+        store.save_run("r", {}, {"demos_hash": "b", "prefix_tokens": 5}, pinned)  # no episode yet
+        play(store, UnitKey(0, 0))
+        store.save_run("r", {}, {"demos_hash": "b", "prefix_tokens": 6}, pinned)
+        assert store.run("r").facts == {"demos_hash": "b", "prefix_tokens": 6}  # type: ignore[union-attr]
+        with pytest.raises(StoreError, match="was played with other demonstrations") as error:
+            store.save_run("r", {}, {"demos_hash": "c", "prefix_tokens": 6}, pinned)
+        assert "--restart" in str(error.value) and "\n" not in str(error.value)
+        assert store.run("r").facts["demos_hash"] == "b"  # type: ignore[union-attr]
+        store.discard_run("r")
+        store.save_run("r", {}, {"demos_hash": "c"}, pinned)  # --restart: played afresh
+
+
+@pytest.mark.parametrize(
+    ("table", "value"),
+    [("steps", "{not json"), ("steps", "[1, 2]"), ("runs", '"text"'), ("episodes", "")],
+)
+def test_damaged_facts_are_one_line_naming_the_store(
+    tmp_path: Path, table: str, value: str
+) -> None:
+    path = tmp_path / "runs.sqlite"
     with RunStore(path) as store:
-        (episode,) = store.finished_episodes("r").values()
-    assert episode.total_return == 1.0 and episode.steps == 3
-    assert episode.usage.cache_write_tokens == 0 and episode.cost_usd is None
+        store.save_run("r", {})
+        play(store, UnitKey(2, 1, EVALUATION))
     with sqlite3.connect(path) as db:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(steps)")}
-    assert {"cache_write_tokens", "reasoning_tokens", "cost_usd"} <= columns
+        db.execute(f"UPDATE {table} SET facts = ?", (value,))
+    db.close()
+    with RunStore(path) as store, pytest.raises(StoreError) as error:
+        store.steps("r")
+        store.finished_episodes("r")
+        store.runs()
+    message = str(error.value)
+    assert str(path) in message and "not a JSON object" in message and "\n" not in message
+
+
+def test_a_damaged_icrl_context_is_one_line() -> None:
+    step = a_step(UnitKey(1, 2), facts={"context": [0, "one"]})
+    with pytest.raises(LmactError, match="not a list of episode indices"):
+        shown_context(step)
+    assert shown_context(a_step(UnitKey(0, 0))) is None  # another regime's step: none
+
+
+def test_icrl_units_are_replicates_chains_and_pages_replay_them_in_play_order() -> None:
+    config = make_icrl_config("classification", model="random", replicates=2, eval_every=2)
+    regime = IcrlRegime()
+    chains = regime.chains(config, 3)
+    evaluation = [UnitKey(0, 0, EVALUATION), UnitKey(0, 1, EVALUATION)]
+    assert chains[0] == [evaluation[0], UnitKey(0, 0), UnitKey(0, 1), evaluation[1], UnitKey(0, 2)]
+    assert [u.chain for u in chains[1]] == [1] * 5
+    assert [regime.is_scored(config, u) for u in chains[0]] == [False, True, True, False, True]
+    assert regime.unit_label(config, chains[1][3]) == "replicate 1 · held-out evaluation 1"
+    # The stored units of any length of run, in the order they were played; none guessed.
+    stored = [UnitKey(1, 1), UnitKey(0, 1, EVALUATION), UnitKey(0, 0), UnitKey(1, 0)]
+    stored += [evaluation[0], UnitKey(5, 0)]  # a replicate the configuration does not name
+    assert regime.in_play_order(config, stored) == [
+        evaluation[0], UnitKey(0, 0), UnitKey(0, 1, EVALUATION), UnitKey(1, 0), UnitKey(1, 1),
+        UnitKey(5, 0),
+    ]  # fmt: skip
+
+
+def test_results_name_a_unit_by_its_chain_and_keep_the_fields_they_had(tmp_path: Path) -> None:
+    path = tmp_path / "runs.sqlite"
+    config = make_icrl_config("bandit_easy", model="random", replicates=2)
+    with RunStore(path) as store:
+        runner = Runner(store, DemoStore(tmp_path / "demos"), progress=False)
+        runner.run(config, 3)
+        runner.close()
+    found = results(path)
+    steps = [s for s in found.steps if s["run_id"] == config.run_id]
+    assert [(s["chain"], s["episode"], s["unit_kind"]) for s in steps] == [
+        (r, e, "episode") for r in (0, 1) for e in range(3)
+    ]
+    assert [s["context"] for s in steps[:3]] == [[], [0], [0, 1]]  # as before facts
+    assert steps[2]["facts"] == {"context": [0, 1]}
+    episodes = [e for e in found.episodes if e["run_id"] == config.run_id]
+    assert {(e["chain"], e["episode"]) for e in episodes} == {
+        (r, e) for r in (0, 1) for e in range(3)
+    }
+    assert all(e["scored"] for e in episodes)
 
 
 def test_a_cache_row_damaged_into_invalid_utf8_reads_as_damaged(tmp_path: Path) -> None:

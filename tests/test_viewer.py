@@ -23,8 +23,10 @@ from lmact.cli import main
 from lmact.demos import DemoStore
 from lmact.errors import LmactError
 from lmact.models.base import ModelRequest, ModelResponse, TextPart
+from lmact.records import UnitKey
 from lmact.regimes.base import RegimeConfig
-from lmact.regimes.icrl import REPLICATE_STRIDE, make_icrl_config
+from lmact.regimes.icrl import make_icrl_config
+from lmact.regimes.icrl_facts import shown_context
 from lmact.regimes.imitation import make_config
 from lmact.report.tables import resolve_run
 from lmact.report.viewer import (
@@ -144,7 +146,7 @@ def test_lmact_view_on_an_image_episode_with_replaced_answers(
     )
     with RunStore(tmp_path / "runs.sqlite") as store:
         played(store, config, 2, StepAnswers(["up", "jump", "", "left"]))
-        replaced = sum(step.kind != "valid" for step in store.steps(config.run_id, 1))
+        replaced = sum(step.kind != "valid" for step in store.steps(config.run_id, UnitKey(0, 1)))
     out = tmp_path / "page.html"
     store, cache = str(tmp_path / "runs.sqlite"), str(tmp_path / "cache")
     code = main(["view", config.run_id[:6], "--episode", "1", "--out", str(out),
@@ -188,13 +190,13 @@ def test_lmact_view_on_an_image_episode_with_replaced_answers(
 def test_an_icrl_step_shows_the_context_it_was_given(tmp_path: Path) -> None:
     config = make_icrl_config("bandit_easy", model="test/step-answers", replicates=2)
     client = StepAnswers(["violet", "maroon", "gold", "press it", "grey", "pink"], by_length=True)
-    chosen = REPLICATE_STRIDE + 4  # replicate 1, episode 4
+    chosen = UnitKey(1, 4)  # replicate 1, episode 4
     with RunStore(tmp_path / "runs.sqlite") as store:
         played(store, config, 5, client)
         (step,) = store.steps(config.run_id, chosen)
-        earlier = [store.steps(config.run_id, REPLICATE_STRIDE + e)[0].action for e in range(4)]
+        earlier = [store.steps(config.run_id, UnitKey(1, e))[0].action for e in range(4)]
         page = render_viewer(store, config.run_id[:8], chosen)
-    assert step.context == (0, 1, 2, 3)
+    assert shown_context(step) == (0, 1, 2, 3)
     path = tmp_path / "icrl.html"
     path.write_text(page)
     with opened(path) as browser:
@@ -208,8 +210,8 @@ def test_an_icrl_step_shows_the_context_it_was_given(tmp_path: Path) -> None:
         assert [line.removeprefix("Action: ") for line in text.splitlines()
                 if line.startswith("Action: ")] == earlier  # fmt: skip
         # Another episode is one click away.
-        browser.page.locator(f"nav a[data-episode='{REPLICATE_STRIDE}']").click()
-        other = browser.page.locator(f"section#episode-{REPLICATE_STRIDE}:not([hidden])")
+        browser.page.locator("nav a[data-episode='c1-0']").click()
+        other = browser.page.locator("section#episode-c1-0:not([hidden])")
         other.wait_for()
         assert other.locator("h2").text_content() == "replicate 1 · episode 0"
         assert browser.page.locator(SHOWN).count() == 1

@@ -1,18 +1,20 @@
 """The regime protocol: what a setting (imitation, replay, in-context RL) tells the runner.
 
 A regime says what its configuration is, how a run is prepared (before any model call),
-what its units of work are (one test episode each; a regime may declare that they run in
-order, one after another), how one unit is played, which scripted runs score it, and which
-of its facts a summary and a report show. The runner schedules units, resumes, isolates
-failures and shows progress; it knows no regime by name.
+what its units of work are (each a `UnitKey`: one test episode, or an evaluation that is
+not scored; a regime may chain units, to be played in order, one after another), how one
+unit is played, which scripted runs score it, and which of its facts a summary and a report
+show and the store keeps. The runner schedules units, resumes, isolates failures and shows
+progress; it knows no regime by name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
@@ -22,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lmact.demos import DemoStore
 from lmact.errors import LmactError
 from lmact.policies import Policy
-from lmact.records import EpisodeRecord, StepRecord
+from lmact.records import EpisodeRecord, StepRecord, UnitKey, UnitKind
 from lmact.regimes.headline import Headline
 from lmact.store import MAX_EPISODES, RunRecord
 from lmact.tasks import TaskSpec, get_task
@@ -80,13 +82,20 @@ ProgressBar = Callable[[int, str, str], AbstractContextManager[Any]]
 
 @dataclass(frozen=True)
 class RunFacts:
-    """What a prepared run's prompt context is made of, stored with the run."""
+    """What a prepared run's prompt context is made of, and what of it the store keeps."""
 
     demonstrations: int | None = None  # shown (or replayed) per episode
     demonstrations_hash: str | None = None  # of those shown, or of the pool drawn from
     prefix_tokens: int | None = None  # of the part of the prompt shared by every step
     demonstrations_loaded: int = 0  # made or read to prepare it (a dry run makes them)
     details: dict[str, Any] = field(default_factory=dict)  # the regime's own, for summaries
+    # What the store keeps with the run (`runs.facts`, read back as `RunRecord.facts`): a
+    # JSON object, for the reports that read a run without preparing it again.
+    stored: dict[str, Any] = field(default_factory=dict)
+    # Of `stored`, those a run that has episodes must keep, each with what it stands for
+    # (named when they differ): its episodes were played under them, so resuming it with
+    # other values is refused.
+    pinned: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,7 @@ class RunContext:
     progress_bar: ProgressBar
     # The stored steps of one of the run's units (a regime that learns across units reads
     # back what an earlier attempt of the run played).
-    stored_steps: Callable[[int], list[StepRecord]]
+    stored_steps: Callable[[UnitKey], list[StepRecord]]
 
 
 def check_episodes(episodes: int) -> None:
@@ -128,42 +137,59 @@ class Regime(ABC, Generic[Config, Plan]):
 
     @abstractmethod
     def prepare(
-        self, config: Config, policy: Policy, context: RunContext, units: Sequence[int]
+        self, config: Config, policy: Policy, context: RunContext, units: Sequence[UnitKey]
     ) -> PreparedRun[Config, Plan]:
         """Everything a run needs before its first call; fails before any model work.
         `units` are those to play, first first (none: the run is read back)."""
 
-    def is_scored(self, config: Config, unit: int) -> bool:
-        """Whether a unit is an episode of the run's score (not, say, a held-out
-        evaluation that only a measure reads)."""
-        return True
+    def is_scored(self, config: Config, unit: UnitKey) -> bool:
+        """Whether a unit is an episode of the run's score: an evaluation (an in-context RL
+        held-out one) is read by a measure only."""
+        return unit.kind is UnitKind.EPISODE
 
-    def unit_label(self, config: Config, unit: int) -> str:
+    def unit_label(self, config: Config, unit: UnitKey) -> str:
         """A unit as people name it, for pages that show one."""
-        return f"episode {unit}"
+        return f"episode {unit.index}"
 
     @abstractmethod
-    def unit_seed(self, config: Config, unit: int) -> int:
+    def unit_seed(self, config: Config, unit: UnitKey) -> int:
         """The seed unit `unit` starts from (stored with it); LmactError if out of range."""
 
-    def units(self, config: Config, episodes: int) -> range:
-        """The units of a run of `episodes`, checked before any work."""
+    def units(self, config: Config, episodes: int) -> list[UnitKey]:
+        """The units of a run of `episodes`, checked before any work: by default episodes
+        0 … episodes-1, each standing alone (chain 0)."""
         check_episodes(episodes)
-        self.unit_seed(config, episodes - 1)
-        return range(episodes)
+        self.unit_seed(config, UnitKey(0, episodes - 1))
+        return [UnitKey(0, index) for index in range(episodes)]
 
-    def chains(self, config: Config, episodes: int) -> list[list[int]]:
+    def chains(self, config: Config, episodes: int) -> list[list[UnitKey]]:
         """The units as chains: a chain's units are played in order, one after another
         (each may learn from those before it); chains run concurrently. By default every
         unit is a chain of its own."""
         return [[unit] for unit in self.units(config, episodes)]
+
+    def run_length(self, config: Config, unit: UnitKey) -> int:
+        """The fewest episodes of a run whose units include `unit`."""
+        return unit.index + 1
+
+    def in_play_order(self, config: Config, units: Iterable[UnitKey]) -> list[UnitKey]:
+        """Stored units in the order the runner plays them (`chains`), for a reader that
+        replays them: each unit after the earlier units of its chain, whose play it may
+        need. The run is taken as long as its stored units say (`run_length`)."""
+        wanted = set(units)
+        episodes = max((self.run_length(config, unit) for unit in wanted), default=1)
+        order: list[UnitKey] = []
+        with contextlib.suppress(LmactError):  # a length the configuration refuses
+            chains = self.chains(config, episodes)
+            order = [unit for chain in chains for unit in chain if unit in wanted]
+        return order + sorted(wanted - set(order))
 
     @abstractmethod
     async def play(
         self,
         prepared: PreparedRun[Config, Plan],
         policy: Policy,
-        unit: int,
+        unit: UnitKey,
         on_step: Callable[[StepRecord], None],
     ) -> EpisodeRecord:
         """Play one unit to its end, reporting every step as it is played."""
@@ -184,7 +210,7 @@ class Regime(ABC, Generic[Config, Plan]):
         self,
         config: Config,
         episodes: Sequence[EpisodeRecord],
-        stored_steps: Callable[[int], list[StepRecord]],
+        stored_steps: Callable[[UnitKey], list[StepRecord]],
         baselines: dict[str, Sequence[EpisodeRecord]],
     ) -> dict[str, Any]:
         """Measures of a run beyond its mean return (learning curves …), from its episodes,
@@ -194,6 +220,11 @@ class Regime(ABC, Generic[Config, Plan]):
     def report_fields(self, config: Config, run: RunRecord) -> dict[str, Any]:
         """A stored run's facts for `lmact report` (from its configuration and record)."""
         return {}
+
+    def context_label(self, config: Config, step: StepRecord) -> str | None:
+        """What a stored step's prompt context held, in words, for pages that show it
+        (in-context RL: the earlier episodes); None: nothing beyond the run's own prefix."""
+        return None
 
     def describe(self, facts: RunFacts) -> str:
         """A few words on what a run's prompt holds, for the line above its summary."""

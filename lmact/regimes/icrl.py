@@ -2,9 +2,10 @@
 episode, and its own earlier episodes, with their rewards, are what the context holds.
 
 A run is R replicates (replicate r starts from seed `seed + r`), each a chain of E episodes
-played in order; replicates run concurrently. Unit `r * REPLICATE_STRIDE + e` is episode e
-of replicate r. Which earlier episodes a step's context holds is the variant's choice
-(after Monea et al.), recorded with the step:
+played in order; replicates run concurrently. Replicate r is chain r of the run's units:
+its episode e is unit (r, e), its held-out evaluation k unit (r, k, evaluation). Which
+earlier episodes a step's context holds is the variant's choice (after Monea et al.),
+recorded with the step (`lmact.regimes.icrl_facts`):
 
 - `naive`: every earlier episode, the most recent that fit the budget;
 - `naive-positive`: only earlier episodes that succeeded, the most recent that fit;
@@ -37,7 +38,7 @@ from lmact.episode import FollowTheAnswer, LiveSituation, StepRules, follow_acti
 from lmact.errors import LmactError, UnknownNameError
 from lmact.policies import Policy
 from lmact.prompting import check_templates, template, templates_fingerprint
-from lmact.records import EpisodeRecord, StepRecord
+from lmact.records import EpisodeRecord, StepRecord, UnitKey, UnitKind
 from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts
 from lmact.regimes.headline import Headline
 from lmact.regimes.icrl_context import (
@@ -50,6 +51,7 @@ from lmact.regimes.icrl_context import (
     select_context,
 )
 from lmact.regimes.icrl_context import PastEpisode as PastEpisode  # where it was defined before
+from lmact.regimes.icrl_facts import shown_context
 from lmact.regimes.prompted import PromptedConfig, check_counts, check_sees, prompted_fields
 from lmact.resources import data_dir
 from lmact.scoring import (
@@ -66,9 +68,11 @@ from lmact.tasks import TaskSpec, get_task
 VARIANTS = ("naive", "naive-positive", "stochastic", "approximate", "supervised")
 HISTORIES = ("raw", "summary")
 RESETS = ("same", "fresh")
-REPLICATE_STRIDE = MAX_EPISODES  # units of one replicate: r * stride + e
-# A replicate's held-out evaluations are units r * stride + EVALUATION_OFFSET + k (point k):
-# episodes of a replicate stay below the offset.
+# Fresh starts (--reset fresh) of replicate r, which starts from `seed + r`, are seeds
+# (seed + r) * stride + e: no two replicates share one.
+REPLICATE_STRIDE = MAX_EPISODES
+# Held-out evaluation k of a replicate draws from the streams of `EVALUATION_OFFSET + k`,
+# above every episode's (a replicate holds fewer episodes than that).
 EVALUATION_OFFSET = REPLICATE_STRIDE // 2
 DEFAULT_EVAL_SIZE = 100
 DEFAULT_REPLICATES = 5
@@ -87,6 +91,9 @@ TEMPLATE_FIELDS: dict[str, frozenset[str]] = {
     "legal_actions": frozenset({"actions"}),
     "instruction": frozenset(),
 }
+
+# The seed a unit starts from (`IcrlRegime.unit_seed`), for the functions that play one.
+UnitSeed = Callable[["IcrlConfig", UnitKey], int]
 
 
 def icrl_prompts(folder: str | None) -> Path:
@@ -199,7 +206,7 @@ class IcrlPlan:
     task: TaskSpec
     policy: Policy
     budget: int | None
-    stored_steps: Callable[[int], list[StepRecord]]
+    stored_steps: Callable[[UnitKey], list[StepRecord]]
     replicates: dict[int, _Replicate] = field(default_factory=dict)
 
     def template(self, name: str, **values: object) -> str:
@@ -219,7 +226,7 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
     )  # fmt: skip
 
     def prepare(
-        self, config: IcrlConfig, policy: Policy, context: RunContext, units: Sequence[int]
+        self, config: IcrlConfig, policy: Policy, context: RunContext, units: Sequence[UnitKey]
     ) -> PreparedRun[IcrlConfig, IcrlPlan]:
         task = config.task_spec()
         check_sees(task, config.observation, policy)
@@ -229,37 +236,40 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         plan = IcrlPlan(config, task, policy, budget, context.stored_steps)
         return PreparedRun(config, policy, RunFacts(details={"budget": budget}), plan)
 
-    def units(self, config: IcrlConfig, episodes: int) -> range:
+    def units(self, config: IcrlConfig, episodes: int) -> list[UnitKey]:
         if episodes > EVALUATION_OFFSET:
             raise LmactError(f"--episodes must be at most {EVALUATION_OFFSET} in --regime icrl")
         return super().units(config, episodes)
 
-    def chains(self, config: IcrlConfig, episodes: int) -> list[list[int]]:
+    def chains(self, config: IcrlConfig, episodes: int) -> list[list[UnitKey]]:
         """One chain per replicate: its episodes in order, each held-out evaluation just
         before the episode whose context it uses."""
+        indices = [unit.index for unit in self.units(config, episodes)]
+        every = config.eval_every
         chains = []
         for replicate in range(config.replicates):
-            base, chain = replicate * REPLICATE_STRIDE, []
-            for episode in self.units(config, episodes):
-                if config.eval_every is not None and episode % config.eval_every == 0:
-                    chain.append(base + EVALUATION_OFFSET + episode // config.eval_every)
-                chain.append(base + episode)
+            chain = []
+            for episode in indices:
+                if every is not None and episode % every == 0:
+                    chain.append(UnitKey(replicate, episode // every, UnitKind.EVALUATION))
+                chain.append(UnitKey(replicate, episode))
             chains.append(chain)
         return chains
 
-    def is_scored(self, config: IcrlConfig, unit: int) -> bool:
-        return unit % REPLICATE_STRIDE < EVALUATION_OFFSET
+    def run_length(self, config: IcrlConfig, unit: UnitKey) -> int:
+        if unit.kind is UnitKind.EVALUATION:  # played before the episode whose context it uses
+            return unit.index * (config.eval_every or 1) + 1
+        return unit.index + 1
 
-    def unit_label(self, config: IcrlConfig, unit: int) -> str:
-        replicate, index = divmod(unit, REPLICATE_STRIDE)
-        if index >= EVALUATION_OFFSET:
-            return f"replicate {replicate} · held-out evaluation {index - EVALUATION_OFFSET}"
-        return f"replicate {replicate} · episode {index}"
+    def unit_label(self, config: IcrlConfig, unit: UnitKey) -> str:
+        if unit.kind is UnitKind.EVALUATION:
+            return f"replicate {unit.chain} · held-out evaluation {unit.index}"
+        return f"replicate {unit.chain} · episode {unit.index}"
 
-    def unit_seed(self, config: IcrlConfig, unit: int) -> int:
+    def unit_seed(self, config: IcrlConfig, unit: UnitKey) -> int:
         """An episode's start; for an evaluation, the first held-out example's seed."""
-        replicate, episode = divmod(unit, REPLICATE_STRIDE)
-        if episode >= EVALUATION_OFFSET:
+        replicate, episode = unit.chain, unit.index
+        if unit.kind is UnitKind.EVALUATION:
             return DEMO_SEED_BASE
         start = config.seed + replicate
         if get_task(config.task).environment == "bandit":
@@ -278,10 +288,10 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         self,
         prepared: PreparedRun[IcrlConfig, IcrlPlan],
         policy: Policy,
-        unit: int,
+        unit: UnitKey,
         on_step: Callable[[StepRecord], None],
     ) -> EpisodeRecord:
-        if not self.is_scored(prepared.config, unit):
+        if unit.kind is UnitKind.EVALUATION:
             return await evaluate_held_out(prepared.plan, policy, unit, on_step, self.unit_seed)
         return await play_icrl_episode(prepared.plan, policy, unit, on_step, self.unit_seed)
 
@@ -309,14 +319,14 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         self,
         config: IcrlConfig,
         episodes: Sequence[EpisodeRecord],
-        stored_steps: Callable[[int], list[StepRecord]],
+        stored_steps: Callable[[UnitKey], list[StepRecord]],
         baselines: dict[str, Sequence[EpisodeRecord]],
     ) -> dict[str, Any]:
         """The learning curve across replicates, the final 10% mean (normalized like an
         imitation score), regret against the expert, and for bandits Krishnamurthy et
         al.'s measures; what the contexts held, per episode index."""
         returns = by_replicate(episodes)
-        steps = {record.episode: stored_steps(record.episode) for record in episodes}
+        steps = {record.unit: stored_steps(record.unit) for record in episodes}
         final = final_share_mean(returns)
         measures: dict[str, Any] = {
             "variant": config.variant,
@@ -343,7 +353,7 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         self,
         config: IcrlConfig,
         returns: list[list[float]],
-        stored_steps: Callable[[int], list[StepRecord]],
+        stored_steps: Callable[[UnitKey], list[StepRecord]],
     ) -> list[dict[str, float]]:
         """Per evaluation point: the episode it preceded and the held-out accuracy, the
         mean across replicates with its 95% interval."""
@@ -352,8 +362,7 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         for point in range(-(-max(len(r) for r in returns) // every)):
             accuracies = []
             for replicate in range(len(returns)):
-                unit = replicate * REPLICATE_STRIDE + EVALUATION_OFFSET + point
-                steps = stored_steps(unit)
+                steps = stored_steps(UnitKey(replicate, point, UnitKind.EVALUATION))
                 if steps:
                     accuracies.append(sum(s.reward for s in steps) / len(steps))
             if accuracies:
@@ -368,7 +377,7 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         self,
         config: IcrlConfig,
         episodes: Sequence[EpisodeRecord],
-        stored_steps: Callable[[int], list[StepRecord]],
+        stored_steps: Callable[[UnitKey], list[StepRecord]],
     ) -> BanditMeasures:
         pulls: dict[int, list[str]] = {}
         rewards: dict[int, list[float]] = {}
@@ -376,8 +385,8 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         arms: dict[int, list[str]] = {}
         env = get_task(config.task).make_environment()
         for record in episodes:
-            replicate = record.episode // REPLICATE_STRIDE
-            (step,) = stored_steps(record.episode)
+            replicate = record.chain
+            (step,) = stored_steps(record.unit)
             pulls.setdefault(replicate, []).append(step.action)
             rewards.setdefault(replicate, []).append(step.reward)
             if replicate not in best:  # the instance of the replicate's first round
@@ -401,22 +410,27 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
     def describe(self, facts: RunFacts) -> str:
         return "its own earlier episodes in context"
 
+    def context_label(self, config: IcrlConfig, step: StepRecord) -> str | None:
+        shown = shown_context(step)
+        if shown is None:
+            return None
+        named = ", ".join(str(index) for index in shown) if shown else "none"
+        return f"context of step {step.step}: earlier episodes {named}"
+
 
 def context_lengths(
-    episodes: Sequence[EpisodeRecord], steps: dict[int, list[StepRecord]]
+    episodes: Sequence[EpisodeRecord], steps: dict[UnitKey, list[StepRecord]]
 ) -> list[dict[str, float]]:
     """Per episode index, the mean over replicates of what its first step's context held:
     earlier episodes (`examples`) and the prompt's tokens as the model counted them."""
     by_index: dict[int, list[StepRecord]] = {}
     for record in episodes:
-        if steps.get(record.episode):
-            by_index.setdefault(record.episode % REPLICATE_STRIDE, []).append(
-                steps[record.episode][0]
-            )
+        if steps.get(record.unit):
+            by_index.setdefault(record.episode, []).append(steps[record.unit][0])
     return [
         {
             "episode": index,
-            "examples": float(np.mean([len(s.context or ()) for s in first])),
+            "examples": float(np.mean([len(shown_context(s) or ()) for s in first])),
             "prompt_tokens": float(np.mean([s.usage.prompt_tokens for s in first])),
         }
         for index, first in sorted(by_index.items())
@@ -427,18 +441,16 @@ def by_replicate(episodes: Sequence[EpisodeRecord]) -> list[list[float]]:
     """The returns of a run's episodes, as one list per replicate in episode order."""
     returns: dict[int, list[tuple[int, float]]] = {}
     for record in episodes:
-        replicate, episode = divmod(record.episode, REPLICATE_STRIDE)
-        returns.setdefault(replicate, []).append((episode, record.total_return))
+        returns.setdefault(record.chain, []).append((record.episode, record.total_return))
     return [[value for _, value in sorted(returns[r])] for r in sorted(returns)]
 
 
-def _history(plan: IcrlPlan, replicate: int, episode: int, seed_of: Callable[[IcrlConfig, int], int]
-             ) -> _Replicate:  # fmt: skip
+def _history(plan: IcrlPlan, replicate: int, episode: int, seed_of: UnitSeed) -> _Replicate:
     """The replicate's episodes before `episode`: played here, or read back from the store
     (observations rendered again by replaying the stored actions from the episode's seed)."""
     state = plan.replicates.setdefault(replicate, _Replicate())
     for index in range(len(state.episodes), episode):
-        unit = replicate * REPLICATE_STRIDE + index
+        unit = UnitKey(replicate, index)
         steps, seed = plan.stored_steps(unit), seed_of(plan.config, unit)
         seen = follow_actions(
             plan.task.make_environment(),
@@ -471,15 +483,15 @@ def _rules(config: IcrlConfig) -> StepRules:
 async def evaluate_held_out(
     plan: IcrlPlan,
     policy: Policy,
-    unit: int,
+    unit: UnitKey,
     on_step: Callable[[StepRecord], None],
-    seed_of: Callable[[IcrlConfig, int], int],
+    seed_of: UnitSeed,
 ) -> EpisodeRecord:
     """Label the first `eval_size` held-out examples, each with the context that the
     evaluation's episode has at its first step; nothing of it enters a context."""
     config = plan.config
-    replicate, offset = divmod(unit, REPLICATE_STRIDE)
-    episode = (offset - EVALUATION_OFFSET) * (config.eval_every or 1)
+    replicate, offset = unit.chain, EVALUATION_OFFSET + unit.index
+    episode = unit.index * (config.eval_every or 1)
     state = _history(plan, replicate, episode, seed_of)
     chosen = select_context(plan, state, replicate, episode, 0)
 
@@ -493,7 +505,7 @@ async def evaluate_held_out(
         plan.task.make_environment(),
         policy,
         hooks,
-        episode=unit,
+        episode=unit.index,
         seed=DEMO_SEED_BASE,
         max_steps=1,  # per example: each is an episode of its own
         on_step=on_step,
@@ -503,13 +515,13 @@ async def evaluate_held_out(
 async def play_icrl_episode(
     plan: IcrlPlan,
     policy: Policy,
-    unit: int,
+    unit: UnitKey,
     on_step: Callable[[StepRecord], None],
-    seed_of: Callable[[IcrlConfig, int], int],
+    seed_of: UnitSeed,
 ) -> EpisodeRecord:
     """Play one episode of a replicate, its context built from the replicate's earlier ones."""
     config = plan.config
-    replicate, episode = divmod(unit, REPLICATE_STRIDE)
+    replicate, episode = unit.chain, unit.index
     state = _history(plan, replicate, episode, seed_of)
     seed = seed_of(config, unit)
 
@@ -524,7 +536,7 @@ async def play_icrl_episode(
         plan.task.make_environment(),
         policy,
         hooks,
-        episode=unit,
+        episode=unit.index,
         seed=seed,
         max_steps=config.max_steps,
         on_step=on_step,

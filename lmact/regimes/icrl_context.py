@@ -17,6 +17,7 @@ from lmact.episode import EpisodeHooks, FollowTheAnswer, LiveSituation, PlayedSt
 from lmact.models.base import ModelRequest, Part, TextPart, merge_text_parts
 from lmact.prompting import ACTION_LABEL, observation_parts
 from lmact.records import EpisodeRecord, StepRecord
+from lmact.regimes.icrl_facts import step_facts
 
 if TYPE_CHECKING:  # the regime's module imports this one
     from lmact.regimes.icrl import IcrlPlan
@@ -228,7 +229,7 @@ class HeldOutEvaluation(EpisodeHooks):
         self.example += 1
         if self.example < self.size:  # the next example: a new episode, in the same unit
             self.situation.env.reset(DEMO_SEED_BASE + self.example)
-        return replace(played.record, context=tuple(self.chosen))
+        return replace(played.record, facts=step_facts(self.chosen))
 
     def finish(self, record: EpisodeRecord) -> EpisodeRecord:
         return replace(record, terminated=True, end_reason="evaluated")
@@ -260,7 +261,7 @@ class ReplicateEpisode(EpisodeHooks):
         self.gold.append(_gold(self.plan, self.situation.env))
 
     def after_step(self, played: PlayedStep) -> StepRecord:
-        record = replace(played.record, context=tuple(self.chosen))
+        record = replace(played.record, facts=step_facts(self.chosen))
         observation, action = played.step
         self.current.append((observation, action, record.reward))
         return record

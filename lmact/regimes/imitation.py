@@ -27,7 +27,7 @@ from lmact.errors import LmactError, UnknownNameError
 from lmact.models.base import ModelRequest, Part
 from lmact.policies import Policy
 from lmact.prompting import Packing, PromptBuilder, Step, pack_demonstrations
-from lmact.records import EpisodeRecord, StepRecord
+from lmact.records import EpisodeRecord, StepRecord, UnitKey
 from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts
 from lmact.regimes.headline import Headline
 from lmact.regimes.prompted import (
@@ -259,7 +259,11 @@ class ImitationRegime(Regime[ImitationConfig, EpisodePlan]):
     )
 
     def prepare(
-        self, config: ImitationConfig, policy: Policy, context: RunContext, units: Sequence[int]
+        self,
+        config: ImitationConfig,
+        policy: Policy,
+        context: RunContext,
+        units: Sequence[UnitKey],
     ) -> PreparedRun[ImitationConfig, EpisodePlan]:
         task = config.task_spec()
         check_sees(task, config.observation, policy)
@@ -274,7 +278,7 @@ class ImitationRegime(Regime[ImitationConfig, EpisodePlan]):
                     task, config.observation, 0, config.demo_pool, bar.update
                 )
                 packing_for = _per_episode_packing(config, pool, pack)
-                packing_for(units[0] if units else 0)  # the first to play fits, or fails now
+                packing_for(units[0].index if units else 0)  # the first to play fits, or fails
                 # What the run reports: episode 0's packing, whichever episodes are left.
                 packing, chosen = packing_for(0), pool
             else:
@@ -288,28 +292,36 @@ class ImitationRegime(Regime[ImitationConfig, EpisodePlan]):
                 def packing_for(episode: int) -> Packing:
                     return shared
 
+        # Shared: the demonstrations shown; per episode: the pool they are drawn from.
+        digest = demonstrations_hash(chosen)
         facts = RunFacts(
             demonstrations=len(packing.demonstrations),
-            # Shared: the demonstrations shown; per episode: the pool they are drawn from.
-            demonstrations_hash=demonstrations_hash(chosen),
+            demonstrations_hash=digest,
             prefix_tokens=packing.prefix_tokens,
             demonstrations_loaded=len(chosen),
             details={"stopped_by": packing.stopped_by},
+            # As `lmact report` and the viewer read them back; a changed hash is refused.
+            stored={
+                "demos": len(packing.demonstrations),
+                "demos_hash": digest,
+                "prefix_tokens": packing.prefix_tokens,
+            },
+            pinned={"demos_hash": "demonstrations (the demonstration cache changed)"},
         )
         plan = EpisodePlan(config, task, builder, packing_for)
         return PreparedRun(config, policy, facts, plan)
 
-    def unit_seed(self, config: ImitationConfig, unit: int) -> int:
-        return config.test_seed(unit)
+    def unit_seed(self, config: ImitationConfig, unit: UnitKey) -> int:
+        return config.test_seed(unit.index)
 
     async def play(
         self,
         prepared: PreparedRun[ImitationConfig, EpisodePlan],
         policy: Policy,
-        unit: int,
+        unit: UnitKey,
         on_step: Callable[[StepRecord], None],
     ) -> EpisodeRecord:
-        return await play_test_episode(prepared.plan, policy, unit, on_step)
+        return await play_test_episode(prepared.plan, policy, unit.index, on_step)
 
     def baseline(self, config: ImitationConfig, policy: str) -> ImitationConfig:
         return config.baseline(policy)
@@ -336,7 +348,7 @@ class ImitationRegime(Regime[ImitationConfig, EpisodePlan]):
     def report_fields(self, config: ImitationConfig, run: RunRecord) -> dict[str, Any]:
         # `demos` is what was packed, also for a run chosen by token budget.
         return {
-            "demos": run.demos_used,
+            "demos": run.facts.get("demos"),
             "token_budget": config.token_budget,
             **self.option_fields(config),
         }

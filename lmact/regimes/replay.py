@@ -25,7 +25,7 @@ from lmact.errors import LmactError
 from lmact.models.base import ModelRequest, Part
 from lmact.policies import Policy
 from lmact.prompting import PromptBuilder, Step
-from lmact.records import EpisodeRecord, StepRecord
+from lmact.records import EpisodeRecord, StepRecord, UnitKey
 from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts
 from lmact.regimes.headline import Headline
 from lmact.regimes.prompted import (
@@ -85,27 +85,30 @@ class ReplayRegime(Regime[ReplayConfig, ReplayPlan]):
     )
 
     def prepare(
-        self, config: ReplayConfig, policy: Policy, context: RunContext, units: Sequence[int]
+        self, config: ReplayConfig, policy: Policy, context: RunContext, units: Sequence[UnitKey]
     ) -> PreparedRun[ReplayConfig, ReplayPlan]:
         task = config.task_spec()
         check_sees(task, config.observation, policy)
         demonstrations: dict[int, Demonstration] = {}
-        if units:
-            first, last = min(units), max(units)
+        indices = {unit.index for unit in units}
+        if indices:
+            first, last = min(indices), max(indices)
             with context.progress_bar(
                 last - first + 1, f"demonstrations {task.name}", "demo"
             ) as bar:
                 loaded = context.demo_store.load(
                     task, config.observation, config.seed + first, last - first + 1, bar.update
                 )
-            demonstrations = {first + k: d for k, d in enumerate(loaded) if first + k in units}
+            demonstrations = {first + k: d for k, d in enumerate(loaded) if first + k in indices}
         plan = ReplayPlan(PromptBuilder(prompt_settings(config)), demonstrations)
         # The episodes' seeds name the demonstrations they replay: no hash of a set.
-        facts = RunFacts(demonstrations=1, demonstrations_loaded=len(demonstrations))
+        facts = RunFacts(
+            demonstrations=1, demonstrations_loaded=len(demonstrations), stored={"demos": 1}
+        )
         return PreparedRun(config, policy, facts, plan)
 
-    def unit_seed(self, config: ReplayConfig, unit: int) -> int:
-        index = config.seed + unit
+    def unit_seed(self, config: ReplayConfig, unit: UnitKey) -> int:
+        index = config.seed + unit.index
         if index >= MAX_DEMONSTRATIONS:
             raise LmactError(
                 f"demonstration {index} is past the last one ({MAX_DEMONSTRATIONS - 1}); "
@@ -117,10 +120,10 @@ class ReplayRegime(Regime[ReplayConfig, ReplayPlan]):
         self,
         prepared: PreparedRun[ReplayConfig, ReplayPlan],
         policy: Policy,
-        unit: int,
+        unit: UnitKey,
         on_step: Callable[[StepRecord], None],
     ) -> EpisodeRecord:
-        return await replay_episode(prepared, policy, unit, on_step)
+        return await replay_episode(prepared, policy, unit.index, on_step)
 
     def baseline(self, config: ReplayConfig, policy: str) -> ReplayConfig:
         """Scripted policies read the demonstration, not the prompt: prompt settings take

@@ -163,10 +163,11 @@ def _foreign_row(run: RunRecord, finished: dict[int, EpisodeRecord]) -> dict[str
     }
     baselines: dict[str, Any] = {"random": None, "expert": None}
     budget = config.get("token_budget")
+    demos = run.facts.get("demos")  # stored by its regime, if it stored them (imitation's)
     return {
         **_scores_row(run, finished, baselines),
         **described,
-        "demos": run.demos_used,
+        "demos": demos if isinstance(demos, int) else None,
         "token_budget": budget if isinstance(budget, int) else None,
     }
 

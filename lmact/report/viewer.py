@@ -58,7 +58,7 @@ from lmact.models.base import (
 from lmact.models.registry import resolve_model
 from lmact.policies import Policy, Situation
 from lmact.prompting import extract_answer
-from lmact.records import EpisodeRecord, StepRecord
+from lmact.records import EpisodeRecord, StepRecord, UnitKey, UnitKind
 from lmact.regimes import regime_of
 from lmact.regimes.base import Regime, RegimeConfig, RunContext
 from lmact.report.page import content_security_policy, counted, data_uri, document, escape
@@ -185,8 +185,8 @@ class StoredAnswers(Policy):
 class _Replay:
     """What replaying a run's episodes gave: per unit, its steps as asked and as replayed."""
 
-    steps: dict[int, list[tuple[_Asked, StepRecord]]] = field(default_factory=dict)
-    notes: dict[int, str] = field(default_factory=dict)  # why a unit's replay fell short
+    steps: dict[UnitKey, list[tuple[_Asked, StepRecord]]] = field(default_factory=dict)
+    notes: dict[UnitKey, str] = field(default_factory=dict)  # why a unit's replay fell short
     run_notes: list[str] = field(default_factory=list)
 
 
@@ -203,25 +203,6 @@ def _token_counter(config: RegimeConfig) -> ModelClient | None:
         return None
 
 
-def _replay_order(
-    regime: Regime[Any, Any], config: RegimeConfig, units: Sequence[int]
-) -> list[int]:
-    """The units in the order the runner plays them: where a regime chains units (each
-    in-context RL episode's context holds the earlier ones), chain by chain, in order."""
-    finished, scored = set(units), sum(regime.is_scored(config, unit) for unit in units)
-    chains: list[list[int]] = []
-    with contextlib.suppress(LmactError):
-        episodes = 1
-        # The horizon that covers every finished unit: doubled until it does (or can't).
-        while True:
-            chains = regime.chains(config, episodes)
-            if finished <= {u for chain in chains for u in chain} or episodes >= scored:
-                break
-            episodes *= 2
-    order = [unit for chain in chains for unit in chain if unit in finished]
-    return order + sorted(finished - set(order))
-
-
 def _reason(error: BaseException) -> str:
     if isinstance(error, LmactError | _ReplayStopped):
         return str(error)
@@ -229,22 +210,22 @@ def _reason(error: BaseException) -> str:
 
 
 def _shown_units(
-    config: RegimeConfig | None, finished: Sequence[int], limit: int | None
-) -> list[int]:
-    """The finished units a page shows, in the order they are replayed: all of them, or the
-    first `limit` of that order. A chain's units are replayed first to last, so a page cut
-    short still holds each shown unit's earlier units (in-context RL reads its context from
-    them)."""
+    config: RegimeConfig | None, finished: Sequence[UnitKey], limit: int | None
+) -> list[UnitKey]:
+    """The finished units a page shows, in the order they are replayed (the runner's,
+    `Regime.in_play_order`): all of them, or the first `limit` of that order. A chain's
+    units are replayed first to last, so a page cut short still holds each shown unit's
+    earlier units (in-context RL reads its context from them)."""
     if config is None:
         order = sorted(finished)
     else:
-        order = _replay_order(regime_of(config), config, sorted(finished))
+        order = regime_of(config).in_play_order(config, finished)
     return order if limit is None else order[:limit]
 
 
 def _replay(
-    steps_of: Callable[[int], list[StepRecord]], run: RunRecord, config: RegimeConfig,
-    demo_store: DemoStore, order: Sequence[int],
+    steps_of: Callable[[UnitKey], list[StepRecord]], run: RunRecord, config: RegimeConfig,
+    demo_store: DemoStore, order: Sequence[UnitKey],
 ) -> _Replay:  # fmt: skip
     """Replay the finished units `order` of `run`, in that order, offline with their
     stored completions (`steps_of`: the run's stored steps of a unit)."""
@@ -264,12 +245,13 @@ def _replay(
     finally:
         if counter is not None:
             counter.close()
-    shown, played = prepared.facts.demonstrations_hash, run.demos_hash
-    if shown is not None and played is not None and shown != played:
-        replay.run_notes.append(
-            f"the demonstration cache now holds other demonstrations (hash {shown}) than the "
-            f"run was played with ({played})"
-        )
+    facts = prepared.facts
+    for name, what in facts.pinned.items():  # what its episodes were played under
+        now, played = facts.stored.get(name), run.facts.get(name)
+        if now is not None and played is not None and now != played:
+            replay.run_notes.append(
+                f"the run was played with other {what}: its {name} was {played}, now {now}"
+            )
     return replay
 
 
@@ -277,8 +259,8 @@ async def _replay_units(
     regime: Regime[Any, Any],
     prepared: Any,
     policy: StoredAnswers,
-    order: Sequence[int],
-    stored: dict[int, list[StepRecord]],
+    order: Sequence[UnitKey],
+    stored: dict[UnitKey, list[StepRecord]],
     replay: _Replay,
 ) -> None:
     for unit in order:
@@ -314,6 +296,7 @@ class ViewedStep:
     stored: StepRecord
     asked: _Asked | None = None
     replayed: StepRecord | None = None
+    context: str | None = None  # what its context held, as its regime says (in-context RL)
 
     @property
     def verified(self) -> bool:
@@ -392,7 +375,11 @@ def view_run(
             continue
         rebuilt = replay.steps.get(unit, [])
         steps = [
-            ViewedStep(stored, *(rebuilt[index] if index < len(rebuilt) else (None, None)))
+            ViewedStep(
+                stored,
+                *(rebuilt[index] if index < len(rebuilt) else (None, None)),
+                _context_label(config, stored),
+            )
             for index, stored in enumerate(steps_of(unit))
         ]
         episodes.append(
@@ -401,44 +388,72 @@ def view_run(
     return ViewedRun(run, config, episodes, replay.run_notes, len(finished))
 
 
-def _unit_label(config: RegimeConfig | None, unit: int) -> str:
+def _unit_label(config: RegimeConfig | None, unit: UnitKey) -> str:
     """A unit as people name it (in-context RL numbers units by replicate)."""
-    return f"episode {unit}" if config is None else regime_of(config).unit_label(config, unit)
+    if config is None:
+        chain = f"chain {unit.chain} · " if unit.chain else ""
+        return f"{chain}{unit.kind.value} {unit.index}"
+    return regime_of(config).unit_label(config, unit)
+
+
+def _context_label(config: RegimeConfig | None, step: StepRecord) -> str | None:
+    """What a step's context held, as its regime says; None where it says nothing (or
+    cannot: a damaged record is shown, not fatal)."""
+    if config is None:
+        return None
+    try:
+        return regime_of(config).context_label(config, step)
+    except LmactError as error:
+        return f"context not readable: {error}"
+
+
+def _anchor(unit: UnitKey) -> str:
+    """A unit's name in the page's ids and links: its index alone for an episode of chain 0
+    (every unit of a regime whose units stand alone), else with its chain and kind."""
+    name = str(unit.index) if unit.kind is UnitKind.EPISODE else f"eval{unit.index}"
+    return name if not unit.chain else f"c{unit.chain}-{name}"
 
 
 def render_viewer(
     store: RunStore,
     run_id: str,
-    episode: int | None = None,
+    episode: int | UnitKey | None = None,
     *,
     demo_store: DemoStore | None = None,
     max_episodes: int | None = None,
 ) -> str:
     """The whole self-contained page of one run: all its finished episodes (or the first
     `max_episodes` in the order they are played, which is what replaying costs), `episode`
-    (a stored episode number; default the first) shown first. `run_id` may be a prefix."""
+    (a unit, or the number of an episode of the first chain; default the first) shown
+    first. `run_id` may be a prefix."""
     run = resolve_run(store, run_id)
+    chosen = UnitKey(0, episode) if isinstance(episode, int) else episode
     finished = store.finished_episodes(run.run_id)
-    if episode is not None and episode not in finished:
+    config = readable_config(run)
+    if chosen is not None and chosen not in finished:
         raise LmactError(
-            f"run {run.run_id} has no finished episode {episode}; "
-            f"its finished episodes: {_some(sorted(finished))}"
+            f"run {run.run_id} has no finished {_unit_label(config, chosen)}; "
+            f"its finished episodes: {_some(config, sorted(finished))}"
         )
     view = view_run(store, run, demo_store, max_episodes)
-    shown = [viewed.record.episode for viewed in view.episodes]
-    if episode is not None and episode not in shown:
-        raise LmactError(f"episode {episode} of run {run.run_id} is not among the "
-                         f"{len(shown)} shown ({_some(sorted(shown))})")  # fmt: skip
-    chosen = episode if episode is not None else min(shown, default=None)
+    shown = [viewed.record.unit for viewed in view.episodes]
+    if chosen is not None and chosen not in shown:
+        raise LmactError(f"{_unit_label(config, chosen)} of run {run.run_id} is not among "
+                         f"the {len(shown)} shown ({_some(config, shown)})")  # fmt: skip
+    if chosen is None and shown:
+        chosen = shown[0]
     return page_html(view, chosen)
 
 
-def _some(numbers: Sequence[int]) -> str:
-    if not numbers:
+def _some(config: RegimeConfig | None, units: Sequence[UnitKey]) -> str:
+    """Units named in a message: by number where all are episodes of the first chain."""
+    if not units:
         return "none yet"
-    if len(numbers) <= 8:
-        return ", ".join(map(str, numbers))
-    return f"{', '.join(map(str, numbers[:6]))}, … {numbers[-1]} ({len(numbers)} in all)"
+    plain = all(unit.chain == 0 and unit.kind is UnitKind.EPISODE for unit in units)
+    names = [str(unit.index) if plain else _unit_label(config, unit) for unit in units]
+    if len(names) <= 8:
+        return ", ".join(names)
+    return f"{', '.join(names[:6])}, … {names[-1]} ({len(names)} in all)"
 
 
 # --- The page ------------------------------------------------------------------------------
@@ -489,12 +504,17 @@ def _prefix_label(step: ViewedStep, run: RunRecord) -> str:
     chars = sum(len(p.text) for p in parts if isinstance(p, TextPart))
     images = sum(isinstance(p, ImagePart) for p in parts)
     size = f"{chars:,} characters" + (f", {images} images" if images else "")
-    context = step.stored.context
-    if context is not None:
-        shown = ", ".join(str(index) for index in context) if context else "none"
-        return f"context of step {step.stored.step}: earlier episodes {shown} · {size}"
-    count = f"{counted(run.demos_used, 'demonstration')} · " if run.demos_used is not None else ""
+    if step.context is not None:
+        return f"{step.context} · {size}"
+    demos = _demonstrations(run)
+    count = f"{counted(demos, 'demonstration')} · " if demos is not None else ""
     return f"preamble and demonstrations · {count}{size}"
+
+
+def _demonstrations(run: RunRecord) -> int | None:
+    """How many demonstrations the run's prompts held, where its regime stored it."""
+    demos = run.facts.get("demos")
+    return demos if isinstance(demos, int) and not isinstance(demos, bool) else None
 
 
 def _prefix_details(ref: int, label: str) -> str:
@@ -573,7 +593,7 @@ def _answer_html(step: ViewedStep) -> str:
 
 
 def _step_html(
-    step: ViewedStep, episode: int, prefixes: _Prefixes, run: RunRecord, own_prefix: bool
+    step: ViewedStep, episode: str, prefixes: _Prefixes, run: RunRecord, own_prefix: bool
 ) -> str:
     notes = "".join(f'<p class="note">⚠ {escape(problem)}</p>' for problem in step.problems())
     after = step.after_observation
@@ -608,7 +628,7 @@ def _episode_facts(record: EpisodeRecord) -> str:
 
 
 def _episode_html(episode: ViewedEpisode, run: RunRecord, prefixes: _Prefixes, shown: bool) -> str:
-    unit = episode.record.episode
+    unit = _anchor(episode.record.unit)
     prefixes_seen = {_prefix_of(step) for step in episode.steps}
     shared = len(prefixes_seen) == 1 and None not in prefixes_seen
     head = f"<h2>{escape(episode.label)}</h2>{_episode_facts(episode.record)}"
@@ -625,12 +645,12 @@ def _episode_html(episode: ViewedEpisode, run: RunRecord, prefixes: _Prefixes, s
     )
 
 
-def _nav_html(episodes: Sequence[ViewedEpisode], chosen: int | None, finished: int) -> str:
+def _nav_html(episodes: Sequence[ViewedEpisode], chosen: UnitKey | None, finished: int) -> str:
     items = []
     for episode in episodes:
         record = episode.record
-        unit = record.episode
-        current = ' class="current"' if unit == chosen else ""
+        unit = _anchor(record.unit)
+        current = ' class="current"' if record.unit == chosen else ""
         flag = "" if all(s.verified for s in episode.steps) else ' <span class="flag">⚠</span>'
         items.append(
             f'<li><a href="#episode-{unit}" data-episode="{unit}"{current}>{escape(episode.label)}'
@@ -664,7 +684,8 @@ def _run_header(view: ViewedRun) -> str:
     line = " · ".join(
         str(config.get(key, "?")) for key in ("task", "observation", "model", "regime")
     )
-    demos = f" · {counted(run.demos_used, 'demonstration')}" if run.demos_used is not None else ""
+    count = _demonstrations(run)
+    demos = f" · {counted(count, 'demonstration')}" if count is not None else ""
     rows = "".join(
         f"<tr><th>{escape(key)}</th><td>{escape(json.dumps(value))}</td></tr>"
         for key, value in sorted(config.items())
@@ -766,7 +787,7 @@ _SCRIPT = """
     target.scrollIntoView();
   }
   function fromHash() {
-    const match = /^#episode-(\\d+)$/.exec(window.location.hash);
+    const match = /^#episode-([a-z0-9-]+)$/.exec(window.location.hash);
     if (match) show(match[1]);
   }
   function expand(details) {
@@ -796,12 +817,12 @@ _SCRIPT = """
 CONTENT_SECURITY_POLICY = content_security_policy(_CSS, _SCRIPT)
 
 
-def page_html(view: ViewedRun, chosen: int | None) -> str:
-    """The page of a viewed run, episode `chosen` shown (and listed) first."""
+def page_html(view: ViewedRun, chosen: UnitKey | None) -> str:
+    """The page of a viewed run, unit `chosen` shown (and listed) first."""
     prefixes = _Prefixes()
-    ordered = sorted(view.episodes, key=lambda episode: episode.record.episode != chosen)
+    ordered = sorted(view.episodes, key=lambda episode: episode.record.unit != chosen)
     sections = "".join(
-        _episode_html(episode, view.run, prefixes, episode.record.episode == chosen)
+        _episode_html(episode, view.run, prefixes, episode.record.unit == chosen)
         for episode in ordered
     )
     if not sections:

@@ -1,0 +1,517 @@
+"""The run store in one SQLite file: every run, episode and step, and the model-call cache.
+
+WAL mode, one short transaction per write: a run killed at any moment leaves every
+completed step and call on disk. A rerun skips finished episodes, replays unfinished ones
+from the start (their model calls come back from the cache) and so reproduces every number.
+The layout and its migrations are `lmact.store.schema`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lmact.records import (
+    AnswerKind,
+    EpisodeRecord,
+    StepRecord,
+    StopReason,
+    UnitKey,
+    UnitKind,
+    Usage,
+    column_names,
+    flat_fields,
+)
+from lmact.store import schema
+from lmact.store.base import (
+    DEFAULT_STORE,
+    Claim,
+    ClaimLostError,
+    RunRecord,
+    StoreError,
+    claim_alive,
+    facts_text,
+    process_identity,
+    read_config,
+    read_facts,
+    totals_agree,
+)
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+# How long opening a store waits for other processes that hold it (creating it, say).
+OPEN_TIMEOUT_S = 60.0
+# A unit's key in a WHERE clause, bound from `_key`.
+_AT_UNIT = "chain = ? AND unit_kind = ? AND episode = ?"
+_UNIT_ORDER = "chain, unit_kind, episode"
+
+
+def _key(unit: UnitKey) -> tuple[int, str, int]:
+    return unit.chain, unit.kind.value, unit.index
+
+
+class RunStore:
+    """One SQLite file; also the model-call cache (`get_call` / `put_call`).
+
+    Any number of processes may share one store: an episode is played by the one process
+    that claimed it (`claim_episode`), its steps and its end are written only while that
+    claim holds, and a finished episode is never reopened.
+    """
+
+    def __init__(self, path: Path | str = DEFAULT_STORE) -> None:
+        self.path = Path(path)
+        self.owner = process_identity()
+        _check_store_file(self.path)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=60)
+        except sqlite3.Error as error:
+            raise self._error(error) from None
+        try:
+            with self._guard():
+                self._open_when_free()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open_when_free(self) -> None:
+        """Check and migrate the file, retrying while another process holds it: switching
+        a new store to WAL needs it alone, and SQLite's busy timeout does not wait for that."""
+        deadline = time.monotonic() + OPEN_TIMEOUT_S
+        while True:
+            try:
+                schema.check_ours(self._db, self.path)
+                self._migrate()
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _migrate(self) -> None:
+        """Bring the file to this release's layout (`lmact.store.schema`) and mark it as
+        lmact's; writes nothing to a store that is up to date."""
+        if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            self._db.execute("PRAGMA journal_mode=WAL")
+        if schema.up_to_date(self._db):
+            return
+        with self._transaction():
+            schema.migrate(self._db, self.path)
+
+    def _error(self, error: BaseException) -> StoreError:
+        hint = ""
+        if "disk I/O error" in str(error) or "full" in str(error):
+            hint = " (is the disk full?); what was stored before is kept"
+        return StoreError(f"run store {self.path}: {error}{hint}")
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """SQLite's failures (a full disk, a file gone read-only) as one-line errors."""
+        try:
+            yield
+        except sqlite3.Error as error:
+            raise self._error(error) from None
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.release_claims()
+        self._db.close()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # The model-call cache.
+
+    def get_call(self, key: str) -> str | None:
+        """The cached answer of a call; "" for a damaged entry (the caller asks again)."""
+        with self._guard():
+            return self._stored_call(key)
+
+    def _stored_call(self, key: str) -> str | None:
+        # Read as bytes: a row damaged into invalid UTF-8 must not fail the read.
+        row = self._db.execute(
+            "SELECT CAST(response AS BLOB) FROM model_calls WHERE key = ?", (key,)
+        ).fetchone()
+        if row is None:
+            return None
+        try:
+            return bytes(row[0]).decode("utf-8")
+        except UnicodeDecodeError:
+            return ""
+
+    def put_call(self, key: str, model: str, response_json: str) -> str | None:
+        """Store an answer unless one is stored for the key already; returns the stored one.
+
+        The first answer wins, so that two processes that sent the same request at once go
+        on with the same answer, and a rerun reproduces what both recorded.
+        """
+        with self._guard(), self._transaction():
+            self._db.execute(
+                "INSERT INTO model_calls (key, model, response, created) VALUES (?,?,?,?) "
+                "ON CONFLICT(key) DO NOTHING",
+                (key, model, response_json, time.time()),
+            )
+            return self._stored_call(key)
+
+    def replace_call(self, key: str, model: str, response_json: str) -> None:
+        """Overwrite a cached answer (one that failed to load)."""
+        with self._guard():
+            self._db.execute(
+                "INSERT OR REPLACE INTO model_calls (key, model, response, created) "
+                "VALUES (?,?,?,?)",
+                (key, model, response_json, time.time()),
+            )
+
+    # Runs.
+
+    def save_run(
+        self,
+        run_id: str,
+        config: dict[str, Any],
+        facts: dict[str, Any] | None = None,
+        pinned: Mapping[str, str] | None = None,
+    ) -> None:
+        """Record a run with its regime's `facts` (a JSON object, replacing those stored).
+
+        `pinned` names the facts a run that has episodes must keep, each with what it stands
+        for: its episodes were played under them (imitation pins its demonstrations' hash).
+        Raises StoreError if one differs from the value stored: the episodes would mix two
+        prompts.
+        """
+        text = facts_text(facts or {})
+        with self._guard(), self._transaction():
+            row = self._db.execute("SELECT facts FROM runs WHERE run_id = ?", (run_id,))
+            stored = row.fetchone()
+            if stored is not None and pinned and self._has_episodes(run_id):
+                before = read_facts(stored[0], f"run {run_id}", self.path)
+                self._check_pinned(run_id, before, facts or {}, pinned)
+            self._db.execute(
+                "INSERT INTO runs (run_id, config, created, facts) VALUES (?,?,?,?) "
+                "ON CONFLICT(run_id) DO UPDATE SET facts = excluded.facts",
+                (run_id, json.dumps(config, sort_keys=True), time.time(), text),
+            )
+
+    def _check_pinned(
+        self, run_id: str, before: dict[str, Any], now: dict[str, Any], pinned: Mapping[str, str]
+    ) -> None:
+        for name, what in pinned.items():
+            if before.get(name) != now.get(name):
+                raise StoreError(
+                    f"run {run_id} in {self.path} was played with other {what}: its {name} "
+                    f"was {before.get(name)}, now {now.get(name)}; rerun with --restart to "
+                    "discard its episodes and play them afresh, or use another --store"
+                )
+
+    def _has_episodes(self, run_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM episodes WHERE run_id = ? LIMIT 1", (run_id,)
+        ).fetchone()
+        return row is not None
+
+    def discard_run(self, run_id: str) -> int:
+        """Delete a run's episodes and steps (not its cached calls); returns how many
+        episodes were dropped. Refused while another live process plays one of them."""
+        with self._guard(), self._transaction():
+            rows = self._db.execute(
+                "SELECT owner, heartbeat FROM episodes WHERE run_id = ? AND status = 'running'",
+                (run_id,),
+            ).fetchall()
+            if any(self._held_by_other(owner, heartbeat) for owner, heartbeat in rows):
+                raise StoreError(
+                    f"run {run_id} is being played by another process; wait for it to end"
+                )
+            self._db.execute("DELETE FROM steps WHERE run_id = ?", (run_id,))
+            dropped = self._db.execute("DELETE FROM episodes WHERE run_id = ?", (run_id,))
+            self._db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+            return dropped.rowcount
+
+    def runs(self) -> list[RunRecord]:
+        with self._guard():
+            rows = self._db.execute(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY created").fetchall()
+        return [self._run_record(row) for row in rows]
+
+    def run(self, run_id: str) -> RunRecord | None:
+        """One run by its id; None if the store has none of that id."""
+        with self._guard():
+            row = self._db.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+        return self._run_record(row) if row is not None else None
+
+    def _run_record(self, row: tuple) -> RunRecord:
+        run_id, config, created, facts = row
+        return RunRecord(
+            run_id,
+            read_config(config, run_id, self.path),
+            created,
+            read_facts(facts, f"run {run_id}", self.path),
+        )
+
+    # Sweeps.
+
+    def save_sweep(self, name: str, grid: dict[str, Any], run_ids: list[str]) -> None:
+        """Record a sweep's grid and the runs (and baselines) it holds; a sweep of the same
+        name is replaced."""
+        with self._guard(), self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO sweeps (name, grid, created) VALUES (?, ?, ?)",
+                (name, json.dumps(grid, sort_keys=True), time.time()),
+            )
+            self._db.execute("DELETE FROM sweep_runs WHERE name = ?", (name,))
+            self._db.executemany(
+                "INSERT OR IGNORE INTO sweep_runs (name, run_id) VALUES (?, ?)",
+                [(name, run_id) for run_id in run_ids],
+            )
+
+    def sweep_runs(self, name: str) -> set[str]:
+        """The run ids of a sweep; StoreError naming the sweeps there are if it is unknown."""
+        with self._guard():
+            known = [row[0] for row in self._db.execute("SELECT name FROM sweeps ORDER BY name")]
+            rows = self._db.execute("SELECT run_id FROM sweep_runs WHERE name = ?", (name,))
+            run_ids = {row[0] for row in rows}
+        if name not in known:
+            listed = ", ".join(known) if known else "none yet"
+            raise StoreError(f"no sweep {name!r} in {self.path} (sweeps: {listed})")
+        return run_ids
+
+    # Episodes and steps.
+
+    def finished_episodes(self, run_id: str) -> dict[UnitKey, EpisodeRecord]:
+        """A run's finished units, chain by chain (episodes, then evaluations)."""
+        names = column_names(EpisodeRecord)
+        with self._guard():
+            rows = self._db.execute(
+                f"SELECT {', '.join(names)} FROM episodes WHERE run_id = ? "
+                f"AND status = 'done' ORDER BY {_UNIT_ORDER}",
+                (run_id,),
+            ).fetchall()
+        records = [self._episode_record(run_id, dict(zip(names, row, strict=True))) for row in rows]
+        return {record.unit: record for record in records}
+
+    def _held_by_other(self, owner: str | None, heartbeat: float | None) -> bool:
+        return owner is not None and owner != self.owner and claim_alive(owner, heartbeat)
+
+    def claim_episode(self, run_id: str, unit: UnitKey, seed: int) -> tuple[Claim, str | None]:
+        """Take a unit to play, atomically, unless it is finished or a live process plays
+        it. Returns what was found and, when BUSY, the owner. Taking a unit drops the steps
+        of an earlier, unfinished attempt (a crashed or released one)."""
+        with self._guard(), self._transaction():
+            row = self._db.execute(
+                f"SELECT status, owner, heartbeat FROM episodes WHERE run_id = ? AND {_AT_UNIT}",
+                (run_id, *_key(unit)),
+            ).fetchone()
+            if row is not None:
+                status, owner, heartbeat = row
+                if status == "done":
+                    return Claim.DONE, None
+                if self._held_by_other(owner, heartbeat):
+                    return Claim.BUSY, owner
+            self._db.execute(
+                f"DELETE FROM steps WHERE run_id = ? AND {_AT_UNIT}", (run_id, *_key(unit))
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO episodes (run_id, chain, unit_kind, episode, seed, "
+                "status, owner, heartbeat) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+                (run_id, *_key(unit), seed, self.owner, time.time()),
+            )
+        return Claim.OURS, None
+
+    def _check_claim(self, run_id: str, unit: UnitKey) -> None:
+        touched = self._db.execute(
+            f"UPDATE episodes SET heartbeat = ? WHERE run_id = ? AND {_AT_UNIT} "
+            "AND status = 'running' AND owner = ?",
+            (time.time(), run_id, *_key(unit), self.owner),
+        )
+        if touched.rowcount != 1:
+            raise ClaimLostError(
+                f"{_named(unit)} of run {run_id} was taken over by another process"
+            )
+
+    def record_step(self, run_id: str, step: StepRecord) -> None:
+        """Store a step of a unit this process claimed (the unit the step names)."""
+        values = _row_values(step)
+        columns = ", ".join(values)
+        with self._guard(), self._transaction():
+            self._check_claim(run_id, step.unit)
+            self._db.execute(
+                f"INSERT OR REPLACE INTO steps (run_id, {columns}) VALUES (?{', ?' * len(values)})",
+                (run_id, *values.values()),
+            )
+
+    def finish_episode(self, run_id: str, episode: EpisodeRecord) -> None:
+        """Mark a claimed unit done with its totals, which must agree with its steps."""
+        unit = episode.unit
+        values = {k: v for k, v in _row_values(episode).items() if k not in _KEY_COLUMNS}
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        with self._guard(), self._transaction():
+            self._check_claim(run_id, unit)
+            steps, rewards = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(reward), 0) FROM steps "
+                f"WHERE run_id = ? AND {_AT_UNIT}",
+                (run_id, *_key(unit)),
+            ).fetchone()
+            if not totals_agree(steps, rewards, episode.steps, episode.total_return):
+                raise StoreError(
+                    f"{_named(unit)} of run {run_id}: its {steps} stored steps "
+                    f"(return {rewards}) disagree with its totals ({episode.steps} steps, "
+                    f"return {episode.total_return}); it stays unfinished"
+                )
+            self._db.execute(
+                f"UPDATE episodes SET status = 'done', owner = NULL, {assignments} "
+                f"WHERE run_id = ? AND {_AT_UNIT}",
+                (*values.values(), run_id, *_key(unit)),
+            )
+
+    def release_claims(self, run_id: str | None = None) -> None:
+        """Give up this process's unfinished episodes (of one run, or all), so another
+        process may play them at once."""
+        query = "UPDATE episodes SET owner = NULL WHERE owner = ? AND status = 'running'"
+        params: tuple[str, ...] = (self.owner,)
+        if run_id is not None:
+            query, params = query + " AND run_id = ?", (*params, run_id)
+        with self._guard():
+            self._db.execute(query, params)
+
+    def steps(self, run_id: str, unit: UnitKey | None = None) -> list[StepRecord]:
+        """A run's stored steps (of one unit, or of all, chain by chain), in order."""
+        names = column_names(StepRecord)
+        query = f"SELECT {', '.join(names)} FROM steps WHERE run_id = ?"
+        params: tuple = (run_id,)
+        if unit is not None:
+            query += f" AND {_AT_UNIT}"
+            params += _key(unit)
+        with self._guard():
+            rows = self._db.execute(f"{query} ORDER BY {_UNIT_ORDER}, step", params).fetchall()
+        return [self._step_record(run_id, dict(zip(names, row, strict=True))) for row in rows]
+
+    def finished_steps(self, run_id: str) -> Callable[[UnitKey], list[StepRecord]]:
+        """A reader of a finished run's steps by unit: the run's steps are read in one
+        query, when first asked for (a measure that needs none reads none)."""
+        by_unit: dict[UnitKey, list[StepRecord]] | None = None
+
+        def steps_of(unit: UnitKey) -> list[StepRecord]:
+            nonlocal by_unit
+            if by_unit is None:
+                by_unit = {}
+                for step in self.steps(run_id):
+                    by_unit.setdefault(step.unit, []).append(step)
+            return by_unit.get(unit, [])
+
+        return steps_of
+
+    def _step_record(self, run_id: str, values: dict[str, Any]) -> StepRecord:
+        usage = Usage.from_columns(values)
+        plain = {k: v for k, v in values.items() if k not in usage.as_dict()}
+        unit = self._unit(values)
+
+        def where() -> str:
+            return f"step {values['step']} of {_named(unit)} of run {run_id}"
+
+        return StepRecord(
+            **{
+                **plain,
+                "kind": _stored(AnswerKind, values["kind"], self.path),
+                "stop_reason": _stored(StopReason, values["stop_reason"], self.path),
+                "from_cache": bool(values["from_cache"]),
+                "usage": usage,
+                "unit_kind": unit.kind,
+                "facts": read_facts(values["facts"], where, self.path),
+            }
+        )
+
+    def _episode_record(self, run_id: str, values: dict[str, Any]) -> EpisodeRecord:
+        usage = Usage.from_columns(values)
+        plain = {k: v for k, v in values.items() if k not in usage.as_dict()}
+        unit = self._unit(values)
+        return EpisodeRecord(
+            **{
+                **plain,
+                "terminated": bool(values["terminated"]),
+                "usage": usage,
+                "unit_kind": unit.kind,
+                "facts": read_facts(
+                    values["facts"], lambda: f"{_named(unit)} of run {run_id}", self.path
+                ),
+            }
+        )
+
+    def _unit(self, values: dict[str, Any]) -> UnitKey:
+        kind = _stored(UnitKind, values["unit_kind"], self.path)
+        return UnitKey(values["chain"], values["episode"], kind)
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+_RUN_COLUMNS = "run_id, config, created, facts"
+_KEY_COLUMNS = frozenset({"chain", "unit_kind", "episode"})
+
+
+def _named(unit: UnitKey) -> str:
+    """A unit in an error message, in the store's own words (a regime names it better)."""
+    where = f" of chain {unit.chain}" if unit.chain else ""
+    return f"{unit.kind.value} {unit.index}{where}"
+
+
+def _row_values(record: StepRecord | EpisodeRecord) -> dict[str, Any]:
+    """A record's columns as written: its unit's kind as text, its facts as JSON."""
+    values = flat_fields(record)
+    return {**values, "unit_kind": record.unit_kind.value, "facts": facts_text(record.facts)}
+
+
+def _check_store_file(path: Path) -> None:
+    """What can be told about a store path before SQLite opens it, as one-line errors."""
+    if path.exists():
+        if not path.is_file():
+            kind = "a directory" if path.is_dir() else "not a regular file"
+            raise StoreError(f"run store {path} is {kind}; give the path of a SQLite file")
+        try:
+            with open(path, "rb") as handle:
+                header = handle.read(len(_SQLITE_HEADER))
+        except OSError as error:
+            raise StoreError(f"run store {path} cannot be read ({error.strerror})") from None
+        if header and header != _SQLITE_HEADER:
+            raise StoreError(
+                f"run store {path} is not a SQLite database; give lmact a file of its own"
+            )
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreError(
+            f"run store {path}: cannot create {path.parent} ({error.strerror})"
+        ) from None
+
+
+_Vocabulary = TypeVar("_Vocabulary", bound=StrEnum)
+
+
+def _stored(vocabulary: type[_Vocabulary], value: object, path: Path) -> _Vocabulary:
+    """A stored word read back as its enum; one that lmact never writes is a damaged store."""
+    try:
+        return vocabulary(value)
+    except ValueError:
+        raise StoreError(
+            f"run store {path}: {value!r} is not a {vocabulary.__name__} lmact writes "
+            "(the file was edited or damaged)"
+        ) from None
