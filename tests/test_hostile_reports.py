@@ -434,6 +434,12 @@ def test_view_to_stdout_shows_a_completions_escapes_written_out(
     assert code == 0 and page.startswith("<!doctype html>")
     assert not _raw(page)
     assert "\\x1b[31mb2\\x00\\x07\\u202e" in page
+    # A page written to a file (or served, or in an HTML report) shows them written out too.
+    code = main(["view", config.run_id, "--out", str(tmp_path / "page.html"), "--store",
+                 str(store_path), "--cache-dir", str(tmp_path)])  # fmt: skip
+    written = (tmp_path / "page.html").read_text()
+    assert code == 0 and not _raw(written)
+    assert "\\x1b[31mb2\\x00\\x07\\u202e" in written
 
 
 def test_a_runs_progress_line_shows_a_model_names_escapes_written_out(

@@ -13,12 +13,16 @@ import base64
 import hashlib
 import html
 
+from lmact.text import visible
+
 __all__ = ["content_security_policy", "counted", "data_uri", "document", "escape"]
 
 
 def escape(value: object) -> str:
-    """Any text, escaped for HTML text and attribute values alike."""
-    return html.escape(str(value), quote=True)
+    """Any text, escaped for HTML text and attribute values alike, its control characters
+    and bidirectional overrides written out (`\\x1b`, `\\u202e`): a page shows what a model
+    wrote, and an override would show the text after it reversed."""
+    return html.escape(visible(str(value), keep="\n\t"), quote=True)
 
 
 def counted(number: int, noun: str) -> str:
