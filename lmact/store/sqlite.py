@@ -18,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from lmact.models.base import TOKEN_FIELDS
 from lmact.records import (
     AnswerKind,
     EpisodeRecord,
@@ -43,6 +44,10 @@ from lmact.store.base import (
     read_facts,
     totals_agree,
 )
+
+# The columns a record's usage is read back from (a set: every column of every row is
+# tested against it when a report reads thousands of episodes).
+_USAGE_COLUMNS = frozenset(TOKEN_FIELDS)
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 # How long opening a store waits for other processes that hold it (creating it, say).
@@ -410,7 +415,7 @@ class RunStore:
 
     def _step_record(self, run_id: str, values: dict[str, Any]) -> StepRecord:
         usage = Usage.from_columns(values)
-        plain = {k: v for k, v in values.items() if k not in usage.as_dict()}
+        plain = {k: v for k, v in values.items() if k not in _USAGE_COLUMNS}
         unit = self._unit(values)
 
         def where() -> str:
@@ -430,7 +435,7 @@ class RunStore:
 
     def _episode_record(self, run_id: str, values: dict[str, Any]) -> EpisodeRecord:
         usage = Usage.from_columns(values)
-        plain = {k: v for k, v in values.items() if k not in usage.as_dict()}
+        plain = {k: v for k, v in values.items() if k not in _USAGE_COLUMNS}
         unit = self._unit(values)
         return EpisodeRecord(
             **{
