@@ -65,7 +65,10 @@ def check_templates(
     names: dict[str, frozenset[str]] = TEMPLATE_FIELDS,
 ) -> None:
     """Every template of `names` present and filled by exactly its placeholders (as
-    listed there): one-line errors."""
+    listed there): one-line errors. The shipped templates are checked once a process."""
+    shipped = frozenset(names.items()) if folder is None else None
+    if shipped in _SHIPPED_CHECKED:
+        return
     base = prompts_folder(folder)
     if not base.is_dir():
         raise LmactError(f"--prompts {base} is not a folder of templates")
@@ -80,10 +83,30 @@ def check_templates(
                 + (", ".join(f"${f}" for f in sorted(fields)) or "no placeholder")
                 + " ($$ writes a dollar sign)"
             ) from None
+    if shipped is not None:
+        _SHIPPED_CHECKED.add(shipped)
+
+
+# Which sets of the shipped templates were checked: they do not change while lmact runs,
+# and a report of thousands of runs makes a configuration (so checks them) for each.
+_SHIPPED_CHECKED: set[frozenset[tuple[str, frozenset[str]]]] = set()
 
 
 def templates_fingerprint(folder: Path | str | None = None) -> str:
-    """The templates' text, for run identities: a new wording is a new run."""
+    """The templates' text, for run identities: a new wording is a new run. The shipped
+    templates' is read once a process (a folder a user gives is read every time: it may
+    be edited between runs)."""
+    if folder is None:
+        return _shipped_fingerprint()
+    return _fingerprint(folder)
+
+
+@cache
+def _shipped_fingerprint() -> str:
+    return _fingerprint(None)
+
+
+def _fingerprint(folder: Path | str | None) -> str:
     digest = hashlib.sha256()
     for path in sorted(prompts_folder(folder).glob("*.txt")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")

@@ -4,11 +4,13 @@ In a wheel, `tasks/` and `prompts/` are installed inside the package as `lmact/_
 in a checkout (or an editable install) they are the top-level folders beside `lmact/`.
 """
 
+import functools
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+@functools.cache  # an installation does not move while it runs; reports ask thousands of times
 def data_dir(name: str) -> Path:
     """The folder of shipped data called `name` ("tasks" or "prompts")."""
     for candidate in (_PACKAGE_DIR / "_data" / name, _PACKAGE_DIR.parent / name):
