@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from lmact.cli import run_maker
 from lmact.demos import DemoStore
 from lmact.models import caller
 from lmact.models.base import ModelOptions
@@ -48,7 +47,7 @@ def first_come(turns: PrefixTurns) -> tuple[int, int]:
 def played(scratch: Path, name: str) -> tuple[float, int, int]:
     """Wall seconds, prompt tokens and prompt tokens evaluated (not from the KV cache)."""
     (scratch / "sweep.toml").write_text(SWEEP)
-    sweep = load_sweep(scratch / "sweep.toml", run_maker(None))
+    sweep = load_sweep(scratch / "sweep.toml")
     with RunStore(scratch / f"{name}.sqlite") as store:
         runner = Runner(store, DemoStore(scratch / "demos"), ModelOptions(threads=2),
                         progress=False)  # fmt: skip

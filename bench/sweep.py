@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fake_provider import fake_provider
 
-from lmact.cli import run_maker
 from lmact.demos import DemoStore
 from lmact.models.base import ModelOptions
 from lmact.models.registry import resolve_model
@@ -89,7 +88,7 @@ def main() -> None:
             for name, (latency, _) in PROVIDERS.items()
         }
         (scratch / "sweep.toml").write_text(SWEEP.format(episodes=args.episodes))
-        sweep = load_sweep(scratch / "sweep.toml", run_maker(None))
+        sweep = load_sweep(scratch / "sweep.toml")
         store = stack.enter_context(RunStore(scratch / "runs.sqlite"))
         runner = make_runner(store, scratch / "demos", urls)
         stack.callback(runner.close)

@@ -9,50 +9,73 @@ results back as plain records.
     results.runs[0]["mean_return"], len(results.episodes), results.steps[0]["completion"]
     runs, episodes, steps = results.frames()  # pandas DataFrames, if pandas is installed
 
-Each function takes the options of `lmact run` (`regime`, `demos`, `variant`, …) as
-keyword arguments, checks them the same way, and stores everything in the run store.
+`run` takes every option of `lmact run`, by the same names (`regime`, `demos`, `variant`,
+`timeout`, `dry_run` …: `lmact.options`), and reads them the same way, with the same
+checks; everything is stored in the run store. The `lmact` command is a layer over these
+functions; this module never imports it.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmact.declarations import Named, OptionError
 from lmact.demos import DemoStore
 from lmact.errors import LmactError
 from lmact.models.base import ModelOptions
+from lmact.options import RunOptions, model_options_given, read_run
 from lmact.records import StepRecord, flat_fields
 from lmact.report.tables import episode_records, report_rows, select_rows
-from lmact.runner import Runner
+from lmact.runner import RunEstimate, Runner, RunSummary
 from lmact.store import DEFAULT_STORE, RunStore
+from lmact.sweeps import plan_sweep
 
-
-def _make_run(cache_dir: Path | None) -> Any:
-    from lmact.cli import run_maker  # the options and checks of `lmact run`
-
-    return run_maker(cache_dir)
+# What a dry run's JSON holds besides the run id, as `lmact run --dry-run --json` prints it.
+_ESTIMATE_KEYS = (
+    "episodes_todo", "episodes_done", "calls", "prompt_tokens", "prefix_tokens",
+    "completion_tokens", "cost_usd", "cost_cached_usd", "demonstrations_needed",
+)  # fmt: skip
 
 
 def run(
-    task: str,
-    *,
-    store: Path | str = DEFAULT_STORE,
-    cache_dir: Path | str | None = None,
-    model_options: ModelOptions | None = None,
-    **options: Any,
+    task: str | None = None, *, model_options: ModelOptions | None = None, **options: Any
 ) -> dict[str, Any]:
-    """Play one run and its baselines, as `lmact run --task TASK …` does; its summary as
-    `lmact run --json` prints it."""
-    cache = Path(cache_dir) if cache_dir is not None else None
-    config, episodes = _make_run(cache)({"task": task, **options})
-    with RunStore(store) as run_store:
-        runner = Runner(run_store, DemoStore.in_cache(cache), model_options, progress=False)
+    """Play one run and its baselines, as `lmact run --task TASK …` does, from the same
+    options by the same names: its summary as `lmact run --json` prints it; with
+    `dry_run=True`, its estimate as `lmact run --dry-run --json` prints it (`json` changes
+    nothing: these are what it prints). `model_options` may stand for the model client
+    options (`timeout`, `base_url` …), which are then not given by name."""
+    read = read_run(options if task is None else {"task": task, **options})
+    if model_options is not None and (named := model_options_given(options)):
+        raise OptionError("give model_options or ", Named(named[0]), ", not both")
+    played = play(read, model_options=model_options)
+    return estimate_dict(played) if isinstance(played, RunEstimate) else played.to_dict()
+
+
+def play(
+    read: RunOptions, *, model_options: ModelOptions | None = None, progress: bool = False
+) -> RunSummary | RunEstimate:
+    """Play a run read by `lmact.options.read_run` (with its baselines), or estimate it
+    (`dry_run`); `progress`: show progress bars on stderr."""
+    process = read.process
+    with RunStore(process.store or DEFAULT_STORE) as store:
+        demo_store = DemoStore.in_cache(process.cache_dir, process.workers)
+        runner = Runner(store, demo_store, model_options or process.model,
+                        process.max_connections, progress=progress)  # fmt: skip
         try:
-            return runner.evaluate(config, episodes).to_dict()
+            if read.dry_run:
+                return runner.estimate(read.config, read.episodes)
+            return runner.evaluate(read.config, read.episodes, restart=read.restart)
         finally:
             runner.close()
+
+
+def estimate_dict(estimate: RunEstimate) -> dict[str, Any]:
+    """A dry run's estimate as one JSON object."""
+    values = {key: getattr(estimate, key) for key in _ESTIMATE_KEYS}
+    return {"run_id": estimate.config.run_id, "dry_run": True, **values}
 
 
 def sweep(
@@ -60,39 +83,22 @@ def sweep(
     *,
     store: Path | str | None = None,
     cache_dir: Path | str | None = None,
+    workers: int | None = None,
+    max_connections: int | None = None,
     model_options: ModelOptions | None = None,
 ) -> list[dict[str, Any]]:
     """Play a sweep file as `lmact sweep` does; per run, its options and its summary (or
     the error that stopped it). What the file's [base] sets for the process (its store,
     cache, connections, base URLs …) applies unless given here."""
-    from lmact.cli import model_options_from, sweep_settings
-    from lmact.sweeps import load_sweep, play_sweep, read_sweep_file
-
-    read = read_sweep_file(Path(path))  # once: the file may be a pipe
-    settings = sweep_settings(read)
-    store = store or settings.store or DEFAULT_STORE
-    cache = Path(cache_dir) if cache_dir is not None else settings.cache_dir
-    plan = load_sweep(read, _make_run(cache))
-    with RunStore(store) as run_store:
-        runner = Runner(
-            run_store,
-            DemoStore.in_cache(cache, settings.workers),
-            model_options or model_options_from(settings),
-            settings.max_connections,
-            progress=False,
-        )
-        try:
-            run_store.save_sweep(plan.name, plan.grid(), plan.run_ids())
-            outcomes = asyncio.run(play_sweep(runner, plan, lambda outcome: None))
-        finally:
-            runner.close()
+    plan = plan_sweep(path, store=store, cache_dir=cache_dir, workers=workers,
+                      max_connections=max_connections, model_options=model_options)  # fmt: skip
     return [
         {
             "options": o.run.options,
             "summary": o.summary.to_dict() if o.summary else None,
             "error": o.error,
         }
-        for o in outcomes
+        for o in plan.play()
     ]
 
 

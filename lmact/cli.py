@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import functools
 import io
 import json
 import math
@@ -20,16 +19,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from lmact.demos import MAX_DEMONSTRATIONS, DemoStore, default_cache_dir
 from lmact.envs.base import DEMO_SEED_BASE
 from lmact.errors import LmactError
-from lmact.models.base import DEFAULT_MAX_WAIT_S, ModelOptions
+from lmact.models.base import DEFAULT_MAX_WAIT_S
 from lmact.models.registry import DEFAULT_MODEL, accepted_model_names
 from lmact.report.page import counted
 from lmact.store import DEFAULT_STORE, MAX_EPISODES
 from lmact.text import visible
 
 if TYPE_CHECKING:
-    from lmact.regimes.base import RegimeConfig
     from lmact.runner import RunEstimate, RunSummary
-    from lmact.sweeps import SweepFile
 
 EXIT_USAGE = 2
 # The numeric options, checked in one place before any work: (least, most) allowed.
@@ -381,17 +378,6 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     _add_storage_options(run)
 
 
-class _OptionsParser(argparse.ArgumentParser):
-    """The options of `lmact run`, read from a sweep file: errors are LmactErrors, and
-    names are exact (a shortened one would apply a different option, or none)."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs, allow_abbrev=False)
-
-    def error(self, message: str) -> NoReturn:
-        raise LmactError(message)
-
-
 def _add_sweep_command(commands: argparse._SubParsersAction) -> None:
     sweep = commands.add_parser(
         "sweep",
@@ -588,109 +574,18 @@ def _demo_store(args: argparse.Namespace) -> DemoStore:
 
 
 def _command_run(args: argparse.Namespace) -> None:
-    from lmact.runner import Runner
-    from lmact.store import RunStore
-    from lmact.tasks import get_task
+    from lmact.api import play
+    from lmact.options import read_run
+    from lmact.runner import RunEstimate
 
-    _derive_task(args)
-    config = _run_config(args)
-    episodes = args.episodes if args.episodes is not None else get_task(args.task).episodes
-    options = model_options_from(args)
-    with RunStore(args.store) as store:
-        runner = Runner(
-            store, _demo_store(args), options, args.max_connections, progress=sys.stderr.isatty()
-        )
-        try:
-            if args.dry_run:
-                _print_estimate(runner.estimate(config, episodes), args.json)
-                return
-            summary = runner.evaluate(config, episodes, restart=args.restart)
-        finally:
-            runner.close()
-    if args.json:
-        print(json.dumps(summary.to_dict()))
+    read = read_run({name: value for name, value in vars(args).items() if name != "command"})
+    played = play(read, progress=sys.stderr.isatty())
+    if isinstance(played, RunEstimate):
+        _print_estimate(played, args.json)
+    elif args.json:
+        print(json.dumps(played.to_dict()))
     else:
-        _print_summary(summary, args.store)
-
-
-# Options of `lmact run` that only some regimes read, by the regimes that read them; each
-# is the keyword of the same name of those regimes' `make_*config`.
-_IMITATION, _ICRL = frozenset({"imitation"}), frozenset({"icrl"})
-_ICRL_OPTIONS = ("--variant", "--p-keep", "--contexts", "--replicates", "--history")
-_ICRL_OPTIONS += ("--reset", "--temperature", "--eval-every", "--eval-size")
-_REGIME_OPTIONS: dict[str, frozenset[str]] = {
-    "--demos": _IMITATION,
-    "--demo-draw": _IMITATION,
-    "--demo-pool": _IMITATION,
-    "--token-budget": _IMITATION | _ICRL,
-    "--max-steps": _IMITATION | _ICRL,
-    **dict.fromkeys(_ICRL_OPTIONS, _ICRL),
-}
-
-
-@functools.cache
-def _run_options_parser() -> argparse.ArgumentParser:
-    """The options of `lmact run`, for run options given otherwise (a sweep file's)."""
-    parser = _OptionsParser(prog="lmact run", add_help=False)
-    _add_run_options(parser)
-    return parser
-
-
-@functools.cache
-def _run_option_defaults() -> dict[str, object]:
-    """What `lmact run` takes when an option is not given, from its own parser."""
-    return vars(_run_options_parser().parse_args(["--task", "-"]))
-
-
-def run_option_names() -> frozenset[str]:
-    """The names of the options of `lmact run`, as a sweep file or the API gives them."""
-    return frozenset(_run_option_defaults())
-
-
-def _regime_options(args: argparse.Namespace) -> dict[str, object]:
-    """The options that `args.regime` reads, by keyword; an option that only another
-    regime reads, given to this one, is a one-line error."""
-    chosen = {}
-    for flag, regimes in _REGIME_OPTIONS.items():
-        name = flag.removeprefix("--").replace("-", "_")
-        if args.regime in regimes:
-            chosen[name] = getattr(args, name)
-        elif getattr(args, name) != _run_option_defaults()[name]:
-            raise LmactError(f"{flag} does not apply to --regime {args.regime}")
-    return chosen
-
-
-def _derive_task(args: argparse.Namespace) -> None:
-    """--dataset and --unsemantic-labels: the classification task they make, by name."""
-    from lmact.tasks import dataset_task, get_task, unsemantic_task
-
-    if args.dataset is not None:
-        fields = (args.text_field, args.label_field)
-        args.task = dataset_task(get_task(args.task), args.dataset, args.held_out, *fields).name
-    elif args.held_out is not None:
-        raise LmactError("--held-out needs --dataset")
-    if args.unsemantic_labels:
-        args.task = unsemantic_task(get_task(args.task)).name
-
-
-def _run_config(args: argparse.Namespace) -> RegimeConfig:
-    from lmact.regimes.icrl import make_icrl_config
-    from lmact.regimes.imitation import make_config
-    from lmact.regimes.replay import make_replay_config
-
-    prompted = {
-        "observation": args.observation,
-        "model": args.model,
-        "seed": args.seed,
-        "show_legal_actions": args.legal_actions,
-        "chain_of_thought": args.cot,
-        "max_tokens": args.max_tokens,
-        "past_actions": not args.no_past_actions,
-        "answer_match": args.answer_match,
-        "prompts_dir": args.prompts,
-    }
-    makers = {"imitation": make_config, "replay": make_replay_config, "icrl": make_icrl_config}
-    return makers[args.regime](args.task, **prompted, **_regime_options(args))  # type: ignore[operator]
+        _print_summary(played, args.store)
 
 
 # Measures of in-context RL runs shown in the summary, when a run has them.
@@ -771,41 +666,12 @@ def check_numbers(args: argparse.Namespace) -> None:
             raise LmactError(f"{flag} must be at most {most:g}, not {value:g}")
 
 
-def model_options_from(args: argparse.Namespace) -> ModelOptions:
-    return ModelOptions(
-        context_window=args.context_window,
-        threads=args.threads,
-        max_images=args.max_images,
-        base_url=args.base_url[0] if args.base_url else None,
-        more_base_urls=tuple(args.base_url[1:]) if args.base_url else (),
-        chat=not args.completions,
-        timeout_s=args.timeout,
-        max_retries=args.max_retries,
-        input_price=args.input_price,
-        output_price=args.output_price,
-        reasoning_budget=args.reasoning_budget,
-        max_wait_s=args.max_wait,
-    )
-
-
 def _print_estimate(estimate: RunEstimate, as_json: bool) -> None:
+    from lmact.api import estimate_dict
+
     config, prepared = estimate.config, estimate.prepared
     if as_json:
-        values = {
-            key: getattr(estimate, key)
-            for key in (
-                "episodes_todo",
-                "episodes_done",
-                "calls",
-                "prompt_tokens",
-                "prefix_tokens",
-                "completion_tokens",
-                "cost_usd",
-                "cost_cached_usd",
-                "demonstrations_needed",
-            )
-        }
-        print(json.dumps({"run_id": config.run_id, "dry_run": True, **values}))
+        print(json.dumps(estimate_dict(estimate)))
         return
     from lmact.regimes import regime_of
 
@@ -854,92 +720,15 @@ def _dollars(value: float | None) -> str:
     return f"${value:.4f}"
 
 
-def run_maker(cache_dir: Path | None) -> Callable[[dict[str, Any]], tuple[Any, int]]:
-    """Run options from a sweep file to a configuration and episode count, through the
-    options and checks of `lmact run`."""
-    parser = _run_options_parser()
-
-    def make_run(options: dict[str, Any]) -> tuple[Any, int]:
-        from lmact.tasks import get_task
-
-        args = parser.parse_args(_option_words(options))
-        check_numbers(args)
-        _derive_task(args)
-        episodes = args.episodes if args.episodes is not None else get_task(args.task).episodes
-        return _run_config(args), episodes
-
-    return make_run
-
-
-# Options of `lmact sweep` that a sweep file's [base] may set too.
-SWEEP_SETTINGS = ("store", "cache_dir", "workers", "max_connections")
-
-
-def sweep_settings(source: Path | SweepFile) -> argparse.Namespace:
-    """The options of the process (store, cache, connections, base URLs, timeouts …) that a
-    sweep file's [base] sets, parsed as `lmact run` parses them; None where it sets none
-    of store, cache_dir, workers, max_connections. `source` is the file, or what
-    `read_sweep_file` read of it (a pipe can be read only once)."""
-    from lmact.sweeps import PROCESS_OPTIONS, SweepFile, read_sweep_file
-
-    _, base, _ = source if isinstance(source, SweepFile) else read_sweep_file(source)
-    given = {name: value for name, value in base.items() if name in PROCESS_OPTIONS}
-    settings = _run_options_parser().parse_args(["--task", "-", *_option_words(given)])
-    for name in SWEEP_SETTINGS:
-        if name not in given:
-            setattr(settings, name, None)
-    return settings
-
-
-def _option_words(options: dict[str, Any]) -> list[str]:
-    """Options as a sweep file gives them, as the words of a command line."""
-    words = []
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, list) and name != "base_url":  # base_url: several servers
-            raise LmactError(f"option {name} takes one value (several go in [axes])")
-        values = value if isinstance(value, list) else [value]
-        for one in values:
-            if isinstance(one, bool):
-                words += [flag] if one else []
-            elif isinstance(one, str | int | float):
-                words.append(f"{flag}={one}")  # one word: a value such as "-x" is no flag
-            else:
-                raise LmactError(f"option {name} takes a value, not {one!r}")
-    return words
-
-
 def _command_sweep(args: argparse.Namespace) -> None:
-    import asyncio
+    from lmact.sweeps import plan_sweep
 
-    from lmact.runner import Runner
-    from lmact.store import RunStore
-    from lmact.sweeps import load_sweep, play_sweep, read_sweep_file
-
-    read = read_sweep_file(args.file)  # once: the file may be a pipe
-    settings = sweep_settings(read)
-    for name in SWEEP_SETTINGS:  # the command line wins
-        if getattr(args, name) is None:
-            setattr(args, name, getattr(settings, name))
-    args.store = args.store or DEFAULT_STORE
-    sweep = load_sweep(read, run_maker(args.cache_dir))
-    model_options = model_options_from(settings)
-    with RunStore(args.store) as store:
-        runner = Runner(store, _demo_store(args), model_options, args.max_connections,
-                        progress=False)  # fmt: skip
-        try:
-            if args.dry_run:
-                _print_sweep_estimate(sweep, runner)
-                return
-            store.save_sweep(sweep.name, sweep.grid(), sweep.run_ids())
-            on_done, on_tick, close_progress = _sweep_progress(sweep, runner)
-            try:
-                outcomes = asyncio.run(play_sweep(runner, sweep, on_done, on_tick))
-            finally:
-                close_progress()
-        finally:
-            runner.close()
-    _print_sweep(sweep, outcomes)
+    plan = plan_sweep(args.file, store=args.store, cache_dir=args.cache_dir,
+                      workers=args.workers, max_connections=args.max_connections)  # fmt: skip
+    if args.dry_run:
+        _print_sweep_estimate(plan.sweep, plan.estimate())
+        return
+    _print_sweep(plan.sweep, plan.play(_sweep_progress))
 
 
 def _sweep_progress(
@@ -1011,11 +800,8 @@ def _print_sweep(sweep: Any, outcomes: Sequence[Any]) -> None:
         ))  # fmt: skip
 
 
-def _print_sweep_estimate(sweep: Any, runner: Any) -> None:
+def _print_sweep_estimate(sweep: Any, estimate: Any) -> None:
     """A sweep's dry run: per model, its runs, calls, tokens and estimated cost."""
-    from lmact.sweeps import estimate_sweep
-
-    estimate = estimate_sweep(runner, sweep)
     print(f"dry run: sweep {sweep.name}, {len(sweep.runs)} runs (baselines besides), "
           f"{estimate.demonstrations} demonstrations to load or generate")  # fmt: skip
     print("| model | runs | calls | prompt tokens (cacheable) | estimated cost |")
@@ -1353,6 +1139,15 @@ def _write_output(text: str) -> str | None:
     return None
 
 
+def _flagged(error: LmactError) -> str:
+    """An error as the command line says it: options by their flags."""
+    from lmact.declarations import OptionError
+
+    if isinstance(error, OptionError):
+        return error.say(lambda name: "--" + name.replace("_", "-"))
+    return str(error)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -1373,7 +1168,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         with contextlib.redirect_stdout(output):
             COMMANDS[args.command](args)
     except LmactError as error:
-        code, message = EXIT_USAGE, f"lmact: error: {error}"
+        code, message = EXIT_USAGE, f"lmact: error: {_flagged(error)}"
     except KeyboardInterrupt:
         code, message = 130, "lmact: interrupted; rerun the same command to resume"
     except OSError as error:

@@ -16,8 +16,10 @@ optional explicit extra runs and exclusions:
     model = "random"
     demos = 4
 
-Keys are the exact long options of `lmact run` (`token_budget` or `token-budget`), each
-used or refused (docs/sweeps.md); a grid is counted before it is expanded. Every run of
+Keys are the exact names of the options of a run (`lmact.options`: `token_budget` or
+`token-budget`), each used or refused (docs/sweeps.md); the process's options (store,
+cache, connections, model client options) go in [base] only; a grid is counted before it is
+expanded. Every run of
 the grid, and each baseline it needs once however many runs share it, is played in one
 event loop, with one caller per model: a provider's connection limit and its pause hold
 across the whole sweep, and runs of different models proceed side by side.
@@ -26,36 +28,35 @@ across the whole sweep, and runs of different models proceed side by side.
 from __future__ import annotations
 
 import asyncio
-import difflib
+import contextlib
 import itertools
 import json
 import math
 import tomllib
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from lmact.declarations import Scope
+from lmact.demos import DemoStore
 from lmact.errors import LmactError
+from lmact.models.base import ModelOptions
+from lmact.options import OPTIONS, ProcessOptions, close_name, names, read_process, read_run
 from lmact.policies import SCRIPTED_POLICIES
 from lmact.regimes import regime_of
 from lmact.regimes.base import RegimeConfig
 from lmact.runner import Runner, RunResult, RunSummary
+from lmact.store import DEFAULT_STORE, RunStore
 
 # Run options as a sweep file gives them, to a run's configuration and episode count.
 RunMaker = Callable[[dict[str, Any]], tuple[RegimeConfig, int]]
 _TOP_LEVEL = frozenset({"name", "base", "axes", "runs", "exclude"})
 # Options of the process, not of a run: a sweep may set them in its base only.
-PROCESS_OPTIONS = frozenset(
-    {
-        "store", "cache_dir", "workers", "max_connections", "context_window", "threads",
-        "max_images", "base_url", "completions", "timeout", "max_retries", "max_wait",
-        "reasoning_budget", "input_price", "output_price",
-    }
-)  # fmt: skip
-# Options of `lmact run` that its command reads, not a run: a sweep file would set them
-# to no effect, so it may not.
-COMMAND_OPTIONS = frozenset({"dry_run", "json", "restart"})
+PROCESS_OPTIONS = names(Scope.MODEL, Scope.PROCESS)
+# Options that `lmact run` reads for itself, not a run: a sweep file would set them to no
+# effect, so it may not.
+COMMAND_OPTIONS = names(Scope.COMMAND)
 # The most runs a sweep file may make (the product of its axes' lengths, before any
 # exclusion, plus its [[runs]]): a grid is counted before it is expanded, so a short file
 # cannot ask for a billion runs. See docs/sweeps.md.
@@ -139,8 +140,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def read_sweep_file(path: Path, options: Collection[str] | None = None) -> SweepFile:
     """The sweep's name, base options and the options of each of its runs, checked: every
-    key names an option (of `options`, by default those of `lmact run`) that is used, and
-    the grid holds at most MAX_GRID_RUNS runs, counted before it is expanded."""
+    key names an option (of `options`, by default every option of a run) that is used,
+    and the grid holds at most MAX_GRID_RUNS runs, counted before it is expanded."""
     data = _read_toml(path)
     unknown = sorted(set(data) - _TOP_LEVEL)
     if unknown:
@@ -155,7 +156,7 @@ def read_sweep_file(path: Path, options: Collection[str] | None = None) -> Sweep
     excluded = [
         _table(e, "[[exclude]]", path) for e in _list(data.get("exclude", []), "[[exclude]]", path)
     ]
-    _check_options(path, base, axes, extra, _run_option_names() if options is None else options)
+    _check_options(path, base, axes, extra, names() if options is None else options)
     _check_exclusions(path, axes, excluded)
     count = math.prod(len(values) for values in axes.values()) + len(extra)
     if count > MAX_GRID_RUNS:
@@ -164,12 +165,6 @@ def read_sweep_file(path: Path, options: Collection[str] | None = None) -> Sweep
     points = _grid_points(axes)
     kept = [p for p in points if not any(_matches(p, e) for e in excluded)] + extra
     return SweepFile(name.strip(), base, [{**base, **point} for point in kept])
-
-
-def _run_option_names() -> frozenset[str]:
-    from lmact.cli import run_option_names  # the options of `lmact run` are its parser's
-
-    return run_option_names()
 
 
 def _grid_points(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -192,14 +187,15 @@ def _check_key(path: Path, where: str, key: str, known: Collection[str]) -> None
                          f"not of a run: a sweep file does not take it{hint}")  # fmt: skip
     if key not in known:
         raise LmactError(f"sweep file {path}: {where} {key}: unrecognized option (not one "
-                         f"of `lmact run`){_close(key, set(known) - COMMAND_OPTIONS)}")  # fmt: skip
+                         f"of a run){close_name(key, set(known) - COMMAND_OPTIONS)}")  # fmt: skip
 
 
 def _check_value(path: Path, where: str, key: str, value: object) -> None:
-    if isinstance(value, list) and (where != "[base]" or key != "base_url"):
+    several = key in OPTIONS and OPTIONS[key].multiple  # base_url: servers of one model
+    if isinstance(value, list) and (where != "[base]" or not several):
         several = " (several go in [axes])" if where != "[axes]" else ""
         raise LmactError(f"sweep file {path}: {where} {key} takes one value{several}")
-    for one in value if isinstance(value, list) else [value]:  # base_url: several servers
+    for one in value if isinstance(value, list) else [value]:
         if not isinstance(one, str | int | float):  # bool is an int
             raise LmactError(f"sweep file {path}: {where} {key} takes text, a number or "
                              f"true/false, not {one!r}")  # fmt: skip
@@ -242,19 +238,19 @@ def _check_exclusions(path: Path, axes: dict[str, Any], excluded: list[dict[str,
             if key not in axes:
                 named = ", ".join(axes) or "none"
                 raise LmactError(f"sweep file {path}: [[exclude]] {key} is not an axis "
-                                 f"(axes: {named}){_close(key, axes)}")  # fmt: skip
+                                 f"(axes: {named}){close_name(key, axes)}")  # fmt: skip
             if value not in axes[key]:
                 raise LmactError(f"sweep file {path}: [[exclude]] {key} = {value!r} is not a "
                                  f"value of [axes] {key} {axes[key]!r}")  # fmt: skip
 
 
-def _close(name: str, names: Collection[str]) -> str:
-    """A hint at the name meant, when one is close to `name`."""
-    close = difflib.get_close_matches(name, sorted(names), n=1)
-    return f"; did you mean {close[0]}?" if close else ""
+def read_options(options: dict[str, Any]) -> tuple[RegimeConfig, int]:
+    """A run of a sweep, from its options (`lmact.options.read_run`)."""
+    read = read_run(options)
+    return read.config, read.episodes
 
 
-def load_sweep(source: Path | SweepFile, make_run: RunMaker) -> Sweep:
+def load_sweep(source: Path | SweepFile, make_run: RunMaker = read_options) -> Sweep:
     """A sweep file's runs (the file, or what `read_sweep_file` read of it), each made into
     a configuration (errors name the run)."""
     name, base, options = source if isinstance(source, SweepFile) else read_sweep_file(source)
@@ -273,11 +269,99 @@ def load_sweep(source: Path | SweepFile, make_run: RunMaker) -> Sweep:
     return Sweep(name, base, runs)
 
 
+def process_settings(source: Path | SweepFile) -> ProcessOptions:
+    """The options of the process (store, cache, connections, base URLs, timeouts …) that a
+    sweep file's [base] sets, checked; None where it sets none of store, cache_dir, workers,
+    max_connections. `source` is the file, or what `read_sweep_file` read of it (a pipe can
+    be read only once)."""
+    name, base, _ = source if isinstance(source, SweepFile) else read_sweep_file(source)
+    try:
+        return read_process({key: value for key, value in base.items() if key in PROCESS_OPTIONS})
+    except LmactError as error:
+        raise LmactError(f"sweep {name}: [base] {error}") from None
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A sweep ready to play or estimate: its runs, and the process's options."""
+
+    sweep: Sweep
+    process: ProcessOptions
+
+    @property
+    def store(self) -> Path:
+        return self.process.store or DEFAULT_STORE
+
+    @contextlib.contextmanager
+    def runner(self) -> Iterator[Runner]:
+        """One runner for every run of the sweep (one caller per model)."""
+        process = self.process
+        demo_store = DemoStore.in_cache(process.cache_dir, process.workers)
+        with RunStore(self.store) as store:
+            runner = Runner(store, demo_store, process.model, process.max_connections,
+                            progress=False)  # fmt: skip
+            try:
+                yield runner
+            finally:
+                runner.close()
+
+    def estimate(self) -> SweepEstimate:
+        """What the sweep would do, without a model call (`estimate_sweep`)."""
+        with self.runner() as runner:
+            return estimate_sweep(runner, self.sweep)
+
+    def play(self, progress: SweepProgress | None = None) -> list[SweepOutcome]:
+        """Play the sweep (kept in the store for `lmact report --sweep NAME`); `progress`,
+        given the sweep and its runner, makes the listeners of what `play_sweep` does."""
+        with self.runner() as runner:
+            runner.store.save_sweep(self.sweep.name, self.sweep.grid(), self.sweep.run_ids())
+            on_done, on_tick, close = (
+                progress(self.sweep, runner) if progress else (lambda _: None, None, lambda: None)
+            )
+            try:
+                return asyncio.run(play_sweep(runner, self.sweep, on_done, on_tick))
+            finally:
+                close()
+
+
+def plan_sweep(
+    path: Path | str,
+    *,
+    store: Path | str | None = None,
+    cache_dir: Path | str | None = None,
+    workers: int | None = None,
+    max_connections: int | None = None,
+    model_options: ModelOptions | None = None,
+) -> SweepPlan:
+    """A sweep file's runs, read once (it may be a pipe) and made, with the options of the
+    process: those given here, else those its [base] sets, else the defaults."""
+    read = read_sweep_file(Path(path))
+    settings = process_settings(read)
+    given = read_process({"store": store, "cache_dir": cache_dir, "workers": workers,
+                          "max_connections": max_connections})  # fmt: skip
+    process = ProcessOptions(
+        store=given.store or settings.store,
+        cache_dir=given.cache_dir or settings.cache_dir,
+        workers=given.workers or settings.workers,
+        max_connections=given.max_connections or settings.max_connections,
+        model=model_options or settings.model,
+    )
+    return SweepPlan(load_sweep(read), process)
+
+
 @dataclass(frozen=True)
 class SweepOutcome:
     run: SweepRun
     summary: RunSummary | None
     error: str | None  # why the run (or a baseline it needs) did not finish
+
+
+# The listeners of a sweep as it plays, made for it and its runner: one hears of each run
+# as it ends, one is called every half second while it plays (or None), one closes them.
+SweepProgress = Callable[
+    [Sweep, Runner],
+    tuple[Callable[["SweepOutcome"], None], Callable[[], None] | None, Callable[[], None]],
+]
 
 
 async def play_sweep(

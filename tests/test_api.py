@@ -36,7 +36,7 @@ def test_run_sweep_and_results_as_the_readme_shows(tmp_path: Path) -> None:
     assert len(steps) == sum(e["steps"] for e in episodes)
     pair = api.results(store, sweep="pair")
     assert {run["task"] for run in pair.runs} == {"grid_world"}
-    with pytest.raises(LmactError, match="unrecognized arguments"):
+    with pytest.raises(LmactError, match="unrecognized argument colour"):
         api.run("tic_tac_toe", colour="blue", store=store)
 
 

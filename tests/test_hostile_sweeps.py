@@ -12,9 +12,15 @@ from pathlib import Path
 import pytest
 
 from lmact import cli, sweeps
-from lmact.cli import run_maker, sweep_settings
 from lmact.errors import LmactError
-from lmact.sweeps import MAX_FILE_BYTES, MAX_GRID_RUNS, load_sweep, read_sweep_file
+from lmact.options import read_run
+from lmact.sweeps import (
+    MAX_FILE_BYTES,
+    MAX_GRID_RUNS,
+    load_sweep,
+    process_settings,
+    read_sweep_file,
+)
 
 BASE = 'name = "x"\n[base]\ntask = "tic_tac_toe"\nepisodes = 1\n'
 
@@ -139,17 +145,21 @@ def test_the_exact_names_are_used(tmp_path: Path) -> None:
     text = BASE + 'model = "random"\nbase_url = "http://127.0.0.1:9/v1"\ntimeout = 500\n'
     text += "[axes]\nseed = [1, 2]\n[[exclude]]\nseed = 2\n"
     read = read_sweep_file(write(tmp_path, text))
-    settings = sweep_settings(read)
-    assert settings.base_url == ["http://127.0.0.1:9/v1"] and settings.timeout == 500
-    assert [run.config.seed for run in load_sweep(read, run_maker(None)).runs] == [1]
+    settings = process_settings(read)
+    assert settings.model.base_url == "http://127.0.0.1:9/v1" and settings.model.timeout_s == 500
+    assert [run.config.seed for run in load_sweep(read).runs] == [1]
 
 
 def test_run_options_are_exact_names_and_values(tmp_path: Path) -> None:
-    make_run = run_maker(None)
-    with pytest.raises(LmactError):  # argparse would have taken it for --episodes
-        make_run({"task": "tic_tac_toe", "model": "random", "episode": 1})
-    words = cli._option_words({"task": "tic_tac_toe", "model": "-x"})
-    assert cli._run_options_parser().parse_args(words).model == "-x"  # a value, not a flag
+    with pytest.raises(LmactError, match="did you mean episodes"):  # not taken for episodes
+        read_run({"task": "tic_tac_toe", "model": "random", "episode": 1})
+    for value in (True, "1", 1.0):  # a TOML value of another type is no count
+        with pytest.raises(LmactError, match="episodes takes an integer"):
+            read_run({"task": "tic_tac_toe", "model": "random", "episodes": value})
+    with pytest.raises(LmactError, match="no_past_actions takes true or false, not 1"):
+        read_run({"task": "tic_tac_toe", "no_past_actions": 1})
+    # A value that looks like a flag is a value.
+    assert read_run({"task": "tic_tac_toe", "model": "-x"}).config.model == "-x"
 
 
 def test_a_file_too_large_or_nested_too_deeply_is_refused(tmp_path: Path) -> None:

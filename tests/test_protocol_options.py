@@ -208,7 +208,7 @@ def test_per_episode_draws_differ_nest_in_n_and_repeat() -> None:
     for episode in range(8):
         assert draws(8, episode)[:4] == draws(4, episode)  # nested in N
         assert draws(4, episode) == per_episode[episode]  # the same on every call
-    with pytest.raises(LmactError, match="--demos 8 cannot be drawn from a pool of 5"):
+    with pytest.raises(LmactError, match="demos 8 cannot be drawn from a pool of 5; give demo_"):
         draws(8, 0, pool=5)
     shared = make_config("tic_tac_toe", model="random", demos=4)
     assert (

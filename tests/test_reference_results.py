@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from lmact.cli import run_maker
 from lmact.demos import DemoStore
 from lmact.report.tables import report_rows
 from lmact.runner import Runner
@@ -42,7 +41,7 @@ def as_written(value: object) -> str:
 def test_a_slice_of_the_reference_sweep_played_again_matches_its_committed_rows(
     tmp_path: Path,
 ) -> None:
-    sweep = load_sweep(SWEEP, run_maker(None))
+    sweep = load_sweep(SWEEP)
     scripted = [
         r for r in sweep.runs if r.config.model == "random" and r.config.task in SLICE_TASKS
     ]

@@ -19,7 +19,6 @@ import pytest
 from helpers import StubModel
 from loopback import RecordedRequest, Reply, chat_completion, loopback
 
-from lmact.cli import run_maker
 from lmact.demos import DemoStore
 from lmact.models.base import ModelRequest, ModelResponse, TransientModelError
 from lmact.policies import ExpertPolicy
@@ -55,7 +54,7 @@ def sweep_of(folder: Path, text: str) -> Path:
 
 
 def played(runner: Runner, path: Path) -> list:  # type: ignore[type-arg]
-    sweep = load_sweep(path, run_maker(None))
+    sweep = load_sweep(path)
     return asyncio.run(play_sweep(runner, sweep, lambda outcome: None))
 
 
@@ -71,7 +70,7 @@ def test_the_dry_run_counts_what_the_sweep_then_does(tmp_path: Path) -> None:
         demo_store = DemoStore(tmp_path / "demos")
         runner = Runner(store, demo_store, progress=False)
         runner.policies.register(Answers("test/answers"))
-        estimate = estimate_sweep(runner, load_sweep(path, run_maker(None)))
+        estimate = estimate_sweep(runner, load_sweep(path))
         assert store.runs() == []  # nothing played, nothing recorded
         outcomes = played(runner, path)
         stored_demos = len(list((tmp_path / "demos").rglob("*.json*")))

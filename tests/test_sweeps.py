@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from helpers import StubModel, lmact
 
-from lmact.cli import run_maker
 from lmact.demos import DemoStore
 from lmact.errors import LmactError
 from lmact.models.base import ModelRequest, ModelResponse
@@ -51,7 +50,7 @@ def test_the_grid_is_the_product_of_the_axes_less_exclusions_plus_extra_runs(
     points = [(run["model"], run["demos"]) for run in runs]
     assert points == [("random", 0), ("random", 1), ("random", 2), ("expert", 0),
                       ("expert", 1), ("expert", 4)]  # fmt: skip
-    sweep = load_sweep(write(tmp_path, SWEEP), run_maker(None))
+    sweep = load_sweep(write(tmp_path, SWEEP))
     assert len({run.config.run_id for run in sweep.runs}) == 6
 
 
@@ -128,7 +127,7 @@ def test_runs_of_one_model_share_its_connections_and_send_a_request_once(
         runner = Runner(store, DemoStore(tmp_path / "demos"), max_connections=2, progress=False)
         counting = Counting()
         runner.policies.register(counting)
-        sweep = load_sweep(write(tmp_path, text), run_maker(None))
+        sweep = load_sweep(write(tmp_path, text))
         assert len(sweep.runs) == 4
         seen: list[set[str]] = []  # what a live display is shown, tick by tick
 
@@ -165,7 +164,7 @@ def test_a_failing_run_leaves_the_others_going(tmp_path: Path) -> None:
     with RunStore(tmp_path / "s.sqlite") as store:
         runner = Runner(store, DemoStore(tmp_path / "demos"), progress=False)
         runner.policies.register(Refuses("test/refuses"))
-        sweep = load_sweep(write(tmp_path, text), run_maker(None))
+        sweep = load_sweep(write(tmp_path, text))
         outcomes = asyncio.run(play_sweep(runner, sweep, lambda outcome: None))
     by_model = {o.run.config.model: o for o in outcomes}
     assert by_model["random"].summary is not None
@@ -173,8 +172,7 @@ def test_a_failing_run_leaves_the_others_going(tmp_path: Path) -> None:
         by_model["test/refuses"].error or ""
     )
     with pytest.raises(LmactError):
-        load_sweep(write(tmp_path, text.replace("[axes]\n", "[axes]\nepisodes = [0]\n")),
-                   run_maker(None))  # fmt: skip
+        load_sweep(write(tmp_path, text.replace("[axes]\n", "[axes]\nepisodes = [0]\n")))
     assert json.dumps(sweep.grid())  # the grid the store keeps is JSON
 
 
@@ -200,7 +198,7 @@ def test_a_run_being_prepared_does_not_hold_up_the_others(
     done_at: dict[str, float] = {}
     with RunStore(tmp_path / "s.sqlite") as store:
         runner = Runner(store, DemoStore(tmp_path / "demos"), progress=False)
-        sweep = load_sweep(write(tmp_path, text), run_maker(None))
+        sweep = load_sweep(write(tmp_path, text))
         outcomes = asyncio.run(
             play_sweep(
                 runner, sweep, lambda o: done_at.update({o.run.config.task: time.monotonic()})
@@ -215,7 +213,7 @@ def test_a_run_being_prepared_does_not_hold_up_the_others(
     "path", sorted((Path(__file__).parents[1] / "tasks" / "sweeps").glob("*.toml"))
 )
 def test_the_shipped_sweeps_load(path: Path) -> None:
-    sweep = load_sweep(path, run_maker(None))
+    sweep = load_sweep(path)
     assert sweep.runs and len(sweep.run_ids()) >= len(sweep.runs)
 
 

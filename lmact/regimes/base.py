@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lmact.declarations import Measure, Option
 from lmact.demos import DemoStore
 from lmact.errors import LmactError
 from lmact.policies import Policy
@@ -132,8 +133,20 @@ class Regime(ABC, Generic[Config, Plan]):
 
     name: ClassVar[str]
     config_type: ClassVar[type[RegimeConfig]]
+    help: ClassVar[str] = ""  # what it is, in a few words, for `lmact run --help`
+    # The options it takes besides the common ones (`lmact.options`), declared next to its
+    # configuration; `configure` receives them by their `keyword`.
+    options: ClassVar[tuple[Option, ...]] = ()
+    # Its measures (`measures`) that a run's summary and the report's tables show by name.
+    measures_shown: ClassVar[tuple[Measure, ...]] = ()
     # What a report's first table shows of this regime's runs (None: the mean return).
     headline: ClassVar[Headline | None] = None
+
+    def configure(self, task: str, **fields: Any) -> Config:
+        """A configuration of `task` from checked option values, by keyword: the common
+        run options' and this regime's own (`lmact.options.read_run` checks them first);
+        the task's defaults filled in."""
+        raise NotImplementedError(f"regime {self.name} is not configured from options")
 
     @abstractmethod
     def prepare(

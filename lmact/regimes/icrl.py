@@ -31,11 +31,12 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from lmact.declarations import INT_LIMIT, Column, Measure, Named, Option, OptionError
 from lmact.demos import DEMO_SEED_BASE
 from lmact.envs.bandit import ROUND_STRIDE
 from lmact.envs.base import Environment
 from lmact.episode import FollowTheAnswer, LiveSituation, StepRules, follow_actions, play_episode
-from lmact.errors import LmactError, UnknownNameError
+from lmact.errors import LmactError
 from lmact.policies import Policy
 from lmact.prompting import check_templates, template, templates_fingerprint
 from lmact.records import EpisodeRecord, StepRecord, UnitKey, UnitKind
@@ -52,7 +53,13 @@ from lmact.regimes.icrl_context import (
 )
 from lmact.regimes.icrl_context import PastEpisode as PastEpisode  # where it was defined before
 from lmact.regimes.icrl_facts import shown_context
-from lmact.regimes.prompted import PromptedConfig, check_counts, check_sees, prompted_fields
+from lmact.regimes.prompted import (
+    MAX_STEPS,
+    TOKEN_BUDGET,
+    PromptedConfig,
+    check_sees,
+    prompted_fields,
+)
 from lmact.resources import data_dir
 from lmact.scoring import (
     BanditMeasures,
@@ -95,6 +102,47 @@ TEMPLATE_FIELDS: dict[str, frozenset[str]] = {
 # The seed a unit starts from (`IcrlRegime.unit_seed`), for the functions that play one.
 UnitSeed = Callable[["IcrlConfig", UnitKey], int]
 
+# The options in-context RL takes besides the common ones (with TOKEN_BUDGET and MAX_STEPS).
+_GROUP = "in-context RL (--regime icrl)"
+VARIANT = Option(
+    "variant", choices=VARIANTS, default="naive", group=_GROUP, order=200,
+    column=Column(rank=5, curves=True),
+    help="which earlier episodes the context holds: naive (default): all, the most recent "
+    "that fit; naive-positive: successful ones only; stochastic: successful ones, each kept "
+    "with probability --p-keep, drawn afresh at every step; approximate: --contexts growing "
+    "contexts, one drawn per step; supervised: all, with the expert's actions (gold labels) "
+    "instead of those played",
+)  # fmt: skip
+P_KEEP = Option("p_keep", float, default=0.1, least=0, most=1, positive=True, group=_GROUP,
+                order=210, help="keep probability (default: %(default)s)")  # fmt: skip
+CONTEXTS = Option("contexts", int, default=8, least=1, most=10_000, group=_GROUP, order=220,
+                  help="approximate contexts (default: %(default)s)")  # fmt: skip
+REPLICATES = Option(
+    "replicates", int, default=DEFAULT_REPLICATES, least=1, most=10_000, group=_GROUP,
+    order=230, help="independent replicates, replicate r from seed SEED+r; --episodes is "
+    "each one's horizon (default: %(default)s)",
+)  # fmt: skip
+HISTORY = Option(
+    "history", choices=HISTORIES, default="raw", group=_GROUP, order=240,
+    column=Column(rank=6, curves=True), help="raw (default): the earlier rounds as played; "
+    "summary (bandits): per-arm counts and mean rewards instead",
+)  # fmt: skip
+RESET = Option(
+    "reset", choices=RESETS, group=_GROUP, order=250, help="same: every episode of a "
+    "replicate starts from one initial state (the default); fresh: a new start per episode "
+    "(the default for classification, a stream of inputs)",
+)  # fmt: skip
+TEMPERATURE = Option("temperature", float, default=0.0, least=0, most=2, group=_GROUP,
+                     order=260, help="sampling temperature (default: 0)")  # fmt: skip
+EVAL_EVERY = Option(
+    "eval_every", int, least=1, most=INT_LIMIT, metavar="K", group=_GROUP, order=270,
+    help="classification: before episode 0 and every K episodes, label held-out examples "
+    "with that episode's context (never added to a context)",
+)  # fmt: skip
+EVAL_SIZE = Option("eval_size", int, default=DEFAULT_EVAL_SIZE, least=1, most=100_000,
+                   group=_GROUP, order=280,
+                   help="held-out examples per evaluation (default: %(default)s)")  # fmt: skip
+
 
 def icrl_prompts(folder: str | None) -> Path:
     """The in-context RL templates: `folder`/icrl (a user's --prompts), else the shipped."""
@@ -128,33 +176,26 @@ def make_icrl_config(
     task: str,
     *,
     model: str,
-    variant: str = "naive",
-    p_keep: float = 0.1,
-    contexts: int = 8,
+    variant: str = VARIANT.default,
+    p_keep: float = P_KEEP.default,
+    contexts: int = CONTEXTS.default,
     token_budget: int | None = None,
-    history: str = "raw",
+    history: str = HISTORY.default,
     reset: str | None = None,
-    temperature: float = 0.0,
+    temperature: float = TEMPERATURE.default,
     max_steps: int | None = None,
     replicates: int = DEFAULT_REPLICATES,
     eval_every: int | None = None,
     eval_size: int = DEFAULT_EVAL_SIZE,
     **options: Any,
 ) -> IcrlConfig:
-    """An in-context RL configuration, checked; `options` as for `make_replay_config`.
+    """An in-context RL configuration; `options` as for `make_replay_config`. Options that
+    must suit the task are checked here (types and bounds by `lmact.options.read_run`).
     `reset` defaults to `fresh` for classification (a stream of inputs), else `same`."""
     spec = get_task(task)
     if reset is None:
         reset = "fresh" if spec.environment == "classification" else "same"
-    _check_choices(spec, variant, history, reset, eval_every)
-    check_counts(
-        at_least_0={},
-        positive={"--contexts": contexts, "--token-budget": token_budget,
-                  "--max-steps": max_steps, "--replicates": replicates,
-                  "--eval-every": eval_every, "--eval-size": eval_size},
-    )  # fmt: skip
-    if not 0 < p_keep <= 1:
-        raise LmactError(f"--p-keep must be in (0, 1], not {p_keep}")
+    _check_task_options(spec, history, eval_every)
     # The in-context RL templates are DIR/icrl of a --prompts DIR: the imitation ones
     # need not be there.
     folder = options.pop("prompts_dir", None)
@@ -163,7 +204,7 @@ def make_icrl_config(
     fields["prompts_dir"] = str(Path(folder).resolve()) if folder is not None else None
     return IcrlConfig(
         **fields,
-        variant=variant,  # type: ignore[arg-type] - checked above
+        variant=variant,  # type: ignore[arg-type] - checked by its declaration
         p_keep=p_keep,
         contexts=contexts,
         token_budget=token_budget,
@@ -177,21 +218,14 @@ def make_icrl_config(
     )
 
 
-def _check_choices(
-    spec: TaskSpec, variant: str, history: str, reset: str, eval_every: int | None
-) -> None:
-    """The named options, each one of its values and meaningful for the task."""
-    for flag, value, accepted in (
-        ("--variant", variant, VARIANTS),
-        ("--history", history, HISTORIES),
-        ("--reset", reset, RESETS),
-    ):
-        if value not in accepted:
-            raise UnknownNameError(flag, value, accepted)
+def _check_task_options(spec: TaskSpec, history: str, eval_every: int | None) -> None:
+    """The options that only some tasks take, given for one of those."""
     if history == "summary" and spec.environment != "bandit":
-        raise LmactError("--history summary summarizes bandit rounds; give a bandit task")
+        raise OptionError(Named("history"), " summary summarizes bandit rounds; give a bandit task")
     if eval_every is not None and spec.environment != "classification":
-        raise LmactError("--eval-every labels held-out examples; give a classification task")
+        raise OptionError(
+            Named("eval_every"), " labels held-out examples; give a classification task"
+        )
 
 
 def _fingerprint(folder: str | None) -> str:
@@ -216,6 +250,19 @@ class IcrlPlan:
 class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
     name = "icrl"
     config_type = IcrlConfig
+    help = (
+        "no demonstrations, the model plays episode after episode with its own earlier "
+        "episodes and rewards in context (see --variant)"
+    )
+    options = (VARIANT, P_KEEP, CONTEXTS, REPLICATES, HISTORY, RESET, TEMPERATURE, EVAL_EVERY,
+               EVAL_SIZE, TOKEN_BUDGET, MAX_STEPS)  # fmt: skip
+    measures_shown = (
+        Measure("final_return", "return, last 10% of episodes"),
+        Measure("final_normalized", "normalized, last 10%"),
+        Measure("regret", "regret (gap x pulls of worse arms)"),
+        Measure("suffix_failure", "suffix failures (never the best arm in the second half)"),
+        Measure("k_min_frac", "K x least-pulled arm's share", column=False),
+    )
     headline = Headline(
         "final measures",
         "final_normalized",
@@ -224,6 +271,9 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
             "greedy_frac", "median_reward", "held_out_accuracy",
         ),
     )  # fmt: skip
+
+    def configure(self, task: str, **fields: Any) -> IcrlConfig:
+        return make_icrl_config(task, **fields)
 
     def prepare(
         self, config: IcrlConfig, policy: Policy, context: RunContext, units: Sequence[UnitKey]

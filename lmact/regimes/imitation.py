@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
+from lmact.declarations import Column, Named, Option, OptionError
 from lmact.demos import DEMO_SEED_BASE, MAX_DEMONSTRATIONS, Demonstration, demonstrations_hash
 from lmact.envs.base import Environment, Observation
 from lmact.episode import (
@@ -23,7 +25,7 @@ from lmact.episode import (
     StepRules,
     play_episode,
 )
-from lmact.errors import LmactError, UnknownNameError
+from lmact.errors import LmactError
 from lmact.models.base import ModelRequest, Part
 from lmact.policies import Policy
 from lmact.prompting import Packing, PromptBuilder, Step, pack_demonstrations
@@ -31,8 +33,9 @@ from lmact.records import EpisodeRecord, StepRecord, UnitKey
 from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts
 from lmact.regimes.headline import Headline
 from lmact.regimes.prompted import (
+    MAX_STEPS,
+    TOKEN_BUDGET,
     PromptedConfig,
-    check_counts,
     check_sees,
     prompt_settings,
     prompted_fields,
@@ -48,6 +51,24 @@ _DEMO_DRAW_STREAM = 3
 DEMO_DRAWS = ("per-episode", "shared")
 # The demonstrations a per-episode draw chooses from, unless --demo-pool says otherwise.
 DEFAULT_DEMO_POOL = 100
+
+# The options imitation takes besides the common ones (with TOKEN_BUDGET and MAX_STEPS).
+DEMOS = Option(
+    "demos", int, least=0, most=MAX_DEMONSTRATIONS, order=50, exclusive="demonstrations",
+    column=Column(place="run", rank=5), help="use exactly N demonstration episodes (default: 1)",
+)  # fmt: skip
+DEMO_DRAW = Option(
+    "demo_draw", choices=DEMO_DRAWS, default="shared", order=140, column=Column(rank=3),
+    help="shared (default): every test episode gets the first N demonstrations (one prefix, "
+    "cached across episodes); per-episode: each test episode draws its own N from a pool of "
+    "--demo-pool, seeded by its test seed, as the reference code does",
+)  # fmt: skip
+DEMO_POOL = Option(
+    "demo_pool", int, least=1, most=MAX_DEMONSTRATIONS, metavar="P", order=150,
+    column=Column(rank=4),
+    help="how many demonstrations per-episode draws choose from; all are generated "
+    f"(default: {DEFAULT_DEMO_POOL})",
+)  # fmt: skip
 # Fields added after release 0.1, with the value that keeps 0.1's behaviour: at that value
 # they stay out of the run id, so that a 0.1 run keeps its id and resumes.
 _ADDED_FIELDS = {
@@ -127,11 +148,12 @@ def make_config(
     max_tokens: int | None = None,
     past_actions: bool = True,
     answer_match: str = "lenient",
-    prompts_dir: str | None = None,
-    demo_draw: str = "shared",
+    prompts_dir: str | Path | None = None,
+    demo_draw: str = DEMO_DRAW.default,
     demo_pool: int | None = None,
 ) -> ImitationConfig:
-    """A run configuration with the task's defaults filled in; names are checked here."""
+    """A run configuration with the task's defaults filled in; names, and options that go
+    together, are checked here (types and bounds by `lmact.options.read_run`)."""
     spec = get_task(task)
     fields = prompted_fields(
         spec,
@@ -146,14 +168,12 @@ def make_config(
         prompts_dir=prompts_dir,
     )
     if demos is not None and token_budget is not None:
-        raise LmactError("give either --demos or --token-budget, not both")
+        raise OptionError(
+            "give either ", Named("demos"), " or ", Named("token_budget"), ", not both"
+        )
     if demos is None and token_budget is None:
         demos = DEFAULT_DEMOS
     demo_draw, demo_pool = _demo_draw(demo_draw, demo_pool, demos)
-    check_counts(
-        at_least_0={"--demos": demos},
-        positive={"--token-budget": token_budget, "--max-steps": max_steps},
-    )
     return ImitationConfig(
         **fields,
         demos=demos,
@@ -166,20 +186,18 @@ def make_config(
 
 def _demo_draw(draw: str, pool: int | None, demos: int | None) -> tuple[str, int | None]:
     """The draw and its pool, checked; without demonstrations there is nothing to draw."""
-    if draw not in DEMO_DRAWS:
-        raise UnknownNameError("--demo-draw", draw, DEMO_DRAWS)
     if demos == 0:
         return "shared", None  # the same prompt as before draws existed: the same run id
     if draw == "shared":
         if pool is not None:
-            raise LmactError("--demo-pool needs --demo-draw per-episode")
+            raise OptionError(Named("demo_pool"), " needs ", Named("demo_draw"), " per-episode")
         return draw, None
     pool = DEFAULT_DEMO_POOL if pool is None else pool
     if demos is not None and demos > pool:
-        raise LmactError(
-            f"--demos {demos} cannot be drawn from a pool of {pool}; give --demo-pool {demos} "
-            "or more, or --demo-draw shared"
-        )
+        raise OptionError(
+            Named("demos"), f" {demos} cannot be drawn from a pool of {pool}; give ",
+            Named("demo_pool"), f" {demos} or more, or ", Named("demo_draw"), " shared",
+        )  # fmt: skip
     return draw, pool
 
 
@@ -250,6 +268,8 @@ class ImitationRegime(Regime[ImitationConfig, EpisodePlan]):
 
     name = "imitation"
     config_type = ImitationConfig
+    help = "demonstrations in the prompt, then new test episodes"
+    options = (DEMOS, TOKEN_BUDGET, MAX_STEPS, DEMO_DRAW, DEMO_POOL)
     headline = Headline(
         "normalized score [95% CI] by demonstrations",
         "normalized_score",
@@ -257,6 +277,9 @@ class ImitationRegime(Regime[ImitationConfig, EpisodePlan]):
         across="demos",
         across_label="demos",
     )
+
+    def configure(self, task: str, **fields: Any) -> ImitationConfig:
+        return make_config(task, **fields)
 
     def prepare(
         self,

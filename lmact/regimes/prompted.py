@@ -8,8 +8,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from lmact.declarations import INT_LIMIT, Column, Option
 from lmact.envs import environment_class
-from lmact.errors import LmactError, UnknownNameError
+from lmact.errors import LmactError
 from lmact.policies import Policy
 from lmact.prompting import PromptSettings, check_templates, templates_fingerprint
 from lmact.regimes.base import RegimeConfig
@@ -17,6 +18,18 @@ from lmact.tasks import TaskSpec
 
 CHAIN_OF_THOUGHT_MAX_TOKENS = 512
 ANSWER_MATCHES = ("lenient", "exact")
+
+# Options that some prompted regimes take (each lists those it takes in `Regime.options`).
+TOKEN_BUDGET = Option(
+    "token_budget", int, least=1, most=INT_LIMIT, metavar="T", order=60,
+    exclusive="demonstrations", column=Column(place="run", rank=6),
+    help="pack as many whole demonstrations as fit T prompt tokens (preamble and "
+    "demonstrations, counted by the model's tokenizer)",
+)  # fmt: skip
+MAX_STEPS = Option(
+    "max_steps", int, least=1, most=INT_LIMIT, order=90,
+    help="step limit per episode (default: the task's)",
+)  # fmt: skip
 
 
 class PromptedConfig(RegimeConfig):
@@ -68,15 +81,13 @@ def prompted_fields(
     max_tokens: int | None = None,
     past_actions: bool = True,
     answer_match: str = "lenient",
-    prompts_dir: str | None = None,
+    prompts_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """The fields of a `PromptedConfig`, checked, with the task's defaults filled in."""
+    """The fields of a `PromptedConfig`, with the task's defaults filled in; the names are
+    checked here (the values' types and bounds by `lmact.options.read_run`)."""
     observation = observation or spec.default_observation
     spec.check_observation(observation)
     check_templates(prompts_dir)
-    if answer_match not in ANSWER_MATCHES:
-        raise UnknownNameError("--answer-match", answer_match, ANSWER_MATCHES)
-    check_counts(at_least_0={"--seed": seed}, positive={"--max-tokens": max_tokens})
     return {
         "task": spec.name,
         "spec_hash": spec.spec_hash,
@@ -93,13 +104,3 @@ def prompted_fields(
         "past_actions": past_actions,
         "answer_match": answer_match,
     }
-
-
-def check_counts(at_least_0: dict[str, int | None], positive: dict[str, int | None]) -> None:
-    """The counts of a configuration made through the Python API (the CLI checks them too)."""
-    for name, value in at_least_0.items():
-        if value is not None and value < 0:
-            raise LmactError(f"{name} must be at least 0, not {value}")
-    for name, value in positive.items():
-        if value is not None and value <= 0:
-            raise LmactError(f"{name} must be positive, not {value}")

@@ -80,9 +80,16 @@ class _Demonstrated(LiveSituation):
 class ReplayRegime(Regime[ReplayConfig, ReplayPlan]):
     name = "replay"
     config_type = ReplayConfig
+    help = (
+        "the prompt shows one demonstration, then the model is asked for each of its actions "
+        "in turn (scored by the share it matches; expert 1.0)"
+    )
     headline = Headline(
         "share of demonstrated actions matched [95% CI]", "mean_return", interval="ci95"
     )
+
+    def configure(self, task: str, **fields: Any) -> ReplayConfig:
+        return make_replay_config(task, **fields)
 
     def prepare(
         self, config: ReplayConfig, policy: Policy, context: RunContext, units: Sequence[UnitKey]
