@@ -20,6 +20,7 @@ from lmact.errors import LmactError
 from lmact.records import EpisodeRecord
 from lmact.regimes.base import BASELINE_POLICIES
 from lmact.report.tables import (
+    OPTION_COLUMNS,
     grouped_by_task,
     markdown_table,
     resolve_run,
@@ -34,9 +35,11 @@ from lmact.text import visible
 # What must be the same for the report to pair two runs: the same seed is then the same
 # episode, played under the same rules and seen in the same form.
 PAIRED_BY = ("task", "regime", "observation")
-# The options that tell two runs apart besides the model; a comparison names those that differ.
-SETTINGS = ("regime", "observation", "demos", "token_budget", "answer_match", "past_actions",
-            "demo_draw", "demo_pool", "variant", "history")  # fmt: skip
+# The options that tell two runs apart besides the model (those declared a setting, in
+# column order: `Column.setting`); a comparison names those that differ.
+SETTINGS = tuple(
+    o.label for o in OPTION_COLUMNS if o.label is not None and o.column and o.column.setting
+)
 # A sweep's table of k runs per task holds k(k-1)/2 pairs: the report shows the first few,
 # those that differ in the fewest options first (they isolate one cause).
 MAX_PAIRS_PER_TASK = 12

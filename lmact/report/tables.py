@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from lmact.errors import LmactError, UnknownNameError
+from lmact.options import column_labels, measure_columns, report_columns
 from lmact.records import EpisodeRecord, flat_fields
 from lmact.regimes import parse_config, regime_of
 from lmact.regimes.base import RegimeConfig
@@ -19,14 +20,12 @@ from lmact.scoring import normalized_interval, score_episodes
 from lmact.store import RunRecord, RunStore
 from lmact.text import visible
 
+# The options shown as columns (`Option.column`): what names a run, before its scores,
+# then how it was played, after them.
+OPTION_COLUMNS = [*report_columns("run"), *report_columns("setting")]
 COLUMNS = [
     "run_id",
-    "task",
-    "regime",
-    "observation",
-    "model",
-    "demos",
-    "token_budget",
+    *column_labels(report_columns("run")),
     "episodes",
     "mean_return",
     "ci95_low",
@@ -41,16 +40,8 @@ COLUMNS = [
     "cached_tokens",
     "completion_tokens",
     "cost_usd",
-    "answer_match",
-    "past_actions",
-    "demo_draw",
-    "demo_pool",
-    "variant",
-    "history",
-    "final_return",
-    "final_normalized",
-    "regret",
-    "suffix_failure",
+    *column_labels(report_columns("setting")),
+    *measure_columns(),  # the regimes' measures shown as columns (`Regime.measures_shown`)
 ]
 FORMATS = ("markdown", "csv", "json")
 FORMAT_ALIASES = {"md": "markdown"}
@@ -59,7 +50,10 @@ SUFFIXES = {"markdown": "md", "csv": "csv", "json": "json"}
 # What a spreadsheet reads as the start of a formula, at the start of a CSV text cell.
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # A learning curve's point: the run it is of, then where it is.
-CURVE_RUN_COLUMNS = ["run_id", "task", "model", "variant", "history"]
+CURVE_RUN_COLUMNS = [
+    "run_id",
+    *column_labels(o for o in OPTION_COLUMNS if o.column is not None and o.column.curves),
+]
 CURVE_COLUMNS = [*CURVE_RUN_COLUMNS, "episode", "mean", "low", "high"]
 
 
@@ -139,7 +133,9 @@ def run_row(
         return None
     baselines = (baselines_of or Baselines(store)).of(config, finished)
     row = _scores_row(run, finished, baselines)
-    described = {name: getattr(config, name) for name in ("regime", "task", "observation", "model")}
+    # Each option column's field (None where the regime's configuration has none); the
+    # regime's own report fields may say otherwise (imitation's demos: the count packed).
+    described = {o.label: getattr(config, o.keyword, None) for o in OPTION_COLUMNS}
     try:
         measures = regime.measures(
             config,
