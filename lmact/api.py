@@ -1,5 +1,5 @@
 """lmact from Python (a notebook, a script): run one configuration, run a sweep, read the
-results back as plain records.
+results back as plain records, make the report.
 
     from lmact import api
     summary = api.run("tic_tac_toe", model="random", demos=2, episodes=5, store="r.sqlite")
@@ -27,6 +27,7 @@ from lmact.errors import LmactError
 from lmact.models.base import ModelOptions
 from lmact.options import RunOptions, model_options_given, read_run
 from lmact.records import StepRecord, flat_fields
+from lmact.report.build import Report, make_report
 from lmact.report.tables import episode_records, report_rows, select_rows
 from lmact.runner import RunEstimate, Runner, RunSummary
 from lmact.store import DEFAULT_STORE, RunStore
@@ -100,6 +101,14 @@ def sweep(
         }
         for o in plan.play()
     ]
+
+
+def report(store: Path | str = DEFAULT_STORE, **options: Any) -> Report:
+    """What `lmact report` makes, with its options by the same names (`format`, `tasks`,
+    `models`, `sweep`, `curves`, `plot`, `out`, `view_episodes`, `view_max_mb`,
+    `cache_dir`, `workers`): the table to print, the files written, the HTML report's index
+    (`lmact.report.build.make_report`)."""
+    return make_report(store, **options)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,84 @@
+"""The command line's arguments, made from the options' declarations (`lmact.declarations`):
+an option `name` is the flag `--name` with dashes (or its declared `flag`), with its type,
+default, choices, metavar and help; `--help` lists them in their declared order and groups.
+The one place that says an option as a flag (`flag_for`)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+from typing import Any, NoReturn
+
+from lmact.declarations import Option
+from lmact.options import OPTIONS
+
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other lmact error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def flag_of(option: Option) -> str:
+    return option.flag or "--" + option.name.replace("_", "-")
+
+
+def flag_for(name: str) -> str:
+    """The flag of the option `name` (of a run, or of a command: `--` and the name)."""
+    option = OPTIONS.get(name)
+    return flag_of(option) if option is not None else "--" + name.replace("_", "-")
+
+
+def add_option(container: Any, option: Option, **overrides: Any) -> None:
+    """`option` as an argument of a parser (or of one of its groups); `overrides` replace
+    what the declaration says (a command's own help, default, metavar)."""
+    kwargs: dict[str, Any] = {"dest": option.name, "default": option.default}
+    if option.type is bool:
+        kwargs["action"] = "store_true"
+    else:
+        if option.type is not str:
+            kwargs["type"] = option.type
+        if option.multiple:
+            kwargs["action"] = "append"
+        if option.choices is not None:
+            kwargs["choices"] = option.choices
+        if option.metavar is not None:
+            kwargs["metavar"] = option.metavar
+        if option.required:
+            kwargs["required"] = True
+    kwargs["help"] = option.help_text()
+    container.add_argument(flag_of(option), **{**kwargs, **overrides})
+
+
+def add_options(parser: argparse.ArgumentParser, options: Iterable[Option]) -> None:
+    """The options as arguments, in their order: each in its help group (made when first
+    needed: groups are listed in that order), those of one `exclusive` label in one mutually
+    exclusive group."""
+    groups: dict[str | None, Any] = {None: parser}
+    exclusive: dict[str, Any] = {}
+    for option in options:
+        if option.group not in groups:
+            groups[option.group] = parser.add_argument_group(option.group)
+        container = groups[option.group]
+        if option.exclusive is not None:
+            if option.exclusive not in exclusive:
+                exclusive[option.exclusive] = container.add_mutually_exclusive_group()
+            container = exclusive[option.exclusive]
+        add_option(container, option)
+
+
+def storage_options(
+    parser: argparse.ArgumentParser, store: bool = True, **store_overrides: Any
+) -> None:
+    """--store (unless not `store`), --cache-dir and --workers, as `lmact run` has them."""
+    names = ("store", "cache_dir", "workers") if store else ("cache_dir", "workers")
+    for name in names:
+        add_option(parser, OPTIONS[name], **(store_overrides if name == "store" else {}))
+
+
+def given(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of a command's arguments, by name (the command's own name left out)."""
+    return {name: value for name, value in vars(args).items() if name != "command"}

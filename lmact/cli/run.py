@@ -1,0 +1,38 @@
+"""`lmact run`: one run and its baselines, from the options of a run (`lmact.options`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from lmact.cli.arguments import add_options, given
+from lmact.options import OPTIONS
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    run = commands.add_parser(
+        "run",
+        help="evaluate a model on a task",
+        description="Evaluate a model on test episodes of a task, with expert demonstrations "
+        "in the prompt; also runs the random and expert baselines on the same "
+        "test seeds and prints the normalized score. Everything is stored: rerunning "
+        "the same command makes no model call, and a killed run resumes.",
+    )
+    add_options(run, OPTIONS.values())
+
+
+def command(args: argparse.Namespace) -> None:
+    from lmact.api import play
+    from lmact.cli.console import print_estimate, print_summary
+    from lmact.options import read_run
+    from lmact.runner import RunEstimate
+
+    read = read_run(given(args))
+    played = play(read, progress=sys.stderr.isatty())
+    if isinstance(played, RunEstimate):
+        print_estimate(played, args.json)
+    elif args.json:
+        print(json.dumps(played.to_dict()))
+    else:
+        print_summary(played, args.store)

@@ -1,0 +1,42 @@
+"""`lmact sweep FILE`: every run of a sweep file and the baselines they need."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lmact.cli.arguments import add_option, storage_options
+from lmact.options import OPTIONS
+from lmact.store import DEFAULT_STORE
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    sweep = commands.add_parser(
+        "sweep",
+        help="play a grid of runs from a TOML file",
+        description="Play every run of a sweep file (a base of run options and axes whose "
+        "product is the grid; see tasks/sweeps/) and the baselines they need, each once, "
+        "in one event loop with one caller per model. Resumable like a run; the sweep's "
+        "name and grid are kept in the store for `lmact report --sweep NAME`.",
+    )
+    sweep.add_argument("file", type=Path, help="the sweep file (TOML)")
+    add_option(sweep, OPTIONS["dry_run"], help="call no model: print the runs, calls, prompt "
+               "tokens and estimated cost")  # fmt: skip
+    add_option(sweep, OPTIONS["max_connections"], metavar="N",
+               help="requests in flight at once per model (default: the sweep file's "
+               "max_connections, else each provider's)")  # fmt: skip
+    # Unset on the command line, these come from the sweep file's [base], if it sets them.
+    store_help = f"the run store (default: the sweep file's store, else {DEFAULT_STORE})"
+    storage_options(sweep, default=None, help=store_help)
+
+
+def command(args: argparse.Namespace) -> None:
+    from lmact.cli.console import print_sweep, print_sweep_estimate, sweep_progress
+    from lmact.sweeps import plan_sweep
+
+    plan = plan_sweep(args.file, store=args.store, cache_dir=args.cache_dir,
+                      workers=args.workers, max_connections=args.max_connections)  # fmt: skip
+    if args.dry_run:
+        print_sweep_estimate(plan.sweep, plan.estimate())
+        return
+    print_sweep(plan.sweep, plan.play(sweep_progress))
