@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from helpers import StubModel, lmact
 
+from lmact import api
 from lmact.demos import DEMO_SEED_BASE, DemoStore
 from lmact.envs.base import Observation
+from lmact.errors import LmactError
 from lmact.models.base import ModelCallError, ModelRequest, ModelResponse, TextPart
 from lmact.policies import Policies
 from lmact.records import UnitKey
@@ -196,12 +198,11 @@ def test_the_command_runs_icrl_and_refuses_options_of_other_regimes(tmp_path: Pa
     assert {"regret", "suffix_failure", "k_min_frac", "greedy_frac", "median_reward"} <= set(
         summary
     )
-    for option in (["--variant", "stochastic"], ["--replicates", "2"]):
-        refused = lmact("run", *option, *common, cwd=tmp_path)
-        assert refused.returncode == 2
-        assert "does not apply to --regime imitation" in refused.stderr
+    for option in ({"variant": "stochastic"}, {"replicates": 2}):
+        with pytest.raises(LmactError, match="does not apply to regime imitation"):
+            api.run("bandit_hard", **option, store=tmp_path / "s.sqlite")
     refused = lmact("run", "--regime", "icrl", "--demos", "2", *common, cwd=tmp_path)
-    assert refused.returncode == 2 and "--demos does not apply" in refused.stderr
+    assert refused.returncode == 2 and "--demos does not apply to --regime icrl" in refused.stderr
 
 
 def test_the_classification_dataset_is_regenerated_byte_for_byte(tmp_path: Path) -> None:
@@ -355,33 +356,25 @@ def test_a_dataset_of_ones_own_runs_from_the_command_line(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["task"].startswith("classification-intents-") and summary["mean_return"] == 1.0
-    random = lmact(*args, "--model", "random", cwd=tmp_path)
-    assert json.loads(random.stdout)["task"] == summary["task"]  # the same file: the same task
-    ids = lmact(*args, "--model", "expert", "--unsemantic-labels", cwd=tmp_path)
-    assert json.loads(ids.stdout)["task"] == summary["task"] + "-unsemantic"
+    # The same options through the API.
+    options = {"regime": "icrl", "dataset": data, "text_field": "q", "label_field": "intent",
+               "episodes": 6, "replicates": 1, "store": tmp_path / "s.sqlite",
+               "cache_dir": tmp_path / "cache"}  # fmt: skip
+    random = api.run("classification", model="random", **options)
+    assert random["task"] == summary["task"]  # the same file: the same task
+    ids = api.run("classification", model="expert", unsemantic_labels=True, **options)
+    assert ids["task"] == summary["task"] + "-unsemantic"
     with RunStore(tmp_path / "s.sqlite") as store:
         runs = [r for r in store.runs() if r.config["task"].endswith("-unsemantic")]
         actions = {s.action for run in runs for s in store.steps(run.run_id)}
         assert runs and actions <= {"L01", "L02", "L03"}
     data.write_text(data.read_text() + json.dumps({"q": "call mum", "intent": "phone"}) + "\n")
-    edited = lmact(*args, "--model", "expert", cwd=tmp_path)
-    assert json.loads(edited.stdout)["task"] != summary["task"]  # edited: another task
-    wrong = lmact(
-        "run",
-        "--regime",
-        "icrl",
-        "--task",
-        "classification",
-        "--dataset",
-        str(data),
-        "--model",
-        "random",
-        "--store",
-        "s.sqlite",
-        cwd=tmp_path,
-    )  # default fields
-    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1
-    assert "lacks a text 'text'" in wrong.stderr
+    edited = api.run("classification", model="expert", **options)
+    assert edited["task"] != summary["task"]  # edited: another task
+    with pytest.raises(LmactError, match="lacks a text 'text'") as wrong:  # default fields
+        api.run("classification", regime="icrl", dataset=data, model="random",
+                store=tmp_path / "s.sqlite")  # fmt: skip
+    assert "\n" not in str(wrong.value)
 
 
 def test_the_learning_curve_plot_shows_each_runs_curve_and_band(

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import StubModel, demonstrations, lmact
 
+from lmact import api
 from lmact.demos import DEMO_SEED_BASE, DemoStore
 from lmact.envs.base import AnswerKind, classify_answer
 from lmact.errors import LmactError
@@ -246,12 +247,11 @@ def test_a_per_episode_run_shows_each_episode_its_draw(tmp_path: Path) -> None:
 
 
 def test_a_dry_run_says_how_many_demonstrations_a_pool_needs(tmp_path: Path) -> None:
+    dry = {"model": "random", "demos": 2, "dry_run": True, "store": tmp_path / "r.sqlite"}
+    pooled = api.run("tic_tac_toe", demo_draw="per-episode", demo_pool=30, **dry)
+    assert pooled["demonstrations_needed"] == 30
+    assert api.run("tic_tac_toe", **dry)["demonstrations_needed"] == 2
     run = ["run", "--task", "tic_tac_toe", "--model", "random", "--demos", "2", "--dry-run"]
-    result = lmact(*run, "--demo-draw", "per-episode", "--demo-pool", "30", "--json", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["demonstrations_needed"] == 30
-    shared = lmact(*run, "--json", cwd=tmp_path)
-    assert json.loads(shared.stdout)["demonstrations_needed"] == 2
     table = lmact(*run, "--demo-draw", "per-episode", cwd=tmp_path)
     assert "| demonstrations needed | 100 " in table.stdout
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from helpers import StubModel, lmact
 
+from lmact import api
 from lmact.demos import DEMO_SEED_BASE, DemoStore
+from lmact.errors import LmactError
 from lmact.models.base import ModelRequest, ModelResponse, TextPart
 from lmact.prompting import ACTION_LABEL
 from lmact.records import UnitKey
@@ -150,9 +152,10 @@ def test_the_command_runs_replay_and_refuses_imitation_options(tmp_path: Path) -
     )
     assert estimate.returncode == 0, estimate.stderr
     assert json.loads(estimate.stdout)["demonstrations_needed"] == 2
-    for option in (["--demos", "2"], ["--token-budget", "500"], ["--demo-draw", "per-episode"]):
-        refused = lmact("run", "--regime", "replay", *option, *common, cwd=tmp_path)
-        assert refused.returncode == 2
-        assert refused.stderr.count("\n") == 1 and "does not apply to --regime replay" in (
-            refused.stderr
-        )
+    for option in ({"demos": 2}, {"token_budget": 500}, {"demo_draw": "per-episode"}):
+        with pytest.raises(LmactError, match="does not apply to regime replay"):
+            api.run("grid_world", regime="replay", **option, store=tmp_path / "s.sqlite")
+    refused = lmact("run", "--regime", "replay", "--token-budget", "500", *common, cwd=tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1
+    assert "--token-budget does not apply to --regime replay" in refused.stderr
