@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lmact.options import column_labels, report_columns
 from lmact.regimes import REGIMES
 from lmact.regimes.headline import Headline
 from lmact.report.tables import format_value, grouped_by
@@ -26,7 +27,7 @@ _DEFAULT_HEADLINE = Headline(title="mean return", value="mean_return", interval=
 _ROW_KEYS = ("model", "observation")
 # Settings that add to a row's name when they vary within a table (else two runs with
 # different settings would claim one cell).
-_VARYING_KEYS = ("answer_match", "past_actions", "demo_draw", "demo_pool", "variant", "history")
+_VARYING_KEYS = tuple(column_labels(report_columns("setting")))  # `Column(place="setting")`
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmact.errors import LmactError
+from lmact.options import column_labels, report_columns
 from lmact.regimes.base import BASELINE_POLICIES
 from lmact.report.tables import grouped_by
 from lmact.text import visible
@@ -42,9 +43,10 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINE_STYLES = ("-", "--", ":", "-.")
 # Symlog: linear from 0 to 1, logarithmic above, so 0 demonstrations sits left of 1.
 DEMOS_LABEL = "demonstrations (log scale; 0 on a linear stretch left of 1)"
-# Options of imitation runs that tell two runs of a model and format apart; a line is
-# split by those whose values differ within a task.
-LINE_OPTIONS = ("answer_match", "past_actions", "demo_draw", "demo_pool", "chosen_by")
+# Options that tell two runs of a model and format apart (the settings the report shows
+# after the scores, `Column(place="setting")`, and how demonstrations were chosen); a line
+# is split by those whose values differ within a task.
+LINE_OPTIONS = (*column_labels(report_columns("setting")), "chosen_by")
 RATE_TEXT = {
     "illegal_rate": "illegal answers (not a legal action; counts invalid and empty ones)",
     "invalid_rate": "invalid answers (not of the action form; counts empty ones)",
