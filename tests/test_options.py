@@ -5,7 +5,6 @@ fields, which the command line says as flags."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 from lmact import api
 from lmact.cli import build_parser, say
 from lmact.cli import run as run_command
-from lmact.cli.arguments import flag_of
+from lmact.cli.arguments import Parser, flag_of
 from lmact.declarations import Option, OptionError, Scope
 from lmact.errors import LmactError
 from lmact.options import COMMON, OPTIONS, in_run_id, read_run
@@ -102,9 +101,9 @@ def test_every_option_of_lmact_run_is_a_keyword_of_api_run(
 ) -> None:
     read: list[Any] = []
     monkeypatch.setattr(api, "play", lambda options, **_: read.append(options) or _Played())
-    commands = argparse.ArgumentParser().add_subparsers()
-    run_command.add_parser(commands)
-    flags = {flag for action in commands.choices["run"]._actions for flag in action.option_strings}
+    run_arguments = Parser()
+    run_command.arguments(run_arguments)
+    flags = {flag for action in run_arguments._actions for flag in action.option_strings}
     assert len(OPTIONS) > 40
     for option in OPTIONS.values():
         needs, value = sample(option, tmp_path)

@@ -1,22 +1,51 @@
 """The command line's arguments, made from the options' declarations (`lmact.declarations`):
 an option `name` is the flag `--name` with dashes (or its declared `flag`), with its type,
 default, choices, metavar and help; `--help` lists them in their declared order and groups.
-The one place that says an option as a flag (`flag_for`)."""
+The one place that says an option as a flag (`flag_for`).
+
+A command's arguments are added when that command is parsed (`Parser.later`): the options
+of a run are the regimes' declarations, and `lmact tasks` need not import the regimes."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
 from lmact.declarations import Option
-from lmact.options import OPTIONS
 
 EXIT_USAGE = 2
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with its errors on one line like every other lmact error."""
+    """argparse, with its errors on one line like every other lmact error, and arguments
+    that may be added when they are needed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._later: list[Callable[[argparse.ArgumentParser], None]] = []
+
+    def later(self, add: Callable[[argparse.ArgumentParser], None]) -> None:
+        """Add arguments with `add` once this parser parses or shows its help."""
+        self._later.append(add)
+
+    def _added(self) -> None:
+        while self._later:
+            self._later.pop(0)(self)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._added()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._added()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._added()
+        return super().format_usage()
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -28,6 +57,8 @@ def flag_of(option: Option) -> str:
 
 def flag_for(name: str) -> str:
     """The flag of the option `name` (of a run, or of a command: `--` and the name)."""
+    from lmact.options import OPTIONS
+
     option = OPTIONS.get(name)
     return flag_of(option) if option is not None else "--" + name.replace("_", "-")
 
@@ -74,6 +105,8 @@ def storage_options(
     parser: argparse.ArgumentParser, store: bool = True, **store_overrides: Any
 ) -> None:
     """--store (unless not `store`), --cache-dir and --workers, as `lmact run` has them."""
+    from lmact.options import OPTIONS
+
     names = ("store", "cache_dir", "workers") if store else ("cache_dir", "workers")
     for name in names:
         add_option(parser, OPTIONS[name], **(store_overrides if name == "store" else {}))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from lmact.cli.arguments import add_option
-from lmact.options import OPTIONS
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -17,6 +16,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "the interval without pairing), and the share of seeds where each is ahead "
         "(see docs/reports.md).",
     )
+    compare.later(arguments)
+
+
+def arguments(compare: argparse.ArgumentParser) -> None:
+    from lmact.options import OPTIONS
+
     for name in ("RUN_A", "RUN_B"):
         compare.add_argument(
             name.lower(), metavar=name, help="a run id, or its first characters "

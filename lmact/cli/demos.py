@@ -6,7 +6,6 @@ import argparse
 import sys
 
 from lmact.cli.arguments import add_option, storage_options
-from lmact.options import OPTIONS, checked
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -15,6 +14,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="generate demonstrations ahead of a run",
         description="Generate (or check) the first N expert demonstrations of a task.",
     )
+    demos.later(arguments)
+
+
+def arguments(demos: argparse.ArgumentParser) -> None:
+    from lmact.options import OPTIONS
+
     demos.add_argument("task", help="a task name (see `lmact tasks`)")
     add_option(demos, OPTIONS["episodes"], required=True, metavar="N", help=None)
     add_option(demos, OPTIONS["observation"], help="observation format (default: the task's)")
@@ -25,6 +30,7 @@ def command(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from lmact.demos import DemoStore
+    from lmact.options import checked
     from lmact.report.page import counted
     from lmact.tasks import get_task
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from lmact.cli.arguments import add_option, storage_options
-from lmact.report.build import VIEW_EPISODES, VIEW_MAX_MB
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -18,6 +17,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         description="Print a table of every run in the run store, grouped by task; "
         "draw its plots with --plot or --out (see docs/reports.md).",
     )
+    report.later(arguments)
+
+
+def arguments(report: argparse.ArgumentParser) -> None:
+    from lmact.report.build import VIEW_EPISODES, VIEW_MAX_MB
+
     report.add_argument(
         "--format",
         default="markdown",

@@ -7,7 +7,6 @@ import json
 import sys
 
 from lmact.cli.arguments import add_options, given
-from lmact.options import OPTIONS
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -19,6 +18,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "test seeds and prints the normalized score. Everything is stored: rerunning "
         "the same command makes no model call, and a killed run resumes.",
     )
+    run.later(arguments)
+
+
+def arguments(run: argparse.ArgumentParser) -> None:
+    """Every option of a run (`lmact.options.OPTIONS`), by its declaration."""
+    from lmact.options import OPTIONS
+
     add_options(run, OPTIONS.values())
 
 

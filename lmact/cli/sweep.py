@@ -6,8 +6,6 @@ import argparse
 from pathlib import Path
 
 from lmact.cli.arguments import add_option, storage_options
-from lmact.options import OPTIONS
-from lmact.store import DEFAULT_STORE
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -19,6 +17,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "in one event loop with one caller per model. Resumable like a run; the sweep's "
         "name and grid are kept in the store for `lmact report --sweep NAME`.",
     )
+    sweep.later(arguments)
+
+
+def arguments(sweep: argparse.ArgumentParser) -> None:
+    from lmact.options import OPTIONS
+    from lmact.store import DEFAULT_STORE
+
     sweep.add_argument("file", type=Path, help="the sweep file (TOML)")
     add_option(sweep, OPTIONS["dry_run"], help="call no model: print the runs, calls, prompt "
                "tokens and estimated cost")  # fmt: skip

@@ -28,6 +28,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "and the demonstrations or in-context RL context. The episodes are replayed offline "
         "to rebuild each prompt, which is checked against the stored prompt hash.",
     )
+    view.later(arguments)
+
+
+def arguments(view: argparse.ArgumentParser) -> None:
     view.add_argument(
         "run_id",
         nargs="?",
