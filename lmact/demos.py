@@ -211,13 +211,17 @@ class _StoredRecords:
     corrupt: str | None = None  # None: the file ends after `records` (or with a torn line)
 
 
-def _read_records(path: Path, image: bool) -> _StoredRecords:
-    """The records of `episodes.jsonl` up to the first bad line."""
+def _read_records(path: Path, image: bool, limit: int) -> _StoredRecords:
+    """The records of `episodes.jsonl` up to the first bad line, at most `limit` of them.
+
+    Lines after the first `limit` are not parsed: a stream reads a store in growing batches,
+    and checking every stored line at each would cost O(stored x batches)."""
     if not path.exists():
         return _StoredRecords([])
     # Bytes, decoded line by line: invalid UTF-8 makes one bad line, not an unreadable file.
-    lines = path.read_bytes().split(b"\n")
-    # A write always ends with a newline, so a last line without one was torn by a crash.
+    lines = path.read_bytes().split(b"\n", limit)
+    # A write always ends with a newline, so a last line without one was torn by a crash
+    # (with `limit` lines split off, the last element is the rest of the file).
     complete = lines[:-1]
     records = []
     for index, line in enumerate(complete):
@@ -283,7 +287,7 @@ class DemoStore:
 
         Only the returned episodes have their images read; a bad one ends the usable records.
         """
-        stored = _read_records(folder / "episodes.jsonl", image)
+        stored = _read_records(folder / "episodes.jsonl", image, start + count)
         demonstrations = []
         for index, record in enumerate(stored.records[start : start + count], start):
             try:
