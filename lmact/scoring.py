@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from lmact.errors import LmactError
-from lmact.records import EpisodeRecord, Usage
+from lmact.records import EpisodeRecord, UnitKey, Usage
 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
@@ -28,7 +30,23 @@ BOOTSTRAP_SEED = 0
 TIE_TOLERANCE = 1e-9
 
 
-def mean_return(episodes: Sequence[EpisodeRecord]) -> float:
+class EpisodeResult(Protocol):
+    """What scores and measures read of an episode: an `EpisodeRecord`, or what a run store
+    reads of one without the rest of its record (`lmact.store.UnitResult`)."""
+
+    @property
+    def chain(self) -> int: ...
+    @property
+    def episode(self) -> int: ...  # the index of its unit
+    @property
+    def seed(self) -> int: ...
+    @property
+    def total_return(self) -> float: ...
+    @property
+    def unit(self) -> UnitKey: ...
+
+
+def mean_return(episodes: Sequence[EpisodeResult]) -> float:
     return float(np.mean([e.total_return for e in episodes]))
 
 
@@ -39,13 +57,40 @@ def bootstrap_ci(
     data = np.asarray(values, dtype=float)
     if data.size == 0:
         raise ValueError("no values to bootstrap")
-    indices = _resample_indices(data.size, resamples)
-    return _percentile_interval(data[indices].mean(axis=1), confidence)
+    return _percentile_interval(bootstrap_means(data, resamples), confidence)
 
 
 # Index matrices this small (in entries) are kept: a report of thousands of runs bootstraps
 # each run's few episodes with the same matrix, which the fixed seed makes anew each time.
 _KEPT_INDEX_ENTRIES = 2_000_000
+# Up to this many resampled values (values x resamples), a bootstrap draws every index, the
+# draws it always made; above, values of few kinds are resampled by counts (see below).
+EXACT_BOOTSTRAP_ENTRIES = 50_000_000
+# Values of at most this many distinct kinds are resampled by counts above that size.
+_COUNTED_KINDS = 100
+
+
+def bootstrap_means(data: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES) -> np.ndarray:
+    """The means of `resamples` resamples of `data` (each of its size, with replacement),
+    from the fixed seed (see `_resampled_means`)."""
+    if data.size * resamples <= _KEPT_INDEX_ENTRIES:
+        return data[_kept_indices(data.size, resamples)].mean(axis=1)
+    return _resampled_means(data, np.random.default_rng(BOOTSTRAP_SEED), resamples)
+
+
+def _resampled_means(data: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
+    """The means of `resamples` resamples of `data`, each drawn with replacement: index by
+    index, a few million at a time, up to EXACT_BOOTSTRAP_ENTRIES; above, values of few
+    distinct kinds (a bandit's 0 and 1; wins, draws and losses) by how many of each kind a
+    resample holds, drawn from the multinomial law: the same law as drawing the indices,
+    in a time that does not grow with the values (100,000 episodes: 10^9 indices)."""
+    if data.size * resamples > EXACT_BOOTSTRAP_ENTRIES:
+        kinds, counts = np.unique(data, return_counts=True)
+        if kinds.size <= _COUNTED_KINDS:
+            drawn = rng.multinomial(data.size, counts / data.size, size=resamples)
+            return (drawn @ kinds) / data.size
+    chunks = _index_chunks(data.size, resamples, rng)
+    return np.concatenate([data[indices].mean(axis=1) for indices in chunks])
 
 
 @functools.lru_cache(maxsize=16)
@@ -55,35 +100,48 @@ def _kept_indices(size: int, resamples: int) -> np.ndarray:
     return indices
 
 
-def _resample_indices(size: int, resamples: int) -> np.ndarray:
-    """The resamples' indices into `size` values, drawn from the fixed seed: the same draws
-    as `_resampled_means` makes from a new generator."""
-    if size * resamples <= _KEPT_INDEX_ENTRIES:
-        return _kept_indices(size, resamples)
-    return np.random.default_rng(BOOTSTRAP_SEED).integers(0, size, size=(resamples, size))
-
-
-def _resampled_means(data: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
-    """The means of `resamples` resamples of `data`, each drawn with replacement."""
-    return data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
+def _index_chunks(
+    size: int, resamples: int, rng: np.random.Generator | None = None
+) -> Iterator[np.ndarray]:
+    """The resamples' indices into `size` values, drawn from `rng` (default: the fixed
+    seed's), a few rows at a time: the same draws as one matrix drawn at once (a generator's
+    draws do not depend on how they are split), in a few million entries of memory."""
+    if rng is None and size * resamples <= _KEPT_INDEX_ENTRIES:
+        yield _kept_indices(size, resamples)
+        return
+    rng = rng or np.random.default_rng(BOOTSTRAP_SEED)
+    rows = max(1, _KEPT_INDEX_ENTRIES // size)
+    for start in range(0, resamples, rows):
+        yield rng.integers(0, size, size=(min(rows, resamples - start), size))
 
 
 def _percentile_interval(means: np.ndarray, confidence: float) -> tuple[float, float]:
     """The two tail percentiles of `means`, as `np.percentile` computes them (its default
     linear method), from one partial sort of the four order statistics they need: a full
     `np.percentile` call cost most of a large report's time."""
-    tail = (1 - confidence) / 2 * 100
-    positions = [q / 100 * (means.size - 1) for q in (tail, 100 - tail)]
-    bounds = [(math.floor(p), min(math.floor(p) + 1, means.size - 1)) for p in positions]
-    ordered = np.partition(means, sorted({i for pair in bounds for i in pair}))
+    low, high = _percentile_intervals(means.reshape(1, -1), confidence)
+    return float(low[0]), float(high[0])
+
+
+def _percentile_intervals(means: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """`_percentile_interval` of each row of `means` (a column per resample)."""
+    tails = _tails(means.shape[1], confidence)
+    ordered = np.partition(means, sorted({i for _, *pair in tails for i in pair}), axis=1)
     low, high = (
-        _lerp(float(ordered[below]), float(ordered[above]), position - below)
-        for position, (below, above) in zip(positions, bounds, strict=True)
+        _lerp(ordered[:, below], ordered[:, above], at - below) for at, below, above in tails
     )
     return low, high
 
 
-def _lerp(low: float, high: float, fraction: float) -> float:
+def _tails(size: int, confidence: float) -> list[tuple[float, int, int]]:
+    """Where `np.percentile` finds the two tail percentiles among `size` sorted values: the
+    position, and the order statistics it interpolates between."""
+    tail = (1 - confidence) / 2 * 100
+    positions = [q / 100 * (size - 1) for q in (tail, 100 - tail)]
+    return [(p, math.floor(p), min(math.floor(p) + 1, size - 1)) for p in positions]
+
+
+def _lerp(low: np.ndarray, high: np.ndarray, fraction: float) -> np.ndarray:
     """numpy's interpolation: from the nearer end, so that one at an end is exact."""
     if fraction >= 0.5:
         return high - (high - low) * (1 - fraction)
@@ -118,13 +176,45 @@ class AnswerRates:
 
 
 def answer_rates(episodes: Sequence[EpisodeRecord]) -> AnswerRates:
-    steps = sum(e.steps for e in episodes)
-    empty = sum(e.empty for e in episodes)
-    invalid = empty + sum(e.invalid for e in episodes)
-    illegal = invalid + sum(e.illegal for e in episodes)
-    if steps == 0:
-        return AnswerRates(0, 0.0, 0.0, 0.0)
-    return AnswerRates(steps, illegal / steps, invalid / steps, empty / steps)
+    return EpisodeTotals.of(episodes).rates()
+
+
+@dataclass(frozen=True)
+class EpisodeTotals:
+    """What a score sums over episodes, besides their returns: from their records
+    (`of`), or as a run store sums them (`lmact.report.tables`)."""
+
+    episodes: int
+    steps: int
+    illegal: int
+    invalid: int
+    empty: int
+    unreadable: int
+    usage: Usage
+    cost_usd: float | None  # None if any episode's cost is unknown
+
+    @classmethod
+    def of(cls, episodes: Sequence[EpisodeRecord]) -> EpisodeTotals:
+        return cls(
+            episodes=len(episodes),
+            steps=sum(e.steps for e in episodes),
+            illegal=sum(e.illegal for e in episodes),
+            invalid=sum(e.invalid for e in episodes),
+            empty=sum(e.empty for e in episodes),
+            unreadable=sum(e.unreadable for e in episodes),
+            usage=sum((e.usage for e in episodes), Usage()),
+            cost_usd=total_cost(episodes),
+        )
+
+    def rates(self) -> AnswerRates:
+        """The shares of bad answers, nested: an empty answer is also invalid, an invalid
+        one also illegal."""
+        invalid = self.empty + self.invalid
+        illegal = invalid + self.illegal
+        if self.steps == 0:
+            return AnswerRates(0, 0.0, 0.0, 0.0)
+        return AnswerRates(self.steps, illegal / self.steps, invalid / self.steps,
+                           self.empty / self.steps)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -146,7 +236,12 @@ class EpisodeScores:
     unreadable_answers: int  # steps whose answer never came back readable (counted empty)
 
 
-def total_cost(episodes: Sequence[EpisodeRecord]) -> float | None:
+class HasCost(Protocol):
+    @property
+    def cost_usd(self) -> float | None: ...
+
+
+def total_cost(episodes: Sequence[HasCost]) -> float | None:
     """The episodes' summed cost; None if there are none or any one's cost is unknown."""
     total = 0.0
     for episode in episodes:
@@ -162,14 +257,29 @@ def score_episodes(
     expert_episodes: Sequence[EpisodeRecord] | None = None,
 ) -> EpisodeScores:
     """Scores of `episodes`, normalized when both baselines' episodes are given."""
-    value = mean_return(episodes)
-    random = mean_return(random_episodes) if random_episodes else None
-    expert = mean_return(expert_episodes) if expert_episodes else None
-    rates = answer_rates(episodes)
+    return score_returns(
+        [e.total_return for e in episodes],
+        EpisodeTotals.of(episodes),
+        mean_return(random_episodes) if random_episodes else None,
+        mean_return(expert_episodes) if expert_episodes else None,
+    )
+
+
+def score_returns(
+    returns: Sequence[float] | np.ndarray,
+    totals: EpisodeTotals,
+    random: float | None = None,
+    expert: float | None = None,
+) -> EpisodeScores:
+    """Scores of episodes from their returns (in order) and totals, normalized when both
+    baselines' mean returns are given: what `score_episodes` computes, from what a run
+    store can sum without reading each episode's record."""
+    value = float(np.mean(returns))
+    rates = totals.rates()
     return EpisodeScores(
-        episodes=len(episodes),
+        episodes=totals.episodes,
         mean_return=value,
-        ci95=bootstrap_ci([e.total_return for e in episodes]),
+        ci95=bootstrap_ci(returns),
         normalized_score=(
             normalized_score(value, random, expert)
             if random is not None and expert is not None
@@ -181,9 +291,9 @@ def score_episodes(
         illegal_rate=rates.illegal_rate,
         invalid_rate=rates.invalid_rate,
         empty_rate=rates.empty_rate,
-        usage=sum((e.usage for e in episodes), Usage()),
-        cost_usd=total_cost(episodes),
-        unreadable_answers=sum(e.unreadable for e in episodes),
+        usage=totals.usage,
+        cost_usd=totals.cost_usd,
+        unreadable_answers=totals.unreadable,
     )
 
 
@@ -199,14 +309,103 @@ class CurvePoint:
 
 def learning_curve(returns: Sequence[Sequence[float]]) -> list[CurvePoint]:
     """Per episode index, the mean of the replicates' returns and its bootstrap interval;
-    `returns[r][e]` is replicate r's return at episode e (replicates may be of any length)."""
-    length = max((len(replicate) for replicate in returns), default=0)
-    points = []
-    for episode in range(length):
-        values = [replicate[episode] for replicate in returns if len(replicate) > episode]
-        low, high = bootstrap_ci(values)
-        points.append(CurvePoint(episode, float(np.mean(values)), low, high))
+    `returns[r][e]` is replicate r's return at episode e (replicates may be of any length).
+
+    Each point is `bootstrap_ci` of its values. The points that the same replicates reach
+    share their resamples' indices (the seed is fixed), so they are bootstrapped together."""
+    lengths = sorted({len(replicate) for replicate in returns if len(replicate)})
+    points: list[CurvePoint] = []
+    start = 0
+    for end in lengths:  # the episodes start … end-1 are reached by the same replicates
+        reached = [replicate[start:end] for replicate in returns if len(replicate) >= end]
+        points += _curve_stretch(np.array(reached, dtype=float).T, start)
+        start = end
     return points
+
+
+# A stretch's points bootstrapped at once, at most: its resampled sums are this many.
+_CURVE_BLOCK_ENTRIES = 4_000_000
+
+
+def _curve_stretch(values: np.ndarray, first: int) -> list[CurvePoint]:
+    """The points of `values[e]`, the replicates' returns at episode `first + e`."""
+    means = values.mean(axis=1)  # row by row, as np.mean of each point's values
+    size = values.shape[1]
+    if size == 1:  # every resample is the one value: the interval is that value
+        return [CurvePoint(first + e, float(v), float(v), float(v)) for e, v in enumerate(means)]
+    if not _whole(values) or size * BOOTSTRAP_RESAMPLES > EXACT_BOOTSTRAP_ENTRIES:
+        return [
+            CurvePoint(first + e, float(mean), *bootstrap_ci(row))
+            for e, (mean, row) in enumerate(zip(means, values, strict=True))
+        ]
+    ways = _resample_ways(size, BOOTSTRAP_RESAMPLES)
+    points = []
+    block = max(1, _CURVE_BLOCK_ENTRIES // (BOOTSTRAP_RESAMPLES if ways is None else len(ways[0])))
+    for start in range(0, len(values), block):
+        stretch = values[start : start + block]
+        if ways is None:  # sums exact: whole numbers
+            sums = np.hstack([stretch @ c.T for c in _count_chunks(size, BOOTSTRAP_RESAMPLES)])
+            low, high = _counted_intervals(sums, None, size)
+        else:
+            low, high = _counted_intervals(stretch @ ways[0].T, ways[1], size)
+        points += [
+            CurvePoint(first + start + e, float(means[start + e]), float(lo), float(hi))
+            for e, (lo, hi) in enumerate(zip(low, high, strict=True))
+        ]
+    return points
+
+
+def _whole(values: np.ndarray) -> bool:
+    """Whether the resampled sums of `values` rows are exact whatever their order: whole
+    numbers, small enough (and no negative zero, whose sign a sum may lose)."""
+    return bool(
+        np.all(values == np.round(values))
+        and np.abs(values).max() * values.shape[1] < 2**52
+        and not np.any(np.signbit(values) & (values == 0))
+    )
+
+
+def _count_chunks(size: int, resamples: int) -> Iterator[np.ndarray]:
+    """How many times each of `size` values is drawn in each resample (the draws of
+    `_index_chunks`), a row per resample, a few million entries at a time."""
+    for rows in _index_chunks(size, resamples):
+        offsets = (np.arange(len(rows)) * size)[:, None]
+        counts = np.bincount((rows + offsets).ravel(), minlength=len(rows) * size)
+        yield counts.reshape(len(rows), size).astype(float)
+
+
+@functools.lru_cache(maxsize=16)
+def _resample_ways(size: int, resamples: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """For a few values, the resamples' counts (`_count_chunks`) of each way they are
+    drawn, and how many resamples draw each way: 5 values are drawn 126 ways, so a point's
+    10,000 resamples sum as 126. None for more values: then about every resample is its own."""
+    if math.comb(2 * size - 1, size) >= resamples:
+        return None
+    ways, weights = np.unique(np.vstack(list(_count_chunks(size, resamples))), axis=0,
+                              return_counts=True)  # fmt: skip
+    ways.flags.writeable = False
+    return ways, weights
+
+
+def _counted_intervals(
+    sums: np.ndarray, weights: np.ndarray | None, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`_percentile_intervals` of the resampled means `sums / size`, each row's sum in
+    column j standing for `weights[j]` resamples (None: one each): the same order
+    statistics, so the same intervals bit for bit."""
+    if weights is None:
+        return _percentile_intervals(sums / size, 0.95)
+    tails = _tails(int(weights.sum()), 0.95)
+    order = np.argsort(sums, axis=1)
+    ordered = np.take_along_axis(sums, order, axis=1)
+    reached = np.cumsum(weights[order], axis=1)  # resamples up to each sorted sum
+    rows = np.arange(len(sums))
+    found = {
+        k: ordered[rows, (reached <= k).sum(axis=1)] / size
+        for k in {i for _, *pair in tails for i in pair}
+    }
+    low, high = (_lerp(found[below], found[above], at - below) for at, below, above in tails)
+    return low, high
 
 
 def final_share_mean(returns: Sequence[Sequence[float]], share: float = 0.1) -> float:
@@ -264,15 +463,45 @@ def bandit_measures(
 
 def _greedy_share(chosen: Sequence[str], earned: Sequence[float]) -> float:
     """Share of the rounds after the first whose arm had the best mean reward so far
-    (among arms pulled so far; ties count)."""
-    totals: dict[str, list[float]] = {}
+    (among arms pulled so far; ties count). Each arm's total is kept as `sum` adds its
+    rewards, so the means are those of `sum(rewards) / len(rewards)`."""
+    totals: dict[str, _Sum] = {}
     greedy = 0
     for arm, reward in zip(chosen, earned, strict=True):
         if totals:
-            means = {a: sum(v) / len(v) for a, v in totals.items()}
+            means = {a: total.value() / total.count for a, total in totals.items()}
             greedy += means.get(arm, -1.0) >= max(means.values())
-        totals.setdefault(arm, []).append(reward)
+        totals.setdefault(arm, _Sum()).add(reward)
     return greedy / (len(chosen) - 1) if len(chosen) > 1 else 0.0
+
+
+class _Sum:
+    """A running `sum()` of floats, the same value as `sum()` of the list: added in order,
+    with the compensation Python 3.12's `sum` of floats keeps (Neumaier's)."""
+
+    __slots__ = ("compensation", "count", "total")
+    _COMPENSATED = sys.version_info >= (3, 12)
+
+    def __init__(self) -> None:
+        self.total, self.compensation, self.count = 0.0, 0.0, 0
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        if not self._COMPENSATED:
+            self.total += value
+            return
+        total = self.total + value
+        if abs(self.total) >= abs(value):
+            self.compensation += (self.total - total) + value
+        else:
+            self.compensation += (value - total) + self.total
+        self.total = total
+
+    def value(self) -> float:
+        compensation = self.compensation
+        if compensation and math.isfinite(compensation):
+            return self.total + compensation
+        return self.total
 
 
 @dataclass(frozen=True)
@@ -296,8 +525,8 @@ class PairedComparison:
 
 
 def pair_by_seed(
-    a: Sequence[EpisodeRecord], b: Sequence[EpisodeRecord]
-) -> list[tuple[EpisodeRecord, EpisodeRecord]]:
+    a: Sequence[EpisodeResult], b: Sequence[EpisodeResult]
+) -> list[tuple[EpisodeResult, EpisodeResult]]:
     """The episodes of `a` and `b` that started from the same seed, in `a`'s episode order.
 
     The k-th episode of a seed in `a` (in episode order) is paired with the k-th of that seed
@@ -310,8 +539,8 @@ def pair_by_seed(
 
 
 def _by_seed_occurrence(
-    episodes: Sequence[EpisodeRecord],
-) -> dict[tuple[int, int], EpisodeRecord]:
+    episodes: Sequence[EpisodeResult],
+) -> dict[tuple[int, int], EpisodeResult]:
     seen: Counter[int] = Counter()
     keyed = {}
     for episode in sorted(episodes, key=lambda e: e.unit):
@@ -321,7 +550,7 @@ def _by_seed_occurrence(
 
 
 def paired_comparison(
-    a: Sequence[EpisodeRecord], b: Sequence[EpisodeRecord], names: tuple[str, str] = ("A", "B")
+    a: Sequence[EpisodeResult], b: Sequence[EpisodeResult], names: tuple[str, str] = ("A", "B")
 ) -> PairedComparison:
     """A - B over the episodes both played from the same seed (`pair_by_seed`), with the
     paired bootstrap interval of the mean difference (the conventions of `bootstrap_ci`).
@@ -355,7 +584,7 @@ def paired_comparison(
     )
 
 
-def _seed_span(episodes: Sequence[EpisodeRecord]) -> str:
+def _seed_span(episodes: Sequence[EpisodeResult]) -> str:
     seeds = sorted({episode.seed for episode in episodes})
     if not seeds:
         return "none"
