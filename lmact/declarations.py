@@ -154,7 +154,8 @@ class Option:
         if kind is Path:
             return Path(value)
         if kind is float:
-            value = float(value)
+            # An integer too large for a float (the API's 10**400) is infinite, not an error.
+            value = float(value) if abs(value) < 2**1023 else math.inf if value > 0 else -math.inf
         if kind in (int, float):
             self._check_bounds(value)
         if self.choices is not None and value not in self.choices:

@@ -141,6 +141,7 @@ def test_the_command_line_reads_each_option_as_the_api_does() -> None:
         ({"episodes": 0}, "episodes must be positive, not 0", "--episodes must be positive, not 0"),
         ({"demos": -1}, "demos must be at least 0, not -1", "--demos must be at least 0"),
         ({"timeout": float("nan")}, "timeout must be a finite number, not nan", "--timeout must"),
+        ({"timeout": 10**400}, "timeout must be a finite number, not inf", "--timeout must"),
         ({"p_keep": 0.0, "regime": "icrl"}, "p_keep must be positive", "--p-keep must be positive"),
         ({"max_connections": -1}, "max_connections must be positive, not -1",
          "--max-connections must be positive, not -1"),
