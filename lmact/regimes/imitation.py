@@ -28,7 +28,13 @@ from lmact.episode import (
 from lmact.errors import LmactError
 from lmact.models.base import ModelRequest, Part
 from lmact.policies import Policy
-from lmact.prompting import Packing, PromptBuilder, Step, pack_demonstrations
+from lmact.prompting import (
+    DemonstrationPacker,
+    Packing,
+    PromptBuilder,
+    RenderedDemonstration,
+    Step,
+)
 from lmact.records import EpisodeRecord, StepRecord, UnitKey
 from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts
 from lmact.regimes.headline import Headline
@@ -218,46 +224,68 @@ class EpisodePlan:
         return bool(self.packing_for(episode).demonstrations)
 
 
-Packer = Callable[[Iterable[Demonstration]], tuple[Packing, list[Demonstration]]]
+# Per-episode packings kept: the first episodes' (made while preparing); the others are
+# made when their episode starts and kept by it, so that a run of many episodes with
+# prefixes of a million tokens does not hold one per episode.
+_PACKINGS_KEPT = 4
 
 
-def _packer(config: ImitationConfig, builder: PromptBuilder, policy: Policy) -> Packer:
-    """Packs candidate demonstrations for `config`; returns the packing and those it took."""
+def _packer(config: ImitationConfig, builder: PromptBuilder, policy: Policy) -> DemonstrationPacker:
+    """The run's packer: its tail and preamble counted once, and each demonstration once."""
+    return DemonstrationPacker(
+        builder,
+        policy.count_tokens,
+        context_window=policy.context_window,
+        answer_tokens=config.max_tokens,
+        max_images=policy.max_images,
+    )
 
-    def pack(candidates: Iterable[Demonstration]) -> tuple[Packing, list[Demonstration]]:
-        consumed: list[Demonstration] = []
 
-        def steps_of() -> Iterator[tuple[Step, ...]]:
-            for demonstration in candidates:
-                consumed.append(demonstration)
-                yield demonstration.steps
+def _pack(
+    config: ImitationConfig,
+    packer: DemonstrationPacker,
+    candidates: Iterable[RenderedDemonstration],
+) -> Packing:
+    return packer.pack(candidates, exact=config.demos, budget=config.token_budget)
 
-        packing = pack_demonstrations(
-            builder,
-            steps_of(),
-            policy.count_tokens,
-            exact=config.demos,
-            budget=config.token_budget,
-            context_window=policy.context_window,
-            answer_tokens=config.max_tokens,
-            max_images=policy.max_images,
-        )
-        return packing, consumed[: len(packing.demonstrations)]
 
-    return pack
+def _shared_packing(
+    config: ImitationConfig, packer: DemonstrationPacker, stream: Iterable[Demonstration]
+) -> tuple[Packing, list[Demonstration]]:
+    """The packing of the first demonstrations of `stream`, and those it took."""
+    consumed: list[Demonstration] = []
+
+    def rendered() -> Iterator[RenderedDemonstration]:
+        for demonstration in stream:
+            consumed.append(demonstration)
+            yield packer.render(demonstration.steps)
+
+    packing = _pack(config, packer, rendered())
+    return packing, consumed[: len(packing.demonstrations)]
 
 
 def _per_episode_packing(
-    config: ImitationConfig, pool: Sequence[Demonstration], pack: Packer
+    config: ImitationConfig, packer: DemonstrationPacker, pool: Sequence[Demonstration]
 ) -> Callable[[int], Packing]:
-    """Each test episode's packing of its own draw from `pool`, made when first asked for."""
-    packings: dict[int, Packing] = {}
+    """Each test episode's packing of its own draw from `pool`. A pool demonstration is
+    rendered and counted when first drawn, once for the run; each episode's prefix is
+    assembled from those (and counted whole once, see `DemonstrationPacker`)."""
+    rendered: dict[int, RenderedDemonstration] = {}
+    kept: dict[int, Packing] = {}
+
+    def render(index: int) -> RenderedDemonstration:
+        if index not in rendered:
+            rendered[index] = packer.render(pool[index].steps)
+        return rendered[index]
 
     def packing_for(episode: int) -> Packing:
-        if episode not in packings:
-            order = config.drawn_demonstrations(episode)
-            packings[episode] = pack(pool[index] for index in order)[0]
-        return packings[episode]
+        if episode in kept:
+            return kept[episode]
+        order = config.drawn_demonstrations(episode)
+        packing = _pack(config, packer, (render(index) for index in order))
+        if len(kept) < _PACKINGS_KEPT:
+            kept[episode] = packing
+        return packing
 
     return packing_for
 
@@ -291,7 +319,7 @@ class ImitationRegime(Regime[ImitationConfig, EpisodePlan]):
         task = config.task_spec()
         check_sees(task, config.observation, policy)
         builder = PromptBuilder(prompt_settings(config))
-        pack = _packer(config, builder, policy)
+        packer = _packer(config, builder, policy)
         per_episode = config.demo_draw == "per-episode"
         wanted = config.demo_pool if per_episode else config.demos
         with context.progress_bar(wanted or 0, f"demonstrations {task.name}", "demo") as bar:
@@ -300,7 +328,7 @@ class ImitationRegime(Regime[ImitationConfig, EpisodePlan]):
                 pool = context.demo_store.load(
                     task, config.observation, 0, config.demo_pool, bar.update
                 )
-                packing_for = _per_episode_packing(config, pool, pack)
+                packing_for = _per_episode_packing(config, packer, pool)
                 packing_for(units[0].index if units else 0)  # the first to play fits, or fails
                 # What the run reports: episode 0's packing, whichever episodes are left.
                 packing, chosen = packing_for(0), pool
@@ -309,7 +337,7 @@ class ImitationRegime(Regime[ImitationConfig, EpisodePlan]):
                 stream = context.demo_store.stream(
                     task, config.observation, bar.update, limit=limit, growing=True
                 )
-                packing, chosen = pack(stream)
+                packing, chosen = _shared_packing(config, packer, stream)
                 shared = packing
 
                 def packing_for(episode: int) -> Packing:
@@ -388,6 +416,8 @@ class _TestEpisode(EpisodeHooks):
 
     plan: EpisodePlan
     episode: int
+    # Its preamble and demonstrations, fetched once: a per-episode draw's is made for it.
+    packing: Packing
     rules: StepRules
     situation: LiveSituation
     execution: FollowTheAnswer
@@ -396,11 +426,11 @@ class _TestEpisode(EpisodeHooks):
     def request(self, observation: Observation, legal: Sequence[str]) -> ModelRequest:
         plan, config = self.plan, self.plan.config
         return plan.builder.request(
-            plan.prefix(self.episode),
+            self.packing.prefix,
             self.trajectory,
             observation,
             legal,
-            with_demonstrations=plan.with_demonstrations(self.episode),
+            with_demonstrations=bool(self.packing.demonstrations),
             max_tokens=config.max_tokens,
             seed=config.seed,
         )
@@ -420,11 +450,12 @@ async def play_test_episode(
     config = plan.config
     seed = config.test_seed(episode)
     rules = StepRules(config.observation, exact_answers=config.answer_match == "exact")
+    packing = plan.packing_for(episode)
 
     def hooks(env: Environment) -> _TestEpisode:
         situation = LiveSituation(env, np.random.default_rng([seed, _POLICY_STREAM]))
         execution = FollowTheAnswer(env, np.random.default_rng([seed, _FALLBACK_STREAM]))
-        return _TestEpisode(plan, episode, rules, situation, execution)
+        return _TestEpisode(plan, episode, packing, rules, situation, execution)
 
     return await play_episode(
         plan.task.make_environment(),
