@@ -153,9 +153,10 @@ class Option:
             raise OptionError(Named(self.name), f" takes {self._kind()}, not {value!r}")
         if kind is Path:
             return Path(value)
-        if kind is float:
-            # An integer too large for a float (the API's 10**400) is infinite, not an error.
-            value = float(value) if abs(value) < 2**1023 else math.inf if value > 0 else -math.inf
+        if kind is float and isinstance(value, int) and abs(value) >= 2**1023:
+            value = math.inf if value > 0 else -math.inf  # too large for a float: not finite
+        elif kind is float:
+            value = float(value)
         if kind in (int, float):
             self._check_bounds(value)
         if self.choices is not None and value not in self.choices:
