@@ -23,9 +23,10 @@ from typing import Any
 
 from lmact.declarations import INT_LIMIT, Column, Named, Option, OptionError, Scope, in_help_order
 from lmact.demos import DEMO_SEED_BASE, default_cache_dir
+from lmact.errors import LmactError
 from lmact.models.base import DEFAULT_MAX_WAIT_S, ModelOptions
 from lmact.models.registry import DEFAULT_MODEL
-from lmact.regimes import DEFAULT_REGIME, MEASURES, REGIME_OPTIONS, REGIMES
+from lmact.regimes import BROKEN_REGIMES, DEFAULT_REGIME, MEASURES, REGIME_OPTIONS, REGIMES
 from lmact.regimes.base import RegimeConfig
 from lmact.regimes.prompted import ANSWER_MATCHES
 from lmact.store import DEFAULT_STORE, MAX_EPISODES
@@ -45,7 +46,8 @@ def _regime_help() -> str:
 
 COMMON: tuple[Option, ...] = (
     # What is played.
-    Option("regime", choices=tuple(REGIMES), default=DEFAULT_REGIME, order=10,
+    # A broken plug-in's name is accepted here, to be refused with why in `read_run`.
+    Option("regime", choices=(*REGIMES, *BROKEN_REGIMES), default=DEFAULT_REGIME, order=10,
            configures=False, help=_regime_help(), column=Column(place="run", rank=2)),
     Option("task", required=True, order=20, configures=False,
            help="a task name (see `lmact tasks`)",
@@ -156,7 +158,12 @@ def _declared() -> dict[str, Option]:
     options = {option.name: option for option in COMMON}
     for name, option in REGIME_OPTIONS.items():
         if options.setdefault(name, option) is not option:
-            raise TypeError(f"option {name} is declared by lmact.options and by a regime")
+            owners = [r.name for r in REGIMES.values() if option in r.options]
+            # A plug-in's clash is the user's to fix (uninstall it): one line, not a traceback.
+            raise LmactError(
+                f"option {name} is declared by lmact and by regime {', '.join(owners)}: "
+                "a regime may not declare an option of lmact's own"
+            )
     return {option.name: option for option in in_help_order(list(options.values()))}
 
 
@@ -221,7 +228,10 @@ def read_run(values: Mapping[str, Any]) -> RunOptions:
     for option in OPTIONS.values():
         if option.required and option.name not in given:
             raise OptionError(Named(option.name), " is required")
-    regime = REGIMES[given.get("regime", DEFAULT_REGIME)]
+    name = given.get("regime", DEFAULT_REGIME)
+    if name in BROKEN_REGIMES:
+        raise LmactError(BROKEN_REGIMES[name])
+    regime = REGIMES[name]
     _check_regime_takes(regime.name, given, {o.name for o in regime.options})
     _check_exclusive(given)
     task = _task_of(given)
