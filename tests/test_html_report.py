@@ -14,6 +14,7 @@ from helpers import CYCLER, store_of_every_regime
 
 from lmact.cli import main
 from lmact.report.html import render_report, run_page_path
+from lmact.report.pivot import pivots
 from lmact.report.plots import model_colours, report_figures
 from lmact.report.tables import curve_rows, grouped_by_task, report_rows
 from lmact.store import RunStore
@@ -220,3 +221,25 @@ def test_viewer_pages_over_the_size_limit_are_left_out_and_named(
         note = browser.page.locator("header .note").inner_text()
         assert all(row["run_id"] in note for row in rows) and "lmact view RUN_ID" in note
         assert browser.page.locator("td a").count() == 0  # nothing links to a missing page
+
+
+def test_the_report_opens_on_each_regimes_scores_then_plots_then_runs(
+    report: Path, rows: list[dict[str, Any]]
+) -> None:
+    expected = pivots(rows)
+    with opened(report) as browser:
+        page = browser.page
+        order = page.eval_on_selector_all("main > section", "nodes => nodes.map(n => n.id)")
+        assert order[:3] == ["scores", "plots", "runs"]
+        tables = page.locator("#scores table.pivot")
+        assert tables.count() == len(expected)
+        for table, pivot in zip(tables.all(), expected, strict=True):
+            assert table.get_attribute("data-regime") == pivot.regime
+            assert table.locator("thead th").all_text_contents() == list(pivot.header)
+            shown = [
+                row.locator("td").all_text_contents() for row in table.locator("tbody tr").all()
+            ]
+            assert shown == [list(row) for row in pivot.rows]
+        # The runs' tables leave out the columns no run of theirs fills.
+        bandit = page.locator('section.task[data-task="bandit_hard"] thead th').all_text_contents()
+        assert "regret" in bandit and "demos" not in bandit

@@ -15,6 +15,7 @@ import pytest
 from helpers import CYCLER, TIC_TAC_TOE_DEMOS, store_of_every_regime
 
 from lmact.cli import main
+from lmact.report.markdown import markdown_report
 from lmact.report.plots import (
     DEMOS_LABEL,
     answer_rate_figure,
@@ -22,7 +23,13 @@ from lmact.report.plots import (
     normalized_score_figure,
     report_figures,
 )
-from lmact.report.tables import COLUMNS, curve_rows, format_table, report_rows, select_rows
+from lmact.report.tables import (
+    COLUMNS,
+    carrying_columns,
+    curve_rows,
+    report_rows,
+    select_rows,
+)
 from lmact.scoring import normalized_interval
 from lmact.store import RunStore
 
@@ -80,17 +87,31 @@ def test_markdown_is_grouped_by_task_and_md_is_its_alias(
     markdown = _report(store_path, capsys, "--format", "md")
     # The tables, then the paired comparisons of runs sharing seeds (tests/test_compare.py).
     markdown, comparisons, _ = markdown.partition("\n## Paired comparisons\n")
-    assert markdown == format_table(rows, "markdown") and comparisons
+    assert markdown == markdown_report(rows) and comparisons
     sections = markdown.split("### ")[1:]
     assert [s.splitlines()[0] for s in sections] == ["tic_tac_toe", "grid_world", "bandit_hard"]
-    header = "| " + " | ".join(COLUMNS) + " |"
     for section in sections:
         task = section.splitlines()[0]
-        body = [line for line in section.splitlines()[2:] if line.startswith("| ")]
-        assert body[0] == header
-        assert all(f"| {task} |" in line for line in body[2:]) and len(body) > 2
+        group = [row for row in rows if row["task"] == task]
+        # First the pivot of each regime's score, then a table of runs per regime.
+        pivot_at = section.index("**imitation: normalized score") if task != "bandit_hard" else (
+            section.index("**icrl: final measures**")
+        )  # fmt: skip
+        assert pivot_at < section.index(" runs**")
+        for regime in {row["regime"] for row in group}:
+            table = section.split(f"**{regime} runs**\n\n")[1].split("\n\n")[0].splitlines()
+            same = [row for row in group if row["regime"] == regime]
+            shown = carrying_columns(same)
+            assert table[0] == "| " + " | ".join(shown) + " |"
+            assert len(table) == 2 + len(same)
+            # Only columns that carry a value: none is empty in every row.
+            assert set(shown) < set(COLUMNS) and all(
+                any(row.get(column) is not None for row in same) for column in shown
+            )
     one_task = _report(store_path, capsys, "--task", "bandit_hard")
-    assert one_task.startswith(header)  # one task: one table, no heading
+    assert one_task.startswith("### bandit_hard\n\n**icrl: final measures**")
+    # CSV keeps every column.
+    assert _report(store_path, capsys, "--format", "csv").startswith(",".join(COLUMNS) + "\n")
 
 
 def test_task_and_model_filters_take_repeats_and_comma_lists(

@@ -15,6 +15,7 @@ from lmact.declarations import Named, Option, OptionError
 from lmact.demos import DemoStore
 from lmact.errors import LmactError, UnknownNameError
 from lmact.options import checked
+from lmact.report.markdown import markdown_report
 from lmact.report.page import counted
 from lmact.report.tables import (
     CURVE_COLUMNS,
@@ -134,7 +135,10 @@ def _table_report(request: _Request) -> Report:
     curves = curve_rows(rows)
     if request.curves and not curves and fmt == "markdown":
         raise LmactError("the run store holds no in-context RL run (--regime icrl) yet")
-    table = format_table(curves, fmt, CURVE_COLUMNS) if request.curves else format_table(rows, fmt)
+    if request.curves:
+        table = format_table(curves, fmt, CURVE_COLUMNS)
+    else:  # markdown leads with each regime's pivot; CSV and JSON keep every column
+        table = markdown_report(rows) if fmt == "markdown" else format_table(rows, fmt)
     if fmt == "markdown" and not request.curves:
         table += _comparison_section(request.store, rows)
     written = []

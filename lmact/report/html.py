@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmact.report.page import counted, data_uri, document, escape
-from lmact.report.tables import COLUMNS, format_value, grouped_by_task
+from lmact.report.pivot import Pivot, pivots
+from lmact.report.tables import carrying_columns, format_value, grouped_by, grouped_by_task
 from lmact.text import visible
 
 if TYPE_CHECKING:
@@ -101,12 +102,6 @@ def _table(rows: Sequence[Row], columns: Sequence[str], links: Mapping[str, str]
     )
 
 
-def _shown_columns(rows: Sequence[Row], columns: Sequence[str]) -> list[str]:
-    """The columns with a value in some row: a task's runs leave empty the columns of other
-    regimes, and a table of 31 columns, half of them blank, reads badly."""
-    return [c for c in columns if c == "run_id" or any(row.get(c) is not None for row in rows)]
-
-
 def _names(rows: Sequence[Row], column: str) -> list[str]:
     return sorted({str(row[column]) for row in rows if row.get(column) is not None})
 
@@ -139,17 +134,54 @@ def _runs_section(rows: Sequence[Row], links: Mapping[str, str]) -> str:
         return '<section id="runs"><h2>Runs</h2><p class="none">No finished run.</p></section>'
     parts = []
     for index, (task, group) in enumerate(groups.items(), start=1):
-        table = _table(group, _shown_columns(group, COLUMNS), links)
+        tables = "".join(
+            f"<h4>{escape(regime)} runs</h4>{_table(same, carrying_columns(same), links)}"
+            for regime, same in grouped_by(group, "regime").items()
+        )
         parts.append(
             f'<section class="task" id="task-{index}" data-task="{escape(task)}">'
             f"<h3>{_shown_name(task)} <small>{counted(len(group), 'run')}</small></h3>"
-            f"{table}</section>"
+            f"{tables}</section>"
         )
     viewer = " A run id links to its episodes, step by step, in the viewer." if links else ""
     return (
-        '<section id="runs"><h2>Runs</h2><p class="hint">A row per run, grouped by task; the '
-        f"columns are those of <code>lmact report</code> (docs/reports.md).{viewer}</p>"
+        '<section id="runs"><h2>Runs</h2><p class="hint">A row per run, grouped by task and '
+        "regime, with the columns of <code>lmact report</code> that carry a value for them "
+        f"(docs/reports.md; the CSV and JSON formats have every column).{viewer}</p>"
         f"{''.join(parts)}</section>"
+    )
+
+
+def _scores_section(rows: Sequence[Row]) -> str:
+    """Per task, the pivot of the score each regime reports: what a reader asks first."""
+    made = pivots(rows)
+    if not made:
+        return ""
+    parts = []
+    for task, task_pivots in grouped_by(
+        ({"task": p.task, "pivot": p} for p in made), "task"
+    ).items():
+        tables = "".join(_pivot_table(entry["pivot"]) for entry in task_pivots)
+        parts.append(
+            f'<section class="scores" data-task="{escape(task)}">'
+            f"<h3>{_shown_name(task)}</h3>{tables}</section>"
+        )
+    return (
+        '<section id="scores"><h2>Scores</h2><p class="hint">Per task and regime, the score '
+        "it reports: a row per model and format, the 95% bootstrap interval in brackets.</p>"
+        f"{''.join(parts)}</section>"
+    )
+
+
+def _pivot_table(pivot: Pivot) -> str:
+    head = "".join(f'<th scope="col">{escape(column)}</th>' for column in pivot.header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in pivot.rows
+    )
+    return (
+        f'<h4 class="pivot-title">{escape(pivot.regime)}: {escape(pivot.title)}</h4>'
+        f'<div class="table-wrap"><table class="pivot" data-regime="{escape(pivot.regime)}">'
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
     )
 
 
@@ -195,16 +227,17 @@ def render_report(
     `comparisons` (rows of paired comparisons) as a table of its own when given; `notes`,
     lines of plain text, under the summary."""
     links = dict(run_pages or {})
-    contents = [("runs", "Runs")]
+    contents = [("scores", "Scores")] if rows else []
     if figures:
         contents.append(("plots", "Plots"))
+    contents.append(("runs", "Runs"))
     if comparisons is not None:
         contents.append(("comparisons", "Paired comparisons"))
     toc = " · ".join(f'<a href="#{anchor}">{text}</a>' for anchor, text in contents)
     body = (
         f"<header><h1>lmact report</h1>{_summary(rows, store)}{_notes(notes)}"
         f"<nav>{toc}</nav></header>"
-        f"<main>{_runs_section(rows, links)}{_figures_section(figures)}"
+        f"<main>{_scores_section(rows)}{_figures_section(figures)}{_runs_section(rows, links)}"
         f"{_comparisons_section(comparisons)}</main>"
     )
     return document("lmact report", _CSS, body)
@@ -223,6 +256,8 @@ h1 { font-size: 24px; margin: 0 0 4px; }
 h2 { font-size: 19px; margin: 28px 0 8px; padding-bottom: 4px; border-bottom: 1px solid #d0d7de; }
 h3 { font-size: 16px; margin: 20px 0 6px; }
 h3 small { color: #57606a; font-weight: 400; font-size: 13px; margin-left: 6px; }
+h4 { font-size: 13.5px; margin: 12px 0 4px; color: #424a53; }
+table.pivot td { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }
 .summary { margin: 4px 0; }
 .hint, .none { color: #57606a; margin: 4px 0 8px; }
 .summary a, nav a, td a { color: #0969da; text-decoration: none; }

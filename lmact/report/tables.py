@@ -381,3 +381,10 @@ def _latest(runs: Sequence[RunRecord]) -> RunRecord:
         baselines |= ids - {run.run_id}
     candidates = [run for run in runs if run.run_id not in baselines]
     return (candidates or list(runs))[-1]
+
+
+def carrying_columns(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> list[str]:
+    """The columns with a value in some row (and the run id, which names each row): one
+    regime's runs leave the others' columns empty, and a table of 31 columns, half of them
+    blank, reads badly."""
+    return [c for c in columns if c == "run_id" or any(row.get(c) is not None for row in rows)]
