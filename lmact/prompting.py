@@ -161,6 +161,11 @@ class PromptSettings:
     prompts: Path | None = None  # a folder of templates replacing the shipped ones
 
 
+# Between demonstrations. One object for all: a part made per demonstration of each
+# per-episode prefix is garbage the collector then scans the run's demonstrations for.
+_BLANK_LINE = TextPart("\n")
+
+
 class PromptBuilder:
     """Builds the request for one step from the demonstrations and the episode so far."""
 
@@ -182,7 +187,7 @@ class PromptBuilder:
         parts: list[Part] = [TextPart(self.template("preamble_with_demos").substitute())]
         for episode in episodes:
             parts += episode
-            parts.append(TextPart("\n"))  # a blank line between episodes
+            parts.append(_BLANK_LINE)
         return joined_parts(parts)
 
     def tail(self, legal_actions: Sequence[str], with_demonstrations: bool) -> str:
