@@ -14,7 +14,7 @@ import lmact
 PACKAGE = Path(lmact.__file__).parent
 MAX_LINES = 650
 # Modules over the limit that may not grow, each to be split (another change's file).
-OVERSIZED = {"lmact.report.viewer": 906}
+OVERSIZED: dict[str, int] = {}
 
 
 def module_files() -> dict[str, Path]:
