@@ -31,7 +31,7 @@ from lmact.envs.base import (
     classify_answer,
 )
 from lmact.models.base import UNREADABLE, ModelRequest
-from lmact.policies import Policy, Situation
+from lmact.policies import ArmTally, Policy, Situation
 from lmact.prompting import Step, extract_answer
 from lmact.records import STEP_LIMIT, EpisodeRecord, StepRecord, StopReason, Usage
 
@@ -72,11 +72,11 @@ class FollowTheAnswer:
 @dataclass
 class LiveSituation:
     """What scripted policies see in a live episode: its environment and policy stream,
-    and (in-context RL) every earlier step of the replicate as (action, reward)."""
+    and (in-context RL) the replicate's earlier steps, tallied per action as they end."""
 
     env: Environment
     rng: np.random.Generator
-    outcomes: list[tuple[str, float]] = field(default_factory=list)
+    arms: ArmTally = field(default_factory=ArmTally)
 
     def legal_actions(self) -> list[str]:
         return self.env.legal_actions()
@@ -87,8 +87,8 @@ class LiveSituation:
     def random_action(self) -> str:
         return self.env.random_action(self.rng)
 
-    def past_outcomes(self) -> list[tuple[str, float]]:
-        return self.outcomes
+    def arm_tally(self) -> ArmTally:
+        return self.arms
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from numpy.random import Generator
@@ -29,6 +30,21 @@ from lmact.models.caller import CallCache, CallTally, ModelCaller
 from lmact.models.registry import resolve_model
 
 
+@dataclass
+class ArmTally:
+    """Per action (a bandit's arm): how often it was played and its summed reward, updated
+    one outcome at a time, so that a step reads them without going over every earlier one.
+    A reward is added to its arm's sum in the order played (the same float as summing the
+    outcomes in order)."""
+
+    pulls: dict[str, int] = field(default_factory=dict)
+    wins: dict[str, float] = field(default_factory=dict)
+
+    def add(self, action: str, reward: float) -> None:
+        self.pulls[action] = self.pulls.get(action, 0) + 1
+        self.wins[action] = self.wins.get(action, 0.0) + reward
+
+
 class Situation(Protocol):
     """What a scripted policy may look at in the episode it plays."""
 
@@ -36,8 +52,8 @@ class Situation(Protocol):
 
     def legal_actions(self) -> list[str]: ...
 
-    # In-context RL: every earlier step of the replicate, as (action, reward); else empty.
-    def past_outcomes(self) -> list[tuple[str, float]]: ...
+    # In-context RL: per action, the earlier steps of the replicate; else empty.
+    def arm_tally(self) -> ArmTally: ...
 
     # The action the regime holds as right: the environment's expert's, or the
     # demonstrated one when a demonstration is replayed.
@@ -140,12 +156,9 @@ class BanditPolicy(Policy):
 
     async def act(self, request: ModelRequest, situation: Situation) -> ModelResponse:
         arms = situation.legal_actions()
-        pulls = dict.fromkeys(arms, 0)
-        wins = dict.fromkeys(arms, 0.0)
-        for action, reward in situation.past_outcomes():
-            if action in pulls:
-                pulls[action] += 1
-                wins[action] += reward
+        tally = situation.arm_tally()
+        pulls = {arm: tally.pulls.get(arm, 0) for arm in arms}
+        wins = {arm: tally.wins.get(arm, 0.0) for arm in arms}
         return ModelResponse(text=self.choose(arms, pulls, wins, situation.rng))
 
     @abstractmethod

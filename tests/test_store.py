@@ -155,8 +155,9 @@ def test_results_name_a_unit_by_its_chain_and_keep_the_fields_they_had(tmp_path:
     assert [(s["chain"], s["episode"], s["unit_kind"]) for s in steps] == [
         (r, e, "episode") for r in (0, 1) for e in range(3)
     ]
-    assert [s["context"] for s in steps[:3]] == [[], [0], [0, 1]]  # as before facts
-    assert steps[2]["facts"] == {"context": [0, 1]}
+    # How each step's context was drawn: the newest of the replicate's earlier episodes.
+    assert [s["context"]["held"] for s in steps[:3]] == [0, 1, 2]  # as before facts
+    assert steps[2]["facts"] == {"context": {"rule": "newest", "held": 2, "before": 2}}
     episodes = [e for e in found.episodes if e["run_id"] == config.run_id]
     assert {(e["chain"], e["episode"]) for e in episodes} == {
         (r, e) for r in (0, 1) for e in range(3)

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from string import Template
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -37,7 +38,7 @@ from lmact.envs.bandit import ROUND_STRIDE
 from lmact.envs.base import Environment
 from lmact.episode import FollowTheAnswer, LiveSituation, StepRules, follow_actions, play_episode
 from lmact.errors import LmactError
-from lmact.policies import Policy
+from lmact.policies import ArmTally, Policy
 from lmact.prompting import check_templates, template, templates_fingerprint
 from lmact.records import EpisodeRecord, StepRecord, UnitKey, UnitKind
 from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts
@@ -48,11 +49,12 @@ from lmact.regimes.icrl_context import (
     _gold,
     _remember,
     _Replicate,
+    draw_context,
     past_episode,
-    select_context,
 )
 from lmact.regimes.icrl_context import PastEpisode as PastEpisode  # where it was defined before
-from lmact.regimes.icrl_facts import shown_context
+from lmact.regimes.icrl_context import select_context as select_context
+from lmact.regimes.icrl_facts import context_held, describe_context
 from lmact.regimes.prompted import (
     MAX_STEPS,
     TOKEN_BUDGET,
@@ -241,10 +243,20 @@ class IcrlPlan:
     policy: Policy
     budget: int | None
     stored_steps: Callable[[UnitKey], list[StepRecord]]
+    # The replicates being played, each dropped after its last unit (`last`) is played.
     replicates: dict[int, _Replicate] = field(default_factory=dict)
+    last: dict[int, UnitKey] = field(default_factory=dict)
+    templates: dict[str, Template] = field(default_factory=dict)  # each read once a run
 
     def template(self, name: str, **values: object) -> str:
-        return template(name, icrl_prompts(self.config.prompts_dir)).substitute(values)
+        if name not in self.templates:
+            self.templates[name] = template(name, icrl_prompts(self.config.prompts_dir))
+        return self.templates[name].substitute(values)
+
+    def played(self, unit: UnitKey) -> None:
+        """`unit` is over: its replicate's state goes once nothing after it is to be played."""
+        if self.last.get(unit.chain) == unit:
+            self.replicates.pop(unit.chain, None)
 
 
 class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
@@ -284,6 +296,7 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         if budget is None and policy.context_window is not None:
             budget = int(policy.context_window * WINDOW_SHARE) - config.max_tokens
         plan = IcrlPlan(config, task, policy, budget, context.stored_steps)
+        plan.last = {unit.chain: unit for unit in units}  # units come in the order played
         return PreparedRun(config, policy, RunFacts(details={"budget": budget}), plan)
 
     def units(self, config: IcrlConfig, episodes: int) -> list[UnitKey]:
@@ -341,9 +354,12 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         unit: UnitKey,
         on_step: Callable[[StepRecord], None],
     ) -> EpisodeRecord:
-        if unit.kind is UnitKind.EVALUATION:
-            return await evaluate_held_out(prepared.plan, policy, unit, on_step, self.unit_seed)
-        return await play_icrl_episode(prepared.plan, policy, unit, on_step, self.unit_seed)
+        try:
+            if unit.kind is UnitKind.EVALUATION:
+                return await evaluate_held_out(prepared.plan, policy, unit, on_step, self.unit_seed)
+            return await play_icrl_episode(prepared.plan, policy, unit, on_step, self.unit_seed)
+        finally:  # played or failed, nothing after it in its chain builds on the state here
+            prepared.plan.played(unit)
 
     def baseline(self, config: IcrlConfig, policy: str) -> IcrlConfig:
         """Scripted policies read the situation, not the prompt: prompt settings take their
@@ -461,11 +477,8 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         return "its own earlier episodes in context"
 
     def context_label(self, config: IcrlConfig, step: StepRecord) -> str | None:
-        shown = shown_context(step)
-        if shown is None:
-            return None
-        named = ", ".join(str(index) for index in shown) if shown else "none"
-        return f"context of step {step.step}: earlier episodes {named}"
+        described = describe_context(step)
+        return None if described is None else f"context of step {step.step}: {described}"
 
 
 def context_lengths(
@@ -480,7 +493,7 @@ def context_lengths(
     return [
         {
             "episode": index,
-            "examples": float(np.mean([len(shown_context(s) or ()) for s in first])),
+            "examples": float(np.mean([context_held(s) or 0 for s in first])),
             "prompt_tokens": float(np.mean([s.usage.prompt_tokens for s in first])),
         }
         for index, first in sorted(by_index.items())
@@ -515,14 +528,14 @@ def _history(plan: IcrlPlan, replicate: int, episode: int, seed_of: UnitSeed) ->
 
 
 def _live(
-    plan: IcrlPlan, env: Environment, replicate: int, index: int, outcomes: list[tuple[str, float]]
+    plan: IcrlPlan, env: Environment, replicate: int, index: int, arms: ArmTally
 ) -> tuple[LiveSituation, FollowTheAnswer]:
     """What a unit's scripted policies see and how its steps are executed, each drawing from
     its stream of the unit's seed (the scripted policies', the fallback for answers that are
     not valid)."""
     streams = [plan.config.seed, replicate, index]
     execution = FollowTheAnswer(env, np.random.default_rng([*streams, _FALLBACK_STREAM]))
-    situation = LiveSituation(env, np.random.default_rng([*streams, _POLICY_STREAM]), outcomes)
+    situation = LiveSituation(env, np.random.default_rng([*streams, _POLICY_STREAM]), arms)
     return situation, execution
 
 
@@ -543,10 +556,10 @@ async def evaluate_held_out(
     replicate, offset = unit.chain, EVALUATION_OFFSET + unit.index
     episode = unit.index * (config.eval_every or 1)
     state = _history(plan, replicate, episode, seed_of)
-    chosen = select_context(plan, state, replicate, episode, 0)
+    chosen = draw_context(plan, state, replicate, episode, 0)
 
     def hooks(env: Environment) -> HeldOutEvaluation:
-        situation, execution = _live(plan, env, replicate, offset, [])
+        situation, execution = _live(plan, env, replicate, offset, ArmTally())
         return HeldOutEvaluation(
             plan, state, chosen, config.eval_size, _rules(config), situation, execution
         )
@@ -576,8 +589,8 @@ async def play_icrl_episode(
     seed = seed_of(config, unit)
 
     def hooks(env: Environment) -> ReplicateEpisode:
-        # The replicate's own list: it grows only once this episode is over and remembered.
-        situation, execution = _live(plan, env, replicate, episode, state.outcomes)
+        # The replicate's own tally: it grows only once this episode is over and remembered.
+        situation, execution = _live(plan, env, replicate, episode, state.arms)
         return ReplicateEpisode(
             plan, state, replicate, episode, seed, _rules(config), situation, execution
         )

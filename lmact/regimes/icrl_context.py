@@ -6,7 +6,8 @@ the episode loop plays its units.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -14,10 +15,18 @@ import numpy as np
 
 from lmact.envs.base import DEMO_SEED_BASE, Environment, Observation
 from lmact.episode import EpisodeHooks, FollowTheAnswer, LiveSituation, PlayedStep, StepRules
-from lmact.models.base import ModelRequest, Part, TextPart, merge_text_parts
+from lmact.models.base import ModelRequest, Part, TextPart
+from lmact.policies import ArmTally
 from lmact.prompting import ACTION_LABEL, observation_parts
 from lmact.records import EpisodeRecord, StepRecord
-from lmact.regimes.icrl_facts import step_facts
+from lmact.regimes.icrl_facts import (
+    APPROXIMATE,
+    NEWEST,
+    NEWEST_SUCCESSFUL,
+    STOCHASTIC,
+    ContextDraw,
+    step_facts,
+)
 
 if TYPE_CHECKING:  # the regime's module imports this one
     from lmact.regimes.icrl import IcrlPlan
@@ -26,6 +35,8 @@ if TYPE_CHECKING:  # the regime's module imports this one
 # return beats the median of the replicate's earlier ones.
 SCORE_VALUED = frozenset({"phoenix", "cheetah"})
 _CONTEXT_STREAM, _JOIN_STREAM = 5, 6  # of the run's seed, beside the episodes' own streams
+# The stochastic variant's draws are made this many at a time, from the newest back.
+_DRAW_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -33,22 +44,40 @@ class PastEpisode:
     index: int  # the episode's place in its replicate
     steps: tuple[tuple[Observation, str, float], ...]  # observation, action, reward
     total: float
-    text: tuple[Part, ...]  # as the context shows it
-    tokens: int
+    text: tuple[Part, ...]  # as the context shows it (rendered once, kept for every step)
+    tokens: int  # of its parts as rendered, counted once
 
 
 @dataclass
 class _Replicate:
-    """What one replicate has played so far, and its approximate contexts."""
+    """What one replicate has played so far, kept so that a step's context is found
+    without going over every earlier episode again."""
 
     episodes: list[PastEpisode] = field(default_factory=list)
     successful: list[int] = field(default_factory=list)  # indices into `episodes`
-    # Every step of the episodes so far, as (action, reward): what bandit baselines read.
-    outcomes: list[tuple[str, float]] = field(default_factory=list)
+    # Every step of the episodes so far, per action: what bandit baselines read.
+    arms: ArmTally = field(default_factory=ArmTally)
     contexts: list[list[int]] = field(default_factory=list)  # indices into `episodes`
+    context_tokens: list[int] = field(default_factory=list)  # each approximate context's
+    # The tokens of the first i episodes (of all, of the successful ones), at i.
+    tokens_before: list[int] = field(default_factory=lambda: [0])
+    successful_tokens_before: list[int] = field(default_factory=lambda: [0])
+    # Each episode's text, while every episode is text alone (no image): a context is then
+    # the preamble and these joined.
+    texts: list[str] = field(default_factory=list)
+    plain: bool = True
     # The last context prefix built, by what it shows: the steps that show the same
     # context (an episode's steps, an evaluation's examples) send the very same parts.
     prefix: tuple[tuple[object, ...], tuple[Part, ...]] | None = None
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """A step's context: the earlier episodes it holds (indices, in time order), and how
+    they were drawn, as the step records it."""
+
+    shown: list[int]
+    draw: ContextDraw
 
 
 def _step_text(
@@ -86,7 +115,9 @@ def past_episode(
             TextPart(plan.template("past_episode_total", number=index + 1, total=f"{total:g}"))
         )
     parts.append(TextPart("\n"))
-    return PastEpisode(index, tuple(steps), total, tuple(parts), plan.policy.count_tokens(parts))
+    # Counted as rendered, before its text is joined: the count a budget has always used.
+    tokens = plan.policy.count_tokens(parts)
+    return PastEpisode(index, tuple(steps), total, _joined(parts), tokens)
 
 
 def succeeded(environment: str, earlier: Sequence[float], total: float) -> bool:
@@ -104,57 +135,129 @@ def _gold(plan: IcrlPlan, env: Environment) -> str:
 def _remember(plan: IcrlPlan, state: _Replicate, replicate: int, done: PastEpisode) -> None:
     """Add a finished episode, judged successful or not once, against the episodes before
     it; in approximate contexts, a successful one joins those with room."""
-    earlier = [e.total for e in state.episodes]
+    environment = plan.task.environment
+    # Only a score-valued task compares with the earlier returns (their median).
+    earlier = [e.total for e in state.episodes] if environment in SCORE_VALUED else []
+    success = succeeded(environment, earlier, done.total)
     state.episodes.append(done)
-    state.outcomes += [(action, reward) for _, action, reward in done.steps]
-    success = succeeded(plan.task.environment, earlier, done.total)
+    for _, action, reward in done.steps:
+        state.arms.add(action, reward)
+    state.tokens_before.append(state.tokens_before[-1] + done.tokens)
     if success:
         state.successful.append(len(state.episodes) - 1)
+        state.successful_tokens_before.append(state.successful_tokens_before[-1] + done.tokens)
+    state.plain = state.plain and all(isinstance(part, TextPart) for part in done.text)
+    if state.plain:
+        state.texts.append("".join(part.text for part in done.text))  # type: ignore[union-attr]
     config = plan.config
     if config.variant != "approximate":
         return
     if not state.contexts:
         state.contexts = [[] for _ in range(config.contexts)]
+        state.context_tokens = [0] * config.contexts
     if not success:
         return
     rng = np.random.default_rng([config.seed, replicate, done.index, _JOIN_STREAM])
-    for context in state.contexts:
-        used = sum(state.episodes[i].tokens for i in context)
-        room = plan.budget is None or used + done.tokens <= plan.budget
-        if rng.random() < config.p_keep and room:
+    for k, context in enumerate(state.contexts):
+        room = plan.budget is None or state.context_tokens[k] + done.tokens <= plan.budget
+        if rng.random() < config.p_keep and room:  # drawn for every context, with room or not
             context.append(len(state.episodes) - 1)
+            state.context_tokens[k] += done.tokens
+
+
+def draw_context(plan: IcrlPlan, state: _Replicate, replicate: int, episode: int, step: int
+                 ) -> Drawn:  # fmt: skip
+    """The earlier episodes this step's context holds, and how they were drawn: the newest
+    that fit the budget, walked back from the newest, so that a step costs what its
+    context holds whatever the replicate's length."""
+    config, before = plan.config, len(state.episodes)
+    if config.variant == "approximate":
+        if not state.contexts:
+            return Drawn([], ContextDraw(APPROXIMATE, 0, before))
+        rng = np.random.default_rng([config.seed, replicate, episode, step, _CONTEXT_STREAM])
+        drawn = int(rng.integers(len(state.contexts)))
+        shown = list(state.contexts[drawn])
+        return Drawn(shown, ContextDraw(APPROXIMATE, len(shown), before, drawn))
+    if config.variant == "stochastic":
+        words = [config.seed, replicate, episode, step, _CONTEXT_STREAM]
+        kept = _kept(state.successful, config.p_keep, words)
+        rule, shown = STOCHASTIC, _newest_that_fit(state.episodes, plan.budget, kept)
+    elif config.variant == "naive-positive":
+        rule = NEWEST_SUCCESSFUL
+        shown = _newest_run(state.successful, state.successful_tokens_before, plan.budget)
+    else:
+        rule, shown = NEWEST, _newest_run(range(before), state.tokens_before, plan.budget)
+    return Drawn(shown, ContextDraw(rule, len(shown), before))
 
 
 def select_context(plan: IcrlPlan, state: _Replicate, replicate: int, episode: int, step: int
                    ) -> list[int]:  # fmt: skip
     """The earlier episodes (indices, in time order) this step's context holds."""
-    config, episodes = plan.config, state.episodes
-    if config.variant == "approximate":
-        if not state.contexts:
-            return []
-        rng = np.random.default_rng([config.seed, replicate, episode, step, _CONTEXT_STREAM])
-        return list(state.contexts[int(rng.integers(len(state.contexts)))])
-    positive_only = config.variant in ("naive-positive", "stochastic")
-    candidates = state.successful if positive_only else range(len(episodes))
-    if config.variant == "stochastic":
-        rng = np.random.default_rng([config.seed, replicate, episode, step, _CONTEXT_STREAM])
-        candidates = [i for i in candidates if rng.random() < config.p_keep]
+    return draw_context(plan, state, replicate, episode, step).shown
+
+
+def _newest_that_fit(
+    episodes: Sequence[PastEpisode], budget: int | None, newest_first: Iterable[int]
+) -> list[int]:
+    """Of the candidates, newest first, those taken until the next one would overflow the
+    budget; in time order."""
     chosen: list[int] = []
     used = 0
-    for index in reversed(candidates):  # the most recent that fit
-        if plan.budget is not None and used + episodes[index].tokens > plan.budget:
+    for index in newest_first:
+        tokens = episodes[index].tokens
+        if budget is not None and used + tokens > budget:
             break
         chosen.append(index)
-        used += episodes[index].tokens
-    return sorted(chosen)
+        used += tokens
+    chosen.reverse()
+    return chosen
 
 
-def _summary(plan: IcrlPlan, episodes: Sequence[PastEpisode], actions: Sequence[str]) -> str:
+def _newest_run(candidates: Sequence[int], tokens_before: list[int], budget: int | None
+                ) -> list[int]:  # fmt: skip
+    """The newest candidates that fit the budget, in time order, found by bisecting their
+    running token counts (`tokens_before[i]`: of the first i candidates): what walking back
+    from the newest until one does not fit takes, as no count is negative."""
+    count = len(candidates)
+    start = 0
+    if budget is not None:
+        start = min(bisect_left(tokens_before, tokens_before[count] - budget), count)
+    return list(candidates[start:])
+
+
+def _kept(successful: Sequence[int], p_keep: float, words: list[int]) -> Iterator[int]:
+    """The successful episodes each kept with probability `p_keep`, newest first. Draw i of
+    the generator seeded with `words` decides the i-th successful episode, as drawing each in
+    turn does; the draws are made a chunk at a time from the newest back (the generator
+    jumped ahead to a chunk's first draw: one 64-bit output a draw), so that a step draws
+    about as many as its context can hold, not one per successful episode so far."""
+    end, size = len(successful), _DRAW_CHUNK
+    while end > 0:
+        start = max(0, end - size)
+        bits = np.random.PCG64(words)  # what np.random.default_rng(words) draws from
+        bits.advance(start)
+        draws = np.random.Generator(bits).random(end - start)
+        for offset in np.flatnonzero(draws < p_keep)[::-1]:
+            yield successful[start + int(offset)]
+        end, size = start, size * 2
+
+
+def _summary(plan: IcrlPlan, state: _Replicate, chosen: Sequence[int], actions: Sequence[str]
+             ) -> str:  # fmt: skip
+    """Per action, how often the chosen episodes played it and its mean reward: from the
+    replicate's tally when they are all of its episodes, else summed over them in order."""
+    if len(chosen) == len(state.episodes):  # distinct earlier indices: all of them
+        tally = state.arms
+    else:
+        tally = ArmTally()
+        for index in chosen:
+            for _, action, reward in state.episodes[index].steps:
+                tally.add(action, reward)
     lines = [plan.template("summary")]
     for action in actions:
-        rewards = [r for e in episodes for _, a, r in e.steps if a == action]
-        mean = f"{sum(rewards) / len(rewards):.2f}" if rewards else "n/a"
-        lines.append(plan.template("summary_line", action=action, count=len(rewards), mean=mean))
+        count = tally.pulls.get(action, 0)
+        mean = f"{tally.wins[action] / count:.2f}" if count else "n/a"
+        lines.append(plan.template("summary_line", action=action, count=count, mean=mean))
     return "".join(lines) + "\n"
 
 
@@ -167,14 +270,33 @@ def context_prefix(
     key = (tuple(chosen), tuple(legal) if summary else ())
     if state.prefix is not None and state.prefix[0] == key:
         return state.prefix[1]
-    shown = [state.episodes[i] for i in chosen]
     prefix: list[Part] = [TextPart(plan.template("preamble"))]
     if summary:
-        prefix.append(TextPart(_summary(plan, shown, legal)))
+        prefix.append(TextPart(_summary(plan, state, chosen, legal)))
+    elif state.plain:  # one string join, however many episodes the context holds
+        prefix.append(TextPart("".join(map(state.texts.__getitem__, chosen))))
     else:
-        prefix += [part for e in shown for part in e.text]
-    state.prefix = (key, merge_text_parts(prefix))
+        prefix += [part for i in chosen for part in state.episodes[i].text]
+    state.prefix = (key, _joined(prefix))
     return state.prefix[1]
+
+
+def _joined(parts: Sequence[Part]) -> tuple[Part, ...]:
+    """What `merge_text_parts` makes (each run of text parts one part, empty ones dropped),
+    in time linear in the text: merging into a growing part copies it at every part, and a
+    context may hold thousands of episodes."""
+    merged: list[Part] = []
+    run: list[str] = []
+    for part in (*parts, None):
+        if isinstance(part, TextPart):
+            run.append(part.text)
+            continue
+        if text := "".join(run):
+            merged.append(TextPart(text))
+        run = []
+        if part is not None:
+            merged.append(part)
+    return tuple(merged)
 
 
 def icrl_request(
@@ -196,7 +318,7 @@ def icrl_request(
         now.append(TextPart(plan.template("legal_actions", actions=", ".join(legal))))
     now.append(TextPart(plan.template("instruction")))
     return ModelRequest(
-        parts=stable + merge_text_parts(now),
+        parts=stable + _joined(now),
         stable_prefix_parts=len(stable),
         answer_prefix=ACTION_LABEL,
         stop=("\n",),
@@ -213,7 +335,7 @@ class HeldOutEvaluation(EpisodeHooks):
 
     plan: IcrlPlan
     state: _Replicate
-    chosen: list[int]
+    chosen: Drawn
     size: int
     rules: StepRules
     situation: LiveSituation
@@ -221,7 +343,7 @@ class HeldOutEvaluation(EpisodeHooks):
     example: int = 0
 
     def request(self, observation: Observation, legal: Sequence[str]) -> ModelRequest:
-        stable = context_prefix(self.plan, self.state, self.chosen, legal)
+        stable = context_prefix(self.plan, self.state, self.chosen.shown, legal)
         seed = DEMO_SEED_BASE + self.example
         return icrl_request(self.plan, stable, (), observation, legal, seed)
 
@@ -229,7 +351,7 @@ class HeldOutEvaluation(EpisodeHooks):
         self.example += 1
         if self.example < self.size:  # the next example: a new episode, in the same unit
             self.situation.env.reset(DEMO_SEED_BASE + self.example)
-        return replace(played.record, facts=step_facts(self.chosen))
+        return replace(played.record, facts=step_facts(self.chosen.draw))
 
     def finish(self, record: EpisodeRecord) -> EpisodeRecord:
         return replace(record, terminated=True, end_reason="evaluated")
@@ -248,20 +370,20 @@ class ReplicateEpisode(EpisodeHooks):
     rules: StepRules
     situation: LiveSituation
     execution: FollowTheAnswer
-    chosen: list[int] = field(default_factory=list)
+    chosen: Drawn = field(default_factory=lambda: Drawn([], ContextDraw(NEWEST, 0, 0)))
     current: list[tuple[Observation, str, float]] = field(default_factory=list)
     gold: list[str] = field(default_factory=list)
 
     def request(self, observation: Observation, legal: Sequence[str]) -> ModelRequest:
-        stable = context_prefix(self.plan, self.state, self.chosen, legal)
+        stable = context_prefix(self.plan, self.state, self.chosen.shown, legal)
         return icrl_request(self.plan, stable, self.current, observation, legal, self.seed)
 
     def before_step(self, step: int) -> None:
-        self.chosen = select_context(self.plan, self.state, self.replicate, self.index, step)
+        self.chosen = draw_context(self.plan, self.state, self.replicate, self.index, step)
         self.gold.append(_gold(self.plan, self.situation.env))
 
     def after_step(self, played: PlayedStep) -> StepRecord:
-        record = replace(played.record, facts=step_facts(self.chosen))
+        record = replace(played.record, facts=step_facts(self.chosen.draw))
         observation, action = played.step
         self.current.append((observation, action, record.reward))
         return record
