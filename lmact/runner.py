@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 from tqdm import tqdm
@@ -159,8 +160,9 @@ class Runner:
     def _prepare(
         self, config: RegimeConfig, policy: Policy, units: Sequence[UnitKey]
     ) -> PreparedRun[Any, Any]:
+        run_id = config.run_id  # a hash of the configuration: made once, not per unit read
         context = RunContext(
-            self.demo_store, self._bar, lambda unit: self.store.steps(config.run_id, unit)
+            self.demo_store, self._bar, lambda unit: self.store.steps(run_id, unit)
         )
         return regime_of(config).prepare(config, policy, context, units)
 
@@ -368,12 +370,16 @@ class _Schedule:
                 continue
             await self.play_chain(self.pending.popleft())
 
+    @cached_property
+    def run_id(self) -> str:
+        return self.prepared.config.run_id  # a hash of the configuration: made once
+
     async def play_chain(self, chain: deque[UnitKey]) -> None:
         store, config = self.runner.store, self.prepared.config
         while chain:
             unit = chain[0]
             seed = self.regime.unit_seed(config, unit)
-            claim, _ = store.claim_episode(config.run_id, unit, seed)
+            claim, _ = store.claim_episode(self.run_id, unit, seed)
             if claim is Claim.DONE:
                 chain.popleft()
                 self.bar.update(1)
@@ -389,7 +395,7 @@ class _Schedule:
     async def play(self, unit: UnitKey) -> bool:
         """Play `unit`; False if another process took it over meanwhile. Its records are
         stored as the unit's, whatever the regime's play named them."""
-        run_id, policy = self.prepared.config.run_id, self.prepared.policy
+        run_id, policy = self.run_id, self.prepared.policy
 
         def on_step(step: StepRecord) -> None:
             self.runner.store.record_step(run_id, step.of_unit(unit))
