@@ -118,7 +118,10 @@ def test_run_json_report_and_listings(tmp_path: Path) -> None:
     assert float(expert_row["normalized_score"]) == 1.0
     assert float(expert_row["mean_return"]) == summary["mean_return"]
     markdown = lmact("report", cwd=tmp_path)
-    assert markdown.stdout.startswith("| run_id | task |") and markdown.returncode == 0
+    # Markdown leads with the task's pivot, then its runs (docs/reports.md).
+    assert markdown.returncode == 0
+    assert markdown.stdout.startswith("### tic_tac_toe\n\n**imitation: normalized score")
+    assert "**imitation runs**\n\n| run_id | task |" in markdown.stdout
 
     tasks = lmact("tasks", cwd=tmp_path).stdout
     assert "tic_tac_toe:" in tasks and "grid_world:" in tasks
