@@ -14,11 +14,13 @@ from lmact.store.base import (
     ClaimLostError,
     RunRecord,
     StoreError,
+    UnitResult,
+    UnitSums,
     claim_alive,
     process_identity,
 )
 from lmact.store.schema import APPLICATION_ID, SCHEMA_VERSION
-from lmact.store.sqlite import OPEN_TIMEOUT_S, RunStore
+from lmact.store.sqlite import OPEN_TIMEOUT_S, RunStore, StoredSteps
 
 __all__ = [
     "APPLICATION_ID",
@@ -32,6 +34,9 @@ __all__ = [
     "RunRecord",
     "RunStore",
     "StoreError",
+    "StoredSteps",
+    "UnitResult",
+    "UnitSums",
     "claim_alive",
     "process_identity",
 ]

@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lmact.errors import LmactError
+from lmact.records import UnitKey, UnitKind, Usage
 
 DEFAULT_STORE = Path("results") / "lmact.sqlite"
 # The most test episodes one run may ask for: each is a row, a record and a unit of work.
@@ -48,6 +49,36 @@ class RunRecord:
     # What the run's regime stored with it (`RunFacts.stored`): imitation's demonstrations
     # (`demos`, `demos_hash`, `prefix_tokens`), say. Read only.
     facts: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+class UnitResult(NamedTuple):
+    """What a score reads of a finished unit (`RunStore.finished_units`): its key, seed,
+    return and cost, named as in `EpisodeRecord`, without the rest of its record: a run of
+    100,000 episodes in a few megabytes."""
+
+    chain: int
+    unit_kind: UnitKind
+    episode: int  # the unit's index (`UnitKey.index`)
+    seed: int
+    total_return: float
+    cost_usd: float | None
+
+    @property
+    def unit(self) -> UnitKey:
+        return UnitKey(self.chain, self.episode, self.unit_kind)
+
+
+@dataclass(frozen=True)
+class UnitSums:
+    """Sums over finished units (`RunStore.finished_units`), as the store takes them."""
+
+    units: int
+    steps: int
+    illegal: int
+    invalid: int
+    empty: int
+    unreadable: int
+    usage: Usage
 
 
 def facts_text(facts: dict[str, Any]) -> str:

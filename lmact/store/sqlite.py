@@ -12,7 +12,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -37,6 +37,8 @@ from lmact.store.base import (
     ClaimLostError,
     RunRecord,
     StoreError,
+    UnitResult,
+    UnitSums,
     claim_alive,
     facts_text,
     process_identity,
@@ -44,6 +46,7 @@ from lmact.store.base import (
     read_facts,
     totals_agree,
 )
+from lmact.store.reader import StoredSteps
 
 # The columns a record's usage is read back from (a set: every column of every row is
 # tested against it when a report reads thousands of episodes).
@@ -302,6 +305,34 @@ class RunStore:
         records = [self._episode_record(run_id, dict(zip(names, row, strict=True))) for row in rows]
         return {record.unit: record for record in records}
 
+    def finished_units(
+        self, run_id: str, kinds: Collection[UnitKind] | None = None
+    ) -> tuple[list[UnitResult], UnitSums]:
+        """A run's finished units (of `kinds`, or all), chain by chain, as a score reads
+        them: each one's key, seed, return and cost (`UnitResult`), and their sums of
+        steps, answer kinds and tokens, summed by SQL; both as of one moment."""
+        where = f"run_id = ? AND status = 'done'{_kinds_clause(kinds)}"
+        params = (run_id, *(kind.value for kind in kinds or ()))
+        summed = ", ".join(f"COALESCE(SUM({name}), 0)" for name in _SUMMED)
+        with self._guard(), self._transaction("BEGIN"):
+            rows = self._db.execute(
+                "SELECT chain, unit_kind, episode, seed, total_return, cost_usd FROM episodes "
+                f"WHERE {where} ORDER BY {_UNIT_ORDER}",
+                params,
+            ).fetchall()
+            count, *sums = self._db.execute(
+                f"SELECT COUNT(*), {summed} FROM episodes WHERE {where}", params
+            ).fetchone()
+        make, words = UnitResult._make, {kind.value: kind for kind in UnitKind}
+        try:
+            units = [make((c, words[w], e, s, r, k)) for c, w, e, s, r, k in rows]
+        except KeyError as error:
+            _stored(UnitKind, error.args[0], self.path)  # raises: a word lmact never writes
+            raise
+        totals = dict(zip(_SUMMED, sums, strict=True))
+        usage = Usage.from_columns(totals)
+        return units, UnitSums(count, *(totals[name] for name in _SUMMED[:5]), usage)
+
     def _held_by_other(self, owner: str | None, heartbeat: float | None) -> bool:
         return owner is not None and owner != self.owner and claim_alive(owner, heartbeat)
 
@@ -386,32 +417,62 @@ class RunStore:
         with self._guard():
             self._db.execute(query, params)
 
-    def steps(self, run_id: str, unit: UnitKey | None = None) -> list[StepRecord]:
-        """A run's stored steps (of one unit, or of all, chain by chain), in order."""
+    def steps(self, run_id: str, unit: UnitKey | None = None, count: int = 1) -> list[StepRecord]:
+        """A run's stored steps (of one unit and the `count` - 1 after it in its chain, or
+        of all), chain by chain, in order."""
         names = column_names(StepRecord)
         query = f"SELECT {', '.join(names)} FROM steps WHERE run_id = ?"
         params: tuple = (run_id,)
         if unit is not None:
-            query += f" AND {_AT_UNIT}"
-            params += _key(unit)
+            query += " AND chain = ? AND unit_kind = ? AND episode >= ? AND episode < ?"
+            params += (*_key(unit), unit.index + count)
         with self._guard():
             rows = self._db.execute(f"{query} ORDER BY {_UNIT_ORDER}, step", params).fetchall()
         return [self._step_record(run_id, dict(zip(names, row, strict=True))) for row in rows]
 
-    def finished_steps(self, run_id: str) -> Callable[[UnitKey], list[StepRecord]]:
-        """A reader of a finished run's steps by unit: the run's steps are read in one
-        query, when first asked for (a measure that needs none reads none)."""
-        by_unit: dict[UnitKey, list[StepRecord]] | None = None
+    def finished_steps(self, run_id: str) -> StoredSteps:
+        """A reader of a finished run's steps (`StoredSteps`): nothing is read until asked."""
+        return StoredSteps(self, run_id)
 
-        def steps_of(unit: UnitKey) -> list[StepRecord]:
-            nonlocal by_unit
-            if by_unit is None:
-                by_unit = {}
-                for step in self.steps(run_id):
-                    by_unit.setdefault(step.unit, []).append(step)
-            return by_unit.get(unit, [])
+    def step_values(
+        self,
+        run_id: str,
+        columns: Sequence[str],
+        kinds: Collection[UnitKind] | None = None,
+        first_step: bool = False,
+    ) -> Iterator[tuple[Any, ...]]:
+        """Only `columns` of a run's stored steps (of units of `kinds`, or all; with
+        `first_step`, each unit's first), unit by unit in order, as a stream: what a measure
+        reads of many steps, without their completions. `unit_kind`, `kind` and
+        `stop_reason` come back as their enums, `from_cache` as a bool, `facts` as a dict."""
+        unknown = [name for name in columns if name not in _STEP_COLUMNS]
+        if unknown or not columns:
+            raise ValueError(f"not columns of a stored step: {unknown or columns!r}")
+        read = [self._reader_of(name, run_id) for name in columns]
+        query = (
+            f"SELECT {', '.join(columns)} FROM steps WHERE run_id = ?{_kinds_clause(kinds)}"
+            f"{' AND step = 0' if first_step else ''} ORDER BY {_UNIT_ORDER}, step"
+        )
+        with self._guard():
+            cursor = self._db.execute(query, (run_id, *(kind.value for kind in kinds or ())))
+            while rows := cursor.fetchmany(4096):
+                if not any(read):
+                    yield from rows
+                    continue
+                for row in rows:
+                    yield tuple(v if r is None else r(v) for r, v in zip(read, row, strict=True))
 
-        return steps_of
+    def _reader_of(self, column: str, run_id: str) -> Callable[[Any], Any] | None:
+        """How `step_values` reads a stored column back (None: as it is)."""
+        words = {"unit_kind": UnitKind, "kind": AnswerKind, "stop_reason": StopReason}
+        if column in words:
+            vocabulary = words[column]
+            return lambda value: _stored(vocabulary, value, self.path)
+        if column == "from_cache":
+            return bool
+        if column == "facts":
+            return lambda value: read_facts(value, f"a step of run {run_id}", self.path)
+        return None
 
     def _step_record(self, run_id: str, values: dict[str, Any]) -> StepRecord:
         usage = Usage.from_columns(values)
@@ -453,16 +514,17 @@ class RunStore:
         kind = _stored(UnitKind, values["unit_kind"], self.path)
         return UnitKey(values["chain"], values["episode"], kind)
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> _Transaction:
+        """A write transaction; with "BEGIN", reads of one moment (SQLite's snapshot)."""
+        return _Transaction(self._db, begin)
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
+    def __init__(self, db: sqlite3.Connection, begin: str) -> None:
+        self._db, self._begin = db, begin
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute(self._begin)
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")
@@ -470,6 +532,18 @@ class _Transaction:
 
 _RUN_COLUMNS = "run_id, config, created, facts"
 _KEY_COLUMNS = frozenset({"chain", "unit_kind", "episode"})
+_STEP_COLUMNS = frozenset(column_names(StepRecord))
+# The episodes' columns `finished_units` sums: the answer kinds' first (as `UnitSums`).
+_SUMMED = ("steps", "illegal", "invalid", "empty", "unreadable", *TOKEN_FIELDS)
+
+
+def _kinds_clause(kinds: Collection[UnitKind] | None) -> str:
+    """The condition on units' kinds, its values bound after the others; none for None.
+    Not a constraint on the key's index (`+`): with one, SQLite sorts what the index gives
+    in order."""
+    if kinds is None:
+        return ""
+    return f" AND +unit_kind IN ({', '.join('?' * len(kinds))})"
 
 
 def _named(unit: UnitKey) -> str:
