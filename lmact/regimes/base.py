@@ -14,10 +14,10 @@ import contextlib
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,11 +27,15 @@ from lmact.errors import LmactError
 from lmact.policies import Policy
 from lmact.records import EpisodeRecord, StepRecord, UnitKey, UnitKind
 from lmact.regimes.headline import Headline
+from lmact.scoring import EpisodeResult
 from lmact.store import MAX_EPISODES, RunRecord
 from lmact.tasks import TaskSpec, get_task
 
 # Baseline policies every regime scores against, by default: (value - random) / (expert - random).
 BASELINE_POLICIES = ("random", "expert")
+# The units a regime's score counts, by default (`Regime.is_scored`): a report then sums
+# them in the store.
+SCORED_KINDS = (UnitKind.EPISODE,)
 
 
 class RegimeConfig(BaseModel):
@@ -120,6 +124,24 @@ class RunContext:
     stored_steps: Callable[[UnitKey], list[StepRecord]]
 
 
+class StepColumns(Protocol):
+    """What a regime's `measures` read of a run's stored steps: only some of their columns
+    (`lmact.store.RunStore.step_values`), or their records, as a stream, of the units of some
+    kinds (each unit's first step only, with `first_step`), unit by unit in order; a measure
+    keeps those of the episodes it is given. `lmact.store.StoredSteps`."""
+
+    def values(
+        self,
+        columns: Sequence[str],
+        kinds: Collection[UnitKind] | None = None,
+        first_step: bool = False,
+    ) -> Iterable[tuple[Any, ...]]: ...
+
+    def records(
+        self, kinds: Collection[UnitKind] | None = None, first_step: bool = False
+    ) -> Iterable[StepRecord]: ...
+
+
 def check_episodes(episodes: int) -> None:
     if episodes <= 0:
         raise LmactError(f"--episodes must be positive, not {episodes}")
@@ -158,7 +180,7 @@ class Regime(ABC, Generic[Config, Plan]):
     def is_scored(self, config: Config, unit: UnitKey) -> bool:
         """Whether a unit is an episode of the run's score: an evaluation (an in-context RL
         held-out one) is read by a measure only."""
-        return unit.kind is UnitKind.EPISODE
+        return unit.kind in SCORED_KINDS
 
     def unit_label(self, config: Config, unit: UnitKey) -> str:
         """A unit as people name it, for pages that show one."""
@@ -222,12 +244,17 @@ class Regime(ABC, Generic[Config, Plan]):
     def measures(
         self,
         config: Config,
-        episodes: Sequence[EpisodeRecord],
-        stored_steps: Callable[[UnitKey], list[StepRecord]],
-        baselines: dict[str, Sequence[EpisodeRecord]],
+        episodes: Sequence[EpisodeResult],
+        steps: StepColumns,
+        baselines: dict[str, Sequence[EpisodeResult]],
+        wanted: Collection[str] | None = None,
     ) -> dict[str, Any]:
-        """Measures of a run beyond its mean return (learning curves …), from its episodes,
-        their stored steps and the baselines' episodes (by policy); JSON values."""
+        """Measures of a run beyond its mean return (learning curves …), from its scored
+        episodes (records, or what a report reads of them: `EpisodeResult`), their stored
+        steps (as streams of some columns: a run's steps are not held at once) and the
+        baselines' episodes (by policy); JSON values. `wanted`: the names of the measures
+        asked for (None: all); those not named may be left out, and should be where they
+        cost much (a table shows no learning curve)."""
         return {}
 
     def report_fields(self, config: Config, run: RunRecord) -> dict[str, Any]:

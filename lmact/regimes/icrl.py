@@ -23,7 +23,7 @@ the replicate's earlier returns.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -41,7 +41,7 @@ from lmact.errors import LmactError
 from lmact.policies import ArmTally, Policy
 from lmact.prompting import check_templates, template, templates_fingerprint
 from lmact.records import EpisodeRecord, StepRecord, UnitKey, UnitKind
-from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts
+from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts, StepColumns
 from lmact.regimes.headline import Headline
 from lmact.regimes.icrl_context import (
     HeldOutEvaluation,
@@ -54,7 +54,10 @@ from lmact.regimes.icrl_context import (
 )
 from lmact.regimes.icrl_context import PastEpisode as PastEpisode  # where it was defined before
 from lmact.regimes.icrl_context import select_context as select_context
-from lmact.regimes.icrl_facts import context_held, describe_context
+from lmact.regimes.icrl_facts import describe_context
+from lmact.regimes.icrl_measures import by_replicate as by_replicate  # defined here before
+from lmact.regimes.icrl_measures import context_lengths as context_lengths
+from lmact.regimes.icrl_measures import icrl_measures
 from lmact.regimes.prompted import (
     MAX_STEPS,
     TOKEN_BUDGET,
@@ -63,14 +66,7 @@ from lmact.regimes.prompted import (
     prompted_fields,
 )
 from lmact.resources import data_dir
-from lmact.scoring import (
-    BanditMeasures,
-    bandit_measures,
-    bootstrap_ci,
-    final_share_mean,
-    learning_curve,
-    normalized_score,
-)
+from lmact.scoring import EpisodeResult
 from lmact.store import MAX_EPISODES, RunRecord
 from lmact.tasks import TaskSpec, get_task
 
@@ -384,86 +380,15 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
     def measures(
         self,
         config: IcrlConfig,
-        episodes: Sequence[EpisodeRecord],
-        stored_steps: Callable[[UnitKey], list[StepRecord]],
-        baselines: dict[str, Sequence[EpisodeRecord]],
+        episodes: Sequence[EpisodeResult],
+        steps: StepColumns,
+        baselines: dict[str, Sequence[EpisodeResult]],
+        wanted: Collection[str] | None = None,
     ) -> dict[str, Any]:
         """The learning curve across replicates, the final 10% mean (normalized like an
         imitation score), regret against the expert, and for bandits Krishnamurthy et
-        al.'s measures; what the contexts held, per episode index."""
-        returns = by_replicate(episodes)
-        steps = {record.unit: stored_steps(record.unit) for record in episodes}
-        final = final_share_mean(returns)
-        measures: dict[str, Any] = {
-            "variant": config.variant,
-            "learning_curve": [vars(point) for point in learning_curve(returns)],
-            "final_return": final,
-            "final_normalized": None,
-            "regret_vs_expert": None,
-        }
-        if baselines.get("random") and baselines.get("expert"):  # over the same units
-            random, expert = by_replicate(baselines["random"]), by_replicate(baselines["expert"])
-            reference = final_share_mean(random), final_share_mean(expert)
-            measures["final_normalized"] = normalized_score(final, *reference)
-            measures["regret_vs_expert"] = float(
-                np.mean([sum(e) - sum(m) for e, m in zip(expert, returns, strict=True)])
-            )  # fmt: skip
-        measures["context_length"] = context_lengths(episodes, steps)
-        if get_task(config.task).environment == "bandit":
-            measures |= vars(self._bandit(config, episodes, steps.__getitem__))
-        if config.eval_every is not None:
-            measures["held_out_accuracy"] = self._held_out(config, returns, stored_steps)
-        return measures
-
-    def _held_out(
-        self,
-        config: IcrlConfig,
-        returns: list[list[float]],
-        stored_steps: Callable[[UnitKey], list[StepRecord]],
-    ) -> list[dict[str, float]]:
-        """Per evaluation point: the episode it preceded and the held-out accuracy, the
-        mean across replicates with its 95% interval."""
-        every = config.eval_every or 1
-        points = []
-        for point in range(-(-max(len(r) for r in returns) // every)):
-            accuracies = []
-            for replicate in range(len(returns)):
-                steps = stored_steps(UnitKey(replicate, point, UnitKind.EVALUATION))
-                if steps:
-                    accuracies.append(sum(s.reward for s in steps) / len(steps))
-            if accuracies:
-                low, high = bootstrap_ci(accuracies)
-                mean = sum(accuracies) / len(accuracies)
-                points.append(
-                    {"episode": point * every, "accuracy": mean, "low": low, "high": high}
-                )
-        return points
-
-    def _bandit(
-        self,
-        config: IcrlConfig,
-        episodes: Sequence[EpisodeRecord],
-        stored_steps: Callable[[UnitKey], list[StepRecord]],
-    ) -> BanditMeasures:
-        pulls: dict[int, list[str]] = {}
-        rewards: dict[int, list[float]] = {}
-        best: dict[int, str] = {}
-        arms: dict[int, list[str]] = {}
-        env = get_task(config.task).make_environment()
-        for record in episodes:
-            replicate = record.chain
-            (step,) = stored_steps(record.unit)
-            pulls.setdefault(replicate, []).append(step.action)
-            rewards.setdefault(replicate, []).append(step.reward)
-            if replicate not in best:  # the instance of the replicate's first round
-                env.reset(record.seed)
-                best[replicate], arms[replicate] = env.expert_action(), env.legal_actions()
-        order = sorted(pulls)
-        gap = float(get_task(config.task).options.get("gap", 0.0))
-        return bandit_measures(
-            [pulls[r] for r in order], [rewards[r] for r in order],
-            [best[r] for r in order], [arms[r] for r in order], gap,
-        )  # fmt: skip
+        al.'s measures; what the contexts held, per episode index (`icrl_measures`)."""
+        return icrl_measures(config, episodes, steps, baselines, wanted)
 
     def report_fields(self, config: IcrlConfig, run: RunRecord) -> dict[str, Any]:
         return {
@@ -479,33 +404,6 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
     def context_label(self, config: IcrlConfig, step: StepRecord) -> str | None:
         described = describe_context(step)
         return None if described is None else f"context of step {step.step}: {described}"
-
-
-def context_lengths(
-    episodes: Sequence[EpisodeRecord], steps: dict[UnitKey, list[StepRecord]]
-) -> list[dict[str, float]]:
-    """Per episode index, the mean over replicates of what its first step's context held:
-    earlier episodes (`examples`) and the prompt's tokens as the model counted them."""
-    by_index: dict[int, list[StepRecord]] = {}
-    for record in episodes:
-        if steps.get(record.unit):
-            by_index.setdefault(record.episode, []).append(steps[record.unit][0])
-    return [
-        {
-            "episode": index,
-            "examples": float(np.mean([context_held(s) or 0 for s in first])),
-            "prompt_tokens": float(np.mean([s.usage.prompt_tokens for s in first])),
-        }
-        for index, first in sorted(by_index.items())
-    ]
-
-
-def by_replicate(episodes: Sequence[EpisodeRecord]) -> list[list[float]]:
-    """The returns of a run's episodes, as one list per replicate in episode order."""
-    returns: dict[int, list[tuple[int, float]]] = {}
-    for record in episodes:
-        returns.setdefault(record.chain, []).append((record.episode, record.total_return))
-    return [[value for _, value in sorted(returns[r])] for r in sorted(returns)]
 
 
 def _history(plan: IcrlPlan, replicate: int, episode: int, seed_of: UnitSeed) -> _Replicate:

@@ -1,0 +1,184 @@
+"""In-context RL's measures of a finished run, for its summary and the report: the learning
+curve across replicates, the final 10% mean (normalized like an imitation score), regret
+against the expert, Krishnamurthy et al.'s bandit measures, what the contexts held, the
+held-out accuracy.
+
+They read the run's episodes as `EpisodeResult`s and its steps as streams of the columns
+they need (`StepColumns`): a report over 1,000 replicates of 100 rounds holds no step
+record. What a report does not show is not computed (`wanted`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from itertools import groupby
+from operator import attrgetter, itemgetter
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lmact.errors import LmactError
+from lmact.records import UnitKind
+from lmact.regimes.base import StepColumns
+from lmact.regimes.icrl_facts import context_held
+from lmact.scoring import (
+    BanditMeasures,
+    EpisodeResult,
+    bandit_measures,
+    bootstrap_ci,
+    final_share_mean,
+    learning_curve,
+    normalized_score,
+)
+from lmact.tasks import get_task
+
+if TYPE_CHECKING:
+    from lmact.regimes.icrl import IcrlConfig
+
+EPISODES = (UnitKind.EPISODE,)
+# The fields of a row that `bandit_measures` fills (any one wanted computes them all).
+BANDIT_FIELDS = frozenset(BanditMeasures.__dataclass_fields__)
+
+
+def icrl_measures(
+    config: IcrlConfig,
+    episodes: Sequence[EpisodeResult],
+    steps: StepColumns,
+    baselines: dict[str, Sequence[EpisodeResult]],
+    wanted: Collection[str] | None = None,
+) -> dict[str, Any]:
+    """`IcrlRegime.measures`: of those `wanted` (None: all), the learning curve, the final
+    measures, what the contexts held per episode index, the bandit measures and the
+    held-out accuracy (the cheap final measures always)."""
+
+    def want(*names: str) -> bool:
+        return wanted is None or any(name in wanted for name in names)
+
+    returns = by_replicate(episodes)
+    final = final_share_mean(returns)
+    measures: dict[str, Any] = {"variant": config.variant}
+    if want("learning_curve"):
+        measures["learning_curve"] = [vars(point) for point in learning_curve(returns)]
+    measures |= {"final_return": final, "final_normalized": None, "regret_vs_expert": None}
+    if baselines.get("random") and baselines.get("expert"):  # over the same units
+        random, expert = by_replicate(baselines["random"]), by_replicate(baselines["expert"])
+        reference = final_share_mean(random), final_share_mean(expert)
+        measures["final_normalized"] = normalized_score(final, *reference)
+        measures["regret_vs_expert"] = float(
+            np.mean([sum(e) - sum(m) for e, m in zip(expert, returns, strict=True)])
+        )  # fmt: skip
+    if want("context_length"):
+        measures["context_length"] = context_lengths(episodes, steps)
+    if want(*BANDIT_FIELDS) and get_task(config.task).environment == "bandit":
+        measures |= vars(bandit_of(config, episodes, steps))
+    if config.eval_every is not None and want("held_out_accuracy"):
+        measures["held_out_accuracy"] = held_out_accuracy(config.eval_every, returns, steps)
+    return measures
+
+
+def by_replicate(episodes: Sequence[EpisodeResult]) -> list[list[float]]:
+    """The returns of a run's episodes, as one list per replicate in episode order."""
+    keyed = sorted(map(attrgetter("chain", "episode", "total_return"), episodes))
+    return [[value for _, _, value in chain] for _, chain in groupby(keyed, itemgetter(0))]
+
+
+def context_lengths(
+    episodes: Sequence[EpisodeResult], steps: StepColumns
+) -> list[dict[str, float]]:
+    """Per episode index, the mean over replicates of what its first step's context held:
+    earlier episodes (`examples`) and the prompt's tokens as the model counted them."""
+    units = {(record.chain, record.episode) for record in episodes}
+    by_index: dict[int, list[tuple[int, int]]] = {}
+    for step in steps.records(EPISODES, first_step=True):  # chain by chain, as `episodes`
+        if (step.chain, step.episode) in units:
+            held = context_held(step) or 0
+            by_index.setdefault(step.episode, []).append((held, step.usage.prompt_tokens))
+    return [
+        {
+            "episode": index,
+            "examples": float(np.mean([held for held, _ in first])),
+            "prompt_tokens": float(np.mean([tokens for _, tokens in first])),
+        }
+        for index, first in sorted(by_index.items())
+    ]
+
+
+def held_out_accuracy(
+    every: int, returns: list[list[float]], steps: StepColumns
+) -> list[dict[str, float]]:
+    """Per evaluation point: the episode it preceded and the held-out accuracy, the mean
+    across replicates with its 95% interval."""
+    rewards: dict[tuple[int, int], list[float]] = {}
+    read = steps.values(("chain", "episode", "reward"), (UnitKind.EVALUATION,))
+    for chain, index, reward in read:
+        rewards.setdefault((chain, index), []).append(reward)
+    points = []
+    for point in range(-(-max(len(r) for r in returns) // every)):
+        accuracies = [
+            sum(earned) / len(earned)
+            for replicate in range(len(returns))
+            if (earned := rewards.get((replicate, point)))
+        ]
+        if accuracies:
+            low, high = bootstrap_ci(accuracies)
+            mean = sum(accuracies) / len(accuracies)
+            points.append({"episode": point * every, "accuracy": mean, "low": low, "high": high})
+    return points
+
+
+def bandit_of(
+    config: IcrlConfig, episodes: Sequence[EpisodeResult], steps: StepColumns
+) -> BanditMeasures:
+    """Krishnamurthy et al.'s measures of a bandit run: each round's arm and reward read
+    from its one stored step (those columns only), each replicate's best arm from the
+    instance of its first round."""
+    pulls, rewards = _rounds(episodes, steps)
+    first = {}  # each replicate's first round, as `episodes` order them
+    for record in episodes:
+        first.setdefault(record.chain, record)
+    env = get_task(config.task).make_environment()
+    best, arms = {}, {}
+    for replicate, record in first.items():  # the instance of the replicate's first round
+        env.reset(record.seed)
+        best[replicate], arms[replicate] = env.expert_action(), env.legal_actions()
+    order = sorted(pulls)
+    gap = float(get_task(config.task).options.get("gap", 0.0))
+    return bandit_measures(
+        [pulls[r] for r in order], [rewards[r] for r in order],
+        [best[r] for r in order], [arms[r] for r in order], gap,
+    )  # fmt: skip
+
+
+def _rounds(
+    episodes: Sequence[EpisodeResult], steps: StepColumns
+) -> tuple[dict[int, list[str]], dict[int, list[float]]]:
+    """Each replicate's arms pulled and rewards, round by round, from the one stored step
+    of each of `episodes` (in the order the store lists them, as `episodes`)."""
+    rows = list(steps.values(("chain", "episode", "action", "reward"), EPISODES))
+    keys = list(map(attrgetter("chain", "episode"), episodes))
+    if [row[:2] for row in rows] != keys:  # other units stored, or some with other steps
+        rows = _one_step_each(rows, keys)
+    pulls: dict[int, list[str]] = {}
+    rewards: dict[int, list[float]] = {}
+    for chain, group in groupby(rows, itemgetter(0)):
+        _, _, pulled, earned = zip(*group, strict=True)
+        pulls.setdefault(chain, []).extend(pulled)
+        rewards.setdefault(chain, []).extend(earned)
+    return pulls, rewards
+
+
+def _one_step_each(
+    rows: list[tuple[Any, ...]], keys: list[tuple[int, int]]
+) -> list[tuple[Any, ...]]:
+    """The step of each round `keys` names, in their order; a round with no step stored, or
+    with more than one, is a one-line error."""
+    wanted = set(keys)
+    found: dict[tuple[int, int], tuple[Any, ...]] = {}
+    for row in rows:
+        if row[:2] in wanted:
+            if row[:2] in found:
+                raise LmactError(f"round {row[1]} of replicate {row[0]} has more than one step")
+            found[row[:2]] = row
+    if len(found) != len(wanted):
+        raise LmactError("a bandit round of the run has no stored step")
+    return [found[key] for key in keys]
