@@ -22,6 +22,8 @@ from lmact.report.tables import (
     FORMAT_ALIASES,
     FORMATS,
     SUFFIXES,
+    TABLE_FIELDS,
+    collector_paused,
     curve_rows,
     format_table,
     report_rows,
@@ -175,12 +177,13 @@ def _known(rows: list[dict[str, Any]], column: str) -> set[str]:
 
 
 def _report_rows(request: _Request) -> list[dict[str, Any]]:
-    """The rows the report shows: the selected runs (with their episodes for JSON)."""
+    """The rows the report shows: the selected runs (with their episodes for JSON), with
+    the measures it shows (a table of runs needs no learning curve)."""
     if not request.store.exists():
         raise LmactError(f"no run store at {request.store}; start with `lmact run`")
     with RunStore(request.store) as store:
         members = store.sweep_runs(request.sweep) if request.sweep is not None else None
-        rows = report_rows(store)
+        rows = report_rows(store, _wanted(request))
         tasks = _names(request.tasks, rows, "task")
         models = _names(request.models, rows, "model")
         _check_names(rows, "task", tasks)
@@ -189,6 +192,19 @@ def _report_rows(request: _Request) -> list[dict[str, Any]]:
         if request.fmt == "json" and not request.curves:
             rows = with_episodes(store, rows)
     return rows
+
+
+def _wanted(request: _Request) -> frozenset[str] | None:
+    """The regimes' measures the report shows: all in JSON; a table's columns, the learning
+    curves for --curves, and what the plots draw where there are plots."""
+    if request.fmt == "json" and not request.curves:
+        return None
+    wanted = TABLE_FIELDS | ({"learning_curve"} if request.curves else set())
+    if request.fmt == "html" or request.plot is not None or request.out is not None:
+        from lmact.report.plots import PLOTTED_FIELDS
+
+        wanted |= PLOTTED_FIELDS
+    return wanted
 
 
 def _check_names(rows: list[dict[str, Any]], column: str, names: list[str] | None) -> None:
@@ -205,7 +221,7 @@ def _comparison_section(store_path: Path, rows: list[dict[str, Any]]) -> str:
     tables and a blank line; empty when no two runs do."""
     from lmact.report.compare import comparison_section, find_comparisons
 
-    with RunStore(store_path) as store:
+    with RunStore(store_path) as store, collector_paused():
         found = find_comparisons(store, rows)
     section = comparison_section(found.rows, found.left_off, found.counted)
     return f"\n{section}" if section else ""
@@ -233,7 +249,7 @@ def _html_report(request: _Request) -> Report:
     viewed = DEFAULT_VIEW_EPISODES if request.view_episodes is None else request.view_episodes
     viewed_runs = [row["run_id"] for row in rows[:MAX_VIEWER_PAGES]]
     pages, left_out = _viewer_pages(request, viewed_runs, viewed)
-    with RunStore(request.store) as store:
+    with RunStore(request.store) as store, collector_paused():
         compared, _ = comparison_rows(store, rows)
     notes = [
         f"Viewer pages of {counted(len(left_out), 'run')} left out, each over "

@@ -57,11 +57,18 @@ BANDIT_TEXT = {
     "suffix_failure": "bandit suffix failures (share of replicates never pulling the best "
     "arm in the second half)",
 }
+# The fields of report rows the figures draw besides a table's columns (`TABLE_FIELDS`):
+# the regimes' measures a report with plots computes.
+PLOTTED_FIELDS = frozenset({
+    "learning_curve", "regret_low", "regret_high", "suffix_failure_low", "suffix_failure_high",
+})  # fmt: skip
 _PANEL_COLUMNS = 3
 # What one figure draws at most: past that it is no longer read, and each artist costs time
 # (10,000 runs' lines and their legend took minutes and a gigabyte). Lines or bars a panel,
 # panels a figure, entries a legend; the figure says what it left out, the tables hold all.
 MAX_SERIES = 40
+# A learning curve drawn with more points than this is drawn in bins (`_binned`).
+MAX_CURVE_POINTS = 500
 MAX_PANELS = 24
 MAX_LEGEND = 48
 
@@ -323,13 +330,12 @@ def learning_curve_figures(
         runs = sorted(grouped_by(points, "run_id").values(), key=lambda p: _curve_label(p[0]))
         for run in runs[:MAX_SERIES]:
             run = sorted(run, key=lambda p: p["episode"])
-            x = [p["episode"] + 1 for p in run]
+            (x, mean, low, high), width = _binned(run)
             colour = colours.get(str(run[0]["model"]), PALETTE[0])
             style = LINE_STYLES[variants.index(str(run[0]["variant"])) % len(LINE_STYLES)]
-            axes.plot(x, [p["mean"] for p in run], label=_curve_label(run[0]), color=colour,
-                      linestyle=style)  # fmt: skip
-            axes.fill_between(x, [p["low"] for p in run], [p["high"] for p in run],
-                              color=colour, alpha=0.2, linewidth=0)  # fmt: skip
+            label = _curve_label(run[0]) + (f", means of {width} episodes" if width > 1 else "")
+            axes.plot(x, mean, label=label, color=colour, linestyle=style)
+            axes.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
         _left_out(axes, task, len(runs) - MAX_SERIES, "runs")
         axes.set_title(f"{task}: in-context RL learning curves")
         axes.set_xlabel("episode")
@@ -339,6 +345,21 @@ def learning_curve_figures(
         _plain_text(figure).tight_layout()  # measures the texts: they must be plain by then
         figures[task] = figure
     return figures
+
+
+def _binned(run: Sequence[Row]) -> tuple[list[list[float]], int]:
+    """A run's curve as drawn (x, mean, low, high) and how many episodes a point stands
+    for: up to MAX_CURVE_POINTS points as they are; a longer curve in bins of consecutive
+    episodes, each drawn at its middle with the means of its points' means and bounds
+    (10,000 rounds of one replicate zigzag between 0 and 1 at every pixel: seconds to draw,
+    and nothing to read)."""
+    width = math.ceil(len(run) / MAX_CURVE_POINTS)
+    columns = [[p["episode"] + 1 for p in run]]
+    columns += [[p[key] for p in run] for key in ("mean", "low", "high")]
+    if width > 1:
+        bins = range(0, len(run), width)
+        columns = [[sum(c[i : i + width]) / len(c[i : i + width]) for i in bins] for c in columns]
+    return columns, width
 
 
 def _curve_legend(figure: Figure, axes: Axes) -> None:

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
+import gc
 import io
 import json
-from collections.abc import Iterable, Sequence
+import operator
+from collections import OrderedDict
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence, ValuesView
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from lmact.errors import LmactError, UnknownNameError
 from lmact.options import column_labels, measure_columns, report_columns
-from lmact.records import EpisodeRecord, flat_fields
-from lmact.regimes import parse_config, regime_of
-from lmact.regimes.base import RegimeConfig
-from lmact.scoring import normalized_interval, score_episodes
-from lmact.store import RunRecord, RunStore
+from lmact.records import EpisodeRecord, UnitKey, UnitKind, flat_fields
+from lmact.regimes import REGIMES, parse_config, regime_of
+from lmact.regimes.base import SCORED_KINDS, Regime, RegimeConfig
+from lmact.scoring import (
+    EpisodeTotals,
+    mean_return,
+    normalized_interval,
+    score_returns,
+    total_cost,
+)
+from lmact.store import RunRecord, RunStore, UnitResult
 from lmact.text import visible
 
 # The options shown as columns (`Option.column`): what names a run, before its scores,
@@ -43,6 +55,15 @@ COLUMNS = [
     *column_labels(report_columns("setting")),
     *measure_columns(),  # the regimes' measures shown as columns (`Regime.measures_shown`)
 ]
+# What a report's tables show of a row, so the regimes' measures a table asks for: its
+# columns, and what each regime's pivot shows (`Regime.headline`).
+TABLE_FIELDS = frozenset(COLUMNS) | {
+    name
+    for regime in REGIMES.values()
+    if (headline := regime.headline) is not None
+    for name in (headline.value, *headline.measures)
+    + ((f"{headline.interval}_low", f"{headline.interval}_high") if headline.interval else ())
+}
 FORMATS = ("markdown", "csv", "json")
 FORMAT_ALIASES = {"md": "markdown"}
 # The file a table is written to under `lmact report --out DIR`, by format.
@@ -57,14 +78,41 @@ CURVE_RUN_COLUMNS = [
 CURVE_COLUMNS = [*CURVE_RUN_COLUMNS, "episode", "mean", "low", "high"]
 
 
+@dataclass
+class Scored:
+    """A run's finished units that its score counts, as the store reads them (keys, seeds,
+    returns, costs), in order, and their totals."""
+
+    units: list[UnitResult]
+    totals: EpisodeTotals
+    _keys: list[tuple[Any, ...]] | None = None
+    _by_key: dict[tuple[Any, ...], UnitResult] | None = None
+
+    def keys(self) -> list[tuple[Any, ...]]:
+        """The units' keys (chain, kind, index), in order."""
+        if self._keys is None:
+            self._keys = list(map(_KEY, self.units))
+        return self._keys
+
+    def by_key(self) -> dict[tuple[Any, ...], UnitResult]:
+        """The units by key."""
+        if self._by_key is None:
+            self._by_key = dict(zip(self.keys(), self.units, strict=True))
+        return self._by_key
+
+
 class Baselines:
-    """The random and expert episodes that normalize runs' scores, each baseline read once
-    (of the last few hundred): a sweep's runs share a few baselines, and reading them again
-    for every run was most of the time of a report of thousands of runs."""
+    """The random and expert units that normalize runs' scores, each baseline read once
+    while it is kept (the last read, up to KEPT_UNITS units in all), and given to the
+    baseline's own row: a sweep's runs share a few baselines, and reading them again for
+    every run was most of the time of a report of thousands of runs."""
+
+    KEPT_UNITS = 250_000
 
     def __init__(self, store: RunStore) -> None:
+        self._store = store
         self._configs = functools.lru_cache(maxsize=1024)(self._configs_of)
-        self._episodes = functools.lru_cache(maxsize=256)(store.finished_episodes)
+        self._kept: OrderedDict[tuple[str, Any], Scored] = OrderedDict()
 
     @staticmethod
     def _configs_of(config: RegimeConfig) -> dict[str, RegimeConfig] | None:
@@ -73,33 +121,71 @@ class Baselines:
         except LmactError:  # a task no longer installed, or named like a path that is gone
             return None
 
-    def of(
-        self, config: RegimeConfig, finished: dict[int, EpisodeRecord]
-    ) -> dict[str, list[EpisodeRecord] | None]:
-        """The stored random and expert episodes over exactly the run's units, where
-        stored: a score is normalized only against baselines of the same seeds."""
+    def read(self, run_id: str, kinds: tuple[UnitKind, ...] | None, keep: bool = False) -> Scored:
+        """A run's finished units of `kinds` (None: all) and their totals; kept with `keep`."""
+        if (run_id, kinds) in self._kept:
+            self._kept.move_to_end((run_id, kinds))
+            return self._kept[run_id, kinds]
+        units, sums = self._store.finished_units(run_id, kinds)
+        totals = EpisodeTotals(sums.units, sums.steps, sums.illegal, sums.invalid, sums.empty,
+                               sums.unreadable, sums.usage, total_cost(units))  # fmt: skip
+        scored = Scored(units, totals)
+        if keep:
+            self._kept[run_id, kinds] = scored
+            while len(self._kept) > 1 and self._kept_units() > self.KEPT_UNITS:
+                self._kept.popitem(last=False)
+        return scored
+
+    def _kept_units(self) -> int:
+        return sum(len(kept.units) for kept in self._kept.values())
+
+    def of(self, config: RegimeConfig, scored: Scored) -> dict[str, list[UnitResult] | None]:
+        """The stored random and expert episodes over exactly the run's units, in their
+        order, where stored: a score is normalized only against baselines of the same
+        seeds."""
         configs = self._configs(config)
         if configs is None:
             return {"random": None, "expert": None}
+        kinds = _scored_kinds(regime_of(config))  # the kinds of the units to match, if known
         return {
-            policy: _same_units(self._episodes(baseline.run_id), list(finished))
+            policy: _same_units(self.read(baseline.run_id, kinds, keep=True), scored)
             for policy, baseline in configs.items()
         }
 
 
-def _same_units(
-    finished: dict[int, EpisodeRecord], units: Sequence[int]
-) -> list[EpisodeRecord] | None:
-    """The baseline's episodes of exactly `units` (the same seeds), if all are stored."""
-    if not all(unit in finished for unit in units):
+# A unit's key in a `UnitResult`: chain, kind, index.
+_KEY = operator.itemgetter(0, 1, 2)
+
+
+def _scored_kinds(regime: Regime[Any, Any] | None) -> tuple[UnitKind, ...] | None:
+    """The kinds of unit a regime's score counts, where its rule is the default one, by
+    kind (`SCORED_KINDS`); None for one that decides unit by unit."""
+    return (
+        SCORED_KINDS if regime is not None and type(regime).is_scored is Regime.is_scored else None
+    )
+
+
+def _same_units(baseline: Scored, scored: Scored) -> list[UnitResult] | None:
+    """The baseline's episodes of exactly the units of `scored` (the same seeds), in their
+    order, if all are stored."""
+    if baseline is scored or baseline.keys() == scored.keys():
+        return baseline.units  # most often: the same units, read in the same order
+    try:
+        return list(map(baseline.by_key().__getitem__, scored.keys()))
+    except KeyError:
         return None
-    return [finished[unit] for unit in units]
 
 
 def _scores_row(
-    run: RunRecord, finished: dict[int, EpisodeRecord], baselines: dict[str, Any]
+    run: RunRecord, scored: Scored, baselines: dict[str, Sequence[UnitResult] | None]
 ) -> dict[str, Any]:
-    scores = score_episodes(list(finished.values()), baselines["random"], baselines["expert"])
+    random, expert = baselines["random"], baselines["expert"]
+    scores = score_returns(
+        np.fromiter((unit.total_return for unit in scored.units), float, len(scored.units)),
+        scored.totals,
+        mean_return(random) if random else None,
+        mean_return(expert) if expert else None,
+    )
     values = {**vars(scores), **scores.usage.as_dict()}
     normalized = None
     if scores.random_return is not None and scores.expert_return is not None:
@@ -116,39 +202,68 @@ def _scores_row(
 
 
 def run_row(
-    store: RunStore, run: RunRecord, baselines_of: Baselines | None = None
+    store: RunStore,
+    run: RunRecord,
+    baselines_of: Baselines | None = None,
+    wanted: Collection[str] | None = None,
 ) -> dict[str, Any] | None:
     """One table row; None for a run without a finished episode. A regime's rows fill the
     columns that mean something for it and leave the others empty. `baselines_of`: the
-    baselines read so far, when rows of many runs are made."""
-    finished = store.finished_episodes(run.run_id)
-    if not finished:
-        return None
+    baselines read so far, when rows of many runs are made; `wanted`: the names of the
+    regime's measures to compute (None: all; a table needs only its columns).
+
+    What a row needs of the run's episodes the store sums, or reads as a few columns a unit
+    (`RunStore.finished_units`), and its regime's measures read its steps as streams of the
+    columns they need: no step record is made, and what is read goes with the row."""
     config = readable_config(run)
-    if config is None:
-        return _foreign_row(run, finished)  # an unknown regime's run, or a newer release's
-    regime = regime_of(config)
-    finished = _scored_by(config, finished)
-    if not finished:
+    baselines_of = baselines_of or Baselines(store)
+    scored = scored_units(store, run, config, baselines_of)
+    if not scored.units:
         return None
-    baselines = (baselines_of or Baselines(store)).of(config, finished)
-    row = _scores_row(run, finished, baselines)
+    if config is None:
+        return _foreign_row(run, scored)  # an unknown regime's run, or a newer release's
+    regime = regime_of(config)
+    baselines = baselines_of.of(config, scored)
+    row = _scores_row(run, scored, baselines)
     # Each option column's field (None where the regime's configuration has none); the
     # regime's own report fields may say otherwise (imitation's demos: the count packed).
     described = {o.label: getattr(config, o.keyword, None) for o in OPTION_COLUMNS}
     try:
         measures = regime.measures(
             config,
-            list(finished.values()),
+            scored.units,
             store.finished_steps(run.run_id),
             {policy: episodes or [] for policy, episodes in baselines.items()},
+            wanted,
         )
     except LmactError:  # a task given by path in another process, or uninstalled, or changed
         measures = {}
     return {**row, **described, **regime.report_fields(config, run), **measures}
 
 
-def _foreign_row(run: RunRecord, finished: dict[int, EpisodeRecord]) -> dict[str, Any]:
+def scored_units(
+    store: RunStore, run: RunRecord, config: RegimeConfig | None, reads: Baselines | None = None
+) -> Scored:
+    """The run's units its score counts (every finished one of a run whose configuration
+    this release cannot read), read from `reads` where it holds them: summed by the store
+    where its regime counts units by kind (`SCORED_KINDS`, the default rule); else unit by
+    unit from their records."""
+    regime = regime_of(config) if config is not None else None
+    if regime is None or (kinds := _scored_kinds(regime)) is not None:
+        return (reads or Baselines(store)).read(run.run_id, None if regime is None else kinds)
+    records = [
+        record
+        for unit, record in store.finished_episodes(run.run_id).items()
+        if regime.is_scored(config, unit)
+    ]
+    units = [
+        UnitResult(r.chain, r.unit_kind, r.episode, r.seed, r.total_return, r.cost_usd)
+        for r in records
+    ]
+    return Scored(units, EpisodeTotals.of(records))
+
+
+def _foreign_row(run: RunRecord, scored: Scored) -> dict[str, Any]:
     """A row for a run whose configuration this release cannot read: its scores, and what
     of its configuration reads as plain text."""
     config = run.config if isinstance(run.config, dict) else {}
@@ -157,11 +272,10 @@ def _foreign_row(run: RunRecord, finished: dict[int, EpisodeRecord]) -> dict[str
         for key in ("regime", "task", "observation", "model")
         if isinstance(config.get(key), str | int)
     }
-    baselines: dict[str, Any] = {"random": None, "expert": None}
     budget = config.get("token_budget")
     demos = run.facts.get("demos")  # stored by its regime, if it stored them (imitation's)
     return {
-        **_scores_row(run, finished, baselines),
+        **_scores_row(run, scored, {"random": None, "expert": None}),
         **described,
         "demos": demos if isinstance(demos, int) else None,
         "token_budget": budget if isinstance(budget, int) else None,
@@ -177,10 +291,27 @@ def curve_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def report_rows(store: RunStore) -> list[dict[str, Any]]:
+def report_rows(store: RunStore, wanted: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """A row per run that has a finished episode (`run_row`), in the order they were made;
+    `wanted`: the regimes' measures to compute (None: all; `TABLE_FIELDS`: a table's)."""
     baselines = Baselines(store)
-    rows = (run_row(store, run, baselines) for run in store.runs())
+    with collector_paused():
+        rows = [run_row(store, run, baselines, wanted) for run in store.runs()]
     return [row for row in rows if row is not None]
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cycle collector paused: the hundreds of thousands of small values a long
+    run's row reads (its units, its steps' columns) hold no cycle, and each collection
+    walked them all (a fifth of a report's time)."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
 
 
 def select_rows(
@@ -226,11 +357,44 @@ def episode_records(store: RunStore, run_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def scored_episodes(store: RunStore, run: RunRecord) -> dict[int, EpisodeRecord]:
-    """The run's finished episodes that its score counts, by unit: by its regime's rule
-    (in-context RL's held-out evaluations are not scored); every finished episode of a run
-    whose configuration this release cannot read, as its table row counts them."""
-    return _scored_by(readable_config(run), store.finished_episodes(run.run_id))
+def scored_episodes(store: RunStore, run: RunRecord) -> Mapping[UnitKey, UnitResult]:
+    """The run's finished episodes that its score counts, by unit (their keys, seeds,
+    returns and costs, not their records): by its regime's rule (in-context RL's held-out
+    evaluations are not scored); every finished episode of a run whose configuration this
+    release cannot read, as its table row counts them."""
+    return UnitsByKey(scored_units(store, run, readable_config(run)).units)
+
+
+class UnitsByKey(Mapping[UnitKey, UnitResult]):
+    """Units by their key, in order, each key made when first asked for: a reader of the
+    values alone (a comparison reads seeds and returns) makes none."""
+
+    def __init__(self, units: list[UnitResult]) -> None:
+        self._units = units
+        self._index: dict[UnitKey, UnitResult] | None = None
+
+    def __getitem__(self, key: UnitKey) -> UnitResult:
+        if self._index is None:
+            self._index = {unit.unit: unit for unit in self._units}
+        return self._index[key]
+
+    def __iter__(self) -> Iterator[UnitKey]:
+        return (unit.unit for unit in self._units)
+
+    def __len__(self) -> int:
+        return len(self._units)
+
+    def values(self) -> ValuesView[UnitResult]:
+        return _InOrder(self)
+
+
+class _InOrder(ValuesView[UnitResult]):
+    """The values of a `UnitsByKey`, read from its list."""
+
+    _mapping: UnitsByKey
+
+    def __iter__(self) -> Iterator[UnitResult]:
+        return iter(self._mapping._units)
 
 
 def readable_config(run: RunRecord) -> RegimeConfig | None:
