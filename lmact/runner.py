@@ -30,6 +30,8 @@ from lmact.text import visible
 
 # A server's pause at least this long is announced on stderr when there is no progress bar.
 PAUSE_NOTICE_S = 5.0
+# The progress line's counts are redrawn at most this often as steps are played.
+PROGRESS_EVERY_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -360,6 +362,7 @@ class _Schedule:
     waiting: list[deque[UnitKey]]  # chains whose next unit another process is playing
     failures: _EpisodeFailures
     bar: tqdm
+    shown_at: float = 0.0  # when the counts were last redrawn as steps went
 
     async def worker(self) -> None:
         while self.pending or self.waiting:
@@ -399,7 +402,7 @@ class _Schedule:
 
         def on_step(step: StepRecord) -> None:
             self.runner.store.record_step(run_id, step.of_unit(unit))
-            self.show()
+            self.show(as_steps_go=True)
 
         try:
             record = await self.regime.play(self.prepared, policy, unit, on_step)
@@ -414,7 +417,16 @@ class _Schedule:
         self.bar.update(1)
         return True
 
-    def show(self) -> None:
+    def show(self, as_steps_go: bool = False) -> None:
+        """The progress line's counts; as steps are played, redrawn at most every
+        `PROGRESS_EVERY_S` (a redraw costs more than a step of a scripted one-round unit)."""
+        if self.bar.disable:
+            return
+        if as_steps_go:
+            now = time.monotonic()
+            if now - self.shown_at < PROGRESS_EVERY_S:
+                return
+            self.shown_at = now
         _show_progress(self.bar, self.prepared.policy, len(self.waiting))
 
 
