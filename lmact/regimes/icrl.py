@@ -409,7 +409,9 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
 def _history(plan: IcrlPlan, replicate: int, episode: int, seed_of: UnitSeed) -> _Replicate:
     """The replicate's episodes before `episode`: played here, or read back from the store
     (observations rendered again by replaying the stored actions from the episode's seed)."""
-    state = plan.replicates.setdefault(replicate, _Replicate())
+    state = plan.replicates.get(replicate)
+    if state is None:  # a new replicate, or one resumed: its earlier episodes read back below
+        state = plan.replicates[replicate] = _Replicate()
     for index in range(len(state.episodes), episode):
         unit = UnitKey(replicate, index)
         steps, seed = plan.stored_steps(unit), seed_of(plan.config, unit)

@@ -148,7 +148,7 @@ def _remember(plan: IcrlPlan, state: _Replicate, replicate: int, done: PastEpiso
         state.successful_tokens_before.append(state.successful_tokens_before[-1] + done.tokens)
     state.plain = state.plain and all(isinstance(part, TextPart) for part in done.text)
     if state.plain:
-        state.texts.append("".join(part.text for part in done.text))  # type: ignore[union-attr]
+        state.texts.append("".join(part.text for part in done.text if isinstance(part, TextPart)))
     config = plan.config
     if config.variant != "approximate":
         return

@@ -26,6 +26,7 @@ NEWEST_SUCCESSFUL = "newest successful"  # the newest successful ones that fit
 STOCHASTIC = "stochastic"  # successful ones kept at random by the step's own generator
 APPROXIMATE = "approximate"  # one of the replicate's growing contexts
 RULES = (NEWEST, NEWEST_SUCCESSFUL, STOCHASTIC, APPROXIMATE)
+_FIELDS = ("rule", "held", "before", "drawn")
 
 
 @dataclass(frozen=True)
@@ -77,15 +78,11 @@ def context_draw(step: StepRecord) -> ContextDraw | tuple[int, ...] | None:
         return tuple(stored)
     if not isinstance(stored, dict):
         raise _damaged(step, "a record of how it was drawn")
-    rule, held, before, drawn = (stored.get(k) for k in ("rule", "held", "before", "drawn"))
-    if (
-        rule not in RULES
-        or not (_count(held) and _count(before) and held <= before)  # type: ignore[operator]
-        or not (drawn is None or _count(drawn))
-        or set(stored) - {"rule", "held", "before", "drawn"}
-    ):
+    rule, held, before, drawn = (stored.get(k) for k in _FIELDS)
+    counts = _count(held) and _count(before) and (drawn is None or _count(drawn))
+    if rule not in RULES or not counts or held > before or set(stored) - set(_FIELDS):
         raise _damaged(step, "a record of how it was drawn")
-    return ContextDraw(rule, held, before, drawn)  # type: ignore[arg-type]
+    return ContextDraw(rule, held, before, drawn)
 
 
 def shown_context(step: StepRecord) -> tuple[int, ...] | None:
