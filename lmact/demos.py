@@ -204,32 +204,54 @@ def _decode(folder: Path, record: dict[str, Any]) -> Demonstration:
 
 
 @dataclass(frozen=True)
+class _Checked:
+    """What a stream's earlier load found usable: the file's first `lines` lines, which were
+    the bytes `head`. Checking is a function of a line's bytes and place, so while the file
+    still starts with `head` those lines need no second check."""
+
+    lines: int
+    head: bytes
+
+
+@dataclass(frozen=True)
 class _StoredRecords:
     """The usable records of a store, in seed order, and why the next line is not usable."""
 
-    records: list[dict[str, Any]]
+    # None: a line a stream had checked, unchanged (only before the lines asked for).
+    records: list[dict[str, Any] | None]
     corrupt: str | None = None  # None: the file ends after `records` (or with a torn line)
+    lines: Sequence[bytes] = ()  # the complete lines read
+
+    def checked(self) -> _Checked:
+        """These usable records' lines, for the stream's next load."""
+        usable = self.lines[: len(self.records)]
+        return _Checked(len(usable), b"".join(line + b"\n" for line in usable))
 
 
-def _read_records(path: Path, image: bool, limit: int) -> _StoredRecords:
-    """The records of `episodes.jsonl` up to the first bad line, at most `limit` of them.
+def _read_records(
+    path: Path, image: bool, limit: int, trusted: int = 0, checked: _Checked | None = None
+) -> _StoredRecords:
+    """The records of `episodes.jsonl` up to the first bad line, at most `limit` of them; the
+    first `trusted` (at most `checked.lines`) are not checked again if unchanged.
 
-    Lines after the first `limit` are not parsed: a stream reads a store in growing batches,
-    and checking every stored line at each would cost O(stored x batches)."""
+    A stream reads a store in growing batches: lines after the first `limit` are not parsed
+    and those it has checked are not checked again, or it would cost O(stored x batches)."""
     if not path.exists():
         return _StoredRecords([])
     # Bytes, decoded line by line: invalid UTF-8 makes one bad line, not an unreadable file.
-    lines = path.read_bytes().split(b"\n", limit)
+    data = path.read_bytes()
+    lines = data.split(b"\n", limit)
     # A write always ends with a newline, so a last line without one was torn by a crash
     # (with `limit` lines split off, the last element is the rest of the file).
     complete = lines[:-1]
-    records = []
-    for index, line in enumerate(complete):
+    unchanged = checked is not None and data.startswith(checked.head)
+    records: list[dict[str, Any] | None] = [None] * min(trusted if unchanged else 0, len(complete))
+    for index in range(len(records), len(complete)):
         try:
-            records.append(_checked_record(line, DEMO_SEED_BASE + index, image))
+            records.append(_checked_record(complete[index], DEMO_SEED_BASE + index, image))
         except CorruptRecordError as error:
-            return _StoredRecords(records, str(error))
-    return _StoredRecords(records)
+            return _StoredRecords(records, str(error), complete)
+    return _StoredRecords(records, lines=complete)
 
 
 def _warn_corrupt(folder: Path, episode: int, reason: str) -> None:
@@ -281,19 +303,25 @@ class DemoStore:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _stored(
-        self, folder: Path, image: bool, start: int, count: int
+        self, folder: Path, image: bool, start: int, count: int, checked: _Checked | None
     ) -> tuple[list[Demonstration], _StoredRecords]:
         """The stored demonstrations start … start+count-1 (or fewer), and the usable records.
 
         Only the returned episodes have their images read; a bad one ends the usable records.
+        Lines a stream `checked` before are not checked again, if unchanged (those before
+        `start` only: the ones returned are read).
         """
-        stored = _read_records(folder / "episodes.jsonl", image, start + count)
+        trusted = min(checked.lines, start) if checked is not None else 0
+        path = folder / "episodes.jsonl"
+        stored = _read_records(path, image, start + count, trusted, checked)
         demonstrations = []
         for index, record in enumerate(stored.records[start : start + count], start):
+            assert record is not None, "a line asked for is checked"
             try:
                 demonstrations.append(_decode(folder, record))
             except CorruptRecordError as error:
-                return demonstrations, _StoredRecords(stored.records[:index], str(error))
+                usable = stored.records[:index]
+                return demonstrations, _StoredRecords(usable, str(error), stored.lines)
         return demonstrations, stored
 
     def _append(self, folder: Path, demonstrations: list[Demonstration]) -> None:
@@ -318,15 +346,28 @@ class DemoStore:
         progress: Callable[[int], None] | None = None,
     ) -> list[Demonstration]:
         """Demonstrations start … start+count-1, generating (and storing) any missing."""
+        return self._load(task, observation, start, count, progress)[0]
+
+    def _load(
+        self,
+        task: TaskSpec,
+        observation: str,
+        start: int,
+        count: int,
+        progress: Callable[[int], None] | None = None,
+        checked: _Checked | None = None,
+    ) -> tuple[list[Demonstration], _Checked | None]:
+        """`load`, trusting the lines `checked` by a stream's earlier load if unchanged; and
+        what this one found usable, if it generated nothing."""
         task.check_observation(observation)
         folder = self.directory(task, observation)
         with self._locked(folder):
             image = task.is_image_observation(observation)
-            stored, usable = self._stored(folder, image, start, count)
+            stored, usable = self._stored(folder, image, start, count, checked)
             kept = len(usable.records)
             missing = start + count - kept
             if missing <= 0:
-                return stored
+                return stored, usable.checked()
             if usable.corrupt is not None:
                 _warn_corrupt(folder, kept, usable.corrupt)
             _truncate_to_lines(folder / "episodes.jsonl", kept)
@@ -342,7 +383,7 @@ class DemoStore:
                 stored += [d for d in batch if d.seed >= DEMO_SEED_BASE + start]
                 if progress is not None:
                     progress(len(batch))
-            return stored
+            return stored, None
 
     def _expert_episodes(
         self, task: TaskSpec, observation: str, seeds: Sequence[int]
@@ -379,10 +420,12 @@ class DemoStore:
         """The first `limit` demonstrations in order, generated `batch` at a time as the
         consumer asks for more. `growing` doubles the batch each time (8, 16, 32 …): a
         consumer that stops early costs a few batches, one that goes on few pool starts."""
-        produced = 0
+        produced, checked = 0, None
         while produced < limit:
             count = min(batch, limit - produced)
-            demonstrations = self.load(task, observation, produced, count, progress)
+            demonstrations, checked = self._load(
+                task, observation, produced, count, progress, checked
+            )
             yield from demonstrations
             produced += len(demonstrations)
             batch *= 2 if growing else 1

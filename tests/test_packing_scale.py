@@ -228,3 +228,41 @@ def test_a_prefix_is_the_merge_of_its_parts(observation: str) -> None:
     assert builder.rendered_prefix([joined_parts(episode_parts(d)) for d in demos]) == (
         merge_text_parts(raw)
     )
+
+
+def test_a_stream_checks_each_stored_line_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lmact.demos
+
+    task, store = get_task("tic_tac_toe"), DemoStore(tmp_path / "demos")
+    stored = store.load(task, "txt", 0, 200)
+    checked: list[int] = []
+    check = lmact.demos._checked_record
+
+    def counted(line: bytes, seed: int, image: bool) -> dict[str, object]:
+        checked.append(seed)
+        return check(line, seed, image)
+
+    monkeypatch.setattr(lmact.demos, "_checked_record", counted)
+    streamed = list(store.stream(task, "txt", limit=200, growing=True))
+    assert streamed == stored
+    assert sorted(checked) == sorted(set(checked)) and len(checked) == 200
+
+
+def test_a_line_changed_between_batches_of_a_stream_is_checked_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    task, store = get_task("tic_tac_toe"), DemoStore(tmp_path / "demos")
+    stored = store.load(task, "txt", 0, 40)
+    stream = store.stream(task, "txt", limit=40, growing=True)
+    first = [next(stream) for _ in range(8)]  # the first batch
+    path = store.directory(task, "txt") / "episodes.jsonl"
+    lines = path.read_bytes().split(b"\n")
+    lines[3] = b"{not json"
+    path.write_bytes(b"\n".join(lines))
+    capsys.readouterr()
+    rest = list(stream)
+    assert "episode 3 is corrupt" in capsys.readouterr().err  # found, and regenerated
+    assert first + rest == stored
+    assert store.load(task, "txt", 0, 40) == stored
