@@ -17,7 +17,7 @@ from lmact.envs.base import DEMO_SEED_BASE, Environment, Observation
 from lmact.episode import EpisodeHooks, FollowTheAnswer, LiveSituation, PlayedStep, StepRules
 from lmact.models.base import ModelRequest, Part, TextPart
 from lmact.policies import ArmTally
-from lmact.prompting import ACTION_LABEL, observation_parts
+from lmact.prompting import ACTION_LABEL, joined_parts, observation_parts
 from lmact.records import EpisodeRecord, StepRecord
 from lmact.regimes.icrl_facts import (
     APPROXIMATE,
@@ -117,7 +117,7 @@ def past_episode(
     parts.append(TextPart("\n"))
     # Counted as rendered, before its text is joined: the count a budget has always used.
     tokens = plan.policy.count_tokens(parts)
-    return PastEpisode(index, tuple(steps), total, _joined(parts), tokens)
+    return PastEpisode(index, tuple(steps), total, joined_parts(parts), tokens)
 
 
 def succeeded(environment: str, earlier: Sequence[float], total: float) -> bool:
@@ -277,26 +277,8 @@ def context_prefix(
         prefix.append(TextPart("".join(map(state.texts.__getitem__, chosen))))
     else:
         prefix += [part for i in chosen for part in state.episodes[i].text]
-    state.prefix = (key, _joined(prefix))
+    state.prefix = (key, joined_parts(prefix))
     return state.prefix[1]
-
-
-def _joined(parts: Sequence[Part]) -> tuple[Part, ...]:
-    """What `merge_text_parts` makes (each run of text parts one part, empty ones dropped),
-    in time linear in the text: merging into a growing part copies it at every part, and a
-    context may hold thousands of episodes."""
-    merged: list[Part] = []
-    run: list[str] = []
-    for part in (*parts, None):
-        if isinstance(part, TextPart):
-            run.append(part.text)
-            continue
-        if text := "".join(run):
-            merged.append(TextPart(text))
-        run = []
-        if part is not None:
-            merged.append(part)
-    return tuple(merged)
 
 
 def icrl_request(
@@ -318,7 +300,7 @@ def icrl_request(
         now.append(TextPart(plan.template("legal_actions", actions=", ".join(legal))))
     now.append(TextPart(plan.template("instruction")))
     return ModelRequest(
-        parts=stable + _joined(now),
+        parts=stable + joined_parts(now),
         stable_prefix_parts=len(stable),
         answer_prefix=ACTION_LABEL,
         stop=("\n",),
