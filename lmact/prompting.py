@@ -132,25 +132,6 @@ def episode_parts(steps: Sequence[Step], with_actions: bool = True) -> list[Part
     return parts
 
 
-def joined_parts(parts: Iterable[Part]) -> tuple[Part, ...]:
-    """What `merge_text_parts` makes (each run of text parts one part, empty ones dropped),
-    in time linear in the text: merging into a growing part copies it at every part, which is
-    quadratic in a prefix of thousands of demonstrations (9 s of 16 s packing 16,384)."""
-    merged: list[Part] = []
-    run: list[str] = []
-    for part in parts:
-        if isinstance(part, TextPart):
-            run.append(part.text)
-            continue
-        if text := "".join(run):
-            merged.append(TextPart(text))
-        run = []
-        merged.append(part)
-    if text := "".join(run):
-        merged.append(TextPart(text))
-    return tuple(merged)
-
-
 @dataclass(frozen=True)
 class PromptSettings:
     show_legal_actions: bool = False
@@ -188,7 +169,7 @@ class PromptBuilder:
         for episode in episodes:
             parts += episode
             parts.append(_BLANK_LINE)
-        return joined_parts(parts)
+        return merge_text_parts(parts)
 
     def tail(self, legal_actions: Sequence[str], with_demonstrations: bool) -> str:
         """What follows the current observation: the legal actions and the instruction."""
@@ -337,7 +318,7 @@ class DemonstrationPacker:
                               answer_tokens, count_tokens([preamble]))  # fmt: skip
 
     def render(self, steps: Sequence[Step]) -> RenderedDemonstration:
-        parts = joined_parts(episode_parts(steps))
+        parts = merge_text_parts(episode_parts(steps))
         tokens = self.limits.count_tokens(parts)
         return RenderedDemonstration(steps, parts, tokens, count_images(parts))
 

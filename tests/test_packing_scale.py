@@ -28,7 +28,6 @@ from lmact.prompting import (
     PromptBuilder,
     PromptSettings,
     episode_parts,
-    joined_parts,
     pack_demonstrations,
 )
 from lmact.regimes.imitation import make_config
@@ -67,7 +66,7 @@ def runner(tmp_path: Path) -> Iterator[tuple[Runner, Counting]]:
 
 
 def rendered_text(steps: Sequence[object]) -> str:
-    (part,) = joined_parts(episode_parts(steps))  # type: ignore[arg-type]
+    (part,) = merge_text_parts(episode_parts(steps))  # type: ignore[arg-type]
     assert isinstance(part, TextPart)
     return part.text
 
@@ -206,7 +205,18 @@ def test_a_run_packs_as_before(
     assert packings == expected
 
 
-def test_joined_parts_are_merged_text_parts() -> None:
+def pairwise_merge(parts: list[Part]) -> tuple[Part, ...]:
+    """Text parts merged one by one into the last (the plain rule, quadratic in text)."""
+    merged: list[Part] = []
+    for part in parts:
+        if isinstance(part, TextPart) and merged and isinstance(merged[-1], TextPart):
+            merged[-1] = TextPart(merged[-1].text + part.text)
+        elif not (isinstance(part, TextPart) and not part.text):
+            merged.append(part)
+    return tuple(merged)
+
+
+def test_merged_text_parts_are_the_pairwise_merge() -> None:
     rng = random.Random(0)
     images = [ImagePart(b"\x89PNG" + bytes([k])) for k in range(3)]
     for _ in range(500):
@@ -214,7 +224,7 @@ def test_joined_parts_are_merged_text_parts() -> None:
             rng.choice([TextPart(""), TextPart("a"), TextPart("bc\n"), rng.choice(images)])
             for _ in range(rng.randrange(12))
         ]
-        assert joined_parts(parts) == merge_text_parts(parts)
+        assert merge_text_parts(parts) == pairwise_merge(parts)
 
 
 @pytest.mark.parametrize("observation", ["txt", "png"])
@@ -225,7 +235,7 @@ def test_a_prefix_is_the_merge_of_its_parts(observation: str) -> None:
     for steps in demos:
         raw += [*episode_parts(steps), TextPart("\n")]
     assert builder.prefix(demos) == merge_text_parts(raw)
-    assert builder.rendered_prefix([joined_parts(episode_parts(d)) for d in demos]) == (
+    assert builder.rendered_prefix([merge_text_parts(episode_parts(d)) for d in demos]) == (
         merge_text_parts(raw)
     )
 

@@ -12,7 +12,7 @@ import json
 import math
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
@@ -81,14 +81,22 @@ class ImagePart:
 Part = TextPart | ImagePart
 
 
-def merge_text_parts(parts: Sequence[Part]) -> tuple[Part, ...]:
-    """Join neighbouring text parts, so that a prompt has as few parts as it can."""
+def merge_text_parts(parts: Iterable[Part]) -> tuple[Part, ...]:
+    """Join neighbouring text parts (empty ones dropped), so that a prompt has as few parts
+    as it can; in time linear in the text: merging into a growing part would copy it at
+    every part, quadratic in a prefix of thousands of demonstrations."""
     merged: list[Part] = []
+    run: list[str] = []
     for part in parts:
-        if isinstance(part, TextPart) and merged and isinstance(merged[-1], TextPart):
-            merged[-1] = TextPart(merged[-1].text + part.text)
-        elif not (isinstance(part, TextPart) and not part.text):
-            merged.append(part)
+        if isinstance(part, TextPart):
+            run.append(part.text)
+            continue
+        if text := "".join(run):
+            merged.append(TextPart(text))
+        run = []
+        merged.append(part)
+    if text := "".join(run):
+        merged.append(TextPart(text))
     return tuple(merged)
 
 

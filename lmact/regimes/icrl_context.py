@@ -15,9 +15,9 @@ import numpy as np
 
 from lmact.envs.base import DEMO_SEED_BASE, Environment, Observation
 from lmact.episode import EpisodeHooks, FollowTheAnswer, LiveSituation, PlayedStep, StepRules
-from lmact.models.base import ModelRequest, Part, TextPart
+from lmact.models.base import ModelRequest, Part, TextPart, merge_text_parts
 from lmact.policies import ArmTally
-from lmact.prompting import ACTION_LABEL, joined_parts, observation_parts
+from lmact.prompting import ACTION_LABEL, observation_parts
 from lmact.records import EpisodeRecord, StepRecord
 from lmact.regimes.icrl_facts import (
     APPROXIMATE,
@@ -117,7 +117,7 @@ def past_episode(
     parts.append(TextPart("\n"))
     # Counted as rendered, before its text is joined: the count a budget has always used.
     tokens = plan.policy.count_tokens(parts)
-    return PastEpisode(index, tuple(steps), total, joined_parts(parts), tokens)
+    return PastEpisode(index, tuple(steps), total, merge_text_parts(parts), tokens)
 
 
 def succeeded(environment: str, earlier: Sequence[float], total: float) -> bool:
@@ -277,7 +277,7 @@ def context_prefix(
         prefix.append(TextPart("".join(map(state.texts.__getitem__, chosen))))
     else:
         prefix += [part for i in chosen for part in state.episodes[i].text]
-    state.prefix = (key, joined_parts(prefix))
+    state.prefix = (key, merge_text_parts(prefix))
     return state.prefix[1]
 
 
@@ -300,7 +300,7 @@ def icrl_request(
         now.append(TextPart(plan.template("legal_actions", actions=", ".join(legal))))
     now.append(TextPart(plan.template("instruction")))
     return ModelRequest(
-        parts=stable + joined_parts(now),
+        parts=stable + merge_text_parts(now),
         stable_prefix_parts=len(stable),
         answer_prefix=ACTION_LABEL,
         stop=("\n",),
