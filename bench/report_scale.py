@@ -24,12 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from helpers import CYCLER, Cycler, copy_run
-
-from lmact.demos import DemoStore
-from lmact.regimes.imitation import make_config
-from lmact.runner import Runner
-from lmact.store import RunStore
+from helpers import copy_run, cycler_store
 
 FORMATS = ("md", "csv", "json", "html")
 # Runs `lmact report` and prints its peak resident memory (KiB on Linux) on stderr's last line.
@@ -45,15 +40,7 @@ MEASURED = (
 def base_store(folder: Path) -> tuple[Path, str]:
     """One Cycler run of tic-tac-toe and its baselines; demonstrations under `folder`."""
     path = folder / "base.sqlite"
-    with RunStore(path) as store:
-        runner = Runner(store, DemoStore(folder / "demos"), progress=False)
-        runner.policies.register(Cycler())
-        try:
-            config = make_config("tic_tac_toe", model=CYCLER, demos=1)
-            runner.evaluate(config, 4)
-        finally:
-            runner.close()
-    return path, config.run_id
+    return path, cycler_store(path, folder / "demos")
 
 
 def report(store: Path, fmt: str, folder: Path) -> tuple[float, float, int]:

@@ -161,6 +161,20 @@ def store_of_every_regime(folder: Path) -> Path:
     return path
 
 
+def cycler_store(path: Path, demos_folder: Path) -> str:
+    """A store at `path` with one Cycler run of tic-tac-toe (4 episodes) and its baselines,
+    the run to copy in stores of many runs; its run id."""
+    with RunStore(path) as store:
+        runner = Runner(store, DemoStore(demos_folder), progress=False)
+        runner.policies.register(Cycler())
+        try:
+            config = make_config("tic_tac_toe", model=CYCLER, demos=1)
+            runner.evaluate(config, 4)
+        finally:
+            runner.close()
+    return config.run_id
+
+
 def copy_run(path: Path, run_id: str, copies: int, tag: str = "c", **config: str) -> list[str]:
     """`copies` copies of run `run_id` in the store at `path`, its episodes and steps with
     them, by SQL (10,000 runs in a second): run ids `RUN_ID-TAG00001` …, and where `config`

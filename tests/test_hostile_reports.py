@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import CYCLER, Cycler, StubModel, copy_run
+from helpers import CYCLER, StubModel, copy_run, cycler_store
 
 from lmact.cli import main
 from lmact.demos import DemoStore
@@ -53,17 +53,8 @@ ESCAPES = ("\x1b[31m", "\x00", "\x07", "\u202e")
 
 
 def _base_store(folder: Path) -> tuple[Path, str]:
-    """A store with one Cycler run of tic-tac-toe (4 episodes) and its baselines."""
     path = folder / "runs.sqlite"
-    with RunStore(path) as store:
-        runner = Runner(store, DemoStore(folder / "demos"), progress=False)
-        runner.policies.register(Cycler())
-        try:
-            config = make_config("tic_tac_toe", model=CYCLER, demos=1)
-            runner.evaluate(config, 4)
-        finally:
-            runner.close()
-    return path, config.run_id
+    return path, cycler_store(path, folder / "demos")
 
 
 @pytest.fixture(scope="module")
