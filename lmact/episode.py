@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -54,16 +55,37 @@ class StepExecution(Protocol):
     def reward(self, parsed: ParsedAnswer, outcome: StepOutcome) -> float: ...
 
 
+class SeedStream:
+    """A random stream given by its seed, made into a generator only when first drawn
+    from: most units never draw from their fallback or policy streams, and making a seeded
+    generator costs more than a scripted policy's whole step."""
+
+    def __init__(self, *entropy: int) -> None:
+        self.entropy = entropy
+
+    @cached_property
+    def generator(self) -> np.random.Generator:
+        return np.random.default_rng(list(self.entropy))
+
+
+# A stream as a regime gives it: a generator, or the seed of one.
+RandomSource = np.random.Generator | SeedStream
+
+
+def generator_of(source: RandomSource) -> np.random.Generator:
+    return source.generator if isinstance(source, SeedStream) else source
+
+
 @dataclass(frozen=True)
 class FollowTheAnswer:
     """Execute a valid answer; replace anything else by a uniformly random legal action
-    (from the episode's fallback generator). The environment's reward is the step's."""
+    (from the episode's fallback stream). The environment's reward is the step's."""
 
     env: Environment
-    fallback_rng: np.random.Generator
+    fallback: RandomSource
 
     def action(self, parsed: ParsedAnswer) -> str:
-        return parsed.action or self.env.random_action(self.fallback_rng)
+        return parsed.action or self.env.random_action(generator_of(self.fallback))
 
     def reward(self, parsed: ParsedAnswer, outcome: StepOutcome) -> float:
         return outcome.reward
@@ -75,8 +97,12 @@ class LiveSituation:
     and (in-context RL) the replicate's earlier steps, tallied per action as they end."""
 
     env: Environment
-    rng: np.random.Generator
+    source: RandomSource  # the policy stream
     arms: ArmTally = field(default_factory=ArmTally)
+
+    @property
+    def rng(self) -> np.random.Generator:
+        return generator_of(self.source)
 
     def legal_actions(self) -> list[str]:
         return self.env.legal_actions()

@@ -171,11 +171,19 @@ class EpisodeRecord:
 
 def flat_fields(record: StepRecord | EpisodeRecord) -> dict[str, Any]:
     """A record as the store's columns: its usage spread into one column per count."""
-    values = {f.name: getattr(record, f.name) for f in fields(record) if f.name != "usage"}
-    return {**values, **record.usage.as_dict()}
+    # Read by name, not through `dataclasses.asdict` (which deep-copies): a step of a
+    # one-round unit is written thousands of times a second.
+    values = {name: getattr(record, name) for name in _own_fields(type(record))}
+    usage = record.usage
+    values.update((name, getattr(usage, name)) for name in TOKEN_FIELDS)
+    return values
+
+
+@functools.cache
+def _own_fields(record_type: type[StepRecord] | type[EpisodeRecord]) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(record_type) if f.name != "usage")
 
 
 def column_names(record_type: type[StepRecord] | type[EpisodeRecord]) -> list[str]:
     """The store's columns of a record type, in the order `flat_fields` gives them."""
-    names = [f.name for f in fields(record_type) if f.name != "usage"]
-    return names + list(TOKEN_FIELDS)
+    return [*_own_fields(record_type), *TOKEN_FIELDS]

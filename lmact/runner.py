@@ -32,6 +32,9 @@ from lmact.text import visible
 PAUSE_NOTICE_S = 5.0
 # The progress line's counts are redrawn at most this often as steps are played.
 PROGRESS_EVERY_S = 0.1
+# How long a unit's steps may wait to be written together (a step that took longer, a model
+# call say, is written at once): what the viewer of a running unit may lag by.
+STEPS_WRITTEN_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -398,15 +401,25 @@ class _Schedule:
     async def play(self, unit: UnitKey) -> bool:
         """Play `unit`; False if another process took it over meanwhile. Its records are
         stored as the unit's, whatever the regime's play named them."""
-        run_id, policy = self.run_id, self.prepared.policy
+        run_id, policy, store = self.run_id, self.prepared.policy, self.runner.store
+        unwritten: list[StepRecord] = []
+        written_at = time.monotonic()
 
         def on_step(step: StepRecord) -> None:
-            self.runner.store.record_step(run_id, step.of_unit(unit))
+            # Steps that come fast are written together (with the unit's end, for a short
+            # unit): a rerun replays an unfinished unit from its start anyway, its calls
+            # from the cache, so steps not yet written cost no call.
+            nonlocal written_at
+            unwritten.append(step.of_unit(unit))
+            if time.monotonic() - written_at >= STEPS_WRITTEN_EVERY_S:
+                store.record_steps(run_id, unwritten)
+                unwritten.clear()
+                written_at = time.monotonic()
             self.show(as_steps_go=True)
 
         try:
             record = await self.regime.play(self.prepared, policy, unit, on_step)
-            self.runner.store.finish_episode(run_id, record.of_unit(unit))
+            store.finish_episode(run_id, record.of_unit(unit), unwritten)
         except ModelAuthError:
             raise  # every other call would be refused too
         except ClaimLostError:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import StubModel
 
+from lmact import runner as runner_module
 from lmact.demos import DEMO_SEED_BASE, DemoStore
 from lmact.errors import LmactError
 from lmact.models.base import (
@@ -277,3 +278,26 @@ def test_the_runs_of_one_model_share_its_caller_and_count_their_own_calls(
     assert all(result.calls_made > 0 for result in results)
     assert sum(result.calls_made for result in results) == caller.totals.calls_made
     assert caller.totals.calls_made == client.calls
+
+
+@pytest.mark.parametrize("write_every_s", [0.0, 3600.0])
+def test_steps_that_come_fast_are_written_with_their_episodes_end(
+    runner: Runner, run_store: RunStore, monkeypatch: pytest.MonkeyPatch, write_every_s: float
+) -> None:
+    """Steps wait at most STEPS_WRITTEN_EVERY_S to be written: with no wait each step is its
+    own write; with a long one an episode's steps go with its end. Either way the store
+    holds the same steps."""
+    monkeypatch.setattr(runner_module, "STEPS_WRITTEN_EVERY_S", write_every_s)
+    written: list[int] = []
+    record_steps = run_store.record_steps
+
+    def counted(run_id: str, steps: Sequence) -> None:
+        written.append(len(steps))
+        record_steps(run_id, steps)
+
+    monkeypatch.setattr(run_store, "record_steps", counted)
+    config = make_config("tic_tac_toe", model="random", demos=0)
+    result = runner.run(config, 3)
+    steps = sum(episode.steps for episode in result.episodes)
+    assert len(run_store.steps(config.run_id)) == steps > 3
+    assert written == ([1] * steps if write_every_s == 0 else [])

@@ -240,3 +240,28 @@ def test_a_run_waits_for_an_episode_another_process_plays(
         assert not thread.is_alive()
     (result,) = results
     assert [e.episode for e in result.episodes] == [0, 1, 2, 3, 4]
+
+
+def test_steps_written_with_their_units_end_are_checked_and_held_as_one_write(
+    tmp_path: Path,
+) -> None:
+    with RunStore(tmp_path / "claims.sqlite") as store:
+        store.claim_episode("r", UnitKey(0, 0), 0)
+        store.record_steps("r", [a_step(0, reward=1.0)])
+        late = [a_step(0, step=1, reward=0.5)]
+        # Totals that disagree with the steps stored and given: nothing of it is written.
+        with pytest.raises(Exception, match="disagree with its totals"):
+            store.finish_episode("r", make_record(steps=2, total=2.0), late)
+        assert [s.step for s in store.steps("r")] == [0]
+        store.finish_episode("r", make_record(steps=2, total=1.5), late)
+        assert [s.reward for s in store.steps("r")] == [1.0, 0.5]
+        # Steps given for another unit than the one finished are refused before a write.
+        store.claim_episode("r", UnitKey(0, 1), 0)
+        with pytest.raises(ValueError, match="several units"):
+            store.finish_episode("r", make_record(1, 1.0).of_unit(UnitKey(0, 1)), [a_step(0)])
+        with RunStore(store.path) as other:
+            other.owner = "elsewhere:1:1"
+            # A unit another process holds takes none of this process's steps.
+            with pytest.raises(ClaimLostError):
+                other.finish_episode("r", make_record(1, 1.0).of_unit(UnitKey(0, 1)), [a_step(1)])
+        assert store.steps("r", UnitKey(0, 1)) == []

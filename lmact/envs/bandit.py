@@ -11,6 +11,7 @@ draw it seeds. So the rounds of one instance are seeds `instance * ROUND_STRIDE 
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import numpy as np
@@ -43,22 +44,22 @@ class Bandit(Environment):
         self.gap = float(gap)
         self.buttons: list[str] = []
         self.best = ""
-        self._rng = np.random.default_rng(0)
+        self._round_seed = 0
 
     def reset(self, seed: int) -> None:
         instance, _ = divmod(seed, ROUND_STRIDE)
-        draw = np.random.default_rng([instance, 0xBA7D17])
-        chosen = draw.choice(len(COLOURS), size=self.arms, replace=False)
-        self.buttons = [COLOURS[int(i)] for i in chosen]
-        self.best = self.buttons[int(draw.integers(self.arms))]
-        self._rng = np.random.default_rng([seed, 0x9E3779B9])
+        buttons, self.best = _instance_layout(instance, self.arms)
+        self.buttons = list(buttons)
+        self._round_seed = seed
         self._done = False
 
     def success_probability(self, button: str) -> float:
         return 0.5 + self.gap / 2 if button == self.best else 0.5 - self.gap / 2
 
     def step(self, action: str) -> StepOutcome:
-        reward = float(self._rng.random() < self.success_probability(action))
+        # The round's own stream, drawn from once: made here, not at every reset.
+        draw = np.random.default_rng([self._round_seed, 0x9E3779B9]).random()
+        reward = float(draw < self.success_probability(action))
         self._done, self._ended_by = True, "pressed"
         return StepOutcome(reward=reward, done=True)
 
@@ -83,3 +84,13 @@ class Bandit(Environment):
     def expert_action(self) -> str:
         """The best arm: what an agent that knew the instance would press."""
         return self.best
+
+
+@functools.lru_cache(maxsize=4096)
+def _instance_layout(instance: int, arms: int) -> tuple[tuple[str, ...], str]:
+    """An instance's buttons, in order, and its best one: drawn once per instance, not at
+    every round (a replicate's rounds share them)."""
+    draw = np.random.default_rng([instance, 0xBA7D17])
+    chosen = draw.choice(len(COLOURS), size=arms, replace=False)
+    buttons = tuple(COLOURS[int(i)] for i in chosen)
+    return buttons, buttons[int(draw.integers(arms))]

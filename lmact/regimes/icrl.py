@@ -29,14 +29,20 @@ from pathlib import Path
 from string import Template
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field
 
 from lmact.declarations import INT_LIMIT, Column, Measure, Named, Option, OptionError
 from lmact.demos import DEMO_SEED_BASE
 from lmact.envs.bandit import ROUND_STRIDE
 from lmact.envs.base import Environment
-from lmact.episode import FollowTheAnswer, LiveSituation, StepRules, follow_actions, play_episode
+from lmact.episode import (
+    FollowTheAnswer,
+    LiveSituation,
+    SeedStream,
+    StepRules,
+    follow_actions,
+    play_episode,
+)
 from lmact.errors import LmactError
 from lmact.policies import ArmTally, Policy
 from lmact.prompting import check_templates, template, templates_fingerprint
@@ -433,9 +439,9 @@ def _live(
     """What a unit's scripted policies see and how its steps are executed, each drawing from
     its stream of the unit's seed (the scripted policies', the fallback for answers that are
     not valid)."""
-    streams = [plan.config.seed, replicate, index]
-    execution = FollowTheAnswer(env, np.random.default_rng([*streams, _FALLBACK_STREAM]))
-    situation = LiveSituation(env, np.random.default_rng([*streams, _POLICY_STREAM]), arms)
+    streams = (plan.config.seed, replicate, index)
+    execution = FollowTheAnswer(env, SeedStream(*streams, _FALLBACK_STREAM))
+    situation = LiveSituation(env, SeedStream(*streams, _POLICY_STREAM), arms)
     return situation, execution
 
 

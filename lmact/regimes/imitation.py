@@ -22,6 +22,7 @@ from lmact.episode import (
     FollowTheAnswer,
     LiveSituation,
     PlayedStep,
+    SeedStream,
     StepRules,
     play_episode,
 )
@@ -453,8 +454,8 @@ async def play_test_episode(
     packing = plan.packing_for(episode)
 
     def hooks(env: Environment) -> _TestEpisode:
-        situation = LiveSituation(env, np.random.default_rng([seed, _POLICY_STREAM]))
-        execution = FollowTheAnswer(env, np.random.default_rng([seed, _FALLBACK_STREAM]))
+        situation = LiveSituation(env, SeedStream(seed, _POLICY_STREAM))
+        execution = FollowTheAnswer(env, SeedStream(seed, _FALLBACK_STREAM))
         return _TestEpisode(plan, episode, packing, rules, situation, execution)
 
     return await play_episode(

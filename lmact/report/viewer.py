@@ -274,18 +274,17 @@ def view_run(
 ) -> ViewedRun:
     """The finished episodes of `run` (all, or the first `max_episodes` in the order they
     are played), their steps rebuilt where they can be."""
-    finished = store.finished_episodes(run.run_id)
-    steps_of = store.finished_steps(run.run_id)  # one query, shared by all that reads steps
+    finished = _finished_units(store, run.run_id)
+    steps_of = store.finished_steps(run.run_id)  # one reader, shared by all that reads steps
     config = readable_config(run)
-    order = _shown_units(config, list(finished), max_episodes)
+    order = _shown_units(config, finished, max_episodes)
     if config is None:
         replay = _Replay(run_notes=["this run's configuration is not one this lmact reads"])
     else:
         replay = _replay(steps_of, run, config, demo_store or DemoStore(), order)
-    shown, episodes = set(order), []
-    for unit, record in finished.items():
-        if unit not in shown:
-            continue
+    episodes = []
+    # Only the shown units' records are read: a page of 20 of 100,000 reads 20.
+    for unit, record in store.finished_episodes(run.run_id, order).items():
         rebuilt = replay.steps.get(unit, [])
         steps = [
             ViewedStep(
@@ -299,6 +298,11 @@ def view_run(
             ViewedEpisode(record, _unit_label(config, unit), steps, replay.notes.get(unit))
         )
     return ViewedRun(run, config, episodes, replay.run_notes, len(finished))
+
+
+def _finished_units(store: RunStore, run_id: str) -> list[UnitKey]:
+    """The keys of a run's finished units, in the store's order (no record is built)."""
+    return [result.unit for result in store.finished_units(run_id)[0]]
 
 
 def _unit_label(config: RegimeConfig | None, unit: UnitKey) -> str:
@@ -334,9 +338,9 @@ def render_viewer(
     first. `run_id` may be a prefix."""
     run = resolve_run(store, run_id)
     chosen = UnitKey(0, episode) if isinstance(episode, int) else episode
-    finished = store.finished_episodes(run.run_id)
+    finished = _finished_units(store, run.run_id)
     config = readable_config(run)
-    if chosen is not None and chosen not in finished:
+    if chosen is not None and chosen not in set(finished):
         raise LmactError(
             f"run {run.run_id} has no finished {_unit_label(config, chosen)}; "
             f"its finished episodes: {_some(config, sorted(finished))}"

@@ -293,15 +293,22 @@ class RunStore:
 
     # Episodes and steps.
 
-    def finished_episodes(self, run_id: str) -> dict[UnitKey, EpisodeRecord]:
-        """A run's finished units, chain by chain (episodes, then evaluations)."""
+    def finished_episodes(
+        self, run_id: str, units: Collection[UnitKey] | None = None
+    ) -> dict[UnitKey, EpisodeRecord]:
+        """A run's finished units (all, or those of `units` that are), chain by chain
+        (episodes, then evaluations)."""
         names = column_names(EpisodeRecord)
-        with self._guard():
-            rows = self._db.execute(
-                f"SELECT {', '.join(names)} FROM episodes WHERE run_id = ? "
-                f"AND status = 'done' ORDER BY {_UNIT_ORDER}",
-                (run_id,),
-            ).fetchall()
+        select = f"SELECT {', '.join(names)} FROM episodes WHERE run_id = ? AND status = 'done'"
+        with self._guard(), self._transaction("BEGIN"):
+            if units is None:
+                rows = self._db.execute(f"{select} ORDER BY {_UNIT_ORDER}", (run_id,)).fetchall()
+            else:  # a page's few units, each by its key
+                rows = [
+                    row
+                    for unit in sorted(units)
+                    for row in self._db.execute(f"{select} AND {_AT_UNIT}", (run_id, *_key(unit)))
+                ]
         records = [self._episode_record(run_id, dict(zip(names, row, strict=True))) for row in rows]
         return {record.unit: record for record in records}
 
@@ -374,30 +381,47 @@ class RunStore:
 
     def record_step(self, run_id: str, step: StepRecord) -> None:
         """Store a step of a unit this process claimed (the unit the step names)."""
-        values = _row_values(step)
-        columns = ", ".join(values)
-        with self._guard(), self._transaction():
-            self._check_claim(run_id, step.unit)
-            self._db.execute(
-                f"INSERT OR REPLACE INTO steps (run_id, {columns}) VALUES (?{', ?' * len(values)})",
-                (run_id, *values.values()),
-            )
+        self.record_steps(run_id, [step])
 
-    def finish_episode(self, run_id: str, episode: EpisodeRecord) -> None:
-        """Mark a claimed unit done with its totals, which must agree with its steps."""
+    def record_steps(self, run_id: str, steps: Sequence[StepRecord]) -> None:
+        """Store steps of one unit this process claimed, in one transaction."""
+        if not steps:
+            return
+        unit = steps[0].unit
+        rows = _step_rows(unit, steps)  # facts that are not JSON fail here, before a write
+        with self._guard(), self._transaction():
+            self._check_claim(run_id, unit)
+            self._insert_steps(run_id, rows)
+
+    def _insert_steps(self, run_id: str, rows: list[dict[str, Any]]) -> None:
+        columns = ", ".join(rows[0])
+        self._db.executemany(
+            f"INSERT OR REPLACE INTO steps (run_id, {columns}) VALUES (?{', ?' * len(rows[0])})",
+            [(run_id, *row.values()) for row in rows],
+        )
+
+    def finish_episode(
+        self, run_id: str, episode: EpisodeRecord, steps: Sequence[StepRecord] = ()
+    ) -> None:
+        """Mark a claimed unit done with its totals, which must agree with its steps: those
+        stored before and `steps`, stored with it (one transaction for a unit whose steps
+        came faster than they are worth writing one by one)."""
         unit = episode.unit
         values = {k: v for k, v in _row_values(episode).items() if k not in _KEY_COLUMNS}
         assignments = ", ".join(f"{name} = ?" for name in values)
+        rows = _step_rows(unit, steps)
         with self._guard(), self._transaction():
             self._check_claim(run_id, unit)
-            steps, rewards = self._db.execute(
+            if rows:
+                self._insert_steps(run_id, rows)
+            count, rewards = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(reward), 0) FROM steps "
                 f"WHERE run_id = ? AND {_AT_UNIT}",
                 (run_id, *_key(unit)),
             ).fetchone()
-            if not totals_agree(steps, rewards, episode.steps, episode.total_return):
+            if not totals_agree(count, rewards, episode.steps, episode.total_return):
                 raise StoreError(
-                    f"{_named(unit)} of run {run_id}: its {steps} stored steps "
+                    f"{_named(unit)} of run {run_id}: its {count} stored steps "
                     f"(return {rewards}) disagree with its totals ({episode.steps} steps, "
                     f"return {episode.total_return}); it stays unfinished"
                 )
@@ -550,6 +574,13 @@ def _named(unit: UnitKey) -> str:
     """A unit in an error message, in the store's own words (a regime names it better)."""
     where = f" of chain {unit.chain}" if unit.chain else ""
     return f"{unit.kind.value} {unit.index}{where}"
+
+
+def _step_rows(unit: UnitKey, steps: Sequence[StepRecord]) -> list[dict[str, Any]]:
+    """The rows of steps that must all be `unit`'s."""
+    if any(step.unit != unit for step in steps):
+        raise ValueError(f"steps of several units given as those of {_named(unit)}")
+    return [_row_values(step) for step in steps]
 
 
 def _row_values(record: StepRecord | EpisodeRecord) -> dict[str, Any]:
