@@ -17,7 +17,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-COMMON = ["run", "--model", "local/gemma-3-270m", "--threads", "2", "--json"]
+MODEL = "local/gemma-3-270m"
+COMMON = ["run", "--model", MODEL, "--threads", "2", "--json"]
 # A run of each kind, its number of episodes, and how many must be finished at the kill:
 # imitation (episodes concurrently) and in-context RL (two replicates, rounds in order, the
 # context of each round read back from the store when the run resumes).
@@ -43,20 +44,23 @@ def lmact_run(store: Path, cache: Path, args: list[str]) -> subprocess.Popen[str
 
 
 def progress(store: Path) -> tuple[int, int, int]:
-    """(finished episodes, steps of unfinished episodes, cached calls) in a store."""
+    """(finished episodes, calls beyond the steps of finished episodes, stored calls) in a
+    store. Calls beyond: answers of episodes still being played (whose steps may not be
+    written yet: a unit's fast steps are written with its end)."""
     if not store.exists():
         return 0, 0, 0
     with sqlite3.connect(store) as db:
         try:
             done = db.execute("SELECT COUNT(*) FROM episodes WHERE status = 'done'").fetchone()[0]
-            partial = db.execute(
-                "SELECT COUNT(*) FROM steps JOIN episodes USING (run_id, episode) "
-                "WHERE status = 'running'"
+            steps = db.execute(  # of the model's run (baselines make no call)
+                "SELECT COALESCE(SUM(steps), 0) FROM episodes WHERE status = 'done' AND run_id "
+                "IN (SELECT run_id FROM runs WHERE json_extract(config, '$.model') = ?)",
+                (MODEL,),
             ).fetchone()[0]
             calls = db.execute("SELECT COUNT(*) FROM model_calls").fetchone()[0]
         except sqlite3.OperationalError:  # the schema is not written yet
             return 0, 0, 0
-    return done, partial, calls
+    return done, calls - steps, calls
 
 
 @pytest.mark.parametrize("kind", sorted(RUNS))
@@ -72,8 +76,8 @@ def test_a_killed_run_resumes_without_repeating_calls(tmp_path: Path, kind: str)
     victim = lmact_run(store, cache, args)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        done, partial, _ = progress(store)
-        if done >= finished_at_kill and (partial >= 1 or kind == "icrl"):  # icrl: 1-step
+        done, unfinished, _ = progress(store)
+        if done >= finished_at_kill and (unfinished >= 1 or kind == "icrl"):  # icrl: 1-step
             break
         assert victim.poll() is None, "the run ended before it could be killed"
         time.sleep(0.02)
