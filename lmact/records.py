@@ -134,6 +134,8 @@ class StepRecord:
 
     def of_unit(self, unit: UnitKey) -> StepRecord:
         """This step as a step of `unit`."""
+        if (self.chain, self.episode, self.unit_kind) == (unit.chain, unit.index, unit.kind):
+            return self
         return replace(self, chain=unit.chain, episode=unit.index, unit_kind=unit.kind)
 
 
@@ -166,6 +168,8 @@ class EpisodeRecord:
 
     def of_unit(self, unit: UnitKey) -> EpisodeRecord:
         """This episode as the record of `unit`."""
+        if (self.chain, self.episode, self.unit_kind) == (unit.chain, unit.index, unit.kind):
+            return self
         return replace(self, chain=unit.chain, episode=unit.index, unit_kind=unit.kind)
 
 

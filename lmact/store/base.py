@@ -86,6 +86,8 @@ def facts_text(facts: dict[str, Any]) -> str:
     the regime that gave them (TypeError), never written."""
     if not isinstance(facts, dict):
         raise TypeError(f"a regime's facts are a dict of JSON values, not {type(facts).__name__}")
+    if not facts:
+        return "{}"  # most records' (every episode's in most regimes)
     return json.dumps(facts, sort_keys=True, allow_nan=False)
 
 

@@ -358,9 +358,9 @@ class RunStore:
                     return Claim.DONE, None
                 if self._held_by_other(owner, heartbeat):
                     return Claim.BUSY, owner
-            self._db.execute(
-                f"DELETE FROM steps WHERE run_id = ? AND {_AT_UNIT}", (run_id, *_key(unit))
-            )
+                self._db.execute(  # an earlier attempt's: a unit never claimed has none
+                    f"DELETE FROM steps WHERE run_id = ? AND {_AT_UNIT}", (run_id, *_key(unit))
+                )
             self._db.execute(
                 "INSERT OR REPLACE INTO episodes (run_id, chain, unit_kind, episode, seed, "
                 "status, owner, heartbeat) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
@@ -375,9 +375,7 @@ class RunStore:
             (time.time(), run_id, *_key(unit), self.owner),
         )
         if touched.rowcount != 1:
-            raise ClaimLostError(
-                f"{_named(unit)} of run {run_id} was taken over by another process"
-            )
+            raise ClaimLostError(_taken_over(run_id, unit))
 
     def record_step(self, run_id: str, step: StepRecord) -> None:
         """Store a step of a unit this process claimed (the unit the step names)."""
@@ -411,7 +409,6 @@ class RunStore:
         assignments = ", ".join(f"{name} = ?" for name in values)
         rows = _step_rows(unit, steps)
         with self._guard(), self._transaction():
-            self._check_claim(run_id, unit)
             if rows:
                 self._insert_steps(run_id, rows)
             count, rewards = self._db.execute(
@@ -419,17 +416,20 @@ class RunStore:
                 f"WHERE run_id = ? AND {_AT_UNIT}",
                 (run_id, *_key(unit)),
             ).fetchone()
+            finished = self._db.execute(  # only while this process holds the unit
+                f"UPDATE episodes SET status = 'done', owner = NULL, {assignments} "
+                f"WHERE run_id = ? AND {_AT_UNIT} AND status = 'running' AND owner = ?",
+                (*values.values(), run_id, *_key(unit), self.owner),
+            )
+            # Either failure rolls the whole transaction back, the steps given included.
+            if finished.rowcount != 1:
+                raise ClaimLostError(_taken_over(run_id, unit))
             if not totals_agree(count, rewards, episode.steps, episode.total_return):
                 raise StoreError(
                     f"{_named(unit)} of run {run_id}: its {count} stored steps "
                     f"(return {rewards}) disagree with its totals ({episode.steps} steps, "
                     f"return {episode.total_return}); it stays unfinished"
                 )
-            self._db.execute(
-                f"UPDATE episodes SET status = 'done', owner = NULL, {assignments} "
-                f"WHERE run_id = ? AND {_AT_UNIT}",
-                (*values.values(), run_id, *_key(unit)),
-            )
 
     def release_claims(self, run_id: str | None = None) -> None:
         """Give up this process's unfinished episodes (of one run, or all), so another
@@ -568,6 +568,10 @@ def _kinds_clause(kinds: Collection[UnitKind] | None) -> str:
     if kinds is None:
         return ""
     return f" AND +unit_kind IN ({', '.join('?' * len(kinds))})"
+
+
+def _taken_over(run_id: str, unit: UnitKey) -> str:
+    return f"{_named(unit)} of run {run_id} was taken over by another process"
 
 
 def _named(unit: UnitKey) -> str:
