@@ -93,6 +93,11 @@ class Policy(ABC):
     def cost_usd(self, response: ModelResponse) -> float | None:
         return 0.0
 
+    @classmethod
+    def for_config(cls, options: ModelOptions, config: object) -> Policy:
+        """The scripted policy of a run of `config` (whose settings some policies read)."""
+        return cls(options)
+
     @abstractmethod
     async def act(self, request: ModelRequest, situation: Situation) -> ModelResponse:
         """The answer at one step: `request` is what a model is shown."""
@@ -159,11 +164,16 @@ class BanditPolicy(Policy):
         tally = situation.arm_tally()
         pulls = {arm: tally.pulls.get(arm, 0) for arm in arms}
         wins = {arm: tally.wins.get(arm, 0.0) for arm in arms}
-        return ModelResponse(text=self.choose(arms, pulls, wins, situation.rng))
+        # The policy stream is made only for the algorithms that draw (`situation.rng`).
+        return ModelResponse(text=self.choose(arms, pulls, wins, lambda: situation.rng))
 
     @abstractmethod
     def choose(
-        self, arms: list[str], pulls: dict[str, int], wins: dict[str, float], rng: Generator
+        self,
+        arms: list[str],
+        pulls: dict[str, int],
+        wins: dict[str, float],
+        rng: Callable[[], Generator],
     ) -> str:
         """The arm to pull, from each arm's pulls and summed rewards so far."""
 
@@ -180,13 +190,17 @@ class GreedyPolicy(BanditPolicy):
     epsilon = 0.0
 
     def choose(
-        self, arms: list[str], pulls: dict[str, int], wins: dict[str, float], rng: Generator
+        self,
+        arms: list[str],
+        pulls: dict[str, int],
+        wins: dict[str, float],
+        rng: Callable[[], Generator],
     ) -> str:
         untried = [arm for arm in arms if pulls[arm] == 0]
         if untried:
             return untried[0]
-        if self.epsilon and rng.random() < self.epsilon:
-            return arms[int(rng.integers(len(arms)))]
+        if self.epsilon and (stream := rng()).random() < self.epsilon:
+            return arms[int(stream.integers(len(arms)))]
         return _best(arms, lambda arm: wins[arm] / pulls[arm])
 
 
@@ -203,7 +217,11 @@ class Ucb1Policy(BanditPolicy):
     name = "ucb1"
 
     def choose(
-        self, arms: list[str], pulls: dict[str, int], wins: dict[str, float], rng: Generator
+        self,
+        arms: list[str],
+        pulls: dict[str, int],
+        wins: dict[str, float],
+        rng: Callable[[], Generator],
     ) -> str:
         untried = [arm for arm in arms if pulls[arm] == 0]
         if untried:
@@ -214,15 +232,47 @@ class Ucb1Policy(BanditPolicy):
         )
 
 
+class UcbPolicy(BanditPolicy):
+    """UCB as Krishnamurthy et al. define it (appendix A.1): each arm once, then the best
+    mean plus sqrt(C / pulls), C the run's `ucb_c` (default 1). Not `ucb1`'s bonus."""
+
+    name = "ucb"
+
+    def __init__(self, options: ModelOptions | None = None, c: float = 1.0) -> None:
+        super().__init__(options)
+        self.c = c
+
+    @classmethod
+    def for_config(cls, options: ModelOptions, config: object) -> Policy:
+        return cls(options, getattr(config, "ucb_c", 1.0))
+
+    def choose(
+        self,
+        arms: list[str],
+        pulls: dict[str, int],
+        wins: dict[str, float],
+        rng: Callable[[], Generator],
+    ) -> str:
+        untried = [arm for arm in arms if pulls[arm] == 0]
+        if untried:
+            return untried[0]
+        return _best(arms, lambda arm: wins[arm] / pulls[arm] + math.sqrt(self.c / pulls[arm]))
+
+
 class ThompsonPolicy(BanditPolicy):
     """Thompson sampling with a Beta(1, 1) prior per arm, drawn from the episode's stream."""
 
     name = "thompson"
 
     def choose(
-        self, arms: list[str], pulls: dict[str, int], wins: dict[str, float], rng: Generator
+        self,
+        arms: list[str],
+        pulls: dict[str, int],
+        wins: dict[str, float],
+        rng: Callable[[], Generator],
     ) -> str:
-        draws = {arm: rng.beta(1 + wins[arm], 1 + pulls[arm] - wins[arm]) for arm in arms}
+        stream = rng()
+        draws = {arm: stream.beta(1 + wins[arm], 1 + pulls[arm] - wins[arm]) for arm in arms}
         return _best(arms, draws.__getitem__)
 
 
@@ -234,6 +284,7 @@ SCRIPTED_POLICIES: dict[str, type[Policy]] = {
         GreedyPolicy,
         EpsilonGreedyPolicy,
         Ucb1Policy,
+        UcbPolicy,
         ThompsonPolicy,
     )
 }
@@ -316,10 +367,11 @@ class Policies:
         """The callers made so far, one per model."""
         return list(self._callers.values())
 
-    def for_run(self, name: str) -> Policy:
-        """A policy for one run; a name that does not resolve is a one-line error."""
+    def for_run(self, name: str, config: object = None) -> Policy:
+        """A policy for one run (of `config`, whose settings a scripted policy may read);
+        a name that does not resolve is a one-line error."""
         if name in SCRIPTED_POLICIES:
-            return SCRIPTED_POLICIES[name](self.options)
+            return SCRIPTED_POLICIES[name].for_config(self.options, config)
         return ModelPolicy(self.caller(name))
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 @functools.cache  # an installation does not move while it runs; reports ask thousands of times
 def data_dir(name: str) -> Path:
-    """The folder of shipped data called `name` ("tasks" or "prompts")."""
+    """The folder of shipped data called `name` ("tasks", "prompts" or "published")."""
     for candidate in (_PACKAGE_DIR / "_data" / name, _PACKAGE_DIR.parent / name):
         if candidate.is_dir():
             return candidate

@@ -157,7 +157,7 @@ class Runner:
         """Resolve the policy and prepare the run (pack demonstrations …); fails before any
         model call. `record`: save the run (its configuration and facts) in the store.
         `units`: those about to be played, first first."""
-        prepared = self._prepare(config, self.policies.for_run(config.model), units)
+        prepared = self._prepare(config, self.policies.for_run(config.model, config), units)
         if record:
             self._record(prepared)
         return prepared
@@ -182,7 +182,7 @@ class Runner:
         generating demonstrations) on a worker thread, so that the other runs of this event
         loop (a sweep's) keep playing meanwhile. The policy is resolved here, on the loop's
         thread: one caller per model, however many runs prepare at once."""
-        policy = self.policies.for_run(config.model)
+        policy = self.policies.for_run(config.model, config)
 
         def ready_and_prepared() -> PreparedRun[Any, Any]:
             if units:  # a finished run is read back from the store: no engine needed

@@ -209,17 +209,25 @@ def final_share_mean(returns: Sequence[Sequence[float]], share: float = 0.1) -> 
 
 @dataclass(frozen=True)
 class BanditMeasures:
-    """Krishnamurthy et al.'s measures over the replicates of a bandit run."""
+    """Krishnamurthy et al.'s measures over the replicates of a bandit run, as their paper
+    defines them ("Can large language models explore in-context?", section 3 and
+    appendix A.1), and the regret."""
 
     regret: float  # mean over replicates of gap x pulls of worse arms
     regret_low: float  # its 95% bootstrap interval across replicates
     regret_high: float
-    suffix_failure: float  # share of replicates never pulling the best arm in rounds T/2…T
+    # SuffFailFreq(T/2): share of replicates never pulling the best arm in rounds T/2 … T
+    # (counted from 1)
+    suffix_failure: float
     suffix_failure_low: float  # its 95% bootstrap interval across replicates
     suffix_failure_high: float
-    k_min_frac: float  # K x the least-pulled arm's share, averaged over replicates
-    greedy_frac: float  # share of rounds that pulled an arm of the best mean so far
-    median_reward: float  # median over replicates of the mean reward
+    k_min_frac: float  # K x the least-pulled arm's share of the T rounds, over replicates
+    # GreedyFrac: share of all T rounds whose arm had the best mean so far (a round whose arm
+    # was not pulled before counts: no arm has a better mean yet), over replicates
+    greedy_frac: float
+    # MedianReward: median over replicates of the mean reward rescaled so that always the
+    # worse arms' mean is 0 and always the best arm's is 1: (mean - (0.5 - gap/2)) / gap
+    median_reward: float
 
 
 def bandit_measures(
@@ -230,15 +238,16 @@ def bandit_measures(
     gap: float,
 ) -> BanditMeasures:
     """The measures of replicates whose round t pulled `pulls[r][t]` and earned
-    `rewards[r][t]`; `best[r]` and `arms[r]` are replicate r's best arm and all its arms."""
-    regret, failures, min_fracs, greedy, medians = [], [], [], [], []
+    `rewards[r][t]`; `best[r]` and `arms[r]` are replicate r's best arm and all its arms,
+    `gap` the instance's Δ (the best arm pays 0.5 + Δ/2, the others 0.5 - Δ/2)."""
+    regret, failures, min_fracs, greedy, rescaled = [], [], [], [], []
     for chosen, earned, top, options in zip(pulls, rewards, best, arms, strict=True):
         rounds = len(chosen)
         regret.append(gap * sum(arm != top for arm in chosen))
-        failures.append(top not in chosen[rounds // 2 :])
+        failures.append(top not in chosen[max(rounds // 2 - 1, 0) :])
         min_fracs.append(len(options) * min(chosen.count(arm) for arm in options) / rounds)
         greedy.append(_greedy_share(chosen, earned))
-        medians.append(float(np.mean(earned)))
+        rescaled.append((float(np.mean(earned)) - (0.5 - gap / 2)) / gap)
     regret_interval, failure_interval = bootstrap_cis([regret, [float(f) for f in failures]])
     return BanditMeasures(
         regret=float(np.mean(regret)),
@@ -249,14 +258,14 @@ def bandit_measures(
         suffix_failure_high=failure_interval[1],
         k_min_frac=float(np.mean(min_fracs)),
         greedy_frac=float(np.mean(greedy)),
-        median_reward=float(np.median(medians)),
+        median_reward=float(np.median(rescaled)),
     )
 
 
 def _greedy_share(chosen: Sequence[str], earned: Sequence[float]) -> float:
-    """Share of the rounds after the first whose arm had the best mean reward so far
-    (among arms pulled so far; ties count)."""
-    if len(chosen) < 2:
+    """GreedyFrac of one replicate: the share of its rounds whose arm had the best mean
+    reward so far among the arms pulled so far (ties count), or had not been pulled."""
+    if not chosen:
         return 0.0
     rewards = np.asarray(earned, dtype=float)
     if not (np.all(rewards == np.round(rewards)) and np.abs(rewards).max() * len(rewards) < 2**52):
@@ -272,8 +281,8 @@ def _greedy_share(chosen: Sequence[str], earned: Sequence[float]) -> float:
     with np.errstate(invalid="ignore", divide="ignore"):
         means = (np.cumsum(won, axis=0) - won) / before
     best = np.where(before > 0, means, -np.inf).max(axis=1)
-    own = np.where(before[rounds, arm] > 0, means[rounds, arm], -1.0)
-    return int((own[1:] >= best[1:]).sum()) / (len(chosen) - 1)
+    fresh = before[rounds, arm] == 0
+    return int((fresh | (means[rounds, arm] >= best)).sum()) / len(chosen)
 
 
 def _greedy_share_summed(chosen: Sequence[str], earned: Sequence[float]) -> float:
@@ -282,11 +291,13 @@ def _greedy_share_summed(chosen: Sequence[str], earned: Sequence[float]) -> floa
     totals: dict[str, _Sum] = {}
     greedy = 0
     for arm, reward in zip(chosen, earned, strict=True):
-        if totals:
+        if arm not in totals:
+            greedy += 1  # not pulled before
+        else:
             means = {a: total.value() / total.count for a, total in totals.items()}
-            greedy += means.get(arm, -1.0) >= max(means.values())
+            greedy += means[arm] >= max(means.values())
         totals.setdefault(arm, _Sum()).add(reward)
-    return greedy / (len(chosen) - 1)
+    return greedy / len(chosen)
 
 
 class _Sum:

@@ -74,15 +74,15 @@ def reference_curve(returns: list[list[float]]) -> list[dict[str, float]]:
 
 
 def greedy_share(chosen: list[str], earned: list[float]) -> float:
-    """The share of rounds after the first that pulled an arm of the best mean so far."""
+    """GreedyFrac (Krishnamurthy et al.): the share of all rounds that pulled an arm not
+    pulled before or one of the best mean so far."""
     totals: dict[str, list[float]] = {}
     greedy = 0
     for arm, reward in zip(chosen, earned, strict=True):
-        if totals:
-            means = {a: sum(v) / len(v) for a, v in totals.items()}
-            greedy += means.get(arm, -1.0) >= max(means.values())
+        means = {a: sum(v) / len(v) for a, v in totals.items()}
+        greedy += arm not in means or means[arm] >= max(means.values())
         totals.setdefault(arm, []).append(reward)
-    return greedy / (len(chosen) - 1)
+    return greedy / len(chosen)
 
 
 def scored_records(store: RunStore, run_id: str) -> list[EpisodeRecord]:
@@ -141,10 +141,10 @@ def expected_bandit(store: RunStore, run_id: str, baselines: dict[str, str]) -> 
         env.reset(rounds[0].seed)
         best, arms = env.expert_action(), env.legal_actions()
         regret.append(gap * sum(arm != best for arm in chosen))
-        failed.append(float(best not in chosen[len(chosen) // 2 :]))
+        failed.append(float(best not in chosen[len(chosen) // 2 - 1 :]))  # rounds T/2 … T
         min_share.append(len(arms) * min(chosen.count(arm) for arm in arms) / len(chosen))
         greedy.append(greedy_share(chosen, earned))
-        mean_reward.append(float(np.mean(earned)))
+        mean_reward.append((float(np.mean(earned)) - (0.5 - gap / 2)) / gap)  # rescaled
     returns = by_replicate(records)
     final = final_share_mean(returns)
     reference = {

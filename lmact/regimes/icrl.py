@@ -44,7 +44,7 @@ from lmact.episode import (
     play_episode,
 )
 from lmact.errors import LmactError
-from lmact.policies import ArmTally, Policy
+from lmact.policies import ArmTally, Policy, UcbPolicy
 from lmact.prompting import check_templates, template, templates_fingerprint
 from lmact.records import EpisodeRecord, StepRecord, UnitKey, UnitKind
 from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts, StepColumns
@@ -143,6 +143,11 @@ EVAL_EVERY = Option(
     help="classification: before episode 0 and every K episodes, label held-out examples "
     "with that episode's context (never added to a context)",
 )  # fmt: skip
+UCB_C = Option(
+    "ucb_c", float, default=1.0, least=0, most=1_000, metavar="C", group=_GROUP, order=290,
+    help="--model ucb: the exploration constant of UCB as Krishnamurthy et al. define it, "
+    "mean + sqrt(C / pulls) (default: %(default)s)",
+)  # fmt: skip
 EVAL_SIZE = Option("eval_size", int, default=DEFAULT_EVAL_SIZE, least=1, most=100_000,
                    group=_GROUP, order=280,
                    help="held-out examples per evaluation (default: %(default)s)")  # fmt: skip
@@ -158,6 +163,7 @@ class IcrlConfig(PromptedConfig):
     the number of episodes, is not part of it: asking for more extends the run."""
 
     not_in_id: ClassVar[frozenset[str]] = frozenset({"prompts_dir", "replicates"})
+    added_fields: ClassVar[dict[str, Any]] = {"ucb_c": 1.0}  # runs made before it keep ids
 
     regime: Literal["icrl"] = "icrl"
     variant: Literal["naive", "naive-positive", "stochastic", "approximate", "supervised"] = "naive"
@@ -174,6 +180,7 @@ class IcrlConfig(PromptedConfig):
     # never enter a context.
     eval_every: int | None = Field(None, gt=0)
     eval_size: int = Field(DEFAULT_EVAL_SIZE, gt=0)
+    ucb_c: float = Field(1.0, ge=0)  # the `ucb` policy's exploration constant
 
 
 def make_icrl_config(
@@ -191,6 +198,7 @@ def make_icrl_config(
     replicates: int = DEFAULT_REPLICATES,
     eval_every: int | None = None,
     eval_size: int = DEFAULT_EVAL_SIZE,
+    ucb_c: float = UCB_C.default,
     **options: Any,
 ) -> IcrlConfig:
     """An in-context RL configuration; `options` as for `make_replay_config`. Options that
@@ -200,6 +208,8 @@ def make_icrl_config(
     if reset is None:
         reset = "fresh" if spec.environment == "classification" else "same"
     _check_task_options(spec, history, eval_every)
+    if ucb_c != UCB_C.default and model != UcbPolicy.name:
+        raise OptionError(Named("ucb_c"), f" is the {UcbPolicy.name} policy's; give --model ucb")
     # The in-context RL templates are DIR/icrl of a --prompts DIR: the imitation ones
     # need not be there.
     folder = options.pop("prompts_dir", None)
@@ -219,6 +229,7 @@ def make_icrl_config(
         replicates=replicates,
         eval_every=eval_every,
         eval_size=eval_size,
+        ucb_c=ucb_c,
     )
 
 
@@ -264,12 +275,14 @@ class IcrlPlan:
 class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
     name = "icrl"
     config_type = IcrlConfig
+    # Whether a task is a bandit, by (name, spec hash): shared, as a spec hash names one spec.
+    _bandit_tasks: ClassVar[dict[tuple[str, str], bool]] = {}
     help = (
         "no demonstrations, the model plays episode after episode with its own earlier "
         "episodes and rewards in context (see --variant)"
     )
     options = (VARIANT, P_KEEP, CONTEXTS, REPLICATES, HISTORY, RESET, TEMPERATURE, EVAL_EVERY,
-               EVAL_SIZE, TOKEN_BUDGET, MAX_STEPS)  # fmt: skip
+               EVAL_SIZE, UCB_C, TOKEN_BUDGET, MAX_STEPS)  # fmt: skip
     measures_shown = (
         Measure("final_return", "return, last 10% of episodes"),
         Measure("final_normalized", "normalized, last 10%"),
@@ -331,13 +344,20 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
             return f"replicate {unit.chain} · held-out evaluation {unit.index}"
         return f"replicate {unit.chain} · episode {unit.index}"
 
+    def _is_bandit(self, config: IcrlConfig) -> bool:
+        """Whether the run's task is a bandit: looked up once per task spec, not per unit."""
+        key = (config.task, config.spec_hash)
+        if key not in self._bandit_tasks:
+            self._bandit_tasks[key] = get_task(config.task).environment == "bandit"
+        return self._bandit_tasks[key]
+
     def unit_seed(self, config: IcrlConfig, unit: UnitKey) -> int:
         """An episode's start; for an evaluation, the first held-out example's seed."""
         replicate, episode = unit.chain, unit.index
         if unit.kind is UnitKind.EVALUATION:
             return DEMO_SEED_BASE
         start = config.seed + replicate
-        if get_task(config.task).environment == "bandit":
+        if self._is_bandit(config):
             # One instance per replicate (or per episode, fresh); the round draws its reward.
             instance = start * REPLICATE_STRIDE + episode if config.reset == "fresh" else start
             return instance * ROUND_STRIDE + episode % ROUND_STRIDE
@@ -381,6 +401,7 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
             "temperature": config.temperature,
             "replicates": config.replicates,
             "token_budget": facts.details.get("budget"),
+            "ucb_c": config.ucb_c,
         }
 
     def measures(
@@ -402,6 +423,7 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
             "answer_match": config.answer_match,
             "history": config.history,
             "token_budget": config.token_budget,
+            "ucb_c": config.ucb_c,
         }
 
     def describe(self, facts: RunFacts) -> str:

@@ -56,7 +56,11 @@ def icrl_measures(
 
     returns = by_replicate(episodes)
     final = final_share_mean(returns)
-    measures: dict[str, Any] = {"variant": config.variant}
+    measures: dict[str, Any] = {
+        "variant": config.variant,
+        "replicates": len(returns),
+        "horizon": max(map(len, returns), default=0),  # episodes per replicate
+    }
     if want("learning_curve"):
         measures["learning_curve"] = [vars(point) for point in learning_curve(returns)]
     measures |= {"final_return": final, "final_normalized": None, "regret_vs_expert": None}

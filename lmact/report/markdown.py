@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lmact.errors import LmactError
+from lmact.published import comparison
 from lmact.report.pivot import markdown_pivot, pivots
 from lmact.report.tables import (
     carrying_columns,
@@ -31,5 +32,15 @@ def markdown_report(rows: Sequence[Row]) -> str:
         for regime, regime_rows in grouped_by(task_rows, "regime").items():
             table = markdown_table(regime_rows, carrying_columns(regime_rows))
             parts.append(f"**{regime} runs**\n\n{table}")
+        if published := comparison(task_rows):
+            parts.append(f"**Published values beside these runs**\n\n"
+                         f"{markdown_table(published, PUBLISHED_COLUMNS)}")  # fmt: skip
         sections.append("\n".join(parts))
     return "\n".join(sections)
+
+
+# A published value beside a run's: `within` says whether the run reproduces it (within the
+# tolerance the paper's file gives).
+PUBLISHED_COLUMNS = (
+    "source", "model", "run_id", "replicates", "measure", "published", "this_run", "within",
+)  # fmt: skip

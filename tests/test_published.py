@@ -1,0 +1,153 @@
+"""The values the papers publish: Krishnamurthy et al.'s measures as their paper defines
+them, its baselines' table reproduced by lmact's scripted policies, and the published
+values shown by `lmact report` beside the runs they correspond to."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
+from helpers import lmact
+
+from lmact.demos import DemoStore
+from lmact.errors import LmactError
+from lmact.policies import SCRIPTED_POLICIES
+from lmact.published import PublishedResult, comparison, published_results, read_published
+from lmact.regimes import regime_of
+from lmact.regimes.icrl import make_icrl_config
+from lmact.regimes.icrl_measures import BANDIT_FIELDS
+from lmact.runner import Runner
+from lmact.scoring import bandit_measures
+from lmact.store import RunStore
+from lmact.tasks import get_task
+
+KRISHNAMURTHY = [r for r in published_results() if r.paper and "Krishnamurthy" in r.paper.short]
+
+
+def test_the_measures_are_the_papers_definitions() -> None:
+    arms = ["a", "b", "c"]
+    # Best arm "a" (gap 0.2: the others pay 0.4 on average, "a" 0.6). Ten rounds.
+    pulls = [["b", "c", "a", "b", "b", "b", "a", "b", "b", "b"]]
+    rewards = [[1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0]]
+    got = bandit_measures(pulls, rewards, ["a"], [arms], gap=0.2)
+    # SuffFailFreq(T/2) covers rounds 5 … 10 counted from 1: "a" pulled at round 7.
+    assert got.suffix_failure == 0.0
+    late = [["b", "c", "b", "b", "a", "b", "b", "b", "b", "b"]]  # "a" only at round 5
+    assert bandit_measures(late, rewards, ["a"], [arms], 0.2).suffix_failure == 0.0
+    never = [["b", "c", "b", "a", "b", "b", "b", "b", "b", "b"]]  # "a" only at round 4
+    assert bandit_measures(never, rewards, ["a"], [arms], 0.2).suffix_failure == 1.0
+    # MedianReward: the mean reward 0.6 rescaled, (0.6 - 0.4) / 0.2.
+    assert got.median_reward == pytest.approx(1.0)
+    # K * MinFrac: "c" pulled once in ten rounds, three arms.
+    assert got.k_min_frac == pytest.approx(0.3)
+    # GreedyFrac over all ten rounds: rounds 1-3 pull untried arms (greedy); then the means
+    # so far decide. Round 4 "b" (1.0 best), 5 "b" (b 1.0), 6 "b" (b .5 vs a 0, c 0),
+    # 7 "a" (a 0 < b 2/3: not greedy), 8 "b" (b 2/3 vs a .5), 9 "b" (.75), 10 "b" (.8).
+    assert got.greedy_frac == pytest.approx(9 / 10)
+
+
+def test_a_greedy_policy_scores_greedy_frac_one(runner: Runner) -> None:
+    config = make_icrl_config("bandit_hard", model="greedy", replicates=5)
+    result = runner.run(config, 30)
+    measures = regime_of(config).measures(
+        config, result.episodes, runner.store.finished_steps(config.run_id), {}, BANDIT_FIELDS
+    )
+    assert measures["greedy_frac"] == 1.0
+
+
+def test_ucb_c_is_the_ucb_policys_and_enters_the_runs_identity() -> None:
+    default = make_icrl_config("bandit_hard", model="ucb")
+    wider = make_icrl_config("bandit_hard", model="ucb", ucb_c=2.0)
+    assert default.run_id != wider.run_id
+    # A run made before the option existed keeps its id: the default is left out of it.
+    before = {k: v for k, v in default.model_dump().items()
+              if k not in default.not_in_id and k != "ucb_c"}  # fmt: skip
+    payload = json.dumps(before, sort_keys=True).encode()
+    assert default.run_id == hashlib.sha256(payload).hexdigest()[:16]
+    with pytest.raises(LmactError, match="--model ucb"):
+        make_icrl_config("bandit_hard", model="ucb1", ucb_c=2.0)
+
+
+def test_the_shipped_published_values_name_what_lmact_has() -> None:
+    assert len(KRISHNAMURTHY) == 6
+    for result in published_results():
+        task = get_task(result.task)
+        assert result.regime in ("icrl", "imitation") and task.name == result.task
+        assert result.model in SCRIPTED_POLICIES, result.where
+        assert set(result.measures) <= set(result.tolerance)
+        if result.regime == "icrl" and task.environment == "bandit":
+            assert set(result.measures) <= BANDIT_FIELDS
+
+
+def test_a_damaged_published_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "paper.toml"
+    path.write_text(
+        '[paper]\ncite = "x"\nshort = "x"\n[[result]]\nwhere = "t1"\nregime = "icrl"\n'
+        'task = "bandit_hard"\nmodel = "ucb"\nmeasures = { greedy_frac = 0.5 }\n'
+    )
+    with pytest.raises(LmactError, match=r"paper\.toml.*no tolerance for greedy_frac") as caught:
+        read_published(path)
+    assert "\n" not in str(caught.value)
+    path.write_text("[paper\n")
+    with pytest.raises(LmactError, match=r"paper\.toml"):
+        read_published(path)
+
+
+def _reproduce(result: PublishedResult) -> dict[str, float]:
+    """One published baseline's protocol, played by lmact in a store of its own."""
+    with tempfile.TemporaryDirectory() as folder, RunStore(Path(folder) / "s.sqlite") as store:
+        runner = Runner(store, DemoStore(Path(folder) / "demos"), progress=False)
+        config = make_icrl_config(
+            result.task, model=result.model, replicates=result.replicates or 1, **result.settings
+        )
+        played = runner.run(config, result.horizon or 1)
+        steps = store.finished_steps(config.run_id)
+        measures = regime_of(config).measures(config, played.episodes, steps, {}, BANDIT_FIELDS)
+        runner.close()
+    return {name: measures[name] for name in result.measures}
+
+
+@pytest.mark.slow
+def test_krishnamurthy_et_als_baselines_table_is_reproduced() -> None:
+    """Figures 11 and 12's baseline rows, T = 100 and 1,000 replicates each (some two
+    minutes: six runs of 100,000 rounds, two at a time)."""
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        reproduced = list(pool.map(_reproduce, KRISHNAMURTHY))
+    misses = [
+        f"{result.task} {result.where} {name}: {got[name]:.3f} vs {value}"
+        for result, got in zip(KRISHNAMURTHY, reproduced, strict=True)
+        for name, value in result.measures.items()
+        if abs(got[name] - value) > result.tolerance[name]
+    ]
+    assert misses == []
+
+
+def test_the_report_shows_published_values_beside_the_runs_of_their_protocol(
+    tmp_path: Path,
+) -> None:
+    common = ["--regime", "icrl", "--task", "bandit_hard", "--replicates", "4",
+              "--store", "s.sqlite", "--cache-dir", "cache"]  # fmt: skip
+    for model, rounds in (("ucb", "100"), ("thompson", "50")):
+        done = lmact("run", *common, "--model", model, "--episodes", rounds, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    report = lmact("report", "--store", "s.sqlite", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    section = report.stdout.split("Published values beside these runs")[1]
+    lines = [line for line in section.splitlines() if "Krishnamurthy" in line]
+    # The ucb run of 100 rounds is figure 11's protocol; thompson over 50 rounds is not.
+    assert len(lines) == 4 and all("UCB (C = 1)" in line and "| ucb |" in line for line in lines)
+    median = next(line for line in lines if "median_reward" in line)
+    assert "| 0.550 |" in median
+
+
+def test_comparison_lines_say_whether_a_run_reproduces_a_value() -> None:
+    row = {"regime": "icrl", "task": "bandit_hard", "model": "greedy", "horizon": 100,
+           "run_id": "r", "replicates": 1000, "median_reward": 0.40, "suffix_failure": 0.60,
+           "k_min_frac": 0.05, "greedy_frac": 1.0}  # fmt: skip
+    lines = {line["measure"]: line for line in comparison([row])}
+    assert lines["median_reward"]["within"] and not lines["suffix_failure"]["within"]
+    assert comparison([{**row, "horizon": 99}]) == []
