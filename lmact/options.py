@@ -26,6 +26,7 @@ from lmact.demos import DEMO_SEED_BASE, default_cache_dir
 from lmact.errors import LmactError
 from lmact.models.base import DEFAULT_MAX_WAIT_S, ModelOptions
 from lmact.models.registry import DEFAULT_MODEL
+from lmact.presets import apply_preset
 from lmact.regimes import BROKEN_REGIMES, DEFAULT_REGIME, MEASURES, REGIME_OPTIONS, REGIMES
 from lmact.regimes.base import RegimeConfig
 from lmact.regimes.prompted import ANSWER_MATCHES
@@ -46,6 +47,9 @@ def _regime_help() -> str:
 
 COMMON: tuple[Option, ...] = (
     # What is played.
+    Option("preset", order=5, configures=False, metavar="NAME",
+           help="a paper's protocol as options (see `lmact presets`); options given as "
+           "well win, and the run is the run of the options it resolves to"),
     # A broken plug-in's name is accepted here, to be refused with why in `read_run`.
     Option("regime", choices=(*REGIMES, *BROKEN_REGIMES), default=DEFAULT_REGIME, order=10,
            configures=False, help=_regime_help(), column=Column(place="run", rank=2)),
@@ -222,9 +226,10 @@ def checked(values: Mapping[str, Any]) -> dict[str, Any]:
     return given
 
 
-def read_run(values: Mapping[str, Any]) -> RunOptions:
-    """A run from its options by name (see the module's docstring)."""
-    given = checked(values)
+def read_run(values: Mapping[str, Any], stated: Collection[str] | None = None) -> RunOptions:
+    """A run from its options by name (see the module's docstring). A preset among them
+    gives the options not `stated` (None: those not given, as None or at all)."""
+    given = checked(apply_preset(values, stated))
     for option in OPTIONS.values():
         if option.required and option.name not in given:
             raise OptionError(Named(option.name), " is required")

@@ -210,8 +210,7 @@ def final_share_mean(returns: Sequence[Sequence[float]], share: float = 0.1) -> 
 @dataclass(frozen=True)
 class BanditMeasures:
     """Krishnamurthy et al.'s measures over the replicates of a bandit run, as their paper
-    defines them ("Can large language models explore in-context?", section 3 and
-    appendix A.1), and the regret."""
+    defines them ("Can large language models explore in-context?"), and the regret."""
 
     regret: float  # mean over replicates of gap x pulls of worse arms
     regret_low: float  # its 95% bootstrap interval across replicates

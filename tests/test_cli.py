@@ -73,7 +73,7 @@ JSON_KEYS = {
             ["run", "--task", "tic_tac_toe", "--model", "random", "--demos", "-1"],
             "--demos must be at least 0",
         ),
-        (["run"], "the following arguments are required: --task"),
+        (["run"], "--task is required"),
         (["demos", "maze", "--episodes", "2"], "unknown task 'maze'"),
         (["report", "--store", "nowhere.sqlite"], "no run store at nowhere.sqlite"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),

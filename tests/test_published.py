@@ -68,7 +68,7 @@ def test_ucb_c_is_the_ucb_policys_and_enters_the_runs_identity() -> None:
               if k not in default.not_in_id and k != "ucb_c"}  # fmt: skip
     payload = json.dumps(before, sort_keys=True).encode()
     assert default.run_id == hashlib.sha256(payload).hexdigest()[:16]
-    with pytest.raises(LmactError, match="--model ucb"):
+    with pytest.raises(LmactError, match="ucb_c is the ucb policy's; give model ucb"):
         make_icrl_config("bandit_hard", model="ucb1", ucb_c=2.0)
 
 

@@ -16,14 +16,16 @@ import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from lmact.cli import compare, demos, models, report, run, sweep, tasks, view
+from lmact.cli import compare, demos, models, presets, report, run, sweep, tasks, view
 from lmact.cli.arguments import EXIT_USAGE, Parser, flag_for
 from lmact.declarations import OptionError
 from lmact.errors import LmactError
 from lmact.text import visible
 
 # The commands, in the order `lmact --help` lists them.
-_MODULES: tuple[ModuleType, ...] = (run, sweep, demos, report, compare, view, tasks, models)
+_MODULES: tuple[ModuleType, ...] = (
+    run, sweep, demos, report, compare, view, tasks, presets, models,
+)  # fmt: skip
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     module.__name__.rsplit(".", 1)[1]: module.command for module in _MODULES
 }

@@ -63,17 +63,36 @@ def flag_for(name: str) -> str:
     return flag_of(option) if option is not None else "--" + name.replace("_", "-")
 
 
+# Where a namespace keeps the options given on the command line (not left at their default).
+_STATED = "_stated_options"
+
+
+def _stating(action: type[argparse.Action]) -> type[argparse.Action]:
+    """`action`, noting in the namespace that its option was given (a preset gives those
+    that were not)."""
+
+    class Stated(action):  # type: ignore[valid-type, misc]
+        def __call__(self, parser: Any, namespace: Any, *args: Any, **kwargs: Any) -> None:
+            stated = getattr(namespace, _STATED, set())
+            stated.add(self.dest)
+            setattr(namespace, _STATED, stated)
+            super().__call__(parser, namespace, *args, **kwargs)
+
+    return Stated
+
+
 def add_option(container: Any, option: Option, **overrides: Any) -> None:
     """`option` as an argument of a parser (or of one of its groups); `overrides` replace
     what the declaration says (a command's own help, default, metavar)."""
     kwargs: dict[str, Any] = {"dest": option.name, "default": option.default}
+    kwargs["action"] = _stating(argparse._StoreAction)
     if option.type is bool:
-        kwargs["action"] = "store_true"
+        kwargs["action"] = _stating(argparse._StoreTrueAction)
     else:
         if option.type is not str:
             kwargs["type"] = option.type
         if option.multiple:
-            kwargs["action"] = "append"
+            kwargs["action"] = _stating(argparse._AppendAction)
         if option.choices is not None:
             kwargs["choices"] = option.choices
         if option.metavar is not None:
@@ -98,7 +117,8 @@ def add_options(parser: argparse.ArgumentParser, options: Iterable[Option]) -> N
             if option.exclusive not in exclusive:
                 exclusive[option.exclusive] = container.add_mutually_exclusive_group()
             container = exclusive[option.exclusive]
-        add_option(container, option)
+        # A required option may come from a preset: `read_run` says when none gave it.
+        add_option(container, option, required=False)
 
 
 def storage_options(
@@ -114,4 +134,9 @@ def storage_options(
 
 def given(args: argparse.Namespace) -> dict[str, Any]:
     """The options of a command's arguments, by name (the command's own name left out)."""
-    return {name: value for name, value in vars(args).items() if name != "command"}
+    return {name: value for name, value in vars(args).items() if name not in ("command", _STATED)}
+
+
+def stated(args: argparse.Namespace) -> set[str]:
+    """The options given on the command line, not left at their defaults."""
+    return set(getattr(args, _STATED, set()))

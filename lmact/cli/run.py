@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from lmact.cli.arguments import add_options, given
+from lmact.cli.arguments import add_options, given, stated
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -34,7 +34,7 @@ def command(args: argparse.Namespace) -> None:
     from lmact.options import read_run
     from lmact.runner import RunEstimate
 
-    read = read_run(given(args))
+    read = read_run(given(args), stated(args))
     played = play(read, progress=sys.stderr.isatty())
     if isinstance(played, RunEstimate):
         print_estimate(played, args.json)

@@ -209,7 +209,9 @@ def make_icrl_config(
         reset = "fresh" if spec.environment == "classification" else "same"
     _check_task_options(spec, history, eval_every)
     if ucb_c != UCB_C.default and model != UcbPolicy.name:
-        raise OptionError(Named("ucb_c"), f" is the {UcbPolicy.name} policy's; give --model ucb")
+        raise OptionError(
+            Named("ucb_c"), f" is the {UcbPolicy.name} policy's; give ", Named("model"), " ucb"
+        )
     # The in-context RL templates are DIR/icrl of a --prompts DIR: the imitation ones
     # need not be there.
     folder = options.pop("prompts_dir", None)
