@@ -14,6 +14,7 @@ import pytest
 from helpers import lmact
 
 from lmact.demos import DemoStore
+from lmact.envs.bandit import ROUND_STRIDE
 from lmact.errors import LmactError
 from lmact.policies import SCRIPTED_POLICIES
 from lmact.published import PublishedResult, comparison, published_results, read_published
@@ -151,3 +152,27 @@ def test_comparison_lines_say_whether_a_run_reproduces_a_value() -> None:
     lines = {line["measure"]: line for line in comparison([row])}
     assert lines["median_reward"]["within"] and not lines["suffix_failure"]["within"]
     assert comparison([{**row, "horizon": 99}]) == []
+
+
+def test_the_bandits_buttons_are_the_papers_and_the_draw_stays_an_option(tmp_path: Path) -> None:
+    env = get_task("bandit_hard").make_environment()
+    bests = set()
+    for instance in range(40):
+        env.reset(instance * ROUND_STRIDE)
+        assert env.legal_actions() == ["blue", "green", "red", "yellow", "purple"]
+        bests.add(env.expert_action())
+    assert len(bests) == 5  # the best button is drawn per instance
+    easy = get_task("bandit_easy").make_environment()
+    easy.reset(0)
+    assert easy.legal_actions() == ["blue", "green", "red", "yellow"]
+    # A task of one's own keeps the first specs' draw of 5 of 20 colours.
+    spec = tmp_path / "bandit_drawn.toml"
+    spec.write_text(
+        'include = "bandit_hard"\nname = "bandit_drawn"\n[options]\nbuttons = "drawn"\n'
+    )
+    drawn = get_task(str(spec)).make_environment()
+    layouts = set()
+    for instance in range(10):
+        drawn.reset(instance * ROUND_STRIDE)
+        layouts.add(tuple(drawn.legal_actions()))
+    assert len(layouts) > 1 and all(len(set(layout)) == 5 for layout in layouts)
