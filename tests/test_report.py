@@ -241,8 +241,15 @@ def test_report_figures_name_every_supported_plot_with_one_colour_per_model(
         if line.get_label().startswith(CYCLER)
     }
     assert len(cycler) == 1
-    (curves,) = figures["bandit_hard-learning-curves"].axes
-    (ucb1,) = [line for line in curves.get_lines() if line.get_label() == "ucb1 (naive)"]
+    # Krishnamurthy et al.'s three curves; ucb1, a scripted policy, labelled a baseline.
+    best, regret, reward = figures["bandit_hard-learning-curves"].axes
+    assert [a.get_title() for a in (best, regret, reward)] == [
+        "best arm chosen", "cumulative regret", "average reward so far",
+    ]  # fmt: skip
+    (ucb1,) = [line for line in best.get_lines() if line.get_label() == "ucb1 (baseline)"]
+    (expert,) = [line for line in best.get_lines() if line.get_label() == "expert (baseline)"]
+    assert set(expert.get_ydata()) == {1.0}  # the expert always presses the best button
+    assert list(regret.get_lines()[0].get_ydata()) == sorted(regret.get_lines()[0].get_ydata())
     (bars,) = figures["bandit-regret"].axes
     ucb1_bar = next(bar for bar, tick in zip(bars.patches, bars.get_xticklabels(), strict=True)
                     if tick.get_text().startswith("ucb1"))  # fmt: skip
@@ -297,3 +304,45 @@ def test_a_missing_extra_and_an_unknown_format_are_one_line_errors(
     error = capsys.readouterr().err
     assert error == "lmact: error: plots need matplotlib: pip install 'lmact[report]'\n"
     assert not (tmp_path / "out").exists()  # failed before writing anything
+
+
+def test_curves_in_the_terminal_are_a_few_points_of_each_and_csv_holds_every_point(
+    store_path: Path, capsys: pytest.CaptureFixture[str], rows: list[dict[str, Any]]
+) -> None:
+    every = curve_rows(rows)
+    shown = _report(store_path, capsys, "--curves")
+    lines = [line for line in shown.splitlines() if line.startswith("| ") and "run_id" not in line]
+    kinds = {(line.split(" | ")[0], line.split(" | ")[5]) for line in lines}
+    assert len(lines) <= 5 * len(kinds) < len(every)
+    assert {"return", "best_arm_share", "cumulative_regret", "average_reward"} <= {
+        kind for _, kind in kinds
+    }
+    assert f"of {len(every)} curve points" in shown and "--format csv" in shown
+    table = _report(store_path, capsys, "--curves", "--format", "csv")
+    assert len(table.strip().splitlines()) == len(every) + 1
+
+
+def test_classification_curves_are_monea_et_als(tmp_path: Path) -> None:
+    from lmact.demos import DemoStore
+    from lmact.regimes.icrl import make_icrl_config
+    from lmact.runner import Runner
+
+    with RunStore(tmp_path / "c.sqlite") as store:
+        runner = Runner(store, DemoStore(tmp_path / "demos"), progress=False)
+        config = make_icrl_config("classification", model="expert", replicates=2,
+                                  eval_every=10, eval_size=4)  # fmt: skip
+        runner.run(config, 30)
+        runner.run(make_icrl_config("classification", model="random", replicates=2), 30)
+        found = report_rows(store)
+    figure = report_figures(found, curve_rows(found))["classification-learning-curves"]
+    titles = [axes.get_title() for axes in figure.axes]
+    assert titles == ["accuracy so far", "held-out accuracy", "regret", "context length"]
+    accuracy, held_out, regret, context = figure.axes
+    (right,) = [line for line in accuracy.get_lines() if line.get_label() == "expert (baseline)"]
+    assert set(right.get_ydata()) == {1.0}
+    (expert,) = [line for line in held_out.get_lines() if line.get_label() == "expert (baseline)"]
+    assert list(expert.get_xdata()) == [1, 11, 21] and set(expert.get_ydata()) == {1.0}
+    (wrong,) = [line for line in regret.get_lines() if line.get_label() == "random (baseline)"]
+    assert wrong.get_ydata()[-1] > 10  # twelve labels: a random one is mostly wrong
+    (held,) = [line for line in context.get_lines() if line.get_label() == "random (baseline)"]
+    assert list(held.get_ydata()) == list(range(30))  # naive: every earlier example

@@ -299,3 +299,32 @@ def test_a_reports_memory_follows_its_largest_run_not_the_stores_steps(tmp_path:
     assert three < 50e6  # 35 MB
     copy_run(path, config.run_id, 5, model="ucb1-{}")  # five more such runs, alike
     assert peak_of(path, 8) < three * 1.2
+
+
+def test_the_bandit_curves_are_the_papers_computed_from_the_records(store_path: Path) -> None:
+    """Per round, across replicates: the share that pressed the best button, gap x worse
+    presses so far, the mean reward so far; each with the seeded bootstrap of its values."""
+    with RunStore(store_path) as store:
+        records = scored_records(store, BANDIT.run_id)
+        steps = {step.unit: step for step in store.steps(BANDIT.run_id)}
+        (row,) = [r for r in report_rows(store) if r["run_id"] == BANDIT.run_id]
+    task = get_task(BANDIT.task)
+    env, gap = task.make_environment(), float(task.options["gap"])
+    best_share, regret, average = [], [], []
+    for replicate in range(REPLICATES):
+        rounds = [r for r in records if r.chain == replicate]
+        env.reset(rounds[0].seed)
+        best = env.expert_action()
+        chosen = [steps[r.unit].action == best for r in rounds]
+        earned = [steps[r.unit].reward for r in rounds]
+        best_share.append([float(hit) for hit in chosen])
+        regret.append([gap * sum(not hit for hit in chosen[: t + 1]) for t in range(len(chosen))])
+        average.append([sum(earned[: t + 1]) / (t + 1) for t in range(len(earned))])
+    for measure, values in (("best_arm_curve", best_share), ("regret_curve", regret),
+                            ("reward_curve", average)):  # fmt: skip
+        expected = reference_curve(values)
+        assert [p["episode"] for p in row[measure]] == list(range(ROUNDS))
+        assert [p["mean"] for p in row[measure]] == pytest.approx([p["mean"] for p in expected])
+        for bound in ("low", "high"):
+            got = [p[bound] for p in row[measure]]
+            assert got == pytest.approx([p[bound] for p in expected]), (measure, bound)

@@ -14,10 +14,33 @@ Written and read here only, so that what a step records changes this module and 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 from lmact.errors import LmactError
-from lmact.records import StepRecord
+
+
+class StepFacts(Protocol):
+    """What the readers here use of a stored step (a `StepRecord` has it; so does a row of
+    those columns, `FactsRow`, which a report reads without making records)."""
+
+    @property
+    def step(self) -> int: ...
+    @property
+    def episode(self) -> int: ...
+    @property
+    def chain(self) -> int: ...
+    @property
+    def facts(self) -> dict[str, Any]: ...
+
+
+class FactsRow(NamedTuple):
+    chain: int
+    episode: int
+    step: int
+    facts: dict[str, Any]
+
+
+FACTS_COLUMNS = FactsRow._fields  # the stored step's columns a `FactsRow` is read from
 
 CONTEXT = "context"
 # The rules a context is drawn by (the variants', supervised drawing as naive does).
@@ -54,7 +77,7 @@ def step_facts(draw: ContextDraw) -> dict[str, Any]:
     return {CONTEXT: record}
 
 
-def _damaged(step: StepRecord, what: str) -> LmactError:
+def _damaged(step: StepFacts, what: str) -> LmactError:
     return LmactError(
         f"step {step.step} of episode {step.episode} (chain {step.chain}): its stored "
         f"context is not {what} (the run store was edited or damaged)"
@@ -65,7 +88,7 @@ def _count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def context_draw(step: StepRecord) -> ContextDraw | tuple[int, ...] | None:
+def context_draw(step: StepFacts) -> ContextDraw | tuple[int, ...] | None:
     """What a stored step records of its context: how it was drawn, or (a step of an
     earlier release) the indices of the episodes it held; None if it records nothing (a step
     of another regime). A damaged record is a one-line LmactError."""
@@ -85,7 +108,7 @@ def context_draw(step: StepRecord) -> ContextDraw | tuple[int, ...] | None:
     return ContextDraw(rule, held, before, drawn)
 
 
-def shown_context(step: StepRecord) -> tuple[int, ...] | None:
+def shown_context(step: StepFacts) -> tuple[int, ...] | None:
     """The earlier episodes a stored step's context held, where the step says them (the
     naive and supervised variants' newest episodes, or a step of an earlier release); None
     if it does not (another regime's step, or a draw that only the replicate's history
@@ -95,7 +118,7 @@ def shown_context(step: StepRecord) -> tuple[int, ...] | None:
     return recorded.shown() if isinstance(recorded, ContextDraw) else recorded
 
 
-def context_held(step: StepRecord) -> int | None:
+def context_held(step: StepFacts) -> int | None:
     """How many earlier episodes a stored step's context held; None if it records none."""
     recorded = context_draw(step)
     if recorded is None:
@@ -103,7 +126,7 @@ def context_held(step: StepRecord) -> int | None:
     return recorded.held if isinstance(recorded, ContextDraw) else len(recorded)
 
 
-def describe_context(step: StepRecord) -> str | None:
+def describe_context(step: StepFacts) -> str | None:
     """What a stored step's context held, in words; None if it records nothing."""
     recorded = context_draw(step)
     if recorded is None:

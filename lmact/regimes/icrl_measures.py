@@ -20,7 +20,7 @@ import numpy as np
 from lmact.errors import LmactError
 from lmact.records import UnitKind
 from lmact.regimes.base import StepColumns
-from lmact.regimes.icrl_facts import context_held
+from lmact.regimes.icrl_facts import FACTS_COLUMNS, FactsRow, context_held
 from lmact.scoring import (
     BanditMeasures,
     EpisodeResult,
@@ -38,6 +38,12 @@ if TYPE_CHECKING:
 EPISODES = (UnitKind.EPISODE,)
 # The fields of a row that `bandit_measures` fills (any one wanted computes them all).
 BANDIT_FIELDS = frozenset(BanditMeasures.__dataclass_fields__)
+# The curves the papers draw, per episode index across replicates (points as the learning
+# curve's): on bandits, Krishnamurthy et al.'s share of best-arm choices, cumulative regret
+# and average reward so far; on every task, the cumulative regret against always right
+# (classification: Monea et al.'s wrong predictions so far).
+BANDIT_CURVES = frozenset({"best_arm_curve", "reward_curve"})  # reward: classification's too
+REGRET_CURVE = "regret_curve"
 
 
 def icrl_measures(
@@ -73,8 +79,18 @@ def icrl_measures(
         )  # fmt: skip
     if want("context_length"):
         measures["context_length"] = context_lengths(episodes, steps)
-    if want(*BANDIT_FIELDS) and get_task(config.task).environment == "bandit":
-        measures |= vars(bandit_of(config, episodes, steps))
+    environment = get_task(config.task).environment
+    if environment == "bandit" and want(*BANDIT_FIELDS, *BANDIT_CURVES, REGRET_CURVE):
+        rounds = bandit_rounds(config, episodes, steps)
+        if want(*BANDIT_FIELDS):
+            measures |= vars(bandit_measures(*rounds))
+        if want(*BANDIT_CURVES, REGRET_CURVE):
+            measures |= bandit_curves(*rounds)
+    elif environment == "classification" and want(REGRET_CURVE, "reward_curve"):
+        # A wrong label costs 1: the regret so far is the count of wrong predictions, and
+        # the average reward so far the accuracy so far.
+        measures[REGRET_CURVE] = _curve([_cumulative([1 - r for r in run]) for run in returns])
+        measures["reward_curve"] = _curve([_running_mean(run) for run in returns])
     if config.eval_every is not None and want("held_out_accuracy"):
         measures["held_out_accuracy"] = held_out_accuracy(config.eval_every, returns, steps)
     return measures
@@ -93,10 +109,12 @@ def context_lengths(
     earlier episodes (`examples`) and the prompt's tokens as the model counted them."""
     units = {(record.chain, record.episode) for record in episodes}
     by_index: dict[int, list[tuple[int, int]]] = {}
-    for step in steps.records(EPISODES, first_step=True):  # chain by chain, as `episodes`
+    columns = (*FACTS_COLUMNS, "prompt_tokens")
+    for *fields, tokens in steps.values(columns, EPISODES, first_step=True):
+        step = FactsRow(*fields)
         if (step.chain, step.episode) in units:
             held = context_held(step) or 0
-            by_index.setdefault(step.episode, []).append((held, step.usage.prompt_tokens))
+            by_index.setdefault(step.episode, []).append((held, tokens or 0))
     return [
         {
             "episode": index,
@@ -130,12 +148,15 @@ def held_out_accuracy(
     return points
 
 
-def bandit_of(
+BanditRounds = tuple[list[list[str]], list[list[float]], list[str], list[list[str]], float]
+
+
+def bandit_rounds(
     config: IcrlConfig, episodes: Sequence[EpisodeResult], steps: StepColumns
-) -> BanditMeasures:
-    """Krishnamurthy et al.'s measures of a bandit run: each round's arm and reward read
-    from its one stored step (those columns only), each replicate's best arm from the
-    instance of its first round."""
+) -> BanditRounds:
+    """A bandit run's rounds as `bandit_measures` takes them: each replicate's arms pulled
+    and rewards (read from each round's one stored step, those columns only), best arm and
+    arms (from the instance of its first round), and the gap."""
     pulls, rewards = _rounds(episodes, steps)
     first = {}  # each replicate's first round, as `episodes` order them
     for record in episodes:
@@ -147,10 +168,41 @@ def bandit_of(
         best[replicate], arms[replicate] = env.expert_action(), env.legal_actions()
     order = sorted(pulls)
     gap = float(get_task(config.task).options.get("gap", 0.0))
-    return bandit_measures(
+    return (
         [pulls[r] for r in order], [rewards[r] for r in order],
         [best[r] for r in order], [arms[r] for r in order], gap,
     )  # fmt: skip
+
+
+def bandit_curves(
+    pulls: list[list[str]],
+    rewards: list[list[float]],
+    best: list[str],
+    arms: list[list[str]],
+    gap: float,
+) -> dict[str, list[dict[str, float]]]:
+    """Per round, across replicates: the share that pulled the best arm, the cumulative
+    regret (gap x pulls of worse arms so far) and the average reward so far."""
+    chose_best = [[float(arm == top) for arm in run] for run, top in zip(pulls, best, strict=True)]
+    regret = [_cumulative([gap * (1 - hit) for hit in run]) for run in chose_best]
+    average = [_running_mean(run) for run in rewards]
+    return {
+        "best_arm_curve": _curve(chose_best),
+        REGRET_CURVE: _curve(regret),
+        "reward_curve": _curve(average),
+    }
+
+
+def _cumulative(values: Sequence[float]) -> list[float]:
+    return [float(total) for total in np.cumsum(values)] if len(values) else []
+
+
+def _running_mean(values: Sequence[float]) -> list[float]:
+    return [total / count for count, total in enumerate(_cumulative(values), 1)]
+
+
+def _curve(per_replicate: Sequence[Sequence[float]]) -> list[dict[str, float]]:
+    return [vars(point) for point in learning_curve(per_replicate)]
 
 
 def _rounds(

@@ -15,10 +15,11 @@ from lmact.declarations import Named, Option, OptionError
 from lmact.demos import DemoStore
 from lmact.errors import LmactError, UnknownNameError
 from lmact.options import checked
-from lmact.report.markdown import markdown_report
+from lmact.report.markdown import markdown_curves, markdown_report
 from lmact.report.page import counted
 from lmact.report.tables import (
     CURVE_COLUMNS,
+    CURVES,
     FORMAT_ALIASES,
     FORMATS,
     SUFFIXES,
@@ -137,8 +138,12 @@ def _table_report(request: _Request) -> Report:
     curves = curve_rows(rows)
     if request.curves and not curves and fmt == "markdown":
         raise LmactError("the run store holds no in-context RL run (--regime icrl) yet")
-    if request.curves:
-        table = format_table(curves, fmt, CURVE_COLUMNS)
+    if request.curves:  # markdown: a few points a curve; CSV and JSON every point
+        table = (
+            markdown_curves(curves)
+            if fmt == "markdown"
+            else format_table(curves, fmt, CURVE_COLUMNS)
+        )
     else:  # markdown leads with each regime's pivot; CSV and JSON keep every column
         table = markdown_report(rows) if fmt == "markdown" else format_table(rows, fmt)
     if fmt == "markdown" and not request.curves:
@@ -199,7 +204,7 @@ def _wanted(request: _Request) -> frozenset[str] | None:
     curves for --curves, and what the plots draw where there are plots."""
     if request.fmt == "json" and not request.curves:
         return None
-    wanted = TABLE_FIELDS | ({"learning_curve"} if request.curves else set())
+    wanted = TABLE_FIELDS | (set(CURVES) if request.curves else set())
     if request.fmt == "html" or request.plot is not None or request.out is not None:
         from lmact.report.plots import PLOTTED_FIELDS
 

@@ -11,6 +11,7 @@ from lmact.errors import LmactError
 from lmact.published import comparison
 from lmact.report.pivot import markdown_pivot, pivots
 from lmact.report.tables import (
+    CURVE_COLUMNS,
     carrying_columns,
     format_value,
     grouped_by,
@@ -44,3 +45,24 @@ def markdown_report(rows: Sequence[Row]) -> str:
 PUBLISHED_COLUMNS = (
     "source", "model", "run_id", "replicates", "measure", "published", "this_run", "within",
 )  # fmt: skip
+
+
+# Points a curve shows in the terminal (`lmact report --curves`): its first, its last and
+# evenly spaced ones between; CSV and JSON hold every point.
+CURVE_POINTS_SHOWN = 5
+
+
+def markdown_curves(curves: Sequence[Row]) -> str:
+    """The curves in a terminal's measure: a few points of each (run, curve), and where
+    the rest is."""
+    shown = []
+    for run_curves in grouped_by(curves, "run_id").values():
+        for points in grouped_by(run_curves, "curve").values():
+            last, spaces = len(points) - 1, CURVE_POINTS_SHOWN - 1
+            picks = sorted({round(i * last / spaces) for i in range(CURVE_POINTS_SHOWN)})
+            shown += [points[i] for i in picks] if last > 0 else points
+    note = (
+        f"{len(shown)} of {len(curves)} curve points: each curve's first, last and "
+        f"{CURVE_POINTS_SHOWN - 2} between; `--format csv` or `--format json` give every point.\n"
+    )
+    return markdown_table(shown, CURVE_COLUMNS) + "\n" + note

@@ -8,7 +8,9 @@ returns Figures, so a caller can save them, embed them or read their series back
   imitation runs against the number of demonstrations, a line per model and observation
   format with its 95% interval as a band, random (0) and expert (1) as reference lines;
 - `answer_rate_figure`: the illegal or the invalid answer rate, in the same layout;
-- `learning_curve_figures`: in-context RL learning curves, a figure per task;
+- `learning_curve_figures`: in-context RL curves, a figure per task, a panel per curve the
+  papers draw for its kind (bandits: best-arm share, cumulative regret, average reward;
+  classification: accuracy, held-out accuracy, regret, context length; else the return);
 - `bandit_figure`: regret or suffix failures of in-context RL bandit runs, a bar per run
   with its 95% interval across replicates.
 
@@ -27,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 from lmact.errors import LmactError
 from lmact.options import column_labels, report_columns
+from lmact.policies import SCRIPTED_POLICIES
 from lmact.regimes.base import BASELINE_POLICIES
-from lmact.report.tables import grouped_by
+from lmact.report.tables import CURVES, grouped_by
 from lmact.text import visible
 
 if TYPE_CHECKING:
@@ -60,7 +63,7 @@ BANDIT_TEXT = {
 # The fields of report rows the figures draw besides a table's columns (`TABLE_FIELDS`):
 # the regimes' measures a report with plots computes.
 PLOTTED_FIELDS = frozenset({
-    "learning_curve", "regret_low", "regret_high", "suffix_failure_low", "suffix_failure_high",
+    "regret_low", "regret_high", "suffix_failure_low", "suffix_failure_high", *CURVES,
 })  # fmt: skip
 _PANEL_COLUMNS = 3
 # What one figure draws at most: past that it is no longer read, and each artist costs time
@@ -311,40 +314,100 @@ def _percent() -> Any:
 
 
 def _curve_label(point: Row) -> str:
+    """A run's line: a scripted policy is a baseline (its prompt settings play no part);
+    a model by its context variant and history."""
+    if point["model"] in SCRIPTED_POLICIES:
+        variant = point.get("variant")
+        return f"{point['model']} (baseline{'' if variant in (None, 'naive') else ', ' + variant})"
     history = point.get("history")
     suffix = f", {history} history" if history not in (None, "raw") else ""
     return f"{point['model']} ({point['variant']}{suffix})"
 
 
+@dataclass(frozen=True)
+class CurvePanel:
+    curve: str  # the curve rows' `curve`
+    title: str
+    ylabel: str
+    share: bool = False  # a share: from 0 to 100%
+
+
+# What each kind of task's figure draws, a panel a curve, as the papers draw them: on
+# bandits Krishnamurthy et al.'s best-arm share, cumulative regret and average reward so
+# far; on classification Monea et al.'s accuracy, held-out accuracy at its evaluation
+# points, wrong predictions so far and the context's length; else the learning curve.
+BANDIT_PANELS = (
+    CurvePanel("best_arm_share", "best arm chosen", "share of replicates", share=True),
+    CurvePanel("cumulative_regret", "cumulative regret", "gap x worse pulls so far"),
+    CurvePanel("average_reward", "average reward so far", "mean reward up to the round"),
+)
+CLASSIFICATION_PANELS = (
+    CurvePanel("average_reward", "accuracy so far", "share right up to the step", share=True),
+    CurvePanel("held_out_accuracy", "held-out accuracy", "share right", share=True),
+    CurvePanel("cumulative_regret", "regret", "wrong predictions so far"),
+    CurvePanel("context_examples", "context length", "earlier examples held"),
+)
+LEARNING_PANELS = (CurvePanel("return", "learning curve", "return"),)
+
+
+def _panels_of(points: Sequence[Row]) -> tuple[tuple[CurvePanel, ...], str]:
+    kinds = {point["curve"] for point in points}
+    if "best_arm_share" in kinds:
+        return BANDIT_PANELS, "round"
+    if kinds & {"held_out_accuracy", "cumulative_regret"}:
+        return CLASSIFICATION_PANELS, "step"
+    return LEARNING_PANELS, "episode"
+
+
 def learning_curve_figures(
     curves: Sequence[Row], colours: dict[str, str] | None = None
 ) -> dict[str, Figure]:
-    """A Figure per task, from `lmact.report.curve_rows`: a line per run, the mean return
-    at each episode across replicates, its 95% interval as a band."""
+    """A Figure per task, from `lmact.report.curve_rows`: a panel per curve the papers draw
+    for its kind of task (`_panels_of`), a line per run (the mean across replicates), its
+    95% interval as a band."""
     colours = colours or model_colours(curves)
     variants = sorted({str(point["variant"]) for point in curves})
     figures = {}
     for task, points in sorted(grouped_by(curves, "task").items()):
-        figure = _figure(figsize=(7, 4.2))
-        axes = figure.subplots()
+        panels, unit = _panels_of(points)
+        drawn = [panel for panel in panels if any(p["curve"] == panel.curve for p in points)]
+        figure = _figure(figsize=(4.6 * len(drawn) + 1.2, 4.2), layout="constrained")
+        grid = figure.subplots(1, len(drawn), squeeze=False).flatten()
         runs = sorted(grouped_by(points, "run_id").values(), key=lambda p: _curve_label(p[0]))
-        for run in runs[:MAX_SERIES]:
-            run = sorted(run, key=lambda p: p["episode"])
-            (x, mean, low, high), width = _binned(run)
-            colour = colours.get(str(run[0]["model"]), PALETTE[0])
-            style = LINE_STYLES[variants.index(str(run[0]["variant"])) % len(LINE_STYLES)]
-            label = _curve_label(run[0]) + (f", means of {width} episodes" if width > 1 else "")
-            axes.plot(x, mean, label=label, color=colour, linestyle=style)
-            axes.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
-        _left_out(axes, task, len(runs) - MAX_SERIES, "runs")
-        axes.set_title(f"{task}: in-context RL learning curves")
-        axes.set_xlabel("episode")
-        axes.set_ylabel("return (mean over replicates, 95% interval)")
-        axes.grid(alpha=0.3)
-        _curve_legend(figure, axes)
-        _plain_text(figure).tight_layout()  # measures the texts: they must be plain by then
-        figures[task] = figure
+        for panel, axes in zip(drawn, grid, strict=True):
+            for run in runs[:MAX_SERIES]:
+                _draw_curve(axes, run, panel, colours, variants)
+            axes.set_title(panel.title)
+            axes.set_xlabel(unit)
+            axes.set_ylabel(f"{panel.ylabel} (mean, 95% interval)")
+            axes.grid(alpha=0.3)
+            if panel.share:
+                axes.set_ylim(-0.02, 1.02)
+                axes.yaxis.set_major_formatter(_percent())
+        _left_out(grid[0], task, len(runs) - MAX_SERIES, "runs")
+        figure.suptitle(f"{task}: in-context RL, over replicates")
+        _legend(figure)
+        figures[task] = _plain_text(figure)
     return figures
+
+
+def _draw_curve(
+    axes: Axes, run: Sequence[Row], panel: CurvePanel, colours: dict[str, str], variants: list[str]
+) -> None:
+    """One run's curve of `panel` (binned when long), its band where it has an interval."""
+    points = sorted((p for p in run if p["curve"] == panel.curve), key=lambda p: p["episode"])
+    if not points:
+        return
+    banded = all(p["low"] is not None and p["high"] is not None for p in points)
+    if not banded:  # a curve with no interval (the context's length): its line alone
+        points = [{**p, "low": p["mean"], "high": p["mean"]} for p in points]
+    (x, mean, low, high), width = _binned(points)
+    colour = colours.get(str(points[0]["model"]), PALETTE[0])
+    style = LINE_STYLES[variants.index(str(points[0]["variant"])) % len(LINE_STYLES)]
+    label = _curve_label(points[0]) + (f", means of {width} points" if width > 1 else "")
+    axes.plot(x, mean, label=label, color=colour, linestyle=style)
+    if banded:
+        axes.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
 
 
 def _binned(run: Sequence[Row]) -> tuple[list[list[float]], int]:

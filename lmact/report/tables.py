@@ -75,7 +75,17 @@ CURVE_RUN_COLUMNS = [
     "run_id",
     *column_labels(o for o in OPTION_COLUMNS if o.column is not None and o.column.curves),
 ]
-CURVE_COLUMNS = [*CURVE_RUN_COLUMNS, "episode", "mean", "low", "high"]
+CURVE_COLUMNS = [*CURVE_RUN_COLUMNS, "curve", "episode", "mean", "low", "high"]
+# The curves of a run, by the measure that holds each and the name a curve row gives it,
+# with the keys of its points that are the mean and the interval (None: it has none).
+CURVES: dict[str, tuple[str, str, str | None, str | None]] = {
+    "learning_curve": ("return", "mean", "low", "high"),
+    "best_arm_curve": ("best_arm_share", "mean", "low", "high"),
+    "regret_curve": ("cumulative_regret", "mean", "low", "high"),
+    "reward_curve": ("average_reward", "mean", "low", "high"),
+    "held_out_accuracy": ("held_out_accuracy", "accuracy", "low", "high"),
+    "context_length": ("context_examples", "examples", None, None),
+}
 
 
 @dataclass
@@ -283,11 +293,20 @@ def _foreign_row(run: RunRecord, scored: Scored) -> dict[str, Any]:
 
 
 def curve_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The learning curves of the runs that have one: a row per run and episode index."""
+    """The curves of the runs that have some (`CURVES`): a row per run, curve and episode
+    index, the learning curve's (`return`) first."""
     return [
-        {**{name: row.get(name) for name in CURVE_RUN_COLUMNS}, **point}
+        {
+            **{name: row.get(name) for name in CURVE_RUN_COLUMNS},
+            "curve": curve,
+            "episode": point["episode"],
+            "mean": point[mean],
+            "low": point[low] if low else None,
+            "high": point[high] if high else None,
+        }
         for row in rows
-        for point in row.get("learning_curve") or []
+        for measure, (curve, mean, low, high) in CURVES.items()
+        for point in row.get(measure) or []
     ]
 
 
