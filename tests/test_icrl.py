@@ -436,3 +436,32 @@ def test_a_prompts_folder_rewords_in_context_rl_and_a_broken_one_is_one_line(
                    str(tmp_path / "mine"), "--store", "s.sqlite", cwd=tmp_path)  # fmt: skip
     assert broken.returncode == 2 and broken.stderr.count("\n") == 1
     assert "summary_line.txt: unknown placeholder" in broken.stderr
+
+
+def test_a_stream_is_never_cycled_a_run_that_would_is_refused_before_any_call(
+    tmp_path: Path,
+) -> None:
+    rows = [{"text": f"input {i}", "label": "ab"[i % 2]} for i in range(6)]
+    data = tmp_path / "six.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    common = {"regime": "icrl", "task": "classification", "dataset": data, "model": "random",
+              "store": tmp_path / "s.sqlite", "cache_dir": tmp_path}  # fmt: skip
+    with pytest.raises(LmactError, match="stream holds 6 inputs: episodes 7 would repeat"):
+        api.run(**common, episodes=7)
+    with pytest.raises(LmactError, match="held-out file holds 6 inputs: eval_size 7"):
+        api.run(**common, episodes=6, eval_every=3, eval_size=7)
+    assert api.results(tmp_path / "s.sqlite").episodes == []  # nothing was played
+    summary = api.run(**common, episodes=6, replicates=2)
+    assert summary["episodes"] == 12
+    # Each replicate's six inputs are the stream's six, none twice.
+    with RunStore(tmp_path / "s.sqlite") as store:
+        run = next(r for r in store.runs() if r.config["model"] == "random")
+        for replicate in (0, 1):
+            seeds = [e.seed for u, e in store.finished_episodes(run.run_id).items()
+                     if u.chain == replicate]  # fmt: skip
+            task = get_task(run.config["task"]).make_environment()
+            texts = set()
+            for seed in seeds:
+                task.reset(seed)
+                texts.add(task.render("txt").text)
+            assert len(texts) == 6

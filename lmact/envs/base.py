@@ -197,6 +197,11 @@ class Environment(ABC):
         if not self._started:
             raise RuntimeError("call reset(seed) before using the environment")
 
+    def distinct_starts(self, demonstrations: bool = False) -> int | None:
+        """How many different starts the test seeds (or the demonstration seeds) give
+        before they repeat one (a dataset's examples, cycled); None: they never repeat."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - most environments hold no resources
         """Release resources (engines, emulators); the default holds none."""
 

@@ -2,7 +2,8 @@
 labels to choose from, the agent names one, and the reward is 1 if it is right, else 0.
 
 Examples come from JSONL (one object per line) or CSV (a header row) files, read once per
-process. Test seeds (below DEMO_SEED_BASE) draw from the `stream` file in order, cycling;
+process. Test seeds (below DEMO_SEED_BASE) draw from the `stream` file in order (cycling,
+where a regime allows it: in-context RL refuses a run that would repeat an input);
 demonstration seeds from the `held_out` file, so no demonstration is a test input.
 `unsemantic_labels` replaces each label by a meaningless id (L01, L02 … in sorted order).
 """
@@ -101,6 +102,9 @@ class Classification(Environment):
         )
         self.labels = sorted(self.names.values())
         self.text, self.gold = "", ""
+
+    def distinct_starts(self, demonstrations: bool = False) -> int | None:
+        return len(self.held_out if demonstrations else self.stream)
 
     def reset(self, seed: int) -> None:
         text, label = pool_entry(seed, self.stream, self.held_out)

@@ -235,6 +235,27 @@ def make_icrl_config(
     )
 
 
+def _check_inputs_last(config: IcrlConfig, episodes: int) -> None:
+    """A replicate of fresh starts never repeats an input, as in Monea et al.'s streams: a
+    run that would (more episodes than the stream's examples, more held-out examples than
+    the held-out file's) is refused before any call."""
+    env = get_task(config.task).make_environment()
+    try:
+        stream, held_out = env.distinct_starts(), env.distinct_starts(demonstrations=True)
+    finally:
+        env.close()
+    if config.reset == "fresh" and stream is not None and episodes > stream:
+        raise OptionError(
+            f"task {config.task}'s stream holds {stream} inputs: ", Named("episodes"),
+            f" {episodes} would repeat some in a replicate; give {stream} or fewer",
+        )  # fmt: skip
+    if config.eval_every is not None and held_out is not None and config.eval_size > held_out:
+        raise OptionError(
+            f"task {config.task}'s held-out file holds {held_out} inputs: ", Named("eval_size"),
+            f" {config.eval_size} would repeat some; give {held_out} or fewer",
+        )  # fmt: skip
+
+
 def _check_task_options(spec: TaskSpec, history: str, eval_every: int | None) -> None:
     """The options that only some tasks take, given for one of those."""
     if history == "summary" and spec.environment != "bandit":
@@ -319,6 +340,7 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
     def units(self, config: IcrlConfig, episodes: int) -> list[UnitKey]:
         if episodes > EVALUATION_OFFSET:
             raise LmactError(f"--episodes must be at most {EVALUATION_OFFSET} in --regime icrl")
+        _check_inputs_last(config, episodes)
         return super().units(config, episodes)
 
     def chains(self, config: IcrlConfig, episodes: int) -> list[list[UnitKey]]:
