@@ -270,7 +270,8 @@ def test_unsemantic_labels_are_meaningless_ids_and_a_bad_dataset_is_one_line(
     assert env.legal_actions() == [f"L{k:02d}" for k in range(1, 13)]
     assert env.expert_action() in env.legal_actions()
     data = tmp_path / "mine.csv"
-    data.write_text("utterance,intent\nbook a table,restaurant\nwake me at six,alarm\n")
+    rows = ["book a table,restaurant", "wake me at six,alarm", "find a bus,travel", "hi,greet"]
+    data.write_text("utterance,intent\n" + "".join(f"{row}\n" for row in rows))
     spec = (Path(__file__).parents[1] / "tasks" / "classification.toml").read_text()
     spec = spec.replace('"data/wordnet_glosses/train.jsonl"', f'"{data}"')
     spec = spec.replace('"data/wordnet_glosses/test.jsonl"', f'"{data}"')
@@ -349,7 +350,7 @@ def test_a_dataset_of_ones_own_runs_from_the_command_line(tmp_path: Path) -> Non
     rows = [("book a table", "restaurant"), ("wake me at six", "alarm"), ("play jazz", "music")]
     data.write_text("".join(json.dumps({"q": q, "intent": i}) + "\n" for q, i in rows))
     args = ["run", "--regime", "icrl", "--task", "classification", "--dataset", str(data),
-            "--text-field", "q", "--label-field", "intent", "--episodes", "6",
+            "--text-field", "q", "--label-field", "intent", "--episodes", "3",
             "--replicates", "1", "--json", "--store", "s.sqlite",
             "--cache-dir", "cache"]  # fmt: skip
     done = lmact(*args, "--model", "expert", cwd=tmp_path)
@@ -358,7 +359,7 @@ def test_a_dataset_of_ones_own_runs_from_the_command_line(tmp_path: Path) -> Non
     assert summary["task"].startswith("classification-intents-") and summary["mean_return"] == 1.0
     # The same options through the API.
     options = {"regime": "icrl", "dataset": data, "text_field": "q", "label_field": "intent",
-               "episodes": 6, "replicates": 1, "store": tmp_path / "s.sqlite",
+               "episodes": 3, "replicates": 1, "store": tmp_path / "s.sqlite",
                "cache_dir": tmp_path / "cache"}  # fmt: skip
     random = api.run("classification", model="random", **options)
     assert random["task"] == summary["task"]  # the same file: the same task
@@ -388,20 +389,24 @@ def test_the_learning_curve_plot_shows_each_runs_curve_and_band(
     runner.evaluate(make_icrl_config("bandit_hard", model="ucb1", replicates=4), 15)
     curves = curve_rows(report_rows(runner.store))
     (figure,) = learning_curve_figures(curves).values()
-    (axes,) = figure.axes
-    assert axes.get_xlabel() == "episode" and "95% interval" in axes.get_ylabel()
-    drawn = {line.get_label(): list(line.get_ydata()) for line in axes.get_lines()}
-    assert set(drawn) == {"ucb1 (naive)", "random (naive)", "expert (naive)"}
-    ucb1 = [p["mean"] for p in curves if p["model"] == "ucb1"]
-    assert drawn["ucb1 (naive)"] == ucb1 and len(ucb1) == 15
-    assert len(axes.collections) == 3  # a band per line
+    best = figure.axes[0]  # the first of Krishnamurthy et al.'s three curves
+    assert [axes.get_title() for axes in figure.axes] == [
+        "best arm chosen", "cumulative regret", "average reward so far",
+    ]  # fmt: skip
+    for axes in figure.axes:
+        assert axes.get_xlabel() == "round" and "95% interval" in axes.get_ylabel()
+        assert len(axes.collections) == 3  # a band per line
+    drawn = {line.get_label(): list(line.get_ydata()) for line in best.get_lines()}
+    assert set(drawn) == {"ucb1 (baseline)", "random (baseline)", "expert (baseline)"}
+    shares = [p["mean"] for p in curves if p["model"] == "ucb1" and p["curve"] == "best_arm_share"]
+    assert drawn["ucb1 (baseline)"] == shares and len(shares) == 15
     (path,) = write_learning_curves(curves, tmp_path / "plots")
     assert path.name == "bandit_hard-learning-curves.png"
     image = Image.open(path).convert("RGB")
-    assert image.size == (770, 462)
+    assert image.size == (1650, 462)
     pixels = np.asarray(image).astype(int)
     coloured = int(((pixels.max(axis=2) - pixels.min(axis=2)) > 60).sum())
-    assert coloured > 2000  # the lines and bands, not only axes and text
+    assert coloured > 6000  # the lines and bands of three panels, not only axes and text
 
 
 def test_the_context_length_is_reported_per_episode(tmp_path: Path, demo_store: DemoStore) -> None:

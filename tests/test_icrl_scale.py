@@ -19,7 +19,7 @@ from lmact.errors import LmactError
 from lmact.models.base import ModelCallError, ModelRequest, ModelResponse, TextPart
 from lmact.records import StepRecord, StopReason, Usage
 from lmact.regimes.icrl import by_replicate, make_icrl_config
-from lmact.regimes.icrl_context import _kept
+from lmact.regimes.icrl_context import PastEpisode, _kept, _uniform_that_fit
 from lmact.regimes.icrl_facts import context_held, describe_context, shown_context
 from lmact.runner import Runner
 from lmact.store import RunStore
@@ -100,15 +100,52 @@ def test_a_replicate_stopped_at_round_1500_resumes_with_no_call_made_twice(
     assert 0 < max(held[-100:]) < 400  # the budget bounds the draw, late as early
 
 
-@pytest.mark.parametrize("successful", [0, 1, 63, 64, 65, 200, 3000])
-def test_the_stochastic_draw_from_the_newest_back_is_drawing_each_in_turn(
+@pytest.mark.parametrize("successful", [0, 1, 64, 3000])
+def test_the_stochastic_keep_draws_decide_each_successful_episode_in_turn(
     successful: int,
 ) -> None:
     words = [7, 1, 42, 3, 5]
     episodes = list(range(0, 3 * successful, 3))  # the successful ones among all
     rng = np.random.default_rng(words)
     in_turn = [index for index in episodes if rng.random() < 0.1]
-    assert list(_kept(episodes, 0.1, words)) == in_turn[::-1]
+    assert _kept(episodes, 0.1, words) == in_turn
+
+
+def test_kept_episodes_that_do_not_fit_are_trimmed_to_a_uniform_subset() -> None:
+    """Monea et al.'s stochastic variant: all kept when they fit; else a uniformly random
+    subset that does, in time order (not the newest)."""
+    episodes = [PastEpisode(i, (), 1.0, (), 10) for i in range(100)]
+    kept = list(range(0, 100, 2))  # 50 kept, 10 tokens each
+    assert _uniform_that_fit(episodes, 500, None, kept, [1, 2]) == kept
+    assert _uniform_that_fit(episodes, None, 50, kept, [1, 2]) == kept
+    counts = np.zeros(100)
+    for step in range(400):
+        chosen = _uniform_that_fit(episodes, 100, None, kept, [1, step])
+        assert len(chosen) == 10 and chosen == sorted(chosen) and set(chosen) <= set(kept)
+        counts[chosen] += 1
+        # The same step's stream draws the same subset (a resumed run's, the viewer's).
+        assert chosen == _uniform_that_fit(episodes, 100, None, kept, [1, step])
+        assert len(_uniform_that_fit(episodes, 1000, 7, kept, [1, step])) == 7
+    # Each kept episode is in about a fifth of the trimmed contexts, the old as the new.
+    shares = counts[kept] / 400
+    assert shares.min() > 0.12 and shares.max() < 0.3
+    assert abs(shares[:25].mean() - shares[25:].mean()) < 0.05
+
+
+@pytest.mark.parametrize("variant", ["naive", "naive-positive", "stochastic", "approximate"])
+def test_a_cap_on_examples_bounds_every_variants_context(runner: Runner, variant: str) -> None:
+    config = make_icrl_config(
+        "bandit_hard", model="ucb1", variant=variant, max_examples=5, p_keep=0.5, replicates=2
+    )
+    runner.run(config, 40)
+    held = [context_held(step) for step in runner.store.steps(config.run_id)]
+    assert max(held) == 5 and all(h is not None and h <= 5 for h in held)
+    assert (
+        config.run_id
+        != make_icrl_config(
+            "bandit_hard", model="ucb1", variant=variant, p_keep=0.5, replicates=2
+        ).run_id
+    )
 
 
 def test_a_finished_replicate_is_let_go(runner: Runner) -> None:

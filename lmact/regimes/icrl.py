@@ -143,6 +143,11 @@ EVAL_EVERY = Option(
     help="classification: before episode 0 and every K episodes, label held-out examples "
     "with that episode's context (never added to a context)",
 )  # fmt: skip
+MAX_EXAMPLES = Option(
+    "max_examples", int, least=1, most=INT_LIMIT, metavar="N", group=_GROUP, order=225,
+    help="the most earlier episodes a context holds, beside --token-budget (Monea et al.'s "
+    "cap; stochastic: a uniform subset of those kept, approximate: contexts of at most N)",
+)  # fmt: skip
 UCB_C = Option(
     "ucb_c", float, default=1.0, least=0, most=1_000, metavar="C", group=_GROUP, order=290,
     help="--model ucb: the exploration constant of UCB as Krishnamurthy et al. define it, "
@@ -163,7 +168,8 @@ class IcrlConfig(PromptedConfig):
     the number of episodes, is not part of it: asking for more extends the run."""
 
     not_in_id: ClassVar[frozenset[str]] = frozenset({"prompts_dir", "replicates"})
-    added_fields: ClassVar[dict[str, Any]] = {"ucb_c": 1.0}  # runs made before it keep ids
+    # Fields added since runs were first stored: at these values, a run keeps its id.
+    added_fields: ClassVar[dict[str, Any]] = {"ucb_c": 1.0, "max_examples": None}
 
     regime: Literal["icrl"] = "icrl"
     variant: Literal["naive", "naive-positive", "stochastic", "approximate", "supervised"] = "naive"
@@ -181,6 +187,7 @@ class IcrlConfig(PromptedConfig):
     eval_every: int | None = Field(None, gt=0)
     eval_size: int = Field(DEFAULT_EVAL_SIZE, gt=0)
     ucb_c: float = Field(1.0, ge=0)  # the `ucb` policy's exploration constant
+    max_examples: int | None = Field(None, gt=0)  # earlier episodes a context holds at most
 
 
 def make_icrl_config(
@@ -199,6 +206,7 @@ def make_icrl_config(
     eval_every: int | None = None,
     eval_size: int = DEFAULT_EVAL_SIZE,
     ucb_c: float = UCB_C.default,
+    max_examples: int | None = None,
     **options: Any,
 ) -> IcrlConfig:
     """An in-context RL configuration; `options` as for `make_replay_config`. Options that
@@ -232,6 +240,7 @@ def make_icrl_config(
         eval_every=eval_every,
         eval_size=eval_size,
         ucb_c=ucb_c,
+        max_examples=max_examples,
     )
 
 
@@ -305,7 +314,7 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         "episodes and rewards in context (see --variant)"
     )
     options = (VARIANT, P_KEEP, CONTEXTS, REPLICATES, HISTORY, RESET, TEMPERATURE, EVAL_EVERY,
-               EVAL_SIZE, UCB_C, TOKEN_BUDGET, MAX_STEPS)  # fmt: skip
+               EVAL_SIZE, UCB_C, MAX_EXAMPLES, TOKEN_BUDGET, MAX_STEPS)  # fmt: skip
     measures_shown = (
         Measure("final_return", "return, last 10% of episodes"),
         Measure("final_normalized", "normalized, last 10%"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -34,9 +34,9 @@ if TYPE_CHECKING:  # the regime's module imports this one
 # Environments whose return is a score rather than success: an episode succeeded when its
 # return beats the median of the replicate's earlier ones.
 SCORE_VALUED = frozenset({"phoenix", "cheetah"})
-_CONTEXT_STREAM, _JOIN_STREAM = 5, 6  # of the run's seed, beside the episodes' own streams
-# The stochastic variant's draws are made this many at a time, from the newest back.
-_DRAW_CHUNK = 64
+# Of the run's seed, beside the episodes' own streams: a step's context draws, an approximate
+# context's joins, a stochastic context's trimming order.
+_CONTEXT_STREAM, _JOIN_STREAM, _TRIM_STREAM = 5, 6, 7
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,9 @@ def _remember(plan: IcrlPlan, state: _Replicate, replicate: int, done: PastEpiso
         return
     rng = np.random.default_rng([config.seed, replicate, done.index, _JOIN_STREAM])
     for k, context in enumerate(state.contexts):
-        room = plan.budget is None or state.context_tokens[k] + done.tokens <= plan.budget
+        room = (plan.budget is None or state.context_tokens[k] + done.tokens <= plan.budget) and (
+            config.max_examples is None or len(context) < config.max_examples
+        )
         if rng.random() < config.p_keep and room:  # drawn for every context, with room or not
             context.append(len(state.episodes) - 1)
             state.context_tokens[k] += done.tokens
@@ -171,22 +173,23 @@ def draw_context(plan: IcrlPlan, state: _Replicate, replicate: int, episode: int
     that fit the budget, walked back from the newest, so that a step costs what its
     context holds whatever the replicate's length."""
     config, before = plan.config, len(state.episodes)
+    words = [config.seed, replicate, episode, step, _CONTEXT_STREAM]
     if config.variant == "approximate":
         if not state.contexts:
             return Drawn([], ContextDraw(APPROXIMATE, 0, before))
-        rng = np.random.default_rng([config.seed, replicate, episode, step, _CONTEXT_STREAM])
-        drawn = int(rng.integers(len(state.contexts)))
+        drawn = int(np.random.default_rng(words).integers(len(state.contexts)))
         shown = list(state.contexts[drawn])
         return Drawn(shown, ContextDraw(APPROXIMATE, len(shown), before, drawn))
+    cap = config.max_examples
     if config.variant == "stochastic":
-        words = [config.seed, replicate, episode, step, _CONTEXT_STREAM]
         kept = _kept(state.successful, config.p_keep, words)
-        rule, shown = STOCHASTIC, _newest_that_fit(state.episodes, plan.budget, kept)
+        rule, shown = STOCHASTIC, _uniform_that_fit(state.episodes, plan.budget, cap, kept, words)
     elif config.variant == "naive-positive":
         rule = NEWEST_SUCCESSFUL
-        shown = _newest_run(state.successful, state.successful_tokens_before, plan.budget)
+        shown = _newest_run(state.successful, state.successful_tokens_before, plan.budget, cap)
     else:
-        rule, shown = NEWEST, _newest_run(range(before), state.tokens_before, plan.budget)
+        shown = _newest_run(range(before), state.tokens_before, plan.budget, cap)
+        rule = NEWEST
     return Drawn(shown, ContextDraw(rule, len(shown), before))
 
 
@@ -196,50 +199,54 @@ def select_context(plan: IcrlPlan, state: _Replicate, replicate: int, episode: i
     return draw_context(plan, state, replicate, episode, step).shown
 
 
-def _newest_that_fit(
-    episodes: Sequence[PastEpisode], budget: int | None, newest_first: Iterable[int]
+def _uniform_that_fit(
+    episodes: Sequence[PastEpisode],
+    budget: int | None,
+    cap: int | None,
+    kept: list[int],
+    words: list[int],
 ) -> list[int]:
-    """Of the candidates, newest first, those taken until the next one would overflow the
-    budget; in time order."""
+    """The kept episodes, in time order, when they all fit the budget (tokens) and the cap
+    (episodes); else a uniformly random subset of them that does, as Monea et al.'s
+    stochastic variant trims: taken in a random order (drawn from the step's stream after
+    its keep draws) until the next one would not fit."""
+    tokens = [episodes[index].tokens for index in kept]
+    fits = (budget is None or sum(tokens) <= budget) and (cap is None or len(kept) <= cap)
+    if fits:
+        return kept
+    order = np.random.default_rng([*words, _TRIM_STREAM]).permutation(len(kept))
     chosen: list[int] = []
     used = 0
-    for index in newest_first:
-        tokens = episodes[index].tokens
-        if budget is not None and used + tokens > budget:
+    for position in order:
+        cost = tokens[int(position)]
+        if (budget is not None and used + cost > budget) or len(chosen) == cap:
             break
-        chosen.append(index)
-        used += tokens
-    chosen.reverse()
-    return chosen
+        chosen.append(kept[int(position)])
+        used += cost
+    return sorted(chosen)
 
 
-def _newest_run(candidates: Sequence[int], tokens_before: list[int], budget: int | None
-                ) -> list[int]:  # fmt: skip
-    """The newest candidates that fit the budget, in time order, found by bisecting their
-    running token counts (`tokens_before[i]`: of the first i candidates): what walking back
-    from the newest until one does not fit takes, as no count is negative."""
+def _newest_run(
+    candidates: Sequence[int], tokens_before: list[int], budget: int | None, cap: int | None
+) -> list[int]:
+    """The newest candidates that fit the budget and the cap (episodes), in time order,
+    found by bisecting their running token counts (`tokens_before[i]`: of the first i
+    candidates): what walking back from the newest until one does not fit takes, as no
+    count is negative."""
     count = len(candidates)
     start = 0
     if budget is not None:
         start = min(bisect_left(tokens_before, tokens_before[count] - budget), count)
+    if cap is not None:
+        start = max(start, count - cap)
     return list(candidates[start:])
 
 
-def _kept(successful: Sequence[int], p_keep: float, words: list[int]) -> Iterator[int]:
-    """The successful episodes each kept with probability `p_keep`, newest first. Draw i of
-    the generator seeded with `words` decides the i-th successful episode, as drawing each in
-    turn does; the draws are made a chunk at a time from the newest back (the generator
-    jumped ahead to a chunk's first draw: one 64-bit output a draw), so that a step draws
-    about as many as its context can hold, not one per successful episode so far."""
-    end, size = len(successful), _DRAW_CHUNK
-    while end > 0:
-        start = max(0, end - size)
-        bits = np.random.PCG64(words)  # what np.random.default_rng(words) draws from
-        bits.advance(start)
-        draws = np.random.Generator(bits).random(end - start)
-        for offset in np.flatnonzero(draws < p_keep)[::-1]:
-            yield successful[start + int(offset)]
-        end, size = start, size * 2
+def _kept(successful: Sequence[int], p_keep: float, words: list[int]) -> list[int]:
+    """The successful episodes each kept with probability `p_keep`, in time order: draw i
+    of the generator seeded with `words` decides the i-th successful episode."""
+    draws = np.random.default_rng(words).random(len(successful))
+    return [successful[int(i)] for i in np.flatnonzero(draws < p_keep)]
 
 
 def _summary(plan: IcrlPlan, state: _Replicate, chosen: Sequence[int], actions: Sequence[str]
