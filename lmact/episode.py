@@ -16,7 +16,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Protocol, TypeVar
 
@@ -45,6 +45,7 @@ Seen = TypeVar("Seen")
 class StepRules:
     observation: str  # the format the environment renders
     exact_answers: bool = False  # only the legal actions as listed are valid (--answer-match)
+    constrained: bool = False  # the answer decoded under a constraint onto the legal actions
 
 
 class StepExecution(Protocol):
@@ -139,6 +140,8 @@ async def play_step(
     observation = env.render(rules.observation)
     description = env.legal_actions_description()
     request = build_request(observation, [description] if description else env.legal_actions())
+    if rules.constrained and not description:  # a finite set of actions to choose from
+        request = replace(request, choices=tuple(env.legal_actions()))
     response = await policy.act(request, situation)
     answer = extract_answer(response.text)
     parsed = classify_answer(env, answer, exact=rules.exact_answers)

@@ -80,6 +80,11 @@ COMMON: tuple[Option, ...] = (
     Option("prompts", Path, target="prompts_dir", metavar="DIR", order=160,
            help="a folder of prompt templates with the shipped file names, replacing the "
            "shipped set (their text is part of the run's identity)"),
+    Option("constrained", bool, default=False, order=175, column=Column(rank=3),
+           help="decode answers under a constraint onto the legal actions (a label, a "
+           "button, a move), by each provider's own mechanism (a grammar, guided choice, an "
+           "enum, a JSON schema, a forced tool); a model that cannot is played unconstrained, "
+           "and the run says so"),
     Option("answer_match", choices=ANSWER_MATCHES, default="lenient", order=170,
            column=Column(rank=1),
            help="lenient (default): read answers with the task's parser (any case, SAN "

@@ -169,7 +169,9 @@ class Runner:
         context = RunContext(
             self.demo_store, self._bar, lambda unit: self.store.steps(run_id, unit)
         )
-        return regime_of(config).prepare(config, policy, context, units)
+        prepared = regime_of(config).prepare(config, policy, context, units)
+        _note_unconstrained(prepared)
+        return prepared
 
     def _record(self, prepared: PreparedRun[Any, Any]) -> None:
         config, facts = prepared.config, prepared.facts
@@ -499,3 +501,16 @@ def summarize(
         description=regime.describe(facts),
         details=regime.summary_fields(config, facts),
     )
+
+
+def _note_unconstrained(prepared: PreparedRun[Any, Any]) -> None:
+    """A run asked to constrain its answers whose model cannot: said on stderr in one line,
+    and kept with the run (`unconstrained` in its facts: why)."""
+    config, policy = prepared.config, prepared.policy
+    client = getattr(policy, "client", None)  # a model's; a scripted policy answers legally
+    if not getattr(config, "constrained", False) or client is None or client.constrains:
+        return
+    prepared.facts.stored["unconstrained"] = client.unconstrained_because
+    print(f"lmact: {visible(policy.name)} cannot constrain its answers "
+          f"({client.unconstrained_because}): this run is played unconstrained",
+          file=sys.stderr)  # fmt: skip

@@ -510,3 +510,20 @@ def test_live_call(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "ready" in response.text.lower()
     assert response.prompt_tokens > 0 and response.completion_tokens > 0
     assert response.stop_reason in ("stop", "length")
+
+
+def test_a_constrained_request_forces_an_answer_tool_whose_input_is_the_choice() -> None:
+    tool_call = {"type": "tool_use", "id": "toolu_01", "name": "answer", "input": {"action": "b2"}}
+    reply = message(content=[tool_call], stop_reason="tool_use")
+    request = simple_request(max_tokens=7, choices=("a1", "b2"))
+    with loopback(answer(reply)) as server:
+        response, _ = call(model_at(server.url), request)
+    assert (response.text, response.stop_reason) == ("b2", "stop")
+    body = server.requests[0].json
+    (tool,) = body["tools"]
+    assert tool["name"] == "answer" and body["tool_choice"] == {"type": "tool", "name": "answer"}
+    assert tool["input_schema"]["properties"]["action"]["enum"] == ["a1", "b2"]
+    assert body["max_tokens"] > 7  # room for the call
+    # Anthropic forces no tool beside extended thinking: that model does not constrain.
+    thinking = model_at("http://127.0.0.1:9", reasoning_budget=1024)
+    assert not thinking.constrains and "tools" not in thinking.request_arguments(request)

@@ -743,3 +743,19 @@ def test_live_call(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "ready" in response.text.lower()
     assert response.prompt_tokens > 0 and response.completion_tokens > 0
     assert response.stop_reason in ("stop", "length")
+
+
+def test_a_constrained_request_asks_for_gemini_s_enum_answer() -> None:
+    request = simple_request(choices=("blue", "green"), max_tokens=7)
+    with loopback(answer(generated("green"))) as server:
+        response, _ = call(model_at(server.url), request)
+    assert response.text == "green"
+    config = server.requests[0].json["generationConfig"]
+    assert field(config, "responseMimeType") == "text/x.enum"
+    schema = field(config, "responseSchema")
+    assert schema["enum"] == ["blue", "green"] and schema["type"].upper() == "STRING"
+    # Unconstrained, the same prompt asks for free text (and is another cache key).
+    with loopback(answer(generated("a1"))) as server:
+        call(model_at(server.url), simple_request(max_tokens=7))
+    config = server.requests[0].json["generationConfig"]
+    assert "responseMimeType" not in config and "response_mime_type" not in config

@@ -559,3 +559,18 @@ def test_live_call(monkeypatch: pytest.MonkeyPatch) -> None:
     assert expected <= response.prompt_tokens <= expected + 20
     assert 0 < response.completion_tokens <= request.max_tokens
     assert json.loads(response.to_json())["text"] == response.text
+
+
+def test_a_constrained_request_asks_for_structured_outputs_and_reads_the_choice() -> None:
+    request = ModelRequest(parts=(TextPart("Which button?"),), max_tokens=8, choices=("a1", "b2"))
+    reply = chat_body('{"action":"b2"}', usage=usage(10, 6))
+    with loopback(lambda r: Reply(body=reply)) as server:
+        response, _ = call(client_for(server), request)
+    assert response.text == "b2"  # the JSON envelope unwrapped
+    body = server.requests[0].json
+    assert body["response_format"]["type"] == "json_schema"
+    spec = body["response_format"]["json_schema"]
+    assert spec["strict"] is True and spec["schema"]["required"] == ["action"]
+    assert spec["schema"]["properties"]["action"]["enum"] == ["a1", "b2"]
+    assert spec["schema"]["additionalProperties"] is False
+    assert body["max_completion_tokens"] > 8  # room for the envelope

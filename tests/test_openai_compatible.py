@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +270,21 @@ def test_several_base_urls_only_for_openai_compatible(tmp_path: Path) -> None:
                  "--store", "s.sqlite", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "only openai-compatible/ models" in done.stderr
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_a_constrained_request_sends_openai_s_response_format_in_either_mode(chat: bool) -> None:
+    request = replace(a_request(), choices=("a1", "b2", "c3"))
+    reply = chat_completion('{"action": "c3"}') if chat else text_completion(' {"action":"c3"}')
+    with loopback(lambda r: Reply(body=reply)) as server:
+        response = call(client_for(server.url + "/v1", chat=chat), request)
+    assert response.text == "c3"
+    (sent,) = server.requests
+    assert sent.path == ("/v1/chat/completions" if chat else "/v1/completions")
+    schema = sent.json["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["action"]["enum"] == ["a1", "b2", "c3"]
+    assert sent.json["max_tokens"] > request.max_tokens
+    # The constraint is part of what the answer is cached under; the prompt is the same.
+    assert call_key(client_for("http://x/v1"), request) != call_key(
+        client_for("http://x/v1"), replace(request, choices=())
+    )

@@ -301,3 +301,23 @@ def test_steps_that_come_fast_are_written_with_their_episodes_end(
     steps = sum(episode.steps for episode in result.episodes)
     assert len(run_store.steps(config.run_id)) == steps > 3
     assert written == ([1] * steps if write_every_s == 0 else [])
+
+
+def test_a_model_that_cannot_constrain_plays_unconstrained_and_the_run_says_so(
+    run_store: RunStore, demo_store: DemoStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = ScriptedAnswers(["a1", "b2"])
+    assert not client.constrains
+    config = make_config("tic_tac_toe", model="test/scripted-answers", demos=0, max_steps=2,
+                         constrained=True)  # fmt: skip
+    runner_with(client, run_store, demo_store).run(config, 1)
+    notice = capsys.readouterr().err
+    assert "test/scripted-answers cannot constrain its answers" in notice
+    assert notice.count("\n") == 1
+    stored = run_store.run(config.run_id)
+    assert stored is not None and "unconstrained" in stored.facts
+    # Its requests carried the choices all the same (a constraint is part of each key).
+    assert config.run_id != make_config("tic_tac_toe", model="test/scripted-answers", demos=0,
+                                        max_steps=2).run_id  # fmt: skip
+    with pytest.raises(LmactError, match="give either cot or constrained"):
+        make_config("tic_tac_toe", model="x", constrained=True, chain_of_thought=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from lmact.errors import LmactError
@@ -21,9 +22,15 @@ from lmact.models.base import (
     ModelRequest,
     ModelResponse,
     TextPart,
+    choice_schema,
     token_count,
 )
 from lmact.models.remote import RemoteModel, missing_sdk
+
+# The tool a constrained answer is forced through, and the tokens its call takes beside
+# the choice (the tool's name and its JSON input).
+ANSWER_TOOL = "answer"
+TOOL_ROOM = 32
 
 STOP_REASONS = {
     "end_turn": "stop",
@@ -73,10 +80,14 @@ def _count(usage: Any, field: str) -> int:
 
 
 def _answer_text(content: list[Any]) -> str:
-    """The text blocks joined; thinking and redacted_thinking blocks are reasoning."""
+    """The text blocks joined; thinking and redacted_thinking blocks are reasoning. A
+    forced answer tool's input (a constrained answer) as its JSON."""
     texts = []
     for block in content:
-        if getattr(block, "type", None) == "text":
+        kind = getattr(block, "type", None)
+        if kind == "tool_use" and getattr(block, "name", None) == ANSWER_TOOL:
+            texts.append(json.dumps(getattr(block, "input", None)))
+        elif kind == "text":
             text = getattr(block, "text", None) or ""
             if not isinstance(text, str):
                 raise ValueError(f"a text block holds a {type(text).__name__}")
@@ -118,12 +129,31 @@ class AnthropicModel(RemoteModel):
             # Thinking tokens count against max_tokens: the answer keeps its own allowance.
             arguments["thinking"] = {"type": "enabled", "budget_tokens": budget}
             arguments["max_tokens"] = request.max_tokens + budget
+        if request.choices and self.constrains:
+            # A tool the model must call, whose one argument is one of the choices.
+            arguments["tools"] = [{
+                "name": ANSWER_TOOL,
+                "description": "Give your answer: one of the allowed values.",
+                "input_schema": choice_schema(request.choices),
+            }]  # fmt: skip
+            arguments["tool_choice"] = {"type": "tool", "name": ANSWER_TOOL}
+            arguments["max_tokens"] += TOOL_ROOM
         return arguments
+
+    @property
+    def constrains(self) -> bool:  # type: ignore[override]
+        """A forced tool call, which Anthropic refuses beside extended thinking."""
+        return not self.options.reasoning_budget
+
+    unconstrained_because = "Anthropic forces no tool call while a model thinks"
 
     async def send(self, request: ModelRequest) -> ModelResponse:
         client = await self.loop_client()
         message = await client.messages.create(**self.request_arguments(request))
-        return self.read_message(message)
+        response = self.read_message(message)
+        if request.choices and response.stop_reason == "tool_use":  # the forced answer: done
+            response = replace(response, stop_reason="stop")
+        return response
 
     def read_message(self, message: Any) -> ModelResponse:
         """A Messages API answer as a `ModelResponse`; an answer that is not a message (the

@@ -109,6 +109,9 @@ class ModelRequest:
     `answer_prefix` is the text a completion (base) model continues from, e.g. "Action:";
     chat models get the parts alone. `stop` applies to completion models only. `system`, if
     given, goes to a chat provider's own system field and precedes a completion prompt.
+    `choices`, if given, are the only answers the model may give (`--constrained`): each
+    client that can constrain its decoding does so by its provider's own mechanism, and
+    its answer's text is then the choice alone.
     """
 
     parts: tuple[Part, ...]
@@ -119,6 +122,7 @@ class ModelRequest:
     max_tokens: int = 16
     temperature: float = 0.0
     seed: int = 0
+    choices: tuple[str, ...] = ()
 
     def completion_text(self) -> str:
         """The prompt as one text, for completion models (which accept no images)."""
@@ -142,8 +146,9 @@ class ModelRequest:
         return digest.hexdigest()
 
     def fingerprint(self) -> dict[str, Any]:
-        """Everything that determines the answer, the prompt by its hash."""
-        return {
+        """Everything that determines the answer, the prompt by its hash (the choices only
+        when there are some: the calls cached before them keep their keys)."""
+        fields = {
             "prompt_sha256": self.prompt_hash,
             "answer_prefix": self.answer_prefix,
             "stop": list(self.stop),
@@ -151,6 +156,7 @@ class ModelRequest:
             "temperature": self.temperature,
             "seed": self.seed,
         }
+        return {**fields, "choices": list(self.choices)} if self.choices else fields
 
 
 @dataclass(frozen=True)
@@ -322,6 +328,9 @@ class ModelClient(ABC):
     # Keeps the KV cache of the last prompt between calls (the embedded model): worth a
     # moment's wait, at one connection, for the call that would reuse all of it.
     keeps_last_prefix: bool = False
+    # Decodes under a constraint onto a request's `choices` (`--constrained`); else why not.
+    constrains: bool = False
+    unconstrained_because: str = "its provider has no constrained decoding lmact uses"
 
     def __init__(self, name: str, options: ModelOptions) -> None:
         self.name = name
@@ -372,3 +381,46 @@ def estimate_tokens(parts: Sequence[Part], image_tokens: int = 256) -> int:
     chars = sum(len(p.text) for p in parts if isinstance(p, TextPart))
     images = sum(1 for p in parts if isinstance(p, ImagePart))
     return -(-chars // 4) + images * image_tokens
+
+
+# --- Constrained answers: each provider's form of "one of these" ---------------------------
+
+ANSWER_FIELD = "action"  # the one field of a constrained JSON answer
+
+
+def choice_grammar(choices: Sequence[str]) -> str:
+    """A GBNF grammar (llama.cpp's) whose sentences are the choices, after an optional space
+    (a completion continues "Action:")."""
+    return 'root ::= " "? (' + " | ".join(_gbnf_literal(c) for c in choices) + ")"
+
+
+def _gbnf_literal(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") + '"'
+
+
+def choice_schema(choices: Sequence[str]) -> dict[str, Any]:
+    """A JSON schema of an object whose one field is one of the choices (OpenAI's structured
+    outputs want an object at the root, every field required, no other)."""
+    return {
+        "type": "object",
+        "properties": {ANSWER_FIELD: {"type": "string", "enum": list(choices)}},
+        "required": [ANSWER_FIELD],
+        "additionalProperties": False,
+    }
+
+
+def read_choice(text: str, choices: Sequence[str]) -> str:
+    """The choice a constrained answer holds: the JSON object of `choice_schema` or the bare
+    choice; anything else (a server that ignored the constraint) is returned as it came,
+    for the task's parser to judge."""
+    stripped = text.strip()
+    if stripped in choices:
+        return stripped
+    try:
+        value = json.loads(stripped)
+    except (ValueError, RecursionError):
+        return text
+    if isinstance(value, dict) and isinstance(value.get(ANSWER_FIELD), str):
+        return value[ANSWER_FIELD]
+    return text

@@ -131,6 +131,7 @@ class GoogleModel(RemoteModel):
     The API's usage figures are exact."""
 
     max_concurrency = 8
+    constrains = True  # an enum response type (`text/x.enum`)
     key_variables: ClassVar[tuple[str, ...]] = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
     base_url_variables: ClassVar[tuple[str, ...]] = ("GOOGLE_GEMINI_BASE_URL",)
     # The SDK defaults to v1; v1beta is the version whose reference documents every field
@@ -195,6 +196,9 @@ class GoogleModel(RemoteModel):
         }
         if budget is not None:
             config["thinking_config"] = types.ThinkingConfig(thinking_budget=budget)
+        if request.choices:  # Gemini's enum answer: the text is one of them, nothing else
+            config["response_mime_type"] = "text/x.enum"
+            config["response_schema"] = {"type": "STRING", "enum": list(request.choices)}
         if cache is not None:
             config["cached_content"] = cache.name  # the system instruction lives in the cache
         elif request.system:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import os
 import sys
 import tempfile
@@ -33,6 +34,8 @@ from lmact.models.base import (
     ModelResponse,
     Part,
     TextPart,
+    choice_grammar,
+    read_choice,
 )
 
 BUNDLED_MODELS = {"gemma-3-270m"}
@@ -143,6 +146,7 @@ class LocalModel(ModelClient):
     # `PrefixTurns`); concurrent calls would only evict each other's prefix.
     max_concurrency = 1
     keeps_last_prefix = True
+    constrains = True  # a grammar (GBNF) of the choices
 
     def __init__(self, name: str, options: ModelOptions, reuse_prefix: bool = True) -> None:
         super().__init__(name, options)
@@ -202,13 +206,15 @@ class LocalModel(ModelClient):
                 temperature=request.temperature,
                 stop=list(request.stop) or None,
                 seed=request.seed,
+                grammar=_grammar(request.choices) if request.choices else None,
             )
             latency = time.perf_counter() - started
         assert isinstance(output, dict)  # not streamed
         choice = output["choices"][0]
         usage = output["usage"]
+        text = choice["text"]
         return ModelResponse(
-            text=choice["text"],
+            text=read_choice(text, request.choices) if request.choices else text,
             stop_reason=choice.get("finish_reason") or "stop",
             prompt_tokens=usage["prompt_tokens"],
             completion_tokens=usage["completion_tokens"],
@@ -221,3 +227,12 @@ class LocalModel(ModelClient):
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         return await asyncio.to_thread(self._complete_now, request)
+
+
+@functools.lru_cache(maxsize=256)
+def _grammar(choices: tuple[str, ...]) -> Any:
+    """The llama.cpp grammar of a step's legal actions (compiled once per set: a run's steps
+    share a few)."""
+    from llama_cpp import LlamaGrammar
+
+    return LlamaGrammar.from_string(choice_grammar(choices), verbose=False)

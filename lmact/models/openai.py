@@ -19,7 +19,7 @@ import hashlib
 import importlib.util
 import types
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache, cached_property
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,6 +32,7 @@ from lmact.models.base import (
     ModelResponse,
     TextPart,
     UnreadableAnswerError,
+    choice_schema,
 )
 from lmact.models.catalog import catalog_entry
 from lmact.models.remote import RemoteModel, missing_sdk
@@ -207,10 +208,22 @@ def encoding_name(model: str, tokenizer: str | None) -> str:
 # --- the client ------------------------------------------------------------------------------
 
 
+# Tokens a constrained answer's JSON envelope (`{"action": "…"}`) takes beside the choice.
+JSON_ROOM = 16
+
+
+def structured_choice(choices: Sequence[str]) -> dict[str, Any]:
+    """OpenAI's structured outputs (`response_format`, as vLLM, SGLang and llama.cpp's
+    server also take it): a JSON object whose one field is one of the choices."""
+    schema = {"name": "answer", "strict": True, "schema": choice_schema(choices)}
+    return {"type": "json_schema", "json_schema": schema}
+
+
 class OpenAIModel(RemoteModel):
     """An OpenAI chat model (GPT-4o, GPT-4.1, o3, GPT-5 …) through Chat Completions."""
 
     max_concurrency = 16
+    constrains = True  # structured outputs: a JSON schema with an enum
     key_variables: ClassVar[tuple[str, ...]] = ("OPENAI_API_KEY",)
     base_url_variables: ClassVar[tuple[str, ...]] = ("OPENAI_BASE_URL",)
 
@@ -291,6 +304,9 @@ class OpenAIModel(RemoteModel):
             parameters["max_completion_tokens"] = request.max_tokens
             parameters["temperature"] = request.temperature
             parameters["seed"] = request.seed
+        if request.choices:
+            parameters["response_format"] = structured_choice(request.choices)
+            parameters["max_completion_tokens"] += JSON_ROOM
         return parameters
 
     async def send(self, request: ModelRequest) -> ModelResponse:

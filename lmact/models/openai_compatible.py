@@ -24,7 +24,7 @@ from lmact.models.base import (
     ModelResponse,
     TextPart,
 )
-from lmact.models.openai import OpenAIModel, import_openai
+from lmact.models.openai import JSON_ROOM, OpenAIModel, import_openai, structured_choice
 from lmact.models.redaction import display_url, url_secrets, url_without_credentials
 from lmact.models.remote import RemoteModel, base_url_problem, close_at_loop_end
 
@@ -159,13 +159,14 @@ class OpenAICompatibleModel(OpenAIModel):
     def chat_parameters(self, request: ModelRequest) -> dict[str, Any]:
         # `max_tokens`: older servers do not know `max_completion_tokens`; no cache key,
         # which is OpenAI's own (servers with prefix caching match prefixes themselves).
-        return {
+        parameters = {
             "model": self.model,
             "messages": self.messages(request),
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
             "seed": request.seed,
         }
+        return _constrained(parameters, request)
 
     def completion_parameters(self, request: ModelRequest) -> dict[str, Any]:
         parameters: dict[str, Any] = {
@@ -177,7 +178,7 @@ class OpenAICompatibleModel(OpenAIModel):
         }
         if request.stop:
             parameters["stop"] = list(request.stop)
-        return parameters
+        return _constrained(parameters, request)
 
     async def send(self, request: ModelRequest) -> ModelResponse:
         if self.options.chat:
@@ -187,3 +188,12 @@ class OpenAICompatibleModel(OpenAIModel):
             **self.completion_parameters(request)
         )
         return self.read_text_completion(raw.content)
+
+
+def _constrained(parameters: dict[str, Any], request: ModelRequest) -> dict[str, Any]:
+    """With choices, OpenAI's `response_format` (vLLM, SGLang and llama.cpp's server take
+    it, on chat and on completions) and the room its JSON takes."""
+    if not request.choices:
+        return parameters
+    extra = {"response_format": structured_choice(request.choices)}
+    return {**parameters, "max_tokens": parameters["max_tokens"] + JSON_ROOM, "extra_body": extra}

@@ -35,6 +35,7 @@ from lmact.models.base import (
     TextPart,
     TransientModelError,
     UnreadableAnswerError,
+    read_choice,
 )
 from lmact.models.catalog import ModelFacts, model_facts
 from lmact.models.redaction import REDACTED, display_url, redact_secrets, url_secrets
@@ -331,6 +332,8 @@ class RemoteModel(ModelClient):
             raise translated from None
         if not response.latency_s:
             response = replace(response, latency_s=time.perf_counter() - started)
+        if request.choices and self.constrains:  # the provider's envelope (JSON …) unwrapped
+            response = replace(response, text=read_choice(response.text, request.choices))
         # A server may echo the request's credentials in an answer: what is cached and stored
         # is the answer without them.
         if isinstance(response.text, str) and isinstance(response.stop_reason, str):

@@ -66,10 +66,12 @@ from lmact.regimes.icrl_measures import context_lengths as context_lengths
 from lmact.regimes.icrl_measures import icrl_measures
 from lmact.regimes.prompted import (
     MAX_STEPS,
+    PROMPTED_ADDED_FIELDS,
     TOKEN_BUDGET,
     PromptedConfig,
     check_sees,
     prompted_fields,
+    step_rules,
 )
 from lmact.resources import data_dir
 from lmact.scoring import EpisodeResult
@@ -169,7 +171,9 @@ class IcrlConfig(PromptedConfig):
 
     not_in_id: ClassVar[frozenset[str]] = frozenset({"prompts_dir", "replicates"})
     # Fields added since runs were first stored: at these values, a run keeps its id.
-    added_fields: ClassVar[dict[str, Any]] = {"ucb_c": 1.0, "max_examples": None}
+    added_fields: ClassVar[dict[str, Any]] = {
+        **PROMPTED_ADDED_FIELDS, "ucb_c": 1.0, "max_examples": None,
+    }  # fmt: skip
 
     regime: Literal["icrl"] = "icrl"
     variant: Literal["naive", "naive-positive", "stochastic", "approximate", "supervised"] = "naive"
@@ -501,7 +505,7 @@ def _live(
 
 
 def _rules(config: IcrlConfig) -> StepRules:
-    return StepRules(config.observation, config.answer_match == "exact")
+    return step_rules(config)
 
 
 async def evaluate_held_out(

@@ -41,11 +41,13 @@ from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts
 from lmact.regimes.headline import Headline
 from lmact.regimes.prompted import (
     MAX_STEPS,
+    PROMPTED_ADDED_FIELDS,
     TOKEN_BUDGET,
     PromptedConfig,
     check_sees,
     prompt_settings,
     prompted_fields,
+    step_rules,
 )
 from lmact.store import RunRecord
 from lmact.tasks import TaskSpec, get_task
@@ -79,6 +81,7 @@ DEMO_POOL = Option(
 # Fields added after release 0.1, with the value that keeps 0.1's behaviour: at that value
 # they stay out of the run id, so that a 0.1 run keeps its id and resumes.
 _ADDED_FIELDS = {
+    **PROMPTED_ADDED_FIELDS,
     "past_actions": True,
     "answer_match": "lenient",
     "demo_draw": "shared",
@@ -158,6 +161,7 @@ def make_config(
     prompts_dir: str | Path | None = None,
     demo_draw: str = DEMO_DRAW.default,
     demo_pool: int | None = None,
+    constrained: bool = False,
 ) -> ImitationConfig:
     """A run configuration with the task's defaults filled in; names, and options that go
     together, are checked here (types and bounds by `lmact.options.read_run`)."""
@@ -173,6 +177,7 @@ def make_config(
         past_actions=past_actions,
         answer_match=answer_match,
         prompts_dir=prompts_dir,
+        constrained=constrained,
     )
     if demos is not None and token_budget is not None:
         raise OptionError(
@@ -450,7 +455,7 @@ async def play_test_episode(
     """Play test episode `episode` to its end or the step limit, reporting every step."""
     config = plan.config
     seed = config.test_seed(episode)
-    rules = StepRules(config.observation, exact_answers=config.answer_match == "exact")
+    rules = step_rules(config)
     packing = plan.packing_for(episode)
 
     def hooks(env: Environment) -> _TestEpisode:

@@ -4,12 +4,13 @@ configuration, their checks and defaults, and the `PromptSettings` they make."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from lmact.declarations import INT_LIMIT, Column, Option
+from lmact.declarations import INT_LIMIT, Column, Named, Option, OptionError
 from lmact.envs import environment_class
+from lmact.episode import StepRules
 from lmact.errors import LmactError
 from lmact.policies import Policy
 from lmact.prompting import PromptSettings, check_templates, templates_fingerprint
@@ -35,6 +36,8 @@ MAX_STEPS = Option(
 class PromptedConfig(RegimeConfig):
     """A configuration whose prompts the templates under `prompts/` (or --prompts) make."""
 
+    added_fields: ClassVar[dict[str, Any]] = {"constrained": False}  # PROMPTED_ADDED_FIELDS
+
     show_legal_actions: bool = False
     chain_of_thought: bool = False
     max_tokens: int = Field(gt=0)
@@ -47,6 +50,8 @@ class PromptedConfig(RegimeConfig):
     answer_match: Literal["lenient", "exact"] = "lenient"
     # The environment's rendering version: observations rendered otherwise are another run.
     rendering: int = 1
+    # Answers decoded under a constraint onto the legal actions (`--constrained`).
+    constrained: bool = False
 
 
 def prompt_settings(config: PromptedConfig) -> PromptSettings:
@@ -82,11 +87,15 @@ def prompted_fields(
     past_actions: bool = True,
     answer_match: str = "lenient",
     prompts_dir: str | Path | None = None,
+    constrained: bool = False,
 ) -> dict[str, Any]:
     """The fields of a `PromptedConfig`, with the task's defaults filled in; the names are
     checked here (the values' types and bounds by `lmact.options.read_run`)."""
     observation = observation or spec.default_observation
     spec.check_observation(observation)
+    if constrained and chain_of_thought:
+        raise OptionError("give either ", Named("cot"), " or ", Named("constrained"), ", not "
+                          "both: a constrained answer is the action alone")  # fmt: skip
     check_templates(prompts_dir)
     return {
         "task": spec.name,
@@ -103,4 +112,15 @@ def prompted_fields(
         "rendering": environment_class(spec.environment).rendering_version,
         "past_actions": past_actions,
         "answer_match": answer_match,
+        "constrained": constrained,
     }
+
+
+# Fields every prompted configuration gained after runs were first stored: at these values
+# a run keeps the id it had (each regime's `added_fields` holds them).
+PROMPTED_ADDED_FIELDS: dict[str, Any] = {"constrained": False}
+
+
+def step_rules(config: PromptedConfig) -> StepRules:
+    """How a prompted run's steps read and constrain answers."""
+    return StepRules(config.observation, config.answer_match == "exact", config.constrained)

@@ -33,6 +33,7 @@ from lmact.regimes.prompted import (
     check_sees,
     prompt_settings,
     prompted_fields,
+    step_rules,
 )
 from lmact.tasks import get_task
 
@@ -215,7 +216,7 @@ async def replay_episode(
     config, plan = prepared.config, prepared.plan
     demonstration = plan.demonstrations[episode]
     prefix = plan.builder.prefix([demonstration.steps])
-    rules = StepRules(config.observation, exact_answers=config.answer_match == "exact")
+    rules = step_rules(config)
     rng = np.random.default_rng([demonstration.seed, _POLICY_STREAM])
     length = len(demonstration.steps)
 
