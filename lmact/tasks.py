@@ -283,7 +283,23 @@ def dataset_task(
         "label_field": label_field,
     }
     name = f"{base.name}-{dataset.stem}-{digest.hexdigest()[:8]}"
-    return _register(base.model_copy(update={"name": name, "options": options}))
+    room = max(base.max_answer_tokens, _label_room(files, text_field, label_field))
+    update = {"name": name, "options": options, "max_answer_tokens": room}
+    return _register(base.model_copy(update=update))
+
+
+def _label_room(files: list[Path], text_field: str, label_field: str) -> int:
+    """Answer tokens enough for the dataset's longest label (Banking77's run to some 40
+    characters): half a token a character, and a few more, as no tokenizer is at hand."""
+    from lmact.envs.classification import load_examples
+
+    try:
+        labels = {
+            label for path in files for _, label in load_examples(path, text_field, label_field)
+        }
+    except ValueError:  # a bad file: the environment says what is wrong, in one line
+        return 0
+    return max(map(len, labels), default=0) // 2 + 4
 
 
 def get_task(name: str) -> TaskSpec:

@@ -34,7 +34,7 @@ from lmact.regimes.icrl import (
 from lmact.regimes.icrl_facts import shown_context
 from lmact.runner import Runner
 from lmact.store import RunStore
-from lmact.tasks import get_task, unsemantic_task
+from lmact.tasks import dataset_task, get_task, unsemantic_task
 
 _ROUND = re.compile(r"^Action: (\w+)\nReward: ([01])$", re.MULTILINE)
 _BUTTONS = re.compile(r"Buttons: ([\w, ]+)\.")
@@ -470,3 +470,42 @@ def test_a_stream_is_never_cycled_a_run_that_would_is_refused_before_any_call(
                 task.reset(seed)
                 texts.add(task.render("txt").text)
             assert len(texts) == 6
+
+
+def test_a_dataset_of_long_labels_gets_the_answer_room_they_need(tmp_path: Path) -> None:
+    long = "card_payment_wrong_exchange_rate"  # a Banking77 intent
+    data = tmp_path / "intents.jsonl"
+    rows = [{"text": "why is my rate off", "label": long}, {"text": "hi", "label": "greet"}]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    task = dataset_task(get_task("classification"), data)
+    config = make_icrl_config(task.name, model="random")
+    assert config.max_tokens == task.max_answer_tokens >= len(long) // 2
+    short = tmp_path / "short.jsonl"
+    short.write_text(json.dumps({"text": "hi", "label": "a"}) + "\n")
+    assert dataset_task(get_task("classification"), short).max_answer_tokens == 8  # the spec's
+
+
+def test_the_input_observation_lists_no_labels_and_a_constraint_still_holds_them(
+    tmp_path: Path, demo_store: DemoStore
+) -> None:
+    """Monea et al.'s prompts show each input alone; the answer is held to the labels by
+    the constraint, which every request carries."""
+    seen: list[ModelRequest] = []
+
+    class Unlisted(StubModel):
+        def __init__(self) -> None:
+            super().__init__("test/unlisted")
+
+        async def complete(self, request: ModelRequest) -> ModelResponse:
+            seen.append(request)
+            return ModelResponse(text=request.choices[-1])
+
+    config = make_icrl_config("classification", model="test/unlisted", observation="input",
+                              constrained=True, replicates=1)  # fmt: skip
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        reader_runner(store, demo_store, Unlisted()).run(config, 4)
+    labels = get_task("classification").make_environment().legal_actions()
+    for request in seen:
+        text = "".join(p.text for p in request.parts if isinstance(p, TextPart))
+        assert "Labels:" not in text and "Text: " in text
+        assert list(request.choices) == labels

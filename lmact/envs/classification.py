@@ -82,7 +82,9 @@ def load_examples(path: Path, text_field: str, label_field: str) -> tuple[tuple[
 
 
 class Classification(Environment):
-    observation_formats: ClassVar[tuple[str, ...]] = ("txt",)
+    # "txt": the input and the labels to choose from; "input": the input alone, as Monea et
+    # al. show it (the labels are learned from the context, or enforced by --constrained).
+    observation_formats: ClassVar[tuple[str, ...]] = ("txt", "input")
 
     def __init__(
         self,
@@ -119,8 +121,10 @@ class Classification(Environment):
         return [] if self._done else list(self.labels)
 
     def render(self, fmt: str) -> Observation:
-        if fmt != "txt":
+        if fmt not in self.observation_formats:
             raise ValueError(f"unknown observation format {fmt!r}")
+        if fmt == "input":
+            return Observation(text=f"Text: {self.text}")
         return Observation(text=f"Text: {self.text}\nLabels: {', '.join(self.labels)}")
 
     def parse_action(self, answer: str) -> str:
