@@ -17,10 +17,10 @@ from lmact.demos import DemoStore
 from lmact.envs.bandit import ROUND_STRIDE
 from lmact.errors import LmactError
 from lmact.policies import SCRIPTED_POLICIES
-from lmact.published import PublishedResult, comparison, published_results, read_published
 from lmact.regimes import regime_of
 from lmact.regimes.icrl import make_icrl_config
 from lmact.regimes.icrl_measures import BANDIT_FIELDS
+from lmact.report.published import PublishedResult, comparison, published_results, read_published
 from lmact.runner import Runner
 from lmact.scoring import bandit_measures
 from lmact.store import RunStore
@@ -65,8 +65,11 @@ def test_ucb_c_is_the_ucb_policys_and_enters_the_runs_identity() -> None:
     wider = make_icrl_config("bandit_hard", model="ucb", ucb_c=2.0)
     assert default.run_id != wider.run_id
     # A run made before the option existed keeps its id: the default is left out of it.
+    added = default.added_fields
+    assert added["ucb_c"] == 1.0
     before = {k: v for k, v in default.model_dump().items()
-              if k not in default.not_in_id and k != "ucb_c"}  # fmt: skip
+              if k not in default.not_in_id and not (k in added and v == added[k])}  # fmt: skip
+    assert "ucb_c" not in before
     payload = json.dumps(before, sort_keys=True).encode()
     assert default.run_id == hashlib.sha256(payload).hexdigest()[:16]
     with pytest.raises(LmactError, match="ucb_c is the ucb policy's; give model ucb"):
@@ -176,3 +179,21 @@ def test_the_bandits_buttons_are_the_papers_and_the_draw_stays_an_option(tmp_pat
         drawn.reset(instance * ROUND_STRIDE)
         layouts.add(tuple(drawn.legal_actions()))
     assert len(layouts) > 1 and all(len(set(layout)) == 5 for layout in layouts)
+
+
+def test_the_published_figure_draws_each_runs_value_beside_the_papers() -> None:
+    from matplotlib.collections import LineCollection
+
+    from lmact.report.plots import published_figure
+
+    row = {"regime": "icrl", "task": "bandit_easy", "model": "ucb", "ucb_c": 1.0,
+           "horizon": 100, "run_id": "r", "replicates": 1000, "median_reward": 0.9,
+           "suffix_failure": 0.0, "k_min_frac": 0.1, "greedy_frac": 0.93}  # fmt: skip
+    figure = published_figure([row, {**row, "task": "tic_tac_toe", "regime": "imitation"}])
+    assert figure is not None
+    (axes,) = figure.axes
+    assert axes.get_title() == "bandit_easy"
+    assert [bar.get_height() for bar in axes.patches] == [0.9, 0.0, 0.1, 0.93]
+    ticks = [c.get_segments()[0][0][1] for c in axes.collections if isinstance(c, LineCollection)]
+    assert ticks == [0.88, 0.00, 0.09, 0.94]  # figure 12's UCB row
+    assert published_figure([{**row, "horizon": 50}]) is None

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from lmact.errors import LmactError
-from lmact.published import comparison
 from lmact.report.pivot import markdown_pivot, pivots
+from lmact.report.published import comparison
 from lmact.report.tables import (
     CURVE_COLUMNS,
     carrying_columns,
@@ -43,7 +43,8 @@ def markdown_report(rows: Sequence[Row]) -> str:
 # A published value beside a run's: `within` says whether the run reproduces it (within the
 # tolerance the paper's file gives).
 PUBLISHED_COLUMNS = (
-    "source", "model", "run_id", "replicates", "measure", "published", "this_run", "within",
+    "source", "model", "run_id", "replicates", "measure", "published", "tolerance", "this_run",
+    "within",
 )  # fmt: skip
 
 

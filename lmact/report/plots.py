@@ -31,6 +31,7 @@ from lmact.errors import LmactError
 from lmact.options import column_labels, report_columns
 from lmact.policies import SCRIPTED_POLICIES
 from lmact.regimes.base import BASELINE_POLICIES
+from lmact.report.published import comparison
 from lmact.report.tables import CURVES, grouped_by
 from lmact.text import visible
 
@@ -64,6 +65,7 @@ BANDIT_TEXT = {
 # the regimes' measures a report with plots computes.
 PLOTTED_FIELDS = frozenset({
     "regret_low", "regret_high", "suffix_failure_low", "suffix_failure_high", *CURVES,
+    "median_reward", "k_min_frac", "greedy_frac", "horizon",  # beside the published values
 })  # fmt: skip
 _PANEL_COLUMNS = 3
 # What one figure draws at most: past that it is no longer read, and each artist costs time
@@ -491,6 +493,35 @@ def _interval_bars(axes: Axes, x: Sequence[int], bars: Sequence[Row], measure: s
     )  # fmt: skip
 
 
+def published_figure(rows: Sequence[Row], colours: dict[str, str] | None = None) -> Figure | None:
+    """A panel per task whose runs a paper published values for (`lmact.report.published`): per
+    measure and run, the run's value as a bar, the published one as a black tick with the
+    tolerance a reproduction must meet as a grey band; None when no run has one."""
+    lines = comparison(rows)
+    if not lines:
+        return None
+    colours = colours or model_colours(rows)
+    tasks = dict(sorted(grouped_by(lines, "task").items()))
+    figure, panels = _panels(list(tasks), "Published values (ticks, with their tolerance) "
+                             "beside lmact's runs (bars)")  # fmt: skip
+    for task, axes in panels.items():
+        shown = tasks[task][: MAX_SERIES * 4]
+        x = list(range(len(shown)))
+        axes.bar(x, [line["this_run"] for line in shown],
+                 color=[colours.get(str(line["model"]), PALETTE[0]) for line in shown])  # fmt: skip
+        for position, line in zip(x, shown, strict=True):
+            low, high = line["published"] - line["tolerance"], line["published"] + line["tolerance"]
+            axes.fill_between([position - 0.4, position + 0.4], low, high, color="grey",
+                              alpha=0.35, linewidth=0)  # fmt: skip
+            axes.hlines(line["published"], position - 0.4, position + 0.4, color="black")
+        labels = [visible(f"{line['model']}: {line['measure']}") for line in shown]
+        axes.set_xticks(x, labels, rotation=45, ha="right", fontsize="small")
+        axes.set_title(task)
+        axes.set_ylabel("value")
+        axes.grid(alpha=0.3, axis="y")
+    return _plain_text(figure)
+
+
 def report_figures(rows: Sequence[Row], curves: Sequence[Row]) -> dict[str, Figure]:
     """Every figure the rows (`report_rows`) and curves (`curve_rows`) support, by a
     name that is also its file's stem; a model has one colour in all of them."""
@@ -501,6 +532,7 @@ def report_figures(rows: Sequence[Row], curves: Sequence[Row]) -> dict[str, Figu
         "invalid-rate": answer_rate_figure(rows, "invalid_rate", colours),
         "bandit-regret": bandit_figure(rows, "regret", colours),
         "bandit-suffix-failure": bandit_figure(rows, "suffix_failure", colours),
+        "published-values": published_figure(rows, colours),
     }
     figures = {name: figure for name, figure in candidates.items() if figure is not None}
     for task, figure in learning_curve_figures(curves, colours).items():

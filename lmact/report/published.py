@@ -129,6 +129,7 @@ def comparison(rows: Sequence[Row]) -> list[dict[str, Any]]:
                         "replicates": row.get("replicates"),
                         "measure": measure,
                         "published": value,
+                        "tolerance": result.tolerance[measure],
                         "this_run": float(got),
                         "within": abs(float(got) - value) <= result.tolerance[measure] + 1e-9,
                     }
