@@ -34,10 +34,12 @@ from lmact.envs.base import (
 from lmact.models.base import UNREADABLE, ModelRequest
 from lmact.policies import ArmTally, Policy, Situation
 from lmact.prompting import Step, extract_answer
-from lmact.records import STEP_LIMIT, EpisodeRecord, StepRecord, StopReason, Usage
+from lmact.records import NO_PROMPT, STEP_LIMIT, EpisodeRecord, StepRecord, StopReason, Usage
 
 # Builds a step's request from its observation and what stands for the legal actions.
 RequestBuilder = Callable[[Observation, Sequence[str]], ModelRequest]
+# What a policy that reads no prompt (a scripted one) is handed: none is built.
+UNSHOWN = ModelRequest(parts=())
 Seen = TypeVar("Seen")
 
 
@@ -138,10 +140,13 @@ async def play_step(
 ) -> PlayedStep:
     """Play one step of `env` with `policy`; `situation` is what a scripted policy sees."""
     observation = env.render(rules.observation)
-    description = env.legal_actions_description()
-    request = build_request(observation, [description] if description else env.legal_actions())
-    if rules.constrained and not description:  # a finite set of actions to choose from
-        request = replace(request, choices=tuple(env.legal_actions()))
+    request = UNSHOWN
+    if policy.reads_prompt:
+        description = env.legal_actions_description()
+        legal = [description] if description else env.legal_actions()
+        request = build_request(observation, legal)
+        if rules.constrained and not description:  # a finite set of actions to choose from
+            request = replace(request, choices=tuple(env.legal_actions()))
     response = await policy.act(request, situation)
     answer = extract_answer(response.text)
     parsed = classify_answer(env, answer, exact=rules.exact_answers)
@@ -150,7 +155,7 @@ async def play_step(
     record = StepRecord(
         episode=episode,
         step=step,
-        prompt_hash=request.prompt_hash,
+        prompt_hash=request.prompt_hash if policy.reads_prompt else NO_PROMPT,
         completion=response.text,
         answer=answer,
         kind=parsed.kind,

@@ -71,6 +71,10 @@ class Policy(ABC):
     accepts_images: bool = True
     max_concurrency: int = 64  # episodes worth playing at once
     caller: ModelCaller | None = None  # the model's, for a model-backed policy
+    # Whether it is shown the prompt: a scripted policy reads the situation instead, so its
+    # steps build no prompt (their cost would grow with an in-context RL context) and record
+    # none (an empty prompt hash).
+    reads_prompt: bool = True
 
     def __init__(self, options: ModelOptions | None = None) -> None:
         self.options = options or ModelOptions()
@@ -139,6 +143,7 @@ class RandomPolicy(Policy):
     """A uniformly random legal action from the episode's seeded generator (a continuous
     space draws from the space)."""
 
+    reads_prompt = False
     name = "random"
 
     async def act(self, request: ModelRequest, situation: Situation) -> ModelResponse:
@@ -149,6 +154,7 @@ class ExpertPolicy(Policy):
     """The expert of the regime: the environment's (minimax, shortest path, …), or the
     demonstrator when a demonstration is replayed."""
 
+    reads_prompt = False
     name = "expert"
 
     async def act(self, request: ModelRequest, situation: Situation) -> ModelResponse:
@@ -158,6 +164,8 @@ class ExpertPolicy(Policy):
 class BanditPolicy(Policy):
     """A classic bandit algorithm over the legal actions as arms, from the replicate's past
     outcomes (the in-context RL regime's baselines; with no history it tries each arm)."""
+
+    reads_prompt = False
 
     async def act(self, request: ModelRequest, situation: Situation) -> ModelResponse:
         arms = situation.legal_actions()

@@ -108,6 +108,10 @@ class UnitKey:
         return self.chain, self.kind.value, self.index
 
 
+# The prompt hash of a step whose policy was shown no prompt (a scripted one).
+NO_PROMPT = ""
+
+
 @dataclass(frozen=True)
 class StepRecord:
     episode: int  # the index of its unit (`UnitKey.index`)

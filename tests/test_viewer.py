@@ -305,3 +305,17 @@ def test_the_page_is_served_on_loopback_with_its_policy() -> None:
         server.server_close()
     assert "default-src 'none'" in CONTENT_SECURITY_POLICY
     assert "unsafe-inline" not in CONTENT_SECURITY_POLICY
+
+
+def test_a_scripted_policy_is_shown_no_prompt_and_its_page_says_so(
+    runner: Runner, run_store: RunStore
+) -> None:
+    """A scripted policy reads the situation: its steps build no prompt and record none;
+    the viewer still rebuilds the prompt a model would have been shown, and says which."""
+    config = make_icrl_config("bandit_hard", model="ucb", replicates=1)
+    runner.run(config, 3)
+    steps = run_store.steps(config.run_id)
+    assert {step.prompt_hash for step in steps} == {""}
+    html = render_viewer(run_store, config.run_id)
+    assert html.count("played by a scripted policy, which is shown no prompt") == len(steps)
+    assert html.count("Buttons: blue, green, red, yellow, purple") >= len(steps)  # the rebuild

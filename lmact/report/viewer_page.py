@@ -17,7 +17,7 @@ from lmact.models.base import (
     Part,
     TextPart,
 )
-from lmact.records import EpisodeRecord, StepRecord, UnitKey, UnitKind
+from lmact.records import NO_PROMPT, EpisodeRecord, StepRecord, UnitKey, UnitKind
 from lmact.regimes.base import RegimeConfig
 from lmact.report.page import content_security_policy, counted, data_uri, document, escape
 from lmact.store import RunRecord
@@ -82,7 +82,12 @@ class ViewedStep:
         if replayed is None:
             return ["not rebuilt: the observation and the prompt are not known"]
         found = []
-        if not self.verified:
+        if stored.prompt_hash == NO_PROMPT:
+            found.append(
+                "played by a scripted policy, which is shown no prompt: what is shown is the "
+                "prompt a model would have been shown"
+            )
+        elif not self.verified:
             found.append(
                 f"the rebuilt prompt differs from the one sent (hash {replayed.prompt_hash[:12]}, "
                 f"stored {stored.prompt_hash[:12]}): what is shown is the rebuild, not "
