@@ -80,9 +80,10 @@ class TaskSpec(BaseModel):
     def is_image_observation(self, observation: str) -> bool:
         return observation in environment_class(self.environment).image_formats
 
-    def make_environment(self) -> Environment:
+    def make_environment(self, **overrides: Any) -> Environment:
+        """The task's environment, from its options (some replaced by a run's `overrides`)."""
         try:
-            return environment_class(self.environment)(**self.options)
+            return environment_class(self.environment)(**{**self.options, **overrides})
         except (TypeError, ValueError) as error:
             raise LmactError(f"task {self.name}: bad [options]: {error}") from None
 

@@ -31,13 +31,17 @@ UNFINISHED_RUN = ["run", "--task", "grid_world", *LOCAL, "--demos", "1", "--epis
 UNFINISHED_RUN += ["--max-steps", "3"]
 
 ICRL = ["run", "--regime", "icrl", *LOCAL]
+# The bandit runs of 0.2 drew their buttons' colours: today's default is the paper's names.
+DRAWN = ["--buttons", "drawn"]
 FINISHED_RUNS_0_2 = [
     ["run", "--task", "tic_tac_toe", *LOCAL, "--demos", "1", "--episodes", "2", "--max-steps", "3"],
     ["run", "--regime", "replay", "--task", "grid_world", *LOCAL, "--episodes", "1"],
-    [*ICRL, "--task", "bandit_hard", "--episodes", "4", "--replicates", "2"],
+    [*ICRL, "--task", "bandit_hard", "--episodes", "4", "--replicates", "2", *DRAWN],
 ]
 # Killed mid-replicate: replicate 1 has played its first two episodes of four.
-UNFINISHED_RUN_0_2 = [*ICRL, "--task", "bandit_easy", "--episodes", "4", "--replicates", "2"]
+UNFINISHED_RUN_0_2 = [
+    *ICRL, "--task", "bandit_easy", "--episodes", "4", "--replicates", "2", *DRAWN,
+]  # fmt: skip
 # In this schema an in-context RL unit is replicate * 100000 + episode.
 ICRL_UNIT_STRIDE = 100_000
 

@@ -485,7 +485,7 @@ def test_a_dataset_of_long_labels_gets_the_answer_room_they_need(tmp_path: Path)
     assert dataset_task(get_task("classification"), short).max_answer_tokens == 8  # the spec's
 
 
-def test_the_input_observation_lists_no_labels_and_a_constraint_still_holds_them(
+def test_unlisted_labels_show_the_input_alone_and_a_constraint_still_holds_them(
     tmp_path: Path, demo_store: DemoStore
 ) -> None:
     """Monea et al.'s prompts show each input alone; the answer is held to the labels by
@@ -500,7 +500,7 @@ def test_the_input_observation_lists_no_labels_and_a_constraint_still_holds_them
             seen.append(request)
             return ModelResponse(text=request.choices[-1])
 
-    config = make_icrl_config("classification", model="test/unlisted", observation="input",
+    config = make_icrl_config("classification", model="test/unlisted", labels="unlisted",
                               constrained=True, replicates=1)  # fmt: skip
     with RunStore(tmp_path / "runs.sqlite") as store:
         reader_runner(store, demo_store, Unlisted()).run(config, 4)
@@ -509,3 +509,8 @@ def test_the_input_observation_lists_no_labels_and_a_constraint_still_holds_them
         text = "".join(p.text for p in request.parts if isinstance(p, TextPart))
         assert "Labels:" not in text and "Text: " in text
         assert list(request.choices) == labels
+    # The labels listed are the default, and the run made before the option keeps its id.
+    listed = make_icrl_config("classification", model="test/unlisted", constrained=True)
+    assert listed.labels is None and listed.run_id != config.run_id
+    with pytest.raises(LmactError, match="labels unlisted hides a classification task's"):
+        make_icrl_config("bandit_hard", model="ucb", labels="unlisted")

@@ -19,6 +19,7 @@ from lmact.errors import LmactError
 from lmact.policies import SCRIPTED_POLICIES
 from lmact.regimes import regime_of
 from lmact.regimes.icrl import make_icrl_config
+from lmact.regimes.icrl_context import run_environment
 from lmact.regimes.icrl_measures import BANDIT_FIELDS
 from lmact.report.published import PublishedResult, comparison, published_results, read_published
 from lmact.runner import Runner
@@ -157,27 +158,28 @@ def test_comparison_lines_say_whether_a_run_reproduces_a_value() -> None:
     assert comparison([{**row, "horizon": 99}]) == []
 
 
-def test_the_bandits_buttons_are_the_papers_and_the_draw_stays_an_option(tmp_path: Path) -> None:
-    env = get_task("bandit_hard").make_environment()
+def test_the_bandits_buttons_are_the_papers_and_the_draw_stays_an_option() -> None:
+    """The paper's fixed names by default; `--buttons drawn` plays (and resumes) the runs
+    made before, whose ids it keeps."""
+    fixed = make_icrl_config("bandit_hard", model="ucb")
+    drawn = make_icrl_config("bandit_hard", model="ucb", buttons="drawn")
+    assert (fixed.buttons, drawn.buttons) == ("fixed", None) and fixed.run_id != drawn.run_id
+    assert make_icrl_config("classification", model="ucb").buttons is None  # not a bandit
+    env = run_environment(fixed, get_task("bandit_hard"))
     bests = set()
     for instance in range(40):
         env.reset(instance * ROUND_STRIDE)
         assert env.legal_actions() == ["blue", "green", "red", "yellow", "purple"]
         bests.add(env.expert_action())
     assert len(bests) == 5  # the best button is drawn per instance
-    easy = get_task("bandit_easy").make_environment()
+    easy = run_environment(make_icrl_config("bandit_easy", model="ucb"), get_task("bandit_easy"))
     easy.reset(0)
     assert easy.legal_actions() == ["blue", "green", "red", "yellow"]
-    # A task of one's own keeps the first specs' draw of 5 of 20 colours.
-    spec = tmp_path / "bandit_drawn.toml"
-    spec.write_text(
-        'include = "bandit_hard"\nname = "bandit_drawn"\n[options]\nbuttons = "drawn"\n'
-    )
-    drawn = get_task(str(spec)).make_environment()
+    old = run_environment(drawn, get_task("bandit_hard"))
     layouts = set()
     for instance in range(10):
-        drawn.reset(instance * ROUND_STRIDE)
-        layouts.add(tuple(drawn.legal_actions()))
+        old.reset(instance * ROUND_STRIDE)
+        layouts.add(tuple(old.legal_actions()))
     assert len(layouts) > 1 and all(len(set(layout)) == 5 for layout in layouts)
 
 

@@ -82,9 +82,7 @@ def load_examples(path: Path, text_field: str, label_field: str) -> tuple[tuple[
 
 
 class Classification(Environment):
-    # "txt": the input and the labels to choose from; "input": the input alone, as Monea et
-    # al. show it (the labels are learned from the context, or enforced by --constrained).
-    observation_formats: ClassVar[tuple[str, ...]] = ("txt", "input")
+    observation_formats: ClassVar[tuple[str, ...]] = ("txt",)
 
     def __init__(
         self,
@@ -93,6 +91,7 @@ class Classification(Environment):
         text_field: str = "text",
         label_field: str = "label",
         unsemantic_labels: bool = False,
+        list_labels: bool = True,
     ) -> None:
         self.stream = load_examples(file_option("stream", stream), text_field, label_field)
         self.held_out = load_examples(file_option("held_out", held_out), text_field, label_field)
@@ -103,6 +102,9 @@ class Classification(Environment):
             else {name: name for name in names}
         )
         self.labels = sorted(self.names.values())
+        # False: the input alone, as Monea et al. show it (the labels are learned from the
+        # context, or held by a constraint).
+        self.list_labels = list_labels
         self.text, self.gold = "", ""
 
     def distinct_starts(self, demonstrations: bool = False) -> int | None:
@@ -123,7 +125,7 @@ class Classification(Environment):
     def render(self, fmt: str) -> Observation:
         if fmt not in self.observation_formats:
             raise ValueError(f"unknown observation format {fmt!r}")
-        if fmt == "input":
+        if not self.list_labels:
             return Observation(text=f"Text: {self.text}")
         return Observation(text=f"Text: {self.text}\nLabels: {', '.join(self.labels)}")
 

@@ -57,6 +57,7 @@ from lmact.regimes.icrl_context import (
     _Replicate,
     draw_context,
     past_episode,
+    run_environment,
 )
 from lmact.regimes.icrl_context import PastEpisode as PastEpisode  # where it was defined before
 from lmact.regimes.icrl_context import select_context as select_context
@@ -150,6 +151,18 @@ MAX_EXAMPLES = Option(
     help="the most earlier episodes a context holds, beside --token-budget (Monea et al.'s "
     "cap; stochastic: a uniform subset of those kept, approximate: contexts of at most N)",
 )  # fmt: skip
+BUTTONS = Option(
+    "buttons", choices=("fixed", "drawn"), default="fixed", group=_GROUP, order=295,
+    help="bandits: fixed (default): the buttons Krishnamurthy et al. name (blue, green, red, "
+    "yellow, purple), always in that order; drawn: K of 20 colours in a random order per "
+    "replicate, as runs made before December 2026 played (they resume with it)",
+)  # fmt: skip
+LABELS = Option(
+    "labels", choices=("listed", "unlisted"), default="listed", group=_GROUP, order=296,
+    help="classification: listed (default): the labels beside each input; unlisted: the "
+    "input alone, as Monea et al. show it (learned from the context, or held by "
+    "--constrained)",
+)  # fmt: skip
 UCB_C = Option(
     "ucb_c", float, default=1.0, least=0, most=1_000, metavar="C", group=_GROUP, order=290,
     help="--model ucb: the exploration constant of UCB as Krishnamurthy et al. define it, "
@@ -172,7 +185,8 @@ class IcrlConfig(PromptedConfig):
     not_in_id: ClassVar[frozenset[str]] = frozenset({"prompts_dir", "replicates"})
     # Fields added since runs were first stored: at these values, a run keeps its id.
     added_fields: ClassVar[dict[str, Any]] = {
-        **PROMPTED_ADDED_FIELDS, "ucb_c": 1.0, "max_examples": None,
+        **PROMPTED_ADDED_FIELDS, "ucb_c": 1.0, "max_examples": None, "buttons": None,
+        "labels": None,
     }  # fmt: skip
 
     regime: Literal["icrl"] = "icrl"
@@ -192,6 +206,11 @@ class IcrlConfig(PromptedConfig):
     eval_size: int = Field(DEFAULT_EVAL_SIZE, gt=0)
     ucb_c: float = Field(1.0, ge=0)  # the `ucb` policy's exploration constant
     max_examples: int | None = Field(None, gt=0)  # earlier episodes a context holds at most
+    # Bandits: "fixed", the paper's button names; None, the colours drawn per replicate (as
+    # every run stored before the option: absent, they keep their ids and resume).
+    buttons: Literal["fixed"] | None = None
+    # Classification: "unlisted", the input alone; None, the labels listed beside it.
+    labels: Literal["unlisted"] | None = None
 
 
 def make_icrl_config(
@@ -211,6 +230,8 @@ def make_icrl_config(
     eval_size: int = DEFAULT_EVAL_SIZE,
     ucb_c: float = UCB_C.default,
     max_examples: int | None = None,
+    buttons: str = BUTTONS.default,
+    labels: str = LABELS.default,
     **options: Any,
 ) -> IcrlConfig:
     """An in-context RL configuration; `options` as for `make_replay_config`. Options that
@@ -220,6 +241,9 @@ def make_icrl_config(
     if reset is None:
         reset = "fresh" if spec.environment == "classification" else "same"
     _check_task_options(spec, history, eval_every)
+    if labels == "unlisted" and spec.environment != "classification":
+        raise OptionError(Named("labels"), " unlisted hides a classification task's labels; "
+                          "give a classification task")  # fmt: skip
     if ucb_c != UCB_C.default and model != UcbPolicy.name:
         raise OptionError(
             Named("ucb_c"), f" is the {UcbPolicy.name} policy's; give ", Named("model"), " ucb"
@@ -245,6 +269,8 @@ def make_icrl_config(
         eval_size=eval_size,
         ucb_c=ucb_c,
         max_examples=max_examples,
+        buttons="fixed" if buttons == "fixed" and spec.environment == "bandit" else None,
+        labels="unlisted" if labels == "unlisted" else None,
     )
 
 
@@ -252,7 +278,7 @@ def _check_inputs_last(config: IcrlConfig, episodes: int) -> None:
     """A replicate of fresh starts never repeats an input, as in Monea et al.'s streams: a
     run that would (more episodes than the stream's examples, more held-out examples than
     the held-out file's) is refused before any call."""
-    env = get_task(config.task).make_environment()
+    env = run_environment(config, get_task(config.task))
     try:
         stream, held_out = env.distinct_starts(), env.distinct_starts(demonstrations=True)
     finally:
@@ -318,7 +344,8 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         "episodes and rewards in context (see --variant)"
     )
     options = (VARIANT, P_KEEP, CONTEXTS, REPLICATES, HISTORY, RESET, TEMPERATURE, EVAL_EVERY,
-               EVAL_SIZE, UCB_C, MAX_EXAMPLES, TOKEN_BUDGET, MAX_STEPS)  # fmt: skip
+               EVAL_SIZE, UCB_C, MAX_EXAMPLES, BUTTONS, LABELS, TOKEN_BUDGET,
+               MAX_STEPS)  # fmt: skip
     measures_shown = (
         Measure("final_return", "return, last 10% of episodes"),
         Measure("final_normalized", "normalized, last 10%"),
@@ -426,6 +453,7 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         return make_icrl_config(
             config.task, model=policy, reset=config.reset, max_steps=config.max_steps,
             replicates=config.replicates, seed=config.seed, observation=config.observation,
+            buttons=config.buttons or "drawn",
         )  # fmt: skip
 
     def summary_fields(self, config: IcrlConfig, facts: RunFacts) -> dict[str, Any]:
@@ -481,7 +509,7 @@ def _history(plan: IcrlPlan, replicate: int, episode: int, seed_of: UnitSeed) ->
         unit = UnitKey(replicate, index)
         steps, seed = plan.stored_steps(unit), seed_of(plan.config, unit)
         seen = follow_actions(
-            plan.task.make_environment(),
+            run_environment(plan.config, plan.task),
             seed,
             [step.action for step in steps],
             lambda env: (env.render(plan.config.observation), _gold(plan, env)),
@@ -530,7 +558,7 @@ async def evaluate_held_out(
         )
 
     return await play_episode(
-        plan.task.make_environment(),
+        run_environment(plan.config, plan.task),
         policy,
         hooks,
         episode=unit.index,
@@ -561,7 +589,7 @@ async def play_icrl_episode(
         )
 
     return await play_episode(
-        plan.task.make_environment(),
+        run_environment(plan.config, plan.task),
         policy,
         hooks,
         episode=unit.index,

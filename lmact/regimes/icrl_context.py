@@ -9,7 +9,7 @@ import statistics
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,7 +29,8 @@ from lmact.regimes.icrl_facts import (
 )
 
 if TYPE_CHECKING:  # the regime's module imports this one
-    from lmact.regimes.icrl import IcrlPlan
+    from lmact.regimes.icrl import IcrlConfig, IcrlPlan
+    from lmact.tasks import TaskSpec
 
 # Environments whose return is a score rather than success: an episode succeeded when its
 # return beats the median of the replicate's earlier ones.
@@ -78,6 +79,16 @@ class Drawn:
 
     shown: list[int]
     draw: ContextDraw
+
+
+def run_environment(config: IcrlConfig, task: TaskSpec) -> Environment:
+    """An environment of the run's task, as the run plays it (its buttons, its labels)."""
+    overrides: dict[str, Any] = {}
+    if config.buttons == "fixed":
+        overrides["buttons"] = "fixed"
+    if config.labels == "unlisted":
+        overrides["list_labels"] = False
+    return task.make_environment(**overrides)
 
 
 def _step_text(

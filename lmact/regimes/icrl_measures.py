@@ -20,6 +20,7 @@ import numpy as np
 from lmact.errors import LmactError
 from lmact.records import UnitKind
 from lmact.regimes.base import StepColumns
+from lmact.regimes.icrl_context import run_environment
 from lmact.regimes.icrl_facts import FACTS_COLUMNS, FactsRow, context_held
 from lmact.scoring import (
     BanditMeasures,
@@ -161,7 +162,7 @@ def bandit_rounds(
     first = {}  # each replicate's first round, as `episodes` order them
     for record in episodes:
         first.setdefault(record.chain, record)
-    env = get_task(config.task).make_environment()
+    env = run_environment(config, get_task(config.task))
     best, arms = {}, {}
     for replicate, record in first.items():  # the instance of the replicate's first round
         env.reset(record.seed)
