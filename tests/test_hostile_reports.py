@@ -278,7 +278,7 @@ def test_the_figures_draw_a_name_with_dollars_as_written(named: Path) -> None:
     assert f"test/{MATH} (naive, raw)" in bars and MATH in bars  # a tick label, the title
     curve = [{**icrl[0], "episode": e, "mean": 0.5, "low": 0.0, "high": 1.0} for e in range(3)]
     (figure,) = learning_curve_figures(curve).values()
-    assert f"{MATH}: in-context RL learning curves" in _texts(figure)
+    assert f"{MATH}: in-context RL, over replicates" in _texts(figure)
 
 
 def test_a_figure_of_a_thousand_models_draws_a_bounded_number_of_lines_and_says_so() -> None:

@@ -42,16 +42,15 @@ base_url = [{listed}]
 
 
 def fresh_steps(store: Path) -> int:
-    """The model's steps stored so far whose answer a server gave (not the cache; not the
-    baselines' steps); 0 before the store exists. Read-only: the sweep owns the store."""
+    """The model's answers stored so far (each is stored as it comes, before its step is:
+    a unit's fast steps are written with its end); 0 before the store exists. Read-only:
+    the sweep owns the store."""
     if not store.exists():
         return 0
     try:
         with closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)) as db:
             return db.execute(
-                "SELECT COUNT(*) FROM steps JOIN runs USING (run_id) WHERE from_cache = 0 "
-                "AND json_extract(runs.config, '$.model') = ?",
-                (MODEL,),
+                "SELECT COUNT(*) FROM model_calls WHERE model = ?", (MODEL,)
             ).fetchone()[0]
     except sqlite3.DatabaseError:
         return 0  # being created: not a database yet, or no steps table

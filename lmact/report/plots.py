@@ -352,8 +352,14 @@ CLASSIFICATION_PANELS = (
 LEARNING_PANELS = (CurvePanel("return", "learning curve", "return"),)
 
 
+def _curve_of(point: Row) -> str:
+    """Which curve a point is of: a point without the `curve` column (made by hand, as
+    before curves had kinds) is of the learning curve."""
+    return str(point.get("curve", "return"))
+
+
 def _panels_of(points: Sequence[Row]) -> tuple[tuple[CurvePanel, ...], str]:
-    kinds = {point["curve"] for point in points}
+    kinds = {_curve_of(point) for point in points}
     if "best_arm_share" in kinds:
         return BANDIT_PANELS, "round"
     if kinds & {"held_out_accuracy", "cumulative_regret"}:
@@ -372,7 +378,7 @@ def learning_curve_figures(
     figures = {}
     for task, points in sorted(grouped_by(curves, "task").items()):
         panels, unit = _panels_of(points)
-        drawn = [panel for panel in panels if any(p["curve"] == panel.curve for p in points)]
+        drawn = [panel for panel in panels if any(_curve_of(p) == panel.curve for p in points)]
         figure = _figure(figsize=(4.6 * len(drawn) + 1.2, 4.2), layout="constrained")
         grid = figure.subplots(1, len(drawn), squeeze=False).flatten()
         runs = sorted(grouped_by(points, "run_id").values(), key=lambda p: _curve_label(p[0]))
@@ -397,7 +403,7 @@ def _draw_curve(
     axes: Axes, run: Sequence[Row], panel: CurvePanel, colours: dict[str, str], variants: list[str]
 ) -> None:
     """One run's curve of `panel` (binned when long), its band where it has an interval."""
-    points = sorted((p for p in run if p["curve"] == panel.curve), key=lambda p: p["episode"])
+    points = sorted((p for p in run if _curve_of(p) == panel.curve), key=lambda p: p["episode"])
     if not points:
         return
     banded = all(p["low"] is not None and p["high"] is not None for p in points)

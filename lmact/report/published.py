@@ -43,7 +43,8 @@ class PublishedResult(_Strict):
     replicates: int | None = Field(None, gt=0)
     measures: dict[str, float]
     paper: Paper | None = None  # filled from the file's [paper]
-    tolerance: dict[str, float] = Field(default_factory=dict)  # filled from [tolerance]
+    # The file's [tolerance], and what this result gives of its own (it wins).
+    tolerance: dict[str, float] = Field(default_factory=dict)
 
     def matches(self, row: Row) -> bool:
         """Whether a report row (one run) is a run of this result's protocol: its regime,
@@ -67,7 +68,7 @@ class PublishedFile(_Strict):
     @model_validator(mode="after")
     def _tolerances_known(self) -> PublishedFile:
         for result in self.result:
-            unknown = set(result.measures) - set(self.tolerance)
+            unknown = set(result.measures) - set(self.tolerance) - set(result.tolerance)
             if unknown:
                 raise ValueError(f"{result.where}: no tolerance for {', '.join(sorted(unknown))}")
         return self
@@ -92,7 +93,9 @@ def read_published(path: Path) -> list[PublishedResult]:
         where = ".".join(str(part) for part in first["loc"]) or "the file"
         raise LmactError(f"published values {path}: {where}: {first['msg']}") from None
     return [
-        result.model_copy(update={"paper": parsed.paper, "tolerance": parsed.tolerance})
+        result.model_copy(
+            update={"paper": parsed.paper, "tolerance": {**parsed.tolerance, **result.tolerance}}
+        )
         for result in parsed.result
     ]
 
