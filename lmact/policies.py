@@ -166,11 +166,16 @@ class BanditPolicy(Policy):
     outcomes (the in-context RL regime's baselines; with no history it tries each arm)."""
 
     reads_prompt = False
+    tries_each_first = True  # each arm once, the first listed first, before `choose`
 
     async def act(self, request: ModelRequest, situation: Situation) -> ModelResponse:
         arms = situation.legal_actions()
         tally = situation.arm_tally()
         pulls = {arm: tally.pulls.get(arm, 0) for arm in arms}
+        if self.tries_each_first:
+            untried = [arm for arm in arms if pulls[arm] == 0]
+            if untried:
+                return ModelResponse(text=untried[0])
         wins = {arm: tally.wins.get(arm, 0.0) for arm in arms}
         # The policy stream is made only for the algorithms that draw (`situation.rng`).
         return ModelResponse(text=self.choose(arms, pulls, wins, lambda: situation.rng))
@@ -204,9 +209,6 @@ class GreedyPolicy(BanditPolicy):
         wins: dict[str, float],
         rng: Callable[[], Generator],
     ) -> str:
-        untried = [arm for arm in arms if pulls[arm] == 0]
-        if untried:
-            return untried[0]
         if self.epsilon and (stream := rng()).random() < self.epsilon:
             return arms[int(stream.integers(len(arms)))]
         return _best(arms, lambda arm: wins[arm] / pulls[arm])
@@ -231,9 +233,6 @@ class Ucb1Policy(BanditPolicy):
         wins: dict[str, float],
         rng: Callable[[], Generator],
     ) -> str:
-        untried = [arm for arm in arms if pulls[arm] == 0]
-        if untried:
-            return untried[0]
         total = sum(pulls.values())
         return _best(
             arms, lambda arm: wins[arm] / pulls[arm] + math.sqrt(2 * math.log(total) / pulls[arm])
@@ -261,9 +260,6 @@ class UcbPolicy(BanditPolicy):
         wins: dict[str, float],
         rng: Callable[[], Generator],
     ) -> str:
-        untried = [arm for arm in arms if pulls[arm] == 0]
-        if untried:
-            return untried[0]
         return _best(arms, lambda arm: wins[arm] / pulls[arm] + math.sqrt(self.c / pulls[arm]))
 
 
@@ -271,6 +267,7 @@ class ThompsonPolicy(BanditPolicy):
     """Thompson sampling with a Beta(1, 1) prior per arm, drawn from the episode's stream."""
 
     name = "thompson"
+    tries_each_first = False  # the prior draws for untried arms too
 
     def choose(
         self,

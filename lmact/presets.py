@@ -9,15 +9,14 @@ hand with the same options are the same run, with the same id.
 from __future__ import annotations
 
 import functools
-import tomllib
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from lmact.errors import LmactError, UnknownNameError
-from lmact.resources import data_dir
+from lmact.resources import data_dir, read_toml, validated
 
 PRESET = "preset"  # the option that names one
 
@@ -47,15 +46,7 @@ class Preset(BaseModel):
 def read_preset(path: Path) -> Preset:
     """One preset file (its name is the file's); a file that is not one is a one-line error
     naming it. Its options are checked when a run reads them (`lmact.options.read_run`)."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-        return Preset.model_validate({"name": path.stem, **data})
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise LmactError(f"preset {path}: {error}") from None
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "the file"
-        raise LmactError(f"preset {path}: {where}: {first['msg']}") from None
+    return validated(Preset, {"name": path.stem, **read_toml(path, "preset")}, path, "preset")
 
 
 @functools.cache

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tomllib
 from collections.abc import Collection
 from functools import cache
 from importlib import import_module
@@ -23,7 +22,7 @@ from lmact.envs import (
 from lmact.envs.base import Environment
 from lmact.envs.check import Property, check_environment
 from lmact.errors import LmactError, UnknownNameError
-from lmact.resources import data_dir
+from lmact.resources import data_dir, read_toml
 
 
 class TaskSpec(BaseModel):
@@ -97,15 +96,7 @@ _specs_from_files: dict[str, TaskSpec] = {}
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
-        raise LmactError(f"task spec {path}: cannot be read ({reason})") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise LmactError(f"task spec {path}: {error}") from None
+    return read_toml(path, "task spec")
 
 
 def _include_path(path: Path, include: object) -> Path:

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import functools
 import math
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lmact.errors import LmactError
-from lmact.resources import data_dir
+from lmact.resources import data_dir, read_toml, validated
 
 Row = Mapping[str, Any]
 
@@ -83,15 +81,8 @@ def _same(stored: object, published: object) -> bool:
 def read_published(path: Path) -> list[PublishedResult]:
     """The results of one file, each with its paper and tolerances; a file that is not
     one is a one-line error naming it."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-        parsed = PublishedFile.model_validate(data)
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise LmactError(f"published values {path}: {error}") from None
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "the file"
-        raise LmactError(f"published values {path}: {where}: {first['msg']}") from None
+    what = "published values"
+    parsed = validated(PublishedFile, read_toml(path, what), path, what)
     return [
         result.model_copy(
             update={"paper": parsed.paper, "tolerance": {**parsed.tolerance, **result.tolerance}}
