@@ -82,8 +82,8 @@ COMMON: tuple[Option, ...] = (
            "shipped set (their text is part of the run's identity)"),
     Option("constrained", bool, default=False, order=175, column=Column(rank=3),
            help="decode answers under a constraint onto the legal actions (a label, a "
-           "button, a move), by each provider's own mechanism (a grammar, guided choice, an "
-           "enum, a JSON schema, a forced tool); a model that cannot is played unconstrained, "
+           "button, a move), by each provider's own mechanism (a grammar, a JSON schema, an "
+           "enum, a forced tool); a model that cannot is played unconstrained, "
            "and the run says so"),
     Option("answer_match", choices=ANSWER_MATCHES, default="lenient", order=170,
            column=Column(rank=1),
