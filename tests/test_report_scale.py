@@ -22,6 +22,7 @@ from lmact.demos import DemoStore
 from lmact.records import EpisodeRecord, StepRecord, UnitKind
 from lmact.regimes import regime_of
 from lmact.regimes.icrl import by_replicate, make_icrl_config
+from lmact.regimes.icrl_context import run_environment
 from lmact.regimes.imitation import make_config
 from lmact.report.plots import PLOTTED_FIELDS
 from lmact.report.tables import TABLE_FIELDS, report_rows
@@ -132,7 +133,7 @@ def expected_bandit(store: RunStore, run_id: str, baselines: dict[str, str]) -> 
     records = scored_records(store, run_id)
     steps = {step.unit: step for step in store.steps(run_id)}
     task = get_task(BANDIT.task)
-    env, gap = task.make_environment(), float(task.options["gap"])
+    env, gap = run_environment(BANDIT, task), float(task.options["gap"])
     regret, failed, min_share, greedy, mean_reward = [], [], [], [], []
     for replicate in range(REPLICATES):
         rounds = [r for r in records if r.chain == replicate]
@@ -309,7 +310,7 @@ def test_the_bandit_curves_are_the_papers_computed_from_the_records(store_path: 
         steps = {step.unit: step for step in store.steps(BANDIT.run_id)}
         (row,) = [r for r in report_rows(store) if r["run_id"] == BANDIT.run_id]
     task = get_task(BANDIT.task)
-    env, gap = task.make_environment(), float(task.options["gap"])
+    env, gap = run_environment(BANDIT, task), float(task.options["gap"])
     best_share, regret, average = [], [], []
     for replicate in range(REPLICATES):
         rounds = [r for r in records if r.chain == replicate]

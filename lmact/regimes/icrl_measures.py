@@ -10,7 +10,7 @@ record. What a report does not show is not computed (`wanted`).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from itertools import groupby
 from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
@@ -91,7 +91,7 @@ def icrl_measures(
         # A wrong label costs 1: the regret so far is the count of wrong predictions, and
         # the average reward so far the accuracy so far.
         measures[REGRET_CURVE] = _curve([_cumulative([1 - r for r in run]) for run in returns])
-        measures["reward_curve"] = _curve([_running_mean(run) for run in returns])
+        measures["reward_curve"] = _running_mean_curve(returns)
     if config.eval_every is not None and want("held_out_accuracy"):
         measures["held_out_accuracy"] = held_out_accuracy(config.eval_every, returns, steps)
     return measures
@@ -185,12 +185,11 @@ def bandit_curves(
     """Per round, across replicates: the share that pulled the best arm, the cumulative
     regret (gap x pulls of worse arms so far) and the average reward so far."""
     chose_best = [[float(arm == top) for arm in run] for run, top in zip(pulls, best, strict=True)]
-    regret = [_cumulative([gap * (1 - hit) for hit in run]) for run in chose_best]
-    average = [_running_mean(run) for run in rewards]
+    worse = [_cumulative([1 - hit for hit in run]) for run in chose_best]
     return {
         "best_arm_curve": _curve(chose_best),
-        REGRET_CURVE: _curve(regret),
-        "reward_curve": _curve(average),
+        REGRET_CURVE: _curve(worse, lambda _: gap),
+        "reward_curve": _running_mean_curve(rewards),
     }
 
 
@@ -198,12 +197,27 @@ def _cumulative(values: Sequence[float]) -> list[float]:
     return [float(total) for total in np.cumsum(values)] if len(values) else []
 
 
-def _running_mean(values: Sequence[float]) -> list[float]:
-    return [total / count for count, total in enumerate(_cumulative(values), 1)]
+def _running_mean_curve(rewards: Sequence[Sequence[float]]) -> list[dict[str, float]]:
+    """The mean reward up to each episode: the running sums' curve, each point divided by
+    its episode count."""
+    return _curve([_cumulative(run) for run in rewards], lambda episode: 1 / (episode + 1))
 
 
-def _curve(per_replicate: Sequence[Sequence[float]]) -> list[dict[str, float]]:
-    return [vars(point) for point in learning_curve(per_replicate)]
+def _curve(
+    per_replicate: Sequence[Sequence[float]], scale: Callable[[int], float] | None = None
+) -> list[dict[str, float]]:
+    """The learning curve of the values, each point times `scale(episode)`. A curve of
+    counts (presses, wins so far) is bootstrapped as whole numbers, at once, and scaled after:
+    a percentile of c·X is c times X's, and the bootstrap of fractions point by point took a
+    report half a minute."""
+    points = [vars(point) for point in learning_curve(per_replicate)]
+    if scale is None:
+        return points
+    return [
+        {key: value * scale(point["episode"]) if key != "episode" else value
+         for key, value in point.items()}
+        for point in points
+    ]  # fmt: skip
 
 
 def _rounds(
