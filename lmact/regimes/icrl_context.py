@@ -110,8 +110,11 @@ def past_episode(
     gold: Sequence[str] = (),
 ) -> PastEpisode:
     """An earlier episode and its text; the supervised variant shows the expert's actions
-    (`gold`, one per step) instead of those played, and no rewards."""
+    (`gold`, one per step) instead of those played, and no rewards. A run whose policy is
+    shown no prompt and whose contexts have no budget needs neither text nor tokens."""
     total = sum(reward for _, _, reward in steps)
+    if not plan.policy.reads_prompt and plan.budget is None:
+        return PastEpisode(index, tuple(steps), total, (), 0)
     supervised = plan.config.variant == "supervised"
     parts: list[Part] = [
         TextPart("" if supervised else plan.template("past_episode", number=index + 1))
