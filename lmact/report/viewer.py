@@ -271,10 +271,12 @@ def view_run(
     run: RunRecord,
     demo_store: DemoStore | None = None,
     max_episodes: int | None = None,
+    finished: list[UnitKey] | None = None,
 ) -> ViewedRun:
     """The finished episodes of `run` (all, or the first `max_episodes` in the order they
-    are played), their steps rebuilt where they can be."""
-    finished = _finished_units(store, run.run_id)
+    are played), their steps rebuilt where they can be; `finished`: the run's finished
+    units, if the caller has read them already."""
+    finished = _finished_units(store, run.run_id) if finished is None else finished
     steps_of = store.finished_steps(run.run_id)  # one reader, shared by all that reads steps
     config = readable_config(run)
     order = _shown_units(config, finished, max_episodes)
@@ -345,7 +347,7 @@ def render_viewer(
             f"run {run.run_id} has no finished {_unit_label(config, chosen)}; "
             f"its finished episodes: {_some(config, sorted(finished))}"
         )
-    view = view_run(store, run, demo_store, max_episodes)
+    view = view_run(store, run, demo_store, max_episodes, finished)
     shown = [viewed.record.unit for viewed in view.episodes]
     if chosen is not None and chosen not in shown:
         raise LmactError(f"{_unit_label(config, chosen)} of run {run.run_id} is not among "
