@@ -44,9 +44,9 @@ def sample(option: Option, folder: Path) -> tuple[dict[str, Any], Any]:
         "demo_draw": "per-episode",
     }  # fmt: skip
     classification = ("dataset", "held_out", "text_field", "label_field", "unsemantic_labels")
-    if option.name in (*classification, "eval_every", "reset"):
+    if option.name in (*classification, "eval_every", "reset", "labels"):
         needs["task"] = "classification"
-    if option.name == "history":
+    if option.name in ("history", "buttons"):
         needs["task"] = "bandit_easy"
     if option.name == "demo_pool":
         needs["demo_draw"] = "per-episode"
@@ -88,6 +88,8 @@ def landed(read: Any, option: Option, value: Any) -> bool:
         return True  # the API returns what --json prints, whatever it says
     if option.name == "preset":
         return config.regime == "icrl" and read.episodes == 100 and config.temperature == 0
+    if option.name == "buttons":  # drawn: the absent field of runs made before the option
+        return config.buttons == (None if value == "drawn" else value)
     if option.name == "episodes":
         return read.episodes == value
     if option.name in ("task", "regime"):
