@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import InvalidStateError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -458,9 +458,29 @@ def _pooled_episodes(
             "rerun to resume after the stored ones"
         ) from None
     finally:
-        if not finished:
-            _kill_workers(pool)
-        pool.shutdown(wait=True, cancel_futures=True)
+        with _broken_pool_race_quiet():
+            if not finished:
+                _kill_workers(pool)
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _broken_pool_race_quiet() -> Iterator[None]:
+    """Python 3.11's executor thread, failing the futures of a pool whose workers were
+    killed, fails one that stopping the map had cancelled already and prints an
+    InvalidStateError traceback from that thread, at random. Nothing of ours is lost: that
+    one exception is passed over while the pool is stopped; any other is printed as ever."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is not InvalidStateError:
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 def _kill_workers(pool: ProcessPoolExecutor) -> None:

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -213,3 +214,28 @@ def test_a_worker_whose_parent_died_ends_itself(tmp_path: Path) -> None:
         run.recorded.add(child)
         stop(run, signal.SIGKILL)
         assert wait_until(lambda: not running([child]), timeout=3)
+
+
+def test_stopping_a_pool_passes_over_only_pythons_cancelled_future_race(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Python 3.11's executor thread may fail a future already cancelled when a pool whose
+    workers were killed is stopped (InvalidStateError, at random): passed over then; any
+    other exception of a thread reaches the hook as ever."""
+    from concurrent.futures import InvalidStateError
+
+    from lmact.demos import _broken_pool_race_quiet
+
+    reached: list[str] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: reached.append(str(args.exc_value)))
+
+    def raising(error: Exception) -> None:
+        thread = threading.Thread(target=lambda: (_ for _ in ()).throw(error))
+        thread.start()
+        thread.join()
+
+    with _broken_pool_race_quiet():
+        raising(InvalidStateError("CANCELLED: <Future>"))
+        raising(RuntimeError("a bug of ours"))
+    raising(InvalidStateError("outside the stop"))
+    assert reached == ["a bug of ours", "outside the stop"]
