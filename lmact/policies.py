@@ -76,6 +76,12 @@ class Policy(ABC):
     # none (an empty prompt hash).
     reads_prompt: bool = True
 
+    @property
+    def unconstrained_because(self) -> str | None:
+        """Why its answers cannot be held to the legal actions (`--constrained`); None when
+        they can (a scripted policy answers a legal action anyway)."""
+        return None
+
     def __init__(self, options: ModelOptions | None = None) -> None:
         self.options = options or ModelOptions()
         self.tally = CallTally()
@@ -131,6 +137,10 @@ class ModelPolicy(Policy):
 
     def check_ready(self) -> None:
         self.client.check_ready()
+
+    @property
+    def unconstrained_because(self) -> str | None:
+        return None if self.client.constrains else self.client.unconstrained_because
 
     def cost_usd(self, response: ModelResponse) -> float | None:
         return self.client.cost_usd(response)

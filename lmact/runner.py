@@ -507,10 +507,9 @@ def _note_unconstrained(prepared: PreparedRun[Any, Any]) -> None:
     """A run asked to constrain its answers whose model cannot: said on stderr in one line,
     and kept with the run (`unconstrained` in its facts: why)."""
     config, policy = prepared.config, prepared.policy
-    client = getattr(policy, "client", None)  # a model's; a scripted policy answers legally
-    if not getattr(config, "constrained", False) or client is None or client.constrains:
+    reason = policy.unconstrained_because
+    if not getattr(config, "constrained", False) or reason is None:
         return
-    prepared.facts.stored["unconstrained"] = client.unconstrained_because
-    print(f"lmact: {visible(policy.name)} cannot constrain its answers "
-          f"({client.unconstrained_because}): this run is played unconstrained",
-          file=sys.stderr)  # fmt: skip
+    prepared.facts.stored["unconstrained"] = reason
+    print(f"lmact: {visible(policy.name)} cannot constrain its answers ({reason}): this run "
+          "is played unconstrained", file=sys.stderr)  # fmt: skip
