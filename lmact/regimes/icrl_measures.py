@@ -86,7 +86,8 @@ def icrl_measures(
         if want(*BANDIT_FIELDS):
             measures |= vars(bandit_measures(*rounds))
         if want(*BANDIT_CURVES, REGRET_CURVE):
-            measures |= bandit_curves(*rounds)
+            pulls, rewards, best, _, gap = rounds
+            measures |= bandit_curves(pulls, rewards, best, gap)
     elif environment == "classification" and want(REGRET_CURVE, "reward_curve"):
         # A wrong label costs 1: the regret so far is the count of wrong predictions, and
         # the average reward so far the accuracy so far.
@@ -176,11 +177,7 @@ def bandit_rounds(
 
 
 def bandit_curves(
-    pulls: list[list[str]],
-    rewards: list[list[float]],
-    best: list[str],
-    arms: list[list[str]],
-    gap: float,
+    pulls: list[list[str]], rewards: list[list[float]], best: list[str], gap: float
 ) -> dict[str, list[dict[str, float]]]:
     """Per round, across replicates: the share that pulled the best arm, the cumulative
     regret (gap x pulls of worse arms so far) and the average reward so far."""
