@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 from lmact.errors import LmactError
 
@@ -78,7 +78,35 @@ class ImagePart:
         return width, height
 
 
-Part = TextPart | ImagePart
+@dataclass(frozen=True)
+class TurnStart:
+    """Where a new turn of a conversation starts: the parts after it, up to the next
+    `TurnStart`, are one message of `role`. Parts before the first are a user turn, and a
+    request without any is the single user turn it always was."""
+
+    role: Literal["user", "assistant"]
+
+
+Part = TextPart | ImagePart | TurnStart
+ROLES = ("user", "assistant")
+
+
+def turns(parts: Iterable[Part]) -> list[tuple[str, tuple[Part, ...]]]:
+    """The parts as (role, parts) turns in order: neighbouring turns of one role are one
+    turn, and turns with no parts are dropped."""
+    result: list[tuple[str, list[Part]]] = []
+    role = "user"
+    for part in parts:
+        if isinstance(part, TurnStart):
+            if part.role not in ROLES:
+                raise ValueError(f"a turn's role is one of {', '.join(ROLES)}")
+            role = part.role
+            continue
+        if result and result[-1][0] == role:
+            result[-1][1].append(part)
+        else:
+            result.append((role, [part]))
+    return [(role, tuple(group)) for role, group in result]
 
 
 def merge_text_parts(parts: Iterable[Part]) -> tuple[Part, ...]:
@@ -141,6 +169,8 @@ class ModelRequest:
         for part in self.parts:
             if isinstance(part, TextPart):
                 digest.update(b"T%d:" % len(part.text.encode()) + part.text.encode())
+            elif isinstance(part, TurnStart):  # only in conversations: other hashes stay
+                digest.update(b"R:" + part.role.encode() + b";")
             else:
                 digest.update(b"I:" + part.sha256.encode())
         return digest.hexdigest()
