@@ -23,6 +23,7 @@ from lmact.models.base import (
     ModelResponse,
     Part,
     TextPart,
+    TurnStart,
     estimate_tokens,
 )
 from lmact.models.caller import ModelCaller
@@ -102,6 +103,24 @@ def simple_request(**fields: Any) -> ModelRequest:
     """A three-part text request (preamble, demonstrations, current step)."""
     parts = (TextPart("Preamble.\n"), TextPart("Demonstrations.\n"), TextPart("Now: x1\n"))
     return ModelRequest(parts=fields.pop("parts", parts), **fields)
+
+
+# A conversation as in-context RL sends one: an example's input, the model's answer, the
+# feedback, then the current input; its first three turns are its first five parts.
+CONVERSATION_PARTS: tuple[Part, ...] = (
+    TextPart("in 1\n"),
+    TurnStart("assistant"),
+    TextPart("Action: a\n"),
+    TurnStart("user"),
+    TextPart("Right.\n"),
+    TextPart("in 2\n"),
+)
+
+
+def conversation_request(**fields: Any) -> ModelRequest:
+    """`CONVERSATION_PARTS` as a request, its first three turns the stable prefix."""
+    fields.setdefault("stable_prefix_parts", 5)
+    return ModelRequest(parts=CONVERSATION_PARTS, **fields)
 
 
 class StubModel(ModelClient):

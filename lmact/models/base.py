@@ -78,13 +78,16 @@ class ImagePart:
         return width, height
 
 
+Role = Literal["user", "assistant"]
+
+
 @dataclass(frozen=True)
 class TurnStart:
     """Where a new turn of a conversation starts: the parts after it, up to the next
     `TurnStart`, are one message of `role`. Parts before the first are a user turn, and a
     request without any is the single user turn it always was."""
 
-    role: Literal["user", "assistant"]
+    role: Role
 
 
 Part = TextPart | ImagePart | TurnStart
@@ -109,6 +112,32 @@ def turns(parts: Iterable[Part]) -> list[tuple[str, tuple[Part, ...]]]:
     return [(role, tuple(group)) for role, group in result]
 
 
+def role_at(parts: Sequence[Part], index: int) -> Role:
+    """The role in effect just before the part at `index`: where a request is cut (a cached
+    prefix and the rest), the rest's first parts go on with that turn."""
+    for part in reversed(parts[:index]):
+        if isinstance(part, TurnStart):
+            return part.role
+    return "user"
+
+
+def conversation(parts: Sequence[Part]) -> list[tuple[str, tuple[Part, ...]]]:
+    """The turns of a chat request's parts, checked once by each chat client as it builds
+    its messages: a conversation starts and ends with a user turn (the model answers the
+    last, and Anthropic takes no other first), and an assistant turn (a model's answer)
+    holds text only, as OpenAI and Anthropic require. A request of no parts is the one
+    empty user turn it always was. A ValueError is a caller's mistake, not the model's."""
+    found = turns(parts)
+    if not found:
+        return [("user", ())]
+    if found[0][0] != "user" or found[-1][0] != "user":
+        raise ValueError("a conversation starts and ends with a user turn")
+    for role, group in found:
+        if role == "assistant" and any(isinstance(part, ImagePart) for part in group):
+            raise ValueError("an assistant turn holds text only")
+    return found
+
+
 def merge_text_parts(parts: Iterable[Part]) -> tuple[Part, ...]:
     """Join neighbouring text parts (empty ones dropped), so that a prompt has as few parts
     as it can; in time linear in the text: merging into a growing part would copy it at
@@ -130,7 +159,8 @@ def merge_text_parts(parts: Iterable[Part]) -> tuple[Part, ...]:
 
 @dataclass(frozen=True)
 class ModelRequest:
-    """One call: a single user turn of text and images, in order.
+    """One call: a user turn of text and images, in order, or a conversation of turns (its
+    parts grouped by `TurnStart` parts, see `turns`).
 
     `stable_prefix_parts` leading parts are identical at every step of a run (preamble and
     demonstrations): providers with prompt caching mark the cache boundary there.
@@ -153,11 +183,22 @@ class ModelRequest:
     choices: tuple[str, ...] = ()
 
     def completion_text(self) -> str:
-        """The prompt as one text, for completion models (which accept no images)."""
-        if any(isinstance(part, ImagePart) for part in self.parts):
-            raise ValueError("a completion prompt cannot hold images")
-        text = "".join(part.text for part in self.parts if isinstance(part, TextPart))
-        return self.system + text + self.answer_prefix
+        """The prompt as one text, for completion models (which accept no images). A
+        conversation's turns are read as one text: a `TurnStart` adds none (each turn's text
+        ends in a newline already), and, as for chat models, its last turn is a user's."""
+        texts: list[str] = []
+        role = last = "user"  # the turn in effect, and that of the last text
+        for part in self.parts:
+            if isinstance(part, TextPart):
+                texts.append(part.text)
+                last = role
+            elif isinstance(part, TurnStart):
+                role = part.role
+            else:
+                raise ValueError("a completion prompt cannot hold images")
+        if last != "user":
+            raise ValueError("a conversation ends with a user turn")
+        return self.system + "".join(texts) + self.answer_prefix
 
     @cached_property
     def prompt_hash(self) -> str:
