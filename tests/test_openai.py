@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import call, episode_requests
+from helpers import call, conversation_request, episode_requests, simple_request
 from loopback import LoopbackServer, RecordedRequest, Reply, faults_then, loopback
 from PIL import Image
 
@@ -236,6 +236,33 @@ def test_the_prompt_cache_key_follows_the_stable_prefix() -> None:
     other_model = client_for(server, "openai/gpt-4.1")
     assert other_model.prompt_cache_key(steps[0]) != keys[0]
     assert client.prompt_cache_key(steps[0]) == keys[0]  # stable across calls, not random
+
+
+def test_a_conversation_is_one_message_per_turn_with_its_role() -> None:
+    request = conversation_request(system="You choose.")
+    with loopback(ok) as server:
+        client = client_for(server)
+        call(client, request)
+    body = server.requests[0].json
+    assert body["messages"] == [
+        {"role": "system", "content": "You choose."},
+        {"role": "user", "content": [{"type": "text", "text": "in 1\n"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Action: a\n"}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Right.\n"}, {"type": "text", "text": "in 2\n"}],
+        },
+    ]
+    # The roles are part of the cache key: the same texts in one user turn are another prompt.
+    texts = tuple(part for part in request.parts if isinstance(part, TextPart))
+    one_turn = replace(request, parts=texts, stable_prefix_parts=3)
+    assert client.prompt_cache_key(one_turn) != body["prompt_cache_key"]
+    # A prefix without turns keeps the key it had before conversations (pinned).
+    plain = replace(simple_request(system="You choose."), stable_prefix_parts=2)
+    assert client.prompt_cache_key(plain) == "lmact-347217aa14e3fc0e31f5e35d93835aca"
+    # A conversation ending in the model's own answer is the caller's mistake.
+    with pytest.raises(ValueError, match="ends with a user turn"):
+        client.messages(replace(request, parts=request.parts[:3]))
 
 
 # --- what it reads back --------------------------------------------------------------------

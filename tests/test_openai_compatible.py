@@ -4,15 +4,17 @@ and a whole run against llama.cpp's real OpenAI-compatible server."""
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import episode_requests
+from helpers import conversation_request, episode_requests
 from llama_servers import llama_servers
 from loopback import RecordedRequest, Reply, chat_completion, loopback
+from PIL import Image
 
 from lmact.demos import DemoStore
 from lmact.errors import LmactError
@@ -131,6 +133,32 @@ def test_chat_mode_sends_images_inline() -> None:
     kinds = [part["type"] for part in content]
     assert kinds.count("image_url") == sum(isinstance(p, ImagePart) for p in request.parts) > 1
     assert len(content) == len(request.parts)
+
+
+def test_a_conversation_is_a_message_per_turn_plain_text_where_a_turn_has_no_image() -> None:
+    request = conversation_request(system="Choose.\n", answer_prefix="Action:")
+    buffer = io.BytesIO()
+    Image.new("RGB", (2, 2)).save(buffer, "PNG")
+    image = ImagePart(buffer.getvalue())
+    with_image = replace(request, parts=(*request.parts, image))
+    with loopback(lambda r: Reply(body=chat_completion("a"))) as server:
+        call(client_for(server.url + "/v1"), request)
+        call(client_for(server.url + "/v1"), with_image)
+    plain, mixed = (sent.json["messages"] for sent in server.requests)
+    assert plain == [
+        {"role": "system", "content": "Choose.\n"},
+        {"role": "user", "content": "in 1\n"},
+        {"role": "assistant", "content": "Action: a\n"},
+        {"role": "user", "content": "Right.\nin 2\n"},
+    ]
+    # Only the turn with an image is a list of blocks.
+    assert mixed[:3] == plain[:3]
+    assert [block["type"] for block in mixed[3]["content"]] == ["text", "text", "image_url"]
+    # A completions endpoint reads the turns as one text.
+    answer = text_completion(" a")
+    with loopback(lambda r: Reply(body=answer)) as server:
+        call(client_for(server.url + "/v1", chat=False), request)
+    assert server.requests[0].json["prompt"] == "Choose.\nin 1\nAction: a\nRight.\nin 2\nAction:"
 
 
 def test_identity_names_the_server_and_the_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,9 +1,9 @@
 """`openai/<model>`: OpenAI's Chat Completions API through the official `openai` SDK.
 
-A thin translator: a `ModelRequest` becomes one user message (text and inline PNG images,
-in order) and an optional system message; the answer's text, stop reason and usage come
-back as a `ModelResponse`. Retries, backoff and concurrency live in `lmact.models.caller`;
-the SDK's own retries are off.
+A thin translator: a `ModelRequest` becomes an optional system message and one message per
+turn (text and inline PNG images, in order; a request without turns is one user message);
+the answer's text, stop reason and usage come back as a `ModelResponse`. Retries, backoff
+and concurrency live in `lmact.models.caller`; the SDK's own retries are off.
 
 OpenAI caches byte-identical prompt prefixes by itself; every step of a run sends the same
 `prompt_cache_key` (a hash of the stable prefix) so that its calls reach the same cache.
@@ -30,9 +30,12 @@ from lmact.models.base import (
     ImagePart,
     ModelRequest,
     ModelResponse,
+    Part,
     TextPart,
+    TurnStart,
     UnreadableAnswerError,
     choice_schema,
+    conversation,
 )
 from lmact.models.catalog import catalog_entry
 from lmact.models.remote import RemoteModel, missing_sdk
@@ -259,10 +262,10 @@ class OpenAIModel(RemoteModel):
 
     # --- the request -----------------------------------------------------------------------
 
-    def user_content(self, request: ModelRequest) -> list[dict[str, Any]] | str:
-        """The parts in order: text, and images inline as PNG data URLs."""
+    def turn_content(self, parts: Sequence[Part]) -> list[dict[str, Any]] | str:
+        """One turn's parts in order: text, and images inline as PNG data URLs."""
         content: list[dict[str, Any]] = []
-        for part in request.parts:
+        for part in parts:
             if isinstance(part, TextPart):
                 content.append({"type": "text", "text": part.text})
             elif isinstance(part, ImagePart):
@@ -271,11 +274,13 @@ class OpenAIModel(RemoteModel):
         return content
 
     def messages(self, request: ModelRequest) -> list[dict[str, Any]]:
+        """The system (developer) message, then one message per turn, with its role."""
         messages: list[dict[str, Any]] = []
         if request.system:
             role = "developer" if self.reasoning else "system"
             messages.append({"role": role, "content": request.system})
-        messages.append({"role": "user", "content": self.user_content(request)})
+        for role, parts in conversation(request.parts):
+            messages.append({"role": role, "content": self.turn_content(parts)})
         return messages
 
     def prompt_cache_key(self, request: ModelRequest) -> str:
@@ -287,6 +292,8 @@ class OpenAIModel(RemoteModel):
         for part in request.parts[: request.stable_prefix_parts]:
             if isinstance(part, TextPart):
                 digest.update(b"T" + hashlib.sha256(part.text.encode()).digest())
+            elif isinstance(part, TurnStart):  # the role too: another role, another prompt
+                digest.update(b"R" + part.role.encode() + b";")
             else:
                 digest.update(b"I" + bytes.fromhex(part.sha256))
         return "lmact-" + digest.hexdigest()[:32]

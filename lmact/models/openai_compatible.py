@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from lmact.errors import LmactError
@@ -22,6 +22,7 @@ from lmact.models.base import (
     ModelOptions,
     ModelRequest,
     ModelResponse,
+    Part,
     TextPart,
 )
 from lmact.models.openai import JSON_ROOM, OpenAIModel, import_openai, structured_choice
@@ -150,11 +151,11 @@ class OpenAICompatibleModel(OpenAIModel):
 
     # --- the request -----------------------------------------------------------------------
 
-    def user_content(self, request: ModelRequest) -> list[dict[str, Any]] | str:
-        # Plain text where there are no images: every server's chat template takes a string.
-        if not any(isinstance(part, ImagePart) for part in request.parts):
-            return "".join(part.text for part in request.parts if isinstance(part, TextPart))
-        return super().user_content(request)
+    def turn_content(self, parts: Sequence[Part]) -> list[dict[str, Any]] | str:
+        # Plain text for a turn without images: every server's chat template takes a string.
+        if not any(isinstance(part, ImagePart) for part in parts):
+            return "".join(part.text for part in parts if isinstance(part, TextPart))
+        return super().turn_content(parts)
 
     def chat_parameters(self, request: ModelRequest) -> dict[str, Any]:
         # `max_tokens`: older servers do not know `max_completion_tokens`; no cache key,
