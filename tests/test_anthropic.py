@@ -7,10 +7,17 @@ import base64
 import os
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
-from helpers import call, episode_requests, simple_request
+from helpers import (
+    CONVERSATION_PARTS,
+    call,
+    conversation_request,
+    episode_requests,
+    simple_request,
+)
 from loopback import RecordedRequest, Reply, faults_then, loopback
 
 from lmact.demos import DemoStore
@@ -165,6 +172,47 @@ def test_images_inline_in_order_with_the_cache_mark_on_the_prefix_end() -> None:
     assert images >= 3
     assert cache_marks(sent) == [request.stable_prefix_parts - 1]
     assert blocks[request.stable_prefix_parts - 1]["cache_control"] == {"type": "ephemeral"}
+
+
+def test_a_conversation_is_a_message_per_turn_the_cache_mark_after_the_third() -> None:
+    tool_call = {"type": "tool_use", "id": "toolu_01", "name": "answer", "input": {"action": "b"}}
+    reply = message(content=[tool_call], stop_reason="tool_use")
+    request = conversation_request(system="You choose.", choices=("a", "b"))
+    with loopback(answer(reply)) as server:
+        response, _ = call(model_at(server.url), request)
+    assert (response.text, response.stop_reason) == ("b", "stop")  # forced through the tool
+    body = server.requests[0].json
+    assert body["system"] == "You choose."
+    assert body["tool_choice"] == {"type": "tool", "name": "answer"}
+    mark = {"cache_control": {"type": "ephemeral"}}
+    # The stable prefix (five parts, two of them turn starts) ends with "Right.".
+    assert body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "in 1\n"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Action: a\n"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Right.\n", **mark},
+                {"type": "text", "text": "in 2\n"},
+            ],
+        },
+    ]
+    # A prefix ending in the answer marks the answer; an empty turn leaves the roles
+    # alternating.
+    model = model_at("http://127.0.0.1:9")
+    at_answer = replace(request, stable_prefix_parts=3)
+    assert model.request_arguments(at_answer)["messages"][1]["content"][0] == {
+        "type": "text",
+        "text": "Action: a\n",
+        **mark,
+    }
+    empty = (*CONVERSATION_PARTS[:2], TextPart(""), *CONVERSATION_PARTS[3:])
+    empty_answer = replace(request, parts=empty)
+    messages = model.request_arguments(empty_answer)["messages"]
+    assert [m["role"] for m in messages] == ["user"]
+    assert [block["text"] for block in messages[0]["content"]] == ["in 1\n", "Right.\n", "in 2\n"]
+    with pytest.raises(ValueError, match="ends with a user turn"):
+        model.request_arguments(replace(request, parts=CONVERSATION_PARTS[:3]))
 
 
 def test_thinking_parameters_and_answer() -> None:

@@ -5,7 +5,8 @@ The SDK (2.x) speaks API version 2026-10-21, which removed the sampling paramete
 and Claude samples at its own default. It sends the key as `Authorization: Bearer`.
 
 The stable prefix (preamble and demonstrations) ends with a `cache_control` breakpoint, so
-every step after the first reads it from Anthropic's prompt cache.
+every step after the first reads it from Anthropic's prompt cache. A conversation's turns
+are messages of their roles.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from lmact.models.base import (
     ModelCallError,
     ModelRequest,
     ModelResponse,
+    Part,
     TextPart,
+    TurnStart,
     choice_schema,
+    conversation,
     token_count,
 )
 from lmact.models.remote import RemoteModel, missing_sdk
@@ -52,25 +56,42 @@ def _sdk() -> Any:
     return anthropic
 
 
-def content_blocks(request: ModelRequest) -> list[dict[str, Any]]:
-    """The user turn's content: one block per part, in order, with a prompt-cache breakpoint on
-    the block that ends the stable prefix (none when there is no stable prefix)."""
-    blocks: list[dict[str, Any]] = []
-    breakpoint_at: int | None = None
+def _block(part: Part) -> dict[str, Any] | None:
+    """A part's content block; None for a turn start and for empty text, which the API
+    rejects."""
+    if isinstance(part, ImagePart):
+        data = base64.b64encode(part.png).decode("ascii")
+        source = {"type": "base64", "media_type": "image/png", "data": data}
+        return {"type": "image", "source": source}
+    if isinstance(part, TextPart) and part.text:
+        return {"type": "text", "text": part.text}
+    return None
+
+
+def messages(request: ModelRequest) -> list[dict[str, Any]]:
+    """One message per turn, its parts one block each, in order, with a prompt-cache
+    breakpoint on the block that ends the stable prefix (none when there is no stable
+    prefix). A turn left without blocks (empty text) is dropped, so that the roles still
+    alternate, as the API requires."""
+    conversation(request.parts)  # checked here as by every client, built below by index
+    result: list[dict[str, Any]] = []
+    breakpoint_block: dict[str, Any] | None = None
+    role = "user"
     for index, part in enumerate(request.parts):
-        if isinstance(part, ImagePart):
-            data = base64.b64encode(part.png).decode("ascii")
-            source = {"type": "base64", "media_type": "image/png", "data": data}
-            blocks.append({"type": "image", "source": source})
-        elif isinstance(part, TextPart) and part.text:  # the API rejects empty text blocks
-            blocks.append({"type": "text", "text": part.text})
-        else:
+        if isinstance(part, TurnStart):
+            role = part.role
             continue
-        if index < request.stable_prefix_parts:
-            breakpoint_at = len(blocks) - 1
-    if breakpoint_at is not None:
-        blocks[breakpoint_at]["cache_control"] = {"type": "ephemeral"}
-    return blocks
+        block = _block(part)
+        if block is None:
+            continue
+        if not result or result[-1]["role"] != role:
+            result.append({"role": role, "content": []})
+        result[-1]["content"].append(block)
+        if index < request.stable_prefix_parts:  # turn starts count, as in the request
+            breakpoint_block = block
+    if breakpoint_block is not None:
+        breakpoint_block["cache_control"] = {"type": "ephemeral"}
+    return result or [{"role": "user", "content": []}]
 
 
 def _count(usage: Any, field: str) -> int:
@@ -119,7 +140,7 @@ class AnthropicModel(RemoteModel):
         """The keyword arguments of `messages.create` for one request."""
         arguments: dict[str, Any] = {
             "model": self.model,
-            "messages": [{"role": "user", "content": content_blocks(request)}],
+            "messages": messages(request),
             "max_tokens": request.max_tokens,
         }
         if request.system:
