@@ -10,10 +10,11 @@ import io
 import os
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
-from helpers import call, simple_request
+from helpers import call, conversation_request, simple_request
 from loopback import RecordedRequest, Reply, faults_then, loopback
 from PIL import Image
 
@@ -389,6 +390,41 @@ def test_a_long_prefix_is_cached_once_and_later_requests_name_it() -> None:
         model.close()
     deleted = {r.path for r in server.requests if r.method == "DELETE"}
     assert deleted == {"/v1beta/cachedContents/abc", "/v1beta/cachedContents/def"}
+
+
+def turns_of(contents: list[dict[str, Any]]) -> list[tuple[str, list[tuple[str, str]]]]:
+    return [(content["role"], described(content["parts"])) for content in contents]
+
+
+def test_a_conversation_is_contents_by_turn_cached_or_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    request = conversation_request(system="You choose.")
+    user_1, answer_a = ("user", [("text", "in 1\n")]), ("model", [("text", "Action: a\n")])
+    with loopback(CachingServer()) as server:
+        call(model_at(server.url), request)  # too short a prefix to cache
+        assert not cache_creations(server)
+        assert turns_of(server.requests[0].json["contents"]) == [
+            user_1,
+            answer_a,
+            ("user", [("text", "Right.\n"), ("text", "in 2\n")]),
+        ]
+        assert server.requests[0].json["systemInstruction"]["parts"] == [{"text": "You choose."}]
+        monkeypatch.setattr(GoogleModel, "cache_min_tokens", 1)
+        model = model_at(server.url)
+        # The cache holds the first three turns, the request the rest.
+        call(model, request)
+        # Cut inside the conversation, the rest goes on with the answer's turn.
+        call(model, replace(request, stable_prefix_parts=2))
+        model.close()
+    first, second = (creation.json["contents"] for creation in cache_creations(server))
+    assert turns_of(first) == [user_1, answer_a, ("user", [("text", "Right.\n")])]
+    assert turns_of(second) == [user_1]
+    sent = generate_requests(server)[1:]
+    assert [r.json["cachedContent"] for r in sent] == ["cachedContents/abc", "cachedContents/def"]
+    assert turns_of(sent[0].json["contents"]) == [("user", [("text", "in 2\n")])]
+    assert turns_of(sent[1].json["contents"]) == [
+        answer_a,
+        ("user", [("text", "Right.\n"), ("text", "in 2\n")]),
+    ]
 
 
 def test_concurrent_requests_create_one_cache() -> None:

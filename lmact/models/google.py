@@ -1,9 +1,11 @@
 """`google/<model>`: Gemini through the Gemini Developer API (the `google-genai` SDK,
 non-streaming, API version v1beta).
 
-A long stable prefix (preamble and demonstrations) goes into an explicit context cache
-(`cachedContents`), created once per distinct prefix and named by later requests, which then
-send only the rest of the prompt. The SDK's own retries are off: `ModelCaller` retries.
+A conversation's turns are contents of role "user" or "model". A long stable prefix
+(preamble and demonstrations) goes into an explicit context cache (`cachedContents`),
+created once per distinct prefix and named by later requests, which then send only the rest
+of the prompt (each split into contents by turns). The SDK's own retries are off:
+`ModelCaller` retries.
 """
 
 from __future__ import annotations
@@ -29,8 +31,14 @@ from lmact.models.base import (
     ModelRequest,
     ModelResponse,
     Part,
+    Role,
+    TextPart,
     TransientModelError,
+    TurnStart,
+    conversation,
+    role_at,
     token_count,
+    turns,
 )
 from lmact.models.redaction import display_url
 from lmact.models.remote import RETRYABLE_STATUSES, RemoteModel, missing_sdk
@@ -175,15 +183,23 @@ class GoogleModel(RemoteModel):
 
     # --- the request -------------------------------------------------------------------
 
-    def _content(self, parts: Sequence[Part]) -> Any:
+    def _contents(self, parts: Sequence[Part], role: Role = "user") -> list[Any]:
+        """One `Content` per turn, "user" or "model" (Gemini's name for the assistant), the
+        parts before the first turn start taking `role`. Empty text is left out (the API
+        rejects empty parts), before the turns are found: a turn of empty text is none."""
         _, types, _ = _sdk()
-        sdk_parts = []
-        for part in parts:
-            if isinstance(part, ImagePart):
-                sdk_parts.append(types.Part.from_bytes(data=part.png, mime_type="image/png"))
-            elif part.text:  # the API rejects empty text parts
-                sdk_parts.append(types.Part.from_text(text=part.text))
-        return types.Content(role="user", parts=sdk_parts)
+        kept = (p for p in parts if not (isinstance(p, TextPart) and not p.text))
+        contents = []
+        for turn_role, group in turns((TurnStart(role), *kept)):
+            sdk_parts = []
+            for part in group:
+                if isinstance(part, ImagePart):
+                    sdk_parts.append(types.Part.from_bytes(data=part.png, mime_type="image/png"))
+                elif isinstance(part, TextPart):
+                    sdk_parts.append(types.Part.from_text(text=part.text))
+            gemini_role = "model" if turn_role == "assistant" else "user"
+            contents.append(types.Content(role=gemini_role, parts=sdk_parts))
+        return contents or [types.Content(role="user", parts=[])]
 
     def _config(self, request: ModelRequest, cache: _PrefixCache | None) -> Any:
         _, types, _ = _sdk()
@@ -239,7 +255,7 @@ class GoogleModel(RemoteModel):
                 created = await (await self.loop_client()).aio.caches.create(
                     model=self.model,
                     config=types.CreateCachedContentConfig(
-                        contents=[self._content(prefix)],
+                        contents=self._contents(prefix),
                         system_instruction=request.system or None,
                         ttl=f"{self.cache_ttl_s}s",
                     ),
@@ -268,16 +284,22 @@ class GoogleModel(RemoteModel):
                 del self._caches[key]
 
     async def send(self, request: ModelRequest) -> ModelResponse:
+        conversation(request.parts)  # checked as every client does; sent by turns below
         _, _, errors = _sdk()
         client = await self.loop_client()
         cache = None
         if 0 < request.stable_prefix_parts < len(request.parts):
             cache = await self._prefix_cache(request)
-        parts = request.parts[request.stable_prefix_parts :] if cache else request.parts
+        if cache is None:
+            contents = self._contents(request.parts)
+        else:  # the rest of the prompt goes on with the turn the prefix ends in
+            split = request.stable_prefix_parts
+            rest = request.parts[split:]
+            contents = self._contents(rest, role_at(request.parts, split))
         try:
             response = await client.aio.models.generate_content(
                 model=self.model,
-                contents=[self._content(parts)],
+                contents=contents,
                 config=self._config(request, cache),
             )
         except errors.APIError as error:
