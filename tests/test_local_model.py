@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from helpers import episode_requests
+from helpers import conversation_request, episode_requests
 
 from lmact.demos import DemoStore
 from lmact.models.base import ModelOptions, TextPart
@@ -36,6 +36,19 @@ def test_token_count_matches_what_the_model_reports(model: LocalModel) -> None:
     expected = model.count_tokens([*request.parts, TextPart(request.answer_prefix)])
     assert response.prompt_tokens == expected > 100
     assert response.stop_reason in {"stop", "length"}
+
+
+def test_a_conversation_is_answered_from_its_turns_as_one_text(model: LocalModel) -> None:
+    request = conversation_request(system="Answer.\n", answer_prefix="Action:", max_tokens=4)
+    response = asyncio.run(model.complete(request))
+    # Turn starts add no text: the prompt is the turns' texts between system and prefix.
+    text = TextPart(request.completion_text())
+    assert text.text == "Answer.\nin 1\nAction: a\nRight.\nin 2\nAction:"
+    assert response.prompt_tokens == model.count_tokens([text])
+    assert model.count_tokens(request.parts) == model.count_tokens(
+        [p for p in request.parts if isinstance(p, TextPart)]
+    )
+    assert response.stop_reason in {"stop", "length"} and response.completion_tokens > 0
 
 
 def test_prefix_reuse_gives_the_same_answers(model: LocalModel) -> None:

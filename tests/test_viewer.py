@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from browser import opened, pixel_colours
-from helpers import StubModel
+from helpers import CONVERSATION_PARTS, StubModel
 from PIL import Image
 
 from lmact.cli import main
@@ -35,6 +35,7 @@ from lmact.report.viewer import (
     make_server,
     render_viewer,
 )
+from lmact.report.viewer_page import _Prefixes
 from lmact.runner import Runner
 from lmact.store import RunStore
 from lmact.tasks import get_task
@@ -215,6 +216,22 @@ def test_an_icrl_step_shows_the_context_it_was_given(tmp_path: Path) -> None:
         other.wait_for()
         assert other.locator("h2").text_content() == "replicate 1 · episode 0"
         assert browser.page.locator(SHOWN).count() == 1
+
+
+def test_a_conversation_s_turns_are_shown_as_labelled_separators() -> None:
+    prefixes = _Prefixes()
+    parts = (*CONVERSATION_PARTS[:2], TextPart(SCRIPT), *CONVERSATION_PARTS[3:])
+    prefixes.ref(parts)
+    html = prefixes.html()
+    assert (
+        '<pre class="prompt">in 1\n</pre><div class="turn">assistant</div>'
+        '<pre class="prompt">&lt;script&gt;alert(1)&lt;/script&gt;</pre>'
+        '<div class="turn">user</div><pre class="prompt">Right.\n</pre>'
+    ) in html
+    assert SCRIPT not in html
+    # The same texts without turns are another prefix, shown without separators.
+    assert prefixes.ref([p for p in parts if isinstance(p, TextPart)]) == 1
+    assert prefixes.html().count('class="turn"') == 2
 
 
 def test_a_run_id_prefix_or_none_names_a_run(tmp_path: Path) -> None:

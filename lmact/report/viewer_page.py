@@ -16,6 +16,7 @@ from lmact.models.base import (
     ModelRequest,
     Part,
     TextPart,
+    TurnStart,
 )
 from lmact.records import NO_PROMPT, EpisodeRecord, StepRecord, UnitKey, UnitKind
 from lmact.regimes.base import RegimeConfig
@@ -151,6 +152,8 @@ class _Prefixes:
         for part in parts:
             if isinstance(part, TextPart):
                 shown.append(f'<pre class="prompt">{escape(part.text)}</pre>')
+            elif isinstance(part, TurnStart):  # a conversation's turn: who speaks from here
+                shown.append(f'<div class="turn">{escape(part.role)}</div>')
             else:
                 self.images.setdefault(part.sha256, data_uri(part.png))
                 shown.append(f'<img class="prompt-image" data-ref="{part.sha256}" alt="image">')
@@ -440,6 +443,8 @@ code { font-family: ui-monospace, monospace; background: #eaeef2; padding: 0 4px
 details { margin-top: 6px; }
 summary { cursor: pointer; color: #0969da; }
 details.prefix > pre, details.prefix > img, details.after > pre { margin-top: 4px; }
+.turn { margin: 8px 0 0; padding-top: 2px; border-top: 1px solid #d0d7de; color: #57606a;
+  font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
 """
 )
 
