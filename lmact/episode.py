@@ -33,7 +33,7 @@ from lmact.envs.base import (
 )
 from lmact.models.base import UNREADABLE, ModelRequest
 from lmact.policies import ArmTally, Policy, Situation
-from lmact.prompting import Step, extract_answer
+from lmact.prompting import PLAIN_ANSWER, AnswerForm, Step
 from lmact.records import NO_PROMPT, STEP_LIMIT, EpisodeRecord, StepRecord, StopReason, Usage
 
 # Builds a step's request from its observation and what stands for the legal actions.
@@ -48,6 +48,7 @@ class StepRules:
     observation: str  # the format the environment renders
     exact_answers: bool = False  # only the legal actions as listed are valid (--answer-match)
     constrained: bool = False  # the answer decoded under a constraint onto the legal actions
+    answer_form: AnswerForm = PLAIN_ANSWER  # where in a completion the answer is
 
 
 class StepExecution(Protocol):
@@ -148,7 +149,9 @@ async def play_step(
         if rules.constrained and not description:  # a finite set of actions to choose from
             request = replace(request, choices=tuple(env.legal_actions()))
     response = await policy.act(request, situation)
-    answer = extract_answer(response.text)
+    answer = rules.answer_form.read(
+        response.text, env.legal_actions, lambda: situation.rng, rules.constrained
+    )
     parsed = classify_answer(env, answer, exact=rules.exact_answers)
     action = execution.action(parsed)
     outcome = env.step(action)

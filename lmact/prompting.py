@@ -19,11 +19,15 @@ from functools import cache
 from itertools import islice
 from pathlib import Path
 from string import Template
+from typing import TYPE_CHECKING
 
 from lmact.envs.base import Observation
 from lmact.errors import LmactError
 from lmact.models.base import ImagePart, ModelRequest, Part, TextPart, merge_text_parts
 from lmact.resources import data_dir
+
+if TYPE_CHECKING:
+    import numpy as np
 
 OBSERVATION_LABEL = "Observation:"
 ACTION_LABEL = "Action:"
@@ -455,3 +459,78 @@ def _pack_to_budget(
         f"token budget {budget} is too small for one demonstration: the preamble and the "
         f"first demonstration need about {first_need} tokens{shown}"
     )
+
+
+ANSWER_TAG = "Answer"
+_TAGGED = re.compile(r"<\s*answer\s*>(.*?)<\s*/\s*answer\s*>", re.IGNORECASE | re.DOTALL)
+# One "name: probability" entry of a distribution; the name may hold spaces and hyphens,
+# the probability a fraction or a percentage.
+_WEIGHT = re.compile(r"([^\s:=,;][^:=,;\n]*?)\s*[:=]\s*(\d+(?:\.\d+)?|\.\d+)\s*(%?)")
+# How far from 1 a distribution's probabilities may add up before it is not one.
+DISTRIBUTION_TOLERANCE = 0.05
+
+
+def tagged_answer(completion: str) -> str | None:
+    """The text inside the last <Answer>…</Answer> of a completion (stripped), or None."""
+    found = _TAGGED.findall(completion)
+    return found[-1].strip().strip(_WRAPPERS) if found else None
+
+
+def read_distribution(text: str, legal: Sequence[str]) -> dict[str, float] | None:
+    """The probabilities `text` gives the legal actions ("blue: 0.3, green: 0.7", any case,
+    percentages allowed), or None when it is not a distribution over them: an unknown or
+    repeated name, or probabilities that do not add up to 1 (within 0.05)."""
+    names = {action.lower(): action for action in legal}
+    weights: dict[str, float] = {}
+    for name, number, percent in _WEIGHT.findall(text):
+        key = name.strip().strip(_WRAPPERS).lower().removesuffix(" button")
+        if key not in names or names[key] in weights:
+            return None
+        weights[names[key]] = float(number) / (100 if percent else 1)
+    total = sum(weights.values())
+    if not weights or abs(total - 1) > DISTRIBUTION_TOLERANCE:
+        return None
+    return {action: weight / total for action, weight in weights.items()}
+
+
+@dataclass(frozen=True)
+class AnswerForm:
+    """How a step's answer is read from a completion. By default after its last `Action:`;
+    `tagged`: inside <Answer>…</Answer> (a constrained answer, the choice alone, needs no
+    tag); `distribution`: the tag holds probabilities over the legal actions, and the
+    action is drawn from them with the episode's policy stream (Krishnamurthy et al.'s
+    distribution answers)."""
+
+    tagged: bool = False
+    distribution: bool = False
+
+    def read(
+        self,
+        completion: str,
+        legal: Callable[[], Sequence[str]],
+        rng: Callable[[], np.random.Generator],
+        constrained: bool = False,
+    ) -> str:
+        """The answer text the environment parses. `legal` and `rng` are called only for a
+        distribution; what is not a distribution is returned as written (then invalid)."""
+        if not self.tagged:
+            return extract_answer(completion)
+        inside = tagged_answer(completion)
+        if inside is None:
+            return extract_answer(completion) if constrained else ""
+        if not self.distribution:
+            return inside.splitlines()[0].strip() if inside else ""
+        distribution = read_distribution(inside, legal())
+        if distribution is None:
+            return inside
+        actions = list(distribution)
+        draw = rng().random()
+        cumulative = 0.0
+        for action in actions:
+            cumulative += distribution[action]
+            if draw < cumulative:
+                return action
+        return actions[-1]
+
+
+PLAIN_ANSWER = AnswerForm()  # after the last `Action:`, lmact's own form

@@ -31,6 +31,10 @@ def regime_taking(option: Option) -> str:
     return next(name for name, r in REGIMES.items() if option in r.options)
 
 
+# The options that shape a --scenario prompt, given with one.
+_SCENARIO_FACTORS = ("framing", "returns", "reinforced_cot", "horizon")
+
+
 def sample(option: Option, folder: Path) -> tuple[dict[str, Any], Any]:
     """A value the option takes, and the other options it needs: (options, value)."""
     if option.name == "preset":  # its own regime (icrl) and horizon; the task given wins
@@ -46,8 +50,10 @@ def sample(option: Option, folder: Path) -> tuple[dict[str, Any], Any]:
     classification = ("dataset", "held_out", "text_field", "label_field", "unsemantic_labels")
     if option.name in (*classification, "eval_every", "reset", "labels"):
         needs["task"] = "classification"
-    if option.name in ("history", "buttons"):
+    if option.name in ("history", "buttons", "scenario", *_SCENARIO_FACTORS):
         needs["task"] = "bandit_easy"
+    if option.name in _SCENARIO_FACTORS:
+        needs["scenario"] = "buttons"
     if option.name == "demo_pool":
         needs["demo_draw"] = "per-episode"
     if option.name == "ucb_c":

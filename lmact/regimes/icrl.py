@@ -24,7 +24,7 @@ the replicate's earlier returns.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from string import Template
 from typing import Any, ClassVar, Literal
@@ -65,6 +65,12 @@ from lmact.regimes.icrl_facts import describe_context
 from lmact.regimes.icrl_measures import by_replicate as by_replicate  # defined here before
 from lmact.regimes.icrl_measures import context_lengths as context_lengths
 from lmact.regimes.icrl_measures import icrl_measures
+from lmact.regimes.icrl_scenario import (
+    SCENARIO_MAX_TOKENS,
+    SCENARIO_OPTIONS,
+    answer_form,
+    scenario_fields,
+)
 from lmact.regimes.prompted import (
     MAX_STEPS,
     PROMPTED_ADDED_FIELDS,
@@ -82,6 +88,15 @@ from lmact.tasks import TaskSpec, get_task
 VARIANTS = ("naive", "naive-positive", "stochastic", "approximate", "supervised")
 HISTORIES = ("raw", "summary")
 RESETS = ("same", "fresh")
+LAYOUTS = ("block", "conversation")
+# The templates of each subfolder of the in-context RL templates that a run may read.
+ADDED_TEMPLATE_FIELDS: dict[str, dict[str, frozenset[str]]] = {
+    "conversation": {
+        "preamble": frozenset(), "preamble_cot": frozenset(), "feedback_right": frozenset(),
+        "feedback_wrong": frozenset(), "feedback_reward": frozenset({"reward"}),
+    },
+    "reasoning": {"instruction": frozenset()},
+}  # fmt: skip
 # Fresh starts (--reset fresh) of replicate r, which starts from `seed + r`, are seeds
 # (seed + r) * stride + e: no two replicates share one.
 REPLICATE_STRIDE = MAX_EPISODES
@@ -163,6 +178,13 @@ LABELS = Option(
     "input alone, as Monea et al. show it (learned from the context, or held by "
     "--constrained)",
 )  # fmt: skip
+LAYOUT = Option(
+    "layout", choices=LAYOUTS, default="block", group=_GROUP, order=297,
+    help="block (default): the earlier episodes as one user message, each step with its "
+    "reward; conversation: as chat turns, as Monea et al. lay them out (each observation a "
+    "user turn, each action an assistant turn, how it went a user turn: right or wrong in "
+    "classification, else the reward), the instructions a system message",
+)  # fmt: skip
 UCB_C = Option(
     "ucb_c", float, default=1.0, least=0, most=1_000, metavar="C", group=_GROUP, order=290,
     help="--model ucb: the exploration constant of UCB as Krishnamurthy et al. define it, "
@@ -186,7 +208,8 @@ class IcrlConfig(PromptedConfig):
     # Fields added since runs were first stored: at these values, a run keeps its id.
     added_fields: ClassVar[dict[str, Any]] = {
         **PROMPTED_ADDED_FIELDS, "ucb_c": 1.0, "max_examples": None, "buttons": None,
-        "labels": None,
+        "labels": None, "layout": None, "scenario": None, "framing": None, "returns": None,
+        "reinforced_cot": False, "horizon": None, "added_prompts": None,
     }  # fmt: skip
 
     regime: Literal["icrl"] = "icrl"
@@ -211,6 +234,18 @@ class IcrlConfig(PromptedConfig):
     buttons: Literal["fixed"] | None = None
     # Classification: "unlisted", the input alone; None, the labels listed beside it.
     labels: Literal["unlisted"] | None = None
+    # "conversation": earlier episodes as chat turns; None, one block (as runs made before).
+    layout: Literal["conversation"] | None = None
+    # Bandits: Krishnamurthy et al.'s prompt factors (`lmact.regimes.icrl_scenario`); None
+    # for lmact's prompt of attempts, neutral framing, one arm as the answer.
+    scenario: Literal["buttons", "adverts"] | None = None
+    framing: Literal["suggestive"] | None = None
+    returns: Literal["distribution"] | None = None
+    reinforced_cot: bool = False
+    horizon: int | None = Field(None, gt=0)  # the rounds a scenario prompt states
+    # The templates of the subfolders of the in-context RL templates the run reads (its
+    # scenario, the conversation layout, reasoning), by their text.
+    added_prompts: str | None = None
 
 
 def make_icrl_config(
@@ -232,6 +267,12 @@ def make_icrl_config(
     max_examples: int | None = None,
     buttons: str = BUTTONS.default,
     labels: str = LABELS.default,
+    layout: str = LAYOUT.default,
+    scenario: str = "none",
+    framing: str = "neutral",
+    returns: str = "arm",
+    reinforced_cot: bool = False,
+    horizon: int | None = None,
     **options: Any,
 ) -> IcrlConfig:
     """An in-context RL configuration; `options` as for `make_replay_config`. Options that
@@ -251,9 +292,19 @@ def make_icrl_config(
     # The in-context RL templates are DIR/icrl of a --prompts DIR: the imitation ones
     # need not be there.
     folder = options.pop("prompts_dir", None)
+    if reinforced_cot:
+        options["chain_of_thought"] = True
+    if scenario != "none" and not options.get("chain_of_thought") and not options.get("max_tokens"):
+        options["max_tokens"] = SCENARIO_MAX_TOKENS
     fields = prompted_fields(spec, model=model, **options)
     fields["prompts"] = _fingerprint(folder)
     fields["prompts_dir"] = str(Path(folder).resolve()) if folder is not None else None
+    fields |= scenario_fields(
+        scenario, environment=spec.environment, default_horizon=spec.episodes, framing=framing,
+        returns=returns, reinforced_cot=reinforced_cot, horizon=horizon, variant=variant,
+        prompts_dir=folder, constrained=bool(options.get("constrained")),
+    )  # fmt: skip
+    fields |= _layout_fields(fields, layout, folder)
     return IcrlConfig(
         **fields,
         variant=variant,  # type: ignore[arg-type] - checked by its declaration
@@ -274,6 +325,31 @@ def make_icrl_config(
     )
 
 
+def _layout_fields(fields: dict[str, Any], layout: str, folder: str | None) -> dict[str, Any]:
+    """The layout, and the fingerprint of every template subfolder the run reads; a
+    conversation is not a scenario's (it has its own two messages), nor constrained
+    reasoning."""
+    scenario = fields.get("scenario")
+    if layout == "conversation" and scenario is not None:
+        raise OptionError(Named("layout"), " conversation lays out lmact's prompt of attempts; "
+                          "a scenario prompt has its own: leave out one of them")  # fmt: skip
+    used = [scenario] if scenario is not None else []
+    if layout == "conversation":
+        used.append("conversation")
+    elif fields["chain_of_thought"] and scenario is None:
+        used.append("reasoning")
+    digest = []
+    for name in used:
+        path = icrl_prompts(folder) / name
+        if name in ADDED_TEMPLATE_FIELDS:
+            check_templates(path, ADDED_TEMPLATE_FIELDS[name])
+        digest.append(f"{name}:{templates_fingerprint(path)}")
+    return {
+        "layout": "conversation" if layout == "conversation" else None,
+        "added_prompts": ",".join(digest) or None,
+    }
+
+
 def _check_inputs_last(config: IcrlConfig, episodes: int) -> None:
     """A replicate of fresh starts never repeats an input, as in Monea et al.'s streams: a
     run that would (more episodes than the stream's examples, more held-out examples than
@@ -287,6 +363,11 @@ def _check_inputs_last(config: IcrlConfig, episodes: int) -> None:
         raise OptionError(
             f"task {config.task}'s stream holds {stream} inputs: ", Named("episodes"),
             f" {episodes} would repeat some in a replicate; give {stream} or fewer",
+        )  # fmt: skip
+    if config.horizon is not None and episodes > config.horizon:
+        raise OptionError(
+            f"the prompt states {config.horizon} rounds (", Named("horizon"), "): ",
+            Named("episodes"), f" {episodes} would play more; give {config.horizon} or fewer",
         )  # fmt: skip
     if config.eval_every is not None and held_out is not None and config.eval_size > held_out:
         raise OptionError(
@@ -323,10 +404,17 @@ class IcrlPlan:
     last: dict[int, UnitKey] = field(default_factory=dict)
     templates: dict[str, Template] = field(default_factory=dict)  # each read once a run
 
-    def template(self, name: str, **values: object) -> str:
-        if name not in self.templates:
-            self.templates[name] = template(name, icrl_prompts(self.config.prompts_dir))
-        return self.templates[name].substitute(values)
+    def template(self, name: str, folder: str = "", **values: object) -> str:
+        """The in-context RL template `name`, of the subfolder `folder` if given, filled."""
+        key = f"{folder}/{name}"
+        if key not in self.templates:
+            path = icrl_prompts(self.config.prompts_dir) / folder
+            self.templates[key] = template(name, path)
+        return self.templates[key].substitute(values)
+
+    def scenario_template(self, name: str, **values: object) -> str:
+        assert self.config.scenario is not None
+        return self.template(name, self.config.scenario, **values)
 
     def played(self, unit: UnitKey) -> None:
         """`unit` is over: its replicate's state goes once nothing after it is to be played."""
@@ -344,8 +432,8 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         "episodes and rewards in context (see --variant)"
     )
     options = (VARIANT, P_KEEP, CONTEXTS, REPLICATES, HISTORY, RESET, TEMPERATURE, EVAL_EVERY,
-               EVAL_SIZE, UCB_C, MAX_EXAMPLES, BUTTONS, LABELS, TOKEN_BUDGET,
-               MAX_STEPS)  # fmt: skip
+               EVAL_SIZE, UCB_C, MAX_EXAMPLES, BUTTONS, LABELS, LAYOUT, *SCENARIO_OPTIONS,
+               TOKEN_BUDGET, MAX_STEPS)  # fmt: skip
     measures_shown = (
         Measure("final_return", "return, last 10% of episodes"),
         Measure("final_normalized", "normalized, last 10%"),
@@ -533,7 +621,8 @@ def _live(
 
 
 def _rules(config: IcrlConfig) -> StepRules:
-    return step_rules(config)
+    rules = step_rules(config)
+    return replace(rules, answer_form=answer_form(config.scenario, config.returns))
 
 
 async def evaluate_held_out(

@@ -15,9 +15,9 @@ import numpy as np
 
 from lmact.envs.base import DEMO_SEED_BASE, Environment, Observation
 from lmact.episode import EpisodeHooks, FollowTheAnswer, LiveSituation, PlayedStep, StepRules
-from lmact.models.base import ModelRequest, Part, TextPart, merge_text_parts
+from lmact.models.base import ModelRequest, Part, TextPart, TurnStart, merge_text_parts
 from lmact.policies import ArmTally
-from lmact.prompting import ACTION_LABEL, observation_parts
+from lmact.prompting import ACTION_LABEL, OBSERVATION_LABEL, REASONING_LABEL, observation_parts
 from lmact.records import EpisodeRecord, StepRecord
 from lmact.regimes.icrl_facts import (
     APPROXIMATE,
@@ -27,6 +27,7 @@ from lmact.regimes.icrl_facts import (
     ContextDraw,
     step_facts,
 )
+from lmact.regimes.icrl_scenario import scenario_request
 
 if TYPE_CHECKING:  # the regime's module imports this one
     from lmact.regimes.icrl import IcrlConfig, IcrlPlan
@@ -94,13 +95,37 @@ def run_environment(config: IcrlConfig, task: TaskSpec) -> Environment:
 def _step_text(
     plan: IcrlPlan, observation: Observation, action: str | None, reward: float | None
 ) -> list[Part]:
-    """A step as the context shows it: its observation, then the action and its reward."""
+    """A step as the context shows it: its observation, then the action and its reward; in
+    a conversation, the observation a user turn, the action an assistant turn and how it
+    went a user turn."""
+    if plan.config.layout == "conversation":
+        return _step_turns(plan, observation, action, reward)
     parts = observation_parts(observation)
     if action is not None:
         parts.append(TextPart(f"{ACTION_LABEL} {action}\n"))
     if reward is not None:
         parts.append(TextPart(plan.template("reward", reward=f"{reward:g}")))
     return parts
+
+
+def _step_turns(
+    plan: IcrlPlan, observation: Observation, action: str | None, reward: float | None
+) -> list[Part]:
+    parts: list[Part] = [TurnStart("user"), *observation_parts(observation)]
+    if action is not None:
+        parts += [TurnStart("assistant"), TextPart(f"{ACTION_LABEL} {action}\n")]
+    if reward is not None:
+        parts += [TurnStart("user"), TextPart(_feedback(plan, reward) + "\n")]
+    return parts
+
+
+def _feedback(plan: IcrlPlan, reward: float) -> str:
+    """How a step went, in a conversation: right or wrong where the reward says which (a
+    label), else the reward."""
+    if plan.task.environment == "classification":
+        name = "feedback_right" if reward > 0 else "feedback_wrong"
+        return plan.template(name, "conversation").strip()
+    return plan.template("feedback_reward", "conversation", reward=f"{reward:g}").strip()
 
 
 def past_episode(
@@ -116,19 +141,21 @@ def past_episode(
     if not plan.policy.reads_prompt and plan.budget is None:
         return PastEpisode(index, tuple(steps), total, (), 0)
     supervised = plan.config.variant == "supervised"
-    parts: list[Part] = [
-        TextPart("" if supervised else plan.template("past_episode", number=index + 1))
-    ]
+    # A conversation shows one-step episodes (an input, a round) as exchanges alone.
+    bare = supervised or (plan.config.layout == "conversation" and plan.config.max_steps == 1)
+    parts: list[Part] = [TurnStart("user")] if plan.config.layout == "conversation" else []
+    parts.append(TextPart("" if bare else plan.template("past_episode", number=index + 1)))
     for step, (observation, action, reward) in enumerate(steps):
         if supervised:
             parts += _step_text(plan, observation, gold[step], None)
         else:
             parts += _step_text(plan, observation, action, reward)
-    if not supervised:
+    if not bare:
         parts.append(
             TextPart(plan.template("past_episode_total", number=index + 1, total=f"{total:g}"))
         )
-    parts.append(TextPart("\n"))
+    if not bare or plan.config.layout != "conversation":
+        parts.append(TextPart("\n"))
     # Counted as rendered, before its text is joined: the count a budget has always used.
     tokens = plan.policy.count_tokens(parts)
     return PastEpisode(index, tuple(steps), total, merge_text_parts(parts), tokens)
@@ -291,7 +318,9 @@ def context_prefix(
     key = (tuple(chosen), tuple(legal) if summary else ())
     if state.prefix is not None and state.prefix[0] == key:
         return state.prefix[1]
-    prefix: list[Part] = [TextPart(plan.template("preamble"))]
+    # A conversation's preamble is its system message (`icrl_request`).
+    conversation = plan.config.layout == "conversation"
+    prefix: list[Part] = [TextPart("" if conversation else plan.template("preamble"))]
     if summary:
         prefix.append(TextPart(_summary(plan, state, chosen, legal)))
     elif state.plain:  # one string join, however many episodes the context holds
@@ -311,20 +340,31 @@ def icrl_request(
     seed: int,
 ) -> ModelRequest:
     """A step's request: the context's stable prefix (see `context_prefix`), then the
-    current episode so far with its rewards."""
+    current episode so far with its rewards; in a conversation, the instructions are the
+    system message."""
     config = plan.config
-    now: list[Part] = [TextPart(plan.template("current_episode"))]
+    conversation = config.layout == "conversation"
+    now: list[Part] = [TurnStart("user")] if conversation else []
+    if not (conversation and config.max_steps == 1):
+        now.append(TextPart(plan.template("current_episode")))
     for seen, action, reward in current:
         now += _step_text(plan, seen, action, reward)
     now += _step_text(plan, observation, None, None)
     if config.show_legal_actions:
         now.append(TextPart(plan.template("legal_actions", actions=", ".join(legal))))
-    now.append(TextPart(plan.template("instruction")))
+    cot = config.chain_of_thought
+    system = ""
+    if conversation:
+        system = plan.template("preamble_cot" if cot else "preamble", "conversation")
+    else:
+        now.append(TextPart(plan.template("instruction", "reasoning" if cot else "")))
     return ModelRequest(
         parts=stable + merge_text_parts(now),
+        system=system,
         stable_prefix_parts=len(stable),
-        answer_prefix=ACTION_LABEL,
-        stop=("\n",),
+        answer_prefix=REASONING_LABEL if cot else ACTION_LABEL,
+        # Reasoning stops before a completion model would invent the next observation.
+        stop=(f"\n{OBSERVATION_LABEL}", "\n\n") if cot else ("\n",),
         max_tokens=config.max_tokens,
         temperature=config.temperature,
         seed=seed,
@@ -378,6 +418,9 @@ class ReplicateEpisode(EpisodeHooks):
     gold: list[str] = field(default_factory=list)
 
     def request(self, observation: Observation, legal: Sequence[str]) -> ModelRequest:
+        if self.plan.config.scenario is not None:
+            shown, number = self.chosen.shown, self.index + 1
+            return scenario_request(self.plan, self.state, shown, legal, number, self.seed)
         stable = context_prefix(self.plan, self.state, self.chosen.shown, legal)
         return icrl_request(self.plan, stable, self.current, observation, legal, self.seed)
 
