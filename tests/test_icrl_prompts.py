@@ -115,8 +115,8 @@ def test_reading_a_distribution() -> None:
     assert read_distribution("no numbers here", legal) is None
     form = AnswerForm(tagged=True, distribution=True)
     picks = {
-        form.read("<answer>red: 1</answer>", lambda: legal, lambda: np.random.default_rng(i))
-        for i in range(20)
+        form.read("<answer>red: 1</answer>", lambda: legal, lambda rng=rng: rng)
+        for rng in map(np.random.default_rng, range(20))
     }
     assert picks == {"red"}
     assert AnswerForm(tagged=True).read("green", list, list, constrained=True) == "green"
@@ -136,7 +136,7 @@ def test_reading_a_distribution() -> None:
                 "constrained": True,
             },
             "--constrained",
-        ),  # fmt: skip
+        ),
         ({"task": "bandit_hard", "scenario": "buttons", "layout": "conversation"}, "--layout"),
     ],
 )
