@@ -56,7 +56,7 @@ ARMS = ["blue", "green", "red", "yellow", "purple"]
 
 def test_a_buttons_scenario_states_arms_and_horizon_and_shows_every_press(tmp_path: Path) -> None:
     config = make_icrl_config("bandit_hard", model="test/scripted", scenario="buttons",
-                              replicates=1, horizon=40)  # fmt: skip
+                              replicates=1, prompt_horizon=40)  # fmt: skip
     model = Scripted(lambda _, call: f"I pick <Answer>{ARMS[call % 5]}</Answer>")
     steps = played(tmp_path, config, model, 6)
     first, last = model.requests[0], model.requests[-1]
@@ -76,7 +76,7 @@ def test_the_factors_change_what_the_prompt_says(tmp_path: Path) -> None:
     config = make_icrl_config("bandit_easy", model="test/scripted", scenario="adverts",
                               framing="suggestive", history="summary", reinforced_cot=True,
                               replicates=1)  # fmt: skip
-    assert config.chain_of_thought and config.max_tokens == 512 and config.horizon == 100
+    assert config.chain_of_thought and config.max_tokens == 512 and config.prompt_horizon == 100
     model = Scripted(lambda *_: "Reasoning first. <Answer>green</Answer>")
     played(tmp_path, config, model, 4)
     system, user = model.requests[-1].system, user_text(model.requests[-1])
@@ -149,9 +149,9 @@ def test_factors_that_do_not_go_together_are_refused(options: dict, named: str) 
 
 def test_more_rounds_than_the_prompt_states_are_refused(tmp_path: Path) -> None:
     config = make_icrl_config("bandit_hard", model="test/scripted", scenario="buttons",
-                              horizon=3, replicates=1)  # fmt: skip
+                              prompt_horizon=3, replicates=1)  # fmt: skip
     model = Scripted(lambda *_: "<Answer>blue</Answer>")
-    with pytest.raises(OptionError, match="horizon"):
+    with pytest.raises(OptionError, match="prompt_horizon"):
         played(tmp_path, config, model, 4)
     assert model.requests == []  # refused before any call
 

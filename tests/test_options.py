@@ -32,13 +32,13 @@ def regime_taking(option: Option) -> str:
 
 
 # The options that shape a --scenario prompt, given with one.
-_SCENARIO_FACTORS = ("framing", "returns", "reinforced_cot", "horizon")
+_SCENARIO_FACTORS = ("framing", "returns", "reinforced_cot", "prompt_horizon")
 
 
 def sample(option: Option, folder: Path) -> tuple[dict[str, Any], Any]:
     """A value the option takes, and the other options it needs: (options, value)."""
-    if option.name == "preset":  # its own regime (icrl) and horizon; the task given wins
-        return {}, "krishnamurthy-easy"
+    if option.name == "preset":  # its own regime (icrl); the task given wins: a bandit's
+        return {"task": "bandit_easy"}, "krishnamurthy-easy"
     needs: dict[str, Any] = {"regime": regime_taking(option)}
     special: dict[str, Any] = {
         "regime": "replay", "task": "grid_world", "model": "expert", "observation": "png",

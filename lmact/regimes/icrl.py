@@ -209,7 +209,7 @@ class IcrlConfig(PromptedConfig):
     added_fields: ClassVar[dict[str, Any]] = {
         **PROMPTED_ADDED_FIELDS, "ucb_c": 1.0, "max_examples": None, "buttons": None,
         "labels": None, "layout": None, "scenario": None, "framing": None, "returns": None,
-        "reinforced_cot": False, "horizon": None, "added_prompts": None,
+        "reinforced_cot": False, "prompt_horizon": None, "added_prompts": None,
     }  # fmt: skip
 
     regime: Literal["icrl"] = "icrl"
@@ -242,7 +242,7 @@ class IcrlConfig(PromptedConfig):
     framing: Literal["suggestive"] | None = None
     returns: Literal["distribution"] | None = None
     reinforced_cot: bool = False
-    horizon: int | None = Field(None, gt=0)  # the rounds a scenario prompt states
+    prompt_horizon: int | None = Field(None, gt=0)  # the rounds a scenario prompt states
     # The templates of the subfolders of the in-context RL templates the run reads (its
     # scenario, the conversation layout, reasoning), by their text.
     added_prompts: str | None = None
@@ -272,7 +272,7 @@ def make_icrl_config(
     framing: str = "neutral",
     returns: str = "arm",
     reinforced_cot: bool = False,
-    horizon: int | None = None,
+    prompt_horizon: int | None = None,
     **options: Any,
 ) -> IcrlConfig:
     """An in-context RL configuration; `options` as for `make_replay_config`. Options that
@@ -301,7 +301,7 @@ def make_icrl_config(
     fields["prompts_dir"] = str(Path(folder).resolve()) if folder is not None else None
     fields |= scenario_fields(
         scenario, environment=spec.environment, default_horizon=spec.episodes, framing=framing,
-        returns=returns, reinforced_cot=reinforced_cot, horizon=horizon, variant=variant,
+        returns=returns, reinforced_cot=reinforced_cot, horizon=prompt_horizon, variant=variant,
         prompts_dir=folder, constrained=bool(options.get("constrained")),
     )  # fmt: skip
     fields |= _layout_fields(fields, layout, folder)
@@ -364,10 +364,11 @@ def _check_inputs_last(config: IcrlConfig, episodes: int) -> None:
             f"task {config.task}'s stream holds {stream} inputs: ", Named("episodes"),
             f" {episodes} would repeat some in a replicate; give {stream} or fewer",
         )  # fmt: skip
-    if config.horizon is not None and episodes > config.horizon:
+    stated = config.prompt_horizon
+    if stated is not None and episodes > stated:
         raise OptionError(
-            f"the prompt states {config.horizon} rounds (", Named("horizon"), "): ",
-            Named("episodes"), f" {episodes} would play more; give {config.horizon} or fewer",
+            f"the prompt states {stated} rounds (", Named("prompt_horizon"), "): ",
+            Named("episodes"), f" {episodes} would play more; give {stated} or fewer",
         )  # fmt: skip
     if config.eval_every is not None and held_out is not None and config.eval_size > held_out:
         raise OptionError(

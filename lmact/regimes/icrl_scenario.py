@@ -70,7 +70,7 @@ REINFORCED_COT = Option(
     "every round's user message",
 )  # fmt: skip
 HORIZON = Option(
-    "horizon", int, least=1, most=INT_LIMIT, metavar="T", group=_GROUP, order=304,
+    "prompt_horizon", int, least=1, most=INT_LIMIT, metavar="T", group=_GROUP, order=304,
     help="with --scenario: the number of rounds the prompt states (default: the task's "
     "episodes); a run of more episodes is refused",
 )  # fmt: skip
@@ -127,7 +127,7 @@ def scenario_fields(
         "framing": "suggestive" if framing == "suggestive" else None,
         "returns": "distribution" if returns == "distribution" else None,
         "reinforced_cot": reinforced_cot,
-        "horizon": horizon or default_horizon,
+        "prompt_horizon": horizon or default_horizon,
     }
 
 
@@ -146,9 +146,9 @@ def _example_distribution(arms: Sequence[str]) -> str:
 
 def system_message(plan: IcrlPlan, arms: Sequence[str]) -> str:
     config = plan.config
-    assert config.scenario is not None and config.horizon is not None
+    assert config.scenario is not None and config.prompt_horizon is not None
     say = plan.scenario_template
-    lines = [say("system", count=len(arms), names=", ".join(arms), horizon=config.horizon)]
+    lines = [say("system", count=len(arms), names=", ".join(arms), horizon=config.prompt_horizon)]
     if config.framing == "suggestive":
         lines.append(say("suggestive"))
     if config.returns == "distribution":
@@ -198,7 +198,7 @@ def scenario_request(
     config = plan.config
     say = plan.scenario_template
     user = [history_text(plan, state, shown, arms), "",
-            say("question", number=number, horizon=config.horizon).strip(),
+            say("question", number=number, horizon=config.prompt_horizon).strip(),
             say("reminder").strip()]  # fmt: skip
     if config.reinforced_cot:
         user.append(say("reinforce").strip())
