@@ -218,6 +218,35 @@ def test_an_icrl_step_shows_the_context_it_was_given(tmp_path: Path) -> None:
         assert browser.page.locator(SHOWN).count() == 1
 
 
+def test_a_scenario_step_shows_its_system_message_and_prompt_and_its_drawn_arm(
+    tmp_path: Path,
+) -> None:
+    """A scenario prompt's history and question follow no observation: the page shows the
+    prompt as sent, and a distribution's draw replays to the arm the run pressed."""
+    config = make_icrl_config("bandit_hard", model="test/step-answers", scenario="buttons",
+                              returns="distribution", replicates=1)  # fmt: skip
+    client = StepAnswers(["<Answer>blue: 0.5, red: 0.5</Answer>"])
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        played(store, config, 6, client)
+        steps = [store.steps(config.run_id, UnitKey(0, e))[0] for e in range(6)]
+        page = render_viewer(store, config.run_id[:8], UnitKey(0, 5))
+    assert {step.action for step in steps} == {"blue", "red"}  # drawn, not always one
+    path = tmp_path / "scenario.html"
+    path.write_text(page)
+    with opened(path) as browser:
+        assert browser.console_errors == []
+        step = first_shown_step(browser.page)
+        assert step.locator(".check.ok").count() == 1 and step.locator(".note").count() == 0
+        assert step.locator("dd.executed").inner_text().strip() == steps[5].action
+        system, rest = step.locator("details.after").all()
+        system.locator("summary").click()
+        assert "You are in a room with 5 buttons" in system.inner_text()
+        rest.locator("summary").click()
+        presses = [f"Press {e + 1}: {steps[e].action} button" for e in range(5)]
+        assert all(press in rest.inner_text() for press in presses)
+        assert "press 6 of 100" in rest.inner_text()
+
+
 def test_a_conversation_s_turns_are_shown_as_labelled_separators() -> None:
     prefixes = _Prefixes()
     parts = (*CONVERSATION_PARTS[:2], TextPart(SCRIPT), *CONVERSATION_PARTS[3:])

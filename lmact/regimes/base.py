@@ -25,6 +25,7 @@ from lmact.declarations import Measure, Option
 from lmact.demos import DemoStore
 from lmact.errors import LmactError
 from lmact.policies import Policy
+from lmact.prompting import PLAIN_ANSWER, AnswerForm
 from lmact.records import EpisodeRecord, StepRecord, UnitKey, UnitKind
 from lmact.regimes.headline import Headline
 from lmact.scoring import EpisodeResult
@@ -265,6 +266,10 @@ class Regime(ABC, Generic[Config, Plan]):
         """What a stored step's prompt context held, in words, for pages that show it
         (in-context RL: the earlier episodes); None: nothing beyond the run's own prefix."""
         return None
+
+    def answer_form(self, config: Config) -> AnswerForm:
+        """Where a completion's answer is (lmact's `Action:` unless the regime says so)."""
+        return PLAIN_ANSWER
 
     def describe(self, facts: RunFacts) -> str:
         """A few words on what a run's prompt holds, for the line above its summary."""

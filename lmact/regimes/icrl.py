@@ -45,7 +45,7 @@ from lmact.episode import (
 )
 from lmact.errors import LmactError
 from lmact.policies import ArmTally, Policy, UcbPolicy
-from lmact.prompting import check_templates, template, templates_fingerprint
+from lmact.prompting import AnswerForm, check_templates, template, templates_fingerprint
 from lmact.records import EpisodeRecord, StepRecord, UnitKey, UnitKind
 from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts, StepColumns
 from lmact.regimes.headline import Headline
@@ -579,6 +579,9 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
             "token_budget": config.token_budget,
             "ucb_c": config.ucb_c,
         }
+
+    def answer_form(self, config: IcrlConfig) -> AnswerForm:
+        return answer_form(config.scenario, config.returns)
 
     def describe(self, facts: RunFacts) -> str:
         return "its own earlier episodes in context"

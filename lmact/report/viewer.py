@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,7 @@ from lmact.models.base import (
 )
 from lmact.models.registry import resolve_model
 from lmact.policies import Policy, Situation
-from lmact.prompting import extract_answer
+from lmact.prompting import PLAIN_ANSWER, AnswerForm
 from lmact.records import StepRecord, UnitKey, UnitKind
 from lmact.regimes import regime_of
 from lmact.regimes.base import Regime, RegimeConfig, RunContext
@@ -119,10 +120,17 @@ class StoredAnswers(Policy):
     name = "stored-answers"
     accepts_images = True
 
-    def __init__(self, observation: str, exact_answers: bool, counter: ModelClient | None) -> None:
+    def __init__(
+        self,
+        observation: str,
+        exact_answers: bool,
+        counter: ModelClient | None,
+        answer_form: AnswerForm = PLAIN_ANSWER,
+    ) -> None:
         super().__init__()
         self.observation = observation
         self.exact_answers = exact_answers
+        self.answer_form = answer_form
         self.counter = counter
         self.stored: Sequence[StepRecord] = ()
         self.asked: list[Asked] = []
@@ -153,9 +161,17 @@ class StoredAnswers(Policy):
             # Rendering and parsing read the state only: the step is played unchanged.
             observation = env.render(self.observation)
             after = _after_observation(request.parts, observation)
-            named = classify_answer(env, extract_answer(completion), self.exact_answers).action
+            # A copy of the policy stream: a distribution's draw, as the step will draw it.
+            stream = copy.deepcopy(situation.rng)
+            answer = self.answer_form.read(
+                completion, env.legal_actions, lambda: stream, bool(request.choices)
+            )
+            named = classify_answer(env, answer, self.exact_answers).action
         prefix = request.parts[: request.stable_prefix_parts]
-        self.asked.append(Asked(prefix, observation, after, named))
+        # Where the observation does not end the prompt (a scenario's question follows the
+        # history), the page shows the rest of the prompt as it was.
+        rest = request.parts[request.stable_prefix_parts :] if after is None else None
+        self.asked.append(Asked(prefix, observation, after, named, request.system, rest))
         return ModelResponse(text=completion, stop_reason=self.stored[index].stop_reason)
 
 
@@ -211,7 +227,7 @@ def _replay(
     stored = {unit: steps_of(unit) for unit in order}
     counter = _token_counter(config)
     exact = getattr(config, "answer_match", "lenient") == "exact"
-    policy = StoredAnswers(config.observation, exact, counter)
+    policy = StoredAnswers(config.observation, exact, counter, regime.answer_form(config))
     replay = _Replay()
     try:
         context = RunContext(demo_store, _no_progress, steps_of)

@@ -49,6 +49,8 @@ class Asked:
     # the observation is not at the prompt's end, where steps put it.
     after_observation: str | None
     answered_action: str | None  # the action the stored answer names there, if valid
+    system: str = ""  # the request's system message
+    rest: tuple[Part, ...] | None = None  # the prompt after the prefix, where not shown else
 
 
 # --- What the page shows -------------------------------------------------------------------
@@ -99,7 +101,7 @@ class ViewedStep:
                 f"the replay read the answer as {replayed.kind.value} and executed "
                 f"{replayed.action!r}; the run: {stored.kind.value}, {stored.action!r}"
             )
-        if self.after_observation is None:
+        if self.after_observation is None and (self.asked is None or self.asked.rest is None):
             found.append("the observation shown is not where the prompt's current one stands")
         return found
 
@@ -144,10 +146,10 @@ class _Prefixes:
         key = ModelRequest(parts=tuple(parts)).prompt_hash
         if key not in self._index:
             self._index[key] = len(self._templates)
-            self._templates.append(self._parts_html(parts))
+            self._templates.append(self.parts_html(parts))
         return self._index[key]
 
-    def _parts_html(self, parts: Sequence[Part]) -> str:
+    def parts_html(self, parts: Sequence[Part]) -> str:
         shown = []
         for part in parts:
             if isinstance(part, TextPart):
@@ -277,6 +279,7 @@ def _step_html(
             '<details class="after"><summary>the prompt after the observation</summary>'
             f'<pre class="prompt">{escape(after)}</pre></details>'
         )
+    extras += _system_and_rest(step, prefixes)
     prefix = _prefix_of(step)
     if own_prefix and prefix is not None:
         extras += _prefix_details(prefixes.ref(prefix), _prefix_label(step, run))
@@ -285,6 +288,25 @@ def _step_html(
         f'{_step_head(step)}<div class="step-body">{_observation_html(step)}'
         f"{_answer_html(step)}</div>{notes}{extras}</li>"
     )
+
+
+def _system_and_rest(step: ViewedStep, prefixes: _Prefixes) -> str:
+    """The request's system message, and the prompt after its prefix where the observation
+    does not end it (a scenario's history and question), as they were sent."""
+    asked, shown = step.asked, ""
+    if asked is None:
+        return ""
+    if asked.system:
+        shown += (
+            '<details class="after"><summary>the system message</summary>'
+            f'<pre class="prompt">{escape(asked.system)}</pre></details>'
+        )
+    if asked.rest is not None:
+        shown += (
+            '<details class="after"><summary>the prompt after its context</summary>'
+            f"{prefixes.parts_html(asked.rest)}</details>"
+        )
+    return shown
 
 
 def _episode_facts(record: EpisodeRecord) -> str:
