@@ -180,6 +180,7 @@ LABELS = Option(
 )  # fmt: skip
 LAYOUT = Option(
     "layout", choices=LAYOUTS, default="block", group=_GROUP, order=297,
+    column=Column(rank=6.5, curves=True),
     help="block (default): the earlier episodes as one user message, each step with its "
     "reward; conversation: as chat turns, as Monea et al. lay them out (each observation a "
     "user turn, each action an assistant turn, how it went a user turn: right or wrong in "

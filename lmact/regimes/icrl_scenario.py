@@ -50,17 +50,20 @@ TEMPLATE_FIELDS: dict[str, frozenset[str]] = {
 _GROUP = "in-context RL (--regime icrl)"
 SCENARIO = Option(
     "scenario", choices=SCENARIOS, default="none", group=_GROUP, order=300,
-    column=Column(rank=7), help="bandits: the prompt of Krishnamurthy et al.'s factors, "
-    "a system and a user message, the answer in <Answer> tags: buttons (pressed in a room) "
+    column=Column(rank=7, curves=True),
+    help="bandits: the prompt of Krishnamurthy et al.'s factors, a system and a user "
+    "message, the answer in <Answer> tags: buttons (pressed in a room) "
     "or adverts (shown to a website's visitors); none (default): lmact's prompt of attempts",
 )  # fmt: skip
 FRAMING = Option(
     "framing", choices=FRAMINGS, default="neutral", group=_GROUP, order=301,
+    column=Column(rank=7.1, curves=True),
     help="with --scenario: neutral (default), or suggestive: the prompt calls the problem "
     "a bandit and asks to balance exploration and exploitation",
 )  # fmt: skip
 ANSWER_FORM = Option(
     "returns", choices=ANSWER_FORMS, default="arm", group=_GROUP, order=302,
+    column=Column(rank=7.2, curves=True),
     help="with --scenario: arm (default): the model names one arm; distribution: it gives "
     "a probability per arm, and the arm is drawn from them",
 )  # fmt: skip

@@ -66,4 +66,6 @@ def markdown_curves(curves: Sequence[Row]) -> str:
         f"{len(shown)} of {len(curves)} curve points: each curve's first, last and "
         f"{CURVE_POINTS_SHOWN - 2} between; `--format csv` or `--format json` give every point.\n"
     )
-    return markdown_table(shown, CURVE_COLUMNS) + "\n" + note
+    # An option no shown run sets (a layout, a scenario) is no column in a terminal.
+    columns = [c for c in CURVE_COLUMNS if any(row.get(c) not in (None, "") for row in shown)]
+    return markdown_table(shown, columns) + "\n" + note
