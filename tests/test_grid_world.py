@@ -10,6 +10,8 @@ from helpers import decode
 
 from lmact.envs.base import InvalidActionError
 from lmact.envs.grid_world import GridWorld
+from lmact.errors import LmactError
+from lmact.tasks import get_task
 
 Position = tuple[int, int]
 
@@ -136,11 +138,15 @@ def test_done_is_read_only() -> None:
         ({"size": True}, "size"),
         ({"cell_pixels": 2}, "cell_pixels"),
         ({"cell_pixels": 16.0}, "cell_pixels"),
+        ({"text_layout": "table"}, "text_layout"),
+        ({"text_layout": True}, "text_layout"),
+        ({"coords_layout": "JSON"}, "coords_layout"),
     ],
 )
 def test_constructor_rejects_bad_options(options: dict[str, object], bad_name: str) -> None:
-    with pytest.raises(ValueError, match=bad_name):
+    with pytest.raises(ValueError, match=f"^option {bad_name} must be") as caught:
         GridWorld(**options)
+    assert "\n" not in str(caught.value)
 
 
 # --- seeding ----------------------------------------------------------------------------------
@@ -259,6 +265,64 @@ def test_coords_rendering() -> None:
     assert env.render("coords").text == '{"player": [1, 2], "target": [3, 1]}'
     env.step("down")
     assert env.render("coords").text == '{"player": [2, 2], "target": [3, 1]}'
+
+
+def test_boxed_text_layout_is_the_reference_codes_table() -> None:
+    env = env_at((1, 2), (3, 1), size=5, text_layout="boxed")
+    # The LMAct reference code's formula: "|" + each word centred in 8 + "|" per cell, a rule
+    # of dashes as long as a row above the first row and after every row.
+    words = [
+        ["wall"] * 5,
+        ["wall", "tile", "player", "tile", "wall"],
+        ["wall", "tile", "tile", "tile", "wall"],
+        ["wall", "target", "tile", "tile", "wall"],
+        ["wall"] * 5,
+    ]
+    scene = []
+    for row in words:
+        line = "|" + "".join(word.center(8) + "|" for word in row)
+        scene += [line, "-" * len(line)]
+    expected = "\n".join(["-" * len(scene[0]), *scene])
+    assert env.render("txt").text == expected
+    assert expected.splitlines()[3] == "|  wall  |  tile  | player |  tile  |  wall  |"
+    env.step("down")
+    lines = env.render("txt").text.splitlines()
+    assert lines[3] == "|  wall  |  tile  |  tile  |  tile  |  wall  |"
+    assert lines[5] == "|  wall  |  tile  | player |  tile  |  wall  |"
+
+
+def test_dict_coords_layout_is_the_reference_codes_python_dict() -> None:
+    env = env_at((1, 2), (3, 1), size=5, coords_layout="dict")
+    # The reference code: str(dict(player=..., target=...)) of numpy [row, column] indices.
+    reference = str(dict(player=np.array([1, 2]).tolist(), target=np.array([3, 1]).tolist()))
+    assert env.render("coords").text == reference == "{'player': [1, 2], 'target': [3, 1]}"
+    env.step("down")
+    assert env.render("coords").text == "{'player': [2, 2], 'target': [3, 1]}"
+
+
+def test_layout_options_leave_the_defaults_and_the_other_formats_alone() -> None:
+    default = env_at((1, 2), (3, 1), size=5)
+    explicit = env_at((1, 2), (3, 1), size=5, text_layout="words", coords_layout="json")
+    boxed = env_at((1, 2), (3, 1), size=5, text_layout="boxed")
+    for fmt in GridWorld.observation_formats:
+        assert default.render(fmt) == explicit.render(fmt)
+    assert boxed.render("coords") == default.render("coords")
+    assert boxed.render("png") == default.render("png")
+    # Answers and the expert do not depend on the layout.
+    assert boxed.expert_action() == default.expert_action()
+    assert boxed.parse_action(" Down.") == "down"
+
+
+def test_the_task_spec_takes_the_layout_options() -> None:
+    spec = get_task("grid_world")
+    default = spec.make_environment()
+    assert isinstance(default, GridWorld)
+    assert (default.text_layout, default.coords_layout) == ("words", "json")
+    env = spec.make_environment(text_layout="boxed", coords_layout="dict")
+    assert isinstance(env, GridWorld)
+    assert (env.text_layout, env.coords_layout) == ("boxed", "dict")
+    with pytest.raises(LmactError, match="option text_layout must be one of 'words', 'boxed'"):
+        spec.make_environment(text_layout="grid")
 
 
 def test_image_rendering_decodes_at_the_grid_size() -> None:

@@ -105,6 +105,14 @@ def pool_entry(
     return part[index % len(part)]
 
 
+def choice_option(name: str, value: object, choices: Sequence[str]) -> str:
+    """A task-spec option that must be one of `choices` (the first is usually the default)."""
+    if not isinstance(value, str) or value not in choices:
+        accepted = ", ".join(repr(choice) for choice in choices)
+        raise ValueError(f"option {name} must be one of {accepted}, got {value!r}")
+    return value
+
+
 def file_option(name: str, value: object) -> Path:
     """A task-spec option naming a data file: absolute, or relative to the shipped tasks/ folder."""
     if not isinstance(value, str) or not value:
@@ -334,6 +342,8 @@ def classify_answer(env: Environment, answer: str, exact: bool = False) -> Parse
     """
     if not answer.strip():
         return ParsedAnswer(AnswerKind.EMPTY, None)
+    # Actions described, not listed (the cheetah's torques): any well-formed one is legal.
+    exact = exact and not env.legal_actions_description()
     if exact and answer.strip() in env.legal_actions():
         return ParsedAnswer(AnswerKind.VALID, answer.strip())
     try:

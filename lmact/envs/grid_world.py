@@ -19,6 +19,7 @@ from lmact.envs.base import (
     Environment,
     Observation,
     StepOutcome,
+    choice_option,
     integer_option,
     named_action,
 )
@@ -31,6 +32,12 @@ _MOVES: dict[str, Position] = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), 
 _MIN_SIZE = 4
 _MIN_CELL_PIXELS = 8
 _MAX_CELL_PIXELS = 256
+# Layouts of the txt and coords renderings: lmact's own first (the default), then the LMAct
+# reference code's, for runs that must show a model exactly what the paper's models saw.
+TEXT_LAYOUTS: tuple[str, ...] = ("words", "boxed")
+COORDS_LAYOUTS: tuple[str, ...] = ("json", "dict")
+# The reference code's boxed table centres each cell's word in this many characters.
+_BOXED_CELL_WIDTH = 8
 # Sprites are drawn this many times larger and scaled down, which smooths their edges.
 _SUPERSAMPLING = 4
 
@@ -51,16 +58,30 @@ class GridWorld(Environment):
     Options:
         size: the side of the grid in cells, border walls included (at least 4).
         cell_pixels: the side of one cell in the rgb/png rendering (8 to 256).
+        text_layout: the txt rendering: `words` (a row of space-separated words a line) or
+            `boxed` (the LMAct reference code's table: each word centred in 8 characters
+            between `|`, a line of dashes above the first row and below every row).
+        coords_layout: the coords rendering: `json` (`{"player": [r, c], "target": [r, c]}`)
+            or `dict` (the reference code's Python dict, `{'player': [r, c], ...}`).
     """
 
     observation_formats: ClassVar[tuple[str, ...]] = ("txt", "rgb", "png", "coords")
     image_formats: ClassVar[frozenset[str]] = frozenset({"rgb", "png"})
 
-    def __init__(self, *, size: int = 12, cell_pixels: int = 16) -> None:
+    def __init__(
+        self,
+        *,
+        size: int = 12,
+        cell_pixels: int = 16,
+        text_layout: str = "words",
+        coords_layout: str = "json",
+    ) -> None:
         self.size = integer_option("size", size, _MIN_SIZE)
         self.cell_pixels = integer_option(
             "cell_pixels", cell_pixels, _MIN_CELL_PIXELS, _MAX_CELL_PIXELS
         )
+        self.text_layout = choice_option("text_layout", text_layout, TEXT_LAYOUTS)
+        self.coords_layout = choice_option("coords_layout", coords_layout, COORDS_LAYOUTS)
         self._border_walls = frozenset(
             (row, column)
             for row in range(self.size)
@@ -196,8 +217,7 @@ class GridWorld(Environment):
         if fmt == "txt":
             return Observation(text=self._render_text())
         if fmt == "coords":
-            state = {"player": list(self._player), "target": list(self._target)}
-            return Observation(text=json.dumps(state))
+            return Observation(text=self._render_coords())
         if fmt in self.image_formats:
             return Observation(image_png=self._render_png())
         raise ValueError(
@@ -214,10 +234,23 @@ class GridWorld(Environment):
         return "tile"
 
     def _render_text(self) -> str:
-        return "\n".join(
-            " ".join(self._cell_kind((row, column)) for column in range(self.size))
+        rows = [
+            [self._cell_kind((row, column)) for column in range(self.size)]
             for row in range(self.size)
-        )
+        ]
+        if self.text_layout == "words":
+            return "\n".join(" ".join(words) for words in rows)
+        lines = [
+            "|" + "".join(word.center(_BOXED_CELL_WIDTH) + "|" for word in words) for words in rows
+        ]
+        rule = "-" * len(lines[0])
+        return "\n".join([rule, *(part for line in lines for part in (line, rule))])
+
+    def _render_coords(self) -> str:
+        # Both layouts give (row, column) from the top-left, as the reference's numpy [y, x];
+        # they differ only in quoting (JSON's double quotes, Python's str() of a dict).
+        state = {"player": list(self._player), "target": list(self._target)}
+        return json.dumps(state) if self.coords_layout == "json" else str(state)
 
     def _render_png(self) -> bytes:
         sprites = _sprites(self.cell_pixels)
