@@ -9,6 +9,8 @@ from helpers import decode
 
 from lmact.envs.base import IllegalActionError, InvalidActionError
 from lmact.envs.tic_tac_toe import TicTacToe
+from lmact.errors import LmactError
+from lmact.tasks import get_task
 
 LINES = [(0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4, 8), (2, 4, 6)]
 CELLS = [f"{row}{column}" for row in "abc" for column in "123"]
@@ -153,11 +155,15 @@ def test_done_is_read_only() -> None:
         ({"image_size": True}, "image_size"),
         ({"image_size": 8}, "image_size"),
         ({"coordinates": "yes"}, "coordinates"),
+        ({"separator": "---"}, "separator"),
+        ({"separator": "-" * 11}, "separator"),
+        ({"separator": 10}, "separator"),
     ],
 )
 def test_constructor_rejects_bad_options(options: dict[str, object], bad_name: str) -> None:
-    with pytest.raises(ValueError, match=bad_name):
+    with pytest.raises(ValueError, match=f"^option {bad_name} must be") as caught:
         TicTacToe(**options)
+    assert "\n" not in str(caught.value)
 
 
 # --- seeding ----------------------------------------------------------------------------------
@@ -320,6 +326,31 @@ def test_text_rendering() -> None:
     assert env.render("txt").text == "x | o |  \n---------\n  | x |  \n---------\no |   |  "
     env = env_at("... ... ...", "x")
     assert env.render("txt").text == "  |   |  \n---------\n  |   |  \n---------\n  |   |  "
+
+
+def test_ten_dash_separator_is_the_reference_codes_text() -> None:
+    env = env_at("xo. .x. o..", "o", separator="----------")
+    # The LMAct reference code: '\n----------\n'.join(' | '.join(row) for row in board), an
+    # empty cell written as ' '.
+    board = [["x", "o", " "], [" ", "x", " "], ["o", " ", " "]]
+    expected = "\n----------\n".join(" | ".join(row) for row in board)
+    assert env.render("txt").text == expected
+    assert expected == "x | o |  \n----------\n  | x |  \n----------\no |   |  "
+    # The layout changes no other rendering, nor how answers read or what the expert plays.
+    default = env_at("xo. .x. o..", "o")
+    assert env.render("png") == default.render("png")
+    assert env.parse_action(" C3.") == "c3"
+    assert env.expert_action() == default.expert_action()
+
+
+def test_the_task_spec_takes_the_separator_option() -> None:
+    spec = get_task("tic_tac_toe")
+    default = spec.make_environment()
+    assert isinstance(default, TicTacToe) and default.separator == "---------"
+    env = spec.make_environment(separator="----------")
+    assert isinstance(env, TicTacToe) and env.separator == "----------"
+    with pytest.raises(LmactError, match="option separator must be one of"):
+        spec.make_environment(separator="==========")
 
 
 @pytest.mark.parametrize("coordinates", [False, True])

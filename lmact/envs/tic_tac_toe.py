@@ -21,6 +21,7 @@ from lmact.envs.base import (
     InvalidActionError,
     Observation,
     StepOutcome,
+    choice_option,
     integer_option,
     strip_answer,
 )
@@ -43,6 +44,9 @@ _WINNING_LINES = (
 _CELL_PATTERN = re.compile(r"[abc][123]", re.IGNORECASE)
 # A win needs five plies, so an opening of at most four random plies never ends the game.
 _MAX_OPENING_PLIES = 4
+# The line between the txt rendering's rows: lmact's nine dashes (the default), or the LMAct
+# reference code's ten, the only way its text differs from lmact's.
+SEPARATORS: tuple[str, ...] = ("-" * 9, "-" * 10)
 _MIN_IMAGE_SIZE = 32
 _MAX_IMAGE_SIZE = 4096
 
@@ -99,19 +103,27 @@ class TicTacToe(Environment):
         image_size: the side of the square png rendering in pixels, margin included.
         opening_plies: the most uniformly random plies (0 to 4) played before the agent's first
             move; the actual number is uniform in 0..opening_plies.
+        separator: the line between rows in the txt rendering: `---------` (nine dashes) or
+            `----------` (ten, as the LMAct reference code writes it).
     """
 
     observation_formats: ClassVar[tuple[str, ...]] = ("txt", "png")
     image_formats: ClassVar[frozenset[str]] = frozenset({"png"})
 
     def __init__(
-        self, *, coordinates: bool = False, image_size: int = 256, opening_plies: int = 2
+        self,
+        *,
+        coordinates: bool = False,
+        image_size: int = 256,
+        opening_plies: int = 2,
+        separator: str = SEPARATORS[0],
     ) -> None:
         if not isinstance(coordinates, bool):
             raise ValueError(f"option coordinates must be true or false, got {coordinates!r}")
         self.coordinates = coordinates
         self.image_size = integer_option("image_size", image_size, _MIN_IMAGE_SIZE, _MAX_IMAGE_SIZE)
         self.opening_plies = integer_option("opening_plies", opening_plies, 0, _MAX_OPENING_PLIES)
+        self.separator = choice_option("separator", separator, SEPARATORS)
         self._started = False
         self._board: Board = (EMPTY,) * 9
         self._agent_mark = "x"
@@ -226,7 +238,7 @@ class TicTacToe(Environment):
 
     def _render_text(self) -> str:
         rows = [" | ".join(self._board[row * 3 : row * 3 + 3]) for row in range(3)]
-        return "\n---------\n".join(rows)
+        return f"\n{self.separator}\n".join(rows)
 
     def _render_png(self) -> bytes:
         size = self.image_size
