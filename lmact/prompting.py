@@ -221,12 +221,16 @@ _ACTION_MARKER = re.compile(re.escape(ACTION_LABEL), re.IGNORECASE)
 _WRAPPERS = "`*\"' \t"
 
 
-def extract_answer(completion: str) -> str:
+def extract_answer(completion: str, strict: bool = False) -> str:
     """The action text of a completion: after the last `Action:` if there is one, first line.
+    `strict` (exact answer matching, as the reference code reads answers): the text after
+    the last `Action:` (or the whole completion), trimmed of whitespace, and nothing else.
 
     A plain grammar, never evaluation: the environment's parser then decides whether the
     text is a valid, invalid or illegal action.
     """
+    if strict:
+        return completion.rpartition(ACTION_LABEL)[2].strip()
     markers = list(_ACTION_MARKER.finditer(completion))
     text = completion[markers[-1].end() :] if markers else completion
     for line in text.splitlines():
@@ -503,6 +507,7 @@ class AnswerForm:
 
     tagged: bool = False
     distribution: bool = False
+    strict: bool = False  # exact answer matching: see `extract_answer`
 
     def read(
         self,
@@ -514,7 +519,7 @@ class AnswerForm:
         """The answer text the environment parses. `legal` and `rng` are called only for a
         distribution; what is not a distribution is returned as written (then invalid)."""
         if not self.tagged:
-            return extract_answer(completion)
+            return extract_answer(completion, self.strict)
         inside = tagged_answer(completion)
         if inside is None:
             return extract_answer(completion) if constrained else ""
@@ -534,3 +539,4 @@ class AnswerForm:
 
 
 PLAIN_ANSWER = AnswerForm()  # after the last `Action:`, lmact's own form
+STRICT_ANSWER = AnswerForm(strict=True)  # the same, read as exact matching reads it

@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import StubModel, demonstrations, lmact
@@ -19,7 +20,13 @@ from lmact.models.base import (
     ModelRequest,
     ModelResponse,
 )
-from lmact.prompting import ACTION_LABEL, PromptBuilder, PromptSettings
+from lmact.prompting import (
+    ACTION_LABEL,
+    PLAIN_ANSWER,
+    STRICT_ANSWER,
+    PromptBuilder,
+    PromptSettings,
+)
 from lmact.regimes.imitation import make_config
 from lmact.regimes.prompted import prompt_settings
 from lmact.resources import data_dir
@@ -52,6 +59,45 @@ def test_exact_matching_accepts_only_the_listed_spelling(
     assert parsed.kind is exact
     if exact is AnswerKind.VALID:
         assert parsed.action == answer.strip()
+
+
+@pytest.mark.parametrize(
+    ("completion", "lenient", "exact"),
+    [
+        ("a2", AnswerKind.VALID, AnswerKind.VALID),
+        ("Action: a2", AnswerKind.VALID, AnswerKind.VALID),
+        ("I think so.\nAction:  a2 \n", AnswerKind.VALID, AnswerKind.VALID),
+        ("`a2`", AnswerKind.VALID, AnswerKind.INVALID),  # nothing else is stripped
+        ("**a2**", AnswerKind.VALID, AnswerKind.INVALID),
+        ('"a2"', AnswerKind.VALID, AnswerKind.INVALID),
+        ("Action: a2\nbecause it blocks", AnswerKind.VALID, AnswerKind.INVALID),
+        ("action: a2", AnswerKind.VALID, AnswerKind.INVALID),  # the marker as written
+    ],
+)
+def test_exact_matching_reads_the_text_after_action_trimmed_and_nothing_else(
+    completion: str, lenient: AnswerKind, exact: AnswerKind
+) -> None:
+    env = get_task("tic_tac_toe").make_environment()
+    env.reset(next(seed for seed in range(20) if _a2_is_free(env, seed)))
+    assert classify_answer(env, PLAIN_ANSWER.read(completion, list, list)).kind is lenient
+    strict = STRICT_ANSWER.read(completion, list, list)
+    assert classify_answer(env, strict, exact=True).kind is exact
+
+
+def _a2_is_free(env: Any, seed: int) -> bool:
+    env.reset(seed)
+    return "a2" in env.legal_actions()
+
+
+def test_exact_matching_takes_any_well_formed_torques_for_the_cheetah() -> None:
+    env = get_task("cheetah").make_environment()
+    try:
+        env.reset(0)
+        answer = STRICT_ANSWER.read("Action: [0.5, -1, 0, 0.25, 1, -0.3]", list, list)
+        assert classify_answer(env, answer, exact=True).kind is AnswerKind.VALID
+        assert classify_answer(env, "[2, 0, 0, 0, 0, 0]", exact=True).kind is not AnswerKind.VALID
+    finally:
+        env.close()
 
 
 def test_exact_matching_needs_the_check_sign_in_chess() -> None:

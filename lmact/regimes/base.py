@@ -25,7 +25,7 @@ from lmact.declarations import Measure, Option
 from lmact.demos import DemoStore
 from lmact.errors import LmactError
 from lmact.policies import Policy
-from lmact.prompting import PLAIN_ANSWER, AnswerForm
+from lmact.prompting import PLAIN_ANSWER, STRICT_ANSWER, AnswerForm
 from lmact.records import EpisodeRecord, StepRecord, UnitKey, UnitKind
 from lmact.regimes.headline import Headline
 from lmact.scoring import EpisodeResult
@@ -268,8 +268,9 @@ class Regime(ABC, Generic[Config, Plan]):
         return None
 
     def answer_form(self, config: Config) -> AnswerForm:
-        """Where a completion's answer is (lmact's `Action:` unless the regime says so)."""
-        return PLAIN_ANSWER
+        """Where a completion's answer is: after `Action:` (read strictly under exact answer
+        matching), unless the regime says otherwise."""
+        return STRICT_ANSWER if getattr(config, "answer_match", "") == "exact" else PLAIN_ANSWER
 
     def describe(self, facts: RunFacts) -> str:
         """A few words on what a run's prompt holds, for the line above its summary."""

@@ -582,6 +582,8 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         }
 
     def answer_form(self, config: IcrlConfig) -> AnswerForm:
+        if config.scenario is None:
+            return super().answer_form(config)
         return answer_form(config.scenario, config.returns)
 
     def describe(self, facts: RunFacts) -> str:
@@ -627,6 +629,8 @@ def _live(
 
 def _rules(config: IcrlConfig) -> StepRules:
     rules = step_rules(config)
+    if config.scenario is None:
+        return rules
     return replace(rules, answer_form=answer_form(config.scenario, config.returns))
 
 

@@ -13,7 +13,13 @@ from lmact.envs import environment_class
 from lmact.episode import StepRules
 from lmact.errors import LmactError
 from lmact.policies import Policy
-from lmact.prompting import PromptSettings, check_templates, templates_fingerprint
+from lmact.prompting import (
+    PLAIN_ANSWER,
+    STRICT_ANSWER,
+    PromptSettings,
+    check_templates,
+    templates_fingerprint,
+)
 from lmact.regimes.base import RegimeConfig
 from lmact.tasks import TaskSpec
 
@@ -123,4 +129,6 @@ PROMPTED_ADDED_FIELDS: dict[str, Any] = {"constrained": False}
 
 def step_rules(config: PromptedConfig) -> StepRules:
     """How a prompted run's steps read and constrain answers."""
-    return StepRules(config.observation, config.answer_match == "exact", config.constrained)
+    exact = config.answer_match == "exact"
+    form = STRICT_ANSWER if exact else PLAIN_ANSWER
+    return StepRules(config.observation, exact, config.constrained, form)
