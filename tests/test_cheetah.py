@@ -163,6 +163,8 @@ def test_step_takes_only_canonical_spellings(env: Cheetah) -> None:
         ({"image_width": 641}, "image_width"),
         ({"image_width": 320.0}, "image_width"),
         ({"camera": "top"}, "camera"),
+        ({"state_layout": "repr"}, "state_layout"),
+        ({"state_layout": None}, "state_layout"),
         ({"planning_horizon": 0}, "planning_horizon"),
         ({"planning_samples": 1}, "planning_samples"),
         ({"planning_iterations": True}, "planning_iterations"),
@@ -361,6 +363,39 @@ def test_proprio_lists_8_positions_and_9_velocities_to_2_decimals(env: Cheetah) 
     assert np.allclose(observation["position"], physics.data.qpos[1:], atol=0.005 + 1e-12)
     assert np.allclose(observation["velocity"], physics.data.qvel, atol=0.005 + 1e-12)
     assert len(observation["position"]) == 8 and len(observation["velocity"]) == 9
+
+
+# Today's proprio rendering of the start of seed 0, to two decimals.
+SEED_0_PROPRIO = (
+    '{"position": [-0.09, 0.03, -0.06, -0.01, -0.09, 0.01, -0.01, 0.00], '
+    '"velocity": [0.01, 0.00, 0.00, 0.02, 0.02, 0.02, 0.00, 0.00, 0.01]}'
+)
+
+
+def test_dict_state_layout_is_the_reference_codes_text_and_json_the_default() -> None:
+    default = Cheetah(**SMALL_PLANNER)
+    reference = get_task("cheetah").make_environment(state_layout="dict", **SMALL_PLANNER)
+    assert isinstance(reference, Cheetah)
+    try:
+        default.reset(0)
+        reference.reset(0)
+        assert default.render("proprio").text == SEED_0_PROPRIO
+        # The reference code's str({k: v.tolist() ...}) of dm_control's observation: the
+        # joint positions but the horizontal one, then the velocities, at full precision.
+        physics = reference.physics
+        positions = [float(value) for value in physics.data.qpos[1:]]
+        velocities = [float(value) for value in physics.data.qvel]
+        expected = f"{{'position': {positions!r}, 'velocity': {velocities!r}}}"
+        assert reference.render("proprio").text == expected
+        assert len(positions) == 8 and len(velocities) == 9
+        # Answers and the expert do not depend on the layout.
+        assert reference.parse_action("[0.5, -1, 0, 0.25, 1, -0.3]") == default.parse_action(
+            "[0.5, -1, 0, 0.25, 1, -0.3]"
+        )
+        assert reference.expert_action() == default.expert_action()
+    finally:
+        default.close()
+        reference.close()
 
 
 def test_rgb_and_png_are_pngs_of_the_configured_size() -> None:

@@ -37,6 +37,7 @@ from lmact.envs.base import (
     InvalidActionError,
     Observation,
     StepOutcome,
+    choice_option,
     integer_option,
     strip_answer,
 )
@@ -75,6 +76,9 @@ ACTION_SIZE = 6
 # 100-step demonstration and a 100-step episode fit its 32k-token context; three do not.
 DECIMALS = 2
 CAMERAS = ("side", "back")
+# Layouts of the proprio rendering: lmact's JSON at DECIMALS decimals (the default), or the
+# LMAct reference code's str() of a dict of full-precision lists.
+STATE_LAYOUTS: tuple[str, ...] = ("json", "dict")
 # The task's reward: full at this forward speed (m/s) and above, falling linearly to 0 at 0.
 RUN_SPEED = 10.0
 # dm_control seeds the task with a numpy RandomState, which takes seeds below 2**32.
@@ -182,6 +186,9 @@ class Cheetah(Environment):
         image_height, image_width: the size of the rgb/png rendering in pixels (16 to 480 and
             16 to 640, MuJoCo's offscreen buffer).
         camera: `side` (follows the cheetah from the side) or `back` (behind and above).
+        state_layout: the proprio rendering: `json` (`{"position": [...], "velocity": [...]}`,
+            two decimals) or `dict` (the LMAct reference code's Python dict of full-precision
+            floats, `{'position': [...], 'velocity': [...]}`).
         planning_horizon: the expert plans action sequences of this many steps.
         planning_samples: sequences the expert rolls out per iteration of the cross-entropy
             method.
@@ -198,6 +205,7 @@ class Cheetah(Environment):
         image_height: int = 240,
         image_width: int = 320,
         camera: str = "side",
+        state_layout: str = "json",
         planning_horizon: int = 20,
         planning_samples: int = 128,
         planning_iterations: int = 3,
@@ -214,6 +222,7 @@ class Cheetah(Environment):
         if camera not in CAMERAS:
             raise ValueError(f"option camera must be one of {', '.join(CAMERAS)}, got {camera!r}")
         self.camera = camera
+        self.state_layout = choice_option("state_layout", state_layout, STATE_LAYOUTS)
         self.planning_horizon = integer_option("planning_horizon", planning_horizon, 1, 1000)
         self.planning_samples = integer_option("planning_samples", planning_samples, 2, 100_000)
         self.planning_iterations = integer_option("planning_iterations", planning_iterations, 1)
@@ -382,6 +391,10 @@ class Cheetah(Environment):
 
     def _render_proprio(self) -> str:
         """Joint positions (all but the horizontal one) and velocities, DECIMALS decimals."""
+        if self.state_layout == "dict":
+            # The reference code's text: every observation key in dm_control's order
+            # (position, velocity), each value's floats at full precision (their repr).
+            return str({key: value.tolist() for key, value in self._observation.items()})
         parts = []
         for key in ("position", "velocity"):
             numbers = ", ".join(format_number(float(value)) for value in self._observation[key])
