@@ -80,6 +80,10 @@ COMMON: tuple[Option, ...] = (
     Option("prompts", Path, target="prompts_dir", metavar="DIR", order=160,
            help="a folder of prompt templates with the shipped file names, replacing the "
            "shipped set (their text is part of the run's identity)"),
+    Option("task_option", multiple=True, target="task_options", metavar="KEY=VALUE", order=35,
+           help="set an option of the task's environment, over its spec's [options] (e.g. "
+           "text_layout=boxed; `lmact tasks TASK` lists them); VALUE is read as TOML (true, "
+           "3, 0.5) or else as text; repeat for more; another value is another run"),
     Option("constrained", bool, default=False, order=175, column=Column(rank=3),
            help="decode answers under a constraint onto the legal actions (a label, a "
            "button, a move), by each provider's own mechanism (a grammar, a JSON schema, an "

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import inspect
 import json
 import os
-from collections.abc import Collection
+import tomllib
+from collections.abc import Collection, Iterable, Mapping
 from functools import cache
 from importlib import import_module
 from pathlib import Path
@@ -13,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lmact.declarations import Named, OptionError
 from lmact.envs import (
     entry_point_origin,
     environment_class,
@@ -79,12 +83,55 @@ class TaskSpec(BaseModel):
     def is_image_observation(self, observation: str) -> bool:
         return observation in environment_class(self.environment).image_formats
 
+    def with_options(self, options: Mapping[str, Any] | None) -> TaskSpec:
+        """The task with some of its environment's options set (`--task-option`): the
+        same name, another spec hash (so other demonstrations). An option the environment
+        does not take is a one-line error naming those it does."""
+        if not options:
+            return self
+        accepted = environment_options(self.environment)
+        for key in options:
+            if accepted is not None and key not in accepted:
+                raise LmactError(
+                    f"task {self.name}: its environment takes no option {key!r}; it takes "
+                    + (", ".join(sorted(accepted)) or "none")
+                )
+        return self.model_copy(update={"options": {**self.options, **options}})
+
     def make_environment(self, **overrides: Any) -> Environment:
         """The task's environment, from its options (some replaced by a run's `overrides`)."""
         try:
             return environment_class(self.environment)(**{**self.options, **overrides})
         except (TypeError, ValueError) as error:
             raise LmactError(f"task {self.name}: bad [options]: {error}") from None
+
+
+def environment_options(environment: str) -> frozenset[str] | None:
+    """The keyword options an environment's constructor takes (None: any, by **options)."""
+    parameters = inspect.signature(environment_class(environment)).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return frozenset(p.name for p in parameters if p.kind in kinds)
+
+
+def parse_task_options(items: Iterable[str]) -> dict[str, Any]:
+    """`KEY=VALUE` texts as task options, each VALUE read as a TOML value (true, 3, 0.5,
+    "text", [1, 2]) and else taken as the text itself (`boxed`). One-line errors."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, equals, text = item.partition("=")
+        key = key.strip()
+        if not equals or not key.isidentifier():
+            raise OptionError(Named("task_option"), f" takes KEY=VALUE, not {item!r}")
+        try:
+            value = tomllib.loads(f"value = {text.strip()}")["value"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        if isinstance(value, dict | datetime.date | datetime.time):
+            value = text.strip()  # an inline table or a date: the text, as written
+        options[key] = value
+    return dict(sorted(options.items()))
 
 
 # Folders of task specs beside the shipped ones, separated like PATH.

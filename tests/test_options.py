@@ -45,7 +45,7 @@ def sample(option: Option, folder: Path) -> tuple[dict[str, Any], Any]:
         "prompts": data_dir("prompts"), "store": folder / "s.sqlite", "cache_dir": folder,
         "base_url": ["http://127.0.0.1:9/v1", "http://127.0.0.1:10/v1"],
         "text_field": "q", "label_field": "intent", "history": "summary",
-        "demo_draw": "per-episode",
+        "demo_draw": "per-episode", "task_option": ["opening_plies=1"],
     }  # fmt: skip
     classification = ("dataset", "held_out", "text_field", "label_field", "unsemantic_labels")
     if option.name in (*classification, "eval_every", "reset", "labels"):
@@ -98,6 +98,8 @@ def landed(read: Any, option: Option, value: Any) -> bool:
         return config.buttons == (None if value == "drawn" else value)
     if option.name == "episodes":
         return read.episodes == value
+    if option.name == "task_option":  # KEY=VALUE texts, read as TOML values
+        return config.task_options == {"opening_plies": 1}
     if option.name in ("task", "regime"):
         return getattr(config, option.name) == value
     if option.name in ("dataset", "held_out", "text_field", "label_field"):
@@ -241,7 +243,8 @@ def test_the_report_takes_its_option_columns_from_the_declarations() -> None:
     assert set(labels) <= set(COLUMNS) and set(SETTINGS) <= set(labels)
     assert COLUMNS[:7] == ["run_id", "task", "regime", "observation", "model", "demos",
                            "token_budget"]  # fmt: skip
-    assert CURVE_RUN_COLUMNS == ["run_id", "task", "model", "variant", "history"]
+    assert CURVE_RUN_COLUMNS == ["run_id", "task", "model", "variant", "history", "layout",
+                                 "scenario", "framing", "returns"]  # fmt: skip
     assert "past_actions" in COLUMNS and "no_past_actions" not in COLUMNS
 
 

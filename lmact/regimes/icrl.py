@@ -355,7 +355,7 @@ def _check_inputs_last(config: IcrlConfig, episodes: int) -> None:
     """A replicate of fresh starts never repeats an input, as in Monea et al.'s streams: a
     run that would (more episodes than the stream's examples, more held-out examples than
     the held-out file's) is refused before any call."""
-    env = run_environment(config, get_task(config.task))
+    env = run_environment(config, config.task_spec())
     try:
         stream, held_out = env.distinct_starts(), env.distinct_starts(demonstrations=True)
     finally:
@@ -502,7 +502,7 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         """Whether the run's task is a bandit: looked up once per task spec, not per unit."""
         key = (config.task, config.spec_hash)
         if key not in self._bandit_tasks:
-            self._bandit_tasks[key] = get_task(config.task).environment == "bandit"
+            self._bandit_tasks[key] = config.task_spec().environment == "bandit"
         return self._bandit_tasks[key]
 
     def unit_seed(self, config: IcrlConfig, unit: UnitKey) -> int:
@@ -543,7 +543,7 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         return make_icrl_config(
             config.task, model=policy, reset=config.reset, max_steps=config.max_steps,
             replicates=config.replicates, seed=config.seed, observation=config.observation,
-            buttons=config.buttons or "drawn",
+            buttons=config.buttons or "drawn", task_options=config.task_options,
         )  # fmt: skip
 
     def summary_fields(self, config: IcrlConfig, facts: RunFacts) -> dict[str, Any]:

@@ -163,13 +163,13 @@ def bandit_rounds(
     first = {}  # each replicate's first round, as `episodes` order them
     for record in episodes:
         first.setdefault(record.chain, record)
-    env = run_environment(config, get_task(config.task))
+    env = run_environment(config, config.task_spec())
     best, arms = {}, {}
     for replicate, record in first.items():  # the instance of the replicate's first round
         env.reset(record.seed)
         best[replicate], arms[replicate] = env.expert_action(), env.legal_actions()
     order = sorted(pulls)
-    gap = float(get_task(config.task).options.get("gap", 0.0))
+    gap = float(config.task_spec().options.get("gap", 0.0))
     return (
         [pulls[r] for r in order], [rewards[r] for r in order],
         [best[r] for r in order], [arms[r] for r in order], gap,

@@ -6,7 +6,7 @@ range (`lmact.demos.DEMO_SEED_BASE` and up), so no test episode shares a seed wi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -140,8 +140,9 @@ class ImitationConfig(PromptedConfig):
         its default: all runs of a task with the same seeds and step limit share baselines.
         """
         return make_config(
-            self.task, model=policy, demos=0, seed=self.seed, max_steps=self.max_steps
-        )
+            self.task, model=policy, demos=0, seed=self.seed, max_steps=self.max_steps,
+            task_options=self.task_options,
+        )  # fmt: skip
 
 
 def make_config(
@@ -162,6 +163,7 @@ def make_config(
     demo_draw: str = DEMO_DRAW.default,
     demo_pool: int | None = None,
     constrained: bool = False,
+    task_options: Sequence[str] | Mapping[str, Any] | None = None,
 ) -> ImitationConfig:
     """A run configuration with the task's defaults filled in; names, and options that go
     together, are checked here (types and bounds by `lmact.options.read_run`)."""
@@ -178,6 +180,7 @@ def make_config(
         answer_match=answer_match,
         prompts_dir=prompts_dir,
         constrained=constrained,
+        task_options=task_options,
     )
     if demos is not None and token_budget is not None:
         raise OptionError(

@@ -3,6 +3,7 @@ configuration, their checks and defaults, and the `PromptSettings` they make."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -21,7 +22,7 @@ from lmact.prompting import (
     templates_fingerprint,
 )
 from lmact.regimes.base import RegimeConfig
-from lmact.tasks import TaskSpec
+from lmact.tasks import TaskSpec, parse_task_options
 
 CHAIN_OF_THOUGHT_MAX_TOKENS = 512
 ANSWER_MATCHES = ("lenient", "exact")
@@ -42,7 +43,7 @@ MAX_STEPS = Option(
 class PromptedConfig(RegimeConfig):
     """A configuration whose prompts the templates under `prompts/` (or --prompts) make."""
 
-    added_fields: ClassVar[dict[str, Any]] = {"constrained": False}  # PROMPTED_ADDED_FIELDS
+    added_fields: ClassVar[dict[str, Any]] = {"constrained": False, "task_options": None}
 
     show_legal_actions: bool = False
     chain_of_thought: bool = False
@@ -58,6 +59,11 @@ class PromptedConfig(RegimeConfig):
     rendering: int = 1
     # Answers decoded under a constraint onto the legal actions (`--constrained`).
     constrained: bool = False
+    # Options of the task's environment set by the run (`--task-option`), over its spec's.
+    task_options: dict[str, Any] | None = None
+
+    def task_spec(self) -> TaskSpec:
+        return super().task_spec().with_options(self.task_options)
 
 
 def prompt_settings(config: PromptedConfig) -> PromptSettings:
@@ -94,6 +100,7 @@ def prompted_fields(
     answer_match: str = "lenient",
     prompts_dir: str | Path | None = None,
     constrained: bool = False,
+    task_options: Sequence[str] | Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The fields of a `PromptedConfig`, with the task's defaults filled in; the names are
     checked here (the values' types and bounds by `lmact.options.read_run`)."""
@@ -103,6 +110,12 @@ def prompted_fields(
         raise OptionError("give either ", Named("cot"), " or ", Named("constrained"), ", not "
                           "both: a constrained answer is the action alone")  # fmt: skip
     check_templates(prompts_dir)
+    options = (
+        dict(task_options)
+        if isinstance(task_options, Mapping)
+        else parse_task_options(task_options or ())
+    )
+    spec.with_options(options)  # names the environment does not take: one line
     return {
         "task": spec.name,
         "spec_hash": spec.spec_hash,
@@ -119,12 +132,13 @@ def prompted_fields(
         "past_actions": past_actions,
         "answer_match": answer_match,
         "constrained": constrained,
+        "task_options": dict(sorted(options.items())) or None,
     }
 
 
 # Fields every prompted configuration gained after runs were first stored: at these values
 # a run keeps the id it had (each regime's `added_fields` holds them).
-PROMPTED_ADDED_FIELDS: dict[str, Any] = {"constrained": False}
+PROMPTED_ADDED_FIELDS: dict[str, Any] = {"constrained": False, "task_options": None}
 
 
 def step_rules(config: PromptedConfig) -> StepRules:

@@ -137,8 +137,9 @@ class ReplayRegime(Regime[ReplayConfig, ReplayPlan]):
         """Scripted policies read the demonstration, not the prompt: prompt settings take
         their defaults, so every replay run of a task and seed shares its baselines."""
         return make_replay_config(
-            config.task, observation=config.observation, model=policy, seed=config.seed
-        )
+            config.task, observation=config.observation, model=policy, seed=config.seed,
+            task_options=config.task_options,
+        )  # fmt: skip
 
     def summary_fields(self, config: ReplayConfig, facts: RunFacts) -> dict[str, Any]:
         return {
