@@ -117,20 +117,30 @@ def _fingerprint(folder: Path | str | None) -> str:
     return digest.hexdigest()[:12]
 
 
-def observation_parts(observation: Observation) -> list[Part]:
+# How a step's observation is laid out (`--inline-observations`): lmact's block, the
+# label on a line of its own; or inline, as the LMAct reference code writes one-line
+# observations (`Observation: X Action: a` for positions, coordinates and images; the
+# action on the next line for other one-line texts); multi-line texts stay blocks.
+BLOCK, INLINE_SAME_LINE, INLINE_NEXT_LINE = "block", "inline-same-line", "inline-next-line"
+
+
+def observation_parts(observation: Observation, layout: str = BLOCK) -> list[Part]:
+    inline = layout != BLOCK
+    after = " " if layout == INLINE_SAME_LINE else "\n"
     if observation.image_png is not None:
-        return [
-            TextPart(f"{OBSERVATION_LABEL}\n"),
-            ImagePart(observation.image_png),
-            TextPart("\n"),
-        ]
+        opening = f"{OBSERVATION_LABEL} " if inline else f"{OBSERVATION_LABEL}\n"
+        return [TextPart(opening), ImagePart(observation.image_png), TextPart(after)]
+    if inline and "\n" not in observation.text:
+        return [TextPart(f"{OBSERVATION_LABEL} {observation.text}{after}")]
     return [TextPart(f"{OBSERVATION_LABEL}\n{observation.text}\n")]
 
 
-def episode_parts(steps: Sequence[Step], with_actions: bool = True) -> list[Part]:
+def episode_parts(
+    steps: Sequence[Step], with_actions: bool = True, layout: str = BLOCK
+) -> list[Part]:
     parts: list[Part] = []
     for observation, action in steps:
-        parts += observation_parts(observation)
+        parts += observation_parts(observation, layout)
         if with_actions:
             parts.append(TextPart(f"{ACTION_LABEL} {action}\n"))
     return parts
@@ -144,6 +154,7 @@ class PromptSettings:
     # (the reference protocol's `include_past_actions`); demonstrations keep theirs.
     past_actions: bool = True
     prompts: Path | None = None  # a folder of templates replacing the shipped ones
+    observation_layout: str = BLOCK  # see `observation_parts`
 
 
 # Between demonstrations. One object for all: a part made per demonstration of each
@@ -162,7 +173,8 @@ class PromptBuilder:
 
     def prefix(self, demonstrations: Sequence[Sequence[Step]]) -> tuple[Part, ...]:
         """Preamble and demonstrations: the stable prefix of every prompt of a run."""
-        return self.rendered_prefix([episode_parts(d) for d in demonstrations])
+        layout = self.settings.observation_layout
+        return self.rendered_prefix([episode_parts(d, layout=layout) for d in demonstrations])
 
     def rendered_prefix(self, episodes: Sequence[Sequence[Part]]) -> tuple[Part, ...]:
         """`prefix` of demonstrations already rendered (each one's `episode_parts`, joined or
@@ -200,8 +212,9 @@ class PromptBuilder:
         seed: int = 0,
     ) -> ModelRequest:
         episode: list[Part] = [TextPart(self.template("current_episode").substitute())]
-        episode += episode_parts(trajectory, with_actions=self.settings.past_actions)
-        episode += observation_parts(observation)
+        layout = self.settings.observation_layout
+        episode += episode_parts(trajectory, self.settings.past_actions, layout)
+        episode += observation_parts(observation, layout)
         episode.append(TextPart(self.tail(legal_actions, with_demonstrations)))
         cot = self.settings.chain_of_thought
         return ModelRequest(
@@ -326,7 +339,8 @@ class DemonstrationPacker:
                               answer_tokens, count_tokens([preamble]))  # fmt: skip
 
     def render(self, steps: Sequence[Step]) -> RenderedDemonstration:
-        parts = merge_text_parts(episode_parts(steps))
+        layout = self.limits.builder.settings.observation_layout
+        parts = merge_text_parts(episode_parts(steps, layout=layout))
         tokens = self.limits.count_tokens(parts)
         return RenderedDemonstration(steps, parts, tokens, count_images(parts))
 

@@ -4,12 +4,15 @@ not take."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from helpers import StubModel, lmact
 
 from lmact.demos import DemoStore
+from lmact.envs.base import Observation
 from lmact.models.base import ModelRequest, ModelResponse, TextPart
+from lmact.prompting import BLOCK, INLINE_NEXT_LINE, INLINE_SAME_LINE, observation_parts
 from lmact.regimes.imitation import make_config
 from lmact.runner import Runner
 from lmact.store import RunStore
@@ -54,3 +57,39 @@ def test_a_task_option_the_environment_does_not_take_is_one_line(tmp_path: Path)
                      cwd=tmp_path)  # fmt: skip
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
         assert named in done.stderr and "Traceback" not in done.stderr
+
+
+def test_inline_observations_are_written_as_the_reference_code_writes_them() -> None:
+    one_line, block = Observation(text="{'player': [1, 2]}"), Observation(text="a | b\n---")
+    image = Observation(image_png=b"\x89PNG fake")
+
+    def shown(observation: Observation, layout: str) -> str:
+        parts = [*observation_parts(observation, layout), TextPart("Action: up\n")]
+        return "".join(p.text if isinstance(p, TextPart) else "<img>" for p in parts)
+
+    assert shown(one_line, INLINE_SAME_LINE) == "Observation: {'player': [1, 2]} Action: up\n"
+    assert shown(one_line, INLINE_NEXT_LINE) == "Observation: {'player': [1, 2]}\nAction: up\n"
+    assert shown(one_line, BLOCK) == "Observation:\n{'player': [1, 2]}\nAction: up\n"
+    assert shown(image, INLINE_SAME_LINE) == "Observation: <img> Action: up\n"
+    for layout in (BLOCK, INLINE_SAME_LINE, INLINE_NEXT_LINE):  # multi-line: a block
+        assert shown(block, layout) == "Observation:\na | b\n---\nAction: up\n"
+
+
+def test_an_inline_run_shows_demonstrations_and_episode_one_line_a_step(tmp_path: Path) -> None:
+    config = make_config("grid_world", model="test/recorder", demos=2, observation="coords",
+                         inline_observations=True, task_options=["coords_layout=dict"])  # fmt: skip
+    assert config.run_id != make_config("grid_world", model="test/recorder", demos=2,
+                                        observation="coords",
+                                        task_options=["coords_layout=dict"]).run_id  # fmt: skip
+    recorder = Recorder()
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        runner = Runner(store, DemoStore(tmp_path / "demos"), progress=False)
+        runner.policies.register(recorder)
+        runner.run(config, 1)
+        runner.close()
+    text = recorder.texts[1]  # the second step: one past step in the episode
+    step = re.compile(r"^Observation: \{'player': \[\d+, \d+\], 'target': \[\d+, \d+\]\} ")
+    lines = [line for line in text.splitlines() if line.startswith("Observation:")]
+    assert len(lines) >= 4 and all(step.match(line) for line in lines)
+    assert all(re.search(r" Action: (left|right|up|down)$", line) for line in lines[:-1])
+    assert "Observation:\n" not in text

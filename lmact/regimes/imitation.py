@@ -40,6 +40,7 @@ from lmact.records import EpisodeRecord, StepRecord, UnitKey
 from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts
 from lmact.regimes.headline import Headline
 from lmact.regimes.prompted import (
+    INLINE_OBSERVATIONS,
     MAX_STEPS,
     PROMPTED_ADDED_FIELDS,
     TOKEN_BUDGET,
@@ -164,6 +165,7 @@ def make_config(
     demo_pool: int | None = None,
     constrained: bool = False,
     task_options: Sequence[str] | Mapping[str, Any] | None = None,
+    inline_observations: bool = False,
 ) -> ImitationConfig:
     """A run configuration with the task's defaults filled in; names, and options that go
     together, are checked here (types and bounds by `lmact.options.read_run`)."""
@@ -181,6 +183,7 @@ def make_config(
         prompts_dir=prompts_dir,
         constrained=constrained,
         task_options=task_options,
+        inline_observations=inline_observations,
     )
     if demos is not None and token_budget is not None:
         raise OptionError(
@@ -306,7 +309,7 @@ class ImitationRegime(Regime[ImitationConfig, EpisodePlan]):
     name = "imitation"
     config_type = ImitationConfig
     help = "demonstrations in the prompt, then new test episodes"
-    options = (DEMOS, TOKEN_BUDGET, MAX_STEPS, DEMO_DRAW, DEMO_POOL)
+    options = (DEMOS, TOKEN_BUDGET, MAX_STEPS, DEMO_DRAW, DEMO_POOL, INLINE_OBSERVATIONS)
     headline = Headline(
         "normalized score [95% CI] by demonstrations",
         "normalized_score",

@@ -15,6 +15,9 @@ from lmact.episode import StepRules
 from lmact.errors import LmactError
 from lmact.policies import Policy
 from lmact.prompting import (
+    BLOCK,
+    INLINE_NEXT_LINE,
+    INLINE_SAME_LINE,
     PLAIN_ANSWER,
     STRICT_ANSWER,
     PromptSettings,
@@ -34,6 +37,12 @@ TOKEN_BUDGET = Option(
     help="pack as many whole demonstrations as fit T prompt tokens (preamble and "
     "demonstrations, counted by the model's tokenizer)",
 )  # fmt: skip
+INLINE_OBSERVATIONS = Option(
+    "inline_observations", bool, default=False, order=135, column=Column(rank=2.5),
+    help="write one-line observations inline, as the LMAct reference code does "
+    "(`Observation: X Action: a` for FEN, coordinates and images; other one-line texts with "
+    "the action on the next line); multi-line observations stay blocks",
+)  # fmt: skip
 MAX_STEPS = Option(
     "max_steps", int, least=1, most=INT_LIMIT, order=90,
     help="step limit per episode (default: the task's)",
@@ -43,7 +52,9 @@ MAX_STEPS = Option(
 class PromptedConfig(RegimeConfig):
     """A configuration whose prompts the templates under `prompts/` (or --prompts) make."""
 
-    added_fields: ClassVar[dict[str, Any]] = {"constrained": False, "task_options": None}
+    added_fields: ClassVar[dict[str, Any]] = {
+        "constrained": False, "task_options": None, "inline_observations": False,
+    }  # fmt: skip
 
     show_legal_actions: bool = False
     chain_of_thought: bool = False
@@ -61,17 +72,30 @@ class PromptedConfig(RegimeConfig):
     constrained: bool = False
     # Options of the task's environment set by the run (`--task-option`), over its spec's.
     task_options: dict[str, Any] | None = None
+    # One-line observations written inline (`--inline-observations`).
+    inline_observations: bool = False
 
     def task_spec(self) -> TaskSpec:
         return super().task_spec().with_options(self.task_options)
 
 
+# The formats whose one-line observations the reference code writes with the action on the
+# same line (images too); other one-line texts (the cheetah's state) have it on the next.
+SAME_LINE_FORMATS = frozenset({"fen", "coords"})
+
+
 def prompt_settings(config: PromptedConfig) -> PromptSettings:
+    layout = BLOCK
+    if config.inline_observations:
+        same_line = config.observation in SAME_LINE_FORMATS or config.task_spec(
+        ).is_image_observation(config.observation)  # fmt: skip
+        layout = INLINE_SAME_LINE if same_line else INLINE_NEXT_LINE
     return PromptSettings(
         config.show_legal_actions,
         config.chain_of_thought,
         config.past_actions,
         Path(config.prompts_dir) if config.prompts_dir is not None else None,
+        layout,
     )
 
 
@@ -101,6 +125,7 @@ def prompted_fields(
     prompts_dir: str | Path | None = None,
     constrained: bool = False,
     task_options: Sequence[str] | Mapping[str, Any] | None = None,
+    inline_observations: bool = False,
 ) -> dict[str, Any]:
     """The fields of a `PromptedConfig`, with the task's defaults filled in; the names are
     checked here (the values' types and bounds by `lmact.options.read_run`)."""
@@ -133,12 +158,15 @@ def prompted_fields(
         "answer_match": answer_match,
         "constrained": constrained,
         "task_options": dict(sorted(options.items())) or None,
+        "inline_observations": inline_observations,
     }
 
 
 # Fields every prompted configuration gained after runs were first stored: at these values
 # a run keeps the id it had (each regime's `added_fields` holds them).
-PROMPTED_ADDED_FIELDS: dict[str, Any] = {"constrained": False, "task_options": None}
+PROMPTED_ADDED_FIELDS: dict[str, Any] = {
+    "constrained": False, "task_options": None, "inline_observations": False,
+}  # fmt: skip
 
 
 def step_rules(config: PromptedConfig) -> StepRules:

@@ -29,6 +29,7 @@ from lmact.records import EpisodeRecord, StepRecord, UnitKey
 from lmact.regimes.base import PreparedRun, Regime, RunContext, RunFacts
 from lmact.regimes.headline import Headline
 from lmact.regimes.prompted import (
+    INLINE_OBSERVATIONS,
     PromptedConfig,
     check_sees,
     prompt_settings,
@@ -81,6 +82,7 @@ class _Demonstrated(LiveSituation):
 class ReplayRegime(Regime[ReplayConfig, ReplayPlan]):
     name = "replay"
     config_type = ReplayConfig
+    options = (INLINE_OBSERVATIONS,)
     help = (
         "the prompt shows one demonstration, then the model is asked for each of its actions "
         "in turn (scored by the share it matches; expert 1.0)"
