@@ -21,17 +21,16 @@ from lmact.resources import data_dir, read_toml, validated
 PRESET = "preset"  # the option that names one
 
 
-class Preset(BaseModel):
+class Sourced(BaseModel):
+    """Options, each with where its value comes from."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
-    description: str
-    paper: str
-    options: dict[str, Any]
-    source: dict[str, str]  # per option: where its value comes from
+    options: dict[str, Any] = {}
+    source: dict[str, str] = {}  # per option: where its value comes from
 
     @model_validator(mode="after")
-    def _every_option_has_a_source(self) -> Preset:
+    def _every_option_has_a_source(self) -> Sourced:
         unsourced = sorted(set(self.options) - set(self.source))
         if unsourced:
             raise ValueError(f"no source for {', '.join(unsourced)}")
@@ -41,6 +40,32 @@ class Preset(BaseModel):
         if PRESET in self.options:
             raise ValueError("a preset cannot name another")
         return self
+
+
+class Preset(Sourced):
+    """A paper's protocol: its `options`, and, where it differs per task, each task's own
+    (`tasks`, over the common ones; a preset with tasks takes no other task)."""
+
+    name: str
+    description: str
+    paper: str
+    tasks: dict[str, Sourced] = {}
+
+    def options_for(self, task: object) -> dict[str, Any]:
+        """The options of a run of `task` (None: the preset's own task, if it names one)."""
+        if not self.tasks:
+            return dict(self.options)
+        task = task if task is not None else self.options.get("task")
+        if not isinstance(task, str) or task not in self.tasks:
+            raise LmactError(
+                f"preset {self.name} sets options per task: give --task, one of "
+                + ", ".join(sorted(self.tasks))
+            )
+        return {**self.options, **self.tasks[task].options}
+
+    def sources_for(self, task: str | None) -> dict[str, str]:
+        extra = self.tasks[task].source if task in self.tasks else {}
+        return {**self.source, **extra}
 
 
 def read_preset(path: Path) -> Preset:
@@ -74,7 +99,7 @@ def apply_preset(values: Mapping[str, Any], given: Collection[str] | None = None
     if not isinstance(name, str):
         raise LmactError(f"option preset takes a preset's name, not {name!r}")
     chosen = get_preset(name)
-    for option, value in chosen.options.items():
+    for option, value in chosen.options_for(result.get("task")).items():
         stated = option in given if given is not None else result.get(option) is not None
         if not stated:
             result[option] = value

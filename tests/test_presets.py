@@ -5,6 +5,7 @@ as well win, even when given at their default."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import lmact
@@ -13,8 +14,10 @@ from lmact.errors import LmactError
 from lmact.options import OPTIONS, read_run
 from lmact.presets import apply_preset, presets, read_preset
 from lmact.sweeps import load_sweep
+from lmact.tasks import parse_task_options
 
-PAPERS = ("Krishnamurthy", "Monea")
+PAPERS = ("Krishnamurthy", "Monea", "LMAct")
+LMACT_TASKS = ("tic_tac_toe", "grid_world", "crossword", "chess", "cheetah", "phoenix")
 
 
 def _as_run(name: str) -> dict[str, object]:
@@ -31,23 +34,44 @@ def test_every_preset_reads_as_a_run_with_its_values_and_a_source_for_each() -> 
         assert {f"krishnamurthy-{level}", f"krishnamurthy-{level}-summary"} <= names
     for variant in ("naive", "naive-plus", "stochastic", "approximate", "upper-bound"):
         assert f"monea-{variant}" in names
+    assert set(presets()["lmact"].tasks) == set(LMACT_TASKS)
     for name, preset in presets().items():
-        assert set(preset.source) == set(preset.options) and all(preset.source.values())
-        read = read_run({"preset": name, "model": "random", **_task_of(name)})
-        dumped = read.config.model_dump()
-        for option, value in preset.options.items():
-            if option == "episodes":
-                assert read.episodes == value
-            elif (field := OPTIONS[option].target or option) in dumped:
-                # A configuration leaves out what is at its default.
-                kept = dumped[field] == value
-                assert kept or (dumped[field] is None and OPTIONS[option].default == value)
-            else:
-                assert option == "regime" and read.config.regime == value
+        for task in preset.tasks or [None]:
+            options = preset.options_for(task)
+            sources = preset.sources_for(task)
+            assert set(sources) == set(options) and all(sources.values())
+            given = {"task": task} if task else _task_of(name)
+            read = read_run({"preset": name, "model": "random", **given})
+            _check_landed(read, options)
+
+
+def _check_landed(read: Any, options: dict[str, Any]) -> None:
+    """Every option of a preset is what the run reads."""
+    dumped = read.config.model_dump()
+    for option, value in options.items():
+        if option == "episodes":
+            assert read.episodes == value
+        elif option == "task_option":
+            assert read.config.task_options == parse_task_options(value)
+        elif (field := OPTIONS[option].target or option) in dumped:
+            # A configuration leaves out what is at its default.
+            kept = dumped[field] == value
+            assert kept or (dumped[field] is None and OPTIONS[option].default == value)
+        else:
+            assert option == "regime" and read.config.regime == value
 
 
 def _task_of(name: str) -> dict[str, str]:
     return {} if "task" in presets()[name].options else {"task": "classification"}
+
+
+def test_a_preset_per_task_wants_one_of_its_tasks() -> None:
+    with pytest.raises(LmactError, match="give --task, one of cheetah, chess"):
+        read_run({"preset": "lmact", "task": "bandit_hard", "model": "random"})
+    grid = read_run({"preset": "lmact", "task": "grid_world", "model": "random"}).config
+    chess = read_run({"preset": "lmact", "task": "chess", "model": "random"}).config
+    assert (grid.max_steps, chess.max_steps) == (25, 100)  # a task's own over the common
+    assert grid.max_tokens == chess.max_tokens == 2048
 
 
 def test_a_run_made_through_a_preset_is_the_run_made_by_hand() -> None:

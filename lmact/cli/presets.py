@@ -17,7 +17,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def command(args: argparse.Namespace) -> None:
-    from lmact.cli.arguments import flag_for
     from lmact.presets import get_preset, presets
 
     if args.name is None:
@@ -26,12 +25,28 @@ def command(args: argparse.Namespace) -> None:
         return
     preset = get_preset(args.name)
     print(f"{preset.name}: {preset.description}\n  from {preset.paper}")
+    words = _listed(preset.options, preset.source, "  ")
+    if not preset.tasks:
+        print(f"the same run by hand: lmact run {' '.join(words)} ...")
+        return
+    for task, own in sorted(preset.tasks.items()):
+        print(f"  with --task {task}:")
+        more = _listed(own.options, own.source, "    ")
+        print(f"    the same run by hand: lmact run --task {task} {' '.join(words + more)} ...")
+
+
+def _listed(options: dict[str, object], source: dict[str, str], indent: str) -> list[str]:
+    """Print each option with its source; the options as a command's words."""
+    from lmact.cli.arguments import flag_for
+
     words = []
-    for option, value in preset.options.items():
-        print(f"  {flag_for(option)} {_shown(value)}: {preset.source[option]}")
-        words.append(f"{flag_for(option)} {_shown(value)}")
-    print(f"the same run by hand: lmact run {' '.join(words)} ...")
-
-
-def _shown(value: object) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    for option, value in options.items():
+        if isinstance(value, bool):  # a switch: given alone, or left out
+            shown = flag_for(option) if value else f"(no {flag_for(option)})"
+        else:
+            values = value if isinstance(value, list) else [value]
+            shown = " ".join(f"{flag_for(option)} {one}" for one in values)
+        print(f"{indent}{shown}: {source[option]}")
+        if value is not False:
+            words.append(shown)
+    return words
