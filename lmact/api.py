@@ -37,7 +37,10 @@ from lmact.sweeps import plan_sweep
 _ESTIMATE_KEYS = (
     "episodes_todo", "episodes_done", "calls", "prompt_tokens", "prefix_tokens",
     "completion_tokens", "cost_usd", "cost_cached_usd", "demonstrations_needed",
+    "demonstrations_generated", "demonstration_workers",
 )  # fmt: skip
+# Times, in seconds to the millisecond.
+_ESTIMATE_SECONDS = ("demonstrations_generation_s", "demonstrations_forecast_s")
 
 
 def run(
@@ -76,6 +79,7 @@ def play(
 def estimate_dict(estimate: RunEstimate) -> dict[str, Any]:
     """A dry run's estimate as one JSON object."""
     values = {key: getattr(estimate, key) for key in _ESTIMATE_KEYS}
+    values |= {key: round(float(getattr(estimate, key)), 3) for key in _ESTIMATE_SECONDS}
     return {"run_id": estimate.config.run_id, "dry_run": True, **values}
 
 

@@ -50,6 +50,11 @@ _APPEND_BATCH = 16
 # An expert whose first episode takes this long plays the rest in a process pool; quick
 # experts (tic-tac-toe, grid world) would spend longer starting the pool than playing.
 _POOL_AFTER_S = 1.0
+# Before the rest of a generation, the expert is timed on the first missing episodes, played
+# here (they are needed anyway): this many at most, or until they took this long (or
+# `pool_after_s`, if shorter, so that a slow expert's pool starts after one episode as ever).
+_SAMPLE_EPISODES = 8
+_SAMPLE_S = 0.2
 # How often a worker checks that the process that started it is still alive.
 _PARENT_POLL_S = 0.5
 # prctl(2) option: the signal the kernel sends this process when its parent dies (Linux).
@@ -67,6 +72,62 @@ class Demonstration:
     seed: int
     steps: tuple[Step, ...]
     total_return: float
+
+
+def duration(seconds: float) -> str:
+    """A time as people read it: 45 ms, 3.1 s, 12.5 min, 2.0 h."""
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f} ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@dataclass(frozen=True)
+class GenerationForecast:
+    """What a load is about to generate, once its first missing episodes (the sample, played
+    in this process) have timed the expert: the rest is extrapolated from them."""
+
+    task: str
+    observation: str
+    wanted: int  # the load needs the first `wanted` demonstrations
+    stored: int  # of those, the usable ones stored before it
+    sampled: int  # generated first, to time the expert
+    sample_s: float  # the time the expert took to play them
+    each_s: float  # its time per episode: the sample's, the first left out if others were
+    workers: int  # the processes that play the rest (1: this one)
+
+    @property
+    def missing(self) -> int:
+        """The demonstrations the load generates, the sample's included."""
+        return self.wanted - self.stored
+
+    @property
+    def seconds(self) -> float:
+        """The whole generation's forecast time, the sample's included (a pool's start-up,
+        a second or two, is not)."""
+        return self.sample_s + (self.missing - self.sampled) * self.each_s / self.workers
+
+    def describe(self) -> str:
+        played_by = "here" if self.workers == 1 else f"by {self.workers} worker processes"
+        return (
+            f"{self.missing} of the first {self.wanted} demonstrations of "
+            f"{self.task}/{self.observation} are not stored yet: generating them takes about "
+            f"{duration(self.seconds)} ({duration(self.each_s)} each, timed on "
+            f"{self.sampled}, played {played_by})"
+        )
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One load's generation, once it ended: what was forecast and the time it took."""
+
+    forecast: GenerationForecast
+    seconds: float  # from its first episode to its last one stored
 
 
 def play_expert_episode(
@@ -264,19 +325,32 @@ def _warn_corrupt(folder: Path, episode: int, reason: str) -> None:
 
 
 class DemoStore:
-    """Demonstrations on disk under `root`, generated on demand."""
+    """Demonstrations on disk under `root`, generated on demand.
+
+    `on_forecast` is told, before most of a generation, what it makes and about how long it
+    takes (not when the sample that times the expert was all of it); `generations` lists
+    what this store's loads generated, in order.
+    """
 
     def __init__(
         self,
         root: Path | None = None,
         workers: int | None = None,
         pool_after_s: float = _POOL_AFTER_S,
+        on_forecast: Callable[[GenerationForecast], None] | None = None,
     ) -> None:
         self.root = Path(root) if root is not None else default_cache_dir() / "demos"
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
         if self.workers < 1:
             raise LmactError(f"workers must be at least 1, got {self.workers}")
         self.pool_after_s = pool_after_s
+        self.on_forecast = on_forecast
+        self.generations: list[Generation] = []
+
+    def watched(self, on_forecast: Callable[[GenerationForecast], None]) -> DemoStore:
+        """The same store, telling `on_forecast` and listing in its own `generations` what
+        its loads generate (a dry run's, say, apart from other runs sharing this store)."""
+        return DemoStore(self.root, self.workers, self.pool_after_s, on_forecast)
 
     @classmethod
     def in_cache(cls, cache_dir: Path | None, workers: int | None = None) -> DemoStore:
@@ -291,6 +365,16 @@ class DemoStore:
         """
         version = environment_class(task.environment).rendering_version
         return self.root / task.name / f"{task.spec_hash}-r{version}" / observation
+
+    def stored_count(
+        self, task: TaskSpec, observation: str, limit: int = MAX_DEMONSTRATIONS
+    ) -> int:
+        """How many of the first `limit` demonstrations are stored, their records usable
+        (images are checked when loaded); read without the lock, so a generation going on
+        may have stored more since."""
+        task.check_observation(observation)
+        path = self.directory(task, observation) / "episodes.jsonl"
+        return len(_read_records(path, task.is_image_observation(observation), limit).records)
 
     @contextlib.contextmanager
     def _locked(self, folder: Path) -> Iterator[None]:
@@ -371,42 +455,82 @@ class DemoStore:
             if usable.corrupt is not None:
                 _warn_corrupt(folder, kept, usable.corrupt)
             _truncate_to_lines(folder / "episodes.jsonl", kept)
-            first_seed = DEMO_SEED_BASE + kept
-            episodes = self._expert_episodes(
-                task, observation, range(first_seed, first_seed + missing)
+            generated = self._generate(folder, task, observation, kept, start + count, progress)
+            # Episodes before `start` are generated to keep seed order, not returned.
+            return stored + [d for d in generated if d.seed >= DEMO_SEED_BASE + start], None
+
+    def _generate(
+        self,
+        folder: Path,
+        task: TaskSpec,
+        observation: str,
+        kept: int,
+        wanted: int,
+        progress: Callable[[int], None] | None,
+    ) -> list[Demonstration]:
+        """Demonstrations kept … wanted-1, the first `kept` being stored: played by the
+        expert and appended in batches as they come, in seed order, so that a killed
+        generation resumes after the last stored batch. Told and listed (`on_forecast`)."""
+        started = time.perf_counter()
+        forecasts: list[GenerationForecast] = []
+
+        def sampled(count: int, seconds: float, each_s: float, workers: int) -> None:
+            forecast = GenerationForecast(
+                task.name, observation, wanted, kept, count, seconds, each_s, workers
             )
-            # Appended in batches as they come, in seed order, so a killed generation
-            # resumes after the last stored batch.
-            while batch := list(itertools.islice(episodes, _APPEND_BATCH)):
-                self._append(folder, batch)
-                # Episodes before `start` are generated to keep seed order, not returned.
-                stored += [d for d in batch if d.seed >= DEMO_SEED_BASE + start]
-                if progress is not None:
-                    progress(len(batch))
-            return stored, None
+            forecasts.append(forecast)
+            if self.on_forecast is not None and count < forecast.missing:
+                self.on_forecast(forecast)
+
+        seeds = range(DEMO_SEED_BASE + kept, DEMO_SEED_BASE + wanted)
+        episodes = self._expert_episodes(task, observation, seeds, sampled)
+        generated: list[Demonstration] = []
+        while batch := list(itertools.islice(episodes, _APPEND_BATCH)):
+            self._append(folder, batch)
+            generated += batch
+            if progress is not None:
+                progress(len(batch))
+        self.generations.append(Generation(forecasts[0], time.perf_counter() - started))
+        return generated
 
     def _expert_episodes(
-        self, task: TaskSpec, observation: str, seeds: Sequence[int]
+        self,
+        task: TaskSpec,
+        observation: str,
+        seeds: Sequence[int],
+        sampled: Callable[[int, float, float, int], None],
     ) -> Iterator[Demonstration]:
         """Expert episodes for `seeds`, in order.
 
-        The first is played here. If it took `pool_after_s` or more and at least two remain,
+        The first few (the sample, `_SAMPLE_EPISODES` or `_SAMPLE_S`) are played here and
+        timed; `sampled` is told their count, time, time per episode and the processes that
+        play the rest. If the first took `pool_after_s` or more and at least two remain,
         the rest are played by a pool of `workers` processes (one environment, and so one
         engine or emulator, per worker); otherwise here, one after another.
         """
         env = task.make_environment()
         try:
-            started = time.perf_counter()
-            yield play_expert_episode(task, env, observation, seeds[0])
-            slow = time.perf_counter() - started >= self.pool_after_s
-            rest = seeds[1:]
-            if not (slow and self.workers > 1 and len(rest) > 1):
+            times: list[float] = []
+            while len(times) < min(_SAMPLE_EPISODES, len(seeds)):
+                began = time.perf_counter()
+                demonstration = play_expert_episode(task, env, observation, seeds[len(times)])
+                times.append(time.perf_counter() - began)  # the expert's, not the consumer's
+                yield demonstration
+                if sum(times) >= min(_SAMPLE_S, self.pool_after_s):
+                    break
+            rest = seeds[len(times) :]
+            pooled = times[0] >= self.pool_after_s and self.workers > 1 and len(rest) > 1
+            workers = min(self.workers, len(rest)) if pooled else 1
+            # The first episode carries the warm-up (an engine's start, first caches).
+            each_s = sum(times[1:]) / (len(times) - 1) if len(times) > 1 else times[0]
+            sampled(len(times), sum(times), each_s, workers)
+            if not pooled:
                 for seed in rest:
                     yield play_expert_episode(task, env, observation, seed)
                 return
         finally:
             env.close()
-        yield from _pooled_episodes(task, observation, rest, min(self.workers, len(rest)))
+        yield from _pooled_episodes(task, observation, rest, workers)
 
     def stream(
         self,

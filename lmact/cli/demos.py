@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from typing import TYPE_CHECKING
 
 from lmact.cli.arguments import add_option, storage_options
+
+if TYPE_CHECKING:
+    from lmact.demos import DemoStore, GenerationForecast
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -33,21 +38,49 @@ def command(args: argparse.Namespace) -> None:
     from lmact.options import checked
     from lmact.report.page import counted
     from lmact.tasks import get_task
+    from lmact.text import visible
 
     given = checked({"episodes": args.episodes, "workers": args.workers})
     task = get_task(args.task)
     observation = args.observation or task.default_observation
     task.check_observation(observation)
     store = DemoStore.in_cache(args.cache_dir, given.get("workers"))
+    started = time.perf_counter()
     with tqdm(
         total=args.episodes,
+        # Those stored by an earlier, stopped command count as done: it resumes after them.
+        initial=store.stored_count(task, observation, args.episodes),
         desc=f"demonstrations {task.name}",
         unit="demo",
         disable=not sys.stderr.isatty(),
     ) as bar:
+
+        def tell(forecast: GenerationForecast) -> None:
+            bar.write(visible(f"lmact: {forecast.describe()}"), file=sys.stderr)
+
+        store = store.watched(tell)
         demonstrations = store.load(task, observation, 0, args.episodes, bar.update)
     returns = [d.total_return for d in demonstrations]
     print(
         f"{counted(len(demonstrations), 'demonstration')} of {task.name}/{observation} in "
         f"{store.directory(task, observation)} (mean return {sum(returns) / len(returns):.3f})"
     )
+    print(_time_taken(store, time.perf_counter() - started))
+
+
+def _time_taken(store: DemoStore, seconds: float) -> str:
+    """How long the command took, and its rate of generation."""
+    from lmact.demos import duration
+
+    made = sum(generation.forecast.missing for generation in store.generations)
+    if not made:
+        return f"all stored already (read in {duration(seconds)})"
+    stored = store.generations[0].forecast.stored
+    return (
+        f"generated {made} in {duration(seconds)}: {_rate(made / seconds)} a second, "
+        f"{duration(seconds / made)} each ({stored} were stored already)"
+    )
+
+
+def _rate(per_second: float) -> str:
+    return f"{per_second:.0f}" if per_second >= 100 else f"{per_second:.2g}"
