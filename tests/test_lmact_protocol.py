@@ -4,10 +4,14 @@ not take."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 
+import pytest
 from helpers import StubModel, lmact
+from loopback import RecordedRequest, Reply, chat_completion, loopback
 
 from lmact.demos import DemoStore
 from lmact.envs.base import Observation
@@ -93,3 +97,55 @@ def test_an_inline_run_shows_demonstrations_and_episode_one_line_a_step(tmp_path
     assert len(lines) >= 4 and all(step.match(line) for line in lines)
     assert all(re.search(r" Action: (left|right|up|down)$", line) for line in lines[:-1])
     assert "Observation:\n" not in text
+
+
+# What each task's prompt shows under the preset: a layout the reference code writes.
+PRESET_LAYOUTS = {
+    "tic_tac_toe": re.compile(r"\n----------\n"),
+    "grid_world": re.compile(r"^\|  wall  \|", re.MULTILINE),
+    "crossword": re.compile(r"^Observation:\n", re.MULTILINE),  # a board: still a block
+    "chess": re.compile(r"^Observation: \S+/\S+ [wb] \S+ \S+ \d+ \d+ Action: ", re.MULTILINE),
+    "cheetah": re.compile(r"^Observation: \{'position': \[-?\d+\.\d+(e-\d+)?, ", re.MULTILINE),
+}
+
+
+def _preset_answer(request: RecordedRequest) -> Reply:
+    return Reply(body=chat_completion("Action: a1"))
+
+
+@pytest.mark.parametrize("task", ["tic_tac_toe", "grid_world", "crossword", "chess", "cheetah"])
+def test_the_lmact_preset_sends_each_task_the_papers_request(tmp_path: Path, task: str) -> None:
+    # A few steps, and (the cheetah's demonstrations cost a planner each) two demonstrations
+    # drawn from a pool of three: what is sent is the preset's otherwise.
+    demos = ["--demos", "0"] if task == "cheetah" else ["--demos", "2", "--demo-pool", "3"]
+    with loopback(_preset_answer) as server:
+        done = lmact("run", "--preset", "lmact", "--task", task, "--model", "openai-compatible/m",
+                     "--base-url", server.url + "/v1", "--episodes", "1", "--max-steps", "3",
+                     *demos, "--store", "s.sqlite", "--cache-dir", "c", "--json",
+                     cwd=tmp_path, env={**os.environ, "OPENAI_COMPATIBLE_API_KEY": ""})  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        bodies = [r.json for r in server.requests if r.path.endswith("/chat/completions")]
+    assert bodies and all(b["temperature"] == 0 and b["max_tokens"] == 2048 for b in bodies)
+    for body in bodies:
+        (message,) = body["messages"]  # one user turn: the prompt
+        assert message["role"] == "user"
+    prompt = bodies[-1]["messages"][0]["content"]
+    assert PRESET_LAYOUTS[task].search(prompt), prompt[:2000]
+    if task == "chess" or task == "cheetah":  # one-line observations: never a block
+        assert "Observation:\n" not in prompt
+    summary = json.loads(done.stdout)
+    assert summary["answer_match"] == "exact" and summary["episodes"] == 1
+
+
+def test_the_lmact_preset_reads_answers_exactly(tmp_path: Path) -> None:
+    def answer(request: RecordedRequest) -> Reply:  # a legal move, but dressed
+        return Reply(body=chat_completion("`a1`"))
+
+    with loopback(answer) as server:
+        done = lmact("run", "--preset", "lmact", "--task", "tic_tac_toe", "--model",
+                     "openai-compatible/m", "--base-url", server.url + "/v1", "--episodes", "2",
+                     "--demos", "0", "--store", "s.sqlite", "--cache-dir", "c", "--json",
+                     cwd=tmp_path, env={**os.environ, "OPENAI_COMPATIBLE_API_KEY": ""})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["invalid_rate"] == 1.0  # lenient matching would have read a1
