@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+from browser import opened
 from helpers import StubModel, lmact
 from loopback import RecordedRequest, Reply, chat_completion, loopback
 
@@ -149,3 +150,29 @@ def test_the_lmact_preset_reads_answers_exactly(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["invalid_rate"] == 1.0  # lenient matching would have read a1
+
+
+def test_the_papers_expert_values_stand_beside_lmacts_expert_labelled_as_the_papers(
+    tmp_path: Path,
+) -> None:
+    common = ["--store", "s.sqlite", "--cache-dir", "c"]
+    played = lmact("run", "--task", "tic_tac_toe", "--model", "expert", "--episodes", "4",
+                   *common, cwd=tmp_path)  # fmt: skip
+    assert played.returncode == 0, played.stderr
+    shown = lmact("report", "--store", "s.sqlite", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    lines = [ln for ln in shown.stdout.splitlines() if "Ruoss et al. 2025" in ln]
+    assert lines  # beside each expert run of the task (the run and its baseline)
+    for line in lines:
+        assert "the paper's agent: minimax" in line and "not lmact's expert" in line
+        assert "| 0.850 |" in line  # the paper's value, with no tolerance and no verdict
+        assert "True" not in line and "False" not in line
+    page = lmact("report", "--store", "s.sqlite", "--format", "html", "--out", "html",
+                 cwd=tmp_path)  # fmt: skip
+    assert page.returncode == 0, page.stderr
+    with opened(tmp_path / "html" / "index.html") as browser:
+        heading = browser.page.locator("h4.published")
+        assert heading.inner_text() == "Published values beside these runs"
+        table = browser.page.locator("h4.published + .table-wrap table")
+        assert "the paper's agent: minimax" in table.inner_text()
+        assert "0.850" in table.inner_text()

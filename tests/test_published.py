@@ -83,7 +83,8 @@ def test_the_shipped_published_values_name_what_lmact_has() -> None:
         task = get_task(result.task)
         assert result.regime in ("icrl", "imitation") and task.name == result.task
         assert result.model in SCRIPTED_POLICIES, result.where
-        assert set(result.measures) <= set(result.tolerance)
+        # A value to reproduce has a tolerance; a paper's own agent's is shown for reference.
+        assert set(result.measures) <= set(result.tolerance) or result.paper_agent is not None
         if result.regime == "icrl" and task.environment == "bandit":
             assert set(result.measures) <= BANDIT_FIELDS
 

@@ -231,8 +231,13 @@ def test_report_figures_name_every_supported_plot_with_one_colour_per_model(
 ) -> None:
     assert set(figures) == {
         "normalized-score", "illegal-rate", "invalid-rate", "bandit-regret",
-        "bandit-suffix-failure", "bandit_hard-learning-curves",
+        "bandit-suffix-failure", "bandit_hard-learning-curves", "published-values",
     }  # fmt: skip
+    # The paper's tic-tac-toe expert (0.85) beside lmact's, a dashed tick: no tolerance.
+    (panel,) = [a for a in figures["published-values"].axes if a.get_title() == "tic_tac_toe"]
+    (tick,) = panel.collections[-1:]
+    assert tick.get_linestyle()[0][1] is not None  # dashed
+    assert tick.get_segments()[0][0][1] == pytest.approx(0.85)
     cycler = {
         line.get_color()
         for name in ("normalized-score", "illegal-rate")
@@ -274,6 +279,7 @@ def test_out_writes_the_table_and_every_plot_into_a_folder(
     assert written == sorted([
         "report.csv", "normalized-score.png", "illegal-rate.png", "invalid-rate.png",
         "bandit-regret.png", "bandit-suffix-failure.png", "bandit_hard-learning-curves.png",
+        "published-values.png",  # the paper's tic-tac-toe expert beside lmact's
     ])  # fmt: skip
     table = list(csv.DictReader((tmp_path / "out" / "report.csv").open()))
     assert {row["task"] for row in table} == {"tic_tac_toe", "bandit_hard"}

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmact.report.page import counted, data_uri, document, escape
 from lmact.report.pivot import Pivot, pivots
+from lmact.report.published import PUBLISHED_COLUMNS, comparison
 from lmact.report.tables import carrying_columns, format_value, grouped_by, grouped_by_task
 from lmact.text import visible
 
@@ -138,6 +139,11 @@ def _runs_section(rows: Sequence[Row], links: Mapping[str, str]) -> str:
             f"<h4>{escape(regime)} runs</h4>{_table(same, carrying_columns(same), links)}"
             for regime, same in grouped_by(group, "regime").items()
         )
+        if published := comparison(group):
+            tables += (
+                '<h4 class="published">Published values beside these runs</h4>'
+                f"{_table(published, PUBLISHED_COLUMNS, links)}"
+            )
         parts.append(
             f'<section class="task" id="task-{index}" data-task="{escape(task)}">'
             f"<h3>{_shown_name(task)} <small>{counted(len(group), 'run')}</small></h3>"

@@ -9,7 +9,7 @@ from typing import Any
 
 from lmact.errors import LmactError
 from lmact.report.pivot import markdown_pivot, pivots
-from lmact.report.published import comparison
+from lmact.report.published import PUBLISHED_COLUMNS, comparison
 from lmact.report.tables import (
     CURVE_COLUMNS,
     carrying_columns,
@@ -38,14 +38,6 @@ def markdown_report(rows: Sequence[Row]) -> str:
                          f"{markdown_table(published, PUBLISHED_COLUMNS)}")  # fmt: skip
         sections.append("\n".join(parts))
     return "\n".join(sections)
-
-
-# A published value beside a run's: `within` says whether the run reproduces it (within the
-# tolerance the paper's file gives).
-PUBLISHED_COLUMNS = (
-    "source", "model", "run_id", "replicates", "measure", "published", "tolerance", "this_run",
-    "within",
-)  # fmt: skip
 
 
 # Points a curve shows in the terminal (`lmact report --curves`): its first, its last and

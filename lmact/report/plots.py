@@ -516,10 +516,16 @@ def published_figure(rows: Sequence[Row], colours: dict[str, str] | None = None)
         axes.bar(x, [line["this_run"] for line in shown],
                  color=[colours.get(str(line["model"]), PALETTE[0]) for line in shown])  # fmt: skip
         for position, line in zip(x, shown, strict=True):
-            low, high = line["published"] - line["tolerance"], line["published"] + line["tolerance"]
-            axes.fill_between([position - 0.4, position + 0.4], low, high, color="grey",
-                              alpha=0.35, linewidth=0)  # fmt: skip
-            axes.hlines(line["published"], position - 0.4, position + 0.4, color="black")
+            if line["tolerance"] is not None:  # a paper's own agent's value has none
+                band = (
+                    line["published"] - line["tolerance"],
+                    line["published"] + line["tolerance"],
+                )
+                axes.fill_between([position - 0.4, position + 0.4], *band, color="grey",
+                                  alpha=0.35, linewidth=0)  # fmt: skip
+            style = "solid" if line["tolerance"] is not None else "dashed"
+            axes.hlines(line["published"], position - 0.4, position + 0.4, color="black",
+                        linestyles=style)  # fmt: skip
         labels = [visible(f"{line['model']}: {line['measure']}") for line in shown]
         axes.set_xticks(x, labels, rotation=45, ha="right", fontsize="small")
         axes.set_title(task)

@@ -43,6 +43,10 @@ class PublishedResult(_Strict):
     paper: Paper | None = None  # filled from the file's [paper]
     # The file's [tolerance], and what this result gives of its own (it wins).
     tolerance: dict[str, float] = Field(default_factory=dict)
+    # Set when the value is of the paper's own agent (its expert, whose data is not
+    # public), shown beside lmact's policy of that name for reference: not one a run of
+    # lmact reproduces, so it has no tolerance.
+    paper_agent: str | None = None
 
     def matches(self, row: Row) -> bool:
         """Whether a report row (one run) is a run of this result's protocol: its regime,
@@ -66,6 +70,8 @@ class PublishedFile(_Strict):
     @model_validator(mode="after")
     def _tolerances_known(self) -> PublishedFile:
         for result in self.result:
+            if result.paper_agent is not None:
+                continue
             unknown = set(result.measures) - set(self.tolerance) - set(result.tolerance)
             if unknown:
                 raise ValueError(f"{result.where}: no tolerance for {', '.join(sorted(unknown))}")
@@ -76,6 +82,14 @@ def _same(stored: object, published: object) -> bool:
     if isinstance(published, float) and isinstance(stored, int | float):
         return math.isclose(stored, published)
     return stored == published
+
+
+# A published value beside a run's, as a report's table shows it: `within` says whether the
+# run reproduces it (within the tolerance the paper's file gives; none for a paper's agent).
+PUBLISHED_COLUMNS = (
+    "source", "model", "run_id", "replicates", "measure", "published", "tolerance", "this_run",
+    "within",
+)  # fmt: skip
 
 
 def read_published(path: Path) -> list[PublishedResult]:
@@ -113,19 +127,26 @@ def comparison(rows: Sequence[Row]) -> list[dict[str, Any]]:
                 got = row.get(measure)
                 if not isinstance(got, int | float):
                     continue
-                assert result.paper is not None  # set by read_published
-                lines.append(
-                    {
-                        "task": result.task,
-                        "source": f"{result.paper.short}, {result.where}",
-                        "run_id": row.get("run_id"),
-                        "model": result.model,
-                        "replicates": row.get("replicates"),
-                        "measure": measure,
-                        "published": value,
-                        "tolerance": result.tolerance[measure],
-                        "this_run": float(got),
-                        "within": abs(float(got) - value) <= result.tolerance[measure] + 1e-9,
-                    }
-                )
+                lines.append(_line(result, row, measure, value, float(got)))
     return lines
+
+
+def _line(result: PublishedResult, row: Row, measure: str, value: float, got: float
+          ) -> dict[str, Any]:  # fmt: skip
+    assert result.paper is not None  # set by read_published
+    source = f"{result.paper.short}, {result.where}"
+    if result.paper_agent is not None:  # for reference: no tolerance, no verdict
+        source += f" (the paper's agent: {result.paper_agent}; not lmact's {result.model})"
+    tolerance = result.tolerance.get(measure)
+    return {
+        "task": result.task,
+        "source": source,
+        "run_id": row.get("run_id"),
+        "model": result.model,
+        "replicates": row.get("replicates"),
+        "measure": measure,
+        "published": value,
+        "tolerance": tolerance,
+        "this_run": got,
+        "within": None if tolerance is None else abs(got - value) <= tolerance + 1e-9,
+    }
