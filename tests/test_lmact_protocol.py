@@ -9,6 +9,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from browser import opened
 from helpers import StubModel, lmact
@@ -21,6 +22,7 @@ from lmact.prompting import BLOCK, INLINE_NEXT_LINE, INLINE_SAME_LINE, observati
 from lmact.regimes.imitation import make_config
 from lmact.runner import Runner
 from lmact.store import RunStore
+from lmact.tasks import get_task
 
 
 class Recorder(StubModel):
@@ -176,3 +178,20 @@ def test_the_papers_expert_values_stand_beside_lmacts_expert_labelled_as_the_pap
         table = browser.page.locator("h4.published + .table-wrap table")
         assert "the paper's agent: minimax" in table.inner_text()
         assert "0.850" in table.inner_text()
+
+
+def test_the_grid_world_step_limit_changes_the_random_baseline_as_the_paper_expects() -> None:
+    """The paper stops grid world after 25 steps, the reference code after 100: a random
+    walk (the random policy's draws) reaches the target in about 10-12% of 1,000 episodes
+    within 25 steps, about 35% within 100, so the limit moves the random baseline."""
+    env = get_task("grid_world").make_environment()
+    rng = np.random.default_rng(0)
+    reached = []
+    for seed in range(1000):
+        env.reset(seed)
+        steps = next((t for t in range(1, 101) if env.step(env.random_action(rng)).done), None)
+        reached.append(steps if steps is not None else 101)
+    within = {limit: float(np.mean(np.array(reached) <= limit)) for limit in (25, 100)}
+    # Four standard errors of a rate over 1,000 episodes either side (about 0.04 and 0.06).
+    assert 0.06 <= within[25] <= 0.16 and 0.29 <= within[100] <= 0.41, within
+    assert within[100] - within[25] > 0.15
