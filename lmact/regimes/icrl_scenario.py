@@ -81,7 +81,7 @@ SCENARIO_OPTIONS = (SCENARIO, FRAMING, ANSWER_FORM, REINFORCED_COT, HORIZON)
 
 
 def scenario_folder(prompts_dir: str | None, scenario: str) -> Path:
-    from lmact.regimes.icrl import icrl_prompts  # the regime's module imports this one
+    from lmact.regimes.icrl_config import icrl_prompts  # which imports this module
 
     return icrl_prompts(prompts_dir) / scenario
 
