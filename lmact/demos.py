@@ -47,12 +47,14 @@ from lmact.tasks import TaskSpec
 MAX_DEMONSTRATIONS = 100_000
 # Generated episodes are appended (and so survive a kill) this many at a time.
 _APPEND_BATCH = 16
-# An expert whose first episode takes this long plays the rest in a process pool; quick
-# experts (tic-tac-toe, grid world) would spend longer starting the pool than playing.
-_POOL_AFTER_S = 1.0
+# A generation whose rest would take this long here, one episode after another (as its
+# sample foretells), plays it in a process pool: starting one (workers that import lmact and
+# make their environment) takes about a second, longer than a quick expert's whole batch
+# (tic-tac-toe, grid world), while 1,000 crosswords as PNG take minutes.
+_POOL_AFTER_S = 5.0
 # Before the rest of a generation, the expert is timed on the first missing episodes, played
 # here (they are needed anyway): this many at most, or until they took this long (or
-# `pool_after_s`, if shorter, so that a slow expert's pool starts after one episode as ever).
+# `pool_after_s`, if shorter: 0 starts the pool after one episode).
 _SAMPLE_EPISODES = 8
 _SAMPLE_S = 0.2
 # How often a worker checks that the process that started it is still alive.
@@ -504,9 +506,9 @@ class DemoStore:
 
         The first few (the sample, `_SAMPLE_EPISODES` or `_SAMPLE_S`) are played here and
         timed; `sampled` is told their count, time, time per episode and the processes that
-        play the rest. If the first took `pool_after_s` or more and at least two remain,
-        the rest are played by a pool of `workers` processes (one environment, and so one
-        engine or emulator, per worker); otherwise here, one after another.
+        play the rest. If the rest would take `pool_after_s` or more here and at least two
+        remain, they are played by a pool of `workers` processes (one environment, and so
+        one engine or emulator, per worker); otherwise here, one after another.
         """
         env = task.make_environment()
         try:
@@ -519,10 +521,11 @@ class DemoStore:
                 if sum(times) >= min(_SAMPLE_S, self.pool_after_s):
                     break
             rest = seeds[len(times) :]
-            pooled = times[0] >= self.pool_after_s and self.workers > 1 and len(rest) > 1
-            workers = min(self.workers, len(rest)) if pooled else 1
             # The first episode carries the warm-up (an engine's start, first caches).
             each_s = sum(times[1:]) / (len(times) - 1) if len(times) > 1 else times[0]
+            slow = each_s * len(rest) >= self.pool_after_s
+            pooled = slow and self.workers > 1 and len(rest) > 1
+            workers = min(self.workers, len(rest)) if pooled else 1
             sampled(len(times), sum(times), each_s, workers)
             if not pooled:
                 for seed in rest:
