@@ -53,6 +53,10 @@ class Served:
         return stderr
 
 
+def _default_interrupt() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
     store_path = tmp_path / "runs.sqlite"
@@ -69,6 +73,9 @@ def served(tmp_path: Path) -> Iterator[Served]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a terminal sends it: a suite started in the background (`cmd &` in a
+        # script) ignores SIGINT, and a child would inherit that and never stop.
+        preexec_fn=_default_interrupt,
     )
     try:
         announced = process.stderr.readline() if process.stderr else ""
