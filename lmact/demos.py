@@ -15,28 +15,22 @@ last one, without its newline) is regenerated silently.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import ctypes
 import fcntl
 import hashlib
 import itertools
 import json
 import math
-import multiprocessing
 import os
 import re
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import InvalidStateError, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmact.demo_workers import pooled_episodes
 from lmact.envs import environment_class
 from lmact.envs.base import DEMO_SEED_BASE, Environment, EpisodeGuard, Observation
 from lmact.errors import LmactError
@@ -57,10 +51,6 @@ _POOL_AFTER_S = 5.0
 # `pool_after_s`, if shorter: 0 starts the pool after one episode).
 _SAMPLE_EPISODES = 8
 _SAMPLE_S = 0.2
-# How often a worker checks that the process that started it is still alive.
-_PARENT_POLL_S = 0.5
-# prctl(2) option: the signal the kernel sends this process when its parent dies (Linux).
-_PR_SET_PDEATHSIG = 1
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -533,7 +523,7 @@ class DemoStore:
                 return
         finally:
             env.close()
-        yield from _pooled_episodes(task, observation, rest, workers)
+        yield from pooled_episodes(task, observation, rest, workers)
 
     def stream(
         self,
@@ -556,124 +546,6 @@ class DemoStore:
             yield from demonstrations
             produced += len(demonstrations)
             batch *= 2 if growing else 1
-
-
-def _pooled_episodes(
-    task: TaskSpec, observation: str, seeds: Sequence[int], workers: int
-) -> Iterator[Demonstration]:
-    """Expert episodes for `seeds`, in order, played by `workers` spawned processes.
-
-    The workers end with this process in every case: on an exception here (an interrupt, a
-    SIGTERM turned into one, an error) they are killed at once rather than left to finish
-    their games, and each worker ends itself when its parent dies, even by SIGKILL. A
-    worker's engine (Stockfish) quits when its worker ends, on the end of its input.
-    """
-    # Spawned, not forked: the parent may hold threads (engines, a loaded model).
-    pool = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_worker,
-        initargs=(task, os.getpid()),
-    )
-    finished = False
-    try:
-        yield from pool.map(_worker_episode, [(observation, seed) for seed in seeds])
-        finished = True
-    except BrokenProcessPool:
-        raise LmactError(
-            f"a process generating demonstrations of {task.name} ended unexpectedly; "
-            "rerun to resume after the stored ones"
-        ) from None
-    finally:
-        with _broken_pool_race_quiet():
-            if not finished:
-                _kill_workers(pool)
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-@contextlib.contextmanager
-def _broken_pool_race_quiet() -> Iterator[None]:
-    """Python 3.11's executor thread, failing the futures of a pool whose workers were
-    killed, fails one that stopping the map had cancelled already and prints an
-    InvalidStateError traceback from that thread, at random. Nothing of ours is lost: that
-    one exception is passed over while the pool is stopped; any other is printed as ever."""
-    previous = threading.excepthook
-
-    def hook(args: threading.ExceptHookArgs) -> None:
-        if args.exc_type is not InvalidStateError:
-            previous(args)
-
-    threading.excepthook = hook
-    try:
-        yield
-    finally:
-        threading.excepthook = previous
-
-
-def _kill_workers(pool: ProcessPoolExecutor) -> None:
-    # ProcessPoolExecutor has no public way to stop busy workers before Python 3.14
-    # (kill_workers), and shutdown() would wait for their games to end.
-    processes = getattr(pool, "_processes", None) or {}
-    for process in list(processes.values()):
-        process.kill()
-
-
-# The task and environment of a demonstration worker process, made once per process; or the
-# error that making them raised, reported by each job (an initializer's exception would be
-# printed as a traceback by the worker and break the pool).
-_worker: tuple[TaskSpec, Environment] | Exception | None = None
-
-
-def _start_worker(task: TaskSpec, parent: int) -> None:
-    global _worker
-    # Ctrl-C reaches the whole process group; the parent handles it and kills the workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _end_with_parent(parent)
-    try:
-        _worker = (task, task.make_environment())
-    except Exception as error:
-        _worker = error
-    # A spawned worker ends by sys.exit, so atexit runs: the environment is released before
-    # the interpreter's teardown, where a live emulator would be reported as leaked (ale-py's
-    # nanobind prints some 18 lines per worker on the user's terminal).
-    atexit.register(_close_worker)
-
-
-def _close_worker() -> None:
-    global _worker
-    if isinstance(_worker, tuple):
-        _worker[1].close()
-    _worker = None
-
-
-def _worker_episode(job: tuple[str, int]) -> Demonstration:
-    assert _worker is not None, "the pool's initializer makes the worker's environment"
-    if isinstance(_worker, Exception):
-        raise _worker
-    task, env = _worker
-    observation, seed = job
-    return play_expert_episode(task, env, observation, seed)
-
-
-def _end_with_parent(parent: int) -> None:
-    """End this process as soon as `parent`, which started it, has died (even by SIGKILL)."""
-    if sys.platform == "linux":
-        # The kernel kills this process the moment its parent dies (strictly, the parent's
-        # thread that started it: the pool lives within one DemoStore.load call, one thread).
-        with contextlib.suppress(OSError, AttributeError):  # the watcher below is enough
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    # Elsewhere (and should the parent have died before prctl): an orphan is adopted by
-    # another process, so its parent pid changes.
-    threading.Thread(
-        target=_watch_parent, args=(parent,), name="lmact-parent-watch", daemon=True
-    ).start()
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(_PARENT_POLL_S)
-    # No cleanup to wait for: an engine quits on the end of its input, which this exit causes.
-    os._exit(1)
 
 
 def _truncate_to_lines(path: Path, lines: int) -> None:

@@ -195,7 +195,7 @@ def test_a_worker_that_dies_fails_the_pool_in_one_line_and_stops_the_others(
 
 WATCHED_SCRIPT = """
 import sys, threading, time
-from lmact.demos import _watch_parent
+from lmact.demo_workers import _watch_parent
 threading.Thread(target=_watch_parent, args=(int(sys.argv[1]),), daemon=True).start()
 print("watching", flush=True)
 time.sleep(60)
@@ -227,7 +227,7 @@ def test_stopping_a_pool_passes_over_only_pythons_cancelled_future_race(
     other exception of a thread reaches the hook as ever."""
     from concurrent.futures import InvalidStateError
 
-    from lmact.demos import _broken_pool_race_quiet
+    from lmact.demo_workers import _broken_pool_race_quiet
 
     reached: list[str] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: reached.append(str(args.exc_value)))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lmact import demos
+from lmact import demo_workers
 from lmact.demos import DEMO_SEED_BASE, DemoStore, demonstrations_hash
 from lmact.errors import LmactError
 from lmact.tasks import get_task
@@ -85,12 +85,12 @@ def test_a_slow_expert_plays_in_a_process_pool_with_the_same_result(
 ) -> None:
     pools: list[int] = []
 
-    class CountingPool(demos.ProcessPoolExecutor):
+    class CountingPool(demo_workers.ProcessPoolExecutor):
         def __init__(self, *args: object, **kwargs: object) -> None:
             pools.append(int(kwargs["max_workers"]))  # type: ignore[call-overload]
             super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(demos, "ProcessPoolExecutor", CountingPool)
+    monkeypatch.setattr(demo_workers, "ProcessPoolExecutor", CountingPool)
     task = get_task("tic_tac_toe")
     one_by_one = DemoStore(tmp_path / "serial", workers=1).load(task, "png", 0, 5)
     assert pools == []
@@ -112,7 +112,7 @@ def test_a_quick_expert_needs_no_pool(tmp_path: Path, monkeypatch: pytest.Monkey
     def no_pool(*args: object, **kwargs: object) -> None:
         raise AssertionError("a pool was started for a quick expert")
 
-    monkeypatch.setattr(demos, "ProcessPoolExecutor", no_pool)
+    monkeypatch.setattr(demo_workers, "ProcessPoolExecutor", no_pool)
     DemoStore(tmp_path / "demos", workers=2).load(get_task("grid_world"), "coords", 0, 4)
     with pytest.raises(LmactError, match="workers must be at least 1"):
         DemoStore(tmp_path / "demos", workers=0)

@@ -175,7 +175,7 @@ def test_exact_runs_count_a_wrong_spelling_as_illegal(tmp_path: Path) -> None:
 def test_a_run_keeps_its_old_id_at_the_defaults() -> None:
     config = make_config("tic_tac_toe", model="random", demos=2)
     added = {"past_actions", "answer_match", "prompts_dir", "demo_draw", "demo_pool", "rendering",
-             "constrained", "task_options"}  # fmt: skip
+             "constrained", "task_options", "inline_observations"}  # fmt: skip
     old = config.model_dump(exclude=added)
     expected = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert config.run_id == expected
