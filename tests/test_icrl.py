@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -418,6 +419,22 @@ def test_the_context_length_is_reported_per_episode(tmp_path: Path, demo_store: 
     assert [p["examples"] for p in lengths] == [0, 1, 2, 3, 4]  # naive: every earlier one
     tokens = [p["prompt_tokens"] for p in lengths]
     assert tokens == sorted(tokens) and tokens[0] > 0
+
+
+def test_a_damaged_context_record_is_one_line_in_the_summary(tmp_path: Path) -> None:
+    """Context lengths read each distinct stored record once (a replicate's steps repeat
+    a few hundred), still checking every one: a damaged one is one line naming the store."""
+    common = ["--regime", "icrl", "--task", "bandit_easy", "--model", "ucb1", "--episodes",
+              "6", "--replicates", "2", "--store", "s.sqlite", "--cache-dir", "c"]  # fmt: skip
+    first = lmact("run", *common, "--json", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    lengths = json.loads(first.stdout)["context_length"]
+    assert [point["examples"] for point in lengths] == [0, 1, 2, 3, 4, 5]
+    with sqlite3.connect(tmp_path / "s.sqlite") as db:
+        db.execute('UPDATE steps SET facts = \'{"context": ["x"]}\' WHERE episode = 3')
+    again = lmact("run", *common, cwd=tmp_path)  # nothing to play: the summary reads it
+    assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr
+    assert "episode 3" in again.stderr and "damaged" in again.stderr
 
 
 def test_a_prompts_folder_rewords_in_context_rl_and_a_broken_one_is_one_line(

@@ -142,6 +142,10 @@ class StepColumns(Protocol):
         self, kinds: Collection[UnitKind] | None = None, first_step: bool = False
     ) -> Iterable[StepRecord]: ...
 
+    def read_facts(self, text: str, where: str) -> dict[str, Any]:
+        """A step's facts from their stored text (`values` of `FACTS_TEXT`)."""
+        ...
+
 
 def check_episodes(episodes: int) -> None:
     if episodes <= 0:

@@ -21,7 +21,7 @@ from lmact.errors import LmactError
 from lmact.records import UnitKind
 from lmact.regimes.base import StepColumns
 from lmact.regimes.icrl_context import run_environment
-from lmact.regimes.icrl_facts import FACTS_COLUMNS, FactsRow, context_held
+from lmact.regimes.icrl_facts import FactsRow, context_held
 from lmact.scoring import (
     BanditMeasures,
     EpisodeResult,
@@ -31,6 +31,7 @@ from lmact.scoring import (
     learning_curve,
     normalized_score,
 )
+from lmact.store.base import FACTS_TEXT
 from lmact.tasks import get_task
 
 if TYPE_CHECKING:
@@ -111,12 +112,17 @@ def context_lengths(
     earlier episodes (`examples`) and the prompt's tokens as the model counted them."""
     units = {(record.chain, record.episode) for record in episodes}
     by_index: dict[int, list[tuple[int, int]]] = {}
-    columns = (*FACTS_COLUMNS, "prompt_tokens")
-    for *fields, tokens in steps.values(columns, EPISODES, first_step=True):
-        step = FactsRow(*fields)
-        if (step.chain, step.episode) in units:
-            held = context_held(step) or 0
-            by_index.setdefault(step.episode, []).append((held, tokens or 0))
+    columns = ("chain", "episode", "step", FACTS_TEXT, "prompt_tokens")
+    # A replicate's steps repeat a few hundred distinct records (how many earlier episodes,
+    # drawn how): each distinct text is read and checked once.
+    held_of: dict[str, int] = {}
+    for chain, episode, step, text, tokens in steps.values(columns, EPISODES, first_step=True):
+        if (chain, episode) not in units:
+            continue
+        if text not in held_of:
+            facts = steps.read_facts(text, f"step {step} of episode {episode} (chain {chain})")
+            held_of[text] = context_held(FactsRow(chain, episode, step, facts)) or 0
+        by_index.setdefault(episode, []).append((held_of[text], tokens or 0))
     return [
         {
             "episode": index,

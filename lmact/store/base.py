@@ -91,6 +91,10 @@ def facts_text(facts: dict[str, Any]) -> str:
     return json.dumps(facts, sort_keys=True, allow_nan=False)
 
 
+# A step's facts as the JSON text stored (`RunStore.step_values`), not parsed.
+FACTS_TEXT = "facts_text"
+
+
 def read_facts(value: object, where: str | Callable[[], str], path: Path) -> dict[str, Any]:
     """Stored facts read back: a JSON object, or a one-line StoreError naming the store and
     `where` they were (a damaged or edited file), never a traceback. `where` may be a

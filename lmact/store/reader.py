@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmact.models.base import TOKEN_FIELDS
 from lmact.records import StepRecord, UnitKey, UnitKind, Usage, column_names
+from lmact.store.base import read_facts
 
 if TYPE_CHECKING:
     from lmact.store.sqlite import RunStore
@@ -43,6 +44,11 @@ class StoredSteps:
     ) -> Iterator[tuple[Any, ...]]:
         """`RunStore.step_values` of the run."""
         return self._store.step_values(self._run_id, columns, kinds, first_step)
+
+    def read_facts(self, text: str, where: str) -> dict[str, Any]:
+        """A step's facts from their stored text; a damaged text is a one-line StoreError
+        naming the store and `where` it is."""
+        return read_facts(text, where, self._store.path)
 
     def records(
         self, kinds: Collection[UnitKind] | None = None, first_step: bool = False

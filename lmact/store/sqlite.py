@@ -33,6 +33,7 @@ from lmact.records import (
 from lmact.store import schema
 from lmact.store.base import (
     DEFAULT_STORE,
+    FACTS_TEXT,
     Claim,
     ClaimLostError,
     RunRecord,
@@ -468,13 +469,16 @@ class RunStore:
         """Only `columns` of a run's stored steps (of units of `kinds`, or all; with
         `first_step`, each unit's first), unit by unit in order, as a stream: what a measure
         reads of many steps, without their completions. `unit_kind`, `kind` and
-        `stop_reason` come back as their enums, `from_cache` as a bool, `facts` as a dict."""
-        unknown = [name for name in columns if name not in _STEP_COLUMNS]
+        `stop_reason` come back as their enums, `from_cache` as a bool, `facts` as a dict
+        (`FACTS_TEXT`: as the JSON text stored, for a reader that parses each distinct text
+        once)."""
+        unknown = [name for name in columns if name not in _STEP_COLUMNS | {FACTS_TEXT}]
         if unknown or not columns:
             raise ValueError(f"not columns of a stored step: {unknown or columns!r}")
         read = [self._reader_of(name, run_id) for name in columns]
+        selected = ["facts" if name == FACTS_TEXT else name for name in columns]
         query = (
-            f"SELECT {', '.join(columns)} FROM steps WHERE run_id = ?{_kinds_clause(kinds)}"
+            f"SELECT {', '.join(selected)} FROM steps WHERE run_id = ?{_kinds_clause(kinds)}"
             f"{' AND step = 0' if first_step else ''} ORDER BY {_UNIT_ORDER}, step"
         )
         with self._guard():
