@@ -409,16 +409,23 @@ class _Schedule:
         return self.prepared.config.run_id  # a hash of the configuration: made once
 
     async def play_chain(self, chain: deque[UnitKey]) -> None:
-        store, config = self.runner.store, self.prepared.config
+        store = self.runner.store
+        # The next unit's claim, when taken with the end of the one before it.
+        claimed: tuple[Claim, str | None] | None = None
         while chain:
             unit = chain[0]
-            seed = self.regime.unit_seed(config, unit)
-            claim, _ = store.claim_episode(self.run_id, unit, seed)
+            if claimed is None:
+                claimed = store.claim_episode(self.run_id, unit, self._seed(unit))
+            claim, claimed = claimed[0], None
             if claim is Claim.DONE:
                 chain.popleft()
                 self.bar.update(1)
                 continue
-            if claim is Claim.BUSY or not await self.play(unit):
+            played = False
+            if claim is Claim.OURS:
+                following = chain[1] if len(chain) > 1 else None
+                played, claimed = await self.play(unit, following)
+            if not played:
                 self.waiting.append(chain)
                 self.show()
                 return
@@ -426,37 +433,48 @@ class _Schedule:
                 return  # the units after it in its chain build on it
             chain.popleft()
 
-    async def play(self, unit: UnitKey) -> bool:
-        """Play `unit`; False if another process took it over meanwhile. Its records are
-        stored as the unit's, whatever the regime's play named them."""
+    def _seed(self, unit: UnitKey) -> int:
+        return self.regime.unit_seed(self.prepared.config, unit)
+
+    async def play(
+        self, unit: UnitKey, following: UnitKey | None = None
+    ) -> tuple[bool, tuple[Claim, str | None] | None]:
+        """Play `unit`: False if another process took it over meanwhile, and the claim of
+        the unit `following` it in its chain, taken with its end. Its records are stored as
+        the unit's, whatever the regime's play named them."""
         run_id, policy, store = self.run_id, self.prepared.policy, self.runner.store
         unwritten: list[StepRecord] = []
         written_at = time.monotonic()
+        flushed = False  # whether some of its steps were written before its end
 
         def on_step(step: StepRecord) -> None:
             # Steps that come fast are written together (with the unit's end, for a short
             # unit): a rerun replays an unfinished unit from its start anyway, its calls
             # from the cache, so steps not yet written cost no call.
-            nonlocal written_at
+            nonlocal written_at, flushed
             unwritten.append(step.of_unit(unit))
             if time.monotonic() - written_at >= STEPS_WRITTEN_EVERY_S:
                 store.record_steps(run_id, unwritten)
                 unwritten.clear()
-                written_at = time.monotonic()
+                written_at, flushed = time.monotonic(), True
             self.show(as_steps_go=True)
 
         try:
             record = await self.regime.play(self.prepared, policy, unit, on_step)
-            store.finish_episode(run_id, record.of_unit(unit), unwritten)
+            following_claim = (following, self._seed(following)) if following else None
+            claimed = store.finish_episode(
+                run_id, record.of_unit(unit), unwritten, all_steps=not flushed,
+                claim_next=following_claim,
+            )  # fmt: skip
         except ModelAuthError:
             raise  # every other call would be refused too
         except ClaimLostError:
-            return False
+            return False, None
         except Exception as error:
             self.failures.errors[unit] = error
-            return True
+            return True, None
         self.bar.update(1)
-        return True
+        return True, claimed
 
     def show(self, as_steps_go: bool = False) -> None:
         """The progress line's counts; as steps are played, redrawn at most every

@@ -23,7 +23,7 @@ from lmact.records import (
 from lmact.regimes.icrl import IcrlRegime, make_icrl_config
 from lmact.regimes.icrl_facts import shown_context
 from lmact.runner import Runner
-from lmact.store import RunStore, StoreError
+from lmact.store import Claim, RunStore, StoreError
 
 EVALUATION = UnitKind.EVALUATION
 
@@ -177,3 +177,22 @@ def test_a_cache_row_damaged_into_invalid_utf8_reads_as_damaged(tmp_path: Path) 
         assert store.get_call("k") == ""  # not a crash: the caller asks again
         store.replace_call("k", "m", '{"text": "c3"}')
         assert store.get_call("k") == '{"text": "c3"}'
+
+
+def test_a_units_end_can_claim_the_next_unit_of_its_chain_in_one_transaction(
+    tmp_path: Path,
+) -> None:
+    first, second, third = UnitKey(0, 0), UnitKey(0, 1), UnitKey(0, 2)
+    with RunStore(tmp_path / "runs.sqlite") as store, RunStore(tmp_path / "runs.sqlite") as other:
+        other.owner = "another-host:1:1"  # a live claim of another process (its heartbeat)
+        assert store.claim_episode("r", first, 7)[0] is Claim.OURS
+        claimed = store.finish_episode("r", an_episode(first), [a_step(first)],
+                                       all_steps=True, claim_next=(second, 8))  # fmt: skip
+        assert claimed == (Claim.OURS, None)
+        assert other.claim_episode("r", second, 8)[0] is Claim.BUSY  # held: claimed with it
+        # A unit whose end is refused (its totals disagree with its steps) claims nothing.
+        with pytest.raises(StoreError, match="disagree"):
+            store.finish_episode("r", an_episode(second, reward=2.0), [a_step(second)],
+                                 all_steps=True, claim_next=(third, 9))  # fmt: skip
+        assert other.claim_episode("r", third, 9)[0] is Claim.OURS
+        assert list(store.finished_episodes("r")) == [first]

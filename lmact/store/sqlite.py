@@ -349,24 +349,28 @@ class RunStore:
         it. Returns what was found and, when BUSY, the owner. Taking a unit drops the steps
         of an earlier, unfinished attempt (a crashed or released one)."""
         with self._guard(), self._transaction():
-            row = self._db.execute(
-                f"SELECT status, owner, heartbeat FROM episodes WHERE run_id = ? AND {_AT_UNIT}",
-                (run_id, *_key(unit)),
-            ).fetchone()
-            if row is not None:
-                status, owner, heartbeat = row
-                if status == "done":
-                    return Claim.DONE, None
-                if self._held_by_other(owner, heartbeat):
-                    return Claim.BUSY, owner
-                self._db.execute(  # an earlier attempt's: a unit never claimed has none
-                    f"DELETE FROM steps WHERE run_id = ? AND {_AT_UNIT}", (run_id, *_key(unit))
-                )
-            self._db.execute(
-                "INSERT OR REPLACE INTO episodes (run_id, chain, unit_kind, episode, seed, "
-                "status, owner, heartbeat) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
-                (run_id, *_key(unit), seed, self.owner, time.time()),
+            return self._claim(run_id, unit, seed)
+
+    def _claim(self, run_id: str, unit: UnitKey, seed: int) -> tuple[Claim, str | None]:
+        """`claim_episode`'s statements, within the caller's transaction."""
+        row = self._db.execute(
+            f"SELECT status, owner, heartbeat FROM episodes WHERE run_id = ? AND {_AT_UNIT}",
+            (run_id, *_key(unit)),
+        ).fetchone()
+        if row is not None:
+            status, owner, heartbeat = row
+            if status == "done":
+                return Claim.DONE, None
+            if self._held_by_other(owner, heartbeat):
+                return Claim.BUSY, owner
+            self._db.execute(  # an earlier attempt's: a unit never claimed has none
+                f"DELETE FROM steps WHERE run_id = ? AND {_AT_UNIT}", (run_id, *_key(unit))
             )
+        self._db.execute(
+            "INSERT OR REPLACE INTO episodes (run_id, chain, unit_kind, episode, seed, "
+            "status, owner, heartbeat) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+            (run_id, *_key(unit), seed, self.owner, time.time()),
+        )
         return Claim.OURS, None
 
     def _check_claim(self, run_id: str, unit: UnitKey) -> None:
@@ -400,11 +404,21 @@ class RunStore:
         )
 
     def finish_episode(
-        self, run_id: str, episode: EpisodeRecord, steps: Sequence[StepRecord] = ()
-    ) -> None:
+        self,
+        run_id: str,
+        episode: EpisodeRecord,
+        steps: Sequence[StepRecord] = (),
+        *,
+        all_steps: bool = False,
+        claim_next: tuple[UnitKey, int] | None = None,
+    ) -> tuple[Claim, str | None] | None:
         """Mark a claimed unit done with its totals, which must agree with its steps: those
         stored before and `steps`, stored with it (one transaction for a unit whose steps
-        came faster than they are worth writing one by one)."""
+        came faster than they are worth writing one by one); `all_steps`: `steps` are all
+        of them, none stored before (then counted here, not read back). `claim_next`, a unit
+        and its seed: claimed in the same transaction (`claim_episode`'s answer returned),
+        as the next unit of a chain is, so a chain of short units costs one transaction a
+        unit."""
         unit = episode.unit
         values = {k: v for k, v in _row_values(episode).items() if k not in _KEY_COLUMNS}
         assignments = ", ".join(f"{name} = ?" for name in values)
@@ -412,11 +426,14 @@ class RunStore:
         with self._guard(), self._transaction():
             if rows:
                 self._insert_steps(run_id, rows)
-            count, rewards = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(reward), 0) FROM steps "
-                f"WHERE run_id = ? AND {_AT_UNIT}",
-                (run_id, *_key(unit)),
-            ).fetchone()
+            if all_steps:
+                count, rewards = len(steps), sum(step.reward for step in steps)
+            else:
+                count, rewards = self._db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(reward), 0) FROM steps "
+                    f"WHERE run_id = ? AND {_AT_UNIT}",
+                    (run_id, *_key(unit)),
+                ).fetchone()
             finished = self._db.execute(  # only while this process holds the unit
                 f"UPDATE episodes SET status = 'done', owner = NULL, {assignments} "
                 f"WHERE run_id = ? AND {_AT_UNIT} AND status = 'running' AND owner = ?",
@@ -431,6 +448,7 @@ class RunStore:
                     f"(return {rewards}) disagree with its totals ({episode.steps} steps, "
                     f"return {episode.total_return}); it stays unfinished"
                 )
+            return None if claim_next is None else self._claim(run_id, *claim_next)
 
     def release_claims(self, run_id: str | None = None) -> None:
         """Give up this process's unfinished episodes (of one run, or all), so another
