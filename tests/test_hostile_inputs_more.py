@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import lmact
 
-from lmact import demos
+from lmact import demo_workers
 from lmact.demos import DemoStore
 from lmact.envs.classification import load_examples
 from lmact.regimes.imitation import make_config
@@ -210,12 +210,12 @@ def test_demonstration_workers_release_their_emulators(
     pytest.importorskip("ale_py")
     pools: list[int] = []
 
-    class CountingPool(demos.ProcessPoolExecutor):
+    class CountingPool(demo_workers.ProcessPoolExecutor):
         def __init__(self, *args: object, **kwargs: object) -> None:
             pools.append(int(kwargs["max_workers"]))  # type: ignore[call-overload]
             super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(demos, "ProcessPoolExecutor", CountingPool)
+    monkeypatch.setattr(demo_workers, "ProcessPoolExecutor", CountingPool)
     task = get_task("phoenix").model_copy(update={"max_steps": 2})  # a short expert episode
     # Every expert counts as slow, so episodes 2 and 3 are played by two spawned workers,
     # whose stderr is this process's (captured at the descriptor).
