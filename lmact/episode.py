@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -34,7 +34,16 @@ from lmact.envs.base import (
 from lmact.models.base import UNREADABLE, ModelRequest
 from lmact.policies import ArmTally, Policy, Situation
 from lmact.prompting import PLAIN_ANSWER, AnswerForm, Step
-from lmact.records import NO_PROMPT, STEP_LIMIT, EpisodeRecord, StepRecord, StopReason, Usage
+from lmact.records import (
+    NO_PROMPT,
+    STEP_LIMIT,
+    EpisodeRecord,
+    StepRecord,
+    StopReason,
+    UnitKey,
+    UnitKind,
+    Usage,
+)
 
 # Builds a step's request from its observation and what stands for the legal actions.
 RequestBuilder = Callable[[Observation, Sequence[str]], ModelRequest]
@@ -138,8 +147,11 @@ async def play_step(
     execution: StepExecution,
     episode: int,
     step: int,
+    unit: UnitKey | None = None,
+    facts: dict[str, Any] | None = None,
 ) -> PlayedStep:
-    """Play one step of `env` with `policy`; `situation` is what a scripted policy sees."""
+    """Play one step of `env` with `policy`; `situation` is what a scripted policy sees.
+    Its record is of `unit` (None: episode `episode` of chain 0), with the regime's `facts`."""
     observation = env.render(rules.observation)
     request = UNSHOWN
     if policy.reads_prompt:
@@ -157,6 +169,9 @@ async def play_step(
     outcome = env.step(action)
     record = StepRecord(
         episode=episode,
+        chain=unit.chain if unit is not None else 0,
+        unit_kind=unit.kind if unit is not None else UnitKind.EPISODE,
+        facts=facts if facts is not None else {},
         step=step,
         prompt_hash=request.prompt_hash if policy.reads_prompt else NO_PROMPT,
         completion=response.text,
@@ -195,9 +210,18 @@ class EpisodeTally:
         else:
             self.cost_usd = None
 
-    def record(self, episode: int, seed: int, terminated: bool, end_reason: str) -> EpisodeRecord:
+    def record(
+        self,
+        episode: int,
+        seed: int,
+        terminated: bool,
+        end_reason: str,
+        unit: UnitKey | None = None,
+    ) -> EpisodeRecord:
         return EpisodeRecord(
             episode=episode,
+            chain=unit.chain if unit is not None else 0,
+            unit_kind=unit.kind if unit is not None else UnitKind.EPISODE,
             seed=seed,
             total_return=self.total_return,
             steps=self.steps,
@@ -231,6 +255,11 @@ class EpisodeHooks(ABC):
     def before_step(self, step: int) -> None:  # noqa: B027 - most regimes need nothing
         """Called before step `step` is asked for (in-context RL chooses its context here)."""
 
+    def step_facts(self) -> dict[str, Any] | None:
+        """The regime's facts of the step about to be played (after `before_step`), kept
+        with its record; None: none."""
+        return None
+
     def after_step(self, played: PlayedStep) -> StepRecord:
         """The step's record as stored and reported; the regime's bookkeeping goes here."""
         return played.record
@@ -249,11 +278,13 @@ async def play_episode(
     seed: int,
     max_steps: int | None,
     on_step: Callable[[StepRecord], None],
+    unit: UnitKey | None = None,
 ) -> EpisodeRecord:
     """Play `env` from `seed` with `policy` until the episode ends or `max_steps` steps
     (None: no limit) cut it, reporting every step; `env` is closed at the end, whatever
     happens. The hooks are made for the guarded environment, which is what they (and the
-    scripted policies) must read."""
+    scripted policies) must read. Records are of `unit` (None: episode `episode` of chain
+    0), made so from the start rather than copied after."""
     guarded = EpisodeGuard(env, max_steps)
     try:
         hooks = make_hooks(guarded)
@@ -271,6 +302,8 @@ async def play_episode(
                 execution=hooks.execution,
                 episode=episode,
                 step=step,
+                unit=unit,
+                facts=hooks.step_facts(),
             )
             record = hooks.after_step(played)
             tally.add(record)
@@ -280,7 +313,7 @@ async def play_episode(
         end_reason = (guarded.end_reason() or "ended") if terminated else STEP_LIMIT
     finally:
         guarded.close()
-    return hooks.finish(tally.record(episode, seed, terminated, end_reason))
+    return hooks.finish(tally.record(episode, seed, terminated, end_reason, unit))
 
 
 def follow_actions(

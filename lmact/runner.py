@@ -9,11 +9,11 @@ import asyncio
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -110,6 +110,23 @@ class _EpisodeFailures:
             "the others are stored and every successful model call is cached: rerun the "
             "same command to resume"
         )
+
+
+Returned = TypeVar("Returned")
+
+
+def run_returning(awaitable: Coroutine[Any, Any, Returned]) -> Returned:
+    """`asyncio.run(awaitable)`, its result kept out of the loop's main task: on exit,
+    Python 3.11's asyncio.run formats the main task's repr (reading back the SIGINT handler
+    it installed), result included, and a run's result holds every episode's record (0.7 s
+    for 100,000)."""
+    kept: list[Returned] = []
+
+    async def main() -> None:
+        kept.append(await awaitable)
+
+    asyncio.run(main())
+    return kept[0]
 
 
 class Runner:
@@ -220,7 +237,7 @@ class Runner:
 
     def run(self, config: RegimeConfig, episodes: int, restart: bool = False) -> RunResult:
         """`run_async` in an event loop of its own."""
-        return asyncio.run(self.run_async(config, episodes, restart))
+        return run_returning(self.run_async(config, episodes, restart))
 
     async def run_async(
         self, config: RegimeConfig, episodes: int, restart: bool = False

@@ -46,7 +46,7 @@ from lmact.options import OPTIONS, ProcessOptions, close_name, names, read_proce
 from lmact.policies import SCRIPTED_POLICIES
 from lmact.regimes import regime_of
 from lmact.regimes.base import RegimeConfig
-from lmact.runner import Runner, RunResult, RunSummary
+from lmact.runner import Runner, RunResult, RunSummary, run_returning
 from lmact.store import DEFAULT_STORE, RunStore
 
 # Run options as a sweep file gives them, to a run's configuration and episode count.
@@ -319,7 +319,7 @@ class SweepPlan:
                 progress(self.sweep, runner) if progress else (lambda _: None, None, lambda: None)
             )
             try:
-                return asyncio.run(play_sweep(runner, self.sweep, on_done, on_tick))
+                return run_returning(play_sweep(runner, self.sweep, on_done, on_tick))
             finally:
                 close()
 

@@ -61,8 +61,13 @@ def entry_point_origin(entry_point: EntryPoint) -> str:
 
 def _claims() -> dict[str, list[str]]:
     """Family name -> who claims it (the built-in first), as error messages name them."""
+    return _claims_of(plugin_entry_points(ENTRY_POINT_GROUP))
+
+
+@cache  # made once per set of entry points: every unit of a run makes an environment
+def _claims_of(entry_points: tuple[EntryPoint, ...]) -> dict[str, list[str]]:
     claims = {name: [f"built-in {target!r}"] for name, target in BUILTIN_ENVIRONMENTS.items()}
-    for entry_point in plugin_entry_points(ENTRY_POINT_GROUP):
+    for entry_point in entry_points:
         claims.setdefault(entry_point.name, []).append(entry_point_origin(entry_point))
     return claims
 

@@ -381,6 +381,7 @@ async def evaluate_held_out(
         policy,
         hooks,
         episode=unit.index,
+        unit=unit,
         seed=DEMO_SEED_BASE,
         max_steps=1,  # per example: each is an episode of its own
         on_step=on_step,
@@ -412,6 +413,7 @@ async def play_icrl_episode(
         policy,
         hooks,
         episode=unit.index,
+        unit=unit,
         seed=seed,
         max_steps=config.max_steps,
         on_step=on_step,

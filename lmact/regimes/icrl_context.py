@@ -390,11 +390,14 @@ class HeldOutEvaluation(EpisodeHooks):
         seed = DEMO_SEED_BASE + self.example
         return icrl_request(self.plan, stable, (), observation, legal, seed)
 
+    def step_facts(self) -> dict[str, Any]:
+        return step_facts(self.chosen.draw)
+
     def after_step(self, played: PlayedStep) -> StepRecord:
         self.example += 1
         if self.example < self.size:  # the next example: a new episode, in the same unit
             self.situation.env.reset(DEMO_SEED_BASE + self.example)
-        return replace(played.record, facts=step_facts(self.chosen.draw))
+        return played.record
 
     def finish(self, record: EpisodeRecord) -> EpisodeRecord:
         return replace(record, terminated=True, end_reason="evaluated")
@@ -428,11 +431,13 @@ class ReplicateEpisode(EpisodeHooks):
         self.chosen = draw_context(self.plan, self.state, self.replicate, self.index, step)
         self.gold.append(_gold(self.plan, self.situation.env))
 
+    def step_facts(self) -> dict[str, Any]:
+        return step_facts(self.chosen.draw)
+
     def after_step(self, played: PlayedStep) -> StepRecord:
-        record = replace(played.record, facts=step_facts(self.chosen.draw))
         observation, action = played.step
-        self.current.append((observation, action, record.reward))
-        return record
+        self.current.append((observation, action, played.record.reward))
+        return played.record
 
     def finish(self, record: EpisodeRecord) -> EpisodeRecord:
         done = past_episode(self.plan, self.index, self.current, self.gold)

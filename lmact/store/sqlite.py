@@ -352,7 +352,15 @@ class RunStore:
             return self._claim(run_id, unit, seed)
 
     def _claim(self, run_id: str, unit: UnitKey, seed: int) -> tuple[Claim, str | None]:
-        """`claim_episode`'s statements, within the caller's transaction."""
+        """`claim_episode`'s statements, within the caller's transaction: a unit never
+        claimed before (most, in a new run) is taken by its insert alone."""
+        taken = self._db.execute(
+            "INSERT INTO episodes (run_id, chain, unit_kind, episode, seed, status, owner, "
+            "heartbeat) VALUES (?, ?, ?, ?, ?, 'running', ?, ?) ON CONFLICT DO NOTHING",
+            (run_id, *_key(unit), seed, self.owner, time.time()),
+        )
+        if taken.rowcount == 1:
+            return Claim.OURS, None
         row = self._db.execute(
             f"SELECT status, owner, heartbeat FROM episodes WHERE run_id = ? AND {_AT_UNIT}",
             (run_id, *_key(unit)),
