@@ -140,6 +140,29 @@ def test_the_lmact_preset_sends_each_task_the_papers_request(tmp_path: Path, tas
     assert summary["answer_match"] == "exact" and summary["episodes"] == 1
 
 
+def test_the_lmact_preset_plays_phoenix_with_sticky_actions_and_inline_frames(
+    tmp_path: Path,
+) -> None:
+    # No demonstrations (each costs the planning expert some 25 s) and two steps.
+    with loopback(_preset_answer) as server:
+        done = lmact("run", "--preset", "lmact", "--task", "phoenix", "--model",
+                     "openai-compatible/m", "--base-url", server.url + "/v1", "--episodes", "1",
+                     "--max-steps", "2", "--demos", "0", "--store", "s.sqlite", "--cache-dir",
+                     "c", "--json", cwd=tmp_path,
+                     env={**os.environ, "OPENAI_COMPATIBLE_API_KEY": ""})  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        bodies = [r.json for r in server.requests if r.path.endswith("/chat/completions")]
+    assert [b["max_tokens"] for b in bodies] == [2048, 2048]
+    blocks = bodies[-1]["messages"][0]["content"]  # text and the frames, in order
+    kinds = [block["type"] for block in blocks]
+    assert kinds.count("image_url") == 2  # the first frame, with its action, and the second
+    for at, kind in enumerate(kinds):
+        if kind == "image_url":  # an inline frame: "Observation: " then the image
+            assert blocks[at - 1]["text"].endswith("Observation: ")
+    assert blocks[kinds.index("image_url") + 1]["text"].startswith(" Action: ")
+    assert json.loads(done.stdout)["task_options"] == {"sticky_actions": True}
+
+
 def test_the_lmact_preset_reads_answers_exactly(tmp_path: Path) -> None:
     def answer(request: RecordedRequest) -> Reply:  # a legal move, but dressed
         return Reply(body=chat_completion("`a1`"))

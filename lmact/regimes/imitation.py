@@ -406,6 +406,9 @@ class ImitationRegime(Regime[ImitationConfig, EpisodePlan]):
             "answer_match": config.answer_match,
             "demo_draw": config.demo_draw,
             "demo_pool": config.demo_pool,
+            "max_tokens": config.max_tokens,
+            "inline_observations": config.inline_observations,
+            "task_options": config.task_options,
         }
 
     def report_fields(self, config: ImitationConfig, run: RunRecord) -> dict[str, Any]:
