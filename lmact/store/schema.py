@@ -268,3 +268,31 @@ def _layout_1_value(table: str, column: str, old: set[str]) -> str | None:
         # reported when it is read) under the name the regime now writes it by.
         return "CASE WHEN context IS NULL THEN '{}' ELSE '{\"context\": ' || context || '}' END"
     return column if column in old else None
+
+
+# The first bytes of every SQLite database file.
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_store_file(path: Path) -> None:
+    """What can be told about a store path before SQLite opens it, as one-line errors."""
+    if path.exists():
+        if not path.is_file():
+            kind = "a directory" if path.is_dir() else "not a regular file"
+            raise StoreError(f"run store {path} is {kind}; give the path of a SQLite file")
+        try:
+            with open(path, "rb") as handle:
+                header = handle.read(len(_SQLITE_HEADER))
+        except OSError as error:
+            raise StoreError(f"run store {path} cannot be read ({error.strerror})") from None
+        if header and header != _SQLITE_HEADER:
+            raise StoreError(
+                f"run store {path} is not a SQLite database; give lmact a file of its own"
+            )
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreError(
+            f"run store {path}: cannot create {path.parent} ({error.strerror})"
+        ) from None

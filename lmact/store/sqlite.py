@@ -53,7 +53,6 @@ from lmact.store.reader import StoredSteps
 # tested against it when a report reads thousands of episodes).
 _USAGE_COLUMNS = frozenset(TOKEN_FIELDS)
 
-_SQLITE_HEADER = b"SQLite format 3\x00"
 # How long opening a store waits for other processes that hold it (creating it, say).
 OPEN_TIMEOUT_S = 60.0
 # A unit's key in a WHERE clause, bound from `_key`.
@@ -76,7 +75,7 @@ class RunStore:
     def __init__(self, path: Path | str = DEFAULT_STORE) -> None:
         self.path = Path(path)
         self.owner = process_identity()
-        _check_store_file(self.path)
+        schema.check_store_file(self.path)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=60)
         except sqlite3.Error as error:
@@ -621,30 +620,6 @@ def _row_values(record: StepRecord | EpisodeRecord) -> dict[str, Any]:
     """A record's columns as written: its unit's kind as text, its facts as JSON."""
     values = flat_fields(record)
     return {**values, "unit_kind": record.unit_kind.value, "facts": facts_text(record.facts)}
-
-
-def _check_store_file(path: Path) -> None:
-    """What can be told about a store path before SQLite opens it, as one-line errors."""
-    if path.exists():
-        if not path.is_file():
-            kind = "a directory" if path.is_dir() else "not a regular file"
-            raise StoreError(f"run store {path} is {kind}; give the path of a SQLite file")
-        try:
-            with open(path, "rb") as handle:
-                header = handle.read(len(_SQLITE_HEADER))
-        except OSError as error:
-            raise StoreError(f"run store {path} cannot be read ({error.strerror})") from None
-        if header and header != _SQLITE_HEADER:
-            raise StoreError(
-                f"run store {path} is not a SQLite database; give lmact a file of its own"
-            )
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise StoreError(
-            f"run store {path}: cannot create {path.parent} ({error.strerror})"
-        ) from None
 
 
 _Vocabulary = TypeVar("_Vocabulary", bound=StrEnum)
