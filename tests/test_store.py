@@ -141,6 +141,11 @@ def test_icrl_units_are_replicates_chains_and_pages_replay_them_in_play_order() 
         evaluation[0], UnitKey(0, 0), UnitKey(0, 1, EVALUATION), UnitKey(1, 0), UnitKey(1, 1),
         UnitKey(5, 0),
     ]  # fmt: skip
+    # A page's first units: the same order, cut (and found without going over every chain).
+    full = regime.in_play_order(config, stored)
+    assert [regime.in_play_order(config, stored, n) for n in (1, 3, 6, 9)] == [
+        full[:1], full[:3], full, full,
+    ]  # fmt: skip
 
 
 def test_results_name_a_unit_by_its_chain_and_keep_the_fields_they_had(tmp_path: Path) -> None:

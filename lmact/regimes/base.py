@@ -212,17 +212,23 @@ class Regime(ABC, Generic[Config, Plan]):
         """The fewest episodes of a run whose units include `unit`."""
         return unit.index + 1
 
-    def in_play_order(self, config: Config, units: Iterable[UnitKey]) -> list[UnitKey]:
+    def in_play_order(
+        self, config: Config, units: Iterable[UnitKey], limit: int | None = None
+    ) -> list[UnitKey]:
         """Stored units in the order the runner plays them (`chains`), for a reader that
         replays them: each unit after the earlier units of its chain, whose play it may
-        need. The run is taken as long as its stored units say (`run_length`)."""
+        need; the first `limit` of them, if given. The run is taken as long as its stored
+        units say (`run_length`)."""
         wanted = set(units)
         episodes = max((self.run_length(config, unit) for unit in wanted), default=1)
         order: list[UnitKey] = []
         with contextlib.suppress(LmactError):  # a length the configuration refuses
-            chains = self.chains(config, episodes)
-            order = [unit for chain in chains for unit in chain if unit in wanted]
-        return order + sorted(wanted - set(order))
+            for chain in self.chains(config, episodes):
+                order += [unit for unit in chain if unit in wanted]
+                if limit is not None and len(order) >= limit:
+                    return order[:limit]
+        order += sorted(wanted - set(order))
+        return order if limit is None else order[:limit]
 
     @abstractmethod
     async def play(

@@ -212,9 +212,8 @@ def _shown_units(
     earlier units (in-context RL reads its context from them)."""
     if config is None:
         order = sorted(finished)
-    else:
-        order = regime_of(config).in_play_order(config, finished)
-    return order if limit is None else order[:limit]
+        return order if limit is None else order[:limit]
+    return regime_of(config).in_play_order(config, finished, limit)
 
 
 def _replay(
@@ -320,7 +319,7 @@ def view_run(
 
 def _finished_units(store: RunStore, run_id: str) -> list[UnitKey]:
     """The keys of a run's finished units, in the store's order (no record is built)."""
-    return [result.unit for result in store.finished_units(run_id)[0]]
+    return store.finished_unit_keys(run_id)
 
 
 def _unit_label(config: RegimeConfig | None, unit: UnitKey) -> str:

@@ -312,6 +312,17 @@ class RunStore:
         records = [self._episode_record(run_id, dict(zip(names, row, strict=True))) for row in rows]
         return {record.unit: record for record in records}
 
+    def finished_unit_keys(self, run_id: str) -> list[UnitKey]:
+        """The keys of a run's finished units, chain by chain, and nothing else of them."""
+        with self._guard():
+            rows = self._db.execute(
+                "SELECT chain, unit_kind, episode FROM episodes WHERE run_id = ? AND "
+                f"status = 'done' ORDER BY {_UNIT_ORDER}",
+                (run_id,),
+            ).fetchall()
+        kinds = {kind.value: kind for kind in UnitKind}  # words not lmact's: a damaged store
+        return [UnitKey(c, i, kinds.get(k) or _stored(UnitKind, k, self.path)) for c, k, i in rows]
+
     def finished_units(
         self, run_id: str, kinds: Collection[UnitKind] | None = None
     ) -> tuple[list[UnitResult], UnitSums]:
