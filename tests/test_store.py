@@ -23,7 +23,7 @@ from lmact.records import (
 from lmact.regimes.icrl import IcrlRegime, make_icrl_config
 from lmact.regimes.icrl_facts import shown_context
 from lmact.runner import Runner
-from lmact.store import Claim, RunStore, StoreError
+from lmact.store import Claim, RunStore, StoreError, schema
 
 EVALUATION = UnitKind.EVALUATION
 
@@ -201,3 +201,24 @@ def test_a_units_end_can_claim_the_next_unit_of_its_chain_in_one_transaction(
                                  all_steps=True, claim_next=(third, 9))  # fmt: skip
         assert other.claim_episode("r", third, 9)[0] is Claim.OURS
         assert list(store.finished_episodes("r")) == [first]
+
+
+def test_a_store_on_a_network_filesystem_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared, local = tmp_path / "shared dir", tmp_path / "local"
+    mounts = tmp_path / "mounts"  # the kernel's table, with a space written as \040
+    escaped = str(shared).replace(" ", "\\040")
+    mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\nserver:/export {escaped} nfs4 rw 0 0\n")
+    monkeypatch.setattr(schema, "MOUNTS", mounts)
+    assert schema.filesystem_type(shared / "sub" / "runs.sqlite") == "nfs4"
+    assert schema.filesystem_type(local) == "ext4"
+    for path in (shared / "runs.sqlite", shared / "new" / "runs.sqlite"):
+        with pytest.raises(StoreError, match=r"network filesystem \(nfs4\)") as refused:
+            RunStore(path)
+        assert "\n" not in str(refused.value) and not path.exists()
+    assert not (shared / "new").exists()  # refused before a folder was made there
+    with RunStore(local / "runs.sqlite") as store:  # a local disk: as ever
+        play(store, UnitKey(0, 0))
+    monkeypatch.setattr(schema, "MOUNTS", tmp_path / "no such table")  # not Linux
+    assert schema.filesystem_type(shared) is None

@@ -17,6 +17,7 @@ newer layout is refused before anything is written to it.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -274,6 +275,49 @@ def _layout_1_value(table: str, column: str, old: set[str]) -> str | None:
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
+# Filesystems over a network (or a virtual machine's share), by their Linux type names:
+# SQLite's WAL mode needs every process on one host (its documentation), and their locks
+# do not hold across hosts, so a store there could be corrupted by two hosts at once.
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "lustre", "gpfs", "ceph",
+    "fuse.ceph", "fuse.cephfs", "glusterfs", "fuse.glusterfs", "beegfs", "fuse.sshfs",
+    "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone", "pvfs2", "orangefs", "panfs",
+})  # fmt: skip
+# The mount table read to find a store's filesystem (Linux; elsewhere none is refused).
+MOUNTS = Path("/proc/self/mounts")
+
+
+def filesystem_type(path: Path, mounts: Path | None = None) -> str | None:
+    """The type of the filesystem `path` is on, from the mount table (the mount point that
+    is the longest prefix of its resolved path); None where there is no table to read."""
+    try:
+        table = (mounts or MOUNTS).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    target, best, found = path.resolve(), -1, None
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        # Spaces and tabs in a mount point are written as octal escapes (\040, \011).
+        point = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[1]))
+        if (target == point or point in target.parents) and len(point.parts) >= best:
+            best, found = len(point.parts), fields[2]
+    return found
+
+
+def check_local_filesystem(path: Path) -> None:
+    """A store on a network filesystem is refused, in one line: SQLite does not keep one
+    there safe for processes on several hosts."""
+    kind = filesystem_type(path.parent)
+    if kind in NETWORK_FILESYSTEMS:
+        raise StoreError(
+            f"run store {path} is on a network filesystem ({kind}), where SQLite's locks do "
+            "not hold across hosts; keep the store on a local disk (workers on several "
+            "hosts need a database server, which lmact does not offer yet)"
+        )
+
+
 def check_store_file(path: Path) -> None:
     """What can be told about a store path before SQLite opens it, as one-line errors."""
     if path.exists():
@@ -289,7 +333,9 @@ def check_store_file(path: Path) -> None:
             raise StoreError(
                 f"run store {path} is not a SQLite database; give lmact a file of its own"
             )
+        check_local_filesystem(path)
         return
+    check_local_filesystem(path)  # before a folder is made there
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
