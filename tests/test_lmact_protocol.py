@@ -218,3 +218,17 @@ def test_the_grid_world_step_limit_changes_the_random_baseline_as_the_paper_expe
     # Four standard errors of a rate over 1,000 episodes either side (about 0.04 and 0.06).
     assert 0.06 <= within[25] <= 0.16 and 0.29 <= within[100] <= 0.41, within
     assert within[100] - within[25] > 0.15
+
+
+def test_a_pool_made_ahead_with_the_presets_task_options_is_the_one_its_runs_read(
+    tmp_path: Path,
+) -> None:
+    layouts = ["--task-option", "text_layout=boxed", "--task-option", "coords_layout=dict"]
+    made = lmact("demos", "grid_world", "--episodes", "4", *layouts, "--cache-dir", "c",
+                 cwd=tmp_path)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    dry = lmact("run", "--preset", "lmact", "--task", "grid_world", "--model", "random",
+                "--demos", "2", "--demo-pool", "4", "--episodes", "3", "--dry-run", "--json",
+                "--store", "s.sqlite", "--cache-dir", "c", cwd=tmp_path)  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["demonstrations_generated"] == 0  # all made ahead

@@ -28,6 +28,9 @@ def arguments(demos: argparse.ArgumentParser) -> None:
     demos.add_argument("task", help="a task name (see `lmact tasks`)")
     add_option(demos, OPTIONS["episodes"], required=True, metavar="N", help=None)
     add_option(demos, OPTIONS["observation"], help="observation format (default: the task's)")
+    add_option(demos, OPTIONS["task_option"], help="set an option of the task's environment, "
+               "as `lmact run --task-option` does (a run with them reads these demonstrations)",
+               )  # fmt: skip
     storage_options(demos, store=False)
 
 
@@ -37,11 +40,11 @@ def command(args: argparse.Namespace) -> None:
     from lmact.demos import DemoStore
     from lmact.options import checked
     from lmact.report.page import counted
-    from lmact.tasks import get_task
+    from lmact.tasks import get_task, parse_task_options
     from lmact.text import visible
 
     given = checked({"episodes": args.episodes, "workers": args.workers})
-    task = get_task(args.task)
+    task = get_task(args.task).with_options(parse_task_options(args.task_option or ()))
     observation = args.observation or task.default_observation
     task.check_observation(observation)
     store = DemoStore.in_cache(args.cache_dir, given.get("workers"))
