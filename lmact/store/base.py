@@ -12,8 +12,9 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from lmact.errors import LmactError
 from lmact.records import UnitKey, UnitKind, Usage
@@ -163,3 +164,17 @@ def claim_alive(owner: str, heartbeat: float | None, lease_s: float = CLAIM_LEAS
     except PermissionError:
         pass  # another user's process: it exists
     return not started or _start_time(pid) in ("", started)
+
+
+Vocabulary = TypeVar("Vocabulary", bound=StrEnum)
+
+
+def stored_word(vocabulary: type[Vocabulary], value: object, path: Path) -> Vocabulary:
+    """A stored word read back as its enum; one that lmact never writes is a damaged store."""
+    try:
+        return vocabulary(value)
+    except ValueError:
+        raise StoreError(
+            f"run store {path}: {value!r} is not a {vocabulary.__name__} lmact writes "
+            "(the file was edited or damaged)"
+        ) from None

@@ -14,9 +14,8 @@ import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from lmact.models.base import TOKEN_FIELDS
 from lmact.records import (
@@ -45,6 +44,7 @@ from lmact.store.base import (
     process_identity,
     read_config,
     read_facts,
+    stored_word,
     totals_agree,
 )
 from lmact.store.reader import StoredSteps
@@ -321,7 +321,9 @@ class RunStore:
                 (run_id,),
             ).fetchall()
         kinds = {kind.value: kind for kind in UnitKind}  # words not lmact's: a damaged store
-        return [UnitKey(c, i, kinds.get(k) or _stored(UnitKind, k, self.path)) for c, k, i in rows]
+        return [
+            UnitKey(c, i, kinds.get(k) or stored_word(UnitKind, k, self.path)) for c, k, i in rows
+        ]
 
     def finished_units(
         self, run_id: str, kinds: Collection[UnitKind] | None = None
@@ -345,7 +347,7 @@ class RunStore:
         try:
             units = [make((c, words[w], e, s, r, k)) for c, w, e, s, r, k in rows]
         except KeyError as error:
-            _stored(UnitKind, error.args[0], self.path)  # raises: a word lmact never writes
+            stored_word(UnitKind, error.args[0], self.path)  # raises: a word lmact never writes
             raise
         totals = dict(zip(_SUMMED, sums, strict=True))
         usage = Usage.from_columns(totals)
@@ -531,7 +533,7 @@ class RunStore:
         words = {"unit_kind": UnitKind, "kind": AnswerKind, "stop_reason": StopReason}
         if column in words:
             vocabulary = words[column]
-            return lambda value: _stored(vocabulary, value, self.path)
+            return lambda value: stored_word(vocabulary, value, self.path)
         if column == "from_cache":
             return bool
         if column == "facts":
@@ -549,8 +551,8 @@ class RunStore:
         return StepRecord(
             **{
                 **plain,
-                "kind": _stored(AnswerKind, values["kind"], self.path),
-                "stop_reason": _stored(StopReason, values["stop_reason"], self.path),
+                "kind": stored_word(AnswerKind, values["kind"], self.path),
+                "stop_reason": stored_word(StopReason, values["stop_reason"], self.path),
                 "from_cache": bool(values["from_cache"]),
                 "usage": usage,
                 "unit_kind": unit.kind,
@@ -575,7 +577,7 @@ class RunStore:
         )
 
     def _unit(self, values: dict[str, Any]) -> UnitKey:
-        kind = _stored(UnitKind, values["unit_kind"], self.path)
+        kind = stored_word(UnitKind, values["unit_kind"], self.path)
         return UnitKey(values["chain"], values["episode"], kind)
 
     def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> _Transaction:
@@ -631,17 +633,3 @@ def _row_values(record: StepRecord | EpisodeRecord) -> dict[str, Any]:
     """A record's columns as written: its unit's kind as text, its facts as JSON."""
     values = flat_fields(record)
     return {**values, "unit_kind": record.unit_kind.value, "facts": facts_text(record.facts)}
-
-
-_Vocabulary = TypeVar("_Vocabulary", bound=StrEnum)
-
-
-def _stored(vocabulary: type[_Vocabulary], value: object, path: Path) -> _Vocabulary:
-    """A stored word read back as its enum; one that lmact never writes is a damaged store."""
-    try:
-        return vocabulary(value)
-    except ValueError:
-        raise StoreError(
-            f"run store {path}: {value!r} is not a {vocabulary.__name__} lmact writes "
-            "(the file was edited or damaged)"
-        ) from None
