@@ -6,6 +6,7 @@ name: it schedules units concurrently, or one after another where the regime say
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sys
 import time
 from collections import deque
@@ -115,6 +116,13 @@ class _EpisodeFailures:
 Returned = TypeVar("Returned")
 
 
+def shard_of(run_id: str, first: UnitKey, count: int) -> int:
+    """The shard (of `count`) that plays the chain starting with unit `first` of run
+    `run_id`: the same on every machine, whatever else is stored."""
+    key = f"{run_id}/{first.chain}/{first.kind.value}/{first.index}".encode()
+    return int(hashlib.sha256(key).hexdigest()[:12], 16) % count
+
+
 def run_returning(awaitable: Coroutine[Any, Any, Returned]) -> Returned:
     """`asyncio.run(awaitable)`, its result kept out of the loop's main task: on exit,
     Python 3.11's asyncio.run formats the main task's repr (reading back the SIGINT handler
@@ -149,6 +157,8 @@ class Runner:
         self.max_connections = max_connections
         self.progress = progress
         self.poll_s = poll_s  # how often episodes another process plays are looked at
+        # (I, N): this process plays the chains of shard I of N only (`lmact sweep --shard`).
+        self.shard: tuple[int, int] | None = None
         self.playing: set[str] = set()  # the runs whose units are being played now
         self.policies = policies or Policies(
             store, model_options, max_connections, backoff_s=retry_backoff_s
@@ -232,7 +242,11 @@ class Runner:
         """All units of the run, in order, and the chains of those not finished yet."""
         chains = regime_of(config).chains(config, episodes)
         finished = self.store.finished_episodes(config.run_id)
-        todo = [[unit for unit in chain if unit not in finished] for chain in chains]
+        mine = chains
+        if self.shard is not None:  # a chain's units stay together: each builds on the last
+            index, count = self.shard
+            mine = [c for c in chains if c and shard_of(config.run_id, c[0], count) == index]
+        todo = [[unit for unit in chain if unit not in finished] for chain in mine]
         return [unit for chain in chains for unit in chain], [chain for chain in todo if chain]
 
     def run(self, config: RegimeConfig, episodes: int, restart: bool = False) -> RunResult:
@@ -270,6 +284,8 @@ class Runner:
         failures.raise_if_any(len(todo), lambda unit: regime.unit_label(config, unit))
         records = self.store.finished_episodes(config.run_id)
         scored = [unit for unit in units if regime.is_scored(config, unit)]
+        if self.shard is not None:  # a shard holds its share: the others are merged later
+            scored = [unit for unit in scored if unit in records]
         tally = prepared.policy.tally
         return RunResult(
             config=config,

@@ -287,6 +287,7 @@ class SweepPlan:
 
     sweep: Sweep
     process: ProcessOptions
+    shard: tuple[int, int] | None = None  # (I, N): only shard I of N (`--shard I/N`)
 
     @property
     def store(self) -> Path:
@@ -300,6 +301,7 @@ class SweepPlan:
         with RunStore(self.store) as store:
             runner = Runner(store, demo_store, process.model, process.max_connections,
                             progress=False)  # fmt: skip
+            runner.shard = self.shard
             try:
                 yield runner
             finally:
@@ -354,6 +356,7 @@ class SweepOutcome:
     run: SweepRun
     summary: RunSummary | None
     error: str | None  # why the run (or a baseline it needs) did not finish
+    played: int | None = None  # a shard's: the run's units it holds finished (no score)
 
 
 # The listeners of a sweep as it plays, made for it and its runner: one hears of each run
@@ -391,7 +394,10 @@ async def play_sweep(
         try:
             result = await own
             baselines = {policy: await task for policy, task in needed.items()}
-            outcome = SweepOutcome(run, runner.summarize(result, baselines), None)
+            if runner.shard is not None:  # a share of the units: scored once merged
+                outcome = SweepOutcome(run, None, None, len(result.episodes))
+            else:
+                outcome = SweepOutcome(run, runner.summarize(result, baselines), None)
         except LmactError as error:
             outcome = SweepOutcome(run, None, str(error))
         on_done(outcome)

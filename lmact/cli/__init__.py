@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from lmact.cli import compare, demos, models, presets, report, run, sweep, tasks, view
+from lmact.cli import compare, demos, merge, models, presets, report, run, sweep, tasks, view
 from lmact.cli.arguments import EXIT_USAGE, Parser, flag_for
 from lmact.declarations import OptionError
 from lmact.errors import LmactError
@@ -24,7 +24,7 @@ from lmact.text import visible
 
 # The commands, in the order `lmact --help` lists them.
 _MODULES: tuple[ModuleType, ...] = (
-    run, sweep, demos, report, compare, view, tasks, presets, models,
+    run, sweep, merge, demos, report, compare, view, tasks, presets, models,
 )  # fmt: skip
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     module.__name__.rsplit(".", 1)[1]: module.command for module in _MODULES
@@ -87,7 +87,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         with contextlib.redirect_stdout(output):
             COMMANDS[args.command](args)
     except LmactError as error:
-        code, message = EXIT_USAGE, f"lmact: error: {say(error)}"
+        # A command that did part of its work (a merge with conflicts) says so by its code.
+        code = getattr(error, "exit_code", EXIT_USAGE)
+        message = f"lmact: error: {say(error)}"
     except KeyboardInterrupt:
         code, message = 130, "lmact: interrupted; rerun the same command to resume"
     except OSError as error:

@@ -187,7 +187,10 @@ def print_sweep(sweep: Any, outcomes: Sequence[Any]) -> None:
     failed = 0
     for outcome in outcomes:
         cells = [str(outcome.run.options.get(name, "")) for name in varying]
-        if outcome.summary is None:
+        if outcome.played is not None:  # a shard's run: its share, scored once merged
+            cells += [f"{outcome.played} units here", "(merge the shards)",
+                      outcome.run.config.run_id]  # fmt: skip
+        elif outcome.summary is None:
             failed += 1
             cells += ["failed", outcome.error or "", outcome.run.config.run_id]
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from lmact.cli.arguments import add_option, storage_options
@@ -30,9 +31,22 @@ def arguments(sweep: argparse.ArgumentParser) -> None:
     add_option(sweep, OPTIONS["max_connections"], metavar="N",
                help="requests in flight at once per model (default: the sweep file's "
                "max_connections, else each provider's)")  # fmt: skip
+    sweep.add_argument("--shard", metavar="I/N", type=_shard,
+                       help="play shard I of N (0 <= I < N): a deterministic share of every "
+                       "run's episodes (a replicate's stay together), into this store; "
+                       "`lmact merge` joins the shards, then `lmact report` scores them",
+                       )  # fmt: skip
     # Unset on the command line, these come from the sweep file's [base], if it sets them.
     store_help = f"the run store (default: the sweep file's store, else {DEFAULT_STORE})"
     storage_options(sweep, default=None, help=store_help)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """`I/N` as (I, N), 0 <= I < N; argparse makes anything else a one-line error."""
+    index, slash, count = text.partition("/")
+    if not (slash and index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"give I/N with 0 <= I < N, not {text!r}")
+    return int(index), int(count)
 
 
 def command(args: argparse.Namespace) -> None:
@@ -41,6 +55,7 @@ def command(args: argparse.Namespace) -> None:
 
     plan = plan_sweep(args.file, store=args.store, cache_dir=args.cache_dir,
                       workers=args.workers, max_connections=args.max_connections)  # fmt: skip
+    plan = dataclasses.replace(plan, shard=args.shard)
     if args.dry_run:
         print_sweep_estimate(plan.sweep, plan.estimate())
         return

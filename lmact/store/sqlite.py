@@ -47,6 +47,7 @@ from lmact.store.base import (
     stored_word,
     totals_agree,
 )
+from lmact.store.merge import Merged, merge_database
 from lmact.store.reader import StoredSteps
 
 # The columns a record's usage is read back from (a set: every column of every row is
@@ -125,6 +126,12 @@ class RunStore:
             yield
         except sqlite3.Error as error:
             raise self._error(error) from None
+
+    def merge_from(self, source: Path) -> Merged:
+        """Join another store's runs into this one (`lmact.store.merge`): open `source`
+        first, which brings it to this release's layout."""
+        with RunStore(source), self._guard():
+            return merge_database(self._db, source)
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
