@@ -128,6 +128,8 @@ def test_a_retry_after_from_one_provider_pauses_only_that_provider(tmp_path: Pat
 
 def first_legal_action(request: RecordedRequest) -> Reply:
     time.sleep(0.03)  # slow enough to be killed mid-sweep
+    if not whole(request):  # cut off by the kill: nobody is left to read an answer
+        return Reply(status=400)
     content = request.json["messages"][-1]["content"]
     text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
     return Reply(body=chat_completion(LEGAL.findall(text)[-1].split(", ")[0]))
@@ -154,9 +156,20 @@ def stored(store: Path, query: str) -> list[tuple]:  # type: ignore[type-arg]
         return []
 
 
+def whole(request: RecordedRequest) -> bool:
+    """Whether a request arrived whole: SIGKILL may cut one after its headers, and what
+    reaches the server then is not a call (its body is short of JSON)."""
+    try:
+        request.json  # noqa: B018 - parsed to see that it is whole
+    except ValueError:
+        return False
+    return True
+
+
 def distinct_calls(requests: list[RecordedRequest]) -> set[str]:
-    """The distinct calls among recorded requests (a retried call counts once)."""
-    return {json.dumps(request.json, sort_keys=True) for request in requests}
+    """The distinct calls among recorded requests (a retried call counts once; one cut
+    off by the kill is none)."""
+    return {json.dumps(request.json, sort_keys=True) for request in requests if whole(request)}
 
 
 STEPS = "SELECT run_id, episode, step, prompt_hash, completion, action, reward FROM steps"
