@@ -232,3 +232,15 @@ def test_a_pool_made_ahead_with_the_presets_task_options_is_the_one_its_runs_rea
                 "--store", "s.sqlite", "--cache-dir", "c", cwd=tmp_path)  # fmt: skip
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout)["demonstrations_generated"] == 0  # all made ahead
+
+
+def test_a_report_reads_runs_with_task_options(tmp_path: Path) -> None:
+    """A configuration holding task options (a dict) is no dictionary key: the report
+    finds its baselines by run id."""
+    common = ["--store", "s.sqlite", "--cache-dir", "c", "--episodes", "2"]
+    played = lmact("run", "--task", "grid_world", "--model", "random", "--task-option",
+                   "text_layout=boxed", *common, cwd=tmp_path)  # fmt: skip
+    assert played.returncode == 0, played.stderr
+    shown = lmact("report", "--store", "s.sqlite", "--format", "csv", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert len(shown.stdout.strip().splitlines()) == 4  # the run and its two baselines

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import functools
 import gc
 import io
 import json
@@ -121,15 +120,19 @@ class Baselines:
 
     def __init__(self, store: RunStore) -> None:
         self._store = store
-        self._configs = functools.lru_cache(maxsize=1024)(self._configs_of)
+        # Each run's baselines, by its id: a configuration may hold a dict (its task
+        # options), so it is not a key itself.
+        self._baselines_of: dict[str, dict[str, RegimeConfig] | None] = {}
         self._kept: OrderedDict[tuple[str, Any], Scored] = OrderedDict()
 
-    @staticmethod
-    def _configs_of(config: RegimeConfig) -> dict[str, RegimeConfig] | None:
-        try:
-            return regime_of(config).baselines(config)
-        except LmactError:  # a task no longer installed, or named like a path that is gone
-            return None
+    def _configs(self, config: RegimeConfig) -> dict[str, RegimeConfig] | None:
+        key = config.run_id
+        if key not in self._baselines_of:
+            try:
+                self._baselines_of[key] = regime_of(config).baselines(config)
+            except LmactError:  # a task no longer installed, or named like a path now gone
+                self._baselines_of[key] = None
+        return self._baselines_of[key]
 
     def read(self, run_id: str, kinds: tuple[UnitKind, ...] | None, keep: bool = False) -> Scored:
         """A run's finished units of `kinds` (None: all) and their totals; kept with `keep`."""
