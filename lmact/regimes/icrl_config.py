@@ -236,22 +236,9 @@ def make_icrl_config(
         raise OptionError(
             Named("ucb_c"), f" is the {UcbPolicy.name} policy's; give ", Named("model"), " ucb"
         )
-    # The in-context RL templates are DIR/icrl of a --prompts DIR: the imitation ones
-    # need not be there.
-    folder = options.pop("prompts_dir", None)
-    if reinforced_cot:
-        options["chain_of_thought"] = True
-    if scenario != "none" and not options.get("chain_of_thought") and not options.get("max_tokens"):
-        options["max_tokens"] = SCENARIO_MAX_TOKENS
-    fields = prompted_fields(spec, model=model, **options)
-    fields["prompts"] = _fingerprint(folder)
-    fields["prompts_dir"] = str(Path(folder).resolve()) if folder is not None else None
-    fields |= scenario_fields(
-        scenario, environment=spec.environment, default_horizon=spec.episodes, framing=framing,
-        returns=returns, reinforced_cot=reinforced_cot, horizon=prompt_horizon, variant=variant,
-        prompts_dir=folder, constrained=bool(options.get("constrained")),
-    )  # fmt: skip
-    fields |= _layout_fields(fields, layout, folder)
+    scenario_options = {"scenario": scenario, "framing": framing, "returns": returns,
+                        "reinforced_cot": reinforced_cot, "horizon": prompt_horizon}  # fmt: skip
+    fields = _prompt_fields(spec, model, variant, layout, scenario_options, options)
     return IcrlConfig(
         **fields,
         variant=variant,  # type: ignore[arg-type] - checked by its declaration
@@ -270,6 +257,35 @@ def make_icrl_config(
         buttons="fixed" if buttons == "fixed" and spec.environment == "bandit" else None,
         labels="unlisted" if labels == "unlisted" else None,
     )
+
+
+def _prompt_fields(
+    spec: TaskSpec,
+    model: str,
+    variant: str,
+    layout: str,
+    scenario_options: dict[str, Any],
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """The prompt's fields: the common ones (`prompted_fields`), the templates, the
+    scenario's (`scenario_fields`) and the layout's."""
+    # The in-context RL templates are DIR/icrl of a --prompts DIR: the imitation ones
+    # need not be there.
+    folder = options.pop("prompts_dir", None)
+    if scenario_options["reinforced_cot"]:
+        options["chain_of_thought"] = True
+    scenario = scenario_options.pop("scenario")
+    if scenario != "none" and not options.get("chain_of_thought") and not options.get("max_tokens"):
+        options["max_tokens"] = SCENARIO_MAX_TOKENS
+    fields = prompted_fields(spec, model=model, **options)
+    fields["prompts"] = _fingerprint(folder)
+    fields["prompts_dir"] = str(Path(folder).resolve()) if folder is not None else None
+    fields |= scenario_fields(
+        scenario, environment=spec.environment, default_horizon=spec.episodes,
+        variant=variant, prompts_dir=folder, constrained=bool(options.get("constrained")),
+        **scenario_options,
+    )  # fmt: skip
+    return fields | _layout_fields(fields, layout, folder)
 
 
 def _layout_fields(fields: dict[str, Any], layout: str, folder: str | None) -> dict[str, Any]:
