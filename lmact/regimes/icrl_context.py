@@ -72,6 +72,21 @@ class _Replicate:
     # context (an episode's steps, an evaluation's examples) send the very same parts.
     prefix: tuple[tuple[object, ...], tuple[Part, ...]] | None = None
 
+    def arm_means(self, chosen: Sequence[int], actions: Sequence[str]
+                  ) -> list[tuple[str, int, str]]:  # fmt: skip
+        """Per action, how often the chosen episodes played it and its mean reward (two
+        decimals, "n/a" never played): from the replicate's tally when they are all of its
+        episodes, else summed over them."""
+        if len(chosen) == len(self.episodes):  # distinct earlier indices: all of them
+            tally = self.arms
+        else:
+            tally = ArmTally()
+            for index in chosen:
+                for _, action, reward in self.episodes[index].steps:
+                    tally.add(action, reward)
+        counts = [(action, tally.pulls.get(action, 0)) for action in actions]
+        return [(a, n, f"{tally.wins[a] / n:.2f}" if n else "n/a") for a, n in counts]
+
 
 @dataclass(frozen=True)
 class Drawn:
@@ -294,17 +309,8 @@ def _summary(plan: IcrlPlan, state: _Replicate, chosen: Sequence[int], actions: 
              ) -> str:  # fmt: skip
     """Per action, how often the chosen episodes played it and its mean reward: from the
     replicate's tally when they are all of its episodes, else summed over them in order."""
-    if len(chosen) == len(state.episodes):  # distinct earlier indices: all of them
-        tally = state.arms
-    else:
-        tally = ArmTally()
-        for index in chosen:
-            for _, action, reward in state.episodes[index].steps:
-                tally.add(action, reward)
     lines = [plan.template("summary")]
-    for action in actions:
-        count = tally.pulls.get(action, 0)
-        mean = f"{tally.wins[action] / count:.2f}" if count else "n/a"
+    for action, count, mean in state.arm_means(chosen, actions):
         lines.append(plan.template("summary_line", action=action, count=count, mean=mean))
     return "".join(lines) + "\n"
 

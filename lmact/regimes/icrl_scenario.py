@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 from lmact.declarations import INT_LIMIT, Column, Named, Option, OptionError
 from lmact.models.base import ModelRequest, TextPart
-from lmact.policies import ArmTally
 from lmact.prompting import AnswerForm, check_templates
 
 if TYPE_CHECKING:  # the regime's module imports this one
@@ -171,14 +170,8 @@ def history_text(plan: IcrlPlan, state: _Replicate, shown: Sequence[int], arms: 
         return say("history_empty").strip()
     rounds = [step for index in shown for step in state.episodes[index].steps]
     if plan.config.history == "summary":
-        tally = state.arms if len(shown) == len(state.episodes) else ArmTally()
-        if tally is not state.arms:
-            for _, action, reward in rounds:
-                tally.add(action, reward)
         lines = [say("history_summary", count=len(rounds))]
-        for arm in arms:
-            pulls = tally.pulls.get(arm, 0)
-            mean = f"{tally.wins[arm] / pulls:.2f}" if pulls else "n/a"
+        for arm, pulls, mean in state.arm_means(shown, arms):
             lines.append(say("summary_line", action=arm, pulls=pulls, mean=mean))
     else:
         lines = [say("history_raw", count=len(rounds))]
