@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
+from postgres_server import PostgresServer, PostgresUnavailable
 
 from lmact.demos import DemoStore
 from lmact.runner import Runner
@@ -34,3 +37,34 @@ def runner(run_store: RunStore, demo_store: DemoStore) -> Iterator[Runner]:
     runner = Runner(run_store, demo_store, progress=False)
     yield runner
     runner.close()
+
+
+# A PostgreSQL server of the tests' own (tests/postgres_server.py), for the shared run
+# store: one for the whole session, started only when a test asks for it.
+
+
+def _postgres_missing(reason: str) -> NoReturn:
+    # CI installs PostgreSQL and psycopg (.ci/run, the dev extra): missing there is a fault.
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: the PostgreSQL tests must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _postgres_missing('psycopg is not installed: pip install -e ".[postgres]"')
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as missing:
+        _postgres_missing(f"{missing}: apt-get install postgresql (Debian's package)")
+    with server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database of the session's server, for this test alone."""
+    return postgres_server.create_database()
