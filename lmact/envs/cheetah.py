@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes.util
+import functools
+import importlib.util
 import itertools
 import logging
 import os
@@ -58,15 +60,27 @@ def _headless_backend() -> str | None:
 if not os.environ.get("MUJOCO_GL") and (_backend := _headless_backend()):
     os.environ["MUJOCO_GL"] = _backend
 
-_IMPORT_ERROR: ImportError | None
-try:
-    import mujoco
-    from dm_control import suite
-    from mujoco import rollout as mujoco_rollout
-except ImportError as error:  # the `control` extra is optional
-    _IMPORT_ERROR = error
-else:
-    _IMPORT_ERROR = None
+# Imported by the first episode (`_control`), not with this module: every reading of the
+# task specs imports each environment's module, and dm_control's import takes a quarter
+# of a second. Whether it is there is known without importing it.
+_IMPORT_ERROR: ImportError | None = (
+    None
+    if all(importlib.util.find_spec(name) for name in ("mujoco", "dm_control"))
+    else ImportError("dm_control or mujoco is not installed")
+)
+
+
+@functools.cache
+def _control() -> tuple[Any, Any, Any]:
+    """MuJoCo, dm_control's suite and MuJoCo's rollout module, imported once."""
+    try:
+        import mujoco
+        from dm_control import suite
+        from mujoco import rollout
+    except ImportError as error:  # found, but broken
+        raise LmactError(INSTALL_HINT) from error
+    return mujoco, suite, rollout
+
 
 INSTALL_HINT = 'the cheetah task needs dm_control: pip install "lmact[control]"'
 
@@ -99,7 +113,6 @@ _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 _MAX_ANSWER_CHARS = 400
 
 _SPEED_SENSOR = "torso_subtreelinvel"
-_STATE_SPEC = None if _IMPORT_ERROR else mujoco.mjtState.mjSTATE_FULLPHYSICS
 
 
 def format_number(value: float) -> str:
@@ -252,16 +265,19 @@ class Cheetah(Environment):
     def physics_state(self) -> np.ndarray:
         """The full physics state (time, positions, velocities, ...) as MuJoCo's state vector."""
         self._require_started()
+        mujoco, _, _ = _control()
         model, data = self._env.physics.model.ptr, self._env.physics.data.ptr
-        state = np.empty(mujoco.mj_stateSize(model, _STATE_SPEC))
-        mujoco.mj_getState(model, data, state, _STATE_SPEC)
+        full = mujoco.mjtState.mjSTATE_FULLPHYSICS
+        state = np.empty(mujoco.mj_stateSize(model, full))
+        mujoco.mj_getState(model, data, state, full)
         return state
 
     def _load(self) -> None:
+        mujoco, suite, rollout = _control()
         with _quiet_absl():
             self._env = suite.load("cheetah", "run")
         model = self._env.physics.model.ptr
-        self._rollout = mujoco_rollout.Rollout(nthread=0)  # plans on the calling thread
+        self._rollout = rollout.Rollout(nthread=0)  # plans on the calling thread
         self._rollout_data = mujoco.MjData(model)
         self._speed_index = int(model.sensor(_SPEED_SENSOR).adr[0])  # its x component
 
