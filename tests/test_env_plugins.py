@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lmact.envs import BUILTIN_ENVIRONMENTS, environment_class, plugin_entry_points
+from lmact.envs import BUILTIN_ENVIRONMENTS, environment_class, installed_entry_points
 from lmact.envs.grid_world import GridWorld
 from lmact.errors import LmactError
 from lmact.tasks import check_task, get_task, task_specs
@@ -108,9 +108,9 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     folder.mkdir()
     monkeypatch.syspath_prepend(str(PLUGIN))
     monkeypatch.syspath_prepend(str(folder))
-    plugin_entry_points.cache_clear()
+    installed_entry_points.cache_clear()
     yield folder
-    plugin_entry_points.cache_clear()
+    installed_entry_points.cache_clear()
 
 
 def distribution(site: Path, name: str, entry_points: str, **modules: str) -> None:
@@ -122,7 +122,7 @@ def distribution(site: Path, name: str, entry_points: str, **modules: str) -> No
     for module, source in modules.items():
         (site / f"{module}.py").write_text(source)
     importlib.invalidate_caches()
-    plugin_entry_points.cache_clear()
+    installed_entry_points.cache_clear()
 
 
 def test_a_plugin_family_and_task_resolve_in_process(site: Path) -> None:

@@ -34,9 +34,10 @@ BUILTIN_ENVIRONMENTS: dict[str, str] = {
 
 
 @cache
-def plugin_entry_points(group: str) -> tuple[EntryPoint, ...]:
-    """The installed entry points of `group`, read once a process (a scan costs milliseconds
-    and `environment_class` is called often).
+def installed_entry_points() -> tuple[EntryPoint, ...]:
+    """Every installed distribution's entry points, of every group, read once a process:
+    a scan reads each distribution's metadata (a tenth of a second here), and the
+    environments, tasks, regimes and providers each look for their own group.
 
     Unlike `importlib.metadata.entry_points`, which keeps one entry point of a name, this keeps
     every distribution's, so that a name two packages claim is seen (a distribution found twice
@@ -49,8 +50,13 @@ def plugin_entry_points(group: str) -> tuple[EntryPoint, ...]:
         if name and name in seen:
             continue
         seen.add(name)
-        found.extend(e for e in dist.entry_points if e.group == group)
+        found.extend(dist.entry_points)
     return tuple(found)
+
+
+def plugin_entry_points(group: str) -> tuple[EntryPoint, ...]:
+    """The installed entry points of `group` (`installed_entry_points`)."""
+    return tuple(e for e in installed_entry_points() if e.group == group)
 
 
 def entry_point_origin(entry_point: EntryPoint) -> str:
