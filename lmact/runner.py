@@ -240,7 +240,7 @@ class Runner:
         self, config: RegimeConfig, episodes: int
     ) -> tuple[list[UnitKey], list[list[UnitKey]]]:
         """All units of the run, in order, and the chains of those not finished yet."""
-        chains = regime_of(config).chains(config, episodes)
+        chains = list(regime_of(config).chains(config, episodes))
         finished = self.store.finished_episodes(config.run_id)
         mine = chains
         if self.shard is not None:  # a chain's units stay together: each builds on the last

@@ -128,7 +128,7 @@ def test_a_damaged_icrl_context_is_one_line() -> None:
 def test_icrl_units_are_replicates_chains_and_pages_replay_them_in_play_order() -> None:
     config = make_icrl_config("classification", model="random", replicates=2, eval_every=2)
     regime = IcrlRegime()
-    chains = regime.chains(config, 3)
+    chains = list(regime.chains(config, 3))
     evaluation = [UnitKey(0, 0, EVALUATION), UnitKey(0, 1, EVALUATION)]
     assert chains[0] == [evaluation[0], UnitKey(0, 0), UnitKey(0, 1), evaluation[1], UnitKey(0, 2)]
     assert [u.chain for u in chains[1]] == [1] * 5

@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -202,11 +202,11 @@ class Regime(ABC, Generic[Config, Plan]):
         self.unit_seed(config, UnitKey(0, episodes - 1))
         return [UnitKey(0, index) for index in range(episodes)]
 
-    def chains(self, config: Config, episodes: int) -> list[list[UnitKey]]:
-        """The units as chains: a chain's units are played in order, one after another
-        (each may learn from those before it); chains run concurrently. By default every
-        unit is a chain of its own."""
-        return [[unit] for unit in self.units(config, episodes)]
+    def chains(self, config: Config, episodes: int) -> Iterator[list[UnitKey]]:
+        """The units as chains, one at a time (a reader of the first few makes only those):
+        a chain's units are played in order, one after another (each may learn from those
+        before it); chains run concurrently. By default every unit is a chain of its own."""
+        return ([unit] for unit in self.units(config, episodes))
 
     def run_length(self, config: Config, unit: UnitKey) -> int:
         """The fewest episodes of a run whose units include `unit`."""

@@ -23,7 +23,7 @@ the replicate's earlier returns.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from string import Template
 from typing import Any, ClassVar
@@ -194,20 +194,18 @@ class IcrlRegime(Regime[IcrlConfig, IcrlPlan]):
         _check_inputs_last(config, episodes)
         return super().units(config, episodes)
 
-    def chains(self, config: IcrlConfig, episodes: int) -> list[list[UnitKey]]:
+    def chains(self, config: IcrlConfig, episodes: int) -> Iterator[list[UnitKey]]:
         """One chain per replicate: its episodes in order, each held-out evaluation just
         before the episode whose context it uses."""
         indices = [unit.index for unit in self.units(config, episodes)]
         every = config.eval_every
-        chains = []
         for replicate in range(config.replicates):
             chain = []
             for episode in indices:
                 if every is not None and episode % every == 0:
                     chain.append(UnitKey(replicate, episode // every, UnitKind.EVALUATION))
                 chain.append(UnitKey(replicate, episode))
-            chains.append(chain)
-        return chains
+            yield chain
 
     def run_length(self, config: IcrlConfig, unit: UnitKey) -> int:
         if unit.kind is UnitKind.EVALUATION:  # played before the episode whose context it uses
