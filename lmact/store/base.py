@@ -10,14 +10,14 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from lmact.errors import LmactError
-from lmact.records import UnitKey, UnitKind, Usage
+from lmact.records import EpisodeRecord, StepRecord, UnitKey, UnitKind, Usage, flat_fields
 
 DEFAULT_STORE = Path("results") / "lmact.sqlite"
 # The most test episodes one run may ask for: each is a row, a record and a unit of work.
@@ -67,6 +67,15 @@ class UnitResult(NamedTuple):
     @property
     def unit(self) -> UnitKey:
         return UnitKey(self.chain, self.episode, self.unit_kind)
+
+
+class UnitEnd(NamedTuple):
+    """A played unit's end, as `RunStore.finish_units` writes it: its record, its steps not
+    written before, and whether those are all of them (then counted, not read back)."""
+
+    record: EpisodeRecord
+    steps: Sequence[StepRecord]
+    all_steps: bool
 
 
 @dataclass(frozen=True)
@@ -178,3 +187,22 @@ def stored_word(vocabulary: type[Vocabulary], value: object, path: Path) -> Voca
             f"run store {path}: {value!r} is not a {vocabulary.__name__} lmact writes "
             "(the file was edited or damaged)"
         ) from None
+
+
+def unit_named(unit: UnitKey) -> str:
+    """A unit in an error message, in the store's own words (a regime names it better)."""
+    where = f" of chain {unit.chain}" if unit.chain else ""
+    return f"{unit.kind.value} {unit.index}{where}"
+
+
+def step_rows(unit: UnitKey, steps: Sequence[StepRecord]) -> list[dict[str, Any]]:
+    """The rows of steps that must all be `unit`'s."""
+    if any(step.unit != unit for step in steps):
+        raise ValueError(f"steps of several units given as those of {unit_named(unit)}")
+    return [row_values(step) for step in steps]
+
+
+def row_values(record: StepRecord | EpisodeRecord) -> dict[str, Any]:
+    """A record's columns as written: its unit's kind as text, its facts as JSON."""
+    values = flat_fields(record)
+    return {**values, "unit_kind": record.unit_kind.value, "facts": facts_text(record.facts)}

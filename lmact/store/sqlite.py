@@ -27,7 +27,6 @@ from lmact.records import (
     UnitKind,
     Usage,
     column_names,
-    flat_fields,
 )
 from lmact.store import schema
 from lmact.store.base import (
@@ -37,6 +36,7 @@ from lmact.store.base import (
     ClaimLostError,
     RunRecord,
     StoreError,
+    UnitEnd,
     UnitResult,
     UnitSums,
     claim_alive,
@@ -44,8 +44,11 @@ from lmact.store.base import (
     process_identity,
     read_config,
     read_facts,
+    row_values,
+    step_rows,
     stored_word,
     totals_agree,
+    unit_named,
 )
 from lmact.store.merge import Merged, merge_database
 from lmact.store.reader import StoredSteps
@@ -418,7 +421,7 @@ class RunStore:
         if not steps:
             return
         unit = steps[0].unit
-        rows = _step_rows(unit, steps)  # facts that are not JSON fail here, before a write
+        rows = step_rows(unit, steps)  # facts that are not JSON fail here, before a write
         with self._guard(), self._transaction():
             self._check_claim(run_id, unit)
             self._insert_steps(run_id, rows)
@@ -439,43 +442,56 @@ class RunStore:
         all_steps: bool = False,
         claim_next: tuple[UnitKey, int] | None = None,
     ) -> tuple[Claim, str | None] | None:
-        """Mark a claimed unit done with its totals, which must agree with its steps: those
-        stored before and `steps`, stored with it (one transaction for a unit whose steps
-        came faster than they are worth writing one by one); `all_steps`: `steps` are all
-        of them, none stored before (then counted here, not read back). `claim_next`, a unit
-        and its seed: claimed in the same transaction (`claim_episode`'s answer returned),
-        as the next unit of a chain is, so a chain of short units costs one transaction a
-        unit."""
-        unit = episode.unit
-        values = {k: v for k, v in _row_values(episode).items() if k not in _KEY_COLUMNS}
-        assignments = ", ".join(f"{name} = ?" for name in values)
-        rows = _step_rows(unit, steps)
+        """`finish_units` of one unit."""
+        return self.finish_units(run_id, [UnitEnd(episode, steps, all_steps)], claim_next)
+
+    def finish_units(
+        self, run_id: str, ends: Sequence[UnitEnd], claim_next: tuple[UnitKey, int] | None = None
+    ) -> tuple[Claim, str | None] | None:
+        """Mark units done with their totals, in one transaction: the first one claimed by
+        this process, the others (the units after it in its chain, played while their ends
+        waited) claimed here; each one's totals must agree with its steps, those stored
+        before and those it carries. `claim_next`, a unit and its seed: claimed in the same
+        transaction (`claim_episode`'s answer returned), as the next unit of a chain is, so
+        a chain of short units costs one transaction for many units."""
+        rows = [step_rows(end.record.unit, end.steps) for end in ends]  # checked before a write
         with self._guard(), self._transaction():
-            if rows:
-                self._insert_steps(run_id, rows)
-            if all_steps:
-                count, rewards = len(steps), sum(step.reward for step in steps)
-            else:
-                count, rewards = self._db.execute(
-                    "SELECT COUNT(*), COALESCE(SUM(reward), 0) FROM steps "
-                    f"WHERE run_id = ? AND {_AT_UNIT}",
-                    (run_id, *_key(unit)),
-                ).fetchone()
-            finished = self._db.execute(  # only while this process holds the unit
-                f"UPDATE episodes SET status = 'done', owner = NULL, {assignments} "
-                f"WHERE run_id = ? AND {_AT_UNIT} AND status = 'running' AND owner = ?",
-                (*values.values(), run_id, *_key(unit), self.owner),
-            )
-            # Either failure rolls the whole transaction back, the steps given included.
-            if finished.rowcount != 1:
-                raise ClaimLostError(_taken_over(run_id, unit))
-            if not totals_agree(count, rewards, episode.steps, episode.total_return):
-                raise StoreError(
-                    f"{_named(unit)} of run {run_id}: its {count} stored steps "
-                    f"(return {rewards}) disagree with its totals ({episode.steps} steps, "
-                    f"return {episode.total_return}); it stays unfinished"
-                )
+            for index, (end, unit_rows) in enumerate(zip(ends, rows, strict=True)):
+                unit = end.record.unit
+                if index and self._claim(run_id, unit, end.record.seed)[0] is not Claim.OURS:
+                    raise ClaimLostError(_taken_over(run_id, unit))
+                self._finish(run_id, end, unit_rows)
             return None if claim_next is None else self._claim(run_id, *claim_next)
+
+    def _finish(self, run_id: str, end: UnitEnd, rows: list[dict[str, Any]]) -> None:
+        """`finish_units`' statements for one unit, within its transaction: any failure
+        rolls the whole transaction back, the steps given included."""
+        episode, unit = end.record, end.record.unit
+        values = {k: v for k, v in row_values(episode).items() if k not in _KEY_COLUMNS}
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        if rows:
+            self._insert_steps(run_id, rows)
+        if end.all_steps:
+            count, rewards = len(end.steps), sum(step.reward for step in end.steps)
+        else:
+            count, rewards = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(reward), 0) FROM steps "
+                f"WHERE run_id = ? AND {_AT_UNIT}",
+                (run_id, *_key(unit)),
+            ).fetchone()
+        finished = self._db.execute(  # only while this process holds the unit
+            f"UPDATE episodes SET status = 'done', owner = NULL, {assignments} "
+            f"WHERE run_id = ? AND {_AT_UNIT} AND status = 'running' AND owner = ?",
+            (*values.values(), run_id, *_key(unit), self.owner),
+        )
+        if finished.rowcount != 1:
+            raise ClaimLostError(_taken_over(run_id, unit))
+        if not totals_agree(count, rewards, episode.steps, episode.total_return):
+            raise StoreError(
+                f"{unit_named(unit)} of run {run_id}: its {count} stored steps (return {rewards}) "
+                f"disagree with its totals ({episode.steps} steps, return "
+                f"{episode.total_return}); it stays unfinished"
+            )
 
     def release_claims(self, run_id: str | None = None) -> None:
         """Give up this process's unfinished episodes (of one run, or all), so another
@@ -553,7 +569,7 @@ class RunStore:
         unit = self._unit(values)
 
         def where() -> str:
-            return f"step {values['step']} of {_named(unit)} of run {run_id}"
+            return f"step {values['step']} of {unit_named(unit)} of run {run_id}"
 
         return StepRecord(
             **{
@@ -578,7 +594,7 @@ class RunStore:
                 "usage": usage,
                 "unit_kind": unit.kind,
                 "facts": read_facts(
-                    values["facts"], lambda: f"{_named(unit)} of run {run_id}", self.path
+                    values["facts"], lambda: f"{unit_named(unit)} of run {run_id}", self.path
                 ),
             }
         )
@@ -620,23 +636,4 @@ def _kinds_clause(kinds: Collection[UnitKind] | None) -> str:
 
 
 def _taken_over(run_id: str, unit: UnitKey) -> str:
-    return f"{_named(unit)} of run {run_id} was taken over by another process"
-
-
-def _named(unit: UnitKey) -> str:
-    """A unit in an error message, in the store's own words (a regime names it better)."""
-    where = f" of chain {unit.chain}" if unit.chain else ""
-    return f"{unit.kind.value} {unit.index}{where}"
-
-
-def _step_rows(unit: UnitKey, steps: Sequence[StepRecord]) -> list[dict[str, Any]]:
-    """The rows of steps that must all be `unit`'s."""
-    if any(step.unit != unit for step in steps):
-        raise ValueError(f"steps of several units given as those of {_named(unit)}")
-    return [_row_values(step) for step in steps]
-
-
-def _row_values(record: StepRecord | EpisodeRecord) -> dict[str, Any]:
-    """A record's columns as written: its unit's kind as text, its facts as JSON."""
-    values = flat_fields(record)
-    return {**values, "unit_kind": record.unit_kind.value, "facts": facts_text(record.facts)}
+    return f"{unit_named(unit)} of run {run_id} was taken over by another process"
