@@ -10,32 +10,27 @@ import hashlib
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from functools import cached_property
 from typing import Any, TypeVar
 
 from tqdm import tqdm
 
 from lmact.demos import DemoStore, GenerationForecast
 from lmact.errors import LmactError
-from lmact.models.base import ModelAuthError, ModelOptions, ModelResponse
+from lmact.models.base import ModelOptions, ModelResponse
 from lmact.policies import DryRunPolicy, Policies, Policy
-from lmact.records import EpisodeRecord, StepRecord, UnitKey
+from lmact.records import EpisodeRecord, UnitKey
 from lmact.regimes import regime_of
 from lmact.regimes.base import PreparedRun, Regime, RegimeConfig, RunContext
+from lmact.schedule import EpisodeFailures, Schedule
 from lmact.scoring import EpisodeScores, score_episodes
-from lmact.store import Claim, ClaimLostError, RunStore
+from lmact.store import RunStore
 from lmact.text import visible
 
 # A server's pause at least this long is announced on stderr when there is no progress bar.
 PAUSE_NOTICE_S = 5.0
-# The progress line's counts are redrawn at most this often as steps are played.
-PROGRESS_EVERY_S = 0.1
-# How long a unit's steps may wait to be written together (a step that took longer, a model
-# call say, is written at once): what the viewer of a running unit may lag by.
-STEPS_WRITTEN_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -74,43 +69,6 @@ class RunEstimate:
     demonstrations_generation_s: float
     demonstrations_forecast_s: float
     demonstration_workers: int
-
-
-def _show_progress(bar: tqdm, policy: Policy, elsewhere: int) -> None:
-    """The progress line's counts: calls, cache hits, retries, units played elsewhere."""
-    tally = policy.tally
-    status: dict[str, object] = {
-        "calls": tally.calls_made,
-        "cached": tally.calls_cached,
-        "retries": tally.retries,
-    }
-    if elsewhere:
-        status["elsewhere"] = elsewhere  # played by another process: waited for
-    paused = policy.caller.paused_until_wall() if policy.caller is not None else None
-    if paused is not None:
-        status["paused"] = time.strftime("until %H:%M:%S", time.localtime(paused))
-    bar.set_postfix(status)
-
-
-class _EpisodeFailures:
-    """Episodes that failed, kept so that the others can finish before the run reports them."""
-
-    def __init__(self) -> None:
-        self.errors: dict[UnitKey, BaseException] = {}
-
-    def raise_if_any(self, episodes: int, label: Callable[[UnitKey], str]) -> None:
-        """Raise the first failure (`label` names its unit), with the count of them."""
-        if not self.errors:
-            return
-        first = min(self.errors)
-        error = self.errors[first]
-        if not isinstance(error, LmactError):
-            raise error  # a bug: keep its traceback
-        raise LmactError(
-            f"{len(self.errors)} of {episodes} episodes failed ({label(first)}: {error}); "
-            "the others are stored and every successful model call is cached: rerun the "
-            "same command to resume"
-        )
 
 
 Returned = TypeVar("Returned")
@@ -270,7 +228,7 @@ class Runner:
         units, chains = self._todo(config, episodes)
         todo = [unit for chain in chains for unit in chain]
         prepared = await self._prepare_off_loop(config, todo)
-        failures = _EpisodeFailures()
+        failures = EpisodeFailures()
         if todo:
             self.playing.add(config.run_id)
             try:
@@ -301,7 +259,7 @@ class Runner:
         prepared: PreparedRun[Any, Any],
         total: int,
         chains: list[list[UnitKey]],
-        failures: _EpisodeFailures,
+        failures: EpisodeFailures,
     ) -> None:
         """Play `chains` with at most `concurrency` chains at once, each in order."""
         config, policy = prepared.config, prepared.policy
@@ -310,7 +268,9 @@ class Runner:
         description = visible(f"{config.model} {config.task}/{config.observation}")
         pending = deque(deque(chain) for chain in chains)
         with self._bar(total, description, "episode") as bar:
-            schedule = _Schedule(self, prepared, regime_of(config), pending, [], failures, bar)
+            schedule = Schedule(
+                self.store, self.poll_s, prepared, regime_of(config), pending, [], failures, bar
+            )
             with self._pauses_shown(bar, schedule):
                 bar.update(total - sum(len(chain) for chain in chains))
                 async with asyncio.TaskGroup() as group:
@@ -318,7 +278,7 @@ class Runner:
                         group.create_task(schedule.worker())
 
     @contextmanager
-    def _pauses_shown(self, bar: tqdm, schedule: _Schedule) -> Iterator[None]:
+    def _pauses_shown(self, bar: tqdm, schedule: Schedule) -> Iterator[None]:
         """Says when a server pauses the run: on the progress line, else (from 5 s) on stderr."""
         policy = schedule.prepared.policy
         caller = policy.caller
@@ -411,115 +371,6 @@ class Runner:
             {policy: baseline.episodes for policy, baseline in baselines.items()},
         )
         return replace(summary, details={**summary.details, **measures})
-
-
-@dataclass
-class _Schedule:
-    """The chains of one run still to play, shared by its workers; each chain's units are
-    played in order. A chain whose next unit another process is playing waits aside and is
-    polled until that unit is finished there, or its process ends (then it is played here)."""
-
-    runner: Runner
-    prepared: PreparedRun[Any, Any]
-    regime: Regime[Any, Any]
-    pending: deque[deque[UnitKey]]
-    waiting: list[deque[UnitKey]]  # chains whose next unit another process is playing
-    failures: _EpisodeFailures
-    bar: tqdm
-    shown_at: float = 0.0  # when the counts were last redrawn as steps went
-
-    async def worker(self) -> None:
-        while self.pending or self.waiting:
-            if not self.pending:
-                await asyncio.sleep(self.runner.poll_s)
-                self.pending.extend(self.waiting)
-                self.waiting.clear()
-                continue
-            await self.play_chain(self.pending.popleft())
-
-    @cached_property
-    def run_id(self) -> str:
-        return self.prepared.config.run_id  # a hash of the configuration: made once
-
-    async def play_chain(self, chain: deque[UnitKey]) -> None:
-        store = self.runner.store
-        # The next unit's claim, when taken with the end of the one before it.
-        claimed: tuple[Claim, str | None] | None = None
-        while chain:
-            unit = chain[0]
-            if claimed is None:
-                claimed = store.claim_episode(self.run_id, unit, self._seed(unit))
-            claim, claimed = claimed[0], None
-            if claim is Claim.DONE:
-                chain.popleft()
-                self.bar.update(1)
-                continue
-            played = False
-            if claim is Claim.OURS:
-                following = chain[1] if len(chain) > 1 else None
-                played, claimed = await self.play(unit, following)
-            if not played:
-                self.waiting.append(chain)
-                self.show()
-                return
-            if unit in self.failures.errors:
-                return  # the units after it in its chain build on it
-            chain.popleft()
-
-    def _seed(self, unit: UnitKey) -> int:
-        return self.regime.unit_seed(self.prepared.config, unit)
-
-    async def play(
-        self, unit: UnitKey, following: UnitKey | None = None
-    ) -> tuple[bool, tuple[Claim, str | None] | None]:
-        """Play `unit`: False if another process took it over meanwhile, and the claim of
-        the unit `following` it in its chain, taken with its end. Its records are stored as
-        the unit's, whatever the regime's play named them."""
-        run_id, policy, store = self.run_id, self.prepared.policy, self.runner.store
-        unwritten: list[StepRecord] = []
-        written_at = time.monotonic()
-        flushed = False  # whether some of its steps were written before its end
-
-        def on_step(step: StepRecord) -> None:
-            # Steps that come fast are written together (with the unit's end, for a short
-            # unit): a rerun replays an unfinished unit from its start anyway, its calls
-            # from the cache, so steps not yet written cost no call.
-            nonlocal written_at, flushed
-            unwritten.append(step.of_unit(unit))
-            if time.monotonic() - written_at >= STEPS_WRITTEN_EVERY_S:
-                store.record_steps(run_id, unwritten)
-                unwritten.clear()
-                written_at, flushed = time.monotonic(), True
-            self.show(as_steps_go=True)
-
-        try:
-            record = await self.regime.play(self.prepared, policy, unit, on_step)
-            following_claim = (following, self._seed(following)) if following else None
-            claimed = store.finish_episode(
-                run_id, record.of_unit(unit), unwritten, all_steps=not flushed,
-                claim_next=following_claim,
-            )  # fmt: skip
-        except ModelAuthError:
-            raise  # every other call would be refused too
-        except ClaimLostError:
-            return False, None
-        except Exception as error:
-            self.failures.errors[unit] = error
-            return True, None
-        self.bar.update(1)
-        return True, claimed
-
-    def show(self, as_steps_go: bool = False) -> None:
-        """The progress line's counts; as steps are played, redrawn at most every
-        `PROGRESS_EVERY_S` (a redraw costs more than a step of a scripted one-round unit)."""
-        if self.bar.disable:
-            return
-        if as_steps_go:
-            now = time.monotonic()
-            if now - self.shown_at < PROGRESS_EVERY_S:
-                return
-            self.shown_at = now
-        _show_progress(self.bar, self.prepared.policy, len(self.waiting))
 
 
 @dataclass(frozen=True)

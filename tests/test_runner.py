@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import StubModel
 
-from lmact import runner as runner_module
+from lmact import schedule as schedule_module
 from lmact.demos import DEMO_SEED_BASE, DemoStore
 from lmact.errors import LmactError
 from lmact.models.base import (
@@ -24,6 +24,7 @@ from lmact.models.base import (
     TextPart,
 )
 from lmact.prompting import ACTION_LABEL
+from lmact.regimes.icrl_config import make_icrl_config
 from lmact.regimes.imitation import make_config
 from lmact.runner import Runner
 from lmact.store import RunStore
@@ -287,7 +288,7 @@ def test_steps_that_come_fast_are_written_with_their_episodes_end(
     """Steps wait at most STEPS_WRITTEN_EVERY_S to be written: with no wait each step is its
     own write; with a long one an episode's steps go with its end. Either way the store
     holds the same steps."""
-    monkeypatch.setattr(runner_module, "STEPS_WRITTEN_EVERY_S", write_every_s)
+    monkeypatch.setattr(schedule_module, "STEPS_WRITTEN_EVERY_S", write_every_s)
     written: list[int] = []
     record_steps = run_store.record_steps
 
@@ -301,6 +302,36 @@ def test_steps_that_come_fast_are_written_with_their_episodes_end(
     steps = sum(episode.steps for episode in result.episodes)
     assert len(run_store.steps(config.run_id)) == steps > 3
     assert written == ([1] * steps if write_every_s == 0 else [])
+
+
+def test_a_chains_units_that_end_fast_are_written_together_with_the_same_records(
+    tmp_path: Path, demo_store: DemoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ends of a chain's units wait at most STEPS_WRITTEN_EVERY_S to be written: with no
+    wait each unit's end is a write of its own; with a long one a replicate's rounds are one
+    write. The stores hold the same episodes and steps either way."""
+    config = make_icrl_config("bandit_easy", model="ucb1", replicates=3)
+    stored = {}
+    for write_every_s in (0.0, 3600.0):
+        monkeypatch.setattr(schedule_module, "STEPS_WRITTEN_EVERY_S", write_every_s)
+        with RunStore(tmp_path / f"every-{write_every_s}.sqlite") as store:
+            writes: list[int] = []
+            finish_units = store.finish_units
+
+            def counted(run_id: str, ends: Sequence, claim_next: object = None) -> object:
+                writes.append(len(ends))  # noqa: B023 (called within this iteration)
+                return finish_units(run_id, ends, claim_next)  # noqa: B023
+
+            monkeypatch.setattr(store, "finish_units", counted)
+            runner = Runner(store, demo_store, progress=False)
+            runner.run(config, 20)
+            runner.close()
+            assert sorted(writes) == ([1] * 60 if write_every_s == 0 else [20, 20, 20])
+            episodes = store.finished_episodes(config.run_id)
+            steps = [(s.unit, s.action, s.reward) for s in store.steps(config.run_id)]
+            stored[write_every_s] = ({u: asdict(e) for u, e in episodes.items()}, steps)
+    assert len(stored[0.0][0]) == 60 and len(stored[0.0][1]) == 60
+    assert stored[0.0] == stored[3600.0]
 
 
 def test_a_model_that_cannot_constrain_plays_unconstrained_and_the_run_says_so(
