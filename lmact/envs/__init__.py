@@ -34,8 +34,8 @@ BUILTIN_ENVIRONMENTS: dict[str, str] = {
 
 
 @cache
-def installed_entry_points() -> tuple[EntryPoint, ...]:
-    """Every installed distribution's entry points, of every group, read once a process:
+def installed_entry_points() -> dict[str, tuple[EntryPoint, ...]]:
+    """Every installed distribution's entry points, by group, read once a process:
     a scan reads each distribution's metadata (a tenth of a second here), and the
     environments, tasks, regimes and providers each look for their own group.
 
@@ -43,20 +43,22 @@ def installed_entry_points() -> tuple[EntryPoint, ...]:
     every distribution's, so that a name two packages claim is seen (a distribution found twice
     on the path counts once, as there).
     """
-    found: list[EntryPoint] = []
+    found: dict[str, list[EntryPoint]] = {}
     seen: set[str] = set()
     for dist in distributions():
         name = re.sub(r"[-_.]+", "-", dist.name or "").lower()
         if name and name in seen:
             continue
         seen.add(name)
-        found.extend(dist.entry_points)
-    return tuple(found)
+        for entry_point in dist.entry_points:
+            found.setdefault(entry_point.group, []).append(entry_point)
+    return {group: tuple(entry_points) for group, entry_points in found.items()}
 
 
 def plugin_entry_points(group: str) -> tuple[EntryPoint, ...]:
-    """The installed entry points of `group` (`installed_entry_points`)."""
-    return tuple(e for e in installed_entry_points() if e.group == group)
+    """The installed entry points of `group` (`installed_entry_points`): the same tuple at
+    every call, which callers cache their reading of."""
+    return installed_entry_points().get(group, ())
 
 
 def entry_point_origin(entry_point: EntryPoint) -> str:
