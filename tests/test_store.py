@@ -3,6 +3,7 @@ objects, the pinned facts that a resumed run must keep, and the model-call cache
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from lmact.records import (
 from lmact.regimes.icrl import IcrlRegime, make_icrl_config
 from lmact.regimes.icrl_facts import shown_context
 from lmact.runner import Runner
-from lmact.store import Claim, RunStore, StoreError, schema
+from lmact.store import Claim, ClaimLostError, RunStore, StoreError, UnitEnd, schema
+from lmact.store.base import FACTS_TEXT
 
 EVALUATION = UnitKind.EVALUATION
 
@@ -201,6 +203,48 @@ def test_a_units_end_can_claim_the_next_unit_of_its_chain_in_one_transaction(
                                  all_steps=True, claim_next=(third, 9))  # fmt: skip
         assert other.claim_episode("r", third, 9)[0] is Claim.OURS
         assert list(store.finished_episodes("r")) == [first]
+
+
+def test_the_ends_of_several_units_are_written_in_one_transaction_or_none(
+    tmp_path: Path,
+) -> None:
+    units = [UnitKey(0, index) for index in range(4)]
+    ends = [UnitEnd(an_episode(unit), [a_step(unit)], True) for unit in units]
+    with RunStore(tmp_path / "runs.sqlite") as store, RunStore(tmp_path / "runs.sqlite") as other:
+        other.owner = "another-host:1:1"  # a live claim of another process (its heartbeat)
+        assert store.claim_episode("r", units[0], 7)[0] is Claim.OURS
+        assert other.claim_episode("r", units[2], 7)[0] is Claim.OURS
+        # The third unit is another process's: nothing of the three is written.
+        with pytest.raises(ClaimLostError):
+            store.finish_units("r", ends[:3], claim_next=(units[3], 7))
+        assert store.finished_episodes("r") == {} and store.steps("r") == []
+        assert other.claim_episode("r", units[0], 7)[0] is Claim.BUSY  # still ours
+        other.release_claims()
+        # The later units are claimed with the first one's end; the next unit after them.
+        assert store.finish_units("r", ends[:3], claim_next=(units[3], 7)) == (Claim.OURS, None)
+        assert list(store.finished_episodes("r")) == units[:3]
+        assert [step.unit for step in store.steps("r")] == units[:3]
+        assert other.claim_episode("r", units[3], 7)[0] is Claim.BUSY
+
+
+def test_first_step_groups_count_the_finished_units_first_steps_by_their_values(
+    tmp_path: Path,
+) -> None:
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        for chain in range(3):
+            play(store, UnitKey(chain, 0), facts={"held": chain % 2})
+            play(store, UnitKey(chain, 1), facts={"held": 5})
+        play(store, UnitKey(0, 0, EVALUATION), facts={"held": 9})  # another kind
+        store.claim_episode("r", UnitKey(3, 0), 7)  # unfinished: not counted
+        store.record_step("r", a_step(UnitKey(3, 0), facts={"held": 0}))
+        groups = store.first_step_groups(
+            "r", ("episode", FACTS_TEXT), "prompt_tokens", [UnitKind.EPISODE]
+        )
+    counted = sorted((e, json.loads(t)["held"], n, tokens, c) for e, t, n, tokens, c in groups)
+    # Each group: its values, its steps, their prompt tokens (1 a step), its first chain.
+    assert counted == [
+        (0, 0, 2, 2, 0), (0, 1, 1, 1, 1), (1, 5, 3, 3, 0)
+    ]  # fmt: skip
 
 
 def test_a_store_on_a_network_filesystem_is_refused_in_one_line(

@@ -142,6 +142,14 @@ class StepColumns(Protocol):
         self, kinds: Collection[UnitKind] | None = None, first_step: bool = False
     ) -> Iterable[StepRecord]: ...
 
+    def first_step_groups(
+        self, columns: Sequence[str], summed: str, kinds: Collection[UnitKind]
+    ) -> Iterable[tuple[Any, ...]]:
+        """The first steps of the run's finished units of `kinds`, grouped by `columns`:
+        each group's values, its count of steps, the sum of their `summed` column and the
+        first chain it holds a step of."""
+        ...
+
     def read_facts(self, text: str, where: str) -> dict[str, Any]:
         """A step's facts from their stored text (`values` of `FACTS_TEXT`)."""
         ...
@@ -205,7 +213,9 @@ class Regime(ABC, Generic[Config, Plan]):
     def chains(self, config: Config, episodes: int) -> Iterator[list[UnitKey]]:
         """The units as chains, one at a time (a reader of the first few makes only those):
         a chain's units are played in order, one after another (each may learn from those
-        before it); chains run concurrently. By default every unit is a chain of its own."""
+        before it); chains run concurrently. By default every unit is a chain of its own.
+        Their units' chain indices never fall from one chain to the next: a viewer of the
+        first units played reads the first chains' units only."""
         return ([unit] for unit in self.units(config, episodes))
 
     def run_length(self, config: Config, unit: UnitKey) -> int:

@@ -80,7 +80,7 @@ def icrl_measures(
             np.mean([sum(e) - sum(m) for e, m in zip(expert, returns, strict=True)])
         )  # fmt: skip
     if want("context_length"):
-        measures["context_length"] = context_lengths(episodes, steps)
+        measures["context_length"] = context_lengths(steps)
     environment = get_task(config.task).environment
     if environment == "bandit" and want(*BANDIT_FIELDS, *BANDIT_CURVES, REGRET_CURVE):
         rounds = bandit_rounds(config, episodes, steps)
@@ -105,32 +105,29 @@ def by_replicate(episodes: Sequence[EpisodeResult]) -> list[list[float]]:
     return [[value for _, _, value in chain] for _, chain in groupby(keyed, itemgetter(0))]
 
 
-def context_lengths(
-    episodes: Sequence[EpisodeResult], steps: StepColumns
-) -> list[dict[str, float]]:
+def context_lengths(steps: StepColumns) -> list[dict[str, float]]:
     """Per episode index, the mean over replicates of what its first step's context held:
-    earlier episodes (`examples`) and the prompt's tokens as the model counted them."""
-    units = {(record.chain, record.episode) for record in episodes}
-    by_index: dict[int, list[tuple[int, int]]] = {}
-    columns = ("chain", "episode", "step", FACTS_TEXT, "prompt_tokens")
-    # A replicate's steps repeat a few hundred distinct records (how many earlier episodes,
-    # drawn how): each distinct text is read and checked once.
-    held_of: dict[str, int] = {}
-    for chain, episode, step, text, tokens in steps.values(columns, EPISODES, first_step=True):
-        if (chain, episode) not in units:
-            continue
-        if text not in held_of:
-            facts = steps.read_facts(text, f"step {step} of episode {episode} (chain {chain})")
-            held_of[text] = context_held(FactsRow(chain, episode, step, facts)) or 0
-        by_index.setdefault(episode, []).append((held_of[text], tokens or 0))
+    earlier episodes (`examples`) and the prompt's tokens as the model counted them. Each
+    distinct record (a replicate's steps repeat a few hundred: how many earlier episodes,
+    drawn how) is read and checked once, its steps counted by the store."""
+    by_index: dict[int, list[tuple[int, int, int]]] = {}  # held, steps, their tokens
+    groups = steps.first_step_groups(("episode", FACTS_TEXT), "prompt_tokens", EPISODES)
+    for episode, text, count, tokens, chain in groups:
+        facts = steps.read_facts(text, f"step 0 of episode {episode} (chain {chain})")
+        held = context_held(FactsRow(chain, episode, 0, facts)) or 0
+        by_index.setdefault(episode, []).append((held, count, tokens))
     return [
         {
             "episode": index,
-            "examples": float(np.mean([held for held, _ in first])),
-            "prompt_tokens": float(np.mean([tokens for _, tokens in first])),
+            "examples": sum(held * count for held, count, _ in groups) / _steps(groups),
+            "prompt_tokens": sum(tokens for _, _, tokens in groups) / _steps(groups),
         }
-        for index, first in sorted(by_index.items())
+        for index, groups in sorted(by_index.items())
     ]
+
+
+def _steps(groups: list[tuple[int, int, int]]) -> int:
+    return sum(count for _, count, _ in groups)
 
 
 def held_out_accuracy(

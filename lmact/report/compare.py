@@ -148,9 +148,12 @@ def find_comparisons(
     The work grows with the runs, not with their pairs: runs alike in every option and seed
     are one kind, and only pairs of kinds are looked at (`find_pairs`)."""
     runs = {run.run_id: run for run in store.runs()}
+    read: dict[str, list[EpisodeRecord]] = {}  # a run's seeds and its pairs read it once
 
     def episodes_of(row: dict[str, Any]) -> list[EpisodeRecord]:
-        return list(scored_episodes(store, runs[row["run_id"]]).values())
+        if row["run_id"] not in read:
+            read[row["run_id"]] = list(scored_episodes(store, runs[row["run_id"]]).values())
+        return read[row["run_id"]]
 
     seed_sets: dict[frozenset[int], frozenset[int]] = {}  # one object per set of seeds
     compared: list[dict[str, Any]] = []

@@ -37,7 +37,7 @@ import copy
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lmact.demos import DemoStore
 from lmact.envs.base import Observation, classify_answer
@@ -286,15 +286,16 @@ def view_run(
     run: RunRecord,
     demo_store: DemoStore | None = None,
     max_episodes: int | None = None,
-    finished: list[UnitKey] | None = None,
+    finished: FinishedUnits | None = None,
 ) -> ViewedRun:
     """The finished episodes of `run` (all, or the first `max_episodes` in the order they
     are played), their steps rebuilt where they can be; `finished`: the run's finished
     units, if the caller has read them already."""
-    finished = _finished_units(store, run.run_id) if finished is None else finished
+    if finished is None:
+        finished = _finished_units(store, run.run_id, max_episodes)
     steps_of = store.finished_steps(run.run_id)  # one reader, shared by all that reads steps
     config = readable_config(run)
-    order = _shown_units(config, finished, max_episodes)
+    order = _shown_units(config, finished.keys, max_episodes)
     if config is None:
         replay = _Replay(run_notes=["this run's configuration is not one this lmact reads"])
     else:
@@ -314,12 +315,28 @@ def view_run(
         episodes.append(
             ViewedEpisode(record, _unit_label(config, unit), steps, replay.notes.get(unit))
         )
-    return ViewedRun(run, config, episodes, replay.run_notes, len(finished))
+    return ViewedRun(run, config, episodes, replay.run_notes, finished.count)
 
 
-def _finished_units(store: RunStore, run_id: str) -> list[UnitKey]:
-    """The keys of a run's finished units, in the store's order (no record is built)."""
-    return store.finished_unit_keys(run_id)
+class FinishedUnits(NamedTuple):
+    """A run's finished units as a page reads them: their keys, all of them or enough for
+    the page, and how many there are."""
+
+    keys: list[UnitKey]
+    count: int
+
+
+def _finished_units(store: RunStore, run_id: str, enough: int | None = None) -> FinishedUnits:
+    """The keys of a run's finished units, in the store's order (no record is built): all,
+    or, for a page of its first `enough` units, those of its first `enough` chains where
+    they are as many (a chain's units are played first to last, so the first units played
+    are there; a run of 1,000 replicates so reads 20 chains' keys, not 100,000)."""
+    if enough is not None:
+        keys = store.finished_unit_keys(run_id, chains=enough)
+        if len(keys) >= enough:
+            return FinishedUnits(keys, store.finished_count(run_id))
+    keys = store.finished_unit_keys(run_id)
+    return FinishedUnits(keys, len(keys))
 
 
 def _unit_label(config: RegimeConfig | None, unit: UnitKey) -> str:
@@ -355,12 +372,12 @@ def render_viewer(
     first. `run_id` may be a prefix."""
     run = resolve_run(store, run_id)
     chosen = UnitKey(0, episode) if isinstance(episode, int) else episode
-    finished = _finished_units(store, run.run_id)
+    finished = _finished_units(store, run.run_id, max_episodes if chosen is None else None)
     config = readable_config(run)
-    if chosen is not None and chosen not in set(finished):
+    if chosen is not None and chosen not in set(finished.keys):
         raise LmactError(
             f"run {run.run_id} has no finished {_unit_label(config, chosen)}; "
-            f"its finished episodes: {_some(config, sorted(finished))}"
+            f"its finished episodes: {_some(config, sorted(finished.keys))}"
         )
     view = view_run(store, run, demo_store, max_episodes, finished)
     shown = [viewed.record.unit for viewed in view.episodes]

@@ -20,8 +20,9 @@ from lmact.store.base import (
     claim_alive,
     process_identity,
 )
+from lmact.store.reader import StoredSteps
 from lmact.store.schema import APPLICATION_ID, SCHEMA_VERSION
-from lmact.store.sqlite import OPEN_TIMEOUT_S, RunStore, StoredSteps
+from lmact.store.sqlite import OPEN_TIMEOUT_S, RunStore
 
 __all__ = [
     "APPLICATION_ID",

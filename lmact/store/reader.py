@@ -11,7 +11,7 @@ from lmact.records import StepRecord, UnitKey, UnitKind, Usage, column_names
 from lmact.store.base import read_facts
 
 if TYPE_CHECKING:
-    from lmact.store.sqlite import RunStore
+    from lmact.store.reads import StoreReads as RunStore
 
 _TOKENS = frozenset(TOKEN_FIELDS)
 
@@ -44,6 +44,12 @@ class StoredSteps:
     ) -> Iterator[tuple[Any, ...]]:
         """`RunStore.step_values` of the run."""
         return self._store.step_values(self._run_id, columns, kinds, first_step)
+
+    def first_step_groups(
+        self, columns: Sequence[str], summed: str, kinds: Collection[UnitKind]
+    ) -> list[tuple[Any, ...]]:
+        """`RunStore.first_step_groups` of the run."""
+        return self._store.first_step_groups(self._run_id, columns, summed, kinds)
 
     def read_facts(self, text: str, where: str) -> dict[str, Any]:
         """A step's facts from their stored text; a damaged text is a one-line StoreError

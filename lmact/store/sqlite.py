@@ -12,63 +12,40 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lmact.models.base import TOKEN_FIELDS
 from lmact.records import (
-    AnswerKind,
     EpisodeRecord,
     StepRecord,
-    StopReason,
     UnitKey,
-    UnitKind,
-    Usage,
-    column_names,
 )
 from lmact.store import schema
 from lmact.store.base import (
     DEFAULT_STORE,
-    FACTS_TEXT,
     Claim,
     ClaimLostError,
-    RunRecord,
     StoreError,
     UnitEnd,
-    UnitResult,
-    UnitSums,
     claim_alive,
     facts_text,
     process_identity,
-    read_config,
     read_facts,
     row_values,
     step_rows,
-    stored_word,
     totals_agree,
     unit_named,
 )
 from lmact.store.merge import Merged, merge_database
-from lmact.store.reader import StoredSteps
-
-# The columns a record's usage is read back from (a set: every column of every row is
-# tested against it when a report reads thousands of episodes).
-_USAGE_COLUMNS = frozenset(TOKEN_FIELDS)
+from lmact.store.reads import AT_UNIT, StoreReads, unit_key
 
 # How long opening a store waits for other processes that hold it (creating it, say).
 OPEN_TIMEOUT_S = 60.0
-# A unit's key in a WHERE clause, bound from `_key`.
-_AT_UNIT = "chain = ? AND unit_kind = ? AND episode = ?"
-_UNIT_ORDER = "chain, unit_kind, episode"
 
 
-def _key(unit: UnitKey) -> tuple[int, str, int]:
-    return unit.chain, unit.kind.value, unit.index
-
-
-class RunStore:
+class RunStore(StoreReads):
     """One SQLite file; also the model-call cache (`get_call` / `put_call`).
 
     Any number of processes may share one store: an episode is played by the one process
@@ -252,28 +229,6 @@ class RunStore:
             self._db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
             return dropped.rowcount
 
-    def runs(self) -> list[RunRecord]:
-        with self._guard():
-            rows = self._db.execute(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY created").fetchall()
-        return [self._run_record(row) for row in rows]
-
-    def run(self, run_id: str) -> RunRecord | None:
-        """One run by its id; None if the store has none of that id."""
-        with self._guard():
-            row = self._db.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
-            ).fetchone()
-        return self._run_record(row) if row is not None else None
-
-    def _run_record(self, row: tuple) -> RunRecord:
-        run_id, config, created, facts = row
-        return RunRecord(
-            run_id,
-            read_config(config, run_id, self.path),
-            created,
-            read_facts(facts, f"run {run_id}", self.path),
-        )
-
     # Sweeps.
 
     def save_sweep(self, name: str, grid: dict[str, Any], run_ids: list[str]) -> None:
@@ -290,78 +245,7 @@ class RunStore:
                 [(name, run_id) for run_id in run_ids],
             )
 
-    def sweep_runs(self, name: str) -> set[str]:
-        """The run ids of a sweep; StoreError naming the sweeps there are if it is unknown."""
-        with self._guard():
-            known = [row[0] for row in self._db.execute("SELECT name FROM sweeps ORDER BY name")]
-            rows = self._db.execute("SELECT run_id FROM sweep_runs WHERE name = ?", (name,))
-            run_ids = {row[0] for row in rows}
-        if name not in known:
-            listed = ", ".join(known) if known else "none yet"
-            raise StoreError(f"no sweep {name!r} in {self.path} (sweeps: {listed})")
-        return run_ids
-
     # Episodes and steps.
-
-    def finished_episodes(
-        self, run_id: str, units: Collection[UnitKey] | None = None
-    ) -> dict[UnitKey, EpisodeRecord]:
-        """A run's finished units (all, or those of `units` that are), chain by chain
-        (episodes, then evaluations)."""
-        names = column_names(EpisodeRecord)
-        select = f"SELECT {', '.join(names)} FROM episodes WHERE run_id = ? AND status = 'done'"
-        with self._guard(), self._transaction("BEGIN"):
-            if units is None:
-                rows = self._db.execute(f"{select} ORDER BY {_UNIT_ORDER}", (run_id,)).fetchall()
-            else:  # a page's few units, each by its key
-                rows = [
-                    row
-                    for unit in sorted(units)
-                    for row in self._db.execute(f"{select} AND {_AT_UNIT}", (run_id, *_key(unit)))
-                ]
-        records = [self._episode_record(run_id, dict(zip(names, row, strict=True))) for row in rows]
-        return {record.unit: record for record in records}
-
-    def finished_unit_keys(self, run_id: str) -> list[UnitKey]:
-        """The keys of a run's finished units, chain by chain, and nothing else of them."""
-        with self._guard():
-            rows = self._db.execute(
-                "SELECT chain, unit_kind, episode FROM episodes WHERE run_id = ? AND "
-                f"status = 'done' ORDER BY {_UNIT_ORDER}",
-                (run_id,),
-            ).fetchall()
-        kinds = {kind.value: kind for kind in UnitKind}  # words not lmact's: a damaged store
-        return [
-            UnitKey(c, i, kinds.get(k) or stored_word(UnitKind, k, self.path)) for c, k, i in rows
-        ]
-
-    def finished_units(
-        self, run_id: str, kinds: Collection[UnitKind] | None = None
-    ) -> tuple[list[UnitResult], UnitSums]:
-        """A run's finished units (of `kinds`, or all), chain by chain, as a score reads
-        them: each one's key, seed, return and cost (`UnitResult`), and their sums of
-        steps, answer kinds and tokens, summed by SQL; both as of one moment."""
-        where = f"run_id = ? AND status = 'done'{_kinds_clause(kinds)}"
-        params = (run_id, *(kind.value for kind in kinds or ()))
-        summed = ", ".join(f"COALESCE(SUM({name}), 0)" for name in _SUMMED)
-        with self._guard(), self._transaction("BEGIN"):
-            rows = self._db.execute(
-                "SELECT chain, unit_kind, episode, seed, total_return, cost_usd FROM episodes "
-                f"WHERE {where} ORDER BY {_UNIT_ORDER}",
-                params,
-            ).fetchall()
-            count, *sums = self._db.execute(
-                f"SELECT COUNT(*), {summed} FROM episodes WHERE {where}", params
-            ).fetchone()
-        make, words = UnitResult._make, {kind.value: kind for kind in UnitKind}
-        try:
-            units = [make((c, words[w], e, s, r, k)) for c, w, e, s, r, k in rows]
-        except KeyError as error:
-            stored_word(UnitKind, error.args[0], self.path)  # raises: a word lmact never writes
-            raise
-        totals = dict(zip(_SUMMED, sums, strict=True))
-        usage = Usage.from_columns(totals)
-        return units, UnitSums(count, *(totals[name] for name in _SUMMED[:5]), usage)
 
     def _held_by_other(self, owner: str | None, heartbeat: float | None) -> bool:
         return owner is not None and owner != self.owner and claim_alive(owner, heartbeat)
@@ -379,13 +263,13 @@ class RunStore:
         taken = self._db.execute(
             "INSERT INTO episodes (run_id, chain, unit_kind, episode, seed, status, owner, "
             "heartbeat) VALUES (?, ?, ?, ?, ?, 'running', ?, ?) ON CONFLICT DO NOTHING",
-            (run_id, *_key(unit), seed, self.owner, time.time()),
+            (run_id, *unit_key(unit), seed, self.owner, time.time()),
         )
         if taken.rowcount == 1:
             return Claim.OURS, None
         row = self._db.execute(
-            f"SELECT status, owner, heartbeat FROM episodes WHERE run_id = ? AND {_AT_UNIT}",
-            (run_id, *_key(unit)),
+            f"SELECT status, owner, heartbeat FROM episodes WHERE run_id = ? AND {AT_UNIT}",
+            (run_id, *unit_key(unit)),
         ).fetchone()
         if row is not None:
             status, owner, heartbeat = row
@@ -394,20 +278,20 @@ class RunStore:
             if self._held_by_other(owner, heartbeat):
                 return Claim.BUSY, owner
             self._db.execute(  # an earlier attempt's: a unit never claimed has none
-                f"DELETE FROM steps WHERE run_id = ? AND {_AT_UNIT}", (run_id, *_key(unit))
+                f"DELETE FROM steps WHERE run_id = ? AND {AT_UNIT}", (run_id, *unit_key(unit))
             )
         self._db.execute(
             "INSERT OR REPLACE INTO episodes (run_id, chain, unit_kind, episode, seed, "
             "status, owner, heartbeat) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
-            (run_id, *_key(unit), seed, self.owner, time.time()),
+            (run_id, *unit_key(unit), seed, self.owner, time.time()),
         )
         return Claim.OURS, None
 
     def _check_claim(self, run_id: str, unit: UnitKey) -> None:
         touched = self._db.execute(
-            f"UPDATE episodes SET heartbeat = ? WHERE run_id = ? AND {_AT_UNIT} "
+            f"UPDATE episodes SET heartbeat = ? WHERE run_id = ? AND {AT_UNIT} "
             "AND status = 'running' AND owner = ?",
-            (time.time(), run_id, *_key(unit), self.owner),
+            (time.time(), run_id, *unit_key(unit), self.owner),
         )
         if touched.rowcount != 1:
             raise ClaimLostError(_taken_over(run_id, unit))
@@ -476,13 +360,13 @@ class RunStore:
         else:
             count, rewards = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(reward), 0) FROM steps "
-                f"WHERE run_id = ? AND {_AT_UNIT}",
-                (run_id, *_key(unit)),
+                f"WHERE run_id = ? AND {AT_UNIT}",
+                (run_id, *unit_key(unit)),
             ).fetchone()
         finished = self._db.execute(  # only while this process holds the unit
             f"UPDATE episodes SET status = 'done', owner = NULL, {assignments} "
-            f"WHERE run_id = ? AND {_AT_UNIT} AND status = 'running' AND owner = ?",
-            (*values.values(), run_id, *_key(unit), self.owner),
+            f"WHERE run_id = ? AND {AT_UNIT} AND status = 'running' AND owner = ?",
+            (*values.values(), run_id, *unit_key(unit), self.owner),
         )
         if finished.rowcount != 1:
             raise ClaimLostError(_taken_over(run_id, unit))
@@ -503,106 +387,6 @@ class RunStore:
         with self._guard():
             self._db.execute(query, params)
 
-    def steps(self, run_id: str, unit: UnitKey | None = None, count: int = 1) -> list[StepRecord]:
-        """A run's stored steps (of one unit and the `count` - 1 after it in its chain, or
-        of all), chain by chain, in order."""
-        names = column_names(StepRecord)
-        query = f"SELECT {', '.join(names)} FROM steps WHERE run_id = ?"
-        params: tuple = (run_id,)
-        if unit is not None:
-            query += " AND chain = ? AND unit_kind = ? AND episode >= ? AND episode < ?"
-            params += (*_key(unit), unit.index + count)
-        with self._guard():
-            rows = self._db.execute(f"{query} ORDER BY {_UNIT_ORDER}, step", params).fetchall()
-        return [self._step_record(run_id, dict(zip(names, row, strict=True))) for row in rows]
-
-    def finished_steps(self, run_id: str) -> StoredSteps:
-        """A reader of a finished run's steps (`StoredSteps`): nothing is read until asked."""
-        return StoredSteps(self, run_id)
-
-    def step_values(
-        self,
-        run_id: str,
-        columns: Sequence[str],
-        kinds: Collection[UnitKind] | None = None,
-        first_step: bool = False,
-    ) -> Iterator[tuple[Any, ...]]:
-        """Only `columns` of a run's stored steps (of units of `kinds`, or all; with
-        `first_step`, each unit's first), unit by unit in order, as a stream: what a measure
-        reads of many steps, without their completions. `unit_kind`, `kind` and
-        `stop_reason` come back as their enums, `from_cache` as a bool, `facts` as a dict
-        (`FACTS_TEXT`: as the JSON text stored, for a reader that parses each distinct text
-        once)."""
-        unknown = [name for name in columns if name not in _STEP_COLUMNS | {FACTS_TEXT}]
-        if unknown or not columns:
-            raise ValueError(f"not columns of a stored step: {unknown or columns!r}")
-        read = [self._reader_of(name, run_id) for name in columns]
-        selected = ["facts" if name == FACTS_TEXT else name for name in columns]
-        query = (
-            f"SELECT {', '.join(selected)} FROM steps WHERE run_id = ?{_kinds_clause(kinds)}"
-            f"{' AND step = 0' if first_step else ''} ORDER BY {_UNIT_ORDER}, step"
-        )
-        with self._guard():
-            cursor = self._db.execute(query, (run_id, *(kind.value for kind in kinds or ())))
-            while rows := cursor.fetchmany(4096):
-                if not any(read):
-                    yield from rows
-                    continue
-                for row in rows:
-                    yield tuple(v if r is None else r(v) for r, v in zip(read, row, strict=True))
-
-    def _reader_of(self, column: str, run_id: str) -> Callable[[Any], Any] | None:
-        """How `step_values` reads a stored column back (None: as it is)."""
-        words = {"unit_kind": UnitKind, "kind": AnswerKind, "stop_reason": StopReason}
-        if column in words:
-            vocabulary = words[column]
-            return lambda value: stored_word(vocabulary, value, self.path)
-        if column == "from_cache":
-            return bool
-        if column == "facts":
-            return lambda value: read_facts(value, f"a step of run {run_id}", self.path)
-        return None
-
-    def _step_record(self, run_id: str, values: dict[str, Any]) -> StepRecord:
-        usage = Usage.from_columns(values)
-        plain = {k: v for k, v in values.items() if k not in _USAGE_COLUMNS}
-        unit = self._unit(values)
-
-        def where() -> str:
-            return f"step {values['step']} of {unit_named(unit)} of run {run_id}"
-
-        return StepRecord(
-            **{
-                **plain,
-                "kind": stored_word(AnswerKind, values["kind"], self.path),
-                "stop_reason": stored_word(StopReason, values["stop_reason"], self.path),
-                "from_cache": bool(values["from_cache"]),
-                "usage": usage,
-                "unit_kind": unit.kind,
-                "facts": read_facts(values["facts"], where, self.path),
-            }
-        )
-
-    def _episode_record(self, run_id: str, values: dict[str, Any]) -> EpisodeRecord:
-        usage = Usage.from_columns(values)
-        plain = {k: v for k, v in values.items() if k not in _USAGE_COLUMNS}
-        unit = self._unit(values)
-        return EpisodeRecord(
-            **{
-                **plain,
-                "terminated": bool(values["terminated"]),
-                "usage": usage,
-                "unit_kind": unit.kind,
-                "facts": read_facts(
-                    values["facts"], lambda: f"{unit_named(unit)} of run {run_id}", self.path
-                ),
-            }
-        )
-
-    def _unit(self, values: dict[str, Any]) -> UnitKey:
-        kind = stored_word(UnitKind, values["unit_kind"], self.path)
-        return UnitKey(values["chain"], values["episode"], kind)
-
     def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> _Transaction:
         """A write transaction; with "BEGIN", reads of one moment (SQLite's snapshot)."""
         return _Transaction(self._db, begin)
@@ -619,20 +403,7 @@ class _Transaction:
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
-_RUN_COLUMNS = "run_id, config, created, facts"
 _KEY_COLUMNS = frozenset({"chain", "unit_kind", "episode"})
-_STEP_COLUMNS = frozenset(column_names(StepRecord))
-# The episodes' columns `finished_units` sums: the answer kinds' first (as `UnitSums`).
-_SUMMED = ("steps", "illegal", "invalid", "empty", "unreadable", *TOKEN_FIELDS)
-
-
-def _kinds_clause(kinds: Collection[UnitKind] | None) -> str:
-    """The condition on units' kinds, its values bound after the others; none for None.
-    Not a constraint on the key's index (`+`): with one, SQLite sorts what the index gives
-    in order."""
-    if kinds is None:
-        return ""
-    return f" AND +unit_kind IN ({', '.join('?' * len(kinds))})"
 
 
 def _taken_over(run_id: str, unit: UnitKey) -> str:
