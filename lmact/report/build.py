@@ -24,6 +24,7 @@ from lmact.report.tables import (
     FORMATS,
     SUFFIXES,
     TABLE_FIELDS,
+    Baselines,
     collector_paused,
     curve_rows,
     format_table,
@@ -134,7 +135,11 @@ def _table_report(request: _Request) -> Report:
 
         check_matplotlib()  # without it, fail before anything is written
     fmt = request.fmt
-    rows = _report_rows(request)
+    compares = fmt == "markdown" and not request.curves
+    with _opened(request) as store:
+        reads = Baselines(store, keep_runs=compares)  # the comparisons read runs again
+        rows = _report_rows(request, store, reads)
+        comparisons = _comparison_section(store, rows, reads) if compares else ""
     curves = curve_rows(rows)
     if request.curves and not curves and fmt == "markdown":
         raise LmactError("the run store holds no in-context RL run (--regime icrl) yet")
@@ -146,8 +151,7 @@ def _table_report(request: _Request) -> Report:
         )
     else:  # markdown leads with each regime's pivot; CSV and JSON keep every column
         table = markdown_report(rows) if fmt == "markdown" else format_table(rows, fmt)
-    if fmt == "markdown" and not request.curves:
-        table += _comparison_section(request.store, rows)
+    table += comparisons
     written = []
     if request.plot is not None:
         written += _plot_files(rows, curves, request.plot, "--plot")
@@ -181,21 +185,26 @@ def _known(rows: list[dict[str, Any]], column: str) -> set[str]:
     return {str(row[column]) for row in rows if row.get(column) is not None}
 
 
-def _report_rows(request: _Request) -> list[dict[str, Any]]:
-    """The rows the report shows: the selected runs (with their episodes for JSON), with
-    the measures it shows (a table of runs needs no learning curve)."""
+def _opened(request: _Request) -> RunStore:
+    """The report's store, open; a one-line error where there is none."""
     if not request.store.exists():
         raise LmactError(f"no run store at {request.store}; start with `lmact run`")
-    with RunStore(request.store) as store:
-        members = store.sweep_runs(request.sweep) if request.sweep is not None else None
-        rows = report_rows(store, _wanted(request))
-        tasks = _names(request.tasks, rows, "task")
-        models = _names(request.models, rows, "model")
-        _check_names(rows, "task", tasks)
-        _check_names(rows, "model", models)
-        rows = select_rows(rows, tasks=tasks, models=models, run_ids=members)
-        if request.fmt == "json" and not request.curves:
-            rows = with_episodes(store, rows)
+    return RunStore(request.store)
+
+
+def _report_rows(request: _Request, store: RunStore, reads: Baselines) -> list[dict[str, Any]]:
+    """The rows the report shows: the selected runs (with their episodes for JSON), with
+    the measures it shows (a table of runs needs no learning curve); their units read
+    through `reads`, which keeps them for the comparisons."""
+    members = store.sweep_runs(request.sweep) if request.sweep is not None else None
+    rows = report_rows(store, _wanted(request), reads)
+    tasks = _names(request.tasks, rows, "task")
+    models = _names(request.models, rows, "model")
+    _check_names(rows, "task", tasks)
+    _check_names(rows, "model", models)
+    rows = select_rows(rows, tasks=tasks, models=models, run_ids=members)
+    if request.fmt == "json" and not request.curves:
+        rows = with_episodes(store, rows)
     return rows
 
 
@@ -221,13 +230,13 @@ def _check_names(rows: list[dict[str, Any]], column: str, names: list[str] | Non
             raise LmactError(f"no run of {column} {name!r} in the store ({column}s: {listed})")
 
 
-def _comparison_section(store_path: Path, rows: list[dict[str, Any]]) -> str:
+def _comparison_section(store: RunStore, rows: list[dict[str, Any]], reads: Baselines) -> str:
     """The report's paired comparisons of the rows' runs that share test seeds, after the
     tables and a blank line; empty when no two runs do."""
     from lmact.report.compare import comparison_section, find_comparisons
 
-    with RunStore(store_path) as store, collector_paused():
-        found = find_comparisons(store, rows)
+    with collector_paused():
+        found = find_comparisons(store, rows, reads=reads)
     section = comparison_section(found.rows, found.left_off, found.counted)
     return f"\n{section}" if section else ""
 
@@ -235,7 +244,6 @@ def _comparison_section(store_path: Path, rows: list[dict[str, Any]]) -> str:
 def _html_report(request: _Request) -> Report:
     """`out`/index.html, and `out`/runs/RUN_ID.html, the viewer page of each run (its first
     `view_episodes` episodes; of the first MAX_VIEWER_PAGES runs) that the index links to."""
-    from lmact.report.compare import comparison_rows
     from lmact.report.html import render_report
     from lmact.report.plots import check_matplotlib, report_figures
 
@@ -246,7 +254,7 @@ def _html_report(request: _Request) -> Report:
         raise OptionError(Named("curves"), " is for the table formats; the HTML report draws "
                           "the learning curves")  # fmt: skip
     check_matplotlib()  # without it, fail before anything is written
-    rows = _report_rows(request)
+    rows, compared = _rows_compared(request)
     if not rows:
         raise LmactError("the selected runs have no finished episode yet; start with `lmact run`")
     curves = curve_rows(rows)
@@ -254,8 +262,6 @@ def _html_report(request: _Request) -> Report:
     viewed = DEFAULT_VIEW_EPISODES if request.view_episodes is None else request.view_episodes
     viewed_runs = [row["run_id"] for row in rows[:MAX_VIEWER_PAGES]]
     pages, left_out = _viewer_pages(request, viewed_runs, viewed)
-    with RunStore(request.store) as store, collector_paused():
-        compared, _ = comparison_rows(store, rows)
     notes = [
         f"Viewer pages of {counted(len(left_out), 'run')} left out, each over "
         f"{request.view_max_mb:g} MB: {', '.join(left_out)}; `lmact view RUN_ID` writes one."
@@ -269,6 +275,19 @@ def _html_report(request: _Request) -> Report:
     index = request.out / "index.html"
     _write_page(index, report)
     return Report(None, written, index, len(pages))
+
+
+def _rows_compared(request: _Request) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The report's rows and its paired comparisons, the runs' units read once for both
+    (and let go after: a page's figures and viewer pages need none)."""
+    from lmact.report.compare import comparison_rows
+
+    with _opened(request) as store:
+        reads = Baselines(store, keep_runs=True)  # the comparisons read runs again
+        rows = _report_rows(request, store, reads)
+        with collector_paused():
+            compared, _ = comparison_rows(store, rows, reads=reads) if rows else ([], 0)
+    return rows, compared
 
 
 def _viewer_pages(

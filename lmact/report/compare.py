@@ -21,6 +21,7 @@ from lmact.records import EpisodeRecord
 from lmact.regimes.base import BASELINE_POLICIES
 from lmact.report.tables import (
     OPTION_COLUMNS,
+    Baselines,
     grouped_by_task,
     markdown_table,
     resolve_run,
@@ -117,11 +118,14 @@ def _setting(row: dict[str, Any], names: Sequence[str]) -> str:
 
 
 def comparison_rows(
-    store: RunStore, rows: Sequence[dict[str, Any]], limit: int = MAX_PAIRS_PER_TASK
+    store: RunStore,
+    rows: Sequence[dict[str, Any]],
+    limit: int = MAX_PAIRS_PER_TASK,
+    reads: Baselines | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """The comparisons of a report's rows, and how many pairs were left out past `limit`
     (see `find_comparisons`, which also says whether that count is whole)."""
-    found = find_comparisons(store, rows, limit)
+    found = find_comparisons(store, rows, limit, reads)
     return found.rows, found.left_off
 
 
@@ -138,7 +142,10 @@ class Comparisons:
 
 
 def find_comparisons(
-    store: RunStore, rows: Sequence[dict[str, Any]], limit: int = MAX_PAIRS_PER_TASK
+    store: RunStore,
+    rows: Sequence[dict[str, Any]],
+    limit: int = MAX_PAIRS_PER_TASK,
+    reads: Baselines | None = None,
 ) -> Comparisons:
     """Per task, each run that is not a random or expert baseline against each later one of
     the same task, regime and observation that played some of the same test seeds (the
@@ -146,13 +153,15 @@ def find_comparisons(
     options first, then in the table's order; `limit` pairs a task at most.
 
     The work grows with the runs, not with their pairs: runs alike in every option and seed
-    are one kind, and only pairs of kinds are looked at (`find_pairs`)."""
+    are one kind, and only pairs of kinds are looked at (`find_pairs`). `reads`: the
+    report's reader of runs' units, which may hold them already."""
     runs = {run.run_id: run for run in store.runs()}
     read: dict[str, list[EpisodeRecord]] = {}  # a run's seeds and its pairs read it once
 
     def episodes_of(row: dict[str, Any]) -> list[EpisodeRecord]:
         if row["run_id"] not in read:
-            read[row["run_id"]] = list(scored_episodes(store, runs[row["run_id"]]).values())
+            units = scored_episodes(store, runs[row["run_id"]], reads)
+            read[row["run_id"]] = list(units.values())
         return read[row["run_id"]]
 
     seed_sets: dict[frozenset[int], frozenset[int]] = {}  # one object per set of seeds

@@ -116,10 +116,13 @@ class Baselines:
     baseline's own row: a sweep's runs share a few baselines, and reading them again for
     every run was most of the time of a report of thousands of runs."""
 
-    KEPT_UNITS = 250_000
+    KEPT_UNITS = 500_000
 
-    def __init__(self, store: RunStore) -> None:
+    def __init__(self, store: RunStore, keep_runs: bool = False) -> None:
         self._store = store
+        # Whether each run's own units are kept too (as the baselines are), for a reader
+        # that reads them again (a report's comparisons): memory up to KEPT_UNITS then.
+        self.keep_runs = keep_runs
         # Each run's baselines, by its id: a configuration may hold a dict (its task
         # options), so it is not a key itself.
         self._baselines_of: dict[str, dict[str, RegimeConfig] | None] = {}
@@ -263,7 +266,9 @@ def scored_units(
     unit from their records."""
     regime = regime_of(config) if config is not None else None
     if regime is None or (kinds := _scored_kinds(regime)) is not None:
-        return (reads or Baselines(store)).read(run.run_id, None if regime is None else kinds)
+        reads = reads or Baselines(store)
+        scored_kinds = None if regime is None else kinds
+        return reads.read(run.run_id, scored_kinds, keep=reads.keep_runs)
     records = [
         record
         for unit, record in store.finished_episodes(run.run_id).items()
@@ -298,25 +303,31 @@ def _foreign_row(run: RunRecord, scored: Scored) -> dict[str, Any]:
 def curve_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The curves of the runs that have some (`CURVES`): a row per run, curve and episode
     index, the learning curve's (`return`) first."""
-    return [
-        {
-            **{name: row.get(name) for name in CURVE_RUN_COLUMNS},
-            "curve": curve,
-            "episode": point["episode"],
-            "mean": point[mean],
-            "low": point[low] if low else None,
-            "high": point[high] if high else None,
-        }
-        for row in rows
-        for measure, (curve, mean, low, high) in CURVES.items()
-        for point in row.get(measure) or []
-    ]
+    found = []
+    for row in rows:
+        run = {name: row.get(name) for name in CURVE_RUN_COLUMNS}  # once a run, not a point
+        for measure, (curve, mean, low, high) in CURVES.items():
+            found += [
+                {
+                    **run,
+                    "curve": curve,
+                    "episode": point["episode"],
+                    "mean": point[mean],
+                    "low": point[low] if low else None,
+                    "high": point[high] if high else None,
+                }
+                for point in row.get(measure) or []
+            ]
+    return found
 
 
-def report_rows(store: RunStore, wanted: Collection[str] | None = None) -> list[dict[str, Any]]:
+def report_rows(
+    store: RunStore, wanted: Collection[str] | None = None, reads: Baselines | None = None
+) -> list[dict[str, Any]]:
     """A row per run that has a finished episode (`run_row`), in the order they were made;
-    `wanted`: the regimes' measures to compute (None: all; `TABLE_FIELDS`: a table's)."""
-    baselines = Baselines(store)
+    `wanted`: the regimes' measures to compute (None: all; `TABLE_FIELDS`: a table's);
+    `reads`: the reader of runs' units to read them through (it keeps the last read)."""
+    baselines = reads or Baselines(store)
     with collector_paused():
         rows = [run_row(store, run, baselines, wanted) for run in store.runs()]
     return [row for row in rows if row is not None]
@@ -379,12 +390,14 @@ def episode_records(store: RunStore, run_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def scored_episodes(store: RunStore, run: RunRecord) -> Mapping[UnitKey, UnitResult]:
+def scored_episodes(
+    store: RunStore, run: RunRecord, reads: Baselines | None = None
+) -> Mapping[UnitKey, UnitResult]:
     """The run's finished episodes that its score counts, by unit (their keys, seeds,
     returns and costs, not their records): by its regime's rule (in-context RL's held-out
     evaluations are not scored); every finished episode of a run whose configuration this
     release cannot read, as its table row counts them."""
-    return UnitsByKey(scored_units(store, run, readable_config(run)).units)
+    return UnitsByKey(scored_units(store, run, readable_config(run), reads).units)
 
 
 class UnitsByKey(Mapping[UnitKey, UnitResult]):

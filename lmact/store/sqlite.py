@@ -56,6 +56,7 @@ class RunStore(StoreReads):
     def __init__(self, path: Path | str = DEFAULT_STORE) -> None:
         self.path = Path(path)
         self.owner = process_identity()
+        self._claimed = False  # whether this store ever claimed a unit: its close releases
         schema.check_store_file(self.path)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=60)
@@ -114,8 +115,9 @@ class RunStore(StoreReads):
             return merge_database(self._db, source)
 
     def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self.release_claims()
+        if self._claimed:  # a reader's close writes nothing (the release scans every unit)
+            with contextlib.suppress(sqlite3.Error):
+                self.release_claims()
         self._db.close()
 
     def __enter__(self) -> RunStore:
@@ -265,6 +267,7 @@ class RunStore(StoreReads):
             "heartbeat) VALUES (?, ?, ?, ?, ?, 'running', ?, ?) ON CONFLICT DO NOTHING",
             (run_id, *unit_key(unit), seed, self.owner, time.time()),
         )
+        self._claimed = True
         if taken.rowcount == 1:
             return Claim.OURS, None
         row = self._db.execute(
