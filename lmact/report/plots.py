@@ -378,13 +378,15 @@ def learning_curve_figures(
     figures = {}
     for task, points in sorted(grouped_by(curves, "task").items()):
         panels, unit = _panels_of(points)
-        drawn = [panel for panel in panels if any(_curve_of(p) == panel.curve for p in points)]
+        kinds = {_curve_of(point) for point in points}
+        drawn = [panel for panel in panels if panel.curve in kinds]
         figure = _figure(figsize=(4.6 * len(drawn) + 1.2, 4.2), layout="constrained")
         grid = figure.subplots(1, len(drawn), squeeze=False).flatten()
         runs = sorted(grouped_by(points, "run_id").values(), key=lambda p: _curve_label(p[0]))
+        by_curve = [_by_curve(run) for run in runs[:MAX_SERIES]]  # a run's points read once
         for panel, axes in zip(drawn, grid, strict=True):
-            for run in runs[:MAX_SERIES]:
-                _draw_curve(axes, run, panel, colours, variants)
+            for run in by_curve:
+                _draw_curve(axes, run.get(panel.curve, []), panel, colours, variants)
             axes.set_title(panel.title)
             axes.set_xlabel(unit)
             axes.set_ylabel(f"{panel.ylabel} (mean, 95% interval)")
@@ -399,11 +401,20 @@ def learning_curve_figures(
     return figures
 
 
+def _by_curve(points: Sequence[Row]) -> dict[str, list[Row]]:
+    """A run's points per curve (`_curve_of`), in their order."""
+    curves: dict[str, list[Row]] = {}
+    for point in points:
+        curves.setdefault(_curve_of(point), []).append(point)
+    return curves
+
+
 def _draw_curve(
     axes: Axes, run: Sequence[Row], panel: CurvePanel, colours: dict[str, str], variants: list[str]
 ) -> None:
-    """One run's curve of `panel` (binned when long), its band where it has an interval."""
-    points = sorted((p for p in run if _curve_of(p) == panel.curve), key=lambda p: p["episode"])
+    """One run's points of `panel`'s curve, drawn (binned when long), with its band where
+    it has an interval."""
+    points = sorted(run, key=lambda p: p["episode"])
     if not points:
         return
     banded = all(p["low"] is not None and p["high"] is not None for p in points)

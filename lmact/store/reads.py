@@ -225,25 +225,38 @@ class StoreReads:
     ) -> list[tuple[Any, ...]]:
         """The first steps of a run's finished units of `kinds`, grouped by `columns` (as
         `step_values` names them, read back as it reads them): each group's values, how
-        many steps it holds, the sum of their `summed` column and the first chain it holds
-        a step of (for a message to name one), counted by SQL."""
+        many steps it holds, the sum of their `summed` column and a chain it holds a step
+        of (for a message to name one), counted by SQL, as of one moment."""
         unknown = [n for n in (*columns, summed) if n not in STEP_COLUMNS | {FACTS_TEXT}]
         if unknown or not columns:
             raise ValueError(f"not columns of a stored step: {unknown or columns!r}")
         read = [self._reader_of(name, run_id) for name in columns]
-        grouped = ", ".join("s.facts" if n == FACTS_TEXT else f"s.{n}" for n in columns)
-        query = (
-            f"SELECT {grouped}, COUNT(*), COALESCE(SUM(s.{summed}), 0), MIN(s.chain) FROM steps s "
-            "JOIN episodes e ON e.run_id = s.run_id AND e.chain = s.chain AND "
-            "e.unit_kind = s.unit_kind AND e.episode = s.episode WHERE s.run_id = ? AND "
-            f"s.step = 0 AND e.status = 'done'{self._kinds_clause(kinds, 's.')} "
-            f"GROUP BY {grouped}"
-        )
-        with self._guard():
-            rows = self._db.execute(query, (run_id, *(kind.value for kind in kinds))).fetchall()
+        grouped = ", ".join("facts" if n == FACTS_TEXT else n for n in columns)
+        where = f"WHERE s.run_id = ? AND s.step = 0{self._kinds_clause(kinds, 's.')}"
+        params = (run_id, *(kind.value for kind in kinds))
+        # Every first step counted, then those of unfinished units (a few) taken out: a join
+        # with each step's unit took as long again as the count.
+        with self._guard(), self._transaction("BEGIN"):
+            rows = self._db.execute(
+                f"SELECT {grouped}, COUNT(*), COALESCE(SUM({summed}), 0), MIN(chain) "
+                f"FROM steps s {where} GROUP BY {grouped}",
+                params,
+            ).fetchall()
+            unfinished = self._db.execute(
+                f"SELECT {', '.join(f's.{n}' for n in grouped.split(', '))}, s.{summed} "
+                "FROM episodes e JOIN steps s ON s.run_id = e.run_id AND s.chain = e.chain "
+                "AND s.unit_kind = e.unit_kind AND s.episode = e.episode AND s.step = 0 "
+                f"WHERE e.run_id = ? AND e.status != 'done'{self._kinds_clause(kinds, 'e.')}",
+                params,
+            ).fetchall()
+        groups = {tuple(row[: len(columns)]): list(row[len(columns) :]) for row in rows}
+        for *values, amount in unfinished:
+            group = groups[tuple(values)]
+            group[0], group[1] = group[0] - 1, group[1] - (amount or 0)
         return [
-            (*(v if r is None else r(v) for r, v in zip(read, row, strict=False)), *row[-3:])
-            for row in rows
+            (*(v if r is None else r(v) for r, v in zip(read, values, strict=True)), *counted)
+            for values, counted in groups.items()
+            if counted[0]
         ]
 
     def _reader_of(self, column: str, run_id: str) -> Callable[[Any], Any] | None:
