@@ -198,15 +198,21 @@ def test_a_reports_rows_read_no_record_and_are_what_the_records_give(
         }
         expected[BANDIT.run_id] |= expected_bandit(store, BANDIT.run_id, baselines_of(BANDIT))
         with no_records(monkeypatch, StepRecord, EpisodeRecord):
-            rows = {row["run_id"]: row for row in report_rows(store, TABLE_FIELDS | PLOTTED_FIELDS)}
+            wanted = TABLE_FIELDS | PLOTTED_FIELDS | {"learning_curve"}
+            rows = {row["run_id"]: row for row in report_rows(store, wanted)}
     assert len(rows) == 2 + 4  # the runs and their baselines
     for run_id, values in expected.items():
         got = {name: rows[run_id][name] for name in values}
         assert got.pop("learning_curve", None) == values.pop("learning_curve", None)
         assert got == values, run_id
-    # A table asks for no learning curve; a plot does.
+    # A table asks for no curve; a plot for those its figure draws: of a bandit, not the
+    # learning curve (nor the context's length), but the best-arm share, regret and reward.
     with RunStore(store_path) as store:
         assert "learning_curve" not in report_rows(store, TABLE_FIELDS)[0]
+        plotted = {row["run_id"]: row for row in report_rows(store, TABLE_FIELDS | PLOTTED_FIELDS)}
+    bandit = plotted[BANDIT.run_id]
+    assert "learning_curve" not in bandit and "context_length" not in bandit
+    assert all(bandit[curve] for curve in ("best_arm_curve", "regret_curve", "reward_curve"))
 
 
 @pytest.mark.parametrize("fmt", ["md", "csv"])
@@ -329,3 +335,19 @@ def test_the_bandit_curves_are_the_papers_computed_from_the_records(store_path: 
         for bound in ("low", "high"):
             got = [p[bound] for p in row[measure]]
             assert got == pytest.approx([p[bound] for p in expected]), (measure, bound)
+
+
+def test_the_curves_computed_for_a_figure_are_those_its_panels_draw() -> None:
+    """`drawn_curves` (what the measures compute for a report's figures) and the figures'
+    panels name the same curves, for each kind of task: none is computed and not drawn,
+    none drawn and not computed."""
+    from lmact.regimes.icrl_measures import drawn_curves
+    from lmact.report.plots import BANDIT_PANELS, CLASSIFICATION_PANELS, LEARNING_PANELS
+    from lmact.report.tables import CURVES
+
+    measure_of = {curve: measure for measure, (curve, *_) in CURVES.items()}
+    for environment, panels in (
+        ("bandit", BANDIT_PANELS), ("classification", CLASSIFICATION_PANELS),
+        ("tic_tac_toe", LEARNING_PANELS),
+    ):  # fmt: skip
+        assert {measure_of[panel.curve] for panel in panels} == drawn_curves(environment)

@@ -34,6 +34,10 @@ from lmact.tasks import TaskSpec, get_task
 
 # Baseline policies every regime scores against, by default: (value - random) / (expert - random).
 BASELINE_POLICIES = ("random", "expert")
+# A measure name a reader wants (`Regime.measures`) that stands for the curves a report's
+# figures draw of the run's kind of task, and only those: a figure of a bandit draws no
+# learning curve, and computing one for 1,000 replicates cost a report its time.
+DRAWN_CURVES = "drawn_curves"
 # The units a regime's score counts, by default (`Regime.is_scored`): a report then sums
 # them in the store.
 SCORED_KINDS = (UnitKind.EPISODE,)

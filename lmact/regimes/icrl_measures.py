@@ -19,7 +19,7 @@ import numpy as np
 
 from lmact.errors import LmactError
 from lmact.records import UnitKind
-from lmact.regimes.base import StepColumns
+from lmact.regimes.base import DRAWN_CURVES, StepColumns
 from lmact.regimes.icrl_context import run_environment
 from lmact.regimes.icrl_facts import FactsRow, context_held
 from lmact.scoring import (
@@ -59,8 +59,11 @@ def icrl_measures(
     measures, what the contexts held per episode index, the bandit measures and the
     held-out accuracy (the cheap final measures always)."""
 
+    environment = get_task(config.task).environment
+    drawn = drawn_curves(environment) if wanted is not None and DRAWN_CURVES in wanted else ()
+
     def want(*names: str) -> bool:
-        return wanted is None or any(name in wanted for name in names)
+        return wanted is None or any(name in wanted or name in drawn for name in names)
 
     returns = by_replicate(episodes)
     final = final_share_mean(returns)
@@ -81,7 +84,6 @@ def icrl_measures(
         )  # fmt: skip
     if want("context_length"):
         measures["context_length"] = context_lengths(steps)
-    environment = get_task(config.task).environment
     if environment == "bandit" and want(*BANDIT_FIELDS, *BANDIT_CURVES, REGRET_CURVE):
         rounds = bandit_rounds(config, episodes, steps)
         if want(*BANDIT_FIELDS):
@@ -97,6 +99,18 @@ def icrl_measures(
     if config.eval_every is not None and want("held_out_accuracy"):
         measures["held_out_accuracy"] = held_out_accuracy(config.eval_every, returns, steps)
     return measures
+
+
+def drawn_curves(environment: str) -> frozenset[str]:
+    """The curves the papers draw of a task of `environment` (`DRAWN_CURVES`): on bandits,
+    Krishnamurthy et al.'s best-arm share, cumulative regret and average reward; on
+    classification, Monea et al.'s accuracy so far, held-out accuracy, wrong predictions so
+    far and context length; elsewhere the learning curve."""
+    if environment == "bandit":
+        return BANDIT_CURVES | {REGRET_CURVE}
+    if environment == "classification":
+        return frozenset({"reward_curve", "held_out_accuracy", REGRET_CURVE, "context_length"})
+    return frozenset({"learning_curve"})
 
 
 def by_replicate(episodes: Sequence[EpisodeResult]) -> list[list[float]]:

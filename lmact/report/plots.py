@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 from lmact.errors import LmactError
 from lmact.options import column_labels, report_columns
 from lmact.policies import SCRIPTED_POLICIES
-from lmact.regimes.base import BASELINE_POLICIES
+from lmact.regimes.base import BASELINE_POLICIES, DRAWN_CURVES
 from lmact.report.published import comparison
-from lmact.report.tables import CURVES, grouped_by
+from lmact.report.tables import grouped_by
 from lmact.text import visible
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ BANDIT_TEXT = {
 # The fields of report rows the figures draw besides a table's columns (`TABLE_FIELDS`):
 # the regimes' measures a report with plots computes.
 PLOTTED_FIELDS = frozenset({
-    "regret_low", "regret_high", "suffix_failure_low", "suffix_failure_high", *CURVES,
+    "regret_low", "regret_high", "suffix_failure_low", "suffix_failure_high", DRAWN_CURVES,
     "median_reward", "k_min_frac", "greedy_frac", "horizon",  # beside the published values
 })  # fmt: skip
 _PANEL_COLUMNS = 3
