@@ -56,6 +56,9 @@ class StoreReads:
     # Marks a condition as not to be served by the key's index (SQLite's unary `+`): with
     # one, SQLite sorts what the index gives in order. Other backends need none.
     INDEX_HINT = "+"
+    # How a cached answer is read: SQLite's as bytes (a row damaged into invalid UTF-8 must
+    # not fail the read); a server's text is valid.
+    RESPONSE_READ = "CAST(response AS BLOB)"
 
     def _guard(self) -> AbstractContextManager[None]:
         raise NotImplementedError

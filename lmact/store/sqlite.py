@@ -134,12 +134,15 @@ class RunStore(StoreReads):
             return self._stored_call(key)
 
     def _stored_call(self, key: str) -> str | None:
-        # Read as bytes: a row damaged into invalid UTF-8 must not fail the read.
+        # Read as bytes where the backend may hold invalid UTF-8 (SQLite): a row damaged so
+        # must not fail the read.
         row = self._db.execute(
-            "SELECT CAST(response AS BLOB) FROM model_calls WHERE key = ?", (key,)
+            f"SELECT {self.RESPONSE_READ} FROM model_calls WHERE key = ?", (key,)
         ).fetchone()
         if row is None:
             return None
+        if isinstance(row[0], str):
+            return row[0]
         try:
             return bytes(row[0]).decode("utf-8")
         except UnicodeDecodeError:
@@ -163,8 +166,9 @@ class RunStore(StoreReads):
         """Overwrite a cached answer (one that failed to load)."""
         with self._guard():
             self._db.execute(
-                "INSERT OR REPLACE INTO model_calls (key, model, response, created) "
-                "VALUES (?,?,?,?)",
+                "INSERT INTO model_calls (key, model, response, created) VALUES (?,?,?,?) "
+                "ON CONFLICT (key) DO UPDATE SET model = excluded.model, "
+                "response = excluded.response, created = excluded.created",
                 (key, model, response_json, time.time()),
             )
 
@@ -238,12 +242,13 @@ class RunStore(StoreReads):
         name is replaced."""
         with self._guard(), self._transaction():
             self._db.execute(
-                "INSERT OR REPLACE INTO sweeps (name, grid, created) VALUES (?, ?, ?)",
+                "INSERT INTO sweeps (name, grid, created) VALUES (?, ?, ?) ON CONFLICT (name) "
+                "DO UPDATE SET grid = excluded.grid, created = excluded.created",
                 (name, json.dumps(grid, sort_keys=True), time.time()),
             )
             self._db.execute("DELETE FROM sweep_runs WHERE name = ?", (name,))
             self._db.executemany(
-                "INSERT OR IGNORE INTO sweep_runs (name, run_id) VALUES (?, ?)",
+                "INSERT INTO sweep_runs (name, run_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 [(name, run_id) for run_id in run_ids],
             )
 
@@ -274,19 +279,25 @@ class RunStore(StoreReads):
             f"SELECT status, owner, heartbeat FROM episodes WHERE run_id = ? AND {AT_UNIT}",
             (run_id, *unit_key(unit)),
         ).fetchone()
-        if row is not None:
-            status, owner, heartbeat = row
-            if status == "done":
-                return Claim.DONE, None
-            if self._held_by_other(owner, heartbeat):
-                return Claim.BUSY, owner
-            self._db.execute(  # an earlier attempt's: a unit never claimed has none
-                f"DELETE FROM steps WHERE run_id = ? AND {AT_UNIT}", (run_id, *unit_key(unit))
-            )
-        self._db.execute(
-            "INSERT OR REPLACE INTO episodes (run_id, chain, unit_kind, episode, seed, "
-            "status, owner, heartbeat) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
-            (run_id, *unit_key(unit), seed, self.owner, time.time()),
+        if row is None:  # deleted since (a discarded run): busy, looked at again later
+            return Claim.BUSY, None
+        status, owner, heartbeat = row
+        if status == "done":
+            return Claim.DONE, None
+        if self._held_by_other(owner, heartbeat):
+            return Claim.BUSY, owner
+        # Taken over only as it was seen: of two processes that saw one expired claim (on a
+        # server, where both may read before either writes), one takes it.
+        taken = self._db.execute(
+            "UPDATE episodes SET seed = ?, owner = ?, heartbeat = ? WHERE run_id = ? AND "
+            f"{AT_UNIT} AND status = 'running' AND owner IS NOT DISTINCT FROM ? AND "
+            "heartbeat IS NOT DISTINCT FROM ?",
+            (seed, self.owner, time.time(), run_id, *unit_key(unit), owner, heartbeat),
+        )
+        if taken.rowcount != 1:
+            return Claim.BUSY, owner
+        self._db.execute(  # the earlier attempt's
+            f"DELETE FROM steps WHERE run_id = ? AND {AT_UNIT}", (run_id, *unit_key(unit))
         )
         return Claim.OURS, None
 
@@ -314,9 +325,11 @@ class RunStore(StoreReads):
             self._insert_steps(run_id, rows)
 
     def _insert_steps(self, run_id: str, rows: list[dict[str, Any]]) -> None:
-        columns = ", ".join(rows[0])
+        names = list(rows[0])
+        updated = ", ".join(f"{name} = excluded.{name}" for name in names)
         self._db.executemany(
-            f"INSERT OR REPLACE INTO steps (run_id, {columns}) VALUES (?{', ?' * len(rows[0])})",
+            f"INSERT INTO steps (run_id, {', '.join(names)}) VALUES (?{', ?' * len(names)}) "
+            f"ON CONFLICT (run_id, chain, unit_kind, episode, step) DO UPDATE SET {updated}",
             [(run_id, *row.values()) for row in rows],
         )
 
