@@ -68,3 +68,12 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_url(postgres_server: PostgresServer) -> str:
     """A fresh, empty database of the session's server, for this test alone."""
     return postgres_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_place(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """A new run store's location on each backend: a SQLite file, or a database of the
+    tests' own PostgreSQL server (`postgres_url`)."""
+    if request.param == "sqlite":
+        return tmp_path / "runs.sqlite"
+    return request.getfixturevalue("postgres_url")

@@ -23,7 +23,7 @@ from lmact.demos import DemoStore
 from lmact.records import AnswerKind, EpisodeRecord, StepRecord, StopReason, UnitKey, Usage
 from lmact.regimes.imitation import make_config
 from lmact.runner import Runner
-from lmact.store import Claim, ClaimLostError, RunStore, process_identity
+from lmact.store import Claim, ClaimLostError, open_store, process_identity
 
 CELLS = [f"{row}{column}" for row in "abc" for column in "123"]
 
@@ -154,10 +154,9 @@ def a_step(episode: int, step: int = 0, reward: float = 0.0) -> StepRecord:
 
 
 def test_a_claim_holds_while_its_process_lives(
-    tmp_path: Path, sleeper: subprocess.Popen[bytes]
+    store_place: Path | str, sleeper: subprocess.Popen[bytes]
 ) -> None:
-    path = tmp_path / "claims.sqlite"
-    with RunStore(path) as mine, RunStore(path) as theirs:
+    with open_store(store_place) as mine, open_store(store_place) as theirs:
         theirs.owner = identity_of(sleeper)
         assert theirs.claim_episode("r", UnitKey(0, 0), 0) == (Claim.OURS, None)
         assert mine.claim_episode("r", UnitKey(0, 0), 0) == (Claim.BUSY, theirs.owner)
@@ -173,16 +172,16 @@ def test_a_claim_holds_while_its_process_lives(
             theirs.record_step("r", a_step(0))
 
 
-def test_a_reused_pid_does_not_hold_a_claim(tmp_path: Path) -> None:
-    with RunStore(tmp_path / "claims.sqlite") as mine, RunStore(mine.path) as theirs:
+def test_a_reused_pid_does_not_hold_a_claim(store_place: Path | str) -> None:
+    with open_store(store_place) as mine, open_store(store_place) as theirs:
         host, pid, start = mine.owner.split(":")
         theirs.owner = f"{host}:{pid}:{int(start) - 1}"  # this pid, an earlier process
         assert theirs.claim_episode("r", UnitKey(0, 0), 0)[0] is Claim.OURS
         assert mine.claim_episode("r", UnitKey(0, 0), 0)[0] is Claim.OURS
 
 
-def test_a_finished_episode_is_never_reopened(tmp_path: Path) -> None:
-    with RunStore(tmp_path / "claims.sqlite") as store:
+def test_a_finished_episode_is_never_reopened(store_place: Path | str) -> None:
+    with open_store(store_place) as store:
         store.claim_episode("r", UnitKey(0, 0), 0)
         store.record_step("r", a_step(0, reward=1.0))
         store.finish_episode("r", make_record(steps=1, total=1.0))
@@ -190,8 +189,8 @@ def test_a_finished_episode_is_never_reopened(tmp_path: Path) -> None:
         assert len(store.steps("r")) == 1 and list(store.finished_episodes("r")) == [UnitKey(0, 0)]
 
 
-def test_totals_that_disagree_with_the_steps_are_refused(tmp_path: Path) -> None:
-    with RunStore(tmp_path / "claims.sqlite") as store:
+def test_totals_that_disagree_with_the_steps_are_refused(store_place: Path | str) -> None:
+    with open_store(store_place) as store:
         store.claim_episode("r", UnitKey(0, 0), 0)
         store.record_step("r", a_step(0, reward=1.0))
         with pytest.raises(Exception, match="disagree with its totals"):
@@ -203,27 +202,26 @@ def make_record(steps: int, total: float) -> EpisodeRecord:
     return EpisodeRecord(0, 0, total, steps, True, steps, 0, 0, 0, Usage(1, 1, 0))
 
 
-def test_released_claims_are_free_at_once(tmp_path: Path) -> None:
-    with RunStore(tmp_path / "claims.sqlite") as store:
+def test_released_claims_are_free_at_once(store_place: Path | str) -> None:
+    with open_store(store_place) as store:
         store.claim_episode("r", UnitKey(0, 0), 0)
-    with RunStore(tmp_path / "claims.sqlite") as other:
+    with open_store(store_place) as other:
         other.owner = "elsewhere:1:1"  # a process on another host, whose lease is fresh
         assert other.claim_episode("r", UnitKey(0, 0), 0)[0] is Claim.OURS
 
 
 def test_a_run_waits_for_an_episode_another_process_plays(
-    tmp_path: Path, sleeper: subprocess.Popen[bytes]
+    tmp_path: Path, store_place: Path | str, sleeper: subprocess.Popen[bytes]
 ) -> None:
-    path = tmp_path / "runs.sqlite"
     config = make_config("tic_tac_toe", model="random", demos=0)
     results: list = []
 
     def play_the_run() -> None:  # in a thread: a store connection belongs to its thread
-        with RunStore(path) as mine:
+        with open_store(store_place) as mine:
             runner = Runner(mine, DemoStore(tmp_path / "demos"), progress=False, poll_s=0.05)
             results.append(runner.run(config, 5))
 
-    with RunStore(path) as theirs:
+    with open_store(store_place) as theirs:
         theirs.owner = identity_of(sleeper)
         theirs.claim_episode(config.run_id, UnitKey(0, 2), config.test_seed(2))
         thread = threading.Thread(target=play_the_run)
@@ -243,9 +241,9 @@ def test_a_run_waits_for_an_episode_another_process_plays(
 
 
 def test_steps_written_with_their_units_end_are_checked_and_held_as_one_write(
-    tmp_path: Path,
+    store_place: Path | str,
 ) -> None:
-    with RunStore(tmp_path / "claims.sqlite") as store:
+    with open_store(store_place) as store:
         store.claim_episode("r", UnitKey(0, 0), 0)
         store.record_steps("r", [a_step(0, reward=1.0)])
         late = [a_step(0, step=1, reward=0.5)]
@@ -259,7 +257,7 @@ def test_steps_written_with_their_units_end_are_checked_and_held_as_one_write(
         store.claim_episode("r", UnitKey(0, 1), 0)
         with pytest.raises(ValueError, match="several units"):
             store.finish_episode("r", make_record(1, 1.0).of_unit(UnitKey(0, 1)), [a_step(0)])
-        with RunStore(store.path) as other:
+        with open_store(store_place) as other:
             other.owner = "elsewhere:1:1"
             # A unit another process holds takes none of this process's steps.
             with pytest.raises(ClaimLostError):

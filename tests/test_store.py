@@ -24,7 +24,15 @@ from lmact.records import (
 from lmact.regimes.icrl import IcrlRegime, make_icrl_config
 from lmact.regimes.icrl_facts import shown_context
 from lmact.runner import Runner
-from lmact.store import Claim, ClaimLostError, RunStore, StoreError, UnitEnd, schema
+from lmact.store import (
+    Claim,
+    ClaimLostError,
+    RunStore,
+    StoreError,
+    UnitEnd,
+    open_store,
+    schema,
+)
 from lmact.store.base import FACTS_TEXT
 
 EVALUATION = UnitKind.EVALUATION
@@ -47,9 +55,11 @@ def play(store: RunStore, unit: UnitKey, facts: dict | None = None) -> None:
     store.finish_episode("r", an_episode(unit))
 
 
-def test_units_of_one_index_in_other_chains_or_kinds_are_other_units(tmp_path: Path) -> None:
+def test_units_of_one_index_in_other_chains_or_kinds_are_other_units(
+    store_place: Path | str,
+) -> None:
     units = [UnitKey(0, 3), UnitKey(1, 3), UnitKey(1, 3, EVALUATION), UnitKey(0, 0)]
-    with RunStore(tmp_path / "runs.sqlite") as store:
+    with open_store(store_place) as store:
         for number, unit in enumerate(units):
             play(store, unit, facts={"number": number})
         finished = store.finished_episodes("r")
@@ -67,9 +77,11 @@ def test_unit_keys_sort_chain_by_chain_episodes_before_evaluations() -> None:
     assert sorted(keys) == [UnitKey(0, 0), UnitKey(0, 2), UnitKey(0, 1, EVALUATION), UnitKey(1, 0)]
 
 
-def test_a_regimes_facts_come_back_as_written_and_must_be_an_object(tmp_path: Path) -> None:
+def test_a_regimes_facts_come_back_as_written_and_must_be_an_object(
+    store_place: Path | str,
+) -> None:
     facts = {"context": [0, 2], "nested": {"a": [1.5, None, "x"]}}
-    with RunStore(tmp_path / "runs.sqlite") as store:
+    with open_store(store_place) as store:
         store.save_run("r", {"regime": "x"}, {"demos": 2, "note": "ü"})
         play(store, UnitKey(0, 0), facts=facts)
         assert store.steps("r")[0].facts == facts
@@ -81,10 +93,10 @@ def test_a_regimes_facts_come_back_as_written_and_must_be_an_object(tmp_path: Pa
 
 
 def test_pinned_facts_refuse_a_resume_under_others_and_free_facts_follow(
-    tmp_path: Path,
+    store_place: Path | str,
 ) -> None:
     pinned = {"demos_hash": "demonstrations"}
-    with RunStore(tmp_path / "runs.sqlite") as store:
+    with open_store(store_place) as store:
         store.save_run("r", {}, {"demos_hash": "a", "prefix_tokens": 5}, pinned)
         store.save_run("r", {}, {"demos_hash": "b", "prefix_tokens": 5}, pinned)  # no episode yet
         play(store, UnitKey(0, 0))
@@ -187,10 +199,10 @@ def test_a_cache_row_damaged_into_invalid_utf8_reads_as_damaged(tmp_path: Path) 
 
 
 def test_a_units_end_can_claim_the_next_unit_of_its_chain_in_one_transaction(
-    tmp_path: Path,
+    store_place: Path | str,
 ) -> None:
     first, second, third = UnitKey(0, 0), UnitKey(0, 1), UnitKey(0, 2)
-    with RunStore(tmp_path / "runs.sqlite") as store, RunStore(tmp_path / "runs.sqlite") as other:
+    with open_store(store_place) as store, open_store(store_place) as other:
         other.owner = "another-host:1:1"  # a live claim of another process (its heartbeat)
         assert store.claim_episode("r", first, 7)[0] is Claim.OURS
         claimed = store.finish_episode("r", an_episode(first), [a_step(first)],
@@ -206,11 +218,11 @@ def test_a_units_end_can_claim_the_next_unit_of_its_chain_in_one_transaction(
 
 
 def test_the_ends_of_several_units_are_written_in_one_transaction_or_none(
-    tmp_path: Path,
+    store_place: Path | str,
 ) -> None:
     units = [UnitKey(0, index) for index in range(4)]
     ends = [UnitEnd(an_episode(unit), [a_step(unit)], True) for unit in units]
-    with RunStore(tmp_path / "runs.sqlite") as store, RunStore(tmp_path / "runs.sqlite") as other:
+    with open_store(store_place) as store, open_store(store_place) as other:
         other.owner = "another-host:1:1"  # a live claim of another process (its heartbeat)
         assert store.claim_episode("r", units[0], 7)[0] is Claim.OURS
         assert other.claim_episode("r", units[2], 7)[0] is Claim.OURS
@@ -228,9 +240,9 @@ def test_the_ends_of_several_units_are_written_in_one_transaction_or_none(
 
 
 def test_first_step_groups_count_the_finished_units_first_steps_by_their_values(
-    tmp_path: Path,
+    store_place: Path | str,
 ) -> None:
-    with RunStore(tmp_path / "runs.sqlite") as store:
+    with open_store(store_place) as store:
         for chain in range(3):
             play(store, UnitKey(chain, 0), facts={"held": chain % 2})
             play(store, UnitKey(chain, 1), facts={"held": 5})

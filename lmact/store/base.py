@@ -22,8 +22,10 @@ from lmact.records import EpisodeRecord, StepRecord, UnitKey, UnitKind, Usage, f
 DEFAULT_STORE = Path("results") / "lmact.sqlite"
 # The most test episodes one run may ask for: each is a row, a record and a unit of work.
 MAX_EPISODES = 100_000
-# A claim whose owner runs on another host is trusted while it wrote within this long.
-CLAIM_LEASE_S = 600.0
+# A claim whose owner runs on another host holds while its lease was renewed within this
+# long (a worker renews its claims every third of it: `RunStore.renew_claims`); a claim of
+# this host holds while its process lives. A PostgreSQL store keeps its own (`lease_s`).
+CLAIM_LEASE_S = 60.0
 
 
 class StoreError(LmactError):

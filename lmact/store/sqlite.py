@@ -24,6 +24,7 @@ from lmact.records import (
 )
 from lmact.store import schema
 from lmact.store.base import (
+    CLAIM_LEASE_S,
     DEFAULT_STORE,
     Claim,
     ClaimLostError,
@@ -57,6 +58,7 @@ class RunStore(StoreReads):
         self.path = Path(path)
         self.owner = process_identity()
         self._claimed = False  # whether this store ever claimed a unit: its close releases
+        self.lease_s = CLAIM_LEASE_S  # another host's claim holds while renewed within it
         schema.check_store_file(self.path)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=60)
@@ -255,7 +257,11 @@ class RunStore(StoreReads):
     # Episodes and steps.
 
     def _held_by_other(self, owner: str | None, heartbeat: float | None) -> bool:
-        return owner is not None and owner != self.owner and claim_alive(owner, heartbeat)
+        return (
+            owner is not None
+            and owner != self.owner
+            and claim_alive(owner, heartbeat, self.lease_s)
+        )
 
     def claim_episode(self, run_id: str, unit: UnitKey, seed: int) -> tuple[Claim, str | None]:
         """Take a unit to play, atomically, unless it is finished or a live process plays
@@ -391,6 +397,17 @@ class RunStore(StoreReads):
                 f"{unit_named(unit)} of run {run_id}: its {count} stored steps (return {rewards}) "
                 f"disagree with its totals ({episode.steps} steps, return "
                 f"{episode.total_return}); it stays unfinished"
+            )
+
+    def renew_claims(self) -> None:
+        """Renew the lease of every unit this process plays (the runner does, every third of
+        the lease): another host takes a unit over only when its lease ran out."""
+        if not self._claimed:
+            return
+        with self._guard():
+            self._db.execute(
+                "UPDATE episodes SET heartbeat = ? WHERE owner = ? AND status = 'running'",
+                (time.time(), self.owner),
             )
 
     def release_claims(self, run_id: str | None = None) -> None:
