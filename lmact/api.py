@@ -30,7 +30,7 @@ from lmact.records import StepRecord, flat_fields
 from lmact.report.build import Report, make_report
 from lmact.report.tables import episode_records, report_rows, select_rows
 from lmact.runner import RunEstimate, Runner, RunSummary
-from lmact.store import DEFAULT_STORE, RunStore
+from lmact.store import StoreUrl, open_store, store_exists, store_location
 from lmact.sweeps import plan_sweep
 
 # What a dry run's JSON holds besides the run id, as `lmact run --dry-run --json` prints it.
@@ -64,7 +64,7 @@ def play(
     """Play a run read by `lmact.options.read_run` (with its baselines), or estimate it
     (`dry_run`); `progress`: show progress bars on stderr."""
     process = read.process
-    with RunStore(process.store or DEFAULT_STORE) as store:
+    with open_store(process.store) as store:
         demo_store = DemoStore.in_cache(process.cache_dir, process.workers)
         runner = Runner(store, demo_store, model_options or process.model,
                         process.max_connections, progress=progress)  # fmt: skip
@@ -107,7 +107,7 @@ def sweep(
     ]
 
 
-def report(store: Path | str = DEFAULT_STORE, **options: Any) -> Report:
+def report(store: Path | str | StoreUrl | None = None, **options: Any) -> Report:
     """What `lmact report` makes, with its options by the same names (`format`, `tasks`,
     `models`, `sweep`, `curves`, `plot`, `out`, `view_episodes`, `view_max_mb`,
     `cache_dir`, `workers`): the table to print, the files written, the HTML report's index
@@ -140,11 +140,13 @@ def _step_dict(run_id: str, step: StepRecord) -> dict[str, Any]:
     return {**columns, **{k: v for k, v in step.facts.items() if k not in columns}}
 
 
-def results(store: Path | str = DEFAULT_STORE, sweep: str | None = None) -> Results:
-    """Every run of a store (or of one sweep) with its scores, episodes and steps."""
-    if not Path(store).exists():
-        raise LmactError(f"no run store at {store}")
-    with RunStore(store) as run_store:
+def results(store: Path | str | StoreUrl | None = None, sweep: str | None = None) -> Results:
+    """Every run of a store (a path, or a postgresql:// URL; or of one sweep) with its
+    scores, episodes and steps."""
+    place = store_location(store)
+    if not store_exists(place):
+        raise LmactError(f"no run store at {place}")
+    with open_store(place) as run_store:
         rows = report_rows(run_store)
         if sweep is not None:
             rows = select_rows(rows, run_ids=run_store.sweep_runs(sweep))

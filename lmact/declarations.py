@@ -101,6 +101,9 @@ class Option:
     multiple: bool = False  # takes one value or several (`base_url`: servers in turn)
     required: bool = False
     metavar: str | None = None
+    # How a Path option's text becomes its value, where not `Path` (the store: a path or a
+    # database URL); also the command line's converter.
+    convert: Callable[[Any], Any] | None = None
     flag: str | None = None  # on the command line, if not the name with dashes
     group: str | None = None  # the `--help` section's title; None: the main list
     order: float = math.inf  # where it stands in `--help` (ties: declaration order)
@@ -147,12 +150,13 @@ class Option:
             bool: isinstance(value, bool),
             int: isinstance(value, int) and not isinstance(value, bool),
             float: isinstance(value, int | float) and not isinstance(value, bool),
-            Path: isinstance(value, str | os.PathLike),
+            # A converter reads what it takes (the store: a path, text or a StoreUrl).
+            Path: isinstance(value, str | os.PathLike) or self.convert is not None,
         }.get(kind, isinstance(value, str))
         if not fits:
             raise OptionError(Named(self.name), f" takes {self._kind()}, not {value!r}")
         if kind is Path:
-            return Path(value)
+            return Path(value) if self.convert is None else self.convert(value)
         if kind is float and isinstance(value, int) and abs(value) >= 2**1023:
             value = math.inf if value > 0 else -math.inf  # too large for a float: not finite
         elif kind is float:

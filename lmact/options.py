@@ -30,7 +30,7 @@ from lmact.presets import apply_preset
 from lmact.regimes import BROKEN_REGIMES, DEFAULT_REGIME, MEASURES, REGIME_OPTIONS, REGIMES
 from lmact.regimes.base import RegimeConfig
 from lmact.regimes.prompted import ANSWER_MATCHES
-from lmact.store import DEFAULT_STORE, MAX_EPISODES
+from lmact.store import DEFAULT_STORE, MAX_EPISODES, StoreLocation, store_location
 from lmact.tasks import dataset_task, get_task, unsemantic_task
 
 DATASET = "a dataset of your own (classification tasks)"
@@ -156,8 +156,11 @@ COMMON: tuple[Option, ...] = (
     Option("output_price", float, least=0, scope=MODEL, group=NETWORKED, order=580,
            help="USD per million completion tokens (default: the catalog's)"),
     # Where the process keeps things.
-    Option("store", Path, default=DEFAULT_STORE, scope=PROCESS, order=600,
-           help="the run store, a SQLite file (default: %(default)s)"),
+    # No default here: one not given is $LMACT_STORE's, else DEFAULT_STORE (`store_location`).
+    Option("store", Path, scope=PROCESS, order=600, convert=store_location, metavar="STORE",
+           help="the run store: a SQLite file (one host), or a PostgreSQL database that "
+           "workers on many hosts share, postgresql://USER@HOST:PORT/DB (default: "
+           f"$LMACT_STORE, else {DEFAULT_STORE})"),
     Option("cache_dir", Path, scope=PROCESS, order=610,
            help=lambda: "where demonstrations are kept (default: $LMACT_CACHE_DIR or "
            f"{default_cache_dir()})"),
@@ -196,7 +199,7 @@ def names(*scopes: Scope) -> frozenset[str]:
 class ProcessOptions:
     """The options of the process that plays runs; None where not given."""
 
-    store: Path | None = None
+    store: StoreLocation | None = None
     cache_dir: Path | None = None
     workers: int | None = None
     max_connections: int | None = None

@@ -273,9 +273,13 @@ class Runner:
             )
             with self._pauses_shown(bar, schedule):
                 bar.update(total - sum(len(chain) for chain in chains))
-                async with asyncio.TaskGroup() as group:
-                    for _ in range(min(concurrency, len(chains))):
-                        group.create_task(schedule.worker())
+                renewal = asyncio.create_task(schedule.renew_leases())
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        for _ in range(min(concurrency, len(chains))):
+                            group.create_task(schedule.worker())
+                finally:
+                    renewal.cancel()
 
     @contextmanager
     def _pauses_shown(self, bar: tqdm, schedule: Schedule) -> Iterator[None]:

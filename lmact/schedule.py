@@ -5,6 +5,7 @@ only while that claim holds. Units that end fast have their ends written togethe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from lmact.models.base import ModelAuthError
 from lmact.policies import Policy
 from lmact.records import EpisodeRecord, StepRecord, UnitKey
 from lmact.regimes.base import PreparedRun, Regime
-from lmact.store import Claim, ClaimLostError, RunStore, UnitEnd
+from lmact.store import Claim, ClaimLostError, RunStore, StoreError, UnitEnd
 
 # The progress line's counts are redrawn at most this often as steps are played.
 PROGRESS_EVERY_S = 0.1
@@ -93,6 +94,15 @@ class Schedule:
                 self.waiting.clear()
                 continue
             await self.play_chain(self.pending.popleft())
+
+    async def renew_leases(self) -> None:
+        """Renew the leases of the units this process plays, every third of the store's
+        lease, while it plays: a worker on another host takes a unit over only once its
+        lease ran out (a dead worker's, then)."""
+        while True:
+            await asyncio.sleep(self.store.lease_s / 3)
+            with contextlib.suppress(StoreError):  # a server gone: the next write says so
+                self.store.renew_claims()
 
     @cached_property
     def run_id(self) -> str:

@@ -47,7 +47,7 @@ from lmact.policies import SCRIPTED_POLICIES
 from lmact.regimes import regime_of
 from lmact.regimes.base import RegimeConfig
 from lmact.runner import Runner, RunResult, RunSummary, run_returning
-from lmact.store import DEFAULT_STORE, RunStore
+from lmact.store import StoreLocation, StoreUrl, open_store, store_location
 
 # Run options as a sweep file gives them, to a run's configuration and episode count.
 RunMaker = Callable[[dict[str, Any]], tuple[RegimeConfig, int]]
@@ -290,15 +290,15 @@ class SweepPlan:
     shard: tuple[int, int] | None = None  # (I, N): only shard I of N (`--shard I/N`)
 
     @property
-    def store(self) -> Path:
-        return self.process.store or DEFAULT_STORE
+    def store(self) -> StoreLocation:
+        return store_location(self.process.store)
 
     @contextlib.contextmanager
     def runner(self) -> Iterator[Runner]:
         """One runner for every run of the sweep (one caller per model)."""
         process = self.process
         demo_store = DemoStore.in_cache(process.cache_dir, process.workers)
-        with RunStore(self.store) as store:
+        with open_store(self.store) as store:
             runner = Runner(store, demo_store, process.model, process.max_connections,
                             progress=False)  # fmt: skip
             runner.shard = self.shard
@@ -329,7 +329,7 @@ class SweepPlan:
 def plan_sweep(
     path: Path | str,
     *,
-    store: Path | str | None = None,
+    store: Path | str | StoreUrl | None = None,
     cache_dir: Path | str | None = None,
     workers: int | None = None,
     max_connections: int | None = None,

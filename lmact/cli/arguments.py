@@ -90,7 +90,7 @@ def add_option(container: Any, option: Option, **overrides: Any) -> None:
         kwargs["action"] = _stating(argparse._StoreTrueAction)
     else:
         if option.type is not str:
-            kwargs["type"] = option.type
+            kwargs["type"] = option.convert or option.type
         if option.multiple:
             kwargs["action"] = _stating(argparse._AppendAction)
         if option.choices is not None:

@@ -28,17 +28,18 @@ def arguments(compare: argparse.ArgumentParser) -> None:
             "(`lmact report` lists them)",
         )  # fmt: skip
     compare.add_argument("--format", default="markdown", help="markdown (default; also md) or json")
-    add_option(compare, OPTIONS["store"], help="the run store (default: %(default)s)")
+    add_option(compare, OPTIONS["store"])
 
 
 def command(args: argparse.Namespace) -> None:
     from lmact.errors import LmactError
     from lmact.report.compare import compare_runs, comparison_format, format_comparison
-    from lmact.store import RunStore
+    from lmact.store import open_store, store_exists, store_location
 
     fmt = comparison_format(args.format)
-    if not args.store.exists():
-        raise LmactError(f"no run store at {args.store}; start with `lmact run`")
-    with RunStore(args.store) as store:
+    place = store_location(args.store)
+    if not store_exists(place):
+        raise LmactError(f"no run store at {place}; start with `lmact run`")
+    with open_store(place) as store:
         row = compare_runs(store, args.run_a, args.run_b)
     print(format_comparison(row, fmt), end="")

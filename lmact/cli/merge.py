@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from lmact.errors import LmactError
+from lmact.store.location import store_location
 
 # A merge that found conflicts: what it could join is joined, the rest left as it was.
 EXIT_CONFLICTS = 1
@@ -22,17 +22,22 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "episodes are not copied: resuming the run on the merged store plays them. The "
         "model-call cache and the sweeps' grids are joined too.",
     )
-    merge.add_argument("stores", nargs="+", type=Path, metavar="STORE",
+    merge.add_argument("stores", nargs="+", type=store_location, metavar="STORE",
                        help="a run store to merge from")  # fmt: skip
-    merge.add_argument("--into", type=Path, required=True, metavar="STORE",
+    merge.add_argument("--into", type=store_location, required=True, metavar="STORE",
                        help="the run store merged into (made if missing)")  # fmt: skip
 
 
 def command(args: argparse.Namespace) -> None:
     from lmact.report.page import counted
-    from lmact.store import RunStore
+    from lmact.store import RunStore, StoreUrl
     from lmact.store.merge import check_sources, describe
 
+    if any(isinstance(place, StoreUrl) for place in (*args.stores, args.into)):
+        raise LmactError(
+            "lmact merge joins SQLite stores (the shards of lmact sweep --shard); workers that "
+            "share a PostgreSQL store need no merge"
+        )
     check_sources(args.stores, args.into)
     conflicts = 0
     with RunStore(args.into) as target:

@@ -33,6 +33,7 @@ def command(args: argparse.Namespace) -> None:
     from lmact.cli.console import print_estimate, print_summary
     from lmact.options import read_run
     from lmact.runner import RunEstimate
+    from lmact.store import store_location
 
     read = read_run(given(args), stated(args))
     played = play(read, progress=sys.stderr.isatty())
@@ -41,4 +42,4 @@ def command(args: argparse.Namespace) -> None:
     elif args.json:
         print(json.dumps(played.to_dict()))
     else:
-        print_summary(played, args.store)
+        print_summary(played, store_location(read.process.store))

@@ -37,7 +37,10 @@ def arguments(sweep: argparse.ArgumentParser) -> None:
                        "`lmact merge` joins the shards, then `lmact report` scores them",
                        )  # fmt: skip
     # Unset on the command line, these come from the sweep file's [base], if it sets them.
-    store_help = f"the run store (default: the sweep file's store, else {DEFAULT_STORE})"
+    store_help = (
+        "the run store, a SQLite file or postgresql://USER@HOST:PORT/DB (default: the sweep "
+        f"file's store, else $LMACT_STORE, else {DEFAULT_STORE})"
+    )
     storage_options(sweep, default=None, help=store_help)
 
 

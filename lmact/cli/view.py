@@ -61,14 +61,15 @@ def command(args: argparse.Namespace) -> None:
     from lmact.options import checked
     from lmact.report.tables import resolve_run
     from lmact.report.viewer import render_viewer, serve_page, view_path
-    from lmact.store import RunStore
+    from lmact.store import open_store, store_exists, store_location
     from lmact.text import visible
 
     episode, port = EPISODE.check(args.episode), PORT.check(args.port)
     workers = checked({"workers": args.workers}).get("workers")
-    if not args.store.exists():
-        raise LmactError(f"no run store at {args.store}; start with `lmact run`")
-    with RunStore(args.store) as store:
+    place = store_location(args.store)
+    if not store_exists(place):
+        raise LmactError(f"no run store at {place}; start with `lmact run`")
+    with open_store(place) as store:
         run = resolve_run(store, args.run_id)
         demo_store = DemoStore.in_cache(args.cache_dir, workers)
         page = render_viewer(store, run.run_id, episode, demo_store=demo_store)
@@ -77,7 +78,7 @@ def command(args: argparse.Namespace) -> None:
         # (a browser shows the written escapes alike; the page's script holds only JSON).
         print(visible(page, keep="\n\t"), end="")
     else:
-        out = Path(args.out) if args.out else view_path(args.store, run.run_id)
+        out = Path(args.out) if args.out else view_path(place, run.run_id)
         try:
             out.write_text(page, encoding="utf-8")
         except OSError as error:

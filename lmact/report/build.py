@@ -33,7 +33,15 @@ from lmact.report.tables import (
     table_format,
     with_episodes,
 )
-from lmact.store import DEFAULT_STORE, MAX_EPISODES, RunStore
+from lmact.store import (
+    MAX_EPISODES,
+    RunStore,
+    StoreLocation,
+    StoreUrl,
+    open_store,
+    store_exists,
+    store_location,
+)
 from lmact.text import visible
 
 # The episodes a run's viewer page in an HTML report shows: each is replayed to rebuild its
@@ -69,7 +77,7 @@ class Report:
 
 @dataclass(frozen=True)
 class _Request:
-    store: Path
+    store: StoreLocation
     fmt: str
     tasks: list[str] | None
     models: list[str] | None
@@ -83,7 +91,7 @@ class _Request:
 
 
 def make_report(
-    store: Path | str = DEFAULT_STORE,
+    store: Path | str | StoreUrl | None = None,
     *,
     format: str = "markdown",
     tasks: Sequence[str] | None = None,
@@ -105,7 +113,7 @@ def make_report(
     read from `cache_dir`."""
     process = checked({"cache_dir": cache_dir, "workers": workers})
     request = _Request(
-        Path(store), _report_format(format), list(tasks) if tasks is not None else None,
+        store_location(store), _report_format(format), list(tasks) if tasks is not None else None,
         list(models) if models is not None else None, sweep, curves,
         Path(plot) if plot is not None else None, Path(out) if out is not None else None,
         VIEW_EPISODES.check(view_episodes), VIEW_MAX_MB.check(view_max_mb),
@@ -187,9 +195,9 @@ def _known(rows: list[dict[str, Any]], column: str) -> set[str]:
 
 def _opened(request: _Request) -> RunStore:
     """The report's store, open; a one-line error where there is none."""
-    if not request.store.exists():
+    if not store_exists(request.store):
         raise LmactError(f"no run store at {request.store}; start with `lmact run`")
-    return RunStore(request.store)
+    return open_store(request.store)
 
 
 def _report_rows(request: _Request, store: RunStore, reads: Baselines) -> list[dict[str, Any]]:
@@ -304,7 +312,7 @@ def _viewer_pages(
     if not episodes or request.out is None:
         return pages, left_out
     limit = None if request.view_max_mb is None else request.view_max_mb * 1_000_000
-    with RunStore(request.store) as store:
+    with open_store(request.store) as store:
         for run_id in run_ids:
             page = render_viewer(store, run_id, demo_store=request.demo_store,
                                  max_episodes=episodes)  # fmt: skip

@@ -83,9 +83,11 @@ __all__ = [
 # --- Which run ----------------------------------------------------------------------------
 
 
-def view_path(store_path: Path, run_id: str) -> Path:
-    """Where `lmact view` writes a run's page by default: beside the run store."""
-    return store_path.parent / f"view-{run_id}.html"
+def view_path(store: Path | object, run_id: str) -> Path:
+    """Where `lmact view` writes a run's page by default: beside the run store's file, or
+    in the working folder for a store on a server."""
+    folder = store.parent if isinstance(store, Path) else Path()
+    return folder / f"view-{run_id}.html"
 
 
 # --- Replaying the stored episodes --------------------------------------------------------

@@ -65,6 +65,8 @@ def store_location(value: str | os.PathLike[str] | StoreUrl | None) -> StoreLoca
         return value
     if value is None:
         value = os.environ.get(STORE_VARIABLE, "").strip() or DEFAULT_STORE
+    if not isinstance(value, str | os.PathLike):
+        raise StoreError(f"a run store is a path or a postgresql:// URL, not {value!r}")
     text = os.fspath(value)
     if isinstance(text, str) and text.strip().split(":", 1)[0].lower() in URL_SCHEMES:
         return StoreUrl(text.strip())
