@@ -330,8 +330,14 @@ class DemoStore:
         workers: int | None = None,
         pool_after_s: float = _POOL_AFTER_S,
         on_forecast: Callable[[GenerationForecast], None] | None = None,
+        generation_lock: Callable[[str], contextlib.AbstractContextManager[None]] | None = None,
     ) -> None:
         self.root = Path(root) if root is not None else default_cache_dir() / "demos"
+        # Held while demonstrations are generated, by the folder's name under the root: the
+        # run store's (`RunStore.exclusive`), so that of workers on several hosts sharing a
+        # cache folder one generates a pool and the others read it (the folder's file lock
+        # serves one host, and not every network filesystem honours it).
+        self.generation_lock = generation_lock or (lambda name: contextlib.nullcontext())
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
         if self.workers < 1:
             raise LmactError(f"workers must be at least 1, got {self.workers}")
@@ -342,7 +348,9 @@ class DemoStore:
     def watched(self, on_forecast: Callable[[GenerationForecast], None]) -> DemoStore:
         """The same store, telling `on_forecast` and listing in its own `generations` what
         its loads generate (a dry run's, say, apart from other runs sharing this store)."""
-        return DemoStore(self.root, self.workers, self.pool_after_s, on_forecast)
+        return DemoStore(
+            self.root, self.workers, self.pool_after_s, on_forecast, self.generation_lock
+        )
 
     @classmethod
     def in_cache(cls, cache_dir: Path | None, workers: int | None = None) -> DemoStore:
@@ -437,8 +445,15 @@ class DemoStore:
         what this one found usable, if it generated nothing."""
         task.check_observation(observation)
         folder = self.directory(task, observation)
+        image = task.is_image_observation(observation)
         with self._locked(folder):
-            image = task.is_image_observation(observation)
+            stored, usable = self._stored(folder, image, start, count, checked)
+            if start + count - len(usable.records) <= 0:
+                return stored, usable.checked()
+        # Missing: generated under the store's lock too, and looked for again once it is
+        # held (another host may have generated them meanwhile).
+        name = folder.relative_to(self.root).as_posix()
+        with self.generation_lock(name), self._locked(folder):
             stored, usable = self._stored(folder, image, start, count, checked)
             kept = len(usable.records)
             missing = start + count - kept

@@ -112,6 +112,9 @@ class Runner:
     ) -> None:
         self.store = store
         self.demo_store = demo_store
+        # Demonstrations are generated under the store's lock: of workers sharing a store
+        # (and a cache folder) on several hosts, one generates each pool.
+        demo_store.generation_lock = store.exclusive
         self.max_connections = max_connections
         self.progress = progress
         self.poll_s = poll_s  # how often episodes another process plays are looked at

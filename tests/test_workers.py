@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -130,3 +131,48 @@ def test_three_workers_on_three_hosts_play_one_sweep_once_and_survive_a_kill(
     repeated = sum(count - 1 for count in Counter(shared_requests).values())
     assert repeated <= CONNECTIONS
     assert set(shared_requests) == set(alone_requests)
+
+
+def test_two_hosts_racing_for_one_demonstration_pool_generate_it_once(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers on hosts whose cache folder is shared but whose file locks do not see
+    each other (as on some network filesystems): the store's lock lets one generate the
+    pool; the other reads it, and generates nothing."""
+    from contextlib import nullcontext
+
+    from lmact.demos import DemoStore
+    from lmact.tasks import get_task
+
+    def unlocked(self: DemoStore, folder: Path) -> nullcontext[None]:
+        folder.mkdir(parents=True, exist_ok=True)  # what the file lock made, without the lock
+        return nullcontext()
+
+    monkeypatch.setattr(DemoStore, "_locked", unlocked)
+    played: list[int] = []
+    play = DemoStore._expert_episodes
+
+    def counted(self: DemoStore, *args: object, **kwargs: object) -> object:
+        for demonstration in play(self, *args, **kwargs):
+            played.append(demonstration.seed)
+            time.sleep(0.001)  # a slower expert: a long window for the race
+            yield demonstration
+
+    monkeypatch.setattr(DemoStore, "_expert_episodes", counted)
+    task, wanted = get_task("tic_tac_toe"), 300
+    loaded: list[list] = []
+
+    def worker_loads() -> None:
+        with open_store(postgres_url) as store:
+            demos = DemoStore(tmp_path / "shared-cache", workers=1, generation_lock=store.exclusive)
+            loaded.append(demos.load(task, "txt", 0, wanted))
+
+    threads = [threading.Thread(target=worker_loads) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(loaded) == 2 and [d.seed for d in loaded[0]] == [d.seed for d in loaded[1]]
+    assert sorted(played) == sorted(set(played)) and len(played) == wanted  # each once
+    lines = DemoStore(tmp_path / "shared-cache").directory(task, "txt") / "episodes.jsonl"
+    assert len(lines.read_text().splitlines()) == wanted

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from lmact.cli.arguments import add_option, storage_options
 
 if TYPE_CHECKING:
     from lmact.demos import DemoStore, GenerationForecast
+    from lmact.tasks import TaskSpec
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -31,28 +35,52 @@ def arguments(demos: argparse.ArgumentParser) -> None:
     add_option(demos, OPTIONS["task_option"], help="set an option of the task's environment, "
                "as `lmact run --task-option` does (a run with them reads these demonstrations)",
                )  # fmt: skip
-    storage_options(demos, store=False)
+    storage_options(demos, help="a run store whose workers share this cache folder: the "
+                    "generation is claimed through it, so that one worker on any host makes "
+                    "the pool and the others read it (default: none; $LMACT_STORE if set)",
+                    )  # fmt: skip
 
 
 def command(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     from lmact.demos import DemoStore
     from lmact.options import checked
-    from lmact.report.page import counted
     from lmact.tasks import get_task, parse_task_options
-    from lmact.text import visible
 
     given = checked({"episodes": args.episodes, "workers": args.workers})
     task = get_task(args.task).with_options(parse_task_options(args.task_option or ()))
     observation = args.observation or task.default_observation
     task.check_observation(observation)
-    store = DemoStore.in_cache(args.cache_dir, given.get("workers"))
+    with _claims(args.store) as lock:
+        store = DemoStore.in_cache(args.cache_dir, given.get("workers"))
+        store.generation_lock = lock
+        _generate(store, task, observation, args.episodes)
+
+
+@contextlib.contextmanager
+def _claims(store: object) -> Iterator[Callable[[str], contextlib.AbstractContextManager[None]]]:
+    """The generation lock of the run store given (--store or $LMACT_STORE), else none."""
+    from lmact.store import STORE_VARIABLE, open_store
+
+    if store is None and not os.environ.get(STORE_VARIABLE, "").strip():
+        yield lambda name: contextlib.nullcontext()
+        return
+    with open_store(store) as run_store:
+        yield run_store.exclusive
+
+
+def _generate(store: DemoStore, task: TaskSpec, observation: str, episodes: int) -> None:
+    """Load the first `episodes` demonstrations, generating those missing, with progress;
+    say what was made and how long it took."""
+    from tqdm import tqdm
+
+    from lmact.report.page import counted
+    from lmact.text import visible
+
     started = time.perf_counter()
     with tqdm(
-        total=args.episodes,
+        total=episodes,
         # Those stored by an earlier, stopped command count as done: it resumes after them.
-        initial=store.stored_count(task, observation, args.episodes),
+        initial=store.stored_count(task, observation, episodes),
         desc=f"demonstrations {task.name}",
         unit="demo",
         disable=not sys.stderr.isatty(),
@@ -62,7 +90,7 @@ def command(args: argparse.Namespace) -> None:
             bar.write(visible(f"lmact: {forecast.describe()}"), file=sys.stderr)
 
         store = store.watched(tell)
-        demonstrations = store.load(task, observation, 0, args.episodes, bar.update)
+        demonstrations = store.load(task, observation, 0, episodes, bar.update)
     returns = [d.total_return for d in demonstrations]
     print(
         f"{counted(len(demonstrations), 'demonstration')} of {task.name}/{observation} in "

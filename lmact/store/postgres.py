@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -136,6 +137,21 @@ class PostgresStore(RunStore):
         a claim or a write touches are locked until it ends)."""
         statement = "BEGIN ISOLATION LEVEL REPEATABLE READ" if begin == "BEGIN" else "BEGIN"
         return _Transaction(self._db, statement)
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Held by one worker at a time, on any host, by `name`: a PostgreSQL advisory lock on
+        a connection of its own (a wait does not hold up the store's), which the server frees
+        when the worker dies."""
+        key = int.from_bytes(hashlib.sha256(f"lmact:{name}".encode()).digest()[:8], "big",
+                             signed=True)  # fmt: skip
+        connection = _Connection(_connect(self.path))
+        try:
+            with self._guard():
+                connection.execute("SELECT pg_advisory_lock(?)", (key,))
+            yield
+        finally:
+            connection.close()  # its session's locks go with it
 
     def merge_from(self, source: Any) -> Merged:
         raise StoreError(

@@ -399,6 +399,11 @@ class RunStore(StoreReads):
                 f"{episode.total_return}); it stays unfinished"
             )
 
+    def exclusive(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """Held by one process at a time among those that share this store, by `name` (a
+        demonstration pool's generation): on one host, the cache's own file lock serves."""
+        return contextlib.nullcontext()
+
     def renew_claims(self) -> None:
         """Renew the lease of every unit this process plays (the runner does, every third of
         the lease): another host takes a unit over only when its lease ran out."""
