@@ -273,6 +273,7 @@ def test_a_store_on_a_network_filesystem_is_refused_in_one_line(
         with pytest.raises(StoreError, match=r"network filesystem \(nfs4\)") as refused:
             RunStore(path)
         assert "\n" not in str(refused.value) and not path.exists()
+        assert "postgresql://" in str(refused.value)  # it names the store that serves
     assert not (shared / "new").exists()  # refused before a folder was made there
     with RunStore(local / "runs.sqlite") as store:  # a local disk: as ever
         play(store, UnitKey(0, 0))

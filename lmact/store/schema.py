@@ -313,8 +313,8 @@ def check_local_filesystem(path: Path) -> None:
     if kind in NETWORK_FILESYSTEMS:
         raise StoreError(
             f"run store {path} is on a network filesystem ({kind}), where SQLite's locks do "
-            "not hold across hosts; keep the store on a local disk (workers on several "
-            "hosts need a database server, which lmact does not offer yet)"
+            "not hold across hosts; keep the store on a local disk, or give workers on "
+            "several hosts a PostgreSQL store (--store postgresql://USER@HOST:PORT/DB)"
         )
 
 
