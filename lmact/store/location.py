@@ -45,10 +45,12 @@ class StoreUrl:
             raise StoreError(f"store {self}: port 0 is no server's")
 
     def __str__(self) -> str:
+        # Read from the text as given (a malformed port is shown, not parsed): messages
+        # about a bad address name it too.
         parts = urlsplit(self.dsn)
-        user = f"{unquote(parts.username)}@" if parts.username else ""
-        port = f":{parts.port}" if parts.port else ""
-        return f"postgresql://{user}{parts.hostname}{port}{parts.path}"
+        userinfo, at, host = parts.netloc.rpartition("@")
+        user = f"{unquote(userinfo.split(':', 1)[0])}@" if at else ""
+        return f"postgresql://{user}{host}{parts.path}"
 
     @property
     def database(self) -> str:
