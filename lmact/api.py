@@ -67,7 +67,8 @@ def play(
     with open_store(process.store) as store:
         demo_store = DemoStore.in_cache(process.cache_dir, process.workers)
         runner = Runner(store, demo_store, model_options or process.model,
-                        process.max_connections, progress=progress)  # fmt: skip
+                        process.max_connections, progress=progress,
+                        budget=process.budget())  # fmt: skip
         try:
             if read.dry_run:
                 return runner.estimate(read.config, read.episodes)

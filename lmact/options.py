@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmact.budget import Budget
 from lmact.declarations import INT_LIMIT, Column, Named, Option, OptionError, Scope, in_help_order
 from lmact.demos import DEMO_SEED_BASE, default_cache_dir
 from lmact.errors import LmactError
@@ -117,6 +118,13 @@ COMMON: tuple[Option, ...] = (
            help="requests in flight at once, which is also the number of episodes played "
            "at once (default: the provider's: 16 OpenAI, 8 Anthropic and Gemini, "
            "16 OpenAI-compatible, 1 local)"),
+    Option("max_cost", float, positive=True, scope=PROCESS, order=425, metavar="USD",
+           help="spend at most this on model calls (USD, at the catalog's prices or "
+           "--input-price/--output-price): a call that could pass it is not sent, and the "
+           "run (or sweep) stops, saying what it spent; rerun with a higher cap to finish"),
+    Option("max_time", float, positive=True, scope=PROCESS, order=426, metavar="S",
+           help="send no model call after this many seconds from the first; the run stops "
+           "as at --max-cost"),
     Option("dry_run", bool, default=False, scope=COMMAND, order=430,
            help="call no model: print the calls, tokens and estimated cost of the run, "
            "with the expert playing the episodes"),
@@ -203,7 +211,13 @@ class ProcessOptions:
     cache_dir: Path | None = None
     workers: int | None = None
     max_connections: int | None = None
+    max_cost: float | None = None  # USD
+    max_time: float | None = None  # seconds
     model: ModelOptions = field(default_factory=ModelOptions)
+
+    def budget(self) -> Budget:
+        """The caps on this process's model calls (`--max-cost`, `--max-time`)."""
+        return Budget(self.max_cost, self.max_time)
 
 
 @dataclass(frozen=True)
@@ -311,6 +325,8 @@ def read_process(values: Mapping[str, Any]) -> ProcessOptions:
         cache_dir=given.get("cache_dir"),
         workers=given.get("workers"),
         max_connections=given.get("max_connections"),
+        max_cost=given.get("max_cost"),
+        max_time=given.get("max_time"),
         model=model_options(given),
     )
 

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from numpy.random import Generator
 
+from lmact.budget import Budget
 from lmact.errors import LmactError
 from lmact.models.base import (
     ModelClient,
@@ -358,9 +359,11 @@ class Policies:
         options: ModelOptions | None = None,
         max_connections: int | None = None,
         backoff_s: float = 1.0,
+        budget: Budget | None = None,
     ) -> None:
         self.cache = cache
         self.options = options or ModelOptions()
+        self.budget = budget or Budget()  # one cap for every model's calls
         self.max_connections = max_connections
         self.backoff_s = backoff_s
         self._callers: dict[str, ModelCaller] = {}
@@ -368,8 +371,9 @@ class Policies:
     def register(self, client: ModelClient) -> None:
         """Play `client` for runs of its name (a client made in Python, or a test double)."""
         self._callers[client.name] = ModelCaller(
-            client, self.cache, self.max_connections, backoff_s=self.backoff_s
-        )
+            client, self.cache, self.max_connections, backoff_s=self.backoff_s,
+            budget=self.budget,
+        )  # fmt: skip
 
     def caller(self, name: str) -> ModelCaller:
         if name in SCRIPTED_POLICIES:

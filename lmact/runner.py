@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from lmact.budget import Budget, BudgetReached
 from lmact.demos import DemoStore, GenerationForecast
 from lmact.errors import LmactError
 from lmact.models.base import ModelOptions, ModelResponse
@@ -109,6 +110,7 @@ class Runner:
         retry_backoff_s: float = 1.0,
         poll_s: float = 0.5,
         policies: Policies | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.store = store
         self.demo_store = demo_store
@@ -122,7 +124,7 @@ class Runner:
         self.shard: tuple[int, int] | None = None
         self.playing: set[str] = set()  # the runs whose units are being played now
         self.policies = policies or Policies(
-            store, model_options, max_connections, backoff_s=retry_backoff_s
+            store, model_options, max_connections, backoff_s=retry_backoff_s, budget=budget
         )
 
     def close(self) -> None:
@@ -235,7 +237,15 @@ class Runner:
         if todo:
             self.playing.add(config.run_id)
             try:
-                await self._play_all(prepared, len(units), chains, failures)
+                stopped = await self._play_all(prepared, len(units), chains, failures)
+                if stopped is not None:
+                    finished = self.store.finished_episodes(config.run_id)
+                    left = sum(unit not in finished for unit in todo)
+                    raise BudgetReached(
+                        f"{stopped}; {left} of {len(units)} episodes of run {config.run_id} "
+                        "left undone: rerun with a higher cap to play them (no call is sent "
+                        "again)"
+                    )
             except* LmactError as group:
                 raise group.exceptions[0] from None
             finally:
@@ -263,8 +273,9 @@ class Runner:
         total: int,
         chains: list[list[UnitKey]],
         failures: EpisodeFailures,
-    ) -> None:
-        """Play `chains` with at most `concurrency` chains at once, each in order."""
+    ) -> BudgetReached | None:
+        """Play `chains` with at most `concurrency` chains at once, each in order; the cap
+        that stopped them, if one did."""
         config, policy = prepared.config, prepared.policy
         concurrency = self.max_connections or policy.max_concurrency
         # Names are anyone's text: an escape sequence in one would reach the terminal.
@@ -283,6 +294,7 @@ class Runner:
                             group.create_task(schedule.worker())
                 finally:
                     renewal.cancel()
+        return schedule.stopped
 
     @contextmanager
     def _pauses_shown(self, bar: tqdm, schedule: Schedule) -> Iterator[None]:

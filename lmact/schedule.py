@@ -15,6 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from lmact.budget import BudgetReached
 from lmact.errors import LmactError
 from lmact.models.base import ModelAuthError
 from lmact.policies import Policy
@@ -85,9 +86,12 @@ class Schedule:
     failures: EpisodeFailures
     bar: tqdm
     shown_at: float = 0.0  # when the counts were last redrawn as steps went
+    # The cap that stopped the run (`--max-cost`): no worker takes another unit, and those
+    # with calls in flight let them end (their answers cached, so none is sent again).
+    stopped: BudgetReached | None = None
 
     async def worker(self) -> None:
-        while self.pending or self.waiting:
+        while (self.pending or self.waiting) and self.stopped is None:
             if not self.pending:
                 await asyncio.sleep(self.poll_s)
                 self.pending.extend(self.waiting)
@@ -126,7 +130,7 @@ class Schedule:
                 self.waiting.append(chain)
                 self.show()
                 return
-            if chain and chain[0] in self.failures.errors:
+            if self.stopped is not None or (chain and chain[0] in self.failures.errors):
                 return  # the units after it in its chain build on it
 
     def _seed(self, unit: UnitKey) -> int:
@@ -170,6 +174,9 @@ class _Stretch:
             except ModelAuthError:
                 self.write_ends(unit)  # what was played before it is kept
                 raise  # every other call would be refused too
+            except BudgetReached as error:  # the run stops, letting calls in flight end
+                self.schedule.stopped = self.schedule.stopped or error
+                return self.write_ends(unit), None
             except Exception as error:
                 self.schedule.failures.errors[unit] = error
                 return self.write_ends(unit), None

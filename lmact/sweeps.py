@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from lmact.budget import BudgetReached
 from lmact.declarations import Scope
 from lmact.demos import DemoStore
 from lmact.errors import LmactError
@@ -300,7 +301,7 @@ class SweepPlan:
         demo_store = DemoStore.in_cache(process.cache_dir, process.workers)
         with open_store(self.store) as store:
             runner = Runner(store, demo_store, process.model, process.max_connections,
-                            progress=False)  # fmt: skip
+                            progress=False, budget=process.budget())  # fmt: skip
             runner.shard = self.shard
             try:
                 yield runner
@@ -334,18 +335,23 @@ def plan_sweep(
     workers: int | None = None,
     max_connections: int | None = None,
     model_options: ModelOptions | None = None,
+    max_cost: float | None = None,
+    max_time: float | None = None,
 ) -> SweepPlan:
     """A sweep file's runs, read once (it may be a pipe) and made, with the options of the
     process: those given here, else those its [base] sets, else the defaults."""
     read = read_sweep_file(Path(path))
     settings = process_settings(read)
     given = read_process({"store": store, "cache_dir": cache_dir, "workers": workers,
-                          "max_connections": max_connections})  # fmt: skip
+                          "max_connections": max_connections, "max_cost": max_cost,
+                          "max_time": max_time})  # fmt: skip
     process = ProcessOptions(
         store=given.store or settings.store,
         cache_dir=given.cache_dir or settings.cache_dir,
         workers=given.workers or settings.workers,
         max_connections=given.max_connections or settings.max_connections,
+        max_cost=given.max_cost or settings.max_cost,
+        max_time=given.max_time or settings.max_time,
         model=model_options or settings.model,
     )
     return SweepPlan(load_sweep(read), process)
@@ -357,6 +363,7 @@ class SweepOutcome:
     summary: RunSummary | None
     error: str | None  # why the run (or a baseline it needs) did not finish
     played: int | None = None  # a shard's: the run's units it holds finished (no score)
+    capped: bool = False  # stopped at --max-cost or --max-time, not by a failure
 
 
 # The listeners of a sweep as it plays, made for it and its runner: one hears of each run
@@ -399,7 +406,7 @@ async def play_sweep(
             else:
                 outcome = SweepOutcome(run, runner.summarize(result, baselines), None)
         except LmactError as error:
-            outcome = SweepOutcome(run, None, str(error))
+            outcome = SweepOutcome(run, None, str(error), capped=isinstance(error, BudgetReached))
         on_done(outcome)
         return outcome
 

@@ -198,6 +198,15 @@ def print_sweep(sweep: Any, outcomes: Sequence[Any]) -> None:
             cells += [f"{outcome.summary.mean_return:.3f}", shown, outcome.summary.run_id]
         shown = (visible(" ".join(c.split())).replace("|", "\\|") for c in cells)
         print("| " + " | ".join(shown) + " |")
+    capped = sum(outcome.capped for outcome in outcomes)
+    if failed and capped == failed:  # the cap stopped them: no failure
+        from lmact.budget import BudgetReached
+
+        reason = next(outcome.error for outcome in outcomes if outcome.capped)
+        raise BudgetReached(visible(
+            f"sweep {sweep.name} stopped at its cap ({reason}); {failed} of {len(outcomes)} "
+            "runs unfinished: rerun with a higher cap to finish them (no call is sent again)"
+        ))  # fmt: skip
     if failed:
         raise LmactError(visible(
             f"{failed} of {len(outcomes)} runs of sweep {sweep.name} did not finish; the "
@@ -205,7 +214,18 @@ def print_sweep(sweep: Any, outcomes: Sequence[Any]) -> None:
         ))  # fmt: skip
 
 
-def print_sweep_estimate(sweep: Any, estimate: Any) -> None:
+def print_cap(max_cost: float | None, estimated: float | None) -> None:
+    """The dry run's spend cap (`--max-cost`) against its estimated cost."""
+    if max_cost is None:
+        return
+    if estimated is None:
+        print(f"--max-cost ${max_cost:g}: no estimate to hold it against (no prices known)")
+        return
+    verdict = "fits within it" if estimated <= max_cost else "passes it: the run would stop"
+    print(f"--max-cost ${max_cost:g}: the estimate, {dollars(estimated)}, {verdict}")
+
+
+def print_sweep_estimate(sweep: Any, estimate: Any, max_cost: float | None = None) -> None:
     """A sweep's dry run: per model, its runs, calls, tokens and estimated cost."""
     print(f"dry run: sweep {sweep.name}, {len(sweep.runs)} runs (baselines besides), "
           f"{estimate.demonstrations} demonstrations to load or generate")  # fmt: skip
@@ -219,4 +239,5 @@ def print_sweep_estimate(sweep: Any, estimate: Any) -> None:
     total = None if any(c is None for c in costs) else sum(c or 0.0 for c in costs)
     print(f"| total | {len(sweep.runs)} | {sum(r.calls for r in rows)} | "
           f"{sum(r.prompt_tokens for r in rows)} | {dollars(total)} |")  # fmt: skip
+    print_cap(max_cost, total)
     print("no model was called")

@@ -29,6 +29,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from lmact.budget import PROMPT_ROOM, PROMPT_SLACK_TOKENS, Budget
 from lmact.models.base import (
     UNREADABLE,
     ModelCallError,
@@ -204,8 +205,11 @@ class ModelCaller:
         backoff_s: float = 1.0,
         max_wait_s: float | None = None,
         on_pause: PauseListener | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.client = client
+        # The caps on spend and time every caller of the runner shares (`--max-cost`).
+        self.budget = budget or Budget()
         self.cache = cache if client.cacheable else None
         self.max_connections = max_connections or client.max_concurrency
         # asyncio primitives belong to one event loop: one semaphore per loop that calls.
@@ -321,6 +325,19 @@ class ModelCaller:
             raise ModelCallError(f"gave up after {attempts} attempts: {error}") from None
         raise AssertionError("unreachable: tenacity either returns or raises")
 
+    def _most(self, request: ModelRequest) -> float | None:
+        """The most a call of `request` may cost: its prompt as counted here with room for
+        the server counting more, and every completion (and thinking) token it may write;
+        None where the model's prices are unknown."""
+        counted = self.client.count_tokens(request.parts)
+        thinking = getattr(self.client, "reasoning_room", lambda: 0)()
+        most = ModelResponse(
+            text="",
+            prompt_tokens=math.ceil(counted * PROMPT_ROOM) + PROMPT_SLACK_TOKENS,
+            completion_tokens=request.max_tokens + thinking,
+        )
+        return self.client.cost_usd(most)
+
     def _load(self, stored: str) -> ModelResponse | None:
         """A cached answer, or None if it does not load (damaged, edited, or invalid)."""
         try:
@@ -383,8 +400,15 @@ class ModelCaller:
     async def _fetch(
         self, request: ModelRequest, tally: CallTally | None, key: str | None, damaged: bool
     ) -> ModelResponse:
-        """Ask the model (with retries) and cache its answer under `key`."""
-        response = await self._call_with_retries(request, tally)
+        """Ask the model (with retries), within the budget, and cache its answer under
+        `key`."""
+        most = self._most(request) if self.budget.capped else None
+        self.budget.reserve(most)
+        response = None
+        try:
+            response = await self._call_with_retries(request, tally)
+        finally:
+            self.budget.settle(most, self.client.cost_usd(response) if response else None)
         if response is None:
             self.totals.count("unreadable", tally)
             return ModelResponse(text="", stop_reason=UNREADABLE)
