@@ -9,7 +9,7 @@ wall time and its ratio to one worker's, whether its stored rows equal one worke
 the time a worker spends in the store per step (one worker, in this process, its store's
 calls timed).
 
-    python bench/workers.py [--latency 0.2] [--connections 4] [--episodes 16]
+    python bench/workers.py [--latency 0.2] [--connections 4] [--episodes 96] [--workers 1 2 4]
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--latency", type=float, default=0.2, help="seconds per answer")
     parser.add_argument("--connections", type=int, default=4, help="per worker")
-    parser.add_argument("--episodes", type=int, default=16, help="per run (4 runs)")
+    parser.add_argument("--episodes", type=int, default=96, help="per run (4 runs)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder, PostgresServer() as server, \
