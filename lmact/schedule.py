@@ -44,6 +44,9 @@ def show_progress(bar: tqdm, policy: Policy, elsewhere: int) -> None:
     }
     if elsewhere:
         status["elsewhere"] = elsewhere  # played by another process: waited for
+    limit = policy.caller.connection_limit() if policy.caller is not None else None
+    if limit is not None and limit[0] < limit[1]:
+        status["limit"] = f"{limit[0]}/{limit[1]}"  # fewer connections: the provider is full
     paused = policy.caller.paused_until_wall() if policy.caller is not None else None
     if paused is not None:
         status["paused"] = time.strftime("until %H:%M:%S", time.localtime(paused))

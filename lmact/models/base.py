@@ -376,10 +376,19 @@ class TransientModelError(Exception):
     connection, unreadable answer. `retry_after` is the server's requested wait, if any;
     `reason` says in a few words why it pauses calls (e.g. "rate limit (HTTP 429)")."""
 
-    def __init__(self, message: str, retry_after: float | None = None, reason: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        retry_after: float | None = None,
+        reason: str = "",
+        crowded: bool = False,
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.reason = reason
+        # The provider serves fewer requests at once than it was sent (a rate limit, an
+        # overload): the caller sends it fewer (`lmact.models.limits`).
+        self.crowded = crowded
 
 
 class UnreadableAnswerError(TransientModelError):

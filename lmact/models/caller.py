@@ -41,6 +41,7 @@ from lmact.models.base import (
     UnreadableAnswerError,
     check_response,
 )
+from lmact.models.limits import AdaptiveLimit
 
 # How long a model that keeps its last prompt's KV cache waits, when no waiting call shares
 # most of that prompt, for the answered episode's next step (it comes within a millisecond).
@@ -213,7 +214,7 @@ class ModelCaller:
         self.cache = cache if client.cacheable else None
         self.max_connections = max_connections or client.max_concurrency
         # asyncio primitives belong to one event loop: one semaphore per loop that calls.
-        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore | PrefixTurns] | None = None
+        self._slots: tuple[asyncio.AbstractEventLoop, AdaptiveLimit | PrefixTurns] | None = None
         self.max_retries = client.options.max_retries if max_retries is None else max_retries
         self.timeout_s = client.attempt_timeout_s if timeout_s is None else timeout_s
         given_wait = client.options.max_wait_s if max_wait_s is None else max_wait_s
@@ -258,12 +259,18 @@ class ModelCaller:
         if self._slots is None or self._slots[0] is not loop:
             one = self.max_connections == 1
             linger_s = LINGER_S if self.client.keeps_last_prefix else 0.0
-            slots = PrefixTurns(linger_s) if one else asyncio.Semaphore(self.max_connections)
+            slots = PrefixTurns(linger_s) if one else AdaptiveLimit(self.max_connections)
             self._slots = (loop, slots)
         slots = self._slots[1]
         if isinstance(slots, PrefixTurns):
             return slots.turn(_prompt_text(request))
-        return slots
+        return slots.slot()
+
+    def connection_limit(self) -> tuple[int, int] | None:
+        """The requests that may be in flight now and at most, where they adapt (several
+        connections, in the loop that last called)."""
+        limit = self._slots[1] if self._slots is not None else None
+        return (limit.current, limit.ceiling) if isinstance(limit, AdaptiveLimit) else None
 
     def _wait(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
@@ -288,16 +295,29 @@ class ModelCaller:
         pause = self._paused_until - time.monotonic()
         if pause > 0:
             await asyncio.sleep(pause)
-        async with self._connection_slot(request):
-            if self.timeout_s is None:
-                return await self._answer(request)
+        async with self._connection_slot(request) as sent_at:
+            limit = self._slots[1] if self._slots is not None else None
+            adapts = isinstance(limit, AdaptiveLimit)
             try:
-                async with asyncio.timeout(self.timeout_s):
-                    return await self._answer(request)
-            except TimeoutError:
-                raise TransientModelError(
-                    f"{self.client.name}: no answer within {self.timeout_s:g} s"
-                ) from None
+                answer = await self._timed_answer(request)
+            except TransientModelError as error:
+                if adapts and error.crowded:
+                    limit.crowded(sent_at)
+                raise
+            if adapts:
+                limit.succeeded()
+            return answer
+
+    async def _timed_answer(self, request: ModelRequest) -> ModelResponse:
+        if self.timeout_s is None:
+            return await self._answer(request)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self._answer(request)
+        except TimeoutError:
+            raise TransientModelError(
+                f"{self.client.name}: no answer within {self.timeout_s:g} s"
+            ) from None
 
     async def _call_with_retries(
         self, request: ModelRequest, tally: CallTally | None

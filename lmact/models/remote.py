@@ -43,6 +43,8 @@ from lmact.models.redaction import REDACTED, display_url, redact_secrets, url_se
 # HTTP statuses worth another attempt: timeout, conflict, rate limit, server errors,
 # Anthropic's "overloaded" (529).
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+# Statuses that say the provider is sent more than it serves: the caller sends fewer.
+CROWDED_STATUSES = frozenset({429, 503, 529})
 # What a retryable status means, in the words a paused run shows (others: "server error").
 STATUS_REASONS = {
     408: "request timeout",
@@ -375,7 +377,8 @@ class RemoteModel(ModelClient):
         text = f"{self.name}: HTTP {status}: {self.detail(message)}"
         if status in RETRYABLE_STATUSES:
             reason = f"{STATUS_REASONS.get(status, 'server error')} (HTTP {status})"
-            return TransientModelError(text, retry_after_seconds(headers), reason)
+            crowded = status in CROWDED_STATUSES
+            return TransientModelError(text, retry_after_seconds(headers), reason, crowded)
         if status in (401, 403):
             text += f" (check {' / '.join(self.key_variables) or 'the credentials'})"
             return ModelAuthError(text)
