@@ -365,3 +365,48 @@ def test_a_scripted_policy_is_shown_no_prompt_and_its_page_says_so(
     html = render_viewer(run_store, config.run_id)
     assert html.count("played by a scripted policy, which is shown no prompt") == len(steps)
     assert html.count("Buttons: blue, green, red, yellow, purple") >= len(steps)  # the rebuild
+
+
+def test_the_viewer_finds_completions_filters_replaced_answers_and_moves_by_keys(
+    tmp_path: Path,
+) -> None:
+    """Search, the filter to answers that were replaced, the jump to the first such step
+    and the keys, in headless Chromium, on a run whose replaced steps are known."""
+    config = make_config("grid_world", model="test/step-answers", demos=0, max_steps=6)
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        played(store, config, 3, StepAnswers(["up", "jump", "", "left"]))
+        steps = store.steps(config.run_id)
+        page_text = render_viewer(store, config.run_id, UnitKey(0, 0))
+    out = tmp_path / "page.html"
+    out.write_text(page_text)
+    first = [s for s in steps if s.unit == UnitKey(0, 0)]
+    replaced = [s for s in first if s.kind != "valid"]
+    jumps = [s for s in steps if s.completion == "jump"]
+    assert replaced and jumps  # the run has what the page is asked to find
+    with opened(out) as browser:
+        page = browser.page
+        visible = f"{SHOWN} li.step:visible"
+        page.fill("#find", "jump")
+        assert page.locator(visible).count() == sum(s.unit == UnitKey(0, 0) for s in jumps)
+        for text in page.locator(visible).all_inner_texts():
+            assert "jump" in text.lower()
+        assert page.locator("#found").inner_text() == f"{len(jumps)} steps found"
+        page.fill("#find", "")
+        page.check("#flagged")  # only the answers that were replaced
+        kinds = page.locator(visible).evaluate_all("steps => steps.map(s => s.className)")
+        assert len(kinds) == len(replaced) and not any("kind-valid" in k for k in kinds)
+        page.uncheck("#flagged")
+        assert page.locator(visible).count() == len(first)
+        page.click("#first-flagged")  # the first step whose answer was replaced
+        focused = page.locator(f"{SHOWN} li.step.focused")
+        assert focused.get_attribute("id") == f"e0-s{replaced[0].step}"
+        page.keyboard.press("j")  # the next step
+        assert page.locator(f"{SHOWN} li.step.focused").get_attribute("id") == (
+            f"e0-s{replaced[0].step + 1}"
+        )
+        page.keyboard.press("n")  # the next episode
+        page.wait_for_function("() => window.location.hash === '#episode-1'")
+        assert page.locator(SHOWN).get_attribute("id") == "episode-1"
+        page.keyboard.press("/")
+        assert page.evaluate("() => document.activeElement.id") == "find"
+        assert browser.console_errors == [] and browser.outside_requests == []

@@ -467,7 +467,25 @@ summary { cursor: pointer; color: #0969da; }
 details.prefix > pre, details.prefix > img, details.after > pre { margin-top: 4px; }
 .turn { margin: 8px 0 0; padding-top: 2px; border-top: 1px solid #d0d7de; color: #57606a;
   font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
+.finder { position: sticky; top: 0; z-index: 1; background: #f6f8fa; padding: 8px 0;
+  display: flex; gap: 12px; align-items: center; flex-wrap: wrap; }
+.finder input[type=search] { width: 320px; padding: 4px 6px; }
+.finder .keys { color: #57606a; font-size: 12px; }
+li.step.focused { outline: 3px solid #0969da; outline-offset: 2px; }
+li.step[hidden] { display: none; }
+nav a.no-match { opacity: .4; }
+.matches { color: #0969da; margin-left: 4px; font-size: 12px; }
 """
+)
+
+# Search, the filter to answers that were replaced, and the keys (handled by `_SCRIPT`).
+_FINDER = (
+    '<div class="finder"><input type="search" id="find" placeholder="search completions and '
+    'observations" aria-label="search completions and observations">'
+    '<label><input type="checkbox" id="flagged"> only illegal, invalid or empty answers</label>'
+    '<button type="button" id="first-flagged">first such step</button>'
+    '<span id="found" role="status"></span>'
+    '<span class="keys">keys: / search · f filter · j/k step · n/p episode</span></div>'
 )
 
 _SCRIPT = """
@@ -506,6 +524,89 @@ _SCRIPT = """
   }, true);
   window.addEventListener("hashchange", fromHash);
   fromHash();
+
+  // Search and filter: a step is shown if its text holds the search and, with the filter,
+  // its answer was replaced; each episode's matches are counted in the list.
+  const find = document.getElementById("find");
+  const flagged = document.getElementById("flagged");
+  const found = document.getElementById("found");
+  const stepsOf = (section) => Array.from(section.querySelectorAll("li.step"));
+  const replaced = (step) => !step.classList.contains("kind-valid");
+  function matches(step, query) {
+    return (!flagged.checked || replaced(step))
+      && (!query || step.textContent.toLowerCase().includes(query));
+  }
+  function refilter() {
+    const query = find.value.trim().toLowerCase();
+    const filtering = Boolean(query) || flagged.checked;
+    let total = 0;
+    for (const section of sections) {
+      let count = 0;
+      for (const step of stepsOf(section)) {
+        const shown = matches(step, query);
+        step.hidden = !shown;
+        count += shown ? 1 : 0;
+      }
+      total += count;
+      const link = links.find((a) => a.dataset.episode === section.dataset.episode);
+      if (!link) continue;
+      link.classList.toggle("no-match", filtering && count === 0);
+      let badge = link.querySelector(".matches");
+      if (!badge) {
+        badge = document.createElement("span");
+        badge.className = "matches";
+        link.appendChild(badge);
+      }
+      badge.textContent = filtering ? "(" + count + ")" : "";
+    }
+    found.textContent = filtering ? total + " steps found" : "";
+  }
+  find.addEventListener("input", refilter);
+  flagged.addEventListener("change", refilter);
+
+  // The step in focus, in the episode on screen: moved with j/k, or to the first step
+  // whose answer was replaced.
+  const shownSection = () => sections.find((section) => !section.hidden);
+  function focusStep(step) {
+    for (const other of document.querySelectorAll("li.step.focused")) {
+      other.classList.remove("focused");
+    }
+    if (!step) return;
+    step.classList.add("focused");
+    step.scrollIntoView({block: "center"});
+  }
+  function moveStep(by) {
+    const section = shownSection();
+    if (!section) return;
+    const visible = stepsOf(section).filter((step) => !step.hidden);
+    const at = visible.findIndex((step) => step.classList.contains("focused"));
+    focusStep(visible[Math.min(Math.max(at + by, 0), visible.length - 1)]);
+  }
+  function moveEpisode(by) {
+    const at = sections.findIndex((section) => !section.hidden);
+    const next = sections[at + by];
+    if (next) window.location.hash = "#episode-" + next.dataset.episode;
+  }
+  document.getElementById("first-flagged").addEventListener("click", () => {
+    const section = shownSection();
+    if (section) focusStep(stepsOf(section).find(replaced));
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.target === find) {
+      if (event.key === "Escape") find.blur();
+      return;
+    }
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    const actions = {
+      "/": () => find.focus(), "f": () => { flagged.click(); },
+      "j": () => moveStep(1), "k": () => moveStep(-1),
+      "n": () => moveEpisode(1), "p": () => moveEpisode(-1),
+    };
+    if (actions[event.key]) {
+      event.preventDefault();
+      actions[event.key]();
+    }
+  });
 })();
 """
 
@@ -527,6 +628,6 @@ def page_html(view: ViewedRun, chosen: UnitKey | None) -> str:
         sections = '<p class="none">This run has no finished episode yet.</p>'
     body = (
         f'<div class="layout">{_nav_html(view.episodes, chosen, view.finished)}'
-        f"<main>{_run_header(view)}{sections}</main></div>{prefixes.html()}"
+        f"<main>{_run_header(view)}{_FINDER}{sections}</main></div>{prefixes.html()}"
     )
     return document(f"lmact · run {view.run.run_id}", _CSS, body, _SCRIPT)
