@@ -16,7 +16,19 @@ import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from lmact.cli import compare, demos, merge, models, presets, report, run, sweep, tasks, view
+from lmact.cli import (
+    compare,
+    demos,
+    export,
+    merge,
+    models,
+    presets,
+    report,
+    run,
+    sweep,
+    tasks,
+    view,
+)
 from lmact.cli.arguments import EXIT_USAGE, Parser, flag_for
 from lmact.declarations import OptionError
 from lmact.errors import LmactError
@@ -24,7 +36,7 @@ from lmact.text import visible
 
 # The commands, in the order `lmact --help` lists them.
 _MODULES: tuple[ModuleType, ...] = (
-    run, sweep, merge, demos, report, compare, view, tasks, presets, models,
+    run, sweep, merge, demos, report, compare, view, export, tasks, presets, models,
 )  # fmt: skip
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     module.__name__.rsplit(".", 1)[1]: module.command for module in _MODULES
