@@ -228,10 +228,7 @@ def make_icrl_config(
     spec = get_task(task)
     if reset is None:
         reset = "fresh" if spec.environment == "classification" else "same"
-    _check_task_options(spec, history, eval_every)
-    if labels == "unlisted" and spec.environment != "classification":
-        raise OptionError(Named("labels"), " unlisted hides a classification task's labels; "
-                          "give a classification task")  # fmt: skip
+    _check_task_options(spec, history, eval_every, labels)
     if ucb_c != UCB_C.default and model != UcbPolicy.name:
         raise OptionError(
             Named("ucb_c"), f" is the {UcbPolicy.name} policy's; give ", Named("model"), " ucb"
@@ -340,8 +337,11 @@ def _check_inputs_last(config: IcrlConfig, episodes: int) -> None:
         )  # fmt: skip
 
 
-def _check_task_options(spec: TaskSpec, history: str, eval_every: int | None) -> None:
+def _check_task_options(spec: TaskSpec, history: str, eval_every: int | None, labels: str) -> None:
     """The options that only some tasks take, given for one of those."""
+    if labels == "unlisted" and spec.environment != "classification":
+        raise OptionError(Named("labels"), " unlisted hides a classification task's labels; "
+                          "give a classification task")  # fmt: skip
     if history == "summary" and spec.environment != "bandit":
         raise OptionError(Named("history"), " summary summarizes bandit rounds; give a bandit task")
     if eval_every is not None and spec.environment != "classification":
