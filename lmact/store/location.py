@@ -88,10 +88,6 @@ def open_store(location: StoreLocation | str | os.PathLike[str] | None = None) -
     return RunStore(place)
 
 
-def is_url(location: StoreLocation) -> bool:
-    return isinstance(location, StoreUrl)
-
-
 def store_exists(location: StoreLocation) -> bool:
     """Whether there is a store to read: a file, or a database (asked when it is opened)."""
     return isinstance(location, StoreUrl) or location.exists()

@@ -22,6 +22,7 @@ from lmact.store import schema
 from lmact.store.base import CLAIM_LEASE_S, StoreError, process_identity
 from lmact.store.location import StoreUrl
 from lmact.store.merge import Merged
+from lmact.store.reads import Transaction
 from lmact.store.sqlite import RunStore
 
 INSTALL_HINT = 'a PostgreSQL store needs psycopg: pip install "lmact[postgres]"'
@@ -136,7 +137,7 @@ class PostgresStore(RunStore):
         """A transaction: reads of one moment ("BEGIN": repeatable read), or a write (rows
         a claim or a write touches are locked until it ends)."""
         statement = "BEGIN ISOLATION LEVEL REPEATABLE READ" if begin == "BEGIN" else "BEGIN"
-        return _Transaction(self._db, statement)
+        return Transaction(self._db, statement)
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[None]:
@@ -158,27 +159,6 @@ class PostgresStore(RunStore):
             f"lmact merge joins SQLite stores; {self.path} is a PostgreSQL store, which workers "
             "share without merging"
         )
-
-    def close(self) -> None:
-        if self._claimed:
-            with contextlib.suppress(Exception):
-                self.release_claims()
-        self._db.close()
-
-
-class _Transaction:
-    def __init__(self, db: _Connection, begin: str) -> None:
-        self._db, self._begin = db, begin
-
-    def __enter__(self) -> None:
-        self._db.execute(self._begin)
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None:
-            self._db.execute("COMMIT")
-            return
-        with contextlib.suppress(Exception):  # a connection gone: the server rolled back
-            self._db.execute("ROLLBACK")
 
 
 class _Connection:

@@ -3,6 +3,7 @@ backend of `RunStore` speaks (placeholders `?`, translated where a driver wants 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -46,6 +47,26 @@ SUMMED = ("steps", "illegal", "invalid", "empty", "unreadable", *TOKEN_FIELDS)
 
 def unit_key(unit: UnitKey) -> tuple[int, str, int]:
     return unit.chain, unit.kind.value, unit.index
+
+
+class Transaction:
+    """A transaction on a store's connection, begun with `begin` (each backend's words),
+    committed at the end of the block or rolled back on an error. A rollback that fails
+    (the connection gone: the server or the file rolled back already) leaves the first
+    error to be seen."""
+
+    def __init__(self, db: Any, begin: str) -> None:
+        self._db, self._begin = db, begin
+
+    def __enter__(self) -> None:
+        self._db.execute(self._begin)
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self._db.execute("COMMIT")
+            return
+        with contextlib.suppress(Exception):
+            self._db.execute("ROLLBACK")
 
 
 class StoreReads:

@@ -40,7 +40,7 @@ from lmact.store.base import (
     unit_named,
 )
 from lmact.store.merge import Merged, merge_database
-from lmact.store.reads import AT_UNIT, StoreReads, unit_key
+from lmact.store.reads import AT_UNIT, StoreReads, Transaction, unit_key
 
 # How long opening a store waits for other processes that hold it (creating it, say).
 OPEN_TIMEOUT_S = 60.0
@@ -118,7 +118,7 @@ class RunStore(StoreReads):
 
     def close(self) -> None:
         if self._claimed:  # a reader's close writes nothing (the release scans every unit)
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(StoreError):  # a store gone: its claims end with it
                 self.release_claims()
         self._db.close()
 
@@ -425,20 +425,9 @@ class RunStore(StoreReads):
         with self._guard():
             self._db.execute(query, params)
 
-    def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> _Transaction:
+    def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Transaction:
         """A write transaction; with "BEGIN", reads of one moment (SQLite's snapshot)."""
-        return _Transaction(self._db, begin)
-
-
-class _Transaction:
-    def __init__(self, db: sqlite3.Connection, begin: str) -> None:
-        self._db, self._begin = db, begin
-
-    def __enter__(self) -> None:
-        self._db.execute(self._begin)
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        return Transaction(self._db, begin)
 
 
 _KEY_COLUMNS = frozenset({"chain", "unit_kind", "episode"})
