@@ -175,14 +175,14 @@ class _Stretch:
             except ClaimLostError:
                 return False, None
             except ModelAuthError:
-                self.write_ends(unit)  # what was played before it is kept
+                self.write_ends()  # what was played before it is kept
                 raise  # every other call would be refused too
             except BudgetReached as error:  # the run stops, letting calls in flight end
                 self.schedule.stopped = self.schedule.stopped or error
-                return self.write_ends(unit), None
+                return self.write_ends(), None
             except Exception as error:
                 self.schedule.failures.errors[unit] = error
-                return self.write_ends(unit), None
+                return self.write_ends(), None
             self.ends.append(end)
             following = self.chain[len(self.ends)] if len(self.chain) > len(self.ends) else None
             slow = time.monotonic() - self.started >= STEPS_WRITTEN_EVERY_S
@@ -203,9 +203,9 @@ class _Stretch:
         self._leave_chain()
         return True, claimed
 
-    def write_ends(self, stopped_at: UnitKey) -> bool:
-        """Write the ends played before `stopped_at` (a unit that failed): whether the
-        stretch may go on being reported as played."""
+    def write_ends(self) -> bool:
+        """Write the ends played before a unit that stopped the stretch (it failed, or the
+        run stops): whether the stretch may go on being reported as played."""
         if not self.ends:
             return True
         played, _ = self.written(None)
