@@ -1,5 +1,5 @@
-"""`lmact export [RUN…] --format parquet --out DIR`: runs (or a task's demonstrations) as
-tables other tools read."""
+"""`lmact export [RUN…] --format parquet|inspect --out DIR`: runs (or a task's
+demonstrations) as files other tools read: Parquet tables, Inspect eval logs."""
 
 from __future__ import annotations
 
@@ -9,19 +9,22 @@ from pathlib import Path
 from lmact.cli.arguments import add_option, storage_options
 from lmact.errors import LmactError
 
-FORMATS = ("parquet",)
+FORMATS = ("parquet", "inspect")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser(
         "export",
-        help="write runs (or demonstrations) as Parquet tables",
-        description="Write the runs given (a run id or a prefix of one; none: every run) as "
-        "runs.parquet, episodes.parquet and steps.parquet under --out, each step with the "
-        "observation the model was shown (text, or PNG bytes), rebuilt as `lmact view` "
-        "rebuilds it; or, with --demos TASK, a task's first --episodes demonstrations as "
-        "demonstrations.parquet. pandas.read_parquet and datasets.load_dataset('parquet', "
-        "...) read them offline (see docs/reports.md).",
+        help="write runs (or demonstrations) as Parquet tables or Inspect logs",
+        description="Write the runs given (a run id or a prefix of one; none: every run) "
+        "under --out. --format parquet (the default): runs.parquet, episodes.parquet and "
+        "steps.parquet, each step with the observation the model was shown (text, or PNG "
+        "bytes), rebuilt as `lmact view` rebuilds it; pandas.read_parquet and "
+        "datasets.load_dataset('parquet', ...) read them offline. With --demos TASK, a "
+        "task's first --episodes demonstrations as demonstrations.parquet. --format "
+        "inspect: one Inspect eval log a run (an episode a sample, its steps as messages, "
+        "the return and normalized score as scores), which `inspect view --log-dir DIR` "
+        "opens; needs lmact[inspect]. See docs/reports.md.",
     )
     export.later(arguments)
 
@@ -30,9 +33,10 @@ def arguments(export: argparse.ArgumentParser) -> None:
     from lmact.options import OPTIONS
 
     export.add_argument("runs", nargs="*", metavar="RUN", help="run ids (or prefixes)")
-    export.add_argument("--format", default="parquet", help="parquet (the one so far)")
+    export.add_argument("--format", default="parquet",
+                        help="parquet tables (default) or inspect eval logs")  # fmt: skip
     export.add_argument("--out", type=Path, required=True, metavar="DIR",
-                        help="the folder the tables are written to")  # fmt: skip
+                        help="the folder the tables or logs are written to")  # fmt: skip
     export.add_argument("--demos", metavar="TASK",
                         help="export this task's demonstrations instead of runs")  # fmt: skip
     add_option(export, OPTIONS["episodes"], metavar="N",
@@ -45,6 +49,7 @@ def arguments(export: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace) -> None:
     from lmact.demos import DemoStore
     from lmact.report.export import export_demonstrations, export_runs
+    from lmact.report.inspect_log import export_inspect
     from lmact.store import open_store, store_exists, store_location
     from lmact.tasks import get_task
 
@@ -52,6 +57,8 @@ def command(args: argparse.Namespace) -> None:
         raise LmactError(f"unknown export format {args.format!r}; accepted: {', '.join(FORMATS)}")
     demo_store = DemoStore.in_cache(args.cache_dir, args.workers)
     if args.demos is not None:
+        if args.format != "parquet":
+            raise LmactError("--demos TASK exports demonstrations as Parquet only")
         if args.runs or args.episodes is None:
             raise LmactError("--demos TASK exports demonstrations: give --episodes N, no run")
         task = get_task(args.demos)
@@ -63,5 +70,6 @@ def command(args: argparse.Namespace) -> None:
     if not store_exists(place):
         raise LmactError(f"no run store at {place}; start with `lmact run`")
     with open_store(place) as store:
-        for path in export_runs(store, args.runs, args.out, demo_store):
+        export = export_inspect if args.format == "inspect" else export_runs
+        for path in export(store, args.runs, args.out, demo_store):
             print(path)

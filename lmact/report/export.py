@@ -132,7 +132,7 @@ def _step_row(run_id: str, step: ViewedStep) -> dict[str, Any]:
         **_key(run_id, stored), **{name: getattr(stored, name) for name in fields},
         "observation_text": observation.text if observation is not None else None,
         "observation_png": observation.image_png if observation is not None else None,
-        "prompt_verified": step.verified, "kind": stored.kind.value,
+        "prompt_verified": step.prompt_verified, "kind": stored.kind.value,
         "stop_reason": stored.stop_reason.value, **stored.usage.as_dict(),
         "from_cache": bool(stored.from_cache),
     }  # fmt: skip

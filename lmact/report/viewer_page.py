@@ -69,6 +69,11 @@ class ViewedStep:
         return self.replayed is not None and self.replayed.prompt_hash == self.stored.prompt_hash
 
     @property
+    def prompt_verified(self) -> bool | None:
+        """`verified`, or None at a step of a policy that reads no prompt (a scripted one)."""
+        return None if self.stored.prompt_hash == NO_PROMPT else self.verified
+
+    @property
     def replaced(self) -> bool:
         """The executed action is not the one the answer named."""
         if self.asked is not None and self.replayed is not None:
@@ -123,7 +128,7 @@ class ViewedRun:
     finished: int  # the run's finished episodes: `episodes` may be the first of them only
 
 
-def _anchor(unit: UnitKey) -> str:
+def unit_anchor(unit: UnitKey) -> str:
     """A unit's name in the page's ids and links: its index alone for an episode of chain 0
     (every unit of a regime whose units stand alone), else with its chain and kind."""
     name = str(unit.index) if unit.kind is UnitKind.EPISODE else f"eval{unit.index}"
@@ -324,7 +329,7 @@ def _episode_facts(record: EpisodeRecord) -> str:
 
 
 def _episode_html(episode: ViewedEpisode, run: RunRecord, prefixes: _Prefixes, shown: bool) -> str:
-    unit = _anchor(episode.record.unit)
+    unit = unit_anchor(episode.record.unit)
     prefixes_seen = {_prefix_of(step) for step in episode.steps}
     shared = len(prefixes_seen) == 1 and None not in prefixes_seen
     head = f"<h2>{escape(episode.label)}</h2>{_episode_facts(episode.record)}"
@@ -345,7 +350,7 @@ def _nav_html(episodes: Sequence[ViewedEpisode], chosen: UnitKey | None, finishe
     items = []
     for episode in episodes:
         record = episode.record
-        unit = _anchor(record.unit)
+        unit = unit_anchor(record.unit)
         current = ' class="current"' if record.unit == chosen else ""
         flag = "" if all(s.verified for s in episode.steps) else ' <span class="flag">⚠</span>'
         items.append(
