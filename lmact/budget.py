@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from lmact.errors import LmactError
 
@@ -72,3 +73,12 @@ class Budget:
 
     def said(self) -> str:
         return f"${self.spent:.6f} spent on {self.calls} calls"
+
+
+def cap_against_estimate(max_cost: float | None, estimated: float | None) -> dict[str, Any]:
+    """A dry run's spend cap against its estimated cost, as the fields of its JSON: the
+    cap, and whether the estimate fits within it (None: no prices, so no estimate)."""
+    if max_cost is None:
+        return {}
+    fits = None if estimated is None else estimated <= max_cost
+    return {"max_cost_usd": max_cost, "estimate_within_cap": fits}

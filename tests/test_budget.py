@@ -80,3 +80,18 @@ def test_a_budget_reserves_the_most_a_call_may_cost_and_refuses_past_its_caps() 
     timed = Budget(max_time_s=0.0)
     with pytest.raises(BudgetReached, match="--max-time"):
         timed.reserve(None)
+
+
+def test_the_dry_run_holds_the_cap_against_its_estimate_in_text_and_json(tmp_path: Path) -> None:
+    store = tmp_path / "runs.sqlite"
+    url = "http://127.0.0.1:9"  # a dry run calls no model
+    estimate = json.loads(lmact("--dry-run", "--json", store=store, url=url).stdout)
+    assert estimate["cost_usd"] > 0 and "max_cost_usd" not in estimate
+    for cap, fits in ((estimate["cost_usd"] * 2, True), (estimate["cost_usd"] / 2, False)):
+        given = lmact("--dry-run", "--json", "--max-cost", repr(cap), store=store, url=url)
+        assert json.loads(given.stdout) == estimate | {
+            "max_cost_usd": cap, "estimate_within_cap": fits,
+        }  # fmt: skip
+        table = lmact("--dry-run", "--max-cost", repr(cap), store=store, url=url)
+        (line,) = [line for line in table.stdout.splitlines() if "--max-cost" in line]
+        assert ("passes it" in line) is not fits

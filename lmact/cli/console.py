@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lmact.api import estimate_dict
+from lmact.budget import cap_against_estimate
 from lmact.demos import duration
 from lmact.errors import LmactError
 from lmact.regimes import DEFAULT_REGIME, MEASURES, regime_of
@@ -71,10 +72,12 @@ def print_summary(summary: RunSummary, store: object) -> None:
     print(visible(f"run {summary.run_id} in {store}"))
 
 
-def print_estimate(estimate: RunEstimate, as_json: bool) -> None:
+def print_estimate(estimate: RunEstimate, as_json: bool, max_cost: float | None = None) -> None:
+    """A dry run's estimate, as a table or one JSON object, with the spend cap against it."""
     config, prepared = estimate.config, estimate.prepared
     if as_json:
-        print(json.dumps(estimate_dict(estimate)))
+        cap = cap_against_estimate(max_cost, estimate.cost_usd)
+        print(json.dumps(estimate_dict(estimate) | cap))
         return
     print(
         f"dry run: {config.task} · {config.observation} · {config.model} · "
@@ -103,6 +106,7 @@ def print_estimate(estimate: RunEstimate, as_json: bool) -> None:
             ("estimated cost", cost),
         ]
     )
+    print_cap(max_cost, estimate.cost_usd)
     print("no model was called")
 
 
@@ -216,12 +220,13 @@ def print_sweep(sweep: Any, outcomes: Sequence[Any]) -> None:
 
 def print_cap(max_cost: float | None, estimated: float | None) -> None:
     """The dry run's spend cap (`--max-cost`) against its estimated cost."""
+    fits = cap_against_estimate(max_cost, estimated).get("estimate_within_cap", False)
     if max_cost is None:
         return
-    if estimated is None:
+    if fits is None:
         print(f"--max-cost ${max_cost:g}: no estimate to hold it against (no prices known)")
         return
-    verdict = "fits within it" if estimated <= max_cost else "passes it: the run would stop"
+    verdict = "fits within it" if fits else "passes it: the run would stop"
     print(f"--max-cost ${max_cost:g}: the estimate, {dollars(estimated)}, {verdict}")
 
 

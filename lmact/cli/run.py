@@ -30,7 +30,7 @@ def arguments(run: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> None:
     from lmact.api import play
-    from lmact.cli.console import print_cap, print_estimate, print_summary
+    from lmact.cli.console import print_estimate, print_summary
     from lmact.options import read_run
     from lmact.runner import RunEstimate
     from lmact.store import store_location
@@ -38,9 +38,7 @@ def command(args: argparse.Namespace) -> None:
     read = read_run(given(args), stated(args))
     played = play(read, progress=sys.stderr.isatty())
     if isinstance(played, RunEstimate):
-        print_estimate(played, args.json)
-        if not args.json:
-            print_cap(read.process.max_cost, played.cost_usd)
+        print_estimate(played, args.json, read.process.max_cost)
     elif args.json:
         print(json.dumps(played.to_dict()))
     else:
