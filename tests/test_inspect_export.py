@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import inspect_ai.log as inspect_log  # the dev extra installs it (lmact[inspect])
 import pytest
 from browser import CHROMIUM
 from helpers import store_of_every_regime
@@ -26,8 +27,6 @@ from lmact.report.tables import run_row
 from lmact.runner import Runner
 from lmact.store import RunRecord, RunStore
 from lmact.tasks import get_task
-
-inspect_log = pytest.importorskip("inspect_ai.log", reason="needs lmact[inspect]")
 
 
 @pytest.fixture(scope="module")
