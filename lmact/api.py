@@ -32,6 +32,7 @@ from lmact.report.tables import episode_records, report_rows, select_rows
 from lmact.runner import RunEstimate, Runner, RunSummary
 from lmact.store import StoreUrl, open_store, store_exists, store_location
 from lmact.sweeps import plan_sweep
+from lmact.trackers import open_trackers
 
 # What a dry run's JSON holds besides the run id, as `lmact run --dry-run --json` prints it.
 _ESTIMATE_KEYS = (
@@ -62,13 +63,15 @@ def play(
     read: RunOptions, *, model_options: ModelOptions | None = None, progress: bool = False
 ) -> RunSummary | RunEstimate:
     """Play a run read by `lmact.options.read_run` (with its baselines), or estimate it
-    (`dry_run`); `progress`: show progress bars on stderr."""
+    (`dry_run`); `progress`: show progress bars on stderr. A run played is logged to the
+    experiment trackers of its `log_to`."""
     process = read.process
-    with open_store(process.store) as store:
+    trackers = open_trackers(() if read.dry_run else process.log_to)
+    with trackers, open_store(process.store) as store:
         demo_store = DemoStore.in_cache(process.cache_dir, process.workers)
         runner = Runner(store, demo_store, model_options or process.model,
                         process.max_connections, progress=progress,
-                        budget=process.budget())  # fmt: skip
+                        budget=process.budget(), trackers=trackers)  # fmt: skip
         try:
             if read.dry_run:
                 return runner.estimate(read.config, read.episodes)
@@ -92,12 +95,14 @@ def sweep(
     workers: int | None = None,
     max_connections: int | None = None,
     model_options: ModelOptions | None = None,
+    log_to: str | list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Play a sweep file as `lmact sweep` does; per run, its options and its summary (or
     the error that stopped it). What the file's [base] sets for the process (its store,
-    cache, connections, base URLs …) applies unless given here."""
+    cache, connections, base URLs, experiment trackers …) applies unless given here."""
     plan = plan_sweep(path, store=store, cache_dir=cache_dir, workers=workers,
-                      max_connections=max_connections, model_options=model_options)  # fmt: skip
+                      max_connections=max_connections, model_options=model_options,
+                      log_to=[log_to] if isinstance(log_to, str) else log_to)  # fmt: skip
     return [
         {
             "options": o.run.options,

@@ -33,6 +33,7 @@ from lmact.regimes.base import RegimeConfig
 from lmact.regimes.prompted import ANSWER_MATCHES
 from lmact.store import DEFAULT_STORE, MAX_EPISODES, StoreLocation, store_location
 from lmact.tasks import dataset_task, get_task, unsemantic_task
+from lmact.trackers import tracker_names
 
 DATASET = "a dataset of your own (classification tasks)"
 NETWORKED = "networked models"
@@ -125,6 +126,15 @@ COMMON: tuple[Option, ...] = (
     Option("max_time", float, positive=True, scope=PROCESS, order=426, metavar="S",
            help="send no model call after this many seconds from the first; the run stops "
            "as at --max-cost"),
+    Option("log_to", multiple=True, scope=PROCESS, order=427, metavar="TRACKER",
+           help=lambda: "log each run to an experiment tracker: "
+           f"{' or '.join(tracker_names()) or 'none installed'} (a plug-in's too: the "
+           "`lmact.trackers` entry points); repeat it or separate names by commas for "
+           "several. Logged: the run's configuration, each episode's return with the "
+           "running mean, normalized score, tokens and cost, and the run's summary; a "
+           "sweep's runs as one group. Each tracker reads its own settings "
+           "(WANDB_PROJECT, WANDB_MODE, MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME …) and "
+           'needs its extra: pip install "lmact[wandb]" (see docs/trackers.md)'),
     Option("dry_run", bool, default=False, scope=COMMAND, order=430,
            help="call no model: print the calls, tokens and estimated cost of the run, "
            "with the expert playing the episodes"),
@@ -213,6 +223,7 @@ class ProcessOptions:
     max_connections: int | None = None
     max_cost: float | None = None  # USD
     max_time: float | None = None  # seconds
+    log_to: tuple[str, ...] = ()  # the experiment trackers' names (`lmact.trackers`)
     model: ModelOptions = field(default_factory=ModelOptions)
 
     def budget(self) -> Budget:
@@ -327,8 +338,22 @@ def read_process(values: Mapping[str, Any]) -> ProcessOptions:
         max_connections=given.get("max_connections"),
         max_cost=given.get("max_cost"),
         max_time=given.get("max_time"),
+        log_to=_trackers_named(given.get("log_to", ())),
         model=model_options(given),
     )
+
+
+def _trackers_named(values: Iterable[str]) -> tuple[str, ...]:
+    """`log_to`'s tracker names, each given once or comma-separated, in order, each once;
+    one not installed is refused, naming those that are."""
+    named = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    known = tracker_names()
+    for name in named:
+        if name not in known:
+            accepted = ", ".join(known) or "none installed"
+            raise OptionError("unknown ", Named("log_to"), f" tracker {name!r}; accepted: "
+                              f"{accepted}{close_name(name, known)}")  # fmt: skip
+    return tuple(dict.fromkeys(named))
 
 
 def model_options(given: Mapping[str, Any]) -> ModelOptions:

@@ -17,18 +17,21 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from lmact import __version__
 from lmact.budget import Budget, BudgetReached
 from lmact.demos import DemoStore, GenerationForecast
 from lmact.errors import LmactError
 from lmact.models.base import ModelOptions, ModelResponse
 from lmact.policies import DryRunPolicy, Policies, Policy
-from lmact.records import EpisodeRecord, UnitKey
+from lmact.records import EpisodeRecord, UnitKey, UnitKind
 from lmact.regimes import regime_of
 from lmact.regimes.base import PreparedRun, Regime, RegimeConfig, RunContext
 from lmact.schedule import EpisodeFailures, Schedule
 from lmact.scoring import EpisodeScores, score_episodes
 from lmact.store import RunStore
 from lmact.text import visible
+from lmact.trackers import TrackedRun, Trackers
+from lmact.trackers.base import safe_config
 
 # A server's pause at least this long is announced on stderr when there is no progress bar.
 PAUSE_NOTICE_S = 5.0
@@ -111,6 +114,7 @@ class Runner:
         poll_s: float = 0.5,
         policies: Policies | None = None,
         budget: Budget | None = None,
+        trackers: Trackers | None = None,
     ) -> None:
         self.store = store
         self.demo_store = demo_store
@@ -123,6 +127,8 @@ class Runner:
         # (I, N): this process plays the chains of shard I of N only (`lmact sweep --shard`).
         self.shard: tuple[int, int] | None = None
         self.playing: set[str] = set()  # the runs whose units are being played now
+        # Told of the runs this runner evaluates and of every episode it finishes.
+        self.trackers = trackers if trackers is not None else Trackers()
         self.policies = policies or Policies(
             store, model_options, max_connections, backoff_s=retry_backoff_s, budget=budget
         )
@@ -283,8 +289,9 @@ class Runner:
         pending = deque(deque(chain) for chain in chains)
         with self._bar(total, description, "episode") as bar:
             schedule = Schedule(
-                self.store, self.poll_s, prepared, regime_of(config), pending, [], failures, bar
-            )
+                self.store, self.poll_s, prepared, regime_of(config), pending, [], failures, bar,
+                on_finished=self.trackers.episode_finished,
+            )  # fmt: skip
             with self._pauses_shown(bar, schedule):
                 bar.update(total - sum(len(chain) for chain in chains))
                 renewal = asyncio.create_task(schedule.renew_leases())
@@ -368,13 +375,35 @@ class Runner:
 
     def evaluate(self, config: RegimeConfig, episodes: int, restart: bool = False) -> RunSummary:
         """Run, then run the regime's baselines (random, expert) on the same units, and
-        score. `restart` discards the run's stored episodes (not the baselines') first."""
-        result = self.run(config, episodes, restart)
-        baselines = {
-            policy: self.run(baseline, episodes)
-            for policy, baseline in regime_of(config).baselines(config).items()
-        }
-        return self.summarize(result, baselines)
+        score. `restart` discards the run's stored episodes (not the baselines') first.
+        The trackers hear of the run's start, its episodes and its end."""
+        self.track(config, episodes)
+        try:
+            result = self.run(config, episodes, restart)
+            baselines = {
+                policy: self.run(baseline, episodes)
+                for policy, baseline in regime_of(config).baselines(config).items()
+            }
+            summary = self.summarize(result, baselines)
+        except Exception as error:  # not an interruption: closing the trackers ends that
+            self.trackers.run_finished(config.run_id, None, _stopped_by(error))
+            raise
+        self.trackers.run_finished(config.run_id, summary.to_dict())
+        return summary
+
+    def track(self, config: RegimeConfig, episodes: int) -> None:
+        """Tell the trackers that `config`'s run starts, with the returns its baselines
+        have stored already (a running normalized score needs them)."""
+        if not self.trackers:
+            return
+        baselines = {}
+        for policy, baseline in regime_of(config).baselines(config).items():
+            units, _ = self.store.finished_units(baseline.run_id, (UnitKind.EPISODE,))
+            baselines[policy] = (baseline.run_id, {u.unit: u.total_return for u in units})
+        values = {**safe_config(config.model_dump()), "episodes": episodes,
+                  "run_id": config.run_id, "lmact_version": __version__}  # fmt: skip
+        name = f"{config.model} {config.task}/{config.observation}"
+        self.trackers.run_started(TrackedRun(config.run_id, name, values), baselines)
 
     def summarize(self, result: RunResult, baselines: dict[str, RunResult]) -> RunSummary:
         """A run's summary: its scores against its baselines' results, and its measures."""
@@ -448,6 +477,12 @@ def summarize(
         description=regime.describe(facts),
         details=regime.summary_fields(config, facts),
     )
+
+
+def _stopped_by(error: Exception) -> str:
+    """Why a run stopped, in one line, as trackers are told."""
+    text = str(error) if isinstance(error, LmactError) else f"{type(error).__name__}: {error}"
+    return (text.strip().splitlines() or [type(error).__name__])[0]
 
 
 def _note_unconstrained(prepared: PreparedRun[Any, Any]) -> None:

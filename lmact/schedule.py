@@ -92,6 +92,8 @@ class Schedule:
     # The cap that stopped the run (`--max-cost`): no worker takes another unit, and those
     # with calls in flight let them end (their answers cached, so none is sent again).
     stopped: BudgetReached | None = None
+    # Told of each unit this process finished, once its end is written (the trackers).
+    on_finished: Callable[[str, EpisodeRecord], None] = lambda run_id, record: None
 
     async def worker(self) -> None:
         while (self.pending or self.waiting) and self.stopped is None:
@@ -212,9 +214,11 @@ class _Stretch:
         return played
 
     def _leave_chain(self) -> None:
-        for _ in self.ends:
+        schedule = self.schedule
+        for end in self.ends:
             self.chain.popleft()
-            self.schedule.bar.update(1)
+            schedule.bar.update(1)
+            schedule.on_finished(schedule.run_id, end.record)
         self.ends.clear()
 
     async def play_unit(self, unit: UnitKey) -> UnitEnd:

@@ -49,6 +49,8 @@ from lmact.regimes import regime_of
 from lmact.regimes.base import RegimeConfig
 from lmact.runner import Runner, RunResult, RunSummary, run_returning
 from lmact.store import StoreLocation, StoreUrl, open_store, store_location
+from lmact.trackers import open_trackers
+from lmact.trackers.base import safe_config
 
 # Run options as a sweep file gives them, to a run's configuration and episode count.
 RunMaker = Callable[[dict[str, Any]], tuple[RegimeConfig, int]]
@@ -95,6 +97,13 @@ class Sweep:
             baselines = regime_of(run.config).baselines(run.config).values()
             run_ids += [baseline.run_id for baseline in baselines]
         return run_ids
+
+    def configurations(self) -> dict[str, dict[str, Any]]:
+        """Its runs' configurations (and episodes) by run id, as trackers are told them."""
+        return {
+            run.config.run_id: {**safe_config(run.config.model_dump()), "episodes": run.episodes}
+            for run in self.runs
+        }
 
     def grid(self) -> dict[str, Any]:
         """What the store keeps of the sweep: its runs' options and ids."""
@@ -295,13 +304,16 @@ class SweepPlan:
         return store_location(self.process.store)
 
     @contextlib.contextmanager
-    def runner(self) -> Iterator[Runner]:
-        """One runner for every run of the sweep (one caller per model)."""
+    def runner(self, tracked: bool = False) -> Iterator[Runner]:
+        """One runner for every run of the sweep (one caller per model); `tracked`: with
+        the experiment trackers of `log_to`."""
         process = self.process
         demo_store = DemoStore.in_cache(process.cache_dir, process.workers)
-        with open_store(self.store) as store:
+        trackers = open_trackers(process.log_to if tracked else ())
+        with trackers, open_store(self.store) as store:
             runner = Runner(store, demo_store, process.model, process.max_connections,
-                            progress=False, budget=process.budget())  # fmt: skip
+                            progress=False, budget=process.budget(),
+                            trackers=trackers)  # fmt: skip
             runner.shard = self.shard
             try:
                 yield runner
@@ -316,15 +328,19 @@ class SweepPlan:
     def play(self, progress: SweepProgress | None = None) -> list[SweepOutcome]:
         """Play the sweep (kept in the store for `lmact report --sweep NAME`); `progress`,
         given the sweep and its runner, makes the listeners of what `play_sweep` does."""
-        with self.runner() as runner:
+        with self.runner(tracked=True) as runner:
             runner.store.save_sweep(self.sweep.name, self.sweep.grid(), self.sweep.run_ids())
             on_done, on_tick, close = (
                 progress(self.sweep, runner) if progress else (lambda _: None, None, lambda: None)
             )
+            runner.trackers.sweep_started(self.sweep.name, self.sweep.configurations())
             try:
-                return run_returning(play_sweep(runner, self.sweep, on_done, on_tick))
+                outcomes = run_returning(play_sweep(runner, self.sweep, on_done, on_tick))
             finally:
                 close()
+            errors = {o.run.config.run_id: o.error for o in outcomes if o.error is not None}
+            runner.trackers.sweep_finished(self.sweep.name, errors)
+            return outcomes
 
 
 def plan_sweep(
@@ -337,6 +353,7 @@ def plan_sweep(
     model_options: ModelOptions | None = None,
     max_cost: float | None = None,
     max_time: float | None = None,
+    log_to: Collection[str] | None = None,
 ) -> SweepPlan:
     """A sweep file's runs, read once (it may be a pipe) and made, with the options of the
     process: those given here, else those its [base] sets, else the defaults."""
@@ -344,7 +361,7 @@ def plan_sweep(
     settings = process_settings(read)
     given = read_process({"store": store, "cache_dir": cache_dir, "workers": workers,
                           "max_connections": max_connections, "max_cost": max_cost,
-                          "max_time": max_time})  # fmt: skip
+                          "max_time": max_time, "log_to": log_to})  # fmt: skip
     process = ProcessOptions(
         store=given.store or settings.store,
         cache_dir=given.cache_dir or settings.cache_dir,
@@ -352,6 +369,7 @@ def plan_sweep(
         max_connections=given.max_connections or settings.max_connections,
         max_cost=given.max_cost or settings.max_cost,
         max_time=given.max_time or settings.max_time,
+        log_to=given.log_to or settings.log_to,
         model=model_options or settings.model,
     )
     return SweepPlan(load_sweep(read), process)
@@ -393,6 +411,7 @@ async def play_sweep(
         return results[key]
 
     async def one(run: SweepRun) -> SweepOutcome:
+        runner.track(run.config, run.episodes)
         own = started(run.config, run.episodes)
         needed = {
             policy: started(config, run.episodes)
@@ -407,6 +426,8 @@ async def play_sweep(
                 outcome = SweepOutcome(run, runner.summarize(result, baselines), None)
         except LmactError as error:
             outcome = SweepOutcome(run, None, str(error), capped=isinstance(error, BudgetReached))
+        summary = outcome.summary.to_dict() if outcome.summary else None
+        runner.trackers.run_finished(run.config.run_id, summary, outcome.error)
         on_done(outcome)
         return outcome
 

@@ -46,6 +46,7 @@ def sample(option: Option, folder: Path) -> tuple[dict[str, Any], Any]:
         "base_url": ["http://127.0.0.1:9/v1", "http://127.0.0.1:10/v1"],
         "text_field": "q", "label_field": "intent", "history": "summary",
         "demo_draw": "per-episode", "task_option": ["opening_plies=1"],
+        "log_to": ("wandb", "mlflow"),
     }  # fmt: skip
     classification = ("dataset", "held_out", "text_field", "label_field", "unsemantic_labels")
     if option.name in (*classification, "eval_every", "reset", "labels"):

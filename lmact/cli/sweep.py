@@ -31,7 +31,7 @@ def arguments(sweep: argparse.ArgumentParser) -> None:
     add_option(sweep, OPTIONS["max_connections"], metavar="N",
                help="requests in flight at once per model (default: the sweep file's "
                "max_connections, else each provider's)")  # fmt: skip
-    for name in ("max_cost", "max_time"):  # unset: the sweep file's [base], if it sets them
+    for name in ("max_cost", "max_time", "log_to"):  # unset: the sweep file's [base]'s, if any
         add_option(sweep, OPTIONS[name], default=None)
     sweep.add_argument("--shard", metavar="I/N", type=_shard,
                        help="play shard I of N (0 <= I < N): a deterministic share of every "
@@ -60,7 +60,8 @@ def command(args: argparse.Namespace) -> None:
 
     plan = plan_sweep(args.file, store=args.store, cache_dir=args.cache_dir,
                       workers=args.workers, max_connections=args.max_connections,
-                      max_cost=args.max_cost, max_time=args.max_time)  # fmt: skip
+                      max_cost=args.max_cost, max_time=args.max_time,
+                      log_to=args.log_to)  # fmt: skip
     plan = dataclasses.replace(plan, shard=args.shard)
     if args.dry_run:
         print_sweep_estimate(plan.sweep, plan.estimate(), plan.process.max_cost)
