@@ -13,12 +13,14 @@ import re
 from functools import cache
 from importlib import import_module
 from importlib.metadata import EntryPoint, distributions
-from typing import Any
+from typing import Any, TypeVar
 
 from lmact.envs.base import Environment
 from lmact.errors import LmactError, UnknownNameError
+from lmact.text import visible
 
 ENTRY_POINT_GROUP = "lmact.envs"
+T = TypeVar("T")
 
 # Imported lazily so that a task's heavy dependencies load only when the task is used.
 BUILTIN_ENVIRONMENTS: dict[str, str] = {
@@ -91,11 +93,7 @@ def environment_class(name: str) -> type[Environment]:
     claims = _claims()
     if name not in claims:
         raise UnknownNameError("environment", name, sorted(claims))
-    if len(claims[name]) > 1:
-        raise LmactError(
-            f"environment {name!r} is claimed more than once: {'; '.join(claims[name])}; "
-            f"rename or uninstall the plug-in's `{ENTRY_POINT_GROUP}` entry point"
-        )
+    refuse_claimed_twice("environment", name, claims[name], ENTRY_POINT_GROUP)
     if name in BUILTIN_ENVIRONMENTS:
         module_name, class_name = BUILTIN_ENVIRONMENTS[name].split(":")
         return getattr(import_module(module_name), class_name)
@@ -104,19 +102,37 @@ def environment_class(name: str) -> type[Environment]:
 
 
 def _load_plugin(entry_point: EntryPoint) -> type[Environment]:
-    where = f"environment plug-in {entry_point_origin(entry_point)}"
+    loaded = load_plugin_class(entry_point, "environment", Environment)
+    formats = getattr(loaded, "observation_formats", None)
+    if not isinstance(formats, tuple) or not formats:
+        where = f"environment plug-in {entry_point_origin(entry_point)}"
+        raise LmactError(f"{where} declares no observation_formats (a tuple of format names)")
+    return loaded
+
+
+def load_plugin_class(entry_point: EntryPoint, kind: str, base: type[T]) -> type[T]:
+    """The class a plug-in's entry point names, checked to subclass `base`; a one-line
+    LmactError naming the plug-in (as a `kind` plug-in) when it cannot be loaded or is not
+    one."""
+    where = f"{kind} plug-in {entry_point_origin(entry_point)}"
     try:
         loaded = entry_point.load()
     except Exception as error:  # any failure of third-party code is one line
-        raise LmactError(
-            f"{where} cannot be loaded: {type(error).__name__}: {error}".splitlines()[0]
-        ) from None
-    if not (isinstance(loaded, type) and issubclass(loaded, Environment)):
-        raise LmactError(f"{where} is not a subclass of lmact.envs.base.Environment")
-    formats = getattr(loaded, "observation_formats", None)
-    if not isinstance(formats, tuple) or not formats:
-        raise LmactError(f"{where} declares no observation_formats (a tuple of format names)")
+        text = visible(f"{type(error).__name__}: {error}".strip().splitlines()[0])
+        raise LmactError(f"{where} cannot be loaded: {text}") from None
+    if not (isinstance(loaded, type) and issubclass(loaded, base)):
+        raise LmactError(f"{where} is not a subclass of {base.__module__}.{base.__qualname__}")
     return loaded
+
+
+def refuse_claimed_twice(kind: str, name: str, claims: list[str], group: str) -> None:
+    """A name two plug-ins (or a plug-in and a built-in) claim is refused, naming both,
+    rather than one of them winning silently."""
+    if len(claims) > 1:
+        raise LmactError(
+            f"{kind} {name!r} is claimed more than once: {'; '.join(claims)}; "
+            f"rename or uninstall the plug-in's `{group}` entry point"
+        )
 
 
 def make_environment(name: str, options: dict[str, Any] | None = None) -> Environment:

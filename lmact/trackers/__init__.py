@@ -20,7 +20,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from lmact.envs import entry_point_origin, plugin_entry_points
+from lmact.envs import (
+    entry_point_origin,
+    load_plugin_class,
+    plugin_entry_points,
+    refuse_claimed_twice,
+)
 from lmact.errors import LmactError, UnknownNameError
 from lmact.records import EpisodeRecord, UnitKey, UnitKind
 from lmact.scoring import normalized_score
@@ -52,19 +57,10 @@ def tracker_class(name: str) -> type[Tracker]:
     claims = _claims()
     if name not in claims:
         raise UnknownNameError("tracker", name, sorted(claims))
-    if len(claims[name]) > 1:
-        named = "; ".join(entry_point_origin(e) for e in claims[name])
-        raise LmactError(f"tracker {name!r} is claimed more than once: {named}; rename or "
-                         f"uninstall a `{ENTRY_POINT_GROUP}` entry point")  # fmt: skip
+    origins = [entry_point_origin(entry_point) for entry_point in claims[name]]
+    refuse_claimed_twice("tracker", name, origins, ENTRY_POINT_GROUP)
     (entry_point,) = claims[name]
-    where = f"tracker plug-in {entry_point_origin(entry_point)}"
-    try:
-        loaded = entry_point.load()
-    except Exception as error:  # any failure of third-party code is one line
-        raise LmactError(f"{where} cannot be loaded: {_one_line(error)}") from None
-    if not (isinstance(loaded, type) and issubclass(loaded, Tracker)):
-        raise LmactError(f"{where} is not a subclass of lmact.trackers.base.Tracker")
-    return loaded
+    return load_plugin_class(entry_point, "tracker", Tracker)
 
 
 def open_trackers(names: Iterable[str]) -> Trackers:
