@@ -536,6 +536,26 @@ def test_transient_faults_succeed_on_a_later_attempt(fault: Reply) -> None:
     assert len(server.requests) == 2
 
 
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_a_dropped_connection_or_a_slow_answer_is_retried_over_either_transport(
+    transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK sends its async calls with aiohttp whenever that is installed (many packages
+    install it), else with httpx: either library's faults are transient ones."""
+    from google.genai import _api_client
+
+    if transport == "httpx":
+        monkeypatch.setattr(_api_client, "has_aiohttp", False)
+    else:
+        assert _api_client.has_aiohttp  # the dev extra installs it (inspect-ai needs it)
+    slow = Reply(200, generated("late"), delay_s=1.5)
+    for fault, timeout_s in ((Reply(drop=True), 10.0), (slow, 0.3)):
+        with loopback(faults_then(fault, then=answer(generated("b2")))) as server:
+            response, caller = call(model_at(server.url, timeout_s=timeout_s), simple_request())
+        assert response.text == "b2" and caller.totals.retries == 1
+        assert len(server.requests) == 2
+
+
 def test_the_sdk_itself_does_not_retry() -> None:
     busy = Reply(503, error(503, "UNAVAILABLE", "overloaded"))
     handler = faults_then(busy, then=answer(generated()))

@@ -75,7 +75,8 @@ def _sdk() -> tuple[Any, Any, Any]:
 
 def _transport_errors() -> tuple[tuple[type[Exception], ...], ...]:
     """(timeouts, unusable URLs, other connection failures) of the HTTP libraries the SDK
-    may use (httpx2 by default, httpx if chosen), whichever are installed."""
+    may use, whichever are installed: httpx2 by default, httpx if chosen, and aiohttp for
+    its async calls whenever aiohttp is installed (as many other packages install it)."""
     timeouts: list[type[Exception]] = []
     bad_url: list[type[Exception]] = []
     transport: list[type[Exception]] = []
@@ -87,6 +88,14 @@ def _transport_errors() -> tuple[tuple[type[Exception], ...], ...]:
         timeouts.append(module.TimeoutException)
         bad_url += [module.UnsupportedProtocol, module.InvalidURL]
         transport.append(module.TransportError)
+    try:
+        import aiohttp
+    except ImportError:
+        pass
+    else:  # a timeout is a connection error too: it is looked for first
+        timeouts.append(aiohttp.ServerTimeoutError)
+        bad_url.append(aiohttp.InvalidURL)
+        transport += [aiohttp.ClientConnectionError, aiohttp.ClientPayloadError]
     return tuple(timeouts), tuple(bad_url), tuple(transport)
 
 
