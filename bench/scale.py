@@ -62,10 +62,12 @@ REPORT_FORMATS = ("md", "csv", "html")
 STEP_WINDOW = 100
 # Runs `lmact report` and prints its peak resident memory (KiB on Linux) on stderr's last line.
 MEASURED_REPORT = (
-    "import resource, sys\n"
+    "import re, sys\n"
     "from lmact.cli import main\n"
     "code = main(sys.argv[1:])\n"
-    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    # VmHWM: this program's own peak; ru_maxrss keeps the parent's across fork and exec.
+    "status = open('/proc/self/status').read()\n"
+    "print(re.search(r'VmHWM:\\s+(\\d+)', status).group(1), file=sys.stderr)\n"
     "sys.exit(code)\n"
 )
 
