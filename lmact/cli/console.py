@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lmact.api import estimate_dict
-from lmact.budget import cap_against_estimate
+from lmact.budget import BudgetReached, cap_against_estimate
 from lmact.demos import duration
 from lmact.errors import LmactError
 from lmact.regimes import DEFAULT_REGIME, MEASURES, regime_of
@@ -204,8 +204,6 @@ def print_sweep(sweep: Any, outcomes: Sequence[Any]) -> None:
         print("| " + " | ".join(shown) + " |")
     capped = sum(outcome.capped for outcome in outcomes)
     if failed and capped == failed:  # the cap stopped them: no failure
-        from lmact.budget import BudgetReached
-
         reason = next(outcome.error for outcome in outcomes if outcome.capped)
         raise BudgetReached(visible(
             f"sweep {sweep.name} stopped at its cap ({reason}); {failed} of {len(outcomes)} "
@@ -220,9 +218,9 @@ def print_sweep(sweep: Any, outcomes: Sequence[Any]) -> None:
 
 def print_cap(max_cost: float | None, estimated: float | None) -> None:
     """The dry run's spend cap (`--max-cost`) against its estimated cost."""
-    fits = cap_against_estimate(max_cost, estimated).get("estimate_within_cap", False)
     if max_cost is None:
         return
+    fits = cap_against_estimate(max_cost, estimated)["estimate_within_cap"]
     if fits is None:
         print(f"--max-cost ${max_cost:g}: no estimate to hold it against (no prices known)")
         return
