@@ -51,7 +51,8 @@ def export_inspect(
     inspect_ai = _inspect_log_api()
     runs = [resolve_run(store, run_id) for run_id in run_ids] or store.runs()
     out.mkdir(parents=True, exist_ok=True)
-    paths, reads = [], Baselines(store)
+    # A run's units are read for its row and again for its baselines' returns: kept between.
+    paths, reads = [], Baselines(store, keep_runs=True)
     for run in runs:
         row = run_row(store, run, reads) or {}
         row.update(_baseline_returns(store, run, reads))
@@ -175,6 +176,7 @@ def _sample(view: ViewedRun, episode: ViewedEpisode, row: dict[str, Any], model:
     from inspect_ai.model import ModelOutput
 
     record = episode.record
+    scored = _is_scored(view, record)
     messages = _messages(episode, model)
     first_answer = next((i for i, m in enumerate(messages) if m.role == "assistant"
                          and m.source == "generate"), len(messages))  # fmt: skip
@@ -186,8 +188,8 @@ def _sample(view: ViewedRun, episode: ViewedEpisode, row: dict[str, Any], model:
         target="",
         messages=messages,
         output=ModelOutput.from_content(model, last),
-        scores=_scores(view, record, row),
-        metadata=_episode_metadata(episode, _is_scored(view, record)),
+        scores=_scores(record, row, scored),
+        metadata=_episode_metadata(episode, scored),
         model_usage={model: _usage([record])},
     )
     # Shared content (the prefix's images and long texts) kept once, as attachments.
@@ -202,12 +204,12 @@ def _is_scored(view: ViewedRun, record: EpisodeRecord) -> bool:
     return regime_of(view.config).is_scored(view.config, record.unit)
 
 
-def _scores(view: ViewedRun, record: EpisodeRecord, row: dict[str, Any]) -> dict[str, Any]:
+def _scores(record: EpisodeRecord, row: dict[str, Any], scored: bool) -> dict[str, Any]:
     from inspect_ai.scorer import Score
 
     scores = {RETURN: Score(value=record.total_return)}
     random, expert = row.get("random_return"), row.get("expert_return")
-    if random is not None and expert is not None and _is_scored(view, record):
+    if random is not None and expert is not None and scored:
         normalized = normalized_score(record.total_return, random, expert)
         if normalized is not None:
             scores[NORMALIZED] = Score(value=normalized)
