@@ -14,7 +14,7 @@ import pytest
 from loopback import RecordedRequest, Reply, chat_completion, loopback
 
 from lmact.demos import DemoStore
-from lmact.models.base import ModelOptions
+from lmact.models.base import ModelOptions, TransientModelError
 from lmact.models.limits import AdaptiveLimit
 from lmact.regimes.imitation import make_config
 from lmact.runner import Runner
@@ -75,12 +75,13 @@ def test_the_limit_falls_to_what_a_crowded_provider_serves_and_no_step_is_lost(
     assert server.refused < len(server.served_at_once)
 
 
-async def _slot_then(limit: AdaptiveLimit, crowded: bool) -> None:
-    async with limit.slot() as sent_at:
-        if crowded:
-            limit.crowded(sent_at)
-        else:
-            limit.succeeded()
+CROWDED = TransientModelError("HTTP 429: rate limited", crowded=True)
+
+
+async def _answered(limit: AdaptiveLimit) -> None:
+    """A request over one of `limit`'s connections, answered."""
+    async with limit.slot():
+        pass
 
 
 def test_a_burst_of_crowded_answers_halves_the_limit_once_and_successes_raise_it() -> None:
@@ -89,15 +90,15 @@ def test_a_burst_of_crowded_answers_halves_the_limit_once_and_successes_raise_it
     async def scenario() -> list[int]:
         limit = AdaptiveLimit(16)
         seen = [limit.current]
-        async with limit.slot() as first, limit.slot() as second:  # sent together
-            limit.crowded(first)
-            limit.crowded(second)  # the same burst: no second halving
+        with pytest.raises(TransientModelError):
+            async with limit.slot(), limit.slot():  # sent together, both answered crowded
+                raise CROWDED  # the same burst: the second does not halve it again
         seen.append(limit.current)
         for _ in range(9):  # about `limit` answers: one more connection
-            await _slot_then(limit, crowded=False)
+            await _answered(limit)
         seen.append(limit.current)
         for _ in range(400):
-            await _slot_then(limit, crowded=False)
+            await _answered(limit)
         seen.append(limit.current)
         return seen
 

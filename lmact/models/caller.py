@@ -295,29 +295,16 @@ class ModelCaller:
         pause = self._paused_until - time.monotonic()
         if pause > 0:
             await asyncio.sleep(pause)
-        async with self._connection_slot(request) as sent_at:
-            limit = self._slots[1] if self._slots is not None else None
-            adapts = isinstance(limit, AdaptiveLimit)
-            try:
-                answer = await self._timed_answer(request)
-            except TransientModelError as error:
-                if adapts and error.crowded:
-                    limit.crowded(sent_at)
-                raise
-            if adapts:
-                limit.succeeded()
-            return answer
-
-    async def _timed_answer(self, request: ModelRequest) -> ModelResponse:
-        if self.timeout_s is None:
-            return await self._answer(request)
-        try:
-            async with asyncio.timeout(self.timeout_s):
+        async with self._connection_slot(request):  # an AdaptiveLimit hears how it went
+            if self.timeout_s is None:
                 return await self._answer(request)
-        except TimeoutError:
-            raise TransientModelError(
-                f"{self.client.name}: no answer within {self.timeout_s:g} s"
-            ) from None
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    return await self._answer(request)
+            except TimeoutError:
+                raise TransientModelError(
+                    f"{self.client.name}: no answer within {self.timeout_s:g} s"
+                ) from None
 
     async def _call_with_retries(
         self, request: ModelRequest, tally: CallTally | None

@@ -10,6 +10,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from lmact.models.base import TransientModelError
+
 
 class AdaptiveLimit:
     """The connections of one caller in one event loop (asyncio's primitives belong to one)."""
@@ -29,25 +31,32 @@ class AdaptiveLimit:
         return max(1, int(self.limit))
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[int]:
-        """A connection, once one is free under the current limit; what it yields says when
-        the request was sent (for `crowded`)."""
+    async def slot(self) -> AsyncIterator[None]:
+        """A connection, once one is free under the current limit; the answer that comes
+        over it moves the limit (a crowded one down, a successful one up)."""
         async with self._free:
             await self._free.wait_for(lambda: self.in_use < self.current)
             self.in_use += 1
+        sent_at = self._decreases
         try:
-            yield self._decreases
+            yield
+        except TransientModelError as error:
+            if error.crowded:
+                self._crowded(sent_at)
+            raise
+        else:
+            self._succeeded()
         finally:
             async with self._free:
                 self.in_use -= 1
                 self._free.notify_all()
 
-    def succeeded(self) -> None:
+    def _succeeded(self) -> None:
         """An answer came: one more connection for every `limit` of them."""
         self.limit = min(float(self.ceiling), self.limit + 1 / self.limit)
 
-    def crowded(self, sent_at: int) -> None:
-        """The provider answered a request sent at `sent_at` (`slot`'s value) that it is
+    def _crowded(self, sent_at: int) -> None:
+        """The provider answered a request sent after `sent_at` decreases that it is
         crowded: half the connections, once a burst."""
         if sent_at == self._decreases:
             self.limit = max(1.0, self.limit / 2)
