@@ -63,6 +63,9 @@ class PostgresStore(RunStore):
         self.owner = process_identity()
         self._claimed = False
         self._db = _Connection(_connect(url))
+        import psycopg  # installed: `_connect` imported it
+
+        self._driver_error = psycopg.Error  # a server gone, a refused statement: `_guard`'s
         try:
             with self._guard():
                 self._create_or_check()
@@ -122,16 +125,6 @@ class PostgresStore(RunStore):
     def _error(self, error: BaseException) -> StoreError:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return StoreError(f"run store {self.path}: {_hide(first, self.path)}")
-
-    @contextmanager
-    def _guard(self) -> Iterator[None]:
-        """The driver's failures (a server gone, a refused statement) as one-line errors."""
-        import psycopg
-
-        try:
-            yield
-        except psycopg.Error as error:
-            raise self._error(error) from None
 
     def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Any:
         """A transaction: reads of one moment ("BEGIN": repeatable read), or a write (rows

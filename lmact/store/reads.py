@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,8 @@ class StoreReads:
 
     path: Path | str
     _db: Any  # a DB-API connection: `execute` and cursors' `fetchone/fetchall/fetchmany`
+    # The driver's failures, which `_guard` turns into the backend's one-line `_error`.
+    _driver_error: type[Exception]
     # Marks a condition as not to be served by the key's index (SQLite's unary `+`): with
     # one, SQLite sorts what the index gives in order. Other backends need none.
     INDEX_HINT = "+"
@@ -81,8 +83,17 @@ class StoreReads:
     # not fail the read); a server's text is valid.
     RESPONSE_READ = "CAST(response AS BLOB)"
 
-    def _guard(self) -> AbstractContextManager[None]:
+    def _error(self, error: BaseException) -> StoreError:
         raise NotImplementedError
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """The driver's failures (a full disk, a server gone, a refused statement) as
+        one-line errors."""
+        try:
+            yield
+        except self._driver_error as error:
+            raise self._error(error) from None
 
     def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> AbstractContextManager[None]:
         raise NotImplementedError

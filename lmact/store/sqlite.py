@@ -12,8 +12,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +52,8 @@ class RunStore(StoreReads):
     that claimed it (`claim_episode`), its steps and its end are written only while that
     claim holds, and a finished episode is never reopened.
     """
+
+    _driver_error = sqlite3.Error  # a full disk, a file gone read-only: `_guard`'s
 
     def __init__(self, path: Path | str = DEFAULT_STORE) -> None:
         self.path = Path(path)
@@ -101,14 +102,6 @@ class RunStore(StoreReads):
         if "disk I/O error" in str(error) or "full" in str(error):
             hint = " (is the disk full?); what was stored before is kept"
         return StoreError(f"run store {self.path}: {error}{hint}")
-
-    @contextmanager
-    def _guard(self) -> Iterator[None]:
-        """SQLite's failures (a full disk, a file gone read-only) as one-line errors."""
-        try:
-            yield
-        except sqlite3.Error as error:
-            raise self._error(error) from None
 
     def merge_from(self, source: Path) -> Merged:
         """Join another store's runs into this one (`lmact.store.merge`): open `source`
