@@ -84,6 +84,15 @@ def model_run(url: str, store: Path, *args: str) -> list[str]:
     ]  # fmt: skip
 
 
+def tracked_model_run(
+    capsys: pytest.CaptureFixture[str], url: str, store: Path, tracker: str
+) -> dict[str, Any]:
+    """`model_run` logged to `tracker`, which must succeed: the run's JSON summary."""
+    code, out, err = lmact(capsys, *model_run(url, store, "--log-to", tracker))
+    assert code == 0, err
+    return json.loads(out)
+
+
 def stored_scores(store: Path, run_id: str) -> dict[str, Any]:
     """The run's scores as lmact's store gives them (`lmact.api.results`)."""
     (row,) = [row for row in api.results(store).runs if row["run_id"] == run_id]
@@ -120,9 +129,7 @@ def test_mlflow_holds_the_runs_configuration_episodes_and_summary(
     capsys: pytest.CaptureFixture[str], server: LoopbackServer, tmp_path: Path
 ) -> None:
     store = tmp_path / "runs.sqlite"
-    code, out, err = lmact(capsys, *model_run(server.url, store, "--log-to", "mlflow"))
-    assert code == 0, err
-    summary = json.loads(out)
+    summary = tracked_model_run(capsys, server.url, store, "mlflow")
     run = mlflow_runs()[summary["run_id"]]
     assert run.info.status == "FINISHED"
     params = run.data.params
@@ -196,9 +203,7 @@ def test_wandb_offline_holds_the_runs_configuration_episodes_and_summary(
     capsys: pytest.CaptureFixture[str], server: LoopbackServer, tmp_path: Path
 ) -> None:
     store = tmp_path / "runs.sqlite"
-    code, out, err = lmact(capsys, *model_run(server.url, store, "--log-to", "wandb"))
-    assert code == 0, err
-    summary = json.loads(out)
+    summary = tracked_model_run(capsys, server.url, store, "wandb")
     (run,) = wandb_runs(tmp_path)
     assert run["config"]["run_id"] == summary["run_id"] and run["config"]["episodes"] == EPISODES
     assert run["config"]["task"] == "tic_tac_toe" and run["group"] == ""
