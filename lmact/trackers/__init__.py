@@ -101,7 +101,6 @@ class _Running:
     # then added to `complete` (sums of the run's and each baseline's returns) once.
     known: dict[UnitKey, dict[str, float]] = field(default_factory=dict)
     complete: dict[str, float] = field(default_factory=dict)
-    compared: int = 0
 
     def note(self, source: str, unit: UnitKey, value: float) -> None:
         """A return of `source` on `unit`: once the run's and every baseline's are known,
@@ -113,7 +112,6 @@ class _Running:
         if len(seen) == len(self.baselines) + 1:
             for name, one in self.known.pop(unit).items():
                 self.complete[name] = self.complete.get(name, 0.0) + one
-            self.compared += 1
 
     def add(self, episode: EpisodeRecord) -> dict[str, float]:
         """Count `episode` of the run: its measures, as `Tracker.episode_finished` says."""
@@ -139,10 +137,12 @@ class _Running:
         return measures
 
     def normalized(self) -> float | None:
-        if not self.compared:
+        """The normalized score of the units compared so far. Of their sums, not their
+        means: the score is a ratio of differences, the same for both."""
+        if not self.complete:
             return None
-        mean = {name: total / self.compared for name, total in self.complete.items()}
-        return normalized_score(mean["run"], mean["random"], mean["expert"])
+        sums = self.complete
+        return normalized_score(sums["run"], sums["random"], sums["expert"])
 
 
 class Trackers:
