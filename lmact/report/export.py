@@ -19,7 +19,7 @@ from lmact import __version__
 from lmact.demos import DemoStore
 from lmact.errors import LmactError
 from lmact.models.base import TOKEN_FIELDS
-from lmact.records import EpisodeRecord
+from lmact.records import EpisodeRecord, StepRecord
 from lmact.report.tables import resolve_run
 from lmact.report.viewer import view_run
 from lmact.report.viewer_page import ViewedStep
@@ -107,18 +107,36 @@ def _run_row(run: RunRecord) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _key(run_id: str, record: Any) -> dict[str, Any]:
+def unit_fields(record: EpisodeRecord | StepRecord) -> dict[str, Any]:
+    """The unit a record is of, as both exports (Parquet, Inspect) name its fields."""
     unit = record.unit
-    return {"run_id": run_id, "chain": unit.chain, "unit_kind": unit.kind.value,
-            "episode": unit.index}  # fmt: skip
+    return {"chain": unit.chain, "unit_kind": unit.kind.value, "episode": unit.index}
+
+
+def episode_counts(record: EpisodeRecord) -> dict[str, Any]:
+    """An episode's ending and counts, as both exports give them."""
+    counts = ("seed", "steps", "valid", "illegal", "invalid", "empty", "unreadable",
+              "cost_usd", "end_reason")  # fmt: skip
+    return {"terminated": bool(record.terminated), **{n: getattr(record, n) for n in counts}}
+
+
+def step_fields(step: ViewedStep) -> dict[str, Any]:
+    """A replayed step's stored values as both exports give them (enums as their values),
+    and whether its rebuilt prompt is the one sent; not its completion or observation,
+    which an Inspect log holds as messages."""
+    stored = step.stored
+    return {
+        "step": stored.step, "answer": stored.answer, "kind": stored.kind.value,
+        "action": stored.action, "reward": stored.reward, "prompt_hash": stored.prompt_hash,
+        "prompt_verified": step.prompt_verified, "stop_reason": stored.stop_reason.value,
+        **stored.usage.as_dict(), "cost_usd": stored.cost_usd,
+    }  # fmt: skip
 
 
 def _episode_row(run_id: str, record: EpisodeRecord) -> dict[str, Any]:
-    counts = ("seed", "total_return", "steps", "valid", "illegal", "invalid", "empty",
-              "unreadable", "cost_usd", "end_reason")  # fmt: skip
     return {
-        **_key(run_id, record), **{name: getattr(record, name) for name in counts},
-        "terminated": bool(record.terminated), **record.usage.as_dict(),
+        "run_id": run_id, **unit_fields(record), **episode_counts(record),
+        "total_return": record.total_return, **record.usage.as_dict(),
         "facts": json.dumps(record.facts, sort_keys=True),
     }  # fmt: skip
 
@@ -126,14 +144,11 @@ def _episode_row(run_id: str, record: EpisodeRecord) -> dict[str, Any]:
 def _step_row(run_id: str, step: ViewedStep) -> dict[str, Any]:
     stored = step.stored
     observation = step.asked.observation if step.asked is not None else None
-    fields = ("step", "prompt_hash", "completion", "answer", "action", "reward", "cost_usd",
-              "latency_s")  # fmt: skip
     return {
-        **_key(run_id, stored), **{name: getattr(stored, name) for name in fields},
+        "run_id": run_id, **unit_fields(stored), **step_fields(step),
+        "completion": stored.completion, "latency_s": stored.latency_s,
         "observation_text": observation.text if observation is not None else None,
         "observation_png": observation.image_png if observation is not None else None,
-        "prompt_verified": step.prompt_verified, "kind": stored.kind.value,
-        "stop_reason": stored.stop_reason.value, **stored.usage.as_dict(),
         "from_cache": bool(stored.from_cache),
     }  # fmt: skip
 

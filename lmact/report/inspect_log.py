@@ -24,6 +24,7 @@ from lmact.demos import DemoStore
 from lmact.errors import LmactError
 from lmact.models.base import ImagePart, Part, TextPart, turns
 from lmact.records import EpisodeRecord, StepRecord
+from lmact.report.export import episode_counts, step_fields, unit_fields
 from lmact.report.tables import Baselines, readable_config, resolve_run, run_row, scored_units
 from lmact.report.viewer import view_run
 from lmact.report.viewer_page import ViewedEpisode, ViewedRun, ViewedStep, unit_anchor
@@ -218,12 +219,9 @@ def _scores(record: EpisodeRecord, row: dict[str, Any], scored: bool) -> dict[st
 
 def _episode_metadata(episode: ViewedEpisode, scored: bool) -> dict[str, Any]:
     record = episode.record
-    counts = ("seed", "steps", "valid", "illegal", "invalid", "empty", "unreadable",
-              "cost_usd", "end_reason")  # fmt: skip
     return {
-        "label": episode.label, "chain": record.unit.chain, "unit_kind": record.unit.kind.value,
-        "episode": record.unit.index, "scored": scored, "terminated": bool(record.terminated),
-        **{name: getattr(record, name) for name in counts},
+        "label": episode.label, **unit_fields(record), "scored": scored,
+        **episode_counts(record),
         "prompts_verified": sum(step.verified for step in episode.steps),
         "note": episode.note, "facts": _json_safe(record.facts),
     }  # fmt: skip
@@ -317,12 +315,6 @@ def _step_messages(step: ViewedStep, model: str) -> list[Any]:
             parts.append(TextPart(asked.after_observation))
         shown = [ChatMessageUser(content=_content(parts))]
     answer = ChatMessageAssistant(
-        content=stored.completion, source="generate", model=model,
-        metadata={
-            "step": stored.step, "answer": stored.answer, "kind": stored.kind.value,
-            "action": stored.action, "reward": stored.reward, "prompt_hash": stored.prompt_hash,
-            "prompt_verified": step.prompt_verified, "stop_reason": stored.stop_reason.value,
-            **stored.usage.as_dict(), "cost_usd": stored.cost_usd,
-        },
-    )  # fmt: skip
+        content=stored.completion, source="generate", model=model, metadata=step_fields(step)
+    )
     return [*shown, answer]
