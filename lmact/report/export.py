@@ -20,7 +20,7 @@ from lmact.demos import DemoStore
 from lmact.errors import LmactError
 from lmact.models.base import TOKEN_FIELDS
 from lmact.records import EpisodeRecord, StepRecord
-from lmact.report.tables import resolve_run
+from lmact.report.tables import resolve_runs
 from lmact.report.viewer import view_run
 from lmact.report.viewer_page import ViewedStep
 from lmact.store import RunRecord, RunStore
@@ -85,7 +85,7 @@ def export_runs(
 ) -> list[Path]:
     """The runs `run_ids` (each may be a prefix; none: every run) as runs.parquet,
     episodes.parquet and steps.parquet under `out`; the paths written."""
-    runs = [resolve_run(store, run_id) for run_id in run_ids] or store.runs()
+    runs = resolve_runs(store, run_ids)
     with _table(out, "runs", RUN_COLUMNS) as runs_table, \
             _table(out, "episodes", EPISODE_COLUMNS) as episodes_table, \
             _table(out, "steps", STEP_COLUMNS) as steps_table:  # fmt: skip

@@ -25,7 +25,7 @@ from lmact.errors import LmactError
 from lmact.models.base import ImagePart, Part, TextPart, turns
 from lmact.records import EpisodeRecord, StepRecord
 from lmact.report.export import episode_counts, step_fields, unit_fields
-from lmact.report.tables import Baselines, readable_config, resolve_run, run_row, scored_units
+from lmact.report.tables import Baselines, readable_config, resolve_runs, run_row, scored_units
 from lmact.report.viewer import view_run
 from lmact.report.viewer_page import ViewedEpisode, ViewedRun, ViewedStep, unit_anchor
 from lmact.scoring import mean_return, normalized_score
@@ -50,7 +50,7 @@ def export_inspect(
     """The runs `run_ids` (each may be a prefix; none: every run) as Inspect eval logs
     under `out`, one a run; the paths written."""
     inspect_ai = _inspect_log_api()
-    runs = [resolve_run(store, run_id) for run_id in run_ids] or store.runs()
+    runs = resolve_runs(store, run_ids)
     out.mkdir(parents=True, exist_ok=True)
     # A run's units are read for its row and again for its baselines' returns: kept between.
     paths, reads = [], Baselines(store, keep_runs=True)

@@ -567,6 +567,11 @@ def resolve_run(store: RunStore, prefix: str | None = None) -> RunRecord:
     return matching[0]
 
 
+def resolve_runs(store: RunStore, prefixes: Sequence[str]) -> list[RunRecord]:
+    """The runs that `prefixes` name (each as `resolve_run` reads it); none: every run."""
+    return [resolve_run(store, prefix) for prefix in prefixes] or store.runs()
+
+
 def _latest(runs: Sequence[RunRecord]) -> RunRecord:
     """The last created run that is no other run's baseline: `lmact run` stores the random
     and expert baselines after the run they score, and that run is the one to look at."""
