@@ -69,7 +69,7 @@ from lmact.report.viewer_page import (
     ViewedStep,
     page_html,
 )
-from lmact.store import RunRecord, RunStore
+from lmact.store import RunRecord, RunStore, StoreLocation
 
 __all__ = [
     "CONTENT_SECURITY_POLICY",
@@ -83,7 +83,7 @@ __all__ = [
 # --- Which run ----------------------------------------------------------------------------
 
 
-def view_path(store: Path | object, run_id: str) -> Path:
+def view_path(store: StoreLocation, run_id: str) -> Path:
     """Where `lmact view` writes a run's page by default: beside the run store's file, or
     in the working folder for a store on a server."""
     folder = store.parent if isinstance(store, Path) else Path()
