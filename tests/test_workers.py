@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -53,13 +54,9 @@ def worker(host: str, sweep: Path, store: str, env: dict[str, str]) -> subproces
     (its claims are another host's to the others, judged by their leases)."""
     command = [sys.executable, "-m", "lmact.cli", "sweep", str(sweep), "--store", store,
                "--max-connections", str(CONNECTIONS)]  # fmt: skip
-    script = f"hostname {host} && exec {' '.join(map(_quoted, command))}"
+    script = f"hostname {host} && exec {shlex.join(command)}"
     return subprocess.Popen(["unshare", "--uts", "sh", "-c", script], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-
-
-def _quoted(word: str) -> str:
-    return "'" + word.replace("'", "'\\''") + "'"
 
 
 def rows(url: str) -> tuple[list[tuple], list[tuple]]:
