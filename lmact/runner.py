@@ -245,7 +245,7 @@ class Runner:
             try:
                 stopped = await self._play_all(prepared, len(units), chains, failures)
                 if stopped is not None:
-                    finished = self.store.finished_episodes(config.run_id)
+                    finished = set(self.store.finished_unit_keys(config.run_id))
                     left = sum(unit not in finished for unit in todo)
                     raise BudgetReached(
                         f"{stopped}; {left} of {len(units)} episodes of run {config.run_id} "
