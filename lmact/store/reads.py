@@ -237,11 +237,7 @@ class StoreReads:
         `stop_reason` come back as their enums, `from_cache` as a bool, `facts` as a dict
         (`FACTS_TEXT`: as the JSON text stored, for a reader that parses each distinct text
         once)."""
-        unknown = [name for name in columns if name not in STEP_COLUMNS | {FACTS_TEXT}]
-        if unknown or not columns:
-            raise ValueError(f"not columns of a stored step: {unknown or columns!r}")
-        read = [self._reader_of(name, run_id) for name in columns]
-        selected = ["facts" if name == FACTS_TEXT else name for name in columns]
+        read, selected = self._step_columns(run_id, columns)
         query = (
             f"SELECT {', '.join(selected)} FROM steps WHERE run_id = ?{self._kinds_clause(kinds)}"
             f"{' AND step = 0' if first_step else ''} ORDER BY {UNIT_ORDER}, step"
@@ -262,11 +258,8 @@ class StoreReads:
         `step_values` names them, read back as it reads them): each group's values, how
         many steps it holds, the sum of their `summed` column and a chain it holds a step
         of (for a message to name one), counted by SQL, as of one moment."""
-        unknown = [n for n in (*columns, summed) if n not in STEP_COLUMNS | {FACTS_TEXT}]
-        if unknown or not columns:
-            raise ValueError(f"not columns of a stored step: {unknown or columns!r}")
-        read = [self._reader_of(name, run_id) for name in columns]
-        grouped = ", ".join("facts" if n == FACTS_TEXT else n for n in columns)
+        read, selected = self._step_columns(run_id, columns, summed)
+        grouped = ", ".join(selected)
         where = f"WHERE s.run_id = ? AND s.step = 0{self._kinds_clause(kinds, 's.')}"
         params = (run_id, *(kind.value for kind in kinds))
         # Every first step counted, then those of unfinished units (a few) taken out: a join
@@ -278,7 +271,7 @@ class StoreReads:
                 params,
             ).fetchall()
             unfinished = self._db.execute(
-                f"SELECT {', '.join(f's.{n}' for n in grouped.split(', '))}, s.{summed} "
+                f"SELECT {', '.join(f's.{name}' for name in selected)}, s.{summed} "
                 "FROM episodes e JOIN steps s ON s.run_id = e.run_id AND s.chain = e.chain "
                 "AND s.unit_kind = e.unit_kind AND s.episode = e.episode AND s.step = 0 "
                 f"WHERE e.run_id = ? AND e.status != 'done'{self._kinds_clause(kinds, 'e.')}",
@@ -293,6 +286,18 @@ class StoreReads:
             for values, counted in groups.items()
             if counted[0]
         ]
+
+    def _step_columns(
+        self, run_id: str, columns: Sequence[str], *also: str
+    ) -> tuple[list[Callable[[Any], Any] | None], list[str]]:
+        """How `columns` of stored steps are read back (`_reader_of`) and selected (the
+        column `FACTS_TEXT` names); ValueError for none, or for a name (of them or `also`)
+        that is not a step's column."""
+        unknown = [name for name in (*columns, *also) if name not in STEP_COLUMNS | {FACTS_TEXT}]
+        if unknown or not columns:
+            raise ValueError(f"not columns of a stored step: {unknown or columns!r}")
+        read = [self._reader_of(name, run_id) for name in columns]
+        return read, ["facts" if name == FACTS_TEXT else name for name in columns]
 
     def _reader_of(self, column: str, run_id: str) -> Callable[[Any], Any] | None:
         """How `step_values` reads a stored column back (None: as it is)."""
