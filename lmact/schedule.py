@@ -34,7 +34,7 @@ STEPS_WRITTEN_EVERY_S = 1.0
 Claimed = tuple[Claim, str | None]
 
 
-def show_progress(bar: tqdm, policy: Policy, elsewhere: int) -> None:
+def _show_progress(bar: tqdm, policy: Policy, elsewhere: int) -> None:
     """The progress line's counts: calls, cache hits, retries, units played elsewhere."""
     tally = policy.tally
     status: dict[str, object] = {
@@ -151,7 +151,7 @@ class Schedule:
             if now - self.shown_at < PROGRESS_EVERY_S:
                 return
             self.shown_at = now
-        show_progress(self.bar, self.prepared.policy, len(self.waiting))
+        _show_progress(self.bar, self.prepared.policy, len(self.waiting))
 
 
 class _Stretch:
