@@ -95,3 +95,24 @@ def test_the_dry_run_holds_the_cap_against_its_estimate_in_text_and_json(tmp_pat
         table = lmact("--dry-run", "--max-cost", repr(cap), store=store, url=url)
         (line,) = [line for line in table.stdout.splitlines() if "--max-cost" in line]
         assert ("passes it" in line) is not fits
+
+
+def test_a_call_reserves_the_completion_room_its_client_adds_to_the_answer() -> None:
+    """A constrained answer's JSON is billed as completion tokens beyond `max_tokens`: the
+    budget reserves every completion token the client asks the server for, so that a cap
+    between the answer's tokens and those is not passed."""
+    import asyncio
+
+    from lmact.models.base import ModelOptions, ModelRequest, TextPart
+    from lmact.models.caller import ModelCaller
+    from lmact.models.registry import resolve_model
+
+    options = ModelOptions(base_url="http://127.0.0.1:9/v1", input_price=0.0, output_price=1e6)
+    client = resolve_model("openai-compatible/m", options)  # a dollar a completion token
+    request = ModelRequest(parts=(TextPart("a1 or b2?"),), max_tokens=8, choices=("a1", "b2"))
+    asked = client.chat_parameters(request)["max_tokens"]
+    assert asked > request.max_tokens  # the JSON's room
+    caller = ModelCaller(client, None, budget=Budget(max_cost=asked - 0.5))
+    with pytest.raises(BudgetReached, match="could cost up to"):  # refused before any send
+        asyncio.run(caller.call(request))
+    assert caller.budget.calls == 0

@@ -141,7 +141,7 @@ class AnthropicModel(RemoteModel):
         arguments: dict[str, Any] = {
             "model": self.model,
             "messages": messages(request),
-            "max_tokens": request.max_tokens,
+            "max_tokens": self.completion_cap(request),
         }
         if request.system:
             arguments["system"] = request.system
@@ -149,7 +149,6 @@ class AnthropicModel(RemoteModel):
         if budget:
             # Thinking tokens count against max_tokens: the answer keeps its own allowance.
             arguments["thinking"] = {"type": "enabled", "budget_tokens": budget}
-            arguments["max_tokens"] = request.max_tokens + budget
         if request.choices and self.constrains:
             # A tool the model must call, whose one argument is one of the choices.
             arguments["tools"] = [{
@@ -158,8 +157,14 @@ class AnthropicModel(RemoteModel):
                 "input_schema": choice_schema(request.choices),
             }]  # fmt: skip
             arguments["tool_choice"] = {"type": "tool", "name": ANSWER_TOOL}
-            arguments["max_tokens"] += TOOL_ROOM
         return arguments
+
+    def completion_cap(self, request: ModelRequest) -> int:
+        # Thinking tokens count against max_tokens: the answer keeps its own allowance, and
+        # the forced tool call's wrapping its room.
+        thinking = self.options.reasoning_budget or 0
+        tool = TOOL_ROOM if request.choices and self.constrains else 0
+        return request.max_tokens + thinking + tool
 
     @property
     def constrains(self) -> bool:  # type: ignore[override]

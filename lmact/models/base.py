@@ -435,6 +435,13 @@ class ModelClient(ABC):
         """What a call cost in USD, if the model's prices are known."""
         return None
 
+    def completion_cap(self, request: ModelRequest) -> int:
+        """The completion tokens a call of `request` is capped at, as the client asks the
+        server: the answer's and whatever room it adds (thinking, a structured answer's
+        wrapping), all billed as completion. One home for both the request and the most a
+        call may cost (`--max-cost`)."""
+        return request.max_tokens
+
     def check_ready(self) -> None:  # noqa: B027 - most clients need nothing
         """Fail with a one-line LmactError if the client cannot work (e.g. no API key);
         called before a run's first call, not for a dry run."""

@@ -337,11 +337,10 @@ class ModelCaller:
         the server counting more, and every completion (and thinking) token it may write;
         None where the model's prices are unknown."""
         counted = self.client.count_tokens(request.parts)
-        thinking = getattr(self.client, "reasoning_room", lambda: 0)()
         most = ModelResponse(
             text="",
             prompt_tokens=math.ceil(counted * PROMPT_ROOM) + PROMPT_SLACK_TOKENS,
-            completion_tokens=request.max_tokens + thinking,
+            completion_tokens=self.client.completion_cap(request),
         )
         return self.client.cost_usd(most)
 

@@ -210,12 +210,15 @@ class GoogleModel(RemoteModel):
             contents.append(types.Content(role=gemini_role, parts=sdk_parts))
         return contents or [types.Content(role="user", parts=[])]
 
+    def completion_cap(self, request: ModelRequest) -> int:
+        # Thinking models think by default, billed as output: leave room for it.
+        return request.max_tokens + self.reasoning_room()
+
     def _config(self, request: ModelRequest, cache: _PrefixCache | None) -> Any:
         _, types, _ = _sdk()
         budget = self.options.reasoning_budget
         config: dict[str, Any] = {
-            # Thinking models think by default, billed as output: leave room for it.
-            "max_output_tokens": request.max_tokens + self.reasoning_room(),
+            "max_output_tokens": self.completion_cap(request),
             "temperature": request.temperature,
             "seed": request.seed,
         }

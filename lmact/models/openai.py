@@ -304,17 +304,18 @@ class OpenAIModel(RemoteModel):
             "messages": self.messages(request),
             "prompt_cache_key": self.prompt_cache_key(request),
         }
-        if self.reasoning:
-            # Thinking is billed as completion tokens and counts against the same limit.
-            parameters["max_completion_tokens"] = request.max_tokens + self.reasoning_room()
-        else:
-            parameters["max_completion_tokens"] = request.max_tokens
+        parameters["max_completion_tokens"] = self.completion_cap(request)
+        if not self.reasoning:
             parameters["temperature"] = request.temperature
             parameters["seed"] = request.seed
         if request.choices:
             parameters["response_format"] = structured_choice(request.choices)
-            parameters["max_completion_tokens"] += JSON_ROOM
         return parameters
+
+    def completion_cap(self, request: ModelRequest) -> int:
+        # Thinking is billed as completion tokens and counts against the same limit.
+        thinking = self.reasoning_room() if self.reasoning else 0
+        return request.max_tokens + thinking + (JSON_ROOM if request.choices else 0)
 
     async def send(self, request: ModelRequest) -> ModelResponse:
         client = await self.loop_client()

@@ -163,7 +163,7 @@ class OpenAICompatibleModel(OpenAIModel):
         parameters = {
             "model": self.model,
             "messages": self.messages(request),
-            "max_tokens": request.max_tokens,
+            "max_tokens": self.completion_cap(request),
             "temperature": request.temperature,
             "seed": request.seed,
         }
@@ -173,13 +173,16 @@ class OpenAICompatibleModel(OpenAIModel):
         parameters: dict[str, Any] = {
             "model": self.model,
             "prompt": request.completion_text(),
-            "max_tokens": request.max_tokens,
+            "max_tokens": self.completion_cap(request),
             "temperature": request.temperature,
             "seed": request.seed,
         }
         if request.stop:
             parameters["stop"] = list(request.stop)
         return _constrained(parameters, request)
+
+    def completion_cap(self, request: ModelRequest) -> int:
+        return request.max_tokens + (JSON_ROOM if request.choices else 0)
 
     async def send(self, request: ModelRequest) -> ModelResponse:
         if self.options.chat:
@@ -193,8 +196,7 @@ class OpenAICompatibleModel(OpenAIModel):
 
 def _constrained(parameters: dict[str, Any], request: ModelRequest) -> dict[str, Any]:
     """With choices, OpenAI's `response_format` (vLLM, SGLang and llama.cpp's server take
-    it, on chat and on completions) and the room its JSON takes."""
+    it, on chat and on completions; the room its JSON takes is in `completion_cap`)."""
     if not request.choices:
         return parameters
-    extra = {"response_format": structured_choice(request.choices)}
-    return {**parameters, "max_tokens": parameters["max_tokens"] + JSON_ROOM, "extra_body": extra}
+    return {**parameters, "extra_body": {"response_format": structured_choice(request.choices)}}
