@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmact.declarations import Named, Option, OptionError
 from lmact.demos import DemoStore
@@ -43,6 +43,9 @@ from lmact.store import (
     store_location,
 )
 from lmact.text import visible
+
+if TYPE_CHECKING:
+    from lmact.report.compare import Comparisons
 
 # The episodes a run's viewer page in an HTML report shows: each is replayed to rebuild its
 # prompts, which for long runs (chess, in-context RL's hundreds of episodes) takes minutes.
@@ -142,12 +145,10 @@ def _table_report(request: _Request) -> Report:
         from lmact.report.plots import check_matplotlib
 
         check_matplotlib()  # without it, fail before anything is written
+    from lmact.report.compare import comparison_section
+
     fmt = request.fmt
-    compares = fmt == "markdown" and not request.curves
-    with _opened(request) as store:
-        reads = Baselines(store, keep_runs=compares)  # the comparisons read runs again
-        rows = _report_rows(request, store, reads)
-        comparisons = _comparison_section(store, rows, reads) if compares else ""
+    rows, found = _rows_compared(request, compares=fmt == "markdown" and not request.curves)
     curves = curve_rows(rows)
     if request.curves and not curves and fmt == "markdown":
         raise LmactError("the run store holds no in-context RL run (--regime icrl) yet")
@@ -159,7 +160,9 @@ def _table_report(request: _Request) -> Report:
         )
     else:  # markdown leads with each regime's pivot; CSV and JSON keep every column
         table = markdown_report(rows) if fmt == "markdown" else format_table(rows, fmt)
-    table += comparisons
+    if found is not None:
+        section = comparison_section(found.rows, found.left_off, found.counted)
+        table += f"\n{section}" if section else ""
     written = []
     if request.plot is not None:
         written += _plot_files(rows, curves, request.plot, "--plot")
@@ -238,17 +241,6 @@ def _check_names(rows: list[dict[str, Any]], column: str, names: list[str] | Non
             raise LmactError(f"no run of {column} {name!r} in the store ({column}s: {listed})")
 
 
-def _comparison_section(store: RunStore, rows: list[dict[str, Any]], reads: Baselines) -> str:
-    """The report's paired comparisons of the rows' runs that share test seeds, after the
-    tables and a blank line; empty when no two runs do."""
-    from lmact.report.compare import comparison_section, find_comparisons
-
-    with collector_paused():
-        found = find_comparisons(store, rows, reads=reads)
-    section = comparison_section(found.rows, found.left_off, found.counted)
-    return f"\n{section}" if section else ""
-
-
 def _html_report(request: _Request) -> Report:
     """`out`/index.html, and `out`/runs/RUN_ID.html, the viewer page of each run (its first
     `view_episodes` episodes; of the first MAX_VIEWER_PAGES runs) that the index links to."""
@@ -262,7 +254,7 @@ def _html_report(request: _Request) -> Report:
         raise OptionError(Named("curves"), " is for the table formats; the HTML report draws "
                           "the learning curves")  # fmt: skip
     check_matplotlib()  # without it, fail before anything is written
-    rows, compared = _rows_compared(request)
+    rows, found = _rows_compared(request, compares=True)
     if not rows:
         raise LmactError("the selected runs have no finished episode yet; start with `lmact run`")
     curves = curve_rows(rows)
@@ -278,24 +270,28 @@ def _html_report(request: _Request) -> Report:
         notes.append(f"Viewer pages of the first {MAX_VIEWER_PAGES} of {len(rows)} runs only; "
                      "`lmact view RUN_ID` writes any other.")  # fmt: skip
     report = render_report(rows, report_figures(rows, curves), run_pages=pages,
-                           store=request.store, comparisons=compared or None,
+                           store=request.store, comparisons=found.rows if found else None,
                            notes=notes)  # fmt: skip
     index = request.out / "index.html"
     _write_page(index, report)
     return Report(None, written, index, len(pages))
 
 
-def _rows_compared(request: _Request) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The report's rows and its paired comparisons, the runs' units read once for both
-    (and let go after: a page's figures and viewer pages need none)."""
-    from lmact.report.compare import comparison_rows
+def _rows_compared(
+    request: _Request, compares: bool
+) -> tuple[list[dict[str, Any]], Comparisons | None]:
+    """The report's rows and, with `compares` (and rows), their paired comparisons, the
+    runs' units read once for both (and let go after: a page's figures and viewer pages
+    need none)."""
+    from lmact.report.compare import find_comparisons
 
     with _opened(request) as store:
-        reads = Baselines(store, keep_runs=True)  # the comparisons read runs again
+        reads = Baselines(store, keep_runs=compares)  # the comparisons read runs again
         rows = _report_rows(request, store, reads)
+        if not compares or not rows:
+            return rows, None
         with collector_paused():
-            compared, _ = comparison_rows(store, rows, reads=reads) if rows else ([], 0)
-    return rows, compared
+            return rows, find_comparisons(store, rows, reads=reads)
 
 
 def _viewer_pages(

@@ -118,14 +118,11 @@ def _setting(row: dict[str, Any], names: Sequence[str]) -> str:
 
 
 def comparison_rows(
-    store: RunStore,
-    rows: Sequence[dict[str, Any]],
-    limit: int = MAX_PAIRS_PER_TASK,
-    reads: Baselines | None = None,
+    store: RunStore, rows: Sequence[dict[str, Any]], limit: int = MAX_PAIRS_PER_TASK
 ) -> tuple[list[dict[str, Any]], int]:
     """The comparisons of a report's rows, and how many pairs were left out past `limit`
     (see `find_comparisons`, which also says whether that count is whole)."""
-    found = find_comparisons(store, rows, limit, reads)
+    found = find_comparisons(store, rows, limit)
     return found.rows, found.left_off
 
 
