@@ -127,6 +127,7 @@ class Baselines:
         # options), so it is not a key itself.
         self._baselines_of: dict[str, dict[str, RegimeConfig] | None] = {}
         self._kept: OrderedDict[tuple[str, Any], Scored] = OrderedDict()
+        self._kept_units = 0  # their units in all: summed as kept, not at each read
 
     def _configs(self, config: RegimeConfig) -> dict[str, RegimeConfig] | None:
         key = config.run_id
@@ -148,12 +149,10 @@ class Baselines:
         scored = Scored(units, totals)
         if keep:
             self._kept[run_id, kinds] = scored
-            while len(self._kept) > 1 and self._kept_units() > self.KEPT_UNITS:
-                self._kept.popitem(last=False)
+            self._kept_units += len(units)
+            while len(self._kept) > 1 and self._kept_units > self.KEPT_UNITS:
+                self._kept_units -= len(self._kept.popitem(last=False)[1].units)
         return scored
-
-    def _kept_units(self) -> int:
-        return sum(len(kept.units) for kept in self._kept.values())
 
     def of(self, config: RegimeConfig, scored: Scored) -> dict[str, list[UnitResult] | None]:
         """The stored random and expert episodes over exactly the run's units, in their
