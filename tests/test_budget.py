@@ -4,8 +4,10 @@ with a higher cap finishes with no call sent again and the numbers of an uncappe
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,7 +16,16 @@ from pathlib import Path
 import pytest
 from loopback import RecordedRequest, Reply, chat_completion, loopback
 
-from lmact.budget import EXIT_CAPPED, Budget, BudgetReached
+from lmact.budget import (
+    EXIT_CAPPED,
+    PROMPT_ROOM,
+    PROMPT_SLACK_TOKENS,
+    Budget,
+    BudgetReached,
+)
+from lmact.models.base import ModelClient, ModelOptions, ModelRequest, TextPart
+from lmact.models.caller import ModelCaller
+from lmact.models.registry import resolve_model
 
 CELLS = [f"{row}{column}" for row in "abc" for column in "123"]
 # What the server says every call used, and the prices: a call costs $42 (40 + 2 tokens at
@@ -97,22 +108,38 @@ def test_the_dry_run_holds_the_cap_against_its_estimate_in_text_and_json(tmp_pat
         assert ("passes it" in line) is not fits
 
 
+def priced(prompt_usd: float, completion_usd: float) -> ModelClient:
+    """An OpenAI-compatible client at these prices a token (at no address: a call the
+    budget let through would fail to connect)."""
+    options = ModelOptions(base_url="http://127.0.0.1:9/v1", input_price=prompt_usd * 1e6,
+                           output_price=completion_usd * 1e6)  # fmt: skip
+    return resolve_model("openai-compatible/m", options)
+
+
+def refused_under(cap: float, client: ModelClient, request: ModelRequest) -> None:
+    """A call of `request` under `cap` is refused before anything is sent."""
+    caller = ModelCaller(client, None, budget=Budget(max_cost=cap))
+    with pytest.raises(BudgetReached, match="could cost up to"):
+        asyncio.run(caller.call(request))
+    assert caller.budget.calls == 0
+
+
 def test_a_call_reserves_the_completion_room_its_client_adds_to_the_answer() -> None:
     """A constrained answer's JSON is billed as completion tokens beyond `max_tokens`: the
     budget reserves every completion token the client asks the server for, so that a cap
     between the answer's tokens and those is not passed."""
-    import asyncio
-
-    from lmact.models.base import ModelOptions, ModelRequest, TextPart
-    from lmact.models.caller import ModelCaller
-    from lmact.models.registry import resolve_model
-
-    options = ModelOptions(base_url="http://127.0.0.1:9/v1", input_price=0.0, output_price=1e6)
-    client = resolve_model("openai-compatible/m", options)  # a dollar a completion token
+    client = priced(0.0, 1.0)  # a dollar a completion token
     request = ModelRequest(parts=(TextPart("a1 or b2?"),), max_tokens=8, choices=("a1", "b2"))
     asked = client.chat_parameters(request)["max_tokens"]
     assert asked > request.max_tokens  # the JSON's room
-    caller = ModelCaller(client, None, budget=Budget(max_cost=asked - 0.5))
-    with pytest.raises(BudgetReached, match="could cost up to"):  # refused before any send
-        asyncio.run(caller.call(request))
-    assert caller.budget.calls == 0
+    refused_under(asked - 0.5, client, request)
+
+
+def test_a_call_reserves_its_system_texts_prompt_tokens() -> None:
+    """The system text is billed as prompt tokens as the parts are: a cap that the parts'
+    prompt and the answer fit within, but not the system text's, is not passed."""
+    client = priced(1.0, 0.0)  # a dollar a prompt token
+    system = "You play tic-tac-toe. " * 200
+    request = ModelRequest(parts=(TextPart("Your move?"),), system=system, max_tokens=8)
+    parts_alone = math.ceil(client.count_tokens(request.parts) * PROMPT_ROOM)
+    refused_under(parts_alone + PROMPT_SLACK_TOKENS + 100, client, request)

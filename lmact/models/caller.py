@@ -337,6 +337,8 @@ class ModelCaller:
         the server counting more, and every completion (and thinking) token it may write;
         None where the model's prices are unknown."""
         counted = self.client.count_tokens(request.parts)
+        if request.system:  # the system text is billed as prompt tokens too
+            counted += self.client.count_tokens([TextPart(request.system)])
         most = ModelResponse(
             text="",
             prompt_tokens=math.ceil(counted * PROMPT_ROOM) + PROMPT_SLACK_TOKENS,
