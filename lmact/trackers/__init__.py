@@ -15,7 +15,6 @@ import contextlib
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import EntryPoint
 from typing import Any
 
 from tqdm import tqdm
@@ -39,28 +38,20 @@ ENTRY_POINT_GROUP = "lmact.trackers"
 NORMALIZING = ("random", "expert")
 
 
-def _claims() -> dict[str, list[EntryPoint]]:
-    claims: dict[str, list[EntryPoint]] = {}
-    for entry_point in plugin_entry_points(ENTRY_POINT_GROUP):
-        claims.setdefault(entry_point.name, []).append(entry_point)
-    return claims
-
-
 def tracker_names() -> list[str]:
     """The names `--log-to` takes: every installed tracker's, sorted."""
-    return sorted(_claims())
+    return sorted({entry_point.name for entry_point in plugin_entry_points(ENTRY_POINT_GROUP)})
 
 
 def tracker_class(name: str) -> type[Tracker]:
     """The Tracker subclass registered as `name`; a one-line LmactError for a name that is
     unknown, claimed twice, or whose plug-in cannot be loaded."""
-    claims = _claims()
-    if name not in claims:
-        raise UnknownNameError("tracker", name, sorted(claims))
-    origins = [entry_point_origin(entry_point) for entry_point in claims[name]]
+    claims = [e for e in plugin_entry_points(ENTRY_POINT_GROUP) if e.name == name]
+    if not claims:
+        raise UnknownNameError("tracker", name, tracker_names())
+    origins = [entry_point_origin(entry_point) for entry_point in claims]
     refuse_claimed_twice("tracker", name, origins, ENTRY_POINT_GROUP)
-    (entry_point,) = claims[name]
-    return load_plugin_class(entry_point, "tracker", Tracker)
+    return load_plugin_class(claims[0], "tracker", Tracker)
 
 
 def open_trackers(names: Iterable[str]) -> Trackers:
