@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmact.errors import LmactError
-from lmact.records import EpisodeRecord
 from lmact.regimes.base import BASELINE_POLICIES
 from lmact.report.tables import (
     OPTION_COLUMNS,
@@ -30,7 +29,7 @@ from lmact.report.tables import (
     table_format,
 )
 from lmact.scoring import PairedComparison, paired_comparison
-from lmact.store import RunRecord, RunStore
+from lmact.store import RunRecord, RunStore, UnitResult
 from lmact.text import visible
 
 # What must be the same for the report to pair two runs: the same seed is then the same
@@ -153,13 +152,12 @@ def find_comparisons(
     are one kind, and only pairs of kinds are looked at (`find_pairs`). `reads`: the
     report's reader of runs' units, which may hold them already."""
     runs = {run.run_id: run for run in store.runs()}
-    read: dict[str, list[EpisodeRecord]] = {}  # a run's seeds and its pairs read it once
+    # A run's seeds and its pairs read its units once where they fit the reader's bound
+    # (it keeps them): a dict of every run's units held them all at once.
+    reads = reads or Baselines(store, keep_runs=True)
 
-    def episodes_of(row: dict[str, Any]) -> list[EpisodeRecord]:
-        if row["run_id"] not in read:
-            units = scored_episodes(store, runs[row["run_id"]], reads)
-            read[row["run_id"]] = list(units.values())
-        return read[row["run_id"]]
+    def episodes_of(row: dict[str, Any]) -> list[UnitResult]:
+        return list(scored_episodes(store, runs[row["run_id"]], reads).values())
 
     seed_sets: dict[frozenset[int], frozenset[int]] = {}  # one object per set of seeds
     compared: list[dict[str, Any]] = []
