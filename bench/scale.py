@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from helpers import StubModel
+from report_scale import report
 
 from lmact.demos import DemoStore
 from lmact.models.base import ModelRequest, ModelResponse
@@ -60,16 +60,6 @@ DEFAULT_CACHE = Path(tempfile.gettempdir()) / "lmact-scale"
 REPORT_FORMATS = ("md", "csv", "html")
 # Steps averaged for the time per step around a round of a long in-context RL replicate.
 STEP_WINDOW = 100
-# Runs `lmact report` and prints its peak resident memory (KiB on Linux) on stderr's last line.
-MEASURED_REPORT = (
-    "import re, sys\n"
-    "from lmact.cli import main\n"
-    "code = main(sys.argv[1:])\n"
-    # VmHWM: this program's own peak; ru_maxrss keeps the parent's across fork and exec.
-    "status = open('/proc/self/status').read()\n"
-    "print(re.search(r'VmHWM:\\s+(\\d+)', status).group(1), file=sys.stderr)\n"
-    "sys.exit(code)\n"
-)
 
 
 class Instant(StubModel):
@@ -294,27 +284,11 @@ def icrl_section(args: argparse.Namespace, store: Path) -> None:
 # --- report -------------------------------------------------------------------------------
 
 
-def report_once(store: Path, fmt: str, folder: Path) -> tuple[float, float]:
-    """One `lmact report` in its own process: seconds and peak MB."""
-    out = folder / f"report-{fmt}"
-    shutil.rmtree(out, ignore_errors=True)
-    words = ["report", "--store", str(store), "--format", fmt]
-    if fmt == "html":
-        words += ["--out", str(out), "--cache-dir", str(folder)]
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", MEASURED_REPORT, *words],
-                          capture_output=True, text=True)  # fmt: skip
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"lmact report --format {fmt} failed:\n{done.stderr}")
-    return seconds, int(done.stderr.splitlines()[-1]) / 1024
-
-
 def report_section(store: Path, folder: Path) -> None:
     print(f"\nlmact report over {store} ({store_mb(store):.0f} MB)")
     print("| format | seconds | peak MB |\n|---|---|---|")
     for fmt in REPORT_FORMATS:
-        seconds, peak = report_once(store, fmt, folder)
+        seconds, peak, _ = report(store, fmt, folder)  # in a process of its own
         print(f"| {fmt} | {seconds:.1f} | {peak:.0f} |", flush=True)
 
 
