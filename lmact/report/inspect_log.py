@@ -23,7 +23,7 @@ from lmact import __version__
 from lmact.demos import DemoStore
 from lmact.errors import LmactError
 from lmact.models.base import ImagePart, Part, TextPart, turns
-from lmact.records import EpisodeRecord, StepRecord
+from lmact.records import EpisodeRecord, StepRecord, Usage
 from lmact.report.export import episode_counts, step_fields, unit_fields
 from lmact.report.tables import Baselines, readable_config, resolve_runs, run_row, scored_units
 from lmact.report.viewer import view_run
@@ -232,17 +232,15 @@ def _usage(records: Sequence[EpisodeRecord | StepRecord]) -> Any:
     cache-written ones (lmact's prompt tokens count them), as its own providers do."""
     from inspect_ai.model import ModelUsage
 
-    total = {name: sum(r.usage.as_dict()[name] for r in records) for name in
-             ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens",
-              "reasoning_tokens")}  # fmt: skip
+    total = sum((r.usage for r in records), Usage())
     costs = [r.cost_usd for r in records]
     return ModelUsage(
-        input_tokens=total["prompt_tokens"] - total["cached_tokens"] - total["cache_write_tokens"],
-        output_tokens=total["completion_tokens"],
-        total_tokens=total["prompt_tokens"] + total["completion_tokens"],
-        input_tokens_cache_read=total["cached_tokens"],
-        input_tokens_cache_write=total["cache_write_tokens"],
-        reasoning_tokens=total["reasoning_tokens"],
+        input_tokens=total.prompt_tokens - total.cached_tokens - total.cache_write_tokens,
+        output_tokens=total.completion_tokens,
+        total_tokens=total.prompt_tokens + total.completion_tokens,
+        input_tokens_cache_read=total.cached_tokens,
+        input_tokens_cache_write=total.cache_write_tokens,
+        reasoning_tokens=total.reasoning_tokens,
         total_cost=None if any(c is None for c in costs) else sum(costs),
     )
 
