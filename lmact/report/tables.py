@@ -123,20 +123,22 @@ class Baselines:
         # Whether each run's own units are kept too (as the baselines are), for a reader
         # that reads them again (a report's comparisons): memory up to KEPT_UNITS then.
         self.keep_runs = keep_runs
-        # Each run's baselines, by its id: a configuration may hold a dict (its task
-        # options), so it is not a key itself.
-        self._baselines_of: dict[str, dict[str, RegimeConfig] | None] = {}
+        # The last run's baselines, by its id (a configuration may hold a dict, its task
+        # options, so it is not a key itself): a reader asks again of the run it just
+        # read (an export), never of an earlier one, and every run's held 7 kB a run.
+        self._last_baselines: tuple[str, dict[str, RegimeConfig] | None] | None = None
         self._kept: OrderedDict[tuple[str, Any], Scored] = OrderedDict()
         self._kept_units = 0  # their units in all: summed as kept, not at each read
 
     def _configs(self, config: RegimeConfig) -> dict[str, RegimeConfig] | None:
-        key = config.run_id
-        if key not in self._baselines_of:
+        run_id = config.run_id  # computed (a hash of its fields): once
+        if self._last_baselines is None or self._last_baselines[0] != run_id:
             try:
-                self._baselines_of[key] = regime_of(config).baselines(config)
+                configs = regime_of(config).baselines(config)
             except LmactError:  # a task no longer installed, or named like a path now gone
-                self._baselines_of[key] = None
-        return self._baselines_of[key]
+                configs = None
+            self._last_baselines = (run_id, configs)
+        return self._last_baselines[1]
 
     def read(self, run_id: str, kinds: tuple[UnitKind, ...] | None, keep: bool = False) -> Scored:
         """A run's finished units of `kinds` (None: all) and their totals; kept with `keep`."""
