@@ -24,6 +24,7 @@ from lmact.demos import DemoStore
 from lmact.errors import LmactError
 from lmact.models.base import ImagePart, Part, TextPart, turns
 from lmact.records import EpisodeRecord, StepRecord, Usage
+from lmact.regimes import regime_of
 from lmact.report.export import episode_counts, step_fields, unit_fields
 from lmact.report.tables import Baselines, readable_config, resolve_runs, run_row, scored_units
 from lmact.report.viewer import view_run
@@ -198,8 +199,6 @@ def _sample(view: ViewedRun, episode: ViewedEpisode, row: dict[str, Any], model:
 
 
 def _is_scored(view: ViewedRun, record: EpisodeRecord) -> bool:
-    from lmact.regimes import regime_of
-
     if view.config is None:
         return True  # a run this release cannot read: every finished unit, as its row
     return regime_of(view.config).is_scored(view.config, record.unit)
