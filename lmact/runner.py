@@ -29,7 +29,7 @@ from lmact.regimes.base import PreparedRun, Regime, RegimeConfig, RunContext
 from lmact.schedule import EpisodeFailures, Schedule
 from lmact.scoring import EpisodeScores, score_episodes
 from lmact.store import RunStore
-from lmact.text import visible
+from lmact.text import error_line, visible
 from lmact.trackers import TrackedRun, Trackers
 from lmact.trackers.base import safe_config
 
@@ -480,9 +480,9 @@ def summarize(
 
 
 def _stopped_by(error: Exception) -> str:
-    """Why a run stopped, in one line, as trackers are told."""
-    text = str(error) if isinstance(error, LmactError) else f"{type(error).__name__}: {error}"
-    return (text.strip().splitlines() or [type(error).__name__])[0]
+    """Why a run stopped, in one line, as trackers are told (lmact's own errors say it
+    without their type's name)."""
+    return error_line(error, named=not isinstance(error, LmactError))
 
 
 def _note_unconstrained(prepared: PreparedRun[Any, Any]) -> None:

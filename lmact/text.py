@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["visible"]
+__all__ = ["error_line", "visible"]
 
 # C0 controls, DEL, C1 controls, and the bidirectional embeddings, overrides and isolates.
 _UNSAFE = "\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
@@ -32,3 +32,14 @@ def visible(text: str, keep: str = "") -> str:
         pattern = re.compile(f"(?![{kept}])[{_UNSAFE}]" if kept else f"[{_UNSAFE}]")
         _PATTERNS[keep] = pattern
     return pattern.sub(_escape, text)
+
+
+def error_line(error: BaseException, named: bool = True) -> str:
+    """An error in one line, safe to show: the first line of its text, after its type's
+    name where `named` (a library's error, whose text alone may say little), or the name
+    alone if it has no text."""
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    name = type(error).__name__
+    if not first:
+        return name
+    return visible(f"{name}: {first}" if named else first)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from lmact.envs.base import Environment
 from lmact.errors import LmactError, UnknownNameError
-from lmact.text import visible
+from lmact.text import error_line
 
 ENTRY_POINT_GROUP = "lmact.envs"
 T = TypeVar("T")
@@ -118,8 +118,7 @@ def load_plugin_class(entry_point: EntryPoint, kind: str, base: type[T]) -> type
     try:
         loaded = entry_point.load()
     except Exception as error:  # any failure of third-party code is one line
-        text = visible(f"{type(error).__name__}: {error}".strip().splitlines()[0])
-        raise LmactError(f"{where} cannot be loaded: {text}") from None
+        raise LmactError(f"{where} cannot be loaded: {error_line(error)}") from None
     if not (isinstance(loaded, type) and issubclass(loaded, base)):
         raise LmactError(f"{where} is not a subclass of {base.__module__}.{base.__qualname__}")
     return loaded

@@ -24,6 +24,7 @@ from lmact.store.location import StoreUrl
 from lmact.store.merge import Merged
 from lmact.store.reads import Transaction
 from lmact.store.sqlite import RunStore
+from lmact.text import error_line
 
 INSTALL_HINT = 'a PostgreSQL store needs psycopg: pip install "lmact[postgres]"'
 # The store's own settings and marks, beside the tables of `lmact.store.schema`.
@@ -123,7 +124,7 @@ class PostgresStore(RunStore):
         return lease
 
     def _error(self, error: BaseException) -> StoreError:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = error_line(error, named=False)
         return StoreError(f"run store {self.path}: {_hide(first, self.path)}")
 
     def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Any:

@@ -28,7 +28,7 @@ from lmact.envs import (
 from lmact.errors import LmactError, UnknownNameError
 from lmact.records import EpisodeRecord, UnitKey, UnitKind
 from lmact.scoring import normalized_score
-from lmact.text import visible
+from lmact.text import error_line
 from lmact.trackers.base import TrackedRun, Tracker
 
 __all__ = ["ENTRY_POINT_GROUP", "TrackedRun", "Tracker", "Trackers", "open_trackers"]
@@ -66,16 +66,11 @@ def open_trackers(names: Iterable[str]) -> Trackers:
             except LmactError:
                 raise
             except Exception as error:
-                raise LmactError(f"tracker {name} cannot start: {_one_line(error)}") from None
+                raise LmactError(f"tracker {name} cannot start: {error_line(error)}") from None
     except BaseException:
         Trackers(made).close()
         raise
     return Trackers(made)
-
-
-def _one_line(error: BaseException) -> str:
-    text = f"{type(error).__name__}: {error}".strip().splitlines()[0]
-    return visible(text)  # a library's message may hold anything
 
 
 @dataclass
@@ -162,7 +157,7 @@ class Trackers:
                 getattr(tracker, event)(*args)
             except Exception as error:  # a tracker never stops a run: it stops logging
                 self.active.remove((name, tracker))
-                _say(f"lmact: tracker {name} failed ({_one_line(error)}) and is disabled; "
+                _say(f"lmact: tracker {name} failed ({error_line(error)}) and is disabled; "
                      "the run goes on")  # fmt: skip
                 _quietly_close(tracker)
 
