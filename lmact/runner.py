@@ -31,7 +31,7 @@ from lmact.scoring import EpisodeScores, score_episodes
 from lmact.store import RunStore
 from lmact.text import error_line, visible
 from lmact.trackers import TrackedRun, Trackers
-from lmact.trackers.base import safe_config
+from lmact.trackers.base import tracked_config
 
 # A server's pause at least this long is announced on stderr when there is no progress bar.
 PAUSE_NOTICE_S = 5.0
@@ -400,8 +400,8 @@ class Runner:
         for policy, baseline in regime_of(config).baselines(config).items():
             units, _ = self.store.finished_units(baseline.run_id, (UnitKind.EPISODE,))
             baselines[policy] = (baseline.run_id, {u.unit: u.total_return for u in units})
-        values = {**safe_config(config.model_dump()), "episodes": episodes,
-                  "run_id": config.run_id, "lmact_version": __version__}  # fmt: skip
+        values = {**tracked_config(config, episodes), "run_id": config.run_id,
+                  "lmact_version": __version__}  # fmt: skip
         name = f"{config.model} {config.task}/{config.observation}"
         self.trackers.run_started(TrackedRun(config.run_id, name, values), baselines)
 

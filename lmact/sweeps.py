@@ -50,7 +50,7 @@ from lmact.regimes.base import RegimeConfig
 from lmact.runner import Runner, RunResult, RunSummary, run_returning
 from lmact.store import StoreLocation, StoreUrl, open_store, store_location
 from lmact.trackers import open_trackers
-from lmact.trackers.base import safe_config
+from lmact.trackers.base import tracked_config
 
 # Run options as a sweep file gives them, to a run's configuration and episode count.
 RunMaker = Callable[[dict[str, Any]], tuple[RegimeConfig, int]]
@@ -100,10 +100,7 @@ class Sweep:
 
     def configurations(self) -> dict[str, dict[str, Any]]:
         """Its runs' configurations (and episodes) by run id, as trackers are told them."""
-        return {
-            run.config.run_id: {**safe_config(run.config.model_dump()), "episodes": run.episodes}
-            for run in self.runs
-        }
+        return {run.config.run_id: tracked_config(run.config, run.episodes) for run in self.runs}
 
     def grid(self) -> dict[str, Any]:
         """What the store keeps of the sweep: its runs' options and ids."""

@@ -14,11 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import import_module
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmact.errors import LmactError
 from lmact.models.redaction import display_url
 from lmact.records import EpisodeRecord
+
+if TYPE_CHECKING:
+    from lmact.regimes.base import RegimeConfig
 
 # The project (W&B) or experiment (MLflow) runs are logged to unless the tracker's own
 # environment variable names another.
@@ -97,6 +100,11 @@ def _safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_safe(one) for one in value]
     return display_url(value) if isinstance(value, str) else value
+
+
+def tracked_config(config: RegimeConfig, episodes: int) -> dict[str, Any]:
+    """A run's configuration as trackers are told it: `safe_config`, with its episodes."""
+    return {**safe_config(config.model_dump()), "episodes": episodes}
 
 
 def summary_numbers(summary: Mapping[str, Any]) -> dict[str, float]:
