@@ -30,7 +30,7 @@ from lmact.records import StepRecord, flat_fields
 from lmact.report.build import Report, make_report
 from lmact.report.tables import episode_records, report_rows, select_rows
 from lmact.runner import RunEstimate, Runner, RunSummary
-from lmact.store import StoreUrl, open_store, store_exists, store_location
+from lmact.store import StoreUrl, open_played_store, open_store
 from lmact.sweeps import plan_sweep
 from lmact.trackers import open_trackers
 
@@ -149,10 +149,7 @@ def _step_dict(run_id: str, step: StepRecord) -> dict[str, Any]:
 def results(store: Path | str | StoreUrl | None = None, sweep: str | None = None) -> Results:
     """Every run of a store (a path, or a postgresql:// URL; or of one sweep) with its
     scores, episodes and steps."""
-    place = store_location(store)
-    if not store_exists(place):
-        raise LmactError(f"no run store at {place}")
-    with open_store(place) as run_store:
+    with open_played_store(store) as run_store:
         rows = report_rows(run_store)
         if sweep is not None:
             rows = select_rows(rows, run_ids=run_store.sweep_runs(sweep))

@@ -32,14 +32,10 @@ def arguments(compare: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> None:
-    from lmact.errors import LmactError
     from lmact.report.compare import compare_runs, comparison_format, format_comparison
-    from lmact.store import open_store, store_exists, store_location
+    from lmact.store import open_played_store
 
     fmt = comparison_format(args.format)
-    place = store_location(args.store)
-    if not store_exists(place):
-        raise LmactError(f"no run store at {place}; start with `lmact run`")
-    with open_store(place) as store:
+    with open_played_store(args.store) as store:
         row = compare_runs(store, args.run_a, args.run_b)
     print(format_comparison(row, fmt), end="")

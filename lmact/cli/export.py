@@ -50,7 +50,7 @@ def command(args: argparse.Namespace) -> None:
     from lmact.demos import DemoStore
     from lmact.report.export import export_demonstrations, export_runs
     from lmact.report.inspect_log import export_inspect
-    from lmact.store import open_store, store_exists, store_location
+    from lmact.store import open_played_store
     from lmact.tasks import get_task
 
     if args.format not in FORMATS:
@@ -66,10 +66,7 @@ def command(args: argparse.Namespace) -> None:
         task.check_observation(observation)
         print(export_demonstrations(task, observation, args.episodes, args.out, demo_store))
         return
-    place = store_location(args.store)
-    if not store_exists(place):
-        raise LmactError(f"no run store at {place}; start with `lmact run`")
-    with open_store(place) as store:
+    with open_played_store(args.store) as store:
         export = export_inspect if args.format == "inspect" else export_runs
         for path in export(store, args.runs, args.out, demo_store):
             print(path)

@@ -61,15 +61,13 @@ def command(args: argparse.Namespace) -> None:
     from lmact.options import checked
     from lmact.report.tables import resolve_run
     from lmact.report.viewer import render_viewer, serve_page, view_path
-    from lmact.store import open_store, store_exists, store_location
+    from lmact.store import open_played_store, store_location
     from lmact.text import visible
 
     episode, port = EPISODE.check(args.episode), PORT.check(args.port)
     workers = checked({"workers": args.workers}).get("workers")
     place = store_location(args.store)
-    if not store_exists(place):
-        raise LmactError(f"no run store at {place}; start with `lmact run`")
-    with open_store(place) as store:
+    with open_played_store(place) as store:
         run = resolve_run(store, args.run_id)
         demo_store = DemoStore.in_cache(args.cache_dir, workers)
         page = render_viewer(store, run.run_id, episode, demo_store=demo_store)

@@ -38,8 +38,8 @@ from lmact.store import (
     RunStore,
     StoreLocation,
     StoreUrl,
+    open_played_store,
     open_store,
-    store_exists,
     store_location,
 )
 from lmact.text import visible
@@ -198,9 +198,7 @@ def _known(rows: list[dict[str, Any]], column: str) -> set[str]:
 
 def _opened(request: _Request) -> RunStore:
     """The report's store, open; a one-line error where there is none."""
-    if not store_exists(request.store):
-        raise LmactError(f"no run store at {request.store}; start with `lmact run`")
-    return open_store(request.store)
+    return open_played_store(request.store)
 
 
 def _report_rows(request: _Request, store: RunStore, reads: Baselines) -> list[dict[str, Any]]:

@@ -26,8 +26,8 @@ from lmact.store.location import (
     STORE_VARIABLE,
     StoreLocation,
     StoreUrl,
+    open_played_store,
     open_store,
-    store_exists,
     store_location,
 )
 from lmact.store.reader import StoredSteps
@@ -54,8 +54,8 @@ __all__ = [
     "UnitResult",
     "UnitSums",
     "claim_alive",
+    "open_played_store",
     "open_store",
     "process_identity",
-    "store_exists",
     "store_location",
 ]

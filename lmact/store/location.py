@@ -88,6 +88,11 @@ def open_store(location: StoreLocation | str | os.PathLike[str] | None = None) -
     return RunStore(place)
 
 
-def store_exists(location: StoreLocation) -> bool:
-    """Whether there is a store to read: a file, or a database (asked when it is opened)."""
-    return isinstance(location, StoreUrl) or location.exists()
+def open_played_store(location: StoreLocation | str | os.PathLike[str] | None = None) -> RunStore:
+    """The store of runs already played at `location`, open, for a command that reads
+    them: a one-line StoreError where there is none (a file not made, rather than an empty
+    one made). A database is asked when it is opened."""
+    place = store_location(location)
+    if not isinstance(place, StoreUrl) and not place.exists():
+        raise StoreError(f"no run store at {place}; start with `lmact run`")
+    return open_store(place)
