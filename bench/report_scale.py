@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,21 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from helpers import copy_run, cycler_store
+from helpers import copy_run, cycler_store, measured_lmact
 
 FORMATS = ("md", "csv", "json", "html")
-# Runs `lmact report` and prints its peak resident memory (KiB on Linux) on stderr's last line.
-MEASURED = (
-    "import re, sys\n"
-    "from lmact.cli import main\n"
-    "code = main(sys.argv[1:])\n"
-    # VmHWM: this program's own peak; ru_maxrss keeps the parent's across fork and exec.
-    "status = open('/proc/self/status').read()\n"
-    "print(re.search(r'VmHWM:\\s+(\\d+)', status).group(1), file=sys.stderr)\n"
-    "sys.exit(code)\n"
-)
-
-
 def base_store(folder: Path) -> tuple[Path, str]:
     """One Cycler run of tic-tac-toe and its baselines; demonstrations under `folder`."""
     path = folder / "base.sqlite"
@@ -53,12 +40,11 @@ def report(store: Path, fmt: str, folder: Path) -> tuple[float, float, int]:
     if fmt == "html":
         words += ["--out", str(out), "--cache-dir", str(folder)]
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", MEASURED, *words], capture_output=True,
-                          text=True)  # fmt: skip
+    done, peak = measured_lmact(*words, timeout_s=3600)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"lmact report --format {fmt} failed:\n{done.stderr}")
-    peak_mb = int(done.stderr.splitlines()[-1]) / 1024
+    peak_mb = peak / 1024 / 1024
     size = len(done.stdout.encode()) if fmt != "html" else sum(
         path.stat().st_size for path in out.rglob("*") if path.is_file()
     )  # fmt: skip

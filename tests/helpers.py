@@ -219,3 +219,26 @@ def copy_run(path: Path, run_id: str, copies: int, tag: str = "c", **config: str
                 (copies, *([tag, *formats] if table == "runs" else [tag]), run_id),
             )
     return [f"{run_id}-{tag}{i:05d}" for i in range(1, copies + 1)]
+
+
+# lmact's command line, then its peak resident memory (KiB) as stderr's last line: VmHWM,
+# this program's own peak (ru_maxrss would keep the parent's across fork and exec).
+_MEASURED_LMACT = (
+    "import re, sys\n"
+    "from lmact.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "status = open('/proc/self/status').read()\n"
+    "print(re.search(r'VmHWM:\\s+(\\d+)', status).group(1), file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
+def measured_lmact(
+    *words: str, timeout_s: float = 600
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """`lmact WORDS…` in a process of its own: what it did, and its peak memory in bytes
+    (0 if it did not get as far as saying it)."""
+    done = subprocess.run([sys.executable, "-c", _MEASURED_LMACT, *words],
+                          capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
+    lines = done.stderr.splitlines()
+    return done, int(lines[-1]) * 1024 if lines and lines[-1].isdigit() else 0

@@ -10,14 +10,13 @@ import itertools
 import json
 import random
 import shutil
-import subprocess
 import sys
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import CYCLER, StubModel, copy_run, cycler_store
+from helpers import CYCLER, StubModel, copy_run, cycler_store, measured_lmact
 
 from lmact.cli import main
 from lmact.demos import DemoStore
@@ -202,25 +201,11 @@ def test_the_comparisons_of_two_thousand_runs_hold_little_memory(
     assert found.rows == shown and found.counted and found.examined == 1
 
 
-_MEASURED = (
-    "import re, sys\n"
-    "from lmact.cli import main\n"
-    "code = main(sys.argv[1:])\n"
-    # VmHWM: this program's own peak; ru_maxrss keeps the parent's across fork and exec.
-    "status = open('/proc/self/status').read()\n"
-    "print(re.search(r'VmHWM:\\s+(\\d+)', status).group(1), file=sys.stderr)\n"
-    "sys.exit(code)\n"
-)
-
-
 def _measured_report(store: Path, *args: str) -> tuple[str, int]:
     """`lmact report` in a process of its own: its output and its peak memory in bytes."""
-    done = subprocess.run(
-        [sys.executable, "-c", _MEASURED, "report", "--store", str(store), *args],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    done, peak = measured_lmact("report", "--store", str(store), *args)
     assert done.returncode == 0, done.stderr
-    return done.stdout, int(done.stderr.splitlines()[-1]) * 1024  # Linux counts KiB
+    return done.stdout, peak
 
 
 @pytest.mark.slow
