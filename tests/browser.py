@@ -17,34 +17,39 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 @dataclass
 class OpenedPage:
     page: Any  # playwright.sync_api.Page
-    console_errors: list[str] = field(default_factory=list)
+    console_errors: list[str] = field(default_factory=list)  # the page's errors among them
+    page_errors: list[str] = field(default_factory=list)  # uncaught exceptions alone
     requests: list[str] = field(default_factory=list)
+    origin: str = "file:"  # where the page came from: its requests there are its own
 
     @property
     def outside_requests(self) -> list[str]:
         """Requests for anything but the page itself and inline data."""
-        return [url for url in self.requests if not url.startswith(("data:", "blob:", "file:"))]
+        return [url for url in self.requests if not url.startswith(("data:", "blob:", self.origin))]
 
 
 @contextmanager
-def opened(path: Path, width: int = 1280, height: int = 900) -> Iterator[OpenedPage]:
-    """`path` loaded in a fresh headless Chromium; its console and requests recorded."""
+def opened(path: Path | str, width: int = 1280, height: int = 900) -> Iterator[OpenedPage]:
+    """`path` (a file, or a URL served on a loopback port) loaded in a fresh headless
+    Chromium; its console and requests recorded."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
-            opened_page = OpenedPage(page)
+            url = path if isinstance(path, str) else path.resolve().as_uri()
+            opened_page = OpenedPage(page, origin="file:" if isinstance(path, Path) else url)
             page.on(
                 "console",
                 lambda message: (
                     message.type == "error" and opened_page.console_errors.append(message.text)
                 ),
             )
+            page.on("pageerror", lambda error: opened_page.page_errors.append(str(error)))
             page.on("pageerror", lambda error: opened_page.console_errors.append(str(error)))
             page.on("request", lambda request: opened_page.requests.append(request.url))
-            page.goto(path.resolve().as_uri())
+            page.goto(url)
             page.wait_for_load_state("load")
             yield opened_page
         finally:

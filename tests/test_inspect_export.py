@@ -16,7 +16,7 @@ from typing import Any
 
 import inspect_ai.log as inspect_log  # the dev extra installs it (lmact[inspect])
 import pytest
-from browser import CHROMIUM
+from browser import opened
 from helpers import store_of_every_regime
 
 from lmact import __version__
@@ -175,7 +175,7 @@ def served_bundle(exported: tuple[Path, Path, str], tmp_path: Path) -> Iterator[
 def test_inspects_viewer_opens_a_log_and_shows_its_samples_and_messages(
     exported: tuple[Path, Path, str], served_bundle: str
 ) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     store_path, out, _ = exported
     with RunStore(store_path) as store:
@@ -186,33 +186,21 @@ def test_inspects_viewer_opens_a_log_and_shows_its_samples_and_messages(
         run_id, first = next((k, step) for k, step in first_steps.items() if step.completion)
         run = store.run(run_id)
     log_name = next(p.name for p in out.glob(f"*_{run.run_id}.eval"))
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page_errors: list[str] = []
-            outside: list[str] = []
-            page.on("pageerror", lambda error: page_errors.append(str(error)))
-            page.on("request", lambda request: request.url.startswith(("data:", "blob:",
-                    served_bundle)) or outside.append(request.url))  # fmt: skip
-            # The listing of all logs, then the run's log (as a click on its row goes).
-            page.goto(served_bundle)
-            expect(page.get_by_text("lmact/ucb1").first).to_be_visible(timeout=30_000)
-            page.goto(f"{served_bundle}#/tasks/{urllib.parse.quote(log_name)}")
-            # The log's samples are listed, each with the run's preamble as its input.
-            expect(page.get_by_text(run.config["task"]).first).to_be_visible(timeout=30_000)
-            preamble = page.get_by_text("You act in an environment")
-            expect(preamble.first).to_be_visible()
-            assert preamble.count() >= 2
-            preamble.first.click()
-            # A sample's messages: the first answer is the first step's completion.
-            expect(page.get_by_text("assistant").first).to_be_visible(timeout=30_000)
-            shown = page.inner_text("body").split("\n")
-            heading = next(i for i, line in enumerate(shown) if line.lower() == "assistant")
-            answer = next(
-                line for line in shown[heading + 1 :] if line.strip() and not line.isdigit()
-            )
-            assert answer == first.completion
-            assert not page_errors and not outside
-        finally:
-            browser.close()
+    with opened(served_bundle, width=1400) as shown:
+        page = shown.page
+        # The listing of all logs, then the run's log (as a click on its row goes).
+        expect(page.get_by_text("lmact/ucb1").first).to_be_visible(timeout=30_000)
+        page.goto(f"{served_bundle}#/tasks/{urllib.parse.quote(log_name)}")
+        # The log's samples are listed, each with the run's preamble as its input.
+        expect(page.get_by_text(run.config["task"]).first).to_be_visible(timeout=30_000)
+        preamble = page.get_by_text("You act in an environment")
+        expect(preamble.first).to_be_visible()
+        assert preamble.count() >= 2
+        preamble.first.click()
+        # A sample's messages: the first answer is the first step's completion.
+        expect(page.get_by_text("assistant").first).to_be_visible(timeout=30_000)
+        lines = page.inner_text("body").split("\n")
+        heading = next(i for i, line in enumerate(lines) if line.lower() == "assistant")
+        answer = next(line for line in lines[heading + 1 :] if line.strip() and not line.isdigit())
+        assert answer == first.completion
+        assert not shown.page_errors and not shown.outside_requests
